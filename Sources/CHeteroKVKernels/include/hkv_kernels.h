@@ -1,0 +1,71 @@
+#ifndef HKV_KERNELS_H
+#define HKV_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 when the AVX2 + FMA + F16C kernels are in use, 0 for the portable fallback.
+int hkv_kernels_vectorized(void);
+
+/// Converts IEEE half-precision bit patterns to single precision.
+void hkv_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+/// Converts single precision to half precision (round to nearest even).
+void hkv_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+
+/// scores[h * n + j] = scale * dot(q[h], keys[j]) for h < heads, j < n.
+/// q is [heads][d] fp32, keys [n][d] fp16.
+void hkv_scores_f16(const float *q, size_t heads, const uint16_t *keys, size_t n, size_t d,
+                    float scale, float *scores);
+
+/// out[h][:] += sum_j probs[h * n + j] * values[j][:] over all n rows (dense).
+void hkv_weighted_sum_dense_f16(const uint16_t *values, size_t n, size_t d, const float *probs,
+                                size_t heads, float *out);
+
+/// out[:] += sum_k weights[k] * values[indices[k]][:] (sparse gather-and-sum, one head).
+void hkv_weighted_sum_sparse_f16(const uint16_t *values, size_t d, const int32_t *indices,
+                                 const float *weights, size_t count, float *out);
+
+/// Product-quantization scores from a lookup table.
+/// lut is [g][c][4] fp32 (four query heads interleaved; pad unused heads with 0),
+/// codes [n][g] uint16, scores [4][n]: scores[h*n+j] = sum_i lut[i][codes[j][i]][h].
+void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
+                      float *scores);
+
+/// Builds the lookup table for hkv_pq_scores_x4: lut[i][m][h] = q[h][i*s:(i+1)*s] · C[i][m]
+/// for heads h < `heads` (<= 4; the other lanes are set to 0). centroids are fp16 [g][c][s],
+/// q is [heads][g*s] fp32.
+void hkv_pq_lut_x4(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                   size_t heads, float *lut);
+
+/// Scalar 4-bit key scores for one group of tokens quantized per channel.
+/// qs is [heads][d] (query already multiplied by the group's per-channel scale),
+/// bias[h] the query dotted with the group's zero points; packed codes [n][d/2] where byte b
+/// holds channel b in its low nibble and channel b + d/2 in its high nibble.
+/// scores[h * stride + j] = scale * (bias[h] + sum_c qs[h][c] * code[j][c]).
+void hkv_sq4_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                    size_t n, size_t d, float scale, float *scores, size_t stride);
+
+/// Nearest centroid of each point for one product-quantization sub-space.
+/// points: n rows with `stride` floats between rows, `s` dims each; centroids structure-of-
+/// arrays [s][c] with their squared norms [c]. Writes the index of the nearest centroid of
+/// point j to codes[j * code_stride].
+void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t s,
+                           const float *centroids, const float *norms, size_t c,
+                           uint16_t *codes, size_t code_stride);
+
+/// In place: x[i] = exp(x[i] - max(x)); stores the max in *max_out and returns the sum.
+/// An empty or all -inf input returns 0 and leaves x unchanged.
+float hkv_softmax_exp(float *x, size_t n, float *max_out);
+
+/// Sum of a float array; used as the memory read bandwidth reference scan.
+double hkv_scan_sum_f32(const float *x, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,87 @@
+/// How HCAttention turns the kept tokens into a context vector.
+public enum HCAttentionOutputMode: String, Sendable, Hashable, Codable, CaseIterable {
+  /// Weighted sum with the approximate weights as they are (the kept set holds ~tau of the
+  /// mass, so the output is shrunk by that share).
+  case raw
+  /// Weighted sum with the weights renormalised over the kept set.
+  case renormalized
+  /// The kept tokens re-scored with their full-precision keys; returns output + log-sum-exp
+  /// so partial results merge exactly.
+  case exact
+}
+
+/// One HCAttention decode step for one KV head and its query group: approximate scores from
+/// key codes, tau-mass selection per query head, then the context vector computed where the
+/// values live from indices and weights only.
+public struct HCAttentionStep: Sendable {
+  /// Share of the approximate softmax mass to keep (the paper: 0.9).
+  public var tau: Float
+  /// Optional bound on kept tokens per head (ours; the paper has none).
+  public var cap: Int?
+  /// How the output is formed from the kept set.
+  public var mode: HCAttentionOutputMode
+
+  /// A step configuration; tau in (0, 1].
+  public init(tau: Float = 0.9, cap: Int? = nil, mode: HCAttentionOutputMode = .renormalized)
+    throws
+  {
+    guard tau > 0, tau <= 1 else { throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)") }
+    self.tau = tau
+    self.cap = cap
+    self.mode = mode
+  }
+
+  /// The per-head selections from approximate scores `[heads][n]` (already scaled).
+  public func select(approximateScores: [Float], heads: Int) throws -> [TauMassSelection] {
+    guard heads > 0, approximateScores.count % heads == 0 else {
+      throw HeteroKVError.dimension(
+        "\(approximateScores.count) scores do not split into \(heads) heads")
+    }
+    let n = approximateScores.count / heads
+    return try (0..<heads).map { h in
+      try TauMassSelection.select(
+        scores: approximateScores[h * n..<(h + 1) * n], tau: tau, cap: cap)
+    }
+  }
+
+  /// The context vectors for the kept sets. `values` (and `keys` in exact mode) are the
+  /// full-precision rows, which in a deployment live on the memory node that runs this.
+  public func contextVectors(
+    selections: [TauMassSelection], queries: [Float], keys: HalfMatrix?, values: HalfMatrix
+  ) throws -> AttentionPartial {
+    let d = values.cols
+    let heads = selections.count
+    guard queries.count == heads * d else {
+      throw HeteroKVError.dimension(
+        "queries hold \(queries.count) values, expected \(heads) heads x \(d) dims")
+    }
+    var result = AttentionPartial.empty(heads: heads, headDim: d)
+    for (h, sel) in selections.enumerated() {
+      if let bad = sel.indices.first(where: { Int($0) >= values.rows || $0 < 0 }) {
+        throw HeteroKVError.invalid("kept index \(bad) is outside the \(values.rows) stored rows")
+      }
+      switch mode {
+      case .raw, .renormalized:
+        let w = mode == .raw ? sel.weights : sel.renormalizedWeights
+        let out = Kernels.weightedSum(values: values, indices: sel.indices, weights: w)
+        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: out)
+        // Not an exact partial; a max of 0 and the kept mass as the sum keep it mergeable
+        // by weight.
+        result.maxScores[h] = 0
+        result.sumExps[h] = sel.keptMass
+      case .exact:
+        guard let keys, keys.rows == values.rows, keys.cols == d else {
+          throw HeteroKVError.dimension("exact mode needs full-precision keys matching values")
+        }
+        let rows = sel.indices.map(Int.init)
+        let part = try FullAttention.attend(
+          queries: Array(queries[h * d..<(h + 1) * d]), heads: 1,
+          keys: keys.gather(rows), values: values.gather(rows))
+        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.outputs)
+        result.maxScores[h] = part.maxScores[0]
+        result.sumExps[h] = part.sumExps[0]
+      }
+    }
+    return result
+  }
+}

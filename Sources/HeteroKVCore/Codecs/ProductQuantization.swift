@@ -1,0 +1,263 @@
+import CHeteroKVKernels
+
+/// Settings of HCAttention's product quantization of keys.
+public struct ProductQuantizerConfiguration: Sendable, Hashable, Codable {
+  /// Sub-vectors per key (g): the head dim is split into g equal parts, each coded by 16 bits.
+  public var subvectors: Int
+  /// Centroids per sub-vector codebook (c), at most 65,536 so a code fits 16 bits.
+  public var centroids: Int
+  /// Mini-batch k-means iterations.
+  public var iterations: Int
+  /// Points per mini-batch.
+  public var batchSize: Int
+  /// Seed of the k-means sampling.
+  public var seed: UInt64
+
+  /// A configuration; checks the ranges that the 16-bit codes and the kernels need.
+  public init(
+    subvectors: Int = 32, centroids: Int = 4096, iterations: Int = 8, batchSize: Int = 8192,
+    seed: UInt64 = 1
+  ) throws {
+    guard subvectors > 0 else { throw HeteroKVError.invalid("subvectors must be positive") }
+    guard centroids >= 2, centroids <= 65536 else {
+      throw HeteroKVError.unsupported(
+        "PQ centroids must be in 2...65536 for 16-bit codes, got \(centroids)")
+    }
+    guard iterations > 0, batchSize > 0 else {
+      throw HeteroKVError.invalid("k-means iterations and batch size must be positive")
+    }
+    self.subvectors = subvectors
+    self.centroids = centroids
+    self.iterations = iterations
+    self.batchSize = batchSize
+    self.seed = seed
+  }
+}
+
+/// Where a codebook's training keys came from. HCAttention's default is the sequence's own
+/// prefill; a calibration set lets many sequences share one codebook.
+public enum CalibrationSource: Sendable, Hashable, Codable {
+  /// The keys of the sequence being coded.
+  case ownPrefill
+  /// A named calibration sample.
+  case calibrationSet(String)
+}
+
+/// Identifies what a codebook was trained for, so a codebook is never applied to keys of
+/// another geometry, layer or head.
+public struct CodebookVersion: Sendable, Hashable, Codable {
+  /// Bumped when the codebook layout changes.
+  public static let currentFormat = 1
+  public var format: Int = CodebookVersion.currentFormat
+  public var geometry: String
+  public var layer: Int
+  public var kvHead: Int
+  public var headDim: Int
+  public var subvectors: Int
+  public var centroids: Int
+  public var calibration: CalibrationSource
+
+  public init(
+    geometry: String, layer: Int, kvHead: Int, headDim: Int, subvectors: Int, centroids: Int,
+    calibration: CalibrationSource
+  ) {
+    self.geometry = geometry
+    self.layer = layer
+    self.kvHead = kvHead
+    self.headDim = headDim
+    self.subvectors = subvectors
+    self.centroids = centroids
+    self.calibration = calibration
+  }
+}
+
+/// The k-means codebooks of one (layer, KV head): for each of g sub-spaces, c centroids of
+/// d/g dims, stored in fp16 as `[g][c][d/g]`.
+public struct ProductCodebook: Sendable {
+  public let version: CodebookVersion
+  /// Centroids, fp16, `[subvectors][centroids][subDim]`.
+  public let centroids: [Float16]
+
+  /// Dimension of one sub-vector.
+  public var subDim: Int { version.headDim / version.subvectors }
+  /// Bytes of the stored centroids.
+  public var byteCount: Int { centroids.count * 2 }
+
+  /// Trains codebooks on `keys` by mini-batch k-means (per sub-space: centroids start at
+  /// distinct sampled keys; each batch assigns points to the nearest centroid and moves it by
+  /// 1/count toward them).
+  public static func train(
+    keys: HalfMatrix, configuration: ProductQuantizerConfiguration, version: CodebookVersion
+  ) throws -> ProductCodebook {
+    let d = keys.cols
+    let g = configuration.subvectors
+    let c = configuration.centroids
+    guard d == version.headDim, g == version.subvectors, c == version.centroids else {
+      throw HeteroKVError.dimension("codebook version does not match the keys and configuration")
+    }
+    guard d % g == 0 else {
+      throw HeteroKVError.dimension("head dim \(d) is not divisible into \(g) sub-vectors")
+    }
+    guard keys.rows > 0 else {
+      throw HeteroKVError(.emptyContext, "cannot train a codebook on 0 keys")
+    }
+    let points = keys.floats()
+    try requireFinite(points, "calibration keys")
+    let s = d / g
+    let n = keys.rows
+    var rng = SeededGenerator(
+      seed: configuration.seed, stream: [UInt64(version.layer), UInt64(version.kvHead)])
+    var all = [Float16]()
+    all.reserveCapacity(g * c * s)
+    let batch = min(configuration.batchSize, n)
+    var sample = [Float](repeating: 0, count: batch * s)
+    var codes = [UInt16](repeating: 0, count: batch)
+    for i in 0..<g {
+      // Initial centroids: distinct random keys (with replacement only when n < c).
+      var cent = [Float](repeating: 0, count: c * s)
+      let start = n >= c ? sampleDistinct(c, from: n, using: &rng) : (0..<c).map { _ in Int(rng.next() % UInt64(n)) }
+      for (m, j) in start.enumerated() {
+        for t in 0..<s { cent[m * s + t] = points[j * d + i * s + t] + (n >= c ? 0 : 1e-3 * rng.gaussian()) }
+      }
+      var counts = [Float](repeating: 0, count: c)
+      for _ in 0..<configuration.iterations {
+        for b in 0..<batch {
+          let j = batch == n ? b : Int(rng.next() % UInt64(n))
+          for t in 0..<s { sample[b * s + t] = points[j * d + i * s + t] }
+        }
+        nearest(points: sample, count: batch, stride: s, s: s, centroids: cent, c: c, into: &codes)
+        for b in 0..<batch {
+          let m = Int(codes[b])
+          counts[m] += 1
+          let lr = 1 / counts[m]
+          for t in 0..<s { cent[m * s + t] += lr * (sample[b * s + t] - cent[m * s + t]) }
+        }
+      }
+      all.append(contentsOf: Kernels.toHalf(cent))
+    }
+    return ProductCodebook(version: version, centroids: all)
+  }
+
+  /// Codes `keys`: for each key and sub-space the index of the nearest centroid, `[n][g]`.
+  public func encode(_ keys: HalfMatrix) throws -> [UInt16] {
+    guard keys.cols == version.headDim else {
+      throw HeteroKVError.dimension(
+        "keys have \(keys.cols) dims, codebook \(version.geometry) expects \(version.headDim)")
+    }
+    let points = keys.floats()
+    try requireFinite(points, "keys to encode")
+    let g = version.subvectors
+    let c = version.centroids
+    let s = subDim
+    var codes = [UInt16](repeating: 0, count: keys.rows * g)
+    for i in 0..<g {
+      let cent = centroids.withUnsafeBufferPointer {
+        Kernels.toFloat(UnsafeBufferPointer(rebasing: $0[i * c * s..<(i + 1) * c * s]))
+      }
+      let soa = Self.structureOfArrays(cent, c: c, s: s)
+      points.withUnsafeBufferPointer { p in
+        codes.withUnsafeMutableBufferPointer { out in
+          hkv_nearest_centroids(
+            p.baseAddress! + i * s, keys.rows, version.headDim, s, soa.values, soa.norms, c,
+            out.baseAddress! + i, g)
+        }
+      }
+    }
+    return codes
+  }
+
+  /// The key that `codes` (one row of g) stand for.
+  public func decode(_ codes: ArraySlice<UInt16>) -> [Float] {
+    let c = version.centroids
+    let s = subDim
+    var out = [Float]()
+    out.reserveCapacity(version.headDim)
+    for (i, code) in codes.enumerated() {
+      let base = (i * c + Int(code)) * s
+      for t in 0..<s { out.append(Float(centroids[base + t])) }
+    }
+    return out
+  }
+
+  static func structureOfArrays(_ cent: [Float], c: Int, s: Int) -> (values: [Float], norms: [Float])
+  {
+    var soa = [Float](repeating: 0, count: c * s)
+    var norms = [Float](repeating: 0, count: c)
+    for m in 0..<c {
+      for t in 0..<s {
+        let v = cent[m * s + t]
+        soa[t * c + m] = v
+        norms[m] += v * v
+      }
+    }
+    return (soa, norms)
+  }
+
+  static func nearest(
+    points: [Float], count: Int, stride: Int, s: Int, centroids: [Float], c: Int,
+    into codes: inout [UInt16]
+  ) {
+    let soa = structureOfArrays(centroids, c: c, s: s)
+    hkv_nearest_centroids(points, count, stride, s, soa.values, soa.norms, c, &codes, 1)
+  }
+
+  static func sampleDistinct(_ k: Int, from n: Int, using rng: inout SeededGenerator) -> [Int] {
+    // Partial Fisher-Yates over 0..<n.
+    var pool = Array(0..<n)
+    for i in 0..<k {
+      let j = i + Int(rng.next() % UInt64(n - i))
+      pool.swapAt(i, j)
+    }
+    return Array(pool[0..<k])
+  }
+}
+
+/// Keys of one head as product-quantization codes (g x 16 bits per key), scored through a
+/// per-query lookup table T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i].
+public struct ProductQuantizedKeyStore: QuantizedKeyStore {
+  /// The codebook the codes index.
+  public let codebook: ProductCodebook
+  /// Codes, `[count][g]`.
+  public private(set) var codes: [UInt16] = []
+
+  /// An empty store over a trained codebook.
+  public init(codebook: ProductCodebook) { self.codebook = codebook }
+
+  public var headDim: Int { codebook.version.headDim }
+  public var count: Int { codes.count / codebook.version.subvectors }
+  /// Codes plus the codebook (trained on this sequence, so it is this sequence's cost).
+  public var residentBytes: Int { codes.count * 2 + codebook.byteCount }
+
+  public mutating func append(_ keys: HalfMatrix) throws {
+    codes.append(contentsOf: try codebook.encode(keys))
+  }
+
+  public func decodedKey(at index: Int) -> [Float] {
+    let g = codebook.version.subvectors
+    return codebook.decode(codes[index * g..<(index + 1) * g])
+  }
+
+  public func scores(queries: [Float], heads: Int, scale: Float) throws -> [Float] {
+    try validateQueries(queries, heads: heads)
+    let g = codebook.version.subvectors
+    let c = codebook.version.centroids
+    let n = count
+    let d = headDim
+    var out = [Float](repeating: 0, count: heads * n)
+    var lut = [Float](repeating: 0, count: g * c * 4)
+    var block = [Float](repeating: 0, count: 4 * n)
+    // Four query heads per table: one 16-byte load per code serves all four.
+    for first in stride(from: 0, to: heads, by: 4) {
+      let group = min(4, heads - first)
+      let q = queries[first * d..<(first + group) * d].map { $0 * scale }
+      codebook.centroids.withUnsafeBufferPointer { cb in
+        cb.withMemoryRebound(to: UInt16.self) { cb16 in
+          hkv_pq_lut_x4(cb16.baseAddress, g, c, codebook.subDim, q, group, &lut)
+        }
+      }
+      hkv_pq_scores_x4(lut, g, c, codes, n, &block)
+      out.replaceSubrange(first * n..<(first + group) * n, with: block[0..<group * n])
+    }
+    return out
+  }
+}

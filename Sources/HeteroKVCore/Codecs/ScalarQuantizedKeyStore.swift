@@ -1,0 +1,180 @@
+import CHeteroKVKernels
+
+/// Settings of scalar per-channel key quantization (KIVI-style): keys have outlier channels,
+/// so each channel gets its own scale and zero point over a group of tokens.
+public struct ScalarQuantizerConfiguration: Sendable, Hashable, Codable {
+  /// Bits per channel: 2, 4 or 8.
+  public var bits: Int
+  /// Tokens quantized together (one scale and zero point per channel per group).
+  public var groupSize: Int
+  /// Most recent tokens kept in fp16 before they are quantized.
+  public var window: Int
+
+  /// A configuration; throws for bit widths other than 2, 4, 8 or non-positive sizes.
+  public init(bits: Int = 4, groupSize: Int = 64, window: Int = 128) throws {
+    guard [2, 4, 8].contains(bits) else {
+      throw HeteroKVError.unsupported("scalar key quantization supports 2, 4 or 8 bits, not \(bits)")
+    }
+    guard groupSize > 0, window >= 0 else {
+      throw HeteroKVError.invalid(
+        "group size must be positive and window non-negative (got \(groupSize), \(window))")
+    }
+    self.bits = bits
+    self.groupSize = groupSize
+    self.window = window
+  }
+}
+
+/// Keys of one head quantized per channel over groups of tokens, with a full-precision window
+/// of recent tokens. Needs no calibration. Scores fold each group's scales and zero points into
+/// the query once, then read only the packed codes.
+public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
+  /// One group of quantized tokens.
+  struct Group: Sendable {
+    var scales: [Float16]
+    var zeros: [Float16]
+    var codes: [UInt8]
+  }
+
+  /// The quantizer settings.
+  public let configuration: ScalarQuantizerConfiguration
+  public let headDim: Int
+  var groups: [Group] = []
+  var recent: HalfMatrix
+
+  /// An empty store; the head dim must be a multiple of 8 / bits x channels per byte.
+  public init(headDim: Int, configuration: ScalarQuantizerConfiguration) throws {
+    let perByte = 8 / configuration.bits
+    guard headDim > 0, headDim % perByte == 0 else {
+      throw HeteroKVError.dimension(
+        "head dim \(headDim) does not pack into \(configuration.bits)-bit codes")
+    }
+    self.headDim = headDim
+    self.configuration = configuration
+    self.recent = HalfMatrix(cols: headDim)
+  }
+
+  var bytesPerToken: Int { headDim * configuration.bits / 8 }
+
+  public var count: Int { groups.count * configuration.groupSize + recent.rows }
+
+  public var residentBytes: Int {
+    groups.count * (configuration.groupSize * bytesPerToken + 2 * headDim * 2) + recent.byteCount
+  }
+
+  public mutating func append(_ keys: HalfMatrix) throws {
+    guard keys.cols == headDim else {
+      throw HeteroKVError.dimension("keys have \(keys.cols) dims, store expects \(headDim)")
+    }
+    try requireFinite(keys.floats(), "key rows")
+    try recent.append(contentsOf: keys)
+    let g = configuration.groupSize
+    while recent.rows >= g + configuration.window {
+      let rows = recent.gather(Array(0..<g)).floats()
+      groups.append(quantize(rows))
+      recent.removeFirst(g)
+    }
+  }
+
+  func quantize(_ rows: [Float]) -> Group {
+    let d = headDim
+    let n = rows.count / d
+    let levels = Float((1 << configuration.bits) - 1)
+    var scales = [Float16](repeating: 0, count: d)
+    var zeros = [Float16](repeating: 0, count: d)
+    var steps = [Float](repeating: 0, count: d)
+    var offsets = [Float](repeating: 0, count: d)
+    for c in 0..<d {
+      var lo = Float.infinity
+      var hi = -Float.infinity
+      for t in 0..<n {
+        lo = min(lo, rows[t * d + c])
+        hi = max(hi, rows[t * d + c])
+      }
+      // Zero point rounded down and step rounded up in fp16, so every value lies inside the
+      // representable range and the error stays within half a step.
+      var z = Float16(lo)
+      if Float(z) > lo { z = z.nextDown }
+      var s = Float16((hi - Float(z)) / levels)
+      while Float(s) * levels + Float(z) < hi { s = s.nextUp }
+      zeros[c] = z
+      scales[c] = s
+      steps[c] = Float(s)
+      offsets[c] = Float(z)
+    }
+    let perByte = 8 / configuration.bits
+    let stride = d / perByte
+    var codes = [UInt8](repeating: 0, count: n * bytesPerToken)
+    for t in 0..<n {
+      for c in 0..<d {
+        let q: Float =
+          steps[c] > 0 ? ((rows[t * d + c] - offsets[c]) / steps[c]).rounded() : 0
+        let code = UInt8(min(max(q, 0), levels))
+        let slot = c / stride
+        codes[t * bytesPerToken + c % stride] |= code << UInt8(slot * configuration.bits)
+      }
+    }
+    return Group(scales: scales, zeros: zeros, codes: codes)
+  }
+
+  func code(_ group: Group, token: Int, channel c: Int) -> UInt8 {
+    let stride = headDim / (8 / configuration.bits)
+    let byte = group.codes[token * bytesPerToken + c % stride]
+    let mask = UInt8((1 << configuration.bits) - 1)
+    return (byte >> UInt8((c / stride) * configuration.bits)) & mask
+  }
+
+  public func decodedKey(at index: Int) -> [Float] {
+    let g = configuration.groupSize
+    if index >= groups.count * g { return recent.row(index - groups.count * g) }
+    let group = groups[index / g]
+    return (0..<headDim).map { c in
+      Float(group.zeros[c]) + Float(group.scales[c]) * Float(code(group, token: index % g, channel: c))
+    }
+  }
+
+  public func scores(queries: [Float], heads: Int, scale: Float) throws -> [Float] {
+    try validateQueries(queries, heads: heads)
+    let n = count
+    let d = headDim
+    let g = configuration.groupSize
+    var out = [Float](repeating: 0, count: heads * n)
+    var folded = [Float](repeating: 0, count: heads * d)
+    var bias = [Float](repeating: 0, count: heads)
+    for (gi, group) in groups.enumerated() {
+      for h in 0..<heads {
+        var b: Float = 0
+        for c in 0..<d {
+          let q = queries[h * d + c]
+          folded[h * d + c] = q * Float(group.scales[c])
+          b += q * Float(group.zeros[c])
+        }
+        bias[h] = b
+      }
+      if configuration.bits == 4 {
+        out.withUnsafeMutableBufferPointer { o in
+          hkv_sq4_scores(folded, bias, heads, group.codes, g, d, scale, o.baseAddress! + gi * g, n)
+        }
+      } else {
+        var unpacked = [Float](repeating: 0, count: d)
+        for t in 0..<g {
+          for c in 0..<d { unpacked[c] = Float(code(group, token: t, channel: c)) }
+          for h in 0..<heads {
+            var acc = bias[h]
+            for c in 0..<d { acc += folded[h * d + c] * unpacked[c] }
+            out[h * n + gi * g + t] = acc * scale
+          }
+        }
+      }
+    }
+    if recent.rows > 0 {
+      let tail = Kernels.scores(queries: queries, heads: heads, keys: recent, scale: scale)
+      let base = groups.count * g
+      for h in 0..<heads {
+        out.replaceSubrange(
+          h * n + base..<h * n + n, with: tail[h * recent.rows..<(h + 1) * recent.rows])
+      }
+    }
+    return out
+  }
+}

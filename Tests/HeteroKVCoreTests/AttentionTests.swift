@@ -1,0 +1,115 @@
+import Foundation
+import Testing
+
+@testable import HeteroKVCore
+
+@Suite struct AttentionTests {
+  let d = 64
+
+  @Test func fullAttentionMatchesNaiveComputation() throws {
+    let n = 300
+    let keys = try randomMatrix(rows: n, cols: d, seed: 1)
+    let values = try randomMatrix(rows: n, cols: d, seed: 2)
+    let q = randomFloats(2 * d, seed: 3)
+    let part = try FullAttention.attend(queries: q, heads: 2, keys: keys, values: values)
+    let kf = keys.floats()
+    let vf = values.floats()
+    for h in 0..<2 {
+      let qh = Array(q[h * d..<(h + 1) * d])
+      let s = (0..<n).map { j in Double(dot(qh, Array(kf[j * d..<(j + 1) * d]))) / Double(d).squareRoot() }
+      let m = s.max()!
+      let e = s.map { exp($0 - m) }
+      let z = e.reduce(0, +)
+      var out = [Float](repeating: 0, count: d)
+      for j in 0..<n { for c in 0..<d { out[c] += Float(e[j] / z) * vf[j * d + c] } }
+      #expect(relativeError(Array(part.output(head: h)), out) < 1e-5)
+      #expect(abs(part.logSumExp[h] - Float(m + log(z))) < 1e-4)
+    }
+  }
+
+  @Test func mergingSplitPartialsEqualsUnsplitAttention() throws {
+    let n = 257
+    let keys = try randomMatrix(rows: n, cols: d, seed: 4, scale: 2)
+    let values = try randomMatrix(rows: n, cols: d, seed: 5)
+    let q = randomFloats(4 * d, seed: 6)
+    let whole = try FullAttention.attend(queries: q, heads: 4, keys: keys, values: values)
+    let cuts = [0, 10, 100, 200, n]
+    let parts = try (0..<4).map { i in
+      let rows = Array(cuts[i]..<cuts[i + 1])
+      return try FullAttention.attend(
+        queries: q, heads: 4, keys: keys.gather(rows), values: values.gather(rows))
+    }
+    let merged = try AttentionPartial.merge(parts + [.empty(heads: 4, headDim: d)])
+    #expect(relativeError(merged.outputs, whole.outputs) < 1e-5)
+    for h in 0..<4 { #expect(abs(merged.logSumExp[h] - whole.logSumExp[h]) < 1e-4) }
+  }
+
+  @Test func tauSelectionKeepsTheSmallestPrefixReachingTau() throws {
+    let scores = randomFloats(5000, seed: 7, scale: 3)
+    for tau: Float in [0.5, 0.9, 0.99] {
+      let sel = try TauMassSelection.select(scores: scores[...], tau: tau)
+      // Reference: sort by weight, take the prefix.
+      let m = scores.max()!
+      let w = scores.map { Double(exp($0 - m)) }
+      let total = w.reduce(0, +)
+      let order = w.indices.sorted { w[$0] > w[$1] }
+      var acc = 0.0
+      var k = 0
+      while acc < Double(tau) * total {
+        acc += w[order[k]]
+        k += 1
+      }
+      #expect(sel.indices.count == k)
+      #expect(Set(sel.indices.map(Int.init)) == Set(order[0..<k]))
+      #expect(sel.keptMass >= tau - 1e-4)
+      // Dropping the smallest kept weight would fall below tau.
+      #expect(sel.keptMass - sel.weights.min()! < tau)
+      #expect(sel.indices == sel.indices.sorted())
+    }
+  }
+
+  @Test func tauSelectionHonoursTheCap() throws {
+    let sel = try TauMassSelection.select(scores: randomFloats(1000, seed: 8)[...], tau: 0.9, cap: 17)
+    #expect(sel.indices.count == 17)
+  }
+
+  @Test func sparseStepAtFullBudgetEqualsFullAttention() throws {
+    let n = 1000
+    let keys = try randomMatrix(rows: n, cols: d, seed: 9)
+    let values = try randomMatrix(rows: n, cols: d, seed: 10)
+    let q = randomFloats(4 * d, seed: 11)
+    let full = try FullAttention.attend(queries: q, heads: 4, keys: keys, values: values)
+    let exact = Kernels.scores(queries: q, heads: 4, keys: keys, scale: 1 / Float(d).squareRoot())
+    for mode in HCAttentionOutputMode.allCases {
+      let step = try HCAttentionStep(tau: 1.0, mode: mode)
+      let sel = try step.select(approximateScores: exact, heads: 4)
+      let out = try step.contextVectors(selections: sel, queries: q, keys: keys, values: values)
+      #expect(relativeError(out.outputs, full.outputs) < 1e-4, "mode \(mode)")
+    }
+  }
+
+  @Test func typedErrorsForBadInput() throws {
+    let keys = try randomMatrix(rows: 10, cols: d, seed: 12)
+    #expect(throws: HeteroKVError.self) {
+      try FullAttention.attend(queries: [1, 2, 3], heads: 1, keys: keys, values: keys)
+    }
+    do {
+      _ = try FullAttention.attend(
+        queries: [Float](repeating: .nan, count: d), heads: 1, keys: keys, values: keys)
+      Issue.record("NaN query accepted")
+    } catch let e as HeteroKVError {
+      #expect(e.code == .nonFiniteInput)
+      #expect(e.message.contains("query"))
+    }
+    do {
+      _ = try FullAttention.attend(
+        queries: randomFloats(d, seed: 1), heads: 1, keys: HalfMatrix(cols: d),
+        values: HalfMatrix(cols: d))
+      Issue.record("empty context accepted")
+    } catch let e as HeteroKVError {
+      #expect(e.code == .emptyContext)
+    }
+    #expect(throws: HeteroKVError.self) { try TauMassSelection.select(scores: [][...], tau: 0.9) }
+    #expect(throws: HeteroKVError.self) { try HCAttentionStep(tau: 1.5) }
+  }
+}

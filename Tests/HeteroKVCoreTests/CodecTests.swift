@@ -1,0 +1,115 @@
+import Testing
+
+@testable import HeteroKVCore
+
+@Suite struct CodecTests {
+  let d = 64
+
+  /// Keys with a few outlier channels, as real keys have.
+  func outlierKeys(rows: Int, seed: UInt64) throws -> HalfMatrix {
+    var values = randomFloats(rows * d, seed: seed)
+    for t in 0..<rows { for c in [3, 17] { values[t * d + c] = values[t * d + c] * 0.5 + 15 } }
+    return try HalfMatrix(values, cols: d)
+  }
+
+  @Test(arguments: [2, 4, 8])
+  func scalarQuantizationErrorWithinHalfAStep(bits: Int) throws {
+    let config = try ScalarQuantizerConfiguration(bits: bits, groupSize: 32, window: 16)
+    var store = try ScalarQuantizedKeyStore(headDim: d, configuration: config)
+    let keys = try outlierKeys(rows: 200, seed: 1)
+    try store.append(keys.gather(Array(0..<77)))
+    try store.append(keys.gather(Array(77..<200)))
+    #expect(store.count == 200)
+    #expect(store.groups.count == (200 - 16) / 32)
+    for (gi, group) in store.groups.enumerated() {
+      for t in 0..<32 {
+        let index = gi * 32 + t
+        let original = keys.row(index)
+        let decoded = store.decodedKey(at: index)
+        for c in 0..<d {
+          let step = Float(group.scales[c])
+          #expect(abs(decoded[c] - original[c]) <= step / 2 * 1.001 + 1e-6)
+        }
+      }
+    }
+    // Window rows are exact.
+    #expect(store.decodedKey(at: 199) == keys.row(199))
+  }
+
+  @Test(arguments: [2, 4, 8])
+  func scalarScoresMatchDotWithDecodedKeys(bits: Int) throws {
+    let config = try ScalarQuantizerConfiguration(bits: bits, groupSize: 32, window: 8)
+    var store = try ScalarQuantizedKeyStore(headDim: d, configuration: config)
+    try store.append(try outlierKeys(rows: 150, seed: 2))
+    let q = randomFloats(3 * d, seed: 3)
+    let scores = try store.scores(queries: q, heads: 3, scale: 0.5)
+    for h in 0..<3 {
+      for j in stride(from: 0, to: 150, by: 7) {
+        let expected = 0.5 * dot(Array(q[h * d..<(h + 1) * d]), store.decodedKey(at: j))
+        #expect(abs(scores[h * 150 + j] - expected) < 1e-3 * max(1, abs(expected)))
+      }
+    }
+  }
+
+  @Test func unsupportedBitWidthIsATypedError() {
+    do {
+      _ = try ScalarQuantizerConfiguration(bits: 3)
+      Issue.record("3 bits accepted")
+    } catch let e as HeteroKVError {
+      #expect(e.code == .unsupportedConfiguration)
+      #expect(e.message.contains("3"))
+    } catch { Issue.record("wrong error \(error)") }
+  }
+
+  func codebook(keys: HalfMatrix, g: Int, c: Int) throws -> ProductCodebook {
+    let config = try ProductQuantizerConfiguration(subvectors: g, centroids: c, iterations: 6)
+    let version = CodebookVersion(
+      geometry: "test", layer: 0, kvHead: 0, headDim: d, subvectors: g, centroids: c,
+      calibration: .ownPrefill)
+    return try ProductCodebook.train(keys: keys, configuration: config, version: version)
+  }
+
+  @Test func productQuantizationErrorFallsAsCentroidsGrow() throws {
+    let keys = try outlierKeys(rows: 2048, seed: 4)
+    let q = randomFloats(4 * d, seed: 5)
+    let exact = Kernels.scores(queries: q, heads: 4, keys: keys, scale: 1)
+    var lastReconstruction = Float.infinity
+    var lastScore = Float.infinity
+    for c in [16, 64, 256] {
+      var store = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 16, c: c))
+      try store.append(keys)
+      let decoded = (0..<keys.rows).flatMap { store.decodedKey(at: $0) }
+      let reconstruction = relativeError(decoded, keys.floats())
+      let scoreError = relativeError(try store.scores(queries: q, heads: 4, scale: 1), exact)
+      #expect(reconstruction < lastReconstruction, "c=\(c)")
+      #expect(scoreError < lastScore, "c=\(c)")
+      lastReconstruction = reconstruction
+      lastScore = scoreError
+    }
+  }
+
+  @Test func productScoresMatchDotWithDecodedKeys() throws {
+    let keys = try outlierKeys(rows: 500, seed: 6)
+    var store = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 32, c: 64))
+    try store.append(keys)
+    #expect(store.count == 500)
+    for heads in [1, 4, 6] {
+      let q = randomFloats(heads * d, seed: 7)
+      let scores = try store.scores(queries: q, heads: heads, scale: 0.25)
+      for h in 0..<heads {
+        for j in stride(from: 0, to: 500, by: 11) {
+          let expected = 0.25 * dot(Array(q[h * d..<(h + 1) * d]), store.decodedKey(at: j))
+          #expect(abs(scores[h * 500 + j] - expected) < 1e-3 * max(1, abs(expected)))
+        }
+      }
+    }
+  }
+
+  @Test func productQuantizationRejectsBadShapes() throws {
+    let keys = try randomMatrix(rows: 10, cols: d, seed: 8)
+    #expect(throws: HeteroKVError.self) { try codebook(keys: keys, g: 7, c: 8) }
+    #expect(throws: HeteroKVError.self) { try ProductQuantizerConfiguration(centroids: 70000) }
+    let book = try codebook(keys: keys, g: 8, c: 8)
+    #expect(throws: HeteroKVError.self) { try book.encode(try randomMatrix(rows: 2, cols: 32, seed: 1)) }
+  }
+}

@@ -32,11 +32,14 @@ public struct HeteroKVError: Error, Sendable, Hashable, CustomStringConvertible 
 }
 
 extension HeteroKVError {
-  static func dimension(_ message: String) -> HeteroKVError { .init(.dimensionMismatch, message) }
-  static func unsupported(_ message: String) -> HeteroKVError {
+  /// A `dimensionMismatch` error.
+  public static func dimension(_ message: String) -> HeteroKVError { .init(.dimensionMismatch, message) }
+  /// An `unsupportedConfiguration` error.
+  public static func unsupported(_ message: String) -> HeteroKVError {
     .init(.unsupportedConfiguration, message)
   }
-  static func invalid(_ message: String) -> HeteroKVError { .init(.invalidArgument, message) }
+  /// An `invalidArgument` error.
+  public static func invalid(_ message: String) -> HeteroKVError { .init(.invalidArgument, message) }
 }
 
 /// Throws `nonFiniteInput` when `values` holds a NaN or an infinity.

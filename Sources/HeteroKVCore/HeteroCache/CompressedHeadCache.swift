@@ -1,0 +1,92 @@
+/// A compressed cache of one KV head (anchor or satellite): the K/V rows of chosen positions,
+/// kept in position order, plus the tokens appended during decode. Attention over it is exact.
+public struct CompressedHeadCache: Sendable {
+  /// Positions held, ascending.
+  public private(set) var positions: [Int]
+  public private(set) var keys: HalfMatrix
+  public private(set) var values: HalfMatrix
+
+  /// Gathers `positions` (any order; stored sorted) from the full K/V.
+  public init(positions: [Int], keys: HalfMatrix, values: HalfMatrix) throws {
+    let sorted = Array(Set(positions)).sorted()
+    if let bad = sorted.first(where: { $0 < 0 || $0 >= keys.rows }) {
+      throw HeteroKVError.invalid("cache position \(bad) is outside the \(keys.rows) tokens")
+    }
+    self.positions = sorted
+    self.keys = keys.gather(sorted)
+    self.values = values.gather(sorted)
+  }
+
+  /// The top-`cap` positions of a score row (one value per token).
+  public static func topPositions(_ scores: [Float], cap: Int) -> [Int] {
+    AttentionPattern.top(scores, k: cap)
+  }
+
+  /// Bytes of fp16 K and V held.
+  public var residentBytes: Int { keys.byteCount + values.byteCount }
+
+  /// Appends a decode token.
+  public mutating func append(key: [Float], value: [Float], position: Int) throws {
+    try keys.append(key)
+    try values.append(value)
+    positions.append(position)
+  }
+
+  /// Exact attention of the query group over the cache.
+  public func attend(queries: [Float], heads: Int) throws -> AttentionPartial {
+    try FullAttention.attend(queries: queries, heads: heads, keys: keys, values: values)
+  }
+}
+
+/// A pivot's watch over its own attention: every `interval` steps it compares each query
+/// head's current top-B set with its reference; when the median overlap falls below the
+/// threshold, the reference moves and the pivot's satellites must be refreshed.
+public struct PivotDriftMonitor: Sendable {
+  public let interval: Int
+  public let threshold: Double
+  public let budget: Int
+  public let poolWidth: Int
+  /// Reference top-B set per query head.
+  public private(set) var reference: [[Int]]
+
+  /// Starts from the prefill's last-query probabilities `[heads][n]`.
+  public init(
+    prefillProbabilities: [Float], heads: Int, budget: Int, configuration: HeteroCacheConfiguration
+  ) {
+    self.interval = configuration.driftInterval
+    self.threshold = configuration.stabilityThreshold
+    self.budget = max(1, budget)
+    self.poolWidth = configuration.poolWidth
+    self.reference = Self.topSets(prefillProbabilities, heads: heads, k: max(1, budget), width: poolWidth)
+  }
+
+  static func topSets(_ p: [Float], heads: Int, k: Int, width: Int) -> [[Int]] {
+    let n = p.count / heads
+    return (0..<heads).map { h in
+      AttentionPattern.top(AttentionPattern.smooth(p[h * n..<(h + 1) * n], width: width), k: k)
+    }
+  }
+
+  /// What a drift check found.
+  public struct Drift: Sendable {
+    /// Median overlap of current and reference sets.
+    public var medianOverlap: Double
+    /// Smoothed max-over-group attention over all tokens: satellites take their top-cap.
+    public var ranking: [Float]
+  }
+
+  /// Observes decode step `step` (0-based) with the pivot's current probabilities
+  /// `[heads][n]`; returns a drift when this is a check step and the overlap fell too low.
+  public mutating func observe(step: Int, probabilities: [Float], heads: Int) -> Drift? {
+    guard (step + 1) % interval == 0 else { return nil }
+    let current = Self.topSets(probabilities, heads: heads, k: budget, width: poolWidth)
+    let overlap = median(zip(current, reference).map { AttentionPattern.overlap($0, $1) })
+    guard overlap < threshold else { return nil }
+    reference = current
+    let n = probabilities.count / heads
+    let smoothed = (0..<heads).flatMap {
+      AttentionPattern.smooth(probabilities[$0 * n..<($0 + 1) * n], width: poolWidth)
+    }
+    return Drift(medianOverlap: overlap, ranking: AttentionPattern.maxOfRows(smoothed, rows: heads))
+  }
+}

@@ -1,0 +1,86 @@
+/// HCAttention: product-quantized keys on the worker (g = budget x 2d sub-vectors: 25% -> 64,
+/// 12.5% -> 32 for d = 128), values offloaded; each step scores every token from the codes,
+/// keeps the tau-mass prefix per query head, and the memory tier returns the context vector
+/// from the kept indices and weights. The codebook is trained on the sequence's own prefill.
+public struct HCAttentionPolicy: AttentionPolicy {
+  public var mode: HCAttentionOutputMode
+  public var tau: Float
+  public var centroids: Int
+  public var iterations: Int
+  public var seed: UInt64
+
+  public init(
+    mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
+    iterations: Int = 8, seed: UInt64 = 1
+  ) {
+    self.mode = mode
+    self.tau = tau
+    self.centroids = centroids
+    self.iterations = iterations
+    self.seed = seed
+  }
+
+  public var name: String {
+    switch mode {
+    case .renormalized: "hcattention"
+    case .raw: "hcattention-raw"
+    case .exact: "hcattention-exact"
+    }
+  }
+
+  /// Sub-vectors that give a budget on the worker: codes take 2g bytes of the 4d of fp16 K+V.
+  public static func subvectors(forBudget budget: Double, headDim d: Int) throws -> Int {
+    let g = Int((budget * Double(2 * d)).rounded())
+    guard g > 0, g <= d, d % g == 0 else {
+      throw HeteroKVError.unsupported(
+        "hcattention: budget \(budget) needs \(g) sub-vectors, which do not divide head dim \(d)")
+    }
+    return g
+  }
+
+  struct Head: HeadPolicyState {
+    var store: ProductQuantizedKeyStore
+    let step: HCAttentionStep
+    let heads: Int
+    let d: Int
+
+    mutating func step(_ input: HeadStepInput) throws -> PolicyStepResult {
+      let newest = input.keys.rows - 1
+      try store.append(input.keys.gather([newest]))
+      let scores = try store.scores(
+        queries: input.queries, heads: heads, scale: FullAttention.scale(headDim: d))
+      let selections = try step.select(approximateScores: scores, heads: heads)
+      let out = try step.contextVectors(
+        selections: selections, queries: input.queries, keys: input.keys, values: input.values)
+      // Up: indices and weights per kept token; down: d floats per head (+ max and sum in
+      // exact mode); plus the new token's value (and key, for exact re-scoring).
+      let kept = selections.reduce(0) { $0 + $1.indices.count }
+      let upload = step.mode == .exact ? 2 * d * 2 : d * 2
+      let moved = kept * 8 + heads * (d * 4 + (step.mode == .exact ? 8 : 0)) + upload
+      return PolicyStepResult(
+        outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved)
+    }
+
+    var residentBytes: Int { store.residentBytes }
+  }
+
+  public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
+    -> any PolicyLayerState
+  {
+    let g = try Self.subvectors(forBudget: budget, headDim: geometry.headDim)
+    let config = try ProductQuantizerConfiguration(
+      subvectors: g, centroids: centroids, iterations: iterations, seed: seed)
+    let step = try HCAttentionStep(tau: tau, mode: mode)
+    let heads = try parallelMap(layer.heads.count) { h in
+      let head = layer.heads[h]
+      let version = CodebookVersion(
+        geometry: geometry.name, layer: layer.layer, kvHead: h, headDim: geometry.headDim,
+        subvectors: g, centroids: centroids, calibration: .ownPrefill)
+      let book = try ProductCodebook.train(keys: head.keys, configuration: config, version: version)
+      var store = ProductQuantizedKeyStore(codebook: book)
+      try store.append(head.keys)
+      return Head(store: store, step: step, heads: geometry.groupSize, d: geometry.headDim)
+    }
+    return IndependentHeads(heads)
+  }
+}

@@ -1,0 +1,178 @@
+/// HeteroCache on HeteroKV: roles and budgets from a calibration profile; anchor and satellite
+/// heads attend exactly over compressed caches on the worker; pivot and volatile heads keep
+/// their full context in the memory tier and go through the HCAttention path on scalar key
+/// codes; pivots check drift every few steps and refresh their satellites' caches, applied at
+/// the next step.
+public struct HeteroCachePolicy: AttentionPolicy {
+  /// Profiles of every head of every layer (from calibration).
+  public var profiles: [HeadProfile]
+  public var configuration: HeteroCacheConfiguration
+  public var tau: Float
+  /// Fewest tokens a compressed head keeps (ours; see `BudgetAllocator`).
+  public var minimumCap: Int
+
+  public init(
+    profiles: [HeadProfile], configuration: HeteroCacheConfiguration, tau: Float = 0.9,
+    minimumCap: Int = 64
+  ) {
+    self.profiles = profiles
+    self.configuration = configuration
+    self.tau = tau
+    self.minimumCap = minimumCap
+  }
+
+  public var name: String { "heterocache" }
+
+  /// Worker cost of a full-context head's key codes (4-bit, group 64, window 128) as a share
+  /// of fp16 K+V, and the bit width: 4 bits when full heads leave a quarter of the budget to
+  /// the compressed heads, else 2 bits.
+  static func fullHeadKeys(
+    budget: Double, fullHeads: Int, totalHeads: Int, headDim d: Int, tokens n: Int
+  ) throws -> (configuration: ScalarQuantizerConfiguration, cost: Double) {
+    for bits in [4, 2] {
+      let config = try ScalarQuantizerConfiguration(bits: bits, groupSize: 64, window: 128)
+      let cost = codeShare(config, headDim: d, tokens: n)
+      if Double(fullHeads) * cost <= 0.75 * budget * Double(totalHeads) { return (config, cost) }
+    }
+    throw HeteroKVError.unsupported(
+      "heterocache: budget \(budget) cannot hold the key codes of \(fullHeads) of \(totalHeads) "
+        + "full-context heads")
+  }
+
+  /// Bytes of a scalar key store per token as a share of fp16 K+V: codes, per-group scales and
+  /// zero points, and the fp16 window spread over the context.
+  static func codeShare(_ c: ScalarQuantizerConfiguration, headDim d: Int, tokens n: Int) -> Double {
+    let perToken = Double(d * c.bits / 8) + Double(2 * d * 2) / Double(c.groupSize)
+    let window = Double(min(n, c.window)) * Double(d * 2) / Double(n)
+    return (perToken + window) / Double(4 * d)
+  }
+
+  struct State: PolicyLayerState {
+    enum Head {
+      case compressed(CompressedHeadCache)
+      case full(ScalarQuantizedKeyStore, PivotDriftMonitor?)
+    }
+    var heads: [Head]
+    let roles: [HeadRole]
+    let caps: [Int]
+    let prefillTokens: Int
+    let step: HCAttentionStep
+    let groupSize: Int
+    let d: Int
+    var pendingRefresh: [Int: [Int]] = [:]
+    var retrievalSteps = 0
+
+    mutating func step(_ inputs: [HeadStepInput]) throws -> [PolicyStepResult] {
+      let refreshes = pendingRefresh
+      pendingRefresh = [:]
+      var results: [PolicyStepResult] = []
+      var drifted = false
+      for (h, input) in inputs.enumerated() {
+        let newest = input.keys.rows - 1
+        let upload = kvBytes(tokens: 1, headDim: d)
+        switch heads[h] {
+        case .compressed(var cache):
+          if let positions = refreshes[h] {
+            cache = try CompressedHeadCache(
+              positions: positions, keys: input.keys, values: input.values)
+          }
+          try cache.append(
+            key: input.keys.row(newest), value: input.values.row(newest), position: newest)
+          heads[h] = .compressed(cache)
+          let out = try cache.attend(queries: input.queries, heads: groupSize)
+          let attended = cache.positions.map(Int32.init)
+          results.append(
+            PolicyStepResult(
+              outputs: out.outputs, attended: Array(repeating: attended, count: groupSize),
+              bytesMoved: upload))
+        case .full(var store, var monitor):
+          try store.append(input.keys.gather([newest]))
+          var scores = try store.scores(
+            queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
+          let selections = try step.select(approximateScores: scores, heads: groupSize)
+          let out = try step.contextVectors(
+            selections: selections, queries: input.queries, keys: nil, values: input.values)
+          var moved = selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
+          if monitor != nil {
+            _ = Softmax.normalizeRows(&scores, heads: groupSize, n: store.count)
+            if let drift = monitor!.observe(step: input.step, probabilities: scores, heads: groupSize) {
+              drifted = true
+              for (s, role) in roles.enumerated() {
+                guard case .satellite(let pivot) = role, pivot == h else { continue }
+                let decoded = Array(prefillTokens..<store.count)
+                let top = AttentionPattern.top(Array(drift.ranking[0..<prefillTokens]), k: caps[s])
+                pendingRefresh[s] = top + decoded
+                moved += kvBytes(tokens: caps[s], headDim: d)
+              }
+            }
+          }
+          heads[h] = .full(store, monitor)
+          results.append(
+            PolicyStepResult(outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved))
+        }
+      }
+      if drifted { retrievalSteps += 1 }
+      return results
+    }
+
+    var residentBytes: Int {
+      heads.reduce(0) { total, head in
+        switch head {
+        case .compressed(let cache): total + cache.residentBytes
+        case .full(let store, _): total + store.residentBytes
+        }
+      }
+    }
+  }
+
+  public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
+    -> any PolicyLayerState
+  {
+    let n = layer.heads[0].keys.rows
+    let mine = profiles.filter { $0.layer == layer.layer }.sorted { $0.kvHead < $1.kvHead }
+    guard mine.count == layer.heads.count else {
+      throw HeteroKVError.dimension(
+        "heterocache: \(mine.count) profiles for layer \(layer.layer), which has "
+          + "\(layer.heads.count) KV heads")
+    }
+    let fullCount = profiles.filter { $0.role.keepsFullContext }.count
+    let (keys, cost) = try Self.fullHeadKeys(
+      budget: budget, fullHeads: fullCount, totalHeads: profiles.count, headDim: geometry.headDim,
+      tokens: n)
+    let budgets = try BudgetAllocator.allocate(
+      profiles: profiles, memoryRatio: budget, prefillTokens: n, fullHeadCost: cost,
+      minimumCap: minimumCap)
+    let compressedCaps = budgets.filter { !$0.role.keepsFullContext }.map(\.cap)
+    let uniform = compressedCaps.isEmpty ? n / 8 : compressedCaps.reduce(0, +) / compressedCaps.count
+    let caps = mine.map { p in budgets.first { $0.layer == p.layer && $0.kvHead == p.kvHead }!.cap }
+    let g = geometry.groupSize
+    let heads: [State.Head] = try parallelMap(layer.heads.count) { h in
+      let head = layer.heads[h]
+      let p = try FullAttention.probabilities(
+        queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
+      switch mine[h].role {
+      case .anchor, .satellite:
+        let smoothed = (0..<g).flatMap {
+          AttentionPattern.smooth(p[$0 * n..<($0 + 1) * n], width: configuration.poolWidth)
+        }
+        let ranking = AttentionPattern.maxOfRows(smoothed, rows: g)
+        return .compressed(
+          try CompressedHeadCache(
+            positions: AttentionPattern.top(ranking, k: caps[h]), keys: head.keys,
+            values: head.values))
+      case .pivot, .volatile:
+        var store = try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: keys)
+        try store.append(head.keys)
+        let monitor: PivotDriftMonitor? =
+          mine[h].role == .pivot
+          ? PivotDriftMonitor(
+            prefillProbabilities: p, heads: g, budget: uniform, configuration: configuration)
+          : nil
+        return .full(store, monitor)
+      }
+    }
+    return State(
+      heads: heads, roles: mine.map(\.role), caps: caps, prefillTokens: n,
+      step: try HCAttentionStep(tau: tau, mode: .renormalized), groupSize: g, d: geometry.headDim)
+  }
+}

@@ -1,0 +1,188 @@
+import Foundation
+import HeteroKVCore
+
+/// Settings of a harness run.
+public struct EvalOptions: Sendable {
+  /// Policy names, in report order.
+  public var policies: [String]
+  /// Memory budgets (shares of fp16 K+V).
+  public var budgets: [Double]
+  /// HCAttention's mass share.
+  public var tau: Float = 0.9
+  /// PQ centroids per sub-vector codebook.
+  public var centroids: Int = 4096
+  /// PQ k-means iterations.
+  public var kmeansIterations: Int = 8
+  /// HeteroCache thresholds and sizes.
+  public var heteroCache = HeteroCacheConfiguration()
+
+  /// Every policy name the harness knows.
+  public static let knownPolicies = [
+    "hcattention", "hcattention-raw", "hcattention-exact", "heterocache", "streamingllm", "h2o",
+    "tova", "snapkv", "quest", "kivi", "full",
+  ]
+
+  public init(policies: [String], budgets: [Double]) throws {
+    for p in policies where !Self.knownPolicies.contains(p) {
+      throw HeteroKVError.invalid(
+        "unknown policy '\(p)'; known: \(Self.knownPolicies.joined(separator: ", "))")
+    }
+    for b in budgets where !(b > 0 && b <= 1) {
+      throw HeteroKVError.invalid("budget \(b) is not a share in (0, 1]")
+    }
+    guard !policies.isEmpty, !budgets.isEmpty else {
+      throw HeteroKVError.invalid("at least one policy and one budget are needed")
+    }
+    self.policies = policies
+    self.budgets = budgets
+  }
+}
+
+/// Runs policies over a workload and measures each against full attention on the same data.
+public enum EvalHarness {
+  struct Run {
+    let policy: any AttentionPolicy
+    let budget: Double
+    var row: EvalRow
+    var fidelity = FidelityAccumulator()
+    var resident = 0
+    var retrievalSteps = 0
+    var seconds = 0.0
+    var failed: Bool { row.status != "ok" }
+  }
+
+  /// Evaluates; `progress` receives short lines for a progress display.
+  public static func run(
+    _ workload: any AttentionWorkload, options: EvalOptions,
+    progress: @escaping (String) -> Void = { _ in }
+  ) throws -> EvalReport {
+    let geometry = workload.geometry
+    var profiles: [HeadProfile] = []
+    if options.policies.contains("heterocache") {
+      let sample = try workload.calibrationSample() ?? workload
+      progress("calibrating HeteroCache on \(sample.summary)")
+      profiles = try HeteroCacheCalibration.profile(sample, configuration: options.heteroCache) {
+        progress("calibrated layer \($0 + 1)/\(geometry.layers)")
+      }
+    }
+    var runs: [Run] = []
+    for name in options.policies {
+      let policy = try makePolicy(name, options: options, profiles: profiles)
+      let budgets = name == "full" ? [1.0] : options.budgets
+      for b in budgets {
+        runs.append(Run(policy: policy, budget: b, row: EvalRow(policy: name, budget: b, status: "ok")))
+      }
+    }
+    let g = geometry.groupSize
+    for l in 0..<geometry.layers {
+      progress("layer \(l + 1)/\(geometry.layers): loading")
+      let trace = try workload.layer(l)
+      var states: [(any PolicyLayerState)?] = []
+      for i in runs.indices {
+        guard !runs[i].failed else {
+          states.append(nil)
+          continue
+        }
+        progress("layer \(l + 1)/\(geometry.layers): preparing \(runs[i].row.policy) at \(runs[i].budget)")
+        let start = Date()
+        do {
+          states.append(try runs[i].policy.prepare(layer: trace, geometry: geometry, budget: runs[i].budget))
+        } catch let e as HeteroKVError where e.code == .unsupportedConfiguration {
+          runs[i].row.status = "n/a: \(e.message)"
+          states.append(nil)
+        }
+        runs[i].seconds += Date().timeIntervalSince(start)
+      }
+      var keys = trace.heads.map(\.keys)
+      var values = trace.heads.map(\.values)
+      for t in 0..<workload.decodeSteps {
+        progress("layer \(l + 1)/\(geometry.layers): decode step \(t + 1)/\(workload.decodeSteps)")
+        for h in trace.heads.indices {
+          try keys[h].append(trace.heads[h].decodeKeys[t])
+          try values[h].append(trace.heads[h].decodeValues[t])
+        }
+        let inputs = trace.heads.indices.map { h in
+          HeadStepInput(
+            step: t, queries: trace.heads[h].decodeQueries[t], keys: keys[h], values: values[h])
+        }
+        let reference = try computeReference(inputs, groupSize: g)
+        for i in runs.indices where states[i] != nil {
+          let start = Date()
+          let results = try states[i]!.step(inputs)
+          runs[i].seconds += Date().timeIntervalSince(start)
+          for (h, r) in results.enumerated() {
+            runs[i].fidelity.add(
+              outputs: r.outputs, reference: reference[h].outputs,
+              probabilities: reference[h].probabilities, attended: r.attended, heads: g,
+              bytesMoved: r.bytesMoved)
+          }
+        }
+      }
+      for i in runs.indices where states[i] != nil {
+        runs[i].resident += states[i]!.residentBytes
+        runs[i].retrievalSteps += states[i]!.retrievalSteps
+      }
+    }
+    let tokens = workload.contextLength + workload.decodeSteps
+    let fullBytes = Double(geometry.layers * geometry.kvHeads * tokens * geometry.headDim * 4)
+    var rows: [EvalRow] = []
+    for run in runs {
+      var row = run.row
+      if !run.failed {
+        row.relativeL2Error = run.fidelity.meanRelativeError
+        row.cosineSimilarity = run.fidelity.meanCosine
+        row.massRecall = run.fidelity.meanMassRecall
+        row.keptFraction = run.fidelity.meanKeptFraction
+        row.residentFraction = Double(run.resident) / fullBytes
+        row.bytesMovedPerStep = Double(run.fidelity.totalBytesMoved) / Double(workload.decodeSteps)
+        row.seconds = run.seconds
+        if row.policy == "heterocache" {
+          row.roles = Dictionary(grouping: profiles, by: { $0.role.name }).mapValues(\.count)
+          row.retrievalShare =
+            Double(run.retrievalSteps) / Double(geometry.layers * workload.decodeSteps)
+        }
+      }
+      rows.append(row)
+    }
+    return EvalReport(
+      workload: workload.summary, geometry: geometry, contextLength: workload.contextLength,
+      decodeSteps: workload.decodeSteps, tau: Double(options.tau), rows: rows)
+  }
+
+  struct Reference: Sendable {
+    var probabilities: [Float]
+    var outputs: [Float]
+  }
+
+  static func computeReference(_ inputs: [HeadStepInput], groupSize g: Int) throws -> [Reference] {
+    try parallelMap(inputs.count) { h in
+      let input = inputs[h]
+      let p = try FullAttention.probabilities(queries: input.queries, heads: g, keys: input.keys)
+      return Reference(
+        probabilities: p, outputs: Kernels.weightedSum(values: input.values, probabilities: p, heads: g))
+    }
+  }
+
+  static func makePolicy(_ name: String, options: EvalOptions, profiles: [HeadProfile]) throws
+    -> any AttentionPolicy
+  {
+    switch name {
+    case "hcattention", "hcattention-raw", "hcattention-exact":
+      let mode: HCAttentionOutputMode =
+        name == "hcattention" ? .renormalized : name == "hcattention-raw" ? .raw : .exact
+      return HCAttentionPolicy(
+        mode: mode, tau: options.tau, centroids: options.centroids,
+        iterations: options.kmeansIterations)
+    case "heterocache":
+      return HeteroCachePolicy(profiles: profiles, configuration: options.heteroCache, tau: options.tau)
+    case "streamingllm": return StreamingLLMPolicy()
+    case "h2o": return H2OPolicy()
+    case "tova": return TOVAPolicy()
+    case "snapkv": return SnapKVPolicy()
+    case "quest": return QuestPolicy()
+    case "kivi": return KIVIPolicy()
+    case "full": return FullAttentionPolicy()
+    default: throw HeteroKVError.invalid("unknown policy '\(name)'")
+    }
+  }
+}

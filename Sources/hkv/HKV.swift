@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The HeteroKV command: one executable, a subcommand per job.
+@main
+struct HKV: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "hkv",
+    abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
+    subcommands: [EvalCommand.self]
+  )
+}

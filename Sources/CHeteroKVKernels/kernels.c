@@ -5,6 +5,7 @@
 #include "hkv_kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -69,6 +70,19 @@ static void weighted_sum_sparse_portable(const uint16_t *values, size_t d, const
     const uint16_t *v = values + (size_t)idx[k] * d;
     float p = w[k];
     for (size_t c = 0; c < d; c++) out[c] += p * half_to_float(v[c]);
+  }
+}
+
+static void weighted_sum_sparse_multi_portable(const uint16_t *values, size_t d,
+                                               const int32_t *idx, const float *w, size_t count,
+                                               size_t heads, float *out) {
+  for (size_t k = 0; k < count; k++) {
+    const uint16_t *v = values + (size_t)idx[k] * d;
+    for (size_t h = 0; h < heads; h++) {
+      float p = w[h * count + k];
+      if (p == 0) continue;
+      for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+    }
   }
 }
 
@@ -158,6 +172,26 @@ static void nearest_centroids_portable(const float *points, size_t n, size_t str
   }
 }
 
+static void sq_scores_generic(const float *qs, const float *bias, size_t heads,
+                              const uint8_t *codes, size_t n, size_t d, size_t bits, float scale,
+                              float *scores, size_t stride) {
+  size_t per = 8 / bits, width = d / per;
+  unsigned mask = (1u << bits) - 1;
+  float unpacked[1024];
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *cj = codes + j * width;
+    for (size_t k = 0; k < per; k++)
+      for (size_t b = 0; b < width; b++)
+        unpacked[k * width + b] = (float)((cj[b] >> (k * bits)) & mask);
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = qs + h * d;
+      float acc = 0;
+      for (size_t c = 0; c < d; c++) acc += qh[c] * unpacked[c];
+      scores[h * stride + j] = (bias[h] + acc) * scale;
+    }
+  }
+}
+
 static double scan_sum_portable(const float *x, size_t n) {
   double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   size_t i = 0;
@@ -205,9 +239,67 @@ HKV_AVX2 static void f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n) 
   for (; i < n; i++) dst[i] = float_to_half(src[i]);
 }
 
+// Four query heads, four key rows at a time, head dim a multiple of 64: each 64-dim half row
+// is converted once into eight registers and serves the four heads; the four per-head
+// accumulators reduce with horizontal adds into one vector of four head scores per row, and
+// four rows transpose into four head-major stores.
+HKV_AVX2 static inline __m128 row_scores_x4(const uint16_t *k, const float *q, size_t d) {
+  // Two accumulators per head (even and odd chunks) halve the FMA dependency chains.
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+         a3 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(),
+         b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+  for (size_t o = 0; o < d; o += 16) {
+    __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + o)));
+    __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + o + 8)));
+    a0 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + o), a0);
+    a1 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + d + o), a1);
+    a2 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + 2 * d + o), a2);
+    a3 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + 3 * d + o), a3);
+    b0 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + o + 8), b0);
+    b1 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + d + o + 8), b1);
+    b2 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + 2 * d + o + 8), b2);
+    b3 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + 3 * d + o + 8), b3);
+  }
+  __m256 h01 = _mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1));
+  __m256 h23 = _mm256_hadd_ps(_mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3));
+  __m256 h = _mm256_hadd_ps(h01, h23);
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+HKV_AVX2 static void scores_f16_x4_avx2(const float *q, const uint16_t *keys, size_t n,
+                                        size_t d, float scale, float *scores) {
+  __m128 sc = _mm_set1_ps(scale);
+  size_t j = 0;
+  size_t rowBytes = d * 2;
+  for (; j + 4 <= n; j += 4) {
+    // Four rows ahead-of-time: every cache line of the block 16 rows on.
+    const char *ahead = (const char *)(keys + (j + 16) * d);
+    if (j + 20 <= n)
+      for (size_t o = 0; o < 4 * rowBytes; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+    __m128 r0 = row_scores_x4(keys + j * d, q, d);
+    __m128 r1 = row_scores_x4(keys + (j + 1) * d, q, d);
+    __m128 r2 = row_scores_x4(keys + (j + 2) * d, q, d);
+    __m128 r3 = row_scores_x4(keys + (j + 3) * d, q, d);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(scores + j, _mm_mul_ps(r0, sc));
+    _mm_storeu_ps(scores + n + j, _mm_mul_ps(r1, sc));
+    _mm_storeu_ps(scores + 2 * n + j, _mm_mul_ps(r2, sc));
+    _mm_storeu_ps(scores + 3 * n + j, _mm_mul_ps(r3, sc));
+  }
+  for (; j < n; j++) {
+    float r[4];
+    _mm_storeu_ps(r, _mm_mul_ps(row_scores_x4(keys + j * d, q, d), sc));
+    for (int h = 0; h < 4; h++) scores[h * n + j] = r[h];
+  }
+}
+
 // One key row against up to 8 query heads: the row is converted once and reused per head.
 HKV_AVX2 static void scores_f16_avx2(const float *q, size_t heads, const uint16_t *keys,
                                      size_t n, size_t d, float scale, float *scores) {
+  if (heads % 4 == 0 && d % 16 == 0) {
+    for (size_t h = 0; h < heads; h += 4) scores_f16_x4_avx2(q + h * d, keys, n, d, scale, scores + h * n);
+    return;
+  }
   if (d % 8 != 0 || d > 256) {
     scores_f16_portable(q, heads, keys, n, d, scale, scores);
     return;
@@ -233,8 +325,60 @@ HKV_AVX2 static void scores_f16_avx2(const float *q, size_t heads, const uint16_
   }
 }
 
+// Four value rows at a time: per 8-dim chunk, each head's accumulator is loaded once, takes
+// four FMAs (one per row, with the row's probability broadcast once per block) and is stored
+// once, so stores fall to a quarter.
+HKV_AVX2 static void weighted_sum_dense_blocked_avx2(const uint16_t *values, size_t n, size_t d,
+                                                     const float *probs, size_t heads,
+                                                     float *out) {
+  __m256 pb[8][4];
+  size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const uint16_t *v0 = values + j * d;
+    if (j + 20 <= n)
+      for (size_t o = 0; o < 4 * d * 2; o += 64)
+        _mm_prefetch((const char *)(v0 + 16 * d) + o, _MM_HINT_T0);
+    int any = 0;
+    for (size_t h = 0; h < heads; h++)
+      for (int r = 0; r < 4; r++) {
+        float p = probs[h * n + j + r];
+        any |= p != 0;
+        pb[h][r] = _mm256_set1_ps(p);
+      }
+    if (!any) continue;
+    for (size_t c = 0; c < d; c += 8) {
+      __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + c)));
+      __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + d + c)));
+      __m256 x2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + 2 * d + c)));
+      __m256 x3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + 3 * d + c)));
+      for (size_t h = 0; h < heads; h++) {
+        __m256 acc = _mm256_loadu_ps(out + h * d + c);
+        acc = _mm256_fmadd_ps(pb[h][0], x0, acc);
+        acc = _mm256_fmadd_ps(pb[h][1], x1, acc);
+        acc = _mm256_fmadd_ps(pb[h][2], x2, acc);
+        acc = _mm256_fmadd_ps(pb[h][3], x3, acc);
+        _mm256_storeu_ps(out + h * d + c, acc);
+      }
+    }
+  }
+  if (j < n) {
+    // Tail rows: reuse the portable path on a shifted view.
+    for (; j < n; j++) {
+      const uint16_t *v = values + j * d;
+      for (size_t h = 0; h < heads; h++) {
+        float p = probs[h * n + j];
+        for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+      }
+    }
+  }
+}
+
 HKV_AVX2 static void weighted_sum_dense_avx2(const uint16_t *values, size_t n, size_t d,
                                              const float *probs, size_t heads, float *out) {
+  if (d % 8 == 0 && heads <= 8) {
+    weighted_sum_dense_blocked_avx2(values, n, d, probs, heads, out);
+    return;
+  }
   if (d % 8 != 0 || d > 256 || heads > 8) {
     weighted_sum_dense_portable(values, n, d, probs, heads, out);
     return;
@@ -271,7 +415,10 @@ HKV_AVX2 static void weighted_sum_sparse_avx2(const uint16_t *values, size_t d,
   for (size_t c = 0; c < chunks; c++) acc[c] = _mm256_loadu_ps(out + c * 8);
   for (size_t k = 0; k < count; k++) {
     const uint16_t *v = values + (size_t)idx[k] * d;
-    if (k + 8 < count) _mm_prefetch((const char *)(values + (size_t)idx[k + 8] * d), _MM_HINT_T0);
+    if (k + 8 < count) {
+      const char *ahead = (const char *)(values + (size_t)idx[k + 8] * d);
+      for (size_t o = 0; o < d * 2; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+    }
     __m256 p = _mm256_set1_ps(w[k]);
     for (size_t c = 0; c < chunks; c++) {
       __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + c * 8)));
@@ -281,35 +428,95 @@ HKV_AVX2 static void weighted_sum_sparse_avx2(const uint16_t *values, size_t d,
   for (size_t c = 0; c < chunks; c++) _mm256_storeu_ps(out + c * 8, acc[c]);
 }
 
-// Four tokens at a time: each code selects a 16-byte entry holding the four heads' partial
-// scores, so one load serves the whole query group; a 4x4 transpose writes head-major rows.
+// Rows by index, four at a time, every head's weight applied to each row read once.
+HKV_AVX2 static void weighted_sum_sparse_multi_avx2(const uint16_t *values, size_t d,
+                                                    const int32_t *idx, const float *w,
+                                                    size_t count, size_t heads, float *out) {
+  if (d % 8 != 0 || heads > 8) {
+    weighted_sum_sparse_multi_portable(values, d, idx, w, count, heads, out);
+    return;
+  }
+  __m256 pb[8][4];
+  size_t k = 0;
+  for (; k + 4 <= count; k += 4) {
+    if (k + 12 <= count)
+      for (int r = 8; r < 12; r++) {
+        const char *ahead = (const char *)(values + (size_t)idx[k + r] * d);
+        for (size_t o = 0; o < d * 2; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      }
+    const uint16_t *v[4];
+    for (int r = 0; r < 4; r++) v[r] = values + (size_t)idx[k + r] * d;
+    for (size_t h = 0; h < heads; h++)
+      for (int r = 0; r < 4; r++) pb[h][r] = _mm256_set1_ps(w[h * count + k + r]);
+    for (size_t c = 0; c < d; c += 8) {
+      __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[0] + c)));
+      __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[1] + c)));
+      __m256 x2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[2] + c)));
+      __m256 x3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[3] + c)));
+      for (size_t h = 0; h < heads; h++) {
+        __m256 acc = _mm256_loadu_ps(out + h * d + c);
+        acc = _mm256_fmadd_ps(pb[h][0], x0, acc);
+        acc = _mm256_fmadd_ps(pb[h][1], x1, acc);
+        acc = _mm256_fmadd_ps(pb[h][2], x2, acc);
+        acc = _mm256_fmadd_ps(pb[h][3], x3, acc);
+        _mm256_storeu_ps(out + h * d + c, acc);
+      }
+    }
+  }
+  for (; k < count; k++) {
+    const uint16_t *v = values + (size_t)idx[k] * d;
+    for (size_t h = 0; h < heads; h++) {
+      float p = w[h * count + k];
+      for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+    }
+  }
+}
+
+// Eight tokens at a time: each code selects a 16-byte entry holding the four heads' partial
+// scores, so one load serves the whole query group; eight independent accumulators hide the
+// add latency, and two 4x4 transposes write head-major rows.
 HKV_AVX2 static void pq_scores_x4_avx2(const float *lut, size_t g, size_t c,
                                        const uint16_t *codes, size_t n, float *scores) {
   size_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const uint16_t *c0 = codes + j * g, *c1 = c0 + g, *c2 = c1 + g, *c3 = c2 + g;
-    __m128 a0 = _mm_setzero_ps(), a1 = _mm_setzero_ps(), a2 = _mm_setzero_ps(),
-           a3 = _mm_setzero_ps();
-    const float *base = lut;
-    for (size_t i = 0; i < g; i++, base += c * 4) {
-      a0 = _mm_add_ps(a0, _mm_loadu_ps(base + (size_t)c0[i] * 4));
-      a1 = _mm_add_ps(a1, _mm_loadu_ps(base + (size_t)c1[i] * 4));
-      a2 = _mm_add_ps(a2, _mm_loadu_ps(base + (size_t)c2[i] * 4));
-      a3 = _mm_add_ps(a3, _mm_loadu_ps(base + (size_t)c3[i] * 4));
+  for (; j + 8 <= n; j += 8) {
+    const uint16_t *cj = codes + j * g;
+    if (j + 40 <= n)
+      for (size_t o = 0; o < 8 * g * 2; o += 64) _mm_prefetch((const char *)(cj + 32 * g) + o, _MM_HINT_T0);
+    __m128 a[8];
+    for (int t = 0; t < 8; t++) a[t] = _mm_setzero_ps();
+    size_t i = 0;
+    // Four codes per 64-bit load; the shifts run on the ALUs, not the load ports.
+    for (; i + 4 <= g; i += 4) {
+      const float *b0 = lut + i * c * 4, *b1 = b0 + c * 4, *b2 = b1 + c * 4, *b3 = b2 + c * 4;
+      for (int t = 0; t < 8; t++) {
+        uint64_t w;
+        memcpy(&w, cj + t * g + i, sizeof w);
+        __m128 x = _mm_add_ps(_mm_loadu_ps(b0 + (size_t)(w & 0xFFFF) * 4),
+                              _mm_loadu_ps(b1 + (size_t)((w >> 16) & 0xFFFF) * 4));
+        __m128 y = _mm_add_ps(_mm_loadu_ps(b2 + (size_t)((w >> 32) & 0xFFFF) * 4),
+                              _mm_loadu_ps(b3 + (size_t)(w >> 48) * 4));
+        a[t] = _mm_add_ps(a[t], _mm_add_ps(x, y));
+      }
     }
-    _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
-    _mm_storeu_ps(scores + j, a0);
-    _mm_storeu_ps(scores + n + j, a1);
-    _mm_storeu_ps(scores + 2 * n + j, a2);
-    _mm_storeu_ps(scores + 3 * n + j, a3);
+    for (; i < g; i++) {
+      const float *base = lut + i * c * 4;
+      for (int t = 0; t < 8; t++)
+        a[t] = _mm_add_ps(a[t], _mm_loadu_ps(base + (size_t)cj[t * g + i] * 4));
+    }
+    _MM_TRANSPOSE4_PS(a[0], a[1], a[2], a[3]);
+    _MM_TRANSPOSE4_PS(a[4], a[5], a[6], a[7]);
+    for (int h = 0; h < 4; h++) {
+      _mm_storeu_ps(scores + h * n + j, a[h]);
+      _mm_storeu_ps(scores + h * n + j + 4, a[4 + h]);
+    }
   }
-  // Tail of fewer than four tokens.
+  // Tail of fewer than eight tokens.
   for (size_t t = j; t < n; t++) {
-    float a[4] = {0, 0, 0, 0};
+    float acc[4] = {0, 0, 0, 0};
     const uint16_t *ct = codes + t * g;
     for (size_t i = 0; i < g; i++)
-      for (int h = 0; h < 4; h++) a[h] += lut[(i * c + ct[i]) * 4 + h];
-    for (int h = 0; h < 4; h++) scores[h * n + t] = a[h];
+      for (int h = 0; h < 4; h++) acc[h] += lut[(i * c + ct[i]) * 4 + h];
+    for (int h = 0; h < 4; h++) scores[h * n + t] = acc[h];
   }
 }
 
@@ -332,7 +539,17 @@ HKV_AVX2 static void pq_lut_x4_avx2(const uint16_t *centroids, size_t g, size_t 
     }
     const uint16_t *ci = centroids + i * c * s;
     float *li = lut + i * c * 4;
-    for (size_t m = 0; m < c; m++) {
+    size_t m = 0;
+    // Two (s = 4) or four (s = 2) centroids per 8-wide conversion.
+    for (; (m + 1) * s <= c * s && m * s + 8 <= c * s && 8 % s == 0; m += 8 / s) {
+      _mm256_storeu_ps(tmp, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ci + m * s))));
+      for (size_t u = 0; u < 8 / s; u++) {
+        __m128 acc = _mm_mul_ps(_mm_set1_ps(tmp[u * s]), cols[0]);
+        for (size_t t = 1; t < s; t++) acc = _mm_fmadd_ps(_mm_set1_ps(tmp[u * s + t]), cols[t], acc);
+        _mm_storeu_ps(li + (m + u) * 4, acc);
+      }
+    }
+    for (; m < c; m++) {
       const uint16_t *cm = ci + m * s;
       for (size_t t = 0; t < s; t++) tmp[t] = half_to_float(cm[t]);
       __m128 acc = _mm_mul_ps(_mm_set1_ps(tmp[0]), cols[0]);
@@ -342,33 +559,43 @@ HKV_AVX2 static void pq_lut_x4_avx2(const uint16_t *centroids, size_t g, size_t 
   }
 }
 
+// Chunk-outer, heads-inner: each 8-byte slice of codes unpacks into two vectors (low and high
+// nibbles) that every head uses at once, so nothing spills; four heads reduce together.
 HKV_AVX2 static void sq4_scores_avx2(const float *qs, const float *bias, size_t heads,
                                      const uint8_t *codes, size_t n, size_t d, float scale,
                                      float *scores, size_t stride) {
-  if (d % 16 != 0 || d > 256) {
+  if (d % 16 != 0 || heads % 4 != 0) {
     sq4_scores_portable(qs, bias, heads, codes, n, d, scale, scores, stride);
     return;
   }
   size_t half = d / 2;
-  size_t chunks = half / 8;  // 8 packed bytes -> 8 low and 8 high channels per chunk
-  __m256 lo[16], hi[16];
   const __m256i mask = _mm256_set1_epi32(0x0F);
   for (size_t j = 0; j < n; j++) {
     const uint8_t *cj = codes + j * half;
-    for (size_t b = 0; b < chunks; b++) {
-      __m128i bytes = _mm_loadl_epi64((const __m128i *)(cj + b * 8));
-      __m256i w = _mm256_cvtepu8_epi32(bytes);
-      lo[b] = _mm256_cvtepi32_ps(_mm256_and_si256(w, mask));
-      hi[b] = _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4));
-    }
-    for (size_t h = 0; h < heads; h++) {
-      const float *qh = qs + h * d;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (size_t b = 0; b < chunks; b++) {
-        a0 = _mm256_fmadd_ps(lo[b], _mm256_loadu_ps(qh + b * 8), a0);
-        a1 = _mm256_fmadd_ps(hi[b], _mm256_loadu_ps(qh + half + b * 8), a1);
+    if ((j & 3) == 0 && j + 20 <= n)
+      for (size_t o = 0; o < 4 * half; o += 64)
+        _mm_prefetch((const char *)(cj + 16 * half) + o, _MM_HINT_T0);
+    for (size_t h = 0; h < heads; h += 4) {
+      const float *q0 = qs + h * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+             a3 = _mm256_setzero_ps();
+      for (size_t b = 0; b < half; b += 8) {
+        __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(cj + b)));
+        __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(w, mask));
+        __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4));
+        a0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q0 + b), a0);
+        a1 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q1 + b), a1);
+        a2 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q2 + b), a2);
+        a3 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q3 + b), a3);
+        a0 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q0 + half + b), a0);
+        a1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q1 + half + b), a1);
+        a2 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q2 + half + b), a2);
+        a3 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q3 + half + b), a3);
       }
-      scores[h * stride + j] = (bias[h] + hsum256(_mm256_add_ps(a0, a1))) * scale;
+      __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      float r[4];
+      _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+      for (int u = 0; u < 4; u++) scores[(h + u) * stride + j] = (bias[h + u] + r[u]) * scale;
     }
   }
 }
@@ -423,6 +650,8 @@ HKV_AVX2 static float softmax_exp_avx2(float *x, size_t n, float *max_out) {
   return s;
 }
 
+// Four points per pass over the centroids, so each centroid load serves four distance
+// computations; per lane the running minimum and its index.
 HKV_AVX2 static void nearest_centroids_avx2(const float *points, size_t n, size_t stride,
                                             size_t s, const float *centroids,
                                             const float *norms, size_t c, uint16_t *codes,
@@ -431,36 +660,51 @@ HKV_AVX2 static void nearest_centroids_avx2(const float *points, size_t n, size_
     nearest_centroids_portable(points, n, stride, s, centroids, norms, c, codes, code_stride);
     return;
   }
-  __m256 xs[16];
+  enum { P = 4 };
+  __m256 xs[P][16];
   const __m256i step = _mm256_set1_epi32(8);
-  for (size_t j = 0; j < n; j++) {
-    const float *x = points + j * stride;
-    for (size_t t = 0; t < s; t++) xs[t] = _mm256_set1_ps(-2.0f * x[t]);
-    __m256 best = _mm256_set1_ps(INFINITY);
-    __m256i bestIdx = _mm256_setzero_si256();
+  for (size_t j0 = 0; j0 < n; j0 += P) {
+    size_t count = n - j0 < P ? n - j0 : P;
+    for (size_t p = 0; p < P; p++) {
+      const float *x = points + (j0 + (p < count ? p : 0)) * stride;
+      for (size_t t = 0; t < s; t++) xs[p][t] = _mm256_set1_ps(-2.0f * x[t]);
+    }
+    __m256 best[P];
+    __m256i bestIdx[P];
+    for (size_t p = 0; p < P; p++) {
+      best[p] = _mm256_set1_ps(INFINITY);
+      bestIdx[p] = _mm256_setzero_si256();
+    }
     __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (size_t m = 0; m < c; m += 8) {
-      __m256 dist = _mm256_loadu_ps(norms + m);
-      for (size_t t = 0; t < s; t++)
-        dist = _mm256_fmadd_ps(xs[t], _mm256_loadu_ps(centroids + t * c + m), dist);
-      __m256 lt = _mm256_cmp_ps(dist, best, _CMP_LT_OQ);
-      best = _mm256_blendv_ps(best, dist, lt);
-      bestIdx = _mm256_castps_si256(
-          _mm256_blendv_ps(_mm256_castsi256_ps(bestIdx), _mm256_castsi256_ps(idx), lt));
+      __m256 nm = _mm256_loadu_ps(norms + m);
+      __m256 dist[P] = {nm, nm, nm, nm};
+      for (size_t t = 0; t < s; t++) {
+        __m256 ct = _mm256_loadu_ps(centroids + t * c + m);
+        for (size_t p = 0; p < P; p++) dist[p] = _mm256_fmadd_ps(xs[p][t], ct, dist[p]);
+      }
+      for (size_t p = 0; p < P; p++) {
+        __m256 lt = _mm256_cmp_ps(dist[p], best[p], _CMP_LT_OQ);
+        best[p] = _mm256_min_ps(dist[p], best[p]);
+        bestIdx[p] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(bestIdx[p]),
+                                                          _mm256_castsi256_ps(idx), lt));
+      }
       idx = _mm256_add_epi32(idx, step);
     }
-    float bv[8];
-    int32_t bi[8];
-    _mm256_storeu_ps(bv, best);
-    _mm256_storeu_si256((__m256i *)bi, bestIdx);
-    float b = bv[0];
-    int32_t a = bi[0];
-    for (int t = 1; t < 8; t++)
-      if (bv[t] < b || (bv[t] == b && bi[t] < a)) {
-        b = bv[t];
-        a = bi[t];
-      }
-    codes[j * code_stride] = (uint16_t)a;
+    for (size_t p = 0; p < count; p++) {
+      float bv[8];
+      int32_t bi[8];
+      _mm256_storeu_ps(bv, best[p]);
+      _mm256_storeu_si256((__m256i *)bi, bestIdx[p]);
+      float b = bv[0];
+      int32_t a = bi[0];
+      for (int t = 1; t < 8; t++)
+        if (bv[t] < b || (bv[t] == b && bi[t] < a)) {
+          b = bv[t];
+          a = bi[t];
+        }
+      codes[(j0 + p) * code_stride] = (uint16_t)a;
+    }
   }
 }
 
@@ -536,6 +780,13 @@ void hkv_weighted_sum_sparse_f16(const uint16_t *values, size_t d, const int32_t
            count, out);
 }
 
+void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const int32_t *indices,
+                                       const float *weights, size_t count, size_t heads,
+                                       float *out) {
+  DISPATCH(weighted_sum_sparse_multi_avx2, weighted_sum_sparse_multi_portable, values, d,
+           indices, weights, count, heads, out);
+}
+
 void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
                       float *scores) {
   DISPATCH(pq_scores_x4_avx2, pq_scores_x4_portable, lut, g, c, codes, n, scores);
@@ -564,6 +815,134 @@ float hkv_softmax_exp(float *x, size_t n, float *max_out) {
   if (hkv_kernels_vectorized()) return softmax_exp_avx2(x, n, max_out);
 #endif
   return softmax_exp_portable(x, n, max_out);
+}
+
+void hkv_sq_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                   size_t n, size_t d, size_t bits, float scale, float *scores, size_t stride) {
+  if (bits == 4) {
+    hkv_sq4_scores(qs, bias, heads, codes, n, d, scale, scores, stride);
+  } else if (d <= 1024) {
+    sq_scores_generic(qs, bias, heads, codes, n, d, bits, scale, scores, stride);
+  }
+}
+
+void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
+                         const uint16_t *scales, const uint16_t *zeros, size_t groups,
+                         size_t group_size, size_t d, size_t bits, float scale, float *scores,
+                         size_t stride) {
+  if (groups == 0 || heads == 0) return;
+  float *buf = malloc(sizeof(float) * (heads * d + heads + 2 * d));
+  if (!buf) return;
+  float *qs = buf, *bias = buf + heads * d, *sc = bias + heads, *zp = sc + d;
+  size_t code_bytes = group_size * d * bits / 8;
+  for (size_t g = 0; g < groups; g++) {
+    hkv_f16_to_f32(scales + g * d, sc, d);
+    hkv_f16_to_f32(zeros + g * d, zp, d);
+    for (size_t h = 0; h < heads; h++) {
+      float b = 0;
+      for (size_t c = 0; c < d; c++) {
+        qs[h * d + c] = q[h * d + c] * sc[c];
+        b += q[h * d + c] * zp[c];
+      }
+      bias[h] = b;
+    }
+    hkv_sq_scores(qs, bias, heads, codes + g * code_bytes, group_size, d, bits, scale,
+                  scores + g * group_size, stride);
+  }
+  free(buf);
+}
+
+// Candidates of the boundary bucket sort by descending weight, ties to the lower index.
+static _Thread_local const float *tau_sort_weights;
+static int by_weight_desc(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  float wx = tau_sort_weights[x], wy = tau_sort_weights[y];
+  if (wx > wy) return -1;
+  if (wx < wy) return 1;
+  return (x > y) - (x < y);
+}
+static int by_index(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
+                      float *weights, float *kept_mass) {
+  // 1/64 nat per bucket over 64 nats: the boundary bucket that must be sorted stays small.
+  enum { BUCKETS = 4096 };
+  const float per_nat = 64.0f;
+  *kept_mass = 0;
+  if (n == 0) return 0;
+  float *w = malloc(sizeof(float) * n);
+  uint16_t *bucket = malloc(sizeof(uint16_t) * n);
+  int32_t *cand = malloc(sizeof(int32_t) * n);
+  if (!w || !bucket || !cand) {
+    free(w);
+    free(bucket);
+    free(cand);
+    return 0;
+  }
+  memcpy(w, scores, sizeof(float) * n);
+  float m;
+  float total = hkv_softmax_exp(w, n, &m);
+  if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
+    free(w);
+    free(bucket);
+    free(cand);
+    return 0;
+  }
+  double mass[BUCKETS] = {0};
+  for (size_t j = 0; j < n; j++) {
+    float gap = (m - scores[j]) * per_nat;
+    int b = gap < (float)(BUCKETS - 1) ? (int)gap : BUCKETS - 1;
+    bucket[j] = (uint16_t)b;
+    mass[b] += w[j];
+  }
+  double target = (double)tau * (double)total, cumulative = 0;
+  int boundary = BUCKETS - 1;
+  for (int b = 0; b < BUCKETS; b++) {
+    if (cumulative + mass[b] >= target) {
+      boundary = b;
+      break;
+    }
+    cumulative += mass[b];
+  }
+  size_t kept = 0, candidates = 0;
+  for (size_t j = 0; j < n; j++) {
+    if (bucket[j] < boundary)
+      indices[kept++] = (int32_t)j;
+    else if (bucket[j] == boundary)
+      cand[candidates++] = (int32_t)j;
+  }
+  tau_sort_weights = w;
+  qsort(cand, candidates, sizeof(int32_t), by_weight_desc);
+  size_t taken = 0;
+  while (taken < candidates && cumulative < target) cumulative += w[cand[taken++]];
+  qsort(cand, taken, sizeof(int32_t), by_index);
+  // Merge the two ascending lists from the back, in place in `indices`.
+  size_t i = kept, k = taken, out = kept + taken;
+  while (k > 0) {
+    if (i > 0 && indices[i - 1] > cand[k - 1])
+      indices[--out] = indices[--i];
+    else
+      indices[--out] = cand[--k];
+  }
+  kept += taken;
+  if (cap > 0 && kept > cap) {
+    qsort(indices, kept, sizeof(int32_t), by_weight_desc);
+    kept = cap;
+    qsort(indices, kept, sizeof(int32_t), by_index);
+  }
+  float inv = 1.0f / total, sum = 0;
+  for (size_t t = 0; t < kept; t++) {
+    weights[t] = w[indices[t]] * inv;
+    sum += weights[t];
+  }
+  *kept_mass = sum;
+  free(w);
+  free(bucket);
+  free(cand);
+  return kept;
 }
 
 double hkv_scan_sum_f32(const float *x, size_t n) {

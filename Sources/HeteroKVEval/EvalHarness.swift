@@ -9,10 +9,11 @@ public struct EvalOptions: Sendable {
   public var budgets: [Double]
   /// HCAttention's mass share.
   public var tau: Float = 0.9
-  /// PQ centroids per sub-vector codebook.
-  public var centroids: Int = 4096
+  /// PQ centroids per sub-vector codebook; several values run HCAttention once per value
+  /// (rows named `hcattention c=N`), the centroid ablation.
+  public var centroids: [Int] = [4096]
   /// PQ k-means iterations.
-  public var kmeansIterations: Int = 8
+  public var kmeansIterations: Int = 6
   /// HeteroCache thresholds and sizes.
   public var heteroCache = HeteroCacheConfiguration()
 
@@ -66,11 +67,19 @@ public enum EvalHarness {
       }
     }
     var runs: [Run] = []
+    let codebooks = ProductCodebookCache()
     for name in options.policies {
-      let policy = try makePolicy(name, options: options, profiles: profiles)
-      let budgets = name == "full" ? [1.0] : options.budgets
-      for b in budgets {
-        runs.append(Run(policy: policy, budget: b, row: EvalRow(policy: name, budget: b, status: "ok")))
+      let variants: [(String, Int)] =
+        name.hasPrefix("hcattention") && options.centroids.count > 1
+        ? options.centroids.map { ("\(name) c=\($0)", $0) } : [(name, options.centroids[0])]
+      for (label, centroids) in variants {
+        let policy = try makePolicy(
+          name, options: options, centroids: centroids, profiles: profiles, codebooks: codebooks)
+        let budgets = name == "full" ? [1.0] : options.budgets
+        for b in budgets {
+          runs.append(
+            Run(policy: policy, budget: b, row: EvalRow(policy: label, budget: b, status: "ok")))
+        }
       }
     }
     let g = geometry.groupSize
@@ -122,6 +131,7 @@ public enum EvalHarness {
         runs[i].resident += states[i]!.residentBytes
         runs[i].retrievalSteps += states[i]!.retrievalSteps
       }
+      codebooks.removeAll()
     }
     let tokens = workload.contextLength + workload.decodeSteps
     let fullBytes = Double(geometry.layers * geometry.kvHeads * tokens * geometry.headDim * 4)
@@ -163,16 +173,17 @@ public enum EvalHarness {
     }
   }
 
-  static func makePolicy(_ name: String, options: EvalOptions, profiles: [HeadProfile]) throws
-    -> any AttentionPolicy
-  {
+  static func makePolicy(
+    _ name: String, options: EvalOptions, centroids: Int, profiles: [HeadProfile],
+    codebooks: ProductCodebookCache
+  ) throws -> any AttentionPolicy {
     switch name {
     case "hcattention", "hcattention-raw", "hcattention-exact":
       let mode: HCAttentionOutputMode =
         name == "hcattention" ? .renormalized : name == "hcattention-raw" ? .raw : .exact
       return HCAttentionPolicy(
-        mode: mode, tau: options.tau, centroids: options.centroids,
-        iterations: options.kmeansIterations)
+        mode: mode, tau: options.tau, centroids: centroids,
+        iterations: options.kmeansIterations, codebooks: codebooks)
     case "heterocache":
       return HeteroCachePolicy(profiles: profiles, configuration: options.heteroCache, tau: options.tau)
     case "streamingllm": return StreamingLLMPolicy()

@@ -55,7 +55,9 @@ public struct EvalReport: Sendable, Codable {
   public func table() -> String {
     var lines = [
       "workload: \(workload)",
-      "tau \(tau); error and recall are means over layers, query heads and \(decodeSteps) decode steps",
+      String(
+        format: "tau %.2f; error and recall are means over layers, query heads and %d decode steps",
+        tau, decodeSteps),
       "",
     ]
     let header = [

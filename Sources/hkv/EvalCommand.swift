@@ -46,8 +46,8 @@ struct EvalCommand: ParsableCommand {
   @Option(help: "Share of the approximate softmax mass HCAttention keeps.")
   var tau: Float = 0.9
 
-  @Option(help: "PQ centroids per sub-vector codebook.")
-  var centroids: Int = 4096
+  @Option(help: "PQ centroids per sub-vector codebook; a list runs the centroid ablation.")
+  var centroids: String = "4096"
 
   @Flag(help: "Print the rows as JSON.")
   var json = false
@@ -72,7 +72,7 @@ struct EvalCommand: ParsableCommand {
         policies: try list(policies, "policies", { $0 }),
         budgets: try list(budgets, "budgets", Double.init))
       options.tau = tau
-      options.centroids = centroids
+      options.centroids = try list(centroids, "centroids", Int.init)
       let progress = ProgressLine()
       let report = try EvalHarness.run(source, options: options) { progress.show($0) }
       progress.finish()

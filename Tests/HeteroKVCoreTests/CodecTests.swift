@@ -20,8 +20,9 @@ import Testing
     try store.append(keys.gather(Array(0..<77)))
     try store.append(keys.gather(Array(77..<200)))
     #expect(store.count == 200)
-    #expect(store.groups.count == (200 - 16) / 32)
-    for (gi, group) in store.groups.enumerated() {
+    #expect(store.groupCount == (200 - 16) / 32)
+    for gi in 0..<store.groupCount {
+      let group = store.group(gi)
       for t in 0..<32 {
         let index = gi * 32 + t
         let original = keys.row(index)

@@ -21,7 +21,7 @@ func temporaryDirectory() -> URL {
 @Suite struct EvalHarnessTests {
   @Test func reportCoversEveryPolicyAndBudgetAndJSONParses() throws {
     var options = try EvalOptions(policies: EvalOptions.knownPolicies, budgets: [0.25, 0.0625])
-    options.centroids = 256
+    options.centroids = [256]
     options.kmeansIterations = 3
     options.heteroCache = try HeteroCacheConfiguration(topK: 128)
     let report = try EvalHarness.run(try smallWorkload(), options: options)
@@ -46,7 +46,7 @@ func temporaryDirectory() -> URL {
   @Test func hcattentionKeepsTheMassThatWindowsLose() throws {
     var options = try EvalOptions(
       policies: ["hcattention-exact", "streamingllm", "full"], budgets: [0.125])
-    options.centroids = 1024
+    options.centroids = [1024]
     options.kmeansIterations = 4
     let report = try EvalHarness.run(try smallWorkload(context: 4096), options: options)
     let hc = report.rows.first { $0.policy == "hcattention-exact" }!
@@ -57,6 +57,15 @@ func temporaryDirectory() -> URL {
     // Only indices, weights and d-sized results move: far below the values themselves.
     let valuesPerStep = Double(4096 * 8 * 128 * 2)
     #expect(hc.bytesMovedPerStep! < valuesPerStep / 4)
+  }
+
+  @Test func centroidAblationRunsOneRowPerCentroidCountAndMoreCentroidsHelp() throws {
+    var options = try EvalOptions(policies: ["hcattention"], budgets: [0.125])
+    options.centroids = [16, 512]
+    options.kmeansIterations = 4
+    let report = try EvalHarness.run(try smallWorkload(context: 2048, steps: 4), options: options)
+    #expect(report.rows.map(\.policy) == ["hcattention c=16", "hcattention c=512"])
+    #expect(report.rows[1].relativeL2Error! < report.rows[0].relativeL2Error!)
   }
 
   @Test func unknownPoliciesAndBadBudgetsAreRejected() {

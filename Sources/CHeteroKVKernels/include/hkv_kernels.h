@@ -29,6 +29,12 @@ void hkv_weighted_sum_dense_f16(const uint16_t *values, size_t n, size_t d, cons
 void hkv_weighted_sum_sparse_f16(const uint16_t *values, size_t d, const int32_t *indices,
                                  const float *weights, size_t count, float *out);
 
+/// out[h][:] += sum_k weights[h * count + k] * values[indices[k]][:] for every head: the rows
+/// of a query group's kept sets (their union) are each read once.
+void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const int32_t *indices,
+                                       const float *weights, size_t count, size_t heads,
+                                       float *out);
+
 /// Product-quantization scores from a lookup table.
 /// lut is [g][c][4] fp32 (four query heads interleaved; pad unused heads with 0),
 /// codes [n][g] uint16, scores [4][n]: scores[h*n+j] = sum_i lut[i][codes[j][i]][h].
@@ -60,6 +66,29 @@ void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t 
 /// In place: x[i] = exp(x[i] - max(x)); stores the max in *max_out and returns the sum.
 /// An empty or all -inf input returns 0 and leaves x unchanged.
 float hkv_softmax_exp(float *x, size_t n, float *max_out);
+
+/// Scalar key scores for codes of `bits` (2, 4 or 8) bits, packed so that byte b of a token
+/// holds channels b + k * (d * bits / 8) for k < 8 / bits at bit offset k * bits. Same
+/// arguments as hkv_sq4_scores otherwise.
+void hkv_sq_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                   size_t n, size_t d, size_t bits, float scale, float *scores, size_t stride);
+
+/// Scores of `groups` consecutive quantized groups of `group_size` tokens each: per group the
+/// fp16 per-channel scales and zero points ([groups][d] each) are folded into the query once
+/// (q·s per channel, plus the bias q·z), then hkv_sq_scores runs over the group's codes.
+/// q is [heads][d]; scores[h * stride + token].
+void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
+                         const uint16_t *scales, const uint16_t *zeros, size_t groups,
+                         size_t group_size, size_t d, size_t bits, float scale, float *scores,
+                         size_t stride);
+
+/// HCAttention's tau-mass selection over one head's scaled scores: the smallest set of tokens,
+/// taken in descending softmax weight, whose mass reaches tau (optionally at most `cap`;
+/// 0 = no cap). Writes the kept indices ascending and their softmax weights over all n tokens
+/// (indices and weights need room for n), the kept mass to *kept_mass; returns the kept count,
+/// or 0 when the scores have no finite maximum or allocation fails.
+size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
+                      float *weights, float *kept_mass);
 
 /// Sum of a float array; used as the memory read bandwidth reference scan.
 double hkv_scan_sum_f32(const float *x, size_t n);

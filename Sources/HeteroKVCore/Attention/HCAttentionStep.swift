@@ -56,23 +56,42 @@ public struct HCAttentionStep: Sendable {
         "queries hold \(queries.count) values, expected \(heads) heads x \(d) dims")
     }
     var result = AttentionPartial.empty(heads: heads, headDim: d)
-    for (h, sel) in selections.enumerated() {
+    for sel in selections {
       if let bad = sel.indices.first(where: { Int($0) >= values.rows || $0 < 0 }) {
         throw HeteroKVError.invalid("kept index \(bad) is outside the \(values.rows) stored rows")
       }
-      switch mode {
-      case .raw, .renormalized:
+    }
+    switch mode {
+    case .raw, .renormalized:
+      // The union of the group's kept sets, each row read once with every head's weight
+      // (zero where a head did not keep it).
+      // Slot of each kept position in the union, found by marking positions (linear in the
+      // context, no sort).
+      var slot = [Int32](repeating: -1, count: values.rows)
+      for sel in selections { for i in sel.indices { slot[Int(i)] = 0 } }
+      var union: [Int32] = []
+      union.reserveCapacity(selections.map(\.indices.count).max() ?? 0)
+      for j in 0..<values.rows where slot[j] == 0 {
+        slot[j] = Int32(union.count)
+        union.append(Int32(j))
+      }
+      var weights = [Float](repeating: 0, count: heads * union.count)
+      for (h, sel) in selections.enumerated() {
         let w = mode == .raw ? sel.weights : sel.renormalizedWeights
-        let out = Kernels.weightedSum(values: values, indices: sel.indices, weights: w)
-        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: out)
-        // Not an exact partial; a max of 0 and the kept mass as the sum keep it mergeable
-        // by weight.
+        for (k, index) in sel.indices.enumerated() {
+          weights[h * union.count + Int(slot[Int(index)])] = w[k]
+        }
+        // Not an exact partial: a max of 0 and the kept mass keep it mergeable by weight.
         result.maxScores[h] = 0
         result.sumExps[h] = sel.keptMass
-      case .exact:
-        guard let keys, keys.rows == values.rows, keys.cols == d else {
-          throw HeteroKVError.dimension("exact mode needs full-precision keys matching values")
-        }
+      }
+      result.outputs = Kernels.weightedSum(
+        values: values, indices: union, weights: weights, heads: heads)
+    case .exact:
+      guard let keys, keys.rows == values.rows, keys.cols == d else {
+        throw HeteroKVError.dimension("exact mode needs full-precision keys matching values")
+      }
+      for (h, sel) in selections.enumerated() {
         let rows = sel.indices.map(Int.init)
         let part = try FullAttention.attend(
           queries: Array(queries[h * d..<(h + 1) * d]), heads: 1,
@@ -84,4 +103,5 @@ public struct HCAttentionStep: Sendable {
     }
     return result
   }
+
 }

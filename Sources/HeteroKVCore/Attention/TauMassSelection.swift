@@ -1,3 +1,5 @@
+import CHeteroKVKernels
+
 /// The tokens one query head keeps at one decode step under HCAttention's dynamic eviction:
 /// the smallest set, taken in descending weight, whose share of the (approximate) softmax mass
 /// reaches tau. Nothing is dropped for good; the next step chooses again.
@@ -18,9 +20,9 @@ public struct TauMassSelection: Sendable, Hashable {
 
   /// Chooses from the scaled scores of one head. `cap` optionally bounds the kept count.
   ///
-  /// Linear time: weights are bucketed by how far below the maximum their score lies (1/8 nat
-  /// per bucket), whole buckets are kept while the mass stays below the target, and only the
-  /// bucket that crosses it is sorted.
+  /// Linear time (in C, `hkv_tau_select`): weights are bucketed by how far below the maximum
+  /// their score lies (1/64 nat per bucket), whole buckets are kept while the mass stays below
+  /// the target, and only the bucket that crosses it is sorted.
   public static func select(scores: ArraySlice<Float>, tau: Float, cap: Int? = nil) throws
     -> TauMassSelection
   {
@@ -30,58 +32,17 @@ public struct TauMassSelection: Sendable, Hashable {
       throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
     }
     if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
-    var w = Array(scores)
-    let (m, total) = Softmax.exponentiate(&w, range: 0..<n)
-    guard m.isFinite, total.isFinite, total > 0 else {
-      throw HeteroKVError(.nonFiniteInput, "scores have no finite maximum (max \(m))")
+    var indices = [Int32](repeating: 0, count: n)
+    var weights = [Float](repeating: 0, count: n)
+    var mass: Float = 0
+    let kept = scores.withUnsafeBufferPointer { s in
+      hkv_tau_select(s.baseAddress, n, tau, cap ?? 0, &indices, &weights, &mass)
     }
-    let bucketsPerNat: Float = 8
-    let bucketCount = 512
-    var bucketOf = [UInt16](repeating: 0, count: n)
-    var mass = [Double](repeating: 0, count: bucketCount)
-    var counts = [Int](repeating: 0, count: bucketCount)
-    for j in 0..<n {
-      let gap = (m - scores[scores.startIndex + j]) * bucketsPerNat
-      let b = gap < Float(bucketCount - 1) ? Int(gap) : bucketCount - 1
-      bucketOf[j] = UInt16(b)
-      mass[b] += Double(w[j])
-      counts[b] += 1
+    guard kept > 0 else {
+      throw HeteroKVError(.nonFiniteInput, "scores have no finite maximum or a non-finite sum")
     }
-    let target = Double(tau) * Double(total)
-    var cumulative = 0.0
-    var boundary = bucketCount - 1
-    for b in 0..<bucketCount {
-      if cumulative + mass[b] >= target {
-        boundary = b
-        break
-      }
-      cumulative += mass[b]
-    }
-    var kept: [Int32] = []
-    kept.reserveCapacity(counts[0..<boundary].reduce(0, +) + 16)
-    var candidates: [Int32] = []
-    candidates.reserveCapacity(counts[boundary])
-    for j in 0..<n {
-      let b = Int(bucketOf[j])
-      if b < boundary {
-        kept.append(Int32(j))
-      } else if b == boundary {
-        candidates.append(Int32(j))
-      }
-    }
-    candidates.sort { w[Int($0)] > w[Int($1)] || (w[Int($0)] == w[Int($1)] && $0 < $1) }
-    for j in candidates where cumulative < target {
-      kept.append(j)
-      cumulative += Double(w[Int(j)])
-    }
-    if let cap, kept.count > cap {
-      kept.sort { w[Int($0)] > w[Int($1)] || (w[Int($0)] == w[Int($1)] && $0 < $1) }
-      kept.removeLast(kept.count - cap)
-    }
-    kept.sort()
-    let inv = 1 / total
-    let weights = kept.map { w[Int($0)] * inv }
-    return TauMassSelection(
-      indices: kept, weights: weights, keptMass: weights.reduce(0, +), contextLength: n)
+    indices.removeLast(n - kept)
+    weights.removeLast(n - kept)
+    return TauMassSelection(indices: indices, weights: weights, keptMass: mass, contextLength: n)
   }
 }

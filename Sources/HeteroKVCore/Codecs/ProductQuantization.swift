@@ -78,6 +78,18 @@ public struct ProductCodebook: Sendable {
   /// Centroids, fp16, `[subvectors][centroids][subDim]`.
   public let centroids: [Float16]
 
+  /// A codebook from stored centroids (`[g][c][d/g]`, fp16), e.g. loaded from elsewhere.
+  public init(version: CodebookVersion, centroids: [Float16]) throws {
+    guard version.subvectors > 0, version.headDim % version.subvectors == 0,
+      centroids.count == version.centroids * version.headDim
+    else {
+      throw HeteroKVError.dimension(
+        "codebook holds \(centroids.count) values, expected \(version.centroids) x \(version.headDim)")
+    }
+    self.version = version
+    self.centroids = centroids
+  }
+
   /// Dimension of one sub-vector.
   public var subDim: Int { version.headDim / version.subvectors }
   /// Bytes of the stored centroids.
@@ -135,7 +147,7 @@ public struct ProductCodebook: Sendable {
       }
       all.append(contentsOf: Kernels.toHalf(cent))
     }
-    return ProductCodebook(version: version, centroids: all)
+    return try ProductCodebook(version: version, centroids: all)
   }
 
   /// Codes `keys`: for each key and sub-space the index of the nearest centroid, `[n][g]`.
@@ -222,6 +234,19 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
 
   /// An empty store over a trained codebook.
   public init(codebook: ProductCodebook) { self.codebook = codebook }
+
+  /// A store over existing codes (`[count][g]`), each below the codebook's centroid count.
+  public init(codebook: ProductCodebook, codes: [UInt16]) throws {
+    let g = codebook.version.subvectors
+    guard codes.count % g == 0 else {
+      throw HeteroKVError.dimension("\(codes.count) codes do not form rows of \(g)")
+    }
+    if let bad = codes.first(where: { Int($0) >= codebook.version.centroids }) {
+      throw HeteroKVError.invalid("code \(bad) is outside the \(codebook.version.centroids) centroids")
+    }
+    self.codebook = codebook
+    self.codes = codes
+  }
 
   public var headDim: Int { codebook.version.headDim }
   public var count: Int { codes.count / codebook.version.subvectors }

@@ -36,16 +36,22 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
     var codes: [UInt8]
   }
 
+  /// Groups stored back to back, so one kernel call scores them all: per group `[d]` scales,
+  /// `[d]` zero points and `[groupSize][d * bits / 8]` packed codes.
+  var scales: [Float16] = []
+  var zeros: [Float16] = []
+  var codes: [UInt8] = []
+  var groupCount = 0
+
   /// The quantizer settings.
   public let configuration: ScalarQuantizerConfiguration
   public let headDim: Int
-  var groups: [Group] = []
   var recent: HalfMatrix
 
   /// An empty store; the head dim must be a multiple of 8 / bits x channels per byte.
   public init(headDim: Int, configuration: ScalarQuantizerConfiguration) throws {
     let perByte = 8 / configuration.bits
-    guard headDim > 0, headDim % perByte == 0 else {
+    guard headDim > 0, headDim <= 1024, headDim % perByte == 0 else {
       throw HeteroKVError.dimension(
         "head dim \(headDim) does not pack into \(configuration.bits)-bit codes")
     }
@@ -56,10 +62,20 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
 
   var bytesPerToken: Int { headDim * configuration.bits / 8 }
 
-  public var count: Int { groups.count * configuration.groupSize + recent.rows }
+  public var count: Int { groupCount * configuration.groupSize + recent.rows }
 
   public var residentBytes: Int {
-    groups.count * (configuration.groupSize * bytesPerToken + 2 * headDim * 2) + recent.byteCount
+    codes.count + (scales.count + zeros.count) * 2 + recent.byteCount
+  }
+
+  /// Group `index` (for tests and decoding).
+  func group(_ index: Int) -> Group {
+    let d = headDim
+    let size = configuration.groupSize * bytesPerToken
+    return Group(
+      scales: Array(scales[index * d..<(index + 1) * d]),
+      zeros: Array(zeros[index * d..<(index + 1) * d]),
+      codes: Array(codes[index * size..<(index + 1) * size]))
   }
 
   public mutating func append(_ keys: HalfMatrix) throws {
@@ -70,8 +86,11 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
     try recent.append(contentsOf: keys)
     let g = configuration.groupSize
     while recent.rows >= g + configuration.window {
-      let rows = recent.gather(Array(0..<g)).floats()
-      groups.append(quantize(rows))
+      let group = quantize(recent.gather(Array(0..<g)).floats())
+      scales += group.scales
+      zeros += group.zeros
+      codes += group.codes
+      groupCount += 1
       recent.removeFirst(g)
     }
   }
@@ -126,8 +145,8 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
 
   public func decodedKey(at index: Int) -> [Float] {
     let g = configuration.groupSize
-    if index >= groups.count * g { return recent.row(index - groups.count * g) }
-    let group = groups[index / g]
+    if index >= groupCount * g { return recent.row(index - groupCount * g) }
+    let group = group(index / g)
     return (0..<headDim).map { c in
       Float(group.zeros[c]) + Float(group.scales[c]) * Float(code(group, token: index % g, channel: c))
     }
@@ -139,37 +158,22 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
     let d = headDim
     let g = configuration.groupSize
     var out = [Float](repeating: 0, count: heads * n)
-    var folded = [Float](repeating: 0, count: heads * d)
-    var bias = [Float](repeating: 0, count: heads)
-    for (gi, group) in groups.enumerated() {
-      for h in 0..<heads {
-        var b: Float = 0
-        for c in 0..<d {
-          let q = queries[h * d + c]
-          folded[h * d + c] = q * Float(group.scales[c])
-          b += q * Float(group.zeros[c])
-        }
-        bias[h] = b
-      }
-      if configuration.bits == 4 {
-        out.withUnsafeMutableBufferPointer { o in
-          hkv_sq4_scores(folded, bias, heads, group.codes, g, d, scale, o.baseAddress! + gi * g, n)
-        }
-      } else {
-        var unpacked = [Float](repeating: 0, count: d)
-        for t in 0..<g {
-          for c in 0..<d { unpacked[c] = Float(code(group, token: t, channel: c)) }
-          for h in 0..<heads {
-            var acc = bias[h]
-            for c in 0..<d { acc += folded[h * d + c] * unpacked[c] }
-            out[h * n + gi * g + t] = acc * scale
+    scales.withUnsafeBufferPointer { sc in
+      zeros.withUnsafeBufferPointer { zp in
+        sc.withMemoryRebound(to: UInt16.self) { sc16 in
+          zp.withMemoryRebound(to: UInt16.self) { zp16 in
+            out.withUnsafeMutableBufferPointer { o in
+              hkv_sq_group_scores(
+                queries, heads, codes, sc16.baseAddress, zp16.baseAddress, groupCount, g, d,
+                configuration.bits, scale, o.baseAddress, n)
+            }
           }
         }
       }
     }
     if recent.rows > 0 {
       let tail = Kernels.scores(queries: queries, heads: heads, keys: recent, scale: scale)
-      let base = groups.count * g
+      let base = groupCount * g
       for h in 0..<heads {
         out.replaceSubrange(
           h * n + base..<h * n + n, with: tail[h * recent.rows..<(h + 1) * recent.rows])

@@ -6,6 +6,11 @@ public enum Kernels {
   /// Whether the AVX2 + FMA + F16C kernels are in use on this CPU.
   public static var isVectorized: Bool { hkv_kernels_vectorized() != 0 }
 
+  /// Σ values: a plain streaming read, the memory bandwidth reference for benchmarks.
+  public static func scanSum(_ values: [Float]) -> Double {
+    hkv_scan_sum_f32(values, values.count)
+  }
+
   /// fp32 to fp16, round to nearest even.
   public static func toHalf(_ values: [Float]) -> [Float16] {
     [Float16](unsafeUninitializedCapacity: values.count) { out, count in
@@ -58,6 +63,21 @@ public enum Kernels {
           hkv_weighted_sum_dense_f16(v16.baseAddress, values.rows, values.cols, p.baseAddress,
             heads, &out)
         }
+      }
+    }
+    return out
+  }
+
+  /// For every head h: Σ_k weights[h * indices.count + k] · values[indices[k]]; each chosen
+  /// row is read once for all heads.
+  public static func weightedSum(
+    values: HalfMatrix, indices: [Int32], weights: [Float], heads: Int
+  ) -> [Float] {
+    var out = [Float](repeating: 0, count: heads * values.cols)
+    values.storage.withUnsafeBufferPointer { v in
+      v.withMemoryRebound(to: UInt16.self) { v16 in
+        hkv_weighted_sum_sparse_multi_f16(
+          v16.baseAddress, values.cols, indices, weights, indices.count, heads, &out)
       }
     }
     return out

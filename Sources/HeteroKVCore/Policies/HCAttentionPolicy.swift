@@ -8,11 +8,14 @@ public struct HCAttentionPolicy: AttentionPolicy {
   public var centroids: Int
   public var iterations: Int
   public var seed: UInt64
+  /// Where trained codebooks are shared between policies (the output modes use the same codes).
+  public var codebooks: ProductCodebookCache
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
-    iterations: Int = 8, seed: UInt64 = 1
+    iterations: Int = 6, seed: UInt64 = 1, codebooks: ProductCodebookCache = .init()
   ) {
+    self.codebooks = codebooks
     self.mode = mode
     self.tau = tau
     self.centroids = centroids
@@ -69,16 +72,14 @@ public struct HCAttentionPolicy: AttentionPolicy {
   {
     let g = try Self.subvectors(forBudget: budget, headDim: geometry.headDim)
     let config = try ProductQuantizerConfiguration(
-      subvectors: g, centroids: centroids, iterations: iterations, seed: seed)
+      subvectors: g, centroids: centroids, iterations: iterations, batchSize: 4096, seed: seed)
     let step = try HCAttentionStep(tau: tau, mode: mode)
     let heads = try parallelMap(layer.heads.count) { h in
       let head = layer.heads[h]
       let version = CodebookVersion(
         geometry: geometry.name, layer: layer.layer, kvHead: h, headDim: geometry.headDim,
         subvectors: g, centroids: centroids, calibration: .ownPrefill)
-      let book = try ProductCodebook.train(keys: head.keys, configuration: config, version: version)
-      var store = ProductQuantizedKeyStore(codebook: book)
-      try store.append(head.keys)
+      let store = try codebooks.prefillStore(keys: head.keys, configuration: config, version: version)
       return Head(store: store, step: step, heads: geometry.groupSize, d: geometry.headDim)
     }
     return IndependentHeads(heads)

@@ -250,11 +250,11 @@ struct LayerPlan: Sendable {
   ) -> [Float] {
     let (sigmaP, sigmaS): (Float, Float) =
       switch kind {
-      case .sinkLocal: (2.0, 0.2)
-      case .heavyHitter: (1.0, 0.3)
-      case .topic: (0.4, 0.6)
-      case .retrieval: (0.3, 1.0)
-      case .diffuse: (0.3, 1.2)
+      case .sinkLocal: (2.5, 0.3)
+      case .heavyHitter: (2.0, 0.4)
+      case .topic: (1.2, 1.2)
+      case .retrieval: (1.0, 2.0)
+      case .diffuse: (1.0, 2.2)
       }
     var q = [Float](repeating: 0, count: d)
     for i in 0..<d where !outlierPairs.contains(i) { q[i] = sigmaS * rng.gaussian() }
@@ -269,7 +269,7 @@ struct LayerPlan: Sendable {
       add(&q, sinkDirection, amplitude(nats: 5, keyAmplitude: Self.sinkAmplitude))
     case .topic:
       if t >= lateNeedleStep && t < lateNeedleStep + c.driftEvery {
-        add(&q, needleDirections[c.lateNeedle % c.needles], amplitude(nats: 10, keyAmplitude: Self.needleAmplitude))
+        add(&q, needleDirections[c.lateNeedle % c.needles], amplitude(nats: 14, keyAmplitude: Self.needleAmplitude))
       } else {
         add(&q, topicDirections[followedTopic(step: t)], amplitude(nats: 4, keyAmplitude: Self.topicAmplitude))
       }
@@ -277,7 +277,7 @@ struct LayerPlan: Sendable {
     case .retrieval:
       if t >= 0 && t % 8 >= 4 {
         let needle = (t / 8) % c.needles
-        add(&q, needleDirections[needle], amplitude(nats: 10, keyAmplitude: Self.needleAmplitude))
+        add(&q, needleDirections[needle], amplitude(nats: 14, keyAmplitude: Self.needleAmplitude))
       }
       add(&q, sinkDirection, amplitude(nats: 2, keyAmplitude: Self.sinkAmplitude))
     case .diffuse:

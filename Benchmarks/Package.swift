@@ -11,7 +11,7 @@ let package = Package(
     .executableTarget(
       name: "hkv-bench",
       dependencies: [
-        .product(name: "HeteroKVCore", package: "HeteroKV"),
+        .product(name: "HeteroKVCore", package: "HeteroKV")
       ]
     )
   ],

@@ -92,10 +92,12 @@ public enum EvalHarness {
           states.append(nil)
           continue
         }
-        progress("layer \(l + 1)/\(geometry.layers): preparing \(runs[i].row.policy) at \(runs[i].budget)")
+        progress(
+          "layer \(l + 1)/\(geometry.layers): preparing \(runs[i].row.policy) at \(runs[i].budget)")
         let start = Date()
         do {
-          states.append(try runs[i].policy.prepare(layer: trace, geometry: geometry, budget: runs[i].budget))
+          states.append(
+            try runs[i].policy.prepare(layer: trace, geometry: geometry, budget: runs[i].budget))
         } catch let e as HeteroKVError where e.code == .unsupportedConfiguration {
           runs[i].row.status = "n/a: \(e.message)"
           states.append(nil)
@@ -169,7 +171,8 @@ public enum EvalHarness {
       let input = inputs[h]
       let p = try FullAttention.probabilities(queries: input.queries, heads: g, keys: input.keys)
       return Reference(
-        probabilities: p, outputs: Kernels.weightedSum(values: input.values, probabilities: p, heads: g))
+        probabilities: p,
+        outputs: Kernels.weightedSum(values: input.values, probabilities: p, heads: g))
     }
   }
 
@@ -185,7 +188,8 @@ public enum EvalHarness {
         mode: mode, tau: options.tau, centroids: centroids,
         iterations: options.kmeansIterations, codebooks: codebooks)
     case "heterocache":
-      return HeteroCachePolicy(profiles: profiles, configuration: options.heteroCache, tau: options.tau)
+      return HeteroCachePolicy(
+        profiles: profiles, configuration: options.heteroCache, tau: options.tau)
     case "streamingllm": return StreamingLLMPolicy()
     case "h2o": return H2OPolicy()
     case "tova": return TOVAPolicy()

@@ -73,7 +73,9 @@ public struct EvalReport: Sendable, Codable {
         note =
           ["anchor", "satellite", "pivot", "volatile"].map { "\($0) \(roles[$0] ?? 0)" }.joined(
             separator: ", ")
-        if let share = r.retrievalShare { note += String(format: "; retrieval %.1f%%", share * 100) }
+        if let share = r.retrievalShare {
+          note += String(format: "; retrieval %.1f%%", share * 100)
+        }
       }
       cells.append([
         r.policy, String(format: "%.4g", r.budget), f(r.relativeL2Error), f(r.cosineSimilarity),

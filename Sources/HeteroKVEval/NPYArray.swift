@@ -50,7 +50,8 @@ public struct NPYArray: Sendable {
       throw bad("truncated header (\(headerLength) bytes declared)")
     }
     let header = String(
-      decoding: data[(data.startIndex + headerStart)..<(data.startIndex + headerStart + headerLength)],
+      decoding: data[
+        (data.startIndex + headerStart)..<(data.startIndex + headerStart + headerLength)],
       as: UTF8.self)
     guard let descr = Self.field("descr", in: header) else { throw bad("header has no descr") }
     let type = descr.trimmingCharacters(in: CharacterSet(charactersIn: "'\" "))
@@ -78,7 +79,8 @@ public struct NPYArray: Sendable {
     self.name = name
     let needed = shape.reduce(1, *) * dtype.byteWidth
     guard data.count - payloadOffset >= needed else {
-      throw bad("truncated payload: \(data.count - payloadOffset) bytes, shape \(shape) needs \(needed)")
+      throw bad(
+        "truncated payload: \(data.count - payloadOffset) bytes, shape \(shape) needs \(needed)")
     }
   }
 
@@ -88,7 +90,8 @@ public struct NPYArray: Sendable {
     do {
       data = try Data(contentsOf: url, options: .alwaysMapped)
     } catch {
-      throw HeteroKVError(.malformedInput, "\(url.path): cannot read (\(error.localizedDescription))")
+      throw HeteroKVError(
+        .malformedInput, "\(url.path): cannot read (\(error.localizedDescription))")
     }
     try self.init(data: data, name: url.path, expected: expected)
   }
@@ -109,31 +112,40 @@ public struct NPYArray: Sendable {
       switch dtype {
       case .float32:
         for (i, e) in range.enumerated() {
-          out[i] = Float(bitPattern: bytes.loadUnaligned(fromByteOffset: e * 4, as: UInt32.self).littleEndian)
+          out[i] = Float(
+            bitPattern: bytes.loadUnaligned(fromByteOffset: e * 4, as: UInt32.self).littleEndian)
         }
       case .float16:
         for (i, e) in range.enumerated() {
-          out[i] = Float(Float16(bitPattern: bytes.loadUnaligned(fromByteOffset: e * 2, as: UInt16.self).littleEndian))
+          out[i] = Float(
+            Float16(
+              bitPattern: bytes.loadUnaligned(fromByteOffset: e * 2, as: UInt16.self).littleEndian))
         }
       case .bfloat16:
         for (i, e) in range.enumerated() {
-          let bits = UInt32(bytes.loadUnaligned(fromByteOffset: e * 2, as: UInt16.self).littleEndian) << 16
+          let bits =
+            UInt32(bytes.loadUnaligned(fromByteOffset: e * 2, as: UInt16.self).littleEndian) << 16
           out[i] = Float(bitPattern: bits)
         }
       }
     }
     if let bad = out.firstIndex(where: { !$0.isFinite }) {
       throw HeteroKVError(
-        .nonFiniteInput, "\(name): non-finite value \(out[bad]) at element \(range.lowerBound + bad)")
+        .nonFiniteInput,
+        "\(name): non-finite value \(out[bad]) at element \(range.lowerBound + bad)")
     }
     return out
   }
 
   static func field(_ key: String, in header: String) -> String? {
-    guard let r = header.range(of: "'\(key)':") ?? header.range(of: "\"\(key)\":") else { return nil }
+    guard let r = header.range(of: "'\(key)':") ?? header.range(of: "\"\(key)\":") else {
+      return nil
+    }
     let rest = header[r.upperBound...]
     if key == "shape" {
-      guard let open = rest.firstIndex(of: "("), let close = rest.firstIndex(of: ")") else { return nil }
+      guard let open = rest.firstIndex(of: "("), let close = rest.firstIndex(of: ")") else {
+        return nil
+      }
       return String(rest[open...close])
     }
     let end = rest.firstIndex(of: ",") ?? rest.firstIndex(of: "}") ?? rest.endIndex
@@ -143,7 +155,9 @@ public struct NPYArray: Sendable {
   /// Encodes fp32 values as a `.npy` file of `dtype` with `shape` (format 1.0).
   public static func encode(_ values: [Float], shape: [Int], dtype: TraceDType) -> Data {
     let descr = dtype == .float32 ? "<f4" : dtype == .float16 ? "<f2" : "<u2"
-    let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
+    let shapeText =
+      shape.count == 1
+      ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
     var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
     let unpadded = 10 + header.utf8.count + 1
     header += String(repeating: " ", count: (64 - unpadded % 64) % 64) + "\n"
@@ -155,9 +169,11 @@ public struct NPYArray: Sendable {
     for v in values {
       switch dtype {
       case .float32: withUnsafeBytes(of: v.bitPattern.littleEndian) { data.append(contentsOf: $0) }
-      case .float16: withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { data.append(contentsOf: $0) }
+      case .float16:
+        withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { data.append(contentsOf: $0) }
       case .bfloat16:
-        let bits = UInt16(truncatingIfNeeded: (v.bitPattern &+ 0x7FFF &+ ((v.bitPattern >> 16) & 1)) >> 16)
+        let bits = UInt16(
+          truncatingIfNeeded: (v.bitPattern &+ 0x7FFF &+ ((v.bitPattern >> 16) & 1)) >> 16)
         withUnsafeBytes(of: bits.littleEndian) { data.append(contentsOf: $0) }
       }
     }

@@ -66,20 +66,29 @@ public struct TraceWorkload: AttentionWorkload {
       manifest = try JSONDecoder().decode(TraceManifest.self, from: data)
     } catch let DecodingError.keyNotFound(key, _) {
       throw HeteroKVError(.malformedInput, "\(url.path): missing key '\(key.stringValue)'")
-    } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+    } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context)
+    {
       let path = context.codingPath.map(\.stringValue).joined(separator: ".")
-      throw HeteroKVError(.malformedInput, "\(url.path): bad value at '\(path)': \(context.debugDescription)")
+      throw HeteroKVError(
+        .malformedInput, "\(url.path): bad value at '\(path)': \(context.debugDescription)")
     } catch let DecodingError.dataCorrupted(context) {
       throw HeteroKVError(.malformedInput, "\(url.path): \(context.debugDescription)")
     } catch {
       throw HeteroKVError(.malformedInput, "\(url.path): \(error)")
     }
-    func bad(_ why: String) -> HeteroKVError { HeteroKVError(.malformedInput, "\(url.path): \(why)") }
-    guard manifest.format == "heterokv-trace" else { throw bad("format is '\(manifest.format)', expected 'heterokv-trace'") }
+    func bad(_ why: String) -> HeteroKVError {
+      HeteroKVError(.malformedInput, "\(url.path): \(why)")
+    }
+    guard manifest.format == "heterokv-trace" else {
+      throw bad("format is '\(manifest.format)', expected 'heterokv-trace'")
+    }
     guard manifest.version == 1 else { throw bad("unsupported version \(manifest.version)") }
-    guard manifest.ropeApplied else { throw bad("rope_applied must be true: dump post-RoPE queries and keys") }
+    guard manifest.ropeApplied else {
+      throw bad("rope_applied must be true: dump post-RoPE queries and keys")
+    }
     let g = manifest.geometry
-    guard (1...TraceManifest.maxHeads).contains(g.queryHeads), (1...TraceManifest.maxHeads).contains(g.kvHeads),
+    guard (1...TraceManifest.maxHeads).contains(g.queryHeads),
+      (1...TraceManifest.maxHeads).contains(g.kvHeads),
       (2...TraceManifest.maxHeadDim).contains(g.headDim), g.layers > 0
     else { throw bad("geometry out of range: \(g)") }
     guard manifest.prefillTokens > 0, manifest.decodeSteps > 0 else {
@@ -99,13 +108,15 @@ public struct TraceWorkload: AttentionWorkload {
     guard q.shape.count == 3, q.shape[0] >= 1, q.shape[0] <= manifest.prefillTokens else {
       throw HeteroKVError(
         .malformedInput,
-        "\(Self.file(directory, 0, "q_prefill").path): shape \(q.shape), expected [P <= \(manifest.prefillTokens), \(g.queryHeads), \(g.headDim)]")
+        "\(Self.file(directory, 0, "q_prefill").path): shape \(q.shape), expected [P <= \(manifest.prefillTokens), \(g.queryHeads), \(g.headDim)]"
+      )
     }
     observationWindow = q.shape[0]
   }
 
   static func file(_ dir: URL, _ layer: Int, _ name: String) -> URL {
-    dir.appendingPathComponent(String(format: "layer_%03d", layer)).appendingPathComponent("\(name).npy")
+    dir.appendingPathComponent(String(format: "layer_%03d", layer)).appendingPathComponent(
+      "\(name).npy")
   }
 
   public var contextLength: Int { manifest.prefillTokens }
@@ -178,7 +189,8 @@ public struct TraceWorkload: AttentionWorkload {
     let g = workload.geometry
     let manifest = TraceManifest(
       format: "heterokv-trace", version: 1, model: g.name, dtype: dtype,
-      geometry: .init(layers: g.layers, queryHeads: g.queryHeads, kvHeads: g.kvHeads, headDim: g.headDim),
+      geometry: .init(
+        layers: g.layers, queryHeads: g.queryHeads, kvHeads: g.kvHeads, headDim: g.headDim),
       prefillTokens: workload.contextLength, decodeSteps: workload.decodeSteps,
       layers: Array(0..<g.layers), ropeApplied: true)
     let encoder = JSONEncoder()
@@ -187,12 +199,15 @@ public struct TraceWorkload: AttentionWorkload {
     let d = g.headDim
     for l in 0..<g.layers {
       let layer = try workload.layer(l)
-      try fm.createDirectory(at: file(directory, l, "x").deletingLastPathComponent(), withIntermediateDirectories: true)
+      try fm.createDirectory(
+        at: file(directory, l, "x").deletingLastPathComponent(), withIntermediateDirectories: true)
       let w = workload.observationWindow
       let n = workload.contextLength
       let t = workload.decodeSteps
       // Interleave heads: [rows][heads][d].
-      func interleave(_ count: Int, _ perHead: (Int, Int) -> ArraySlice<Float>, heads: Int) -> [Float] {
+      func interleave(_ count: Int, _ perHead: (Int, Int) -> ArraySlice<Float>, heads: Int)
+        -> [Float]
+      {
         var out = [Float]()
         out.reserveCapacity(count * heads * d)
         for r in 0..<count { for h in 0..<heads { out += perHead(h, r) } }
@@ -202,18 +217,42 @@ public struct TraceWorkload: AttentionWorkload {
       let keys = layer.heads.map { $0.keys.floats() }
       let values = layer.heads.map { $0.values.floats() }
       let arrays: [(String, [Float], [Int])] = [
-        ("q_prefill", interleave(w, { h, r in
-          let head = layer.heads[h / gs]
-          let qh = h % gs
-          return head.observationQueries[(r * gs + qh) * d..<(r * gs + qh + 1) * d]
-        }, heads: g.queryHeads), [w, g.queryHeads, d]),
-        ("k_prefill", interleave(n, { h, r in keys[h][r * d..<(r + 1) * d] }, heads: g.kvHeads), [n, g.kvHeads, d]),
-        ("v_prefill", interleave(n, { h, r in values[h][r * d..<(r + 1) * d] }, heads: g.kvHeads), [n, g.kvHeads, d]),
-        ("q_decode", interleave(t, { h, r in
-          layer.heads[h / gs].decodeQueries[r][(h % gs) * d..<(h % gs + 1) * d]
-        }, heads: g.queryHeads), [t, g.queryHeads, d]),
-        ("k_decode", interleave(t, { h, r in layer.heads[h].decodeKeys[r][...] }, heads: g.kvHeads), [t, g.kvHeads, d]),
-        ("v_decode", interleave(t, { h, r in layer.heads[h].decodeValues[r][...] }, heads: g.kvHeads), [t, g.kvHeads, d]),
+        (
+          "q_prefill",
+          interleave(
+            w,
+            { h, r in
+              let head = layer.heads[h / gs]
+              let qh = h % gs
+              return head.observationQueries[(r * gs + qh) * d..<(r * gs + qh + 1) * d]
+            }, heads: g.queryHeads), [w, g.queryHeads, d]
+        ),
+        (
+          "k_prefill", interleave(n, { h, r in keys[h][r * d..<(r + 1) * d] }, heads: g.kvHeads),
+          [n, g.kvHeads, d]
+        ),
+        (
+          "v_prefill", interleave(n, { h, r in values[h][r * d..<(r + 1) * d] }, heads: g.kvHeads),
+          [n, g.kvHeads, d]
+        ),
+        (
+          "q_decode",
+          interleave(
+            t,
+            { h, r in
+              layer.heads[h / gs].decodeQueries[r][(h % gs) * d..<(h % gs + 1) * d]
+            }, heads: g.queryHeads), [t, g.queryHeads, d]
+        ),
+        (
+          "k_decode",
+          interleave(t, { h, r in layer.heads[h].decodeKeys[r][...] }, heads: g.kvHeads),
+          [t, g.kvHeads, d]
+        ),
+        (
+          "v_decode",
+          interleave(t, { h, r in layer.heads[h].decodeValues[r][...] }, heads: g.kvHeads),
+          [t, g.kvHeads, d]
+        ),
       ]
       for (name, values, shape) in arrays {
         try NPYArray.encode(values, shape: shape, dtype: dtype).write(to: file(directory, l, name))

@@ -61,7 +61,8 @@ struct EvalCommand: ParsableCommand {
         guard workload == "synthetic" else {
           throw ValidationError("unknown workload '\(workload)'; use synthetic or --trace DIR")
         }
-        var config = SyntheticWorkloadConfiguration(geometry: try ModelGeometry.preset(named: geometry))
+        var config = SyntheticWorkloadConfiguration(
+          geometry: try ModelGeometry.preset(named: geometry))
         config.layers = layers
         config.contextLength = context
         config.decodeSteps = steps
@@ -85,7 +86,9 @@ struct EvalCommand: ParsableCommand {
   func list<T>(_ text: String, _ what: String, _ parse: (String) -> T?) throws -> [T] {
     try text.split(separator: ",").map {
       let item = $0.trimmingCharacters(in: .whitespaces)
-      guard let value = parse(item) else { throw ValidationError("bad value '\(item)' in --\(what)") }
+      guard let value = parse(item) else {
+        throw ValidationError("bad value '\(item)' in --\(what)")
+      }
       return value
     }
   }
@@ -104,7 +107,8 @@ final class ProgressLine: @unchecked Sendable {
       guard now.timeIntervalSince(last) > 0.2 else { return }
       last = now
       let line = String(format: "[%6.1fs] %@", now.timeIntervalSince(start), message)
-      FileHandle.standardError.write(Data(((isTerminal ? "\r\u{1B}[K" : "") + line + (isTerminal ? "" : "\n")).utf8))
+      FileHandle.standardError.write(
+        Data(((isTerminal ? "\r\u{1B}[K" : "") + line + (isTerminal ? "" : "\n")).utf8))
     }
   }
 

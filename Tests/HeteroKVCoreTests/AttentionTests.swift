@@ -16,7 +16,9 @@ import Testing
     let vf = values.floats()
     for h in 0..<2 {
       let qh = Array(q[h * d..<(h + 1) * d])
-      let s = (0..<n).map { j in Double(dot(qh, Array(kf[j * d..<(j + 1) * d]))) / Double(d).squareRoot() }
+      let s = (0..<n).map { j in
+        Double(dot(qh, Array(kf[j * d..<(j + 1) * d]))) / Double(d).squareRoot()
+      }
       let m = s.max()!
       let e = s.map { exp($0 - m) }
       let z = e.reduce(0, +)
@@ -69,7 +71,8 @@ import Testing
   }
 
   @Test func tauSelectionHonoursTheCap() throws {
-    let sel = try TauMassSelection.select(scores: randomFloats(1000, seed: 8)[...], tau: 0.9, cap: 17)
+    let sel = try TauMassSelection.select(
+      scores: randomFloats(1000, seed: 8)[...], tau: 0.9, cap: 17)
     #expect(sel.indices.count == 17)
   }
 

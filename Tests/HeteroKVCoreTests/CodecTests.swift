@@ -111,6 +111,8 @@ import Testing
     #expect(throws: HeteroKVError.self) { try codebook(keys: keys, g: 7, c: 8) }
     #expect(throws: HeteroKVError.self) { try ProductQuantizerConfiguration(centroids: 70000) }
     let book = try codebook(keys: keys, g: 8, c: 8)
-    #expect(throws: HeteroKVError.self) { try book.encode(try randomMatrix(rows: 2, cols: 32, seed: 1)) }
+    #expect(throws: HeteroKVError.self) {
+      try book.encode(try randomMatrix(rows: 2, cols: 32, seed: 1))
+    }
   }
 }

@@ -6,7 +6,9 @@ import Testing
   static func randomGraph(_ n: Int, seed: UInt64, density: Float) -> [[Bool]] {
     var rng = SeededGenerator(seed: seed)
     var e = [[Bool]](repeating: [Bool](repeating: false, count: n), count: n)
-    for a in 0..<n { for b in (a + 1)..<max(a + 1, n) where rng.unit() < density { e[a][b] = true; e[b][a] = true } }
+    for a in 0..<n {
+      for b in (a + 1)..<max(a + 1, n) where rng.unit() < density { e[a][b] = true; e[b][a] = true }
+    }
     return e
   }
 
@@ -20,7 +22,8 @@ import Testing
       row.enumerated().map { b, e in a == b ? 1.0 : (e ? 0.8 : 0.2) }
     }
     let config = HeteroCacheConfiguration()
-    let roles = try HeadProfiler.roles(similarity: similarity, stability: stability, configuration: config)
+    let roles = try HeadProfiler.roles(
+      similarity: similarity, stability: stability, configuration: config)
     #expect(roles.count == n)
     let (stars, unclustered) = try StarClustering.cluster(edges: edges)
     var seen = Set<Int>()
@@ -55,7 +58,9 @@ import Testing
   }
 
   @Test func asymmetricGraphIsRejected() {
-    #expect(throws: HeteroKVError.self) { try StarClustering.cluster(edges: [[false, true], [false, false]]) }
+    #expect(throws: HeteroKVError.self) {
+      try StarClustering.cluster(edges: [[false, true], [false, false]])
+    }
   }
 
   @Test func budgetRatiosAverageOneAndLessStableHeadsGetMore() throws {
@@ -65,7 +70,8 @@ import Testing
       HeadProfile(layer: i / 3, kvHead: i % 3, stability: s, similarity: [], role: roles[i])
     }
     let n = 10_000
-    let budgets = try BudgetAllocator.allocate(profiles: profiles, memoryRatio: 0.5, prefillTokens: n)
+    let budgets = try BudgetAllocator.allocate(
+      profiles: profiles, memoryRatio: 0.5, prefillTokens: n)
     let compressed = budgets.filter { !$0.role.keepsFullContext }
     let meanRatio = compressed.map(\.ratio).reduce(0, +) / Double(compressed.count)
     #expect(abs(meanRatio - 1) < 1e-9)
@@ -94,7 +100,8 @@ import Testing
     let base = try WorkloadTests.small(context: 4096, steps: 24)
     var config = HeteroCacheConfiguration()
     config.topK = 256
-    let profiles = try HeteroCacheCalibration.profile(base.calibrationSample()!, configuration: config)
+    let profiles = try HeteroCacheCalibration.profile(
+      base.calibrationSample()!, configuration: config)
     let policy = HeteroCachePolicy(profiles: profiles, configuration: config)
     let kinds = base.headKinds(layer: 0)
     let pivot = profiles.first { $0.role == .pivot && kinds[$0.kvHead] == .topic }!.kvHead
@@ -105,18 +112,21 @@ import Testing
       return []
     }
     // Ask late for a needle that no satellite kept at prefill.
-    let initial = try policy.prepare(layer: base.layer(0), geometry: base.geometry, budget: 0.125)
+    let initial =
+      try policy.prepare(layer: base.layer(0), geometry: base.geometry, budget: 0.125)
       as! HeteroCachePolicy.State
     let before = satellites.map { positions(initial, $0) }
-    let asked = try #require(base.needlePositions.indices.first { i in
-      before.allSatisfy { !$0.contains(base.needlePositions[i]) }
-    })
+    let asked = try #require(
+      base.needlePositions.indices.first { i in
+        before.allSatisfy { !$0.contains(base.needlePositions[i]) }
+      })
     var c = base.configuration
     c.lateNeedle = asked
     let w = try SyntheticWorkload(c)
     let needle = w.needlePositions[asked]
     let layer = try w.layer(0)
-    var state = try policy.prepare(layer: layer, geometry: w.geometry, budget: 0.125)
+    var state =
+      try policy.prepare(layer: layer, geometry: w.geometry, budget: 0.125)
       as! HeteroCachePolicy.State
     #expect(satellites.map { positions(state, $0) } == before)
     var keys = layer.heads.map(\.keys)
@@ -126,9 +136,11 @@ import Testing
         try keys[h].append(layer.heads[h].decodeKeys[t])
         try values[h].append(layer.heads[h].decodeValues[t])
       }
-      _ = try state.step((0..<8).map {
-        HeadStepInput(step: t, queries: layer.heads[$0].decodeQueries[t], keys: keys[$0], values: values[$0])
-      })
+      _ = try state.step(
+        (0..<8).map {
+          HeadStepInput(
+            step: t, queries: layer.heads[$0].decodeQueries[t], keys: keys[$0], values: values[$0])
+        })
     }
     #expect(state.retrievalSteps >= 1)
     #expect(state.retrievalSteps < 24)

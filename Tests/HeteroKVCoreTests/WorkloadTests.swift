@@ -30,10 +30,17 @@ import Testing
     let d = 128
     // Channel magnitudes before RoPE mixing within a pair: the pair energy of outlier pairs.
     var energy = [Float](repeating: 0, count: d / 2)
-    for j in 0..<head.keys.rows { for i in 0..<d / 2 { energy[i] += k[j * d + 2 * i] * k[j * d + 2 * i] + k[j * d + 2 * i + 1] * k[j * d + 2 * i + 1] } }
+    for j in 0..<head.keys.rows {
+      for i in 0..<d / 2 {
+        energy[i] +=
+          k[j * d + 2 * i] * k[j * d + 2 * i] + k[j * d + 2 * i + 1] * k[j * d + 2 * i + 1]
+      }
+    }
     let sorted = energy.sorted()
-    #expect(sorted.last! > 50 * sorted[sorted.count / 2], "outlier pairs carry 10-20x the magnitude")
-    let p = try FullAttention.probabilities(queries: head.decodeQueries[0], heads: 4, keys: head.keys)
+    #expect(
+      sorted.last! > 50 * sorted[sorted.count / 2], "outlier pairs carry 10-20x the magnitude")
+    let p = try FullAttention.probabilities(
+      queries: head.decodeQueries[0], heads: 4, keys: head.keys)
     let sinkMass = (0..<4).reduce(Float(0)) { $0 + p[$1] }
     #expect(sinkMass > 0.2)
   }

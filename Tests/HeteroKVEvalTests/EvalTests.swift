@@ -4,7 +4,8 @@ import Testing
 
 @testable import HeteroKVEval
 
-func smallWorkload(context: Int = 2048, steps: Int = 8, layers: Int = 1) throws -> SyntheticWorkload {
+func smallWorkload(context: Int = 2048, steps: Int = 8, layers: Int = 1) throws -> SyntheticWorkload
+{
   var c = SyntheticWorkloadConfiguration(geometry: .llama3_8B)
   c.layers = layers
   c.contextLength = context
@@ -13,7 +14,8 @@ func smallWorkload(context: Int = 2048, steps: Int = 8, layers: Int = 1) throws 
 }
 
 func temporaryDirectory() -> URL {
-  let url = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-test-\(UUID().uuidString)")
+  let url = FileManager.default.temporaryDirectory.appendingPathComponent(
+    "hkv-test-\(UUID().uuidString)")
   try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
   return url
 }
@@ -27,12 +29,14 @@ func temporaryDirectory() -> URL {
     let report = try EvalHarness.run(try smallWorkload(), options: options)
     #expect(report.rows.count == (EvalOptions.knownPolicies.count - 1) * 2 + 1)
     let full = try #require(report.rows.first { $0.policy == "full" })
-    #expect(full.relativeL2Error! < 1e-6 && full.massRecall! > 0.9999 && full.residentFraction! == 1)
+    #expect(
+      full.relativeL2Error! < 1e-6 && full.massRecall! > 0.9999 && full.residentFraction! == 1)
     // KIVI has no 1-bit setting: a clear n/a, not a number.
     let kivi = try #require(report.rows.first { $0.policy == "kivi" && $0.budget == 0.0625 })
     #expect(kivi.status.hasPrefix("n/a") && kivi.relativeL2Error == nil)
     for row in report.rows where row.status == "ok" && row.policy != "full" {
-      #expect(row.relativeL2Error! > 0, "\(row.policy) at \(row.budget) differs from full attention")
+      #expect(
+        row.relativeL2Error! > 0, "\(row.policy) at \(row.budget) differs from full attention")
       #expect(row.massRecall! > 0 && row.massRecall! <= 1.0001)
     }
     let hc = try #require(report.rows.first { $0.policy == "heterocache" && $0.budget == 0.25 })
@@ -112,7 +116,9 @@ func temporaryDirectory() -> URL {
     for (x, y) in zip(original, loaded) { #expect(abs(x - y) <= abs(x) / 128 + 1e-6) }
   }
 
-  func expectMalformed(_ dir: URL, mentioning needle: String, sourceLocation: SourceLocation = #_sourceLocation) {
+  func expectMalformed(
+    _ dir: URL, mentioning needle: String, sourceLocation: SourceLocation = #_sourceLocation
+  ) {
     do {
       let t = try TraceWorkload(directory: dir)
       _ = try t.layer(0)

@@ -25,7 +25,9 @@ public struct HCAttentionStep: Sendable {
   public init(tau: Float = 0.9, cap: Int? = nil, mode: HCAttentionOutputMode = .renormalized)
     throws
   {
-    guard tau > 0, tau <= 1 else { throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)") }
+    guard tau > 0, tau <= 1 else {
+      throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
+    }
     self.tau = tau
     self.cap = cap
     self.mode = mode

@@ -84,7 +84,8 @@ public struct ProductCodebook: Sendable {
       centroids.count == version.centroids * version.headDim
     else {
       throw HeteroKVError.dimension(
-        "codebook holds \(centroids.count) values, expected \(version.centroids) x \(version.headDim)")
+        "codebook holds \(centroids.count) values, expected \(version.centroids) x \(version.headDim)"
+      )
     }
     self.version = version
     self.centroids = centroids
@@ -127,9 +128,13 @@ public struct ProductCodebook: Sendable {
     for i in 0..<g {
       // Initial centroids: distinct random keys (with replacement only when n < c).
       var cent = [Float](repeating: 0, count: c * s)
-      let start = n >= c ? sampleDistinct(c, from: n, using: &rng) : (0..<c).map { _ in Int(rng.next() % UInt64(n)) }
+      let start =
+        n >= c
+        ? sampleDistinct(c, from: n, using: &rng) : (0..<c).map { _ in Int(rng.next() % UInt64(n)) }
       for (m, j) in start.enumerated() {
-        for t in 0..<s { cent[m * s + t] = points[j * d + i * s + t] + (n >= c ? 0 : 1e-3 * rng.gaussian()) }
+        for t in 0..<s {
+          cent[m * s + t] = points[j * d + i * s + t] + (n >= c ? 0 : 1e-3 * rng.gaussian())
+        }
       }
       var counts = [Float](repeating: 0, count: c)
       for _ in 0..<configuration.iterations {
@@ -191,8 +196,9 @@ public struct ProductCodebook: Sendable {
     return out
   }
 
-  static func structureOfArrays(_ cent: [Float], c: Int, s: Int) -> (values: [Float], norms: [Float])
-  {
+  static func structureOfArrays(_ cent: [Float], c: Int, s: Int) -> (
+    values: [Float], norms: [Float]
+  ) {
     var soa = [Float](repeating: 0, count: c * s)
     var norms = [Float](repeating: 0, count: c)
     for m in 0..<c {
@@ -242,7 +248,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       throw HeteroKVError.dimension("\(codes.count) codes do not form rows of \(g)")
     }
     if let bad = codes.first(where: { Int($0) >= codebook.version.centroids }) {
-      throw HeteroKVError.invalid("code \(bad) is outside the \(codebook.version.centroids) centroids")
+      throw HeteroKVError.invalid(
+        "code \(bad) is outside the \(codebook.version.centroids) centroids")
     }
     self.codebook = codebook
     self.codes = codes

@@ -13,7 +13,8 @@ public struct ScalarQuantizerConfiguration: Sendable, Hashable, Codable {
   /// A configuration; throws for bit widths other than 2, 4, 8 or non-positive sizes.
   public init(bits: Int = 4, groupSize: Int = 64, window: Int = 128) throws {
     guard [2, 4, 8].contains(bits) else {
-      throw HeteroKVError.unsupported("scalar key quantization supports 2, 4 or 8 bits, not \(bits)")
+      throw HeteroKVError.unsupported(
+        "scalar key quantization supports 2, 4 or 8 bits, not \(bits)")
     }
     guard groupSize > 0, window >= 0 else {
       throw HeteroKVError.invalid(
@@ -148,7 +149,8 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
     if index >= groupCount * g { return recent.row(index - groupCount * g) }
     let group = group(index / g)
     return (0..<headDim).map { c in
-      Float(group.zeros[c]) + Float(group.scales[c]) * Float(code(group, token: index % g, channel: c))
+      Float(group.zeros[c]) + Float(group.scales[c])
+        * Float(code(group, token: index % g, channel: c))
     }
   }
 

@@ -33,13 +33,17 @@ public struct HeteroKVError: Error, Sendable, Hashable, CustomStringConvertible 
 
 extension HeteroKVError {
   /// A `dimensionMismatch` error.
-  public static func dimension(_ message: String) -> HeteroKVError { .init(.dimensionMismatch, message) }
+  public static func dimension(_ message: String) -> HeteroKVError {
+    .init(.dimensionMismatch, message)
+  }
   /// An `unsupportedConfiguration` error.
   public static func unsupported(_ message: String) -> HeteroKVError {
     .init(.unsupportedConfiguration, message)
   }
   /// An `invalidArgument` error.
-  public static func invalid(_ message: String) -> HeteroKVError { .init(.invalidArgument, message) }
+  public static func invalid(_ message: String) -> HeteroKVError {
+    .init(.invalidArgument, message)
+  }
 }
 
 /// Throws `nonFiniteInput` when `values` holds a NaN or an infinity.

@@ -49,15 +49,12 @@ public struct ModelGeometry: Sendable, Hashable, Codable, CustomStringConvertibl
     "\(name) (\(layers) layers, \(queryHeads) q heads, \(kvHeads) KV heads, dim \(headDim))"
   }
 
-  // swift-format-ignore: NeverUseForceTry
   /// Llama-3-8B: 32 layers, 32 query heads, 8 KV heads, head dim 128.
   public static let llama3_8B = try! ModelGeometry(
     name: "llama-3-8b", layers: 32, queryHeads: 32, kvHeads: 8, headDim: 128)
-  // swift-format-ignore: NeverUseForceTry
   /// Qwen2.5-7B: 28 layers, 28 query heads, 4 KV heads, head dim 128.
   public static let qwen2_5_7B = try! ModelGeometry(
     name: "qwen2.5-7b", layers: 28, queryHeads: 28, kvHeads: 4, headDim: 128)
-  // swift-format-ignore: NeverUseForceTry
   /// SmolLM2-135M: 30 layers, 9 query heads, 3 KV heads, head dim 64.
   public static let smolLM2_135M = try! ModelGeometry(
     name: "smollm2-135m", layers: 30, queryHeads: 9, kvHeads: 3, headDim: 64)

@@ -57,7 +57,8 @@ public struct PivotDriftMonitor: Sendable {
     self.threshold = configuration.stabilityThreshold
     self.budget = max(1, budget)
     self.poolWidth = configuration.poolWidth
-    self.reference = Self.topSets(prefillProbabilities, heads: heads, k: max(1, budget), width: poolWidth)
+    self.reference = Self.topSets(
+      prefillProbabilities, heads: heads, k: max(1, budget), width: poolWidth)
   }
 
   static func topSets(_ p: [Float], heads: Int, k: Int, width: Int) -> [[Int]] {

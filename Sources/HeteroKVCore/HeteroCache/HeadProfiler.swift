@@ -53,8 +53,7 @@ public struct HeadProfiler: Sendable {
   var prefillTop: [[Int]]? = nil
   var decodeTop: [[[Int]]] = []
 
-  public init(layer: Int, kvHeads: Int, groupSize: Int, configuration: HeteroCacheConfiguration)
-  {
+  public init(layer: Int, kvHeads: Int, groupSize: Int, configuration: HeteroCacheConfiguration) {
     self.layer = layer
     self.kvHeads = kvHeads
     self.groupSize = groupSize

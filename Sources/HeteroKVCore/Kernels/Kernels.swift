@@ -43,7 +43,8 @@ public enum Kernels {
       queries.withUnsafeBufferPointer { q in
         keys.storage.withUnsafeBufferPointer { k in
           k.withMemoryRebound(to: UInt16.self) { k16 in
-            hkv_scores_f16(q.baseAddress, heads, k16.baseAddress, n, keys.cols, scale,
+            hkv_scores_f16(
+              q.baseAddress, heads, k16.baseAddress, n, keys.cols, scale,
               out.baseAddress)
           }
         }
@@ -60,7 +61,8 @@ public enum Kernels {
     values.storage.withUnsafeBufferPointer { v in
       v.withMemoryRebound(to: UInt16.self) { v16 in
         probabilities.withUnsafeBufferPointer { p in
-          hkv_weighted_sum_dense_f16(v16.baseAddress, values.rows, values.cols, p.baseAddress,
+          hkv_weighted_sum_dense_f16(
+            v16.baseAddress, values.rows, values.cols, p.baseAddress,
             heads, &out)
         }
       }
@@ -90,7 +92,8 @@ public enum Kernels {
     var out = [Float](repeating: 0, count: values.cols)
     values.storage.withUnsafeBufferPointer { v in
       v.withMemoryRebound(to: UInt16.self) { v16 in
-        hkv_weighted_sum_sparse_f16(v16.baseAddress, values.cols, indices, weights,
+        hkv_weighted_sum_sparse_f16(
+          v16.baseAddress, values.cols, indices, weights,
           indices.count, &out)
       }
     }

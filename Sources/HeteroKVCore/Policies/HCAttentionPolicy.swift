@@ -79,7 +79,8 @@ public struct HCAttentionPolicy: AttentionPolicy {
       let version = CodebookVersion(
         geometry: geometry.name, layer: layer.layer, kvHead: h, headDim: geometry.headDim,
         subvectors: g, centroids: centroids, calibration: .ownPrefill)
-      let store = try codebooks.prefillStore(keys: head.keys, configuration: config, version: version)
+      let store = try codebooks.prefillStore(
+        keys: head.keys, configuration: config, version: version)
       return Head(store: store, step: step, heads: geometry.groupSize, d: geometry.headDim)
     }
     return IndependentHeads(heads)

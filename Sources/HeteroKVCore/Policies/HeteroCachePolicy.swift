@@ -41,7 +41,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
 
   /// Bytes of a scalar key store per token as a share of fp16 K+V: codes, per-group scales and
   /// zero points, and the fp16 window spread over the context.
-  static func codeShare(_ c: ScalarQuantizerConfiguration, headDim d: Int, tokens n: Int) -> Double {
+  static func codeShare(_ c: ScalarQuantizerConfiguration, headDim d: Int, tokens n: Int) -> Double
+  {
     let perToken = Double(d * c.bits / 8) + Double(2 * d * 2) / Double(c.groupSize)
     let window = Double(min(n, c.window)) * Double(d * 2) / Double(n)
     return (perToken + window) / Double(4 * d)
@@ -92,10 +93,13 @@ public struct HeteroCachePolicy: AttentionPolicy {
           let selections = try step.select(approximateScores: scores, heads: groupSize)
           let out = try step.contextVectors(
             selections: selections, queries: input.queries, keys: nil, values: input.values)
-          var moved = selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
+          var moved =
+            selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
           if monitor != nil {
             _ = Softmax.normalizeRows(&scores, heads: groupSize, n: store.count)
-            if let drift = monitor!.observe(step: input.step, probabilities: scores, heads: groupSize) {
+            if let drift = monitor!.observe(
+              step: input.step, probabilities: scores, heads: groupSize)
+            {
               drifted = true
               for (s, role) in roles.enumerated() {
                 guard case .satellite(let pivot) = role, pivot == h else { continue }
@@ -108,7 +112,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
           }
           heads[h] = .full(store, monitor)
           results.append(
-            PolicyStepResult(outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved))
+            PolicyStepResult(
+              outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved))
         }
       }
       if drifted { retrievalSteps += 1 }
@@ -143,7 +148,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
       profiles: profiles, memoryRatio: budget, prefillTokens: n, fullHeadCost: cost,
       minimumCap: minimumCap)
     let compressedCaps = budgets.filter { !$0.role.keepsFullContext }.map(\.cap)
-    let uniform = compressedCaps.isEmpty ? n / 8 : compressedCaps.reduce(0, +) / compressedCaps.count
+    let uniform =
+      compressedCaps.isEmpty ? n / 8 : compressedCaps.reduce(0, +) / compressedCaps.count
     let caps = mine.map { p in budgets.first { $0.layer == p.layer && $0.kvHead == p.kvHead }!.cap }
     let g = geometry.groupSize
     let heads: [State.Head] = try parallelMap(layer.heads.count) { h in

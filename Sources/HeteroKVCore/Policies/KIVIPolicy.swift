@@ -34,7 +34,8 @@ public struct KIVIPolicy: AttentionPolicy {
       var quantized = [Float]()
       quantized.reserveCapacity(flush * d)
       for t in 0..<flush {
-        quantized += Self.quantizePerToken(Array(pending[t * d..<(t + 1) * d]), bits: bits, group: groupSize)
+        quantized += Self.quantizePerToken(
+          Array(pending[t * d..<(t + 1) * d]), bits: bits, group: groupSize)
       }
       pending.removeFirst(flush * d)
       try values.append(quantized)

@@ -90,7 +90,6 @@ public struct SyntheticWorkload: AttentionWorkload {
   }
 
   public var geometry: ModelGeometry {
-    // swift-format-ignore: NeverUseForceTry
     try! configuration.geometry.withLayers(configuration.layers)
   }
   public var contextLength: Int { configuration.contextLength }
@@ -121,7 +120,9 @@ public struct SyntheticWorkload: AttentionWorkload {
     let n = contextLength
     let k = configuration.needles
     return (0..<k).map { i in
-      max(configuration.sinkTokens, min(n - 1, Int(Double(n) * (0.1 + 0.8 * Double(i) / Double(max(1, k - 1))))))
+      max(
+        configuration.sinkTokens,
+        min(n - 1, Int(Double(n) * (0.1 + 0.8 * Double(i) / Double(max(1, k - 1))))))
     }
   }
 
@@ -129,7 +130,8 @@ public struct SyntheticWorkload: AttentionWorkload {
     guard index >= 0, index < configuration.layers else {
       throw HeteroKVError.invalid("layer \(index) is outside 0..<\(configuration.layers)")
     }
-    let plan = LayerPlan(configuration: configuration, layer: index, kinds: headKinds(layer: index),
+    let plan = LayerPlan(
+      configuration: configuration, layer: index, kinds: headKinds(layer: index),
       needles: needlePositions)
     let heads = try parallelMap(geometry.kvHeads) { h in plan.head(h) }
     return LayerTrace(layer: index, heads: heads)
@@ -165,7 +167,10 @@ struct LayerPlan: Sendable {
   /// Standard deviation of key noise in the semantic channels (1 elsewhere).
   static let semanticNoise: Float = 0.3
 
-  init(configuration: SyntheticWorkloadConfiguration, layer: Int, kinds: [SyntheticHeadKind], needles: [Int]) {
+  init(
+    configuration: SyntheticWorkloadConfiguration, layer: Int, kinds: [SyntheticHeadKind],
+    needles: [Int]
+  ) {
     c = configuration
     self.layer = layer
     self.kinds = kinds
@@ -192,7 +197,9 @@ struct LayerPlan: Sendable {
     var heavy = [Bool](repeating: false, count: configuration.contextLength)
     let count = Int(Double(configuration.contextLength) * configuration.heavyHitterFraction)
     for _ in 0..<count {
-      heavy[configuration.sinkTokens + Int(rng.next() % UInt64(configuration.contextLength - configuration.sinkTokens))] = true
+      heavy[
+        configuration.sinkTokens
+          + Int(rng.next() % UInt64(configuration.contextLength - configuration.sinkTokens))] = true
     }
     isHeavy = heavy
   }
@@ -228,11 +235,15 @@ struct LayerPlan: Sendable {
     // Keys vary little along meaning directions, so a strong semantic query does not turn
     // key noise into score noise.
     for i in semantic { k[i] *= Self.semanticNoise }
-    for (i, ch) in outliers.enumerated() { k[ch] = 0.5 * k[ch] + c.outlierScale * (i % 2 == 0 ? 1 : -1) }
+    for (i, ch) in outliers.enumerated() {
+      k[ch] = 0.5 * k[ch] + c.outlierScale * (i % 2 == 0 ? 1 : -1)
+    }
     if j < c.sinkTokens { add(&k, sinkDirection, Self.sinkAmplitude) }
     if j < c.contextLength, isHeavy[j] { add(&k, heavyDirection, Self.heavyAmplitude) }
     add(&k, topicDirections[topic(of: min(j, c.contextLength - 1))], Self.topicAmplitude)
-    if let needle = needles.firstIndex(of: j) { add(&k, needleDirections[needle], Self.needleAmplitude) }
+    if let needle = needles.firstIndex(of: j) {
+      add(&k, needleDirections[needle], Self.needleAmplitude)
+    }
     add(&k, positionalDirection, Self.positionalAmplitude)
     rope.apply(&k, position: j)
     return k
@@ -269,9 +280,13 @@ struct LayerPlan: Sendable {
       add(&q, sinkDirection, amplitude(nats: 5, keyAmplitude: Self.sinkAmplitude))
     case .topic:
       if t >= lateNeedleStep && t < lateNeedleStep + c.driftEvery {
-        add(&q, needleDirections[c.lateNeedle % c.needles], amplitude(nats: 14, keyAmplitude: Self.needleAmplitude))
+        add(
+          &q, needleDirections[c.lateNeedle % c.needles],
+          amplitude(nats: 14, keyAmplitude: Self.needleAmplitude))
       } else {
-        add(&q, topicDirections[followedTopic(step: t)], amplitude(nats: 4, keyAmplitude: Self.topicAmplitude))
+        add(
+          &q, topicDirections[followedTopic(step: t)],
+          amplitude(nats: 4, keyAmplitude: Self.topicAmplitude))
       }
       add(&q, sinkDirection, amplitude(nats: 3, keyAmplitude: Self.sinkAmplitude))
     case .retrieval:
@@ -307,7 +322,9 @@ struct LayerPlan: Sendable {
     return basis
   }
 
-  static func unitVector(dim d: Int, in range: Range<Int>, excluding: [Int], rng: inout SeededGenerator)
+  static func unitVector(
+    dim d: Int, in range: Range<Int>, excluding: [Int], rng: inout SeededGenerator
+  )
     -> [Float]
   {
     var v = [Float](repeating: 0, count: d)
@@ -323,7 +340,8 @@ struct LayerPlan: Sendable {
     // Model facts of this head.
     let kindIndex = UInt64(SyntheticHeadKind.allCases.firstIndex(of: kind)!)
     var model = SeededGenerator(seed: c.modelSeed, stream: [0x6865_6164, UInt64(layer), UInt64(h)])
-    var kindModel = SeededGenerator(seed: c.modelSeed, stream: [0x6B69_6E64, UInt64(layer), kindIndex])
+    var kindModel = SeededGenerator(
+      seed: c.modelSeed, stream: [0x6B69_6E64, UInt64(layer), kindIndex])
     let a = c.kindCorrelation
     let b = (1 - a * a).squareRoot()
     let positionalDirection = unitVector(in: positional, excluding: [], rng: &model)
@@ -338,7 +356,8 @@ struct LayerPlan: Sendable {
       $0 * c.valueMean * Float(d).squareRoot()
     }
     // Sample noise: the head's own stream and the stream its kind shares in this layer.
-    var rng = SeededGenerator(seed: c.sampleSeed, stream: [UInt64(c.modelSeed), UInt64(layer), UInt64(h)])
+    var rng = SeededGenerator(
+      seed: c.sampleSeed, stream: [UInt64(c.modelSeed), UInt64(layer), UInt64(h)])
     var sharedNoise = SeededGenerator(
       seed: c.sampleSeed, stream: [UInt64(c.modelSeed), UInt64(layer), 0x5348, kindIndex])
     var keys = [Float]()
@@ -363,7 +382,9 @@ struct LayerPlan: Sendable {
       return out
     }
     var observation = [Float]()
-    for p in (n - c.observationWindow)..<n { observation.append(contentsOf: group(step: -1, position: p)) }
+    for p in (n - c.observationWindow)..<n {
+      observation.append(contentsOf: group(step: -1, position: p))
+    }
     var dq: [[Float]] = []
     var dk: [[Float]] = []
     var dv: [[Float]] = []
@@ -374,7 +395,6 @@ struct LayerPlan: Sendable {
       dv.append((0..<d).map { meanValue[$0] + rng.gaussian() })
       dq.append(group(step: t, position: p))
     }
-    // swift-format-ignore: NeverUseForceTry
     return HeadTrace(
       keys: try! HalfMatrix(keys, cols: d), values: try! HalfMatrix(values, cols: d),
       observationQueries: observation, decodeQueries: dq, decodeKeys: dk, decodeValues: dv)

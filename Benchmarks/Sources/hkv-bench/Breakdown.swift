@@ -1,8 +1,9 @@
+// `hkv-bench --breakdown`: where one head's decode step spends its time, at 128K tokens.
 import Dispatch
 import HeteroKVCore
 import CHeteroKVKernels
 
-func probeFullAttention() throws {
+func breakdownFullAttention() throws {
   let n = 131072, d = 128
   var rng = SeededGenerator(seed: 1)
   let keys = try HalfMatrix((0..<n * d).map { _ in rng.gaussian() }, cols: d)
@@ -10,27 +11,37 @@ func probeFullAttention() throws {
   let q = (0..<4 * d).map { _ in rng.gaussian() }
   func t(_ name: String, _ body: () -> Void) {
     var best = 1e9
-    for _ in 0..<5 { let s = DispatchTime.now().uptimeNanoseconds; body(); best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6) }
+    for _ in 0..<5 {
+      let s = DispatchTime.now().uptimeNanoseconds; body();
+      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+    }
     print(name, best, "ms")
   }
   var p = [Float]()
   t("scores") { p = Kernels.scores(queries: q, heads: 4, keys: keys, scale: 0.088) }
   var p2 = p
-  t("softmax") { p2 = p; _ = Softmax.normalizeRows(&p2, heads: 4, n: n) }
+  t("softmax") {
+    p2 = p; _ = Softmax.normalizeRows(&p2, heads: 4, n: n)
+  }
   t("wsum") { _ = Kernels.weightedSum(values: values, probabilities: p2, heads: 4) }
   let small = try HalfMatrix((0..<4096 * d).map { _ in rng.gaussian() }, cols: d)
-  t("scores in-cache x32 (same bytes)") { for _ in 0..<32 { p = Kernels.scores(queries: q, heads: 4, keys: small, scale: 0.088) } }
+  t("scores in-cache x32 (same bytes)") {
+    for _ in 0..<32 { p = Kernels.scores(queries: q, heads: 4, keys: small, scale: 0.088) }
+  }
   var big = [Float](repeating: 1, count: n * d / 2)
   t("scan same bytes") { big[3] += Float(Kernels.scanSum(big)) }
   var out = [Float](repeating: 0, count: 4 * n)
   t("scores reused output") {
-    keys.storage.withUnsafeBufferPointer { k in k.withMemoryRebound(to: UInt16.self) { k16 in
-      hkv_scores_f16(q, 4, k16.baseAddress, n, d, 0.088, &out) } }
+    keys.storage.withUnsafeBufferPointer { k in
+      k.withMemoryRebound(to: UInt16.self) { k16 in
+        hkv_scores_f16(q, 4, k16.baseAddress, n, d, 0.088, &out)
+      }
+    }
   }
   t("attend") { _ = try! FullAttention.attend(queries: q, heads: 4, keys: keys, values: values) }
 }
 
-func probeHCAttention() throws {
+func breakdownHCAttention() throws {
   let n = 131072, d = 128
   var config = SyntheticWorkloadConfiguration(geometry: .llama3_8B)
   config.layers = 1
@@ -39,15 +50,23 @@ func probeHCAttention() throws {
   config.headMix = [.retrieval]
   let head = try SyntheticWorkload(config).layer(0).heads[0]
   let sample = head.keys.gather(Array(stride(from: 0, to: n, by: 16)))
-  let version = CodebookVersion(geometry: "x", layer: 0, kvHead: 0, headDim: d, subvectors: 32, centroids: 1024, calibration: .ownPrefill)
-  let book = try ProductCodebook.train(keys: sample, configuration: try ProductQuantizerConfiguration(subvectors: 32, centroids: 1024, iterations: 3, batchSize: 4096), version: version)
+  let version = CodebookVersion(
+    geometry: "x", layer: 0, kvHead: 0, headDim: d, subvectors: 32, centroids: 1024,
+    calibration: .ownPrefill)
+  let book = try ProductCodebook.train(
+    keys: sample,
+    configuration: try ProductQuantizerConfiguration(
+      subvectors: 32, centroids: 1024, iterations: 3, batchSize: 4096), version: version)
   var store = ProductQuantizedKeyStore(codebook: book)
   try store.append(head.keys)
   let q = head.decodeQueries[0]
   let step = try HCAttentionStep()
   func t(_ name: String, _ body: () -> Void) {
     var best = 1e9
-    for _ in 0..<5 { let s = DispatchTime.now().uptimeNanoseconds; body(); best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6) }
+    for _ in 0..<5 {
+      let s = DispatchTime.now().uptimeNanoseconds; body();
+      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+    }
     print(name, best, "ms")
   }
   var scores = [Float]()
@@ -55,6 +74,10 @@ func probeHCAttention() throws {
   var sel = [TauMassSelection]()
   t("select") { sel = try! step.select(approximateScores: scores, heads: 4) }
   print("kept", sel.map(\.indices.count))
-  t("context") { _ = try! step.contextVectors(selections: sel, queries: q, keys: nil, values: head.values) }
-  t("full") { _ = try! FullAttention.attend(queries: q, heads: 4, keys: head.keys, values: head.values) }
+  t("context") {
+    _ = try! step.contextVectors(selections: sel, queries: q, keys: nil, values: head.values)
+  }
+  t("full") {
+    _ = try! FullAttention.attend(queries: q, heads: 4, keys: head.keys, values: head.values)
+  }
 }

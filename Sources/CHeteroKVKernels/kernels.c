@@ -744,6 +744,10 @@ int hkv_kernels_vectorized(void) {
   return state;
 }
 
+void hkv_kernels_force_portable(int force) {
+  __atomic_store_n(&vectorized_state, force ? 0 : -1, __ATOMIC_RELAXED);
+}
+
 #ifdef HKV_X86
 #define DISPATCH(avx, portable, ...) \
   do {                                \

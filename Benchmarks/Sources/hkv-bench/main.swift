@@ -6,7 +6,9 @@ import HeteroKVCore
 // Every figure is the best of `repeats` runs; ratios are what to compare across machines.
 
 let args = CommandLine.arguments
-if args.contains("--breakdown") { try breakdownFullAttention(); try breakdownHCAttention(); exit(0) }
+if args.contains("--breakdown") {
+  try breakdownFullAttention(); try breakdownHCAttention(); exit(0)
+}
 let quick = args.contains("--quick")
 let repeats = quick ? 2 : 5
 
@@ -100,9 +102,13 @@ do {
 // The speed-up depends on how many tokens the tau-mass prefix keeps, so it is measured on the
 // default head mix and on a mix of only the sharply focused kinds.
 print("\n## One decode step, one layer (8 KV heads x 4 query heads, dim 128), 1 thread")
-print("| head mix | context | full fp16 attention | HCAttention 12.5% (PQ g=32, c=1024, tau 0.9) | speed-up | kept tokens |")
+print(
+  "| head mix | context | full fp16 attention | HCAttention 12.5% (PQ g=32, c=1024, tau 0.9) | speed-up | kept tokens |"
+)
 print("|---|---|---|---|---|---|")
-let mixes: [(String, [SyntheticHeadKind]?)] = [("default", nil), ("sink-local + heavy-hitter", [.sinkLocal, .heavyHitter])]
+let mixes: [(String, [SyntheticHeadKind]?)] = [
+  ("default", nil), ("sink-local + heavy-hitter", [.sinkLocal, .heavyHitter]),
+]
 for (mixName, mix) in mixes {
   for context in quick ? [32768] : [32768, 131072] {
     var config = SyntheticWorkloadConfiguration(geometry: .llama3_8B)
@@ -114,7 +120,8 @@ for (mixName, mix) in mixes {
     let stepper = try HCAttentionStep(tau: 0.9, mode: .renormalized)
     let stores = try parallelMap(kvHeads) { h in
       // Codebook from a calibration sample of the head's keys, then the whole context coded.
-      let sample = layer.heads[h].keys.gather(Array(stride(from: 0, to: context, by: context / 8192)))
+      let sample = layer.heads[h].keys.gather(
+        Array(stride(from: 0, to: context, by: context / 8192)))
       let version = CodebookVersion(
         geometry: "llama-3-8b", layer: 0, kvHead: h, headDim: d, subvectors: 32, centroids: 1024,
         calibration: .calibrationSet("prefill sample"))
@@ -140,7 +147,8 @@ for (mixName, mix) in mixes {
     let tHC = seconds {
       kept = 0
       for (h, head) in layer.heads.enumerated() {
-        let scores = try! stores[h].scores(queries: head.decodeQueries[0], heads: group, scale: scale)
+        let scores = try! stores[h].scores(
+          queries: head.decodeQueries[0], heads: group, scale: scale)
         let selections = try! stepper.select(approximateScores: scores, heads: group)
         kept += selections.reduce(0) { $0 + $1.indices.count }
         sink += Double(

@@ -11,6 +11,10 @@ extern "C" {
 /// 1 when the AVX2 + FMA + F16C kernels are in use, 0 for the portable fallback.
 int hkv_kernels_vectorized(void);
 
+/// Forces the portable kernels (1) or returns to detection (0); tests use it to check that
+/// both paths agree. Process-wide.
+void hkv_kernels_force_portable(int force);
+
 /// Converts IEEE half-precision bit patterns to single precision.
 void hkv_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 /// Converts single precision to half precision (round to nearest even).

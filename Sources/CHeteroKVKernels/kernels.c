@@ -325,6 +325,26 @@ HKV_AVX2 static void scores_f16_avx2(const float *q, size_t heads, const uint16_
   }
 }
 
+// acc[h] += p[h][r] * row_r for four fp16 rows and every head, one 8-dim chunk at a time: each
+// head's accumulator is loaded and stored once per four rows.
+HKV_AVX2 static inline void accumulate_four_rows(const uint16_t *const v[4], __m256 pb[8][4],
+                                                 size_t heads, size_t d, float *out) {
+  for (size_t c = 0; c < d; c += 8) {
+    __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[0] + c)));
+    __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[1] + c)));
+    __m256 x2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[2] + c)));
+    __m256 x3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[3] + c)));
+    for (size_t h = 0; h < heads; h++) {
+      __m256 acc = _mm256_loadu_ps(out + h * d + c);
+      acc = _mm256_fmadd_ps(pb[h][0], x0, acc);
+      acc = _mm256_fmadd_ps(pb[h][1], x1, acc);
+      acc = _mm256_fmadd_ps(pb[h][2], x2, acc);
+      acc = _mm256_fmadd_ps(pb[h][3], x3, acc);
+      _mm256_storeu_ps(out + h * d + c, acc);
+    }
+  }
+}
+
 // Four value rows at a time: per 8-dim chunk, each head's accumulator is loaded once, takes
 // four FMAs (one per row, with the row's probability broadcast once per block) and is stored
 // once, so stores fall to a quarter.
@@ -346,20 +366,8 @@ HKV_AVX2 static void weighted_sum_dense_blocked_avx2(const uint16_t *values, siz
         pb[h][r] = _mm256_set1_ps(p);
       }
     if (!any) continue;
-    for (size_t c = 0; c < d; c += 8) {
-      __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + c)));
-      __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + d + c)));
-      __m256 x2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + 2 * d + c)));
-      __m256 x3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v0 + 3 * d + c)));
-      for (size_t h = 0; h < heads; h++) {
-        __m256 acc = _mm256_loadu_ps(out + h * d + c);
-        acc = _mm256_fmadd_ps(pb[h][0], x0, acc);
-        acc = _mm256_fmadd_ps(pb[h][1], x1, acc);
-        acc = _mm256_fmadd_ps(pb[h][2], x2, acc);
-        acc = _mm256_fmadd_ps(pb[h][3], x3, acc);
-        _mm256_storeu_ps(out + h * d + c, acc);
-      }
-    }
+    const uint16_t *const rows[4] = {v0, v0 + d, v0 + 2 * d, v0 + 3 * d};
+    accumulate_four_rows(rows, pb, heads, d, out);
   }
   if (j < n) {
     // Tail rows: reuse the portable path on a shifted view.
@@ -444,24 +452,11 @@ HKV_AVX2 static void weighted_sum_sparse_multi_avx2(const uint16_t *values, size
         const char *ahead = (const char *)(values + (size_t)idx[k + r] * d);
         for (size_t o = 0; o < d * 2; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
       }
-    const uint16_t *v[4];
-    for (int r = 0; r < 4; r++) v[r] = values + (size_t)idx[k + r] * d;
+    const uint16_t *const v[4] = {values + (size_t)idx[k] * d, values + (size_t)idx[k + 1] * d,
+                                  values + (size_t)idx[k + 2] * d, values + (size_t)idx[k + 3] * d};
     for (size_t h = 0; h < heads; h++)
       for (int r = 0; r < 4; r++) pb[h][r] = _mm256_set1_ps(w[h * count + k + r]);
-    for (size_t c = 0; c < d; c += 8) {
-      __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[0] + c)));
-      __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[1] + c)));
-      __m256 x2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[2] + c)));
-      __m256 x3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v[3] + c)));
-      for (size_t h = 0; h < heads; h++) {
-        __m256 acc = _mm256_loadu_ps(out + h * d + c);
-        acc = _mm256_fmadd_ps(pb[h][0], x0, acc);
-        acc = _mm256_fmadd_ps(pb[h][1], x1, acc);
-        acc = _mm256_fmadd_ps(pb[h][2], x2, acc);
-        acc = _mm256_fmadd_ps(pb[h][3], x3, acc);
-        _mm256_storeu_ps(out + h * d + c, acc);
-      }
-    }
+    accumulate_four_rows(v, pb, heads, d, out);
   }
   for (; k < count; k++) {
     const uint16_t *v = values + (size_t)idx[k] * d;

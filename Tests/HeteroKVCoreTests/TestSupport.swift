@@ -11,13 +11,7 @@ func randomMatrix(rows: Int, cols: Int, seed: UInt64, scale: Float = 1) throws -
 }
 
 func relativeError(_ a: [Float], _ b: [Float]) -> Float {
-  var num: Float = 0
-  var den: Float = 0
-  for (x, y) in zip(a, b) {
-    num += (x - y) * (x - y)
-    den += y * y
-  }
-  return (num / max(den, 1e-30)).squareRoot()
+  FidelityAccumulator.relativeL2(a[...], b[...])
 }
 
 func dot(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(0) { $0 + $1.0 * $1.1 } }

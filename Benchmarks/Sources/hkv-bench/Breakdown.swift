@@ -1,7 +1,13 @@
 // `hkv-bench --breakdown`: where one head's decode step spends its time, at 128K tokens.
 import Dispatch
+import Foundation
 import HeteroKVCore
 import CHeteroKVKernels
+
+/// Prints the best of `repeats` runs of `body` in milliseconds.
+func t(_ name: String, _ body: () -> Void) {
+  print(name, String(format: "%.2f ms", seconds(body) * 1000))
+}
 
 func breakdownFullAttention() throws {
   let n = 131072, d = 128
@@ -9,14 +15,6 @@ func breakdownFullAttention() throws {
   let keys = try HalfMatrix((0..<n * d).map { _ in rng.gaussian() }, cols: d)
   let values = try HalfMatrix((0..<n * d).map { _ in rng.gaussian() }, cols: d)
   let q = (0..<4 * d).map { _ in rng.gaussian() }
-  func t(_ name: String, _ body: () -> Void) {
-    var best = 1e9
-    for _ in 0..<5 {
-      let s = DispatchTime.now().uptimeNanoseconds; body();
-      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
-    }
-    print(name, best, "ms")
-  }
   var p = [Float]()
   t("scores") { p = Kernels.scores(queries: q, heads: 4, keys: keys, scale: 0.088) }
   var p2 = p
@@ -61,14 +59,6 @@ func breakdownHCAttention() throws {
   try store.append(head.keys)
   let q = head.decodeQueries[0]
   let step = try HCAttentionStep()
-  func t(_ name: String, _ body: () -> Void) {
-    var best = 1e9
-    for _ in 0..<5 {
-      let s = DispatchTime.now().uptimeNanoseconds; body();
-      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
-    }
-    print(name, best, "ms")
-  }
   var scores = [Float]()
   t("pq scores") { scores = try! store.scores(queries: q, heads: 4, scale: 0.088) }
   var sel = [TauMassSelection]()

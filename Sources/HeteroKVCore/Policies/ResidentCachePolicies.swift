@@ -84,6 +84,26 @@ struct EvictingHead: HeadPolicyState {
   }
 
   var residentBytes: Int { kvBytes(tokens: positions.count, headDim: d) }
+
+  /// One evicting head per KV head of a layer: `start` picks each head's initial positions
+  /// (and optional accumulated scores) from its trace, context length n and token budget k.
+  static func layer(
+    _ layer: LayerTrace, geometry: ModelGeometry, budget: Double, rule: (Int) -> Rule,
+    capacity: (Int) -> Int = { $0 },
+    start: (HeadTrace, _ n: Int, _ k: Int) throws -> (positions: [Int], accumulated: [Float]?)
+  ) throws -> IndependentHeads<EvictingHead> {
+    try IndependentHeads(
+      layer.heads.map { head in
+        let n = head.keys.rows
+        let k = try tokenBudget(budget, contextLength: n)
+        let (positions, accumulated) = try start(head, n, k)
+        return EvictingHead(
+          positions: positions,
+          accumulated: accumulated ?? .init(repeating: 0, count: positions.count),
+          capacity: capacity(k), rule: rule(k), d: geometry.headDim,
+          groupSize: geometry.groupSize)
+      })
+  }
 }
 
 /// StreamingLLM: attention sinks plus a window of recent tokens.
@@ -95,17 +115,12 @@ public struct StreamingLLMPolicy: AttentionPolicy {
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
     -> any PolicyLayerState
   {
-    try IndependentHeads(
-      layer.heads.map { head in
-        let n = head.keys.rows
-        let k = try tokenBudget(budget, contextLength: n)
-        let s = min(sinks, k)
-        let positions = Array(0..<s) + Array(max(s, n - (k - s))..<n)
-        return EvictingHead(
-          positions: positions, accumulated: .init(repeating: 0, count: positions.count),
-          capacity: k, rule: .streaming(sinks: s), d: geometry.headDim,
-          groupSize: geometry.groupSize)
-      })
+    try EvictingHead.layer(
+      layer, geometry: geometry, budget: budget, rule: { .streaming(sinks: min(sinks, $0)) }
+    ) { _, n, k in
+      let s = min(sinks, k)
+      return (Array(0..<s) + Array(max(s, n - (k - s))..<n), nil)
+    }
   }
 }
 
@@ -118,21 +133,16 @@ public struct H2OPolicy: AttentionPolicy {
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
     -> any PolicyLayerState
   {
-    let g = geometry.groupSize
-    return try IndependentHeads(
-      layer.heads.map { head in
-        let n = head.keys.rows
-        let k = try tokenBudget(budget, contextLength: n)
-        let recent = k / 2
-        let p = try ObservationAttention.probabilities(head, groupSize: g)
-        let acc = ObservationAttention.columnSums(p, rows: p.count / n)
-        let older = Array(acc[0..<(n - recent)])
-        let heavy = AttentionPattern.top(older, k: k - recent)
-        let positions = heavy + Array((n - recent)..<n)
-        return EvictingHead(
-          positions: positions, accumulated: positions.map { acc[$0] }, capacity: k,
-          rule: .heavyHitters(recent: recent), d: geometry.headDim, groupSize: g)
-      })
+    try EvictingHead.layer(
+      layer, geometry: geometry, budget: budget, rule: { .heavyHitters(recent: $0 / 2) }
+    ) { head, n, k in
+      let recent = k / 2
+      let p = try ObservationAttention.probabilities(head, groupSize: geometry.groupSize)
+      let acc = ObservationAttention.columnSums(p, rows: p.count / n)
+      let heavy = AttentionPattern.top(Array(acc[0..<(n - recent)]), k: k - recent)
+      let positions = heavy + Array((n - recent)..<n)
+      return (positions, positions.map { acc[$0] })
+    }
   }
 }
 
@@ -145,17 +155,12 @@ public struct TOVAPolicy: AttentionPolicy {
     -> any PolicyLayerState
   {
     let g = geometry.groupSize
-    return try IndependentHeads(
-      layer.heads.map { head in
-        let n = head.keys.rows
-        let k = try tokenBudget(budget, contextLength: n)
-        let p = try FullAttention.probabilities(
-          queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
-        let positions = AttentionPattern.top(AttentionPattern.meanOfRows(p, rows: g), k: k)
-        return EvictingHead(
-          positions: positions, accumulated: .init(repeating: 0, count: positions.count),
-          capacity: k, rule: .tova, d: geometry.headDim, groupSize: g)
-      })
+    return try EvictingHead.layer(layer, geometry: geometry, budget: budget, rule: { _ in .tova }) {
+      head, _, k in
+      let p = try FullAttention.probabilities(
+        queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
+      return (AttentionPattern.top(AttentionPattern.meanOfRows(p, rows: g), k: k), nil)
+    }
   }
 }
 
@@ -170,18 +175,14 @@ public struct SnapKVPolicy: AttentionPolicy {
     -> any PolicyLayerState
   {
     let g = geometry.groupSize
-    return try IndependentHeads(
-      layer.heads.map { head in
-        let n = head.keys.rows
-        let k = try tokenBudget(budget, contextLength: n)
-        let window = min(head.observationQueries.count / (g * geometry.headDim), k, n)
-        let p = try ObservationAttention.probabilities(head, groupSize: g)
-        let votes = ObservationAttention.columnSums(p, rows: p.count / n)
-        let pooled = AttentionPattern.smooth(votes[0..<(n - window)], width: poolWidth)
-        let positions = AttentionPattern.top(pooled, k: k - window) + Array((n - window)..<n)
-        return EvictingHead(
-          positions: positions, accumulated: .init(repeating: 0, count: positions.count),
-          capacity: Int.max, rule: .none, d: geometry.headDim, groupSize: g)
-      })
+    return try EvictingHead.layer(
+      layer, geometry: geometry, budget: budget, rule: { _ in .none }, capacity: { _ in .max }
+    ) { head, n, k in
+      let window = min(head.observationQueries.count / (g * geometry.headDim), k, n)
+      let p = try ObservationAttention.probabilities(head, groupSize: g)
+      let votes = ObservationAttention.columnSums(p, rows: p.count / n)
+      let pooled = AttentionPattern.smooth(votes[0..<(n - window)], width: poolWidth)
+      return (AttentionPattern.top(pooled, k: k - window) + Array((n - window)..<n), nil)
+    }
   }
 }

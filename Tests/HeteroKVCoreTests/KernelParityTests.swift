@@ -47,7 +47,8 @@ import Testing
       var store = try ScalarQuantizedKeyStore(headDim: d, configuration: config)
       try store.append(keys)
       let s = try bothPaths { try store.scores(queries: q, heads: 4, scale: 0.5) }
-      #expect(relativeError(s.portable, s.vector) < 1e-5, "bits \(bits)")
+      // 4 bits use an int16 query on the vector path: 1 part in 32767 of the largest channel.
+      #expect(relativeError(s.portable, s.vector) < 1e-4, "bits \(bits)")
     }
 
     let version = CodebookVersion(

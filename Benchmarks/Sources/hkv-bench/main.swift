@@ -6,9 +6,6 @@ import HeteroKVCore
 // Every figure is the best of `repeats` runs; ratios are what to compare across machines.
 
 let args = CommandLine.arguments
-if args.contains("--breakdown") {
-  try breakdownFullAttention(); try breakdownHCAttention(); exit(0)
-}
 let quick = args.contains("--quick")
 let repeats = quick ? 2 : 5
 
@@ -20,6 +17,12 @@ func seconds(_ body: () -> Void) -> Double {
     best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
   }
   return best
+}
+
+if args.contains("--breakdown") {
+  try breakdownFullAttention()
+  try breakdownHCAttention()
+  exit(0)
 }
 
 func gbps(_ bytes: Int, _ s: Double) -> String {

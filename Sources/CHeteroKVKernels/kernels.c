@@ -990,13 +990,19 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
     free(cand);
     return 0;
   }
-  double mass[BUCKETS] = {0};
+  // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
+  // other's read-modify-write.
+  static _Thread_local float mass4[4][BUCKETS];
+  memset(mass4, 0, sizeof mass4);
   for (size_t j = 0; j < n; j++) {
     float gap = (m - scores[j]) * per_nat;
     int b = gap < (float)(BUCKETS - 1) ? (int)gap : BUCKETS - 1;
     bucket[j] = (uint16_t)b;
-    mass[b] += w[j];
+    mass4[j & 3][b] += w[j];
   }
+  double mass[BUCKETS];
+  for (int b = 0; b < BUCKETS; b++)
+    mass[b] = (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
   double target = (double)tau * (double)total, cumulative = 0;
   int boundary = BUCKETS - 1;
   for (int b = 0; b < BUCKETS; b++) {

@@ -32,17 +32,23 @@ public struct TauMassSelection: Sendable, Hashable {
       throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
     }
     if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
-    var indices = [Int32](repeating: 0, count: n)
-    var weights = [Float](repeating: 0, count: n)
+    // Room for every token, filled by the kernel and trimmed to the kept count.
     var mass: Float = 0
-    let kept = scores.withUnsafeBufferPointer { s in
-      hkv_tau_select(s.baseAddress, n, tau, cap ?? 0, &indices, &weights, &mass)
+    var kept = 0
+    var weights = [Float]()
+    let indices = try [Int32](unsafeUninitializedCapacity: n) { idx, idxCount in
+      weights = [Float](unsafeUninitializedCapacity: n) { w, wCount in
+        kept = scores.withUnsafeBufferPointer { s in
+          hkv_tau_select(s.baseAddress, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass)
+        }
+        wCount = kept
+      }
+      guard kept > 0 else {
+        idxCount = 0
+        throw HeteroKVError(.nonFiniteInput, "scores have no finite maximum or a non-finite sum")
+      }
+      idxCount = kept
     }
-    guard kept > 0 else {
-      throw HeteroKVError(.nonFiniteInput, "scores have no finite maximum or a non-finite sum")
-    }
-    indices.removeLast(n - kept)
-    weights.removeLast(n - kept)
     return TauMassSelection(indices: indices, weights: weights, keptMass: mass, contextLength: n)
   }
 }

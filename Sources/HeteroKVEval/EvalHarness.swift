@@ -12,6 +12,9 @@ public struct EvalOptions: Sendable {
   /// PQ centroids per sub-vector codebook; several values run HCAttention once per value
   /// (rows named `hcattention c=N`), the centroid ablation.
   public var centroids: [Int] = [4096]
+  /// Train HCAttention's codebooks on the workload's calibration sample instead of each
+  /// sequence's own prefill (a shared codebook, not counted as per-sequence memory).
+  public var pqCalibrationSample = false
   /// PQ k-means iterations.
   public var kmeansIterations: Int = 6
   /// HeteroCache thresholds and sizes.
@@ -68,13 +71,22 @@ public enum EvalHarness {
     }
     var runs: [Run] = []
     let codebooks = ProductCodebookCache()
+    var calibration: CalibrationKeys?
+    if options.pqCalibrationSample {
+      guard let sample = try workload.calibrationSample() else {
+        throw HeteroKVError.invalid(
+          "this workload has no calibration sample; train PQ codebooks on the prefill instead")
+      }
+      calibration = CalibrationKeys(sample: sample)
+    }
     for name in options.policies {
       let variants: [(String, Int)] =
         name.hasPrefix("hcattention") && options.centroids.count > 1
         ? options.centroids.map { ("\(name) c=\($0)", $0) } : [(name, options.centroids[0])]
       for (label, centroids) in variants {
         let policy = try makePolicy(
-          name, options: options, centroids: centroids, profiles: profiles, codebooks: codebooks)
+          name, options: options, centroids: centroids, profiles: profiles, codebooks: codebooks,
+          calibration: calibration)
         let budgets = name == "full" ? [1.0] : options.budgets
         for b in budgets {
           runs.append(
@@ -178,7 +190,7 @@ public enum EvalHarness {
 
   static func makePolicy(
     _ name: String, options: EvalOptions, centroids: Int, profiles: [HeadProfile],
-    codebooks: ProductCodebookCache
+    codebooks: ProductCodebookCache, calibration: CalibrationKeys?
   ) throws -> any AttentionPolicy {
     switch name {
     case "hcattention", "hcattention-raw", "hcattention-exact":
@@ -186,7 +198,7 @@ public enum EvalHarness {
         name == "hcattention" ? .renormalized : name == "hcattention-raw" ? .raw : .exact
       return HCAttentionPolicy(
         mode: mode, tau: options.tau, centroids: centroids,
-        iterations: options.kmeansIterations, codebooks: codebooks)
+        iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration)
     case "heterocache":
       return HeteroCachePolicy(
         profiles: profiles, configuration: options.heteroCache, tau: options.tau)

@@ -49,6 +49,12 @@ struct EvalCommand: ParsableCommand {
   @Option(help: "PQ centroids per sub-vector codebook; a list runs the centroid ablation.")
   var centroids: String = "4096"
 
+  @Option(
+    help:
+      "What HCAttention's codebooks train on: prefill (each sequence's own, the paper's default) or sample (the workload's calibration sample, shared)."
+  )
+  var pqCalibration: String = "prefill"
+
   @Flag(help: "Print the rows as JSON.")
   var json = false
 
@@ -74,6 +80,12 @@ struct EvalCommand: ParsableCommand {
         budgets: try list(budgets, "budgets", Double.init))
       options.tau = tau
       options.centroids = try list(centroids, "centroids", Int.init)
+      switch pqCalibration {
+      case "prefill": options.pqCalibrationSample = false
+      case "sample": options.pqCalibrationSample = true
+      default:
+        throw ValidationError("--pq-calibration must be prefill or sample, not '\(pqCalibration)'")
+      }
       let progress = ProgressLine()
       let report = try EvalHarness.run(source, options: options) { progress.show($0) }
       progress.finish()

@@ -72,6 +72,26 @@ func temporaryDirectory() -> URL {
     #expect(report.rows[1].relativeL2Error! < report.rows[0].relativeL2Error!)
   }
 
+  @Test func codebooksTrainedOnTheCalibrationSampleAreSharedNotPerSequence() throws {
+    var options = try EvalOptions(policies: ["hcattention"], budgets: [0.125])
+    options.centroids = [64]
+    options.kmeansIterations = 3
+    let own = try EvalHarness.run(try smallWorkload(context: 1024, steps: 2), options: options)
+    options.pqCalibrationSample = true
+    let shared = try EvalHarness.run(try smallWorkload(context: 1024, steps: 2), options: options)
+    // Codes alone are exactly 12.5% of fp16 K+V; an own-prefill codebook adds its bytes.
+    #expect(abs(shared.rows[0].residentFraction! - 0.125) < 1e-9)
+    #expect(own.rows[0].residentFraction! > 0.125)
+    #expect(shared.rows[0].massRecall! > 0.85)
+
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try TraceWorkload.write(try smallWorkload(context: 128, steps: 2), to: dir)
+    #expect(throws: HeteroKVError.self) {
+      try EvalHarness.run(try TraceWorkload(directory: dir), options: options)
+    }
+  }
+
   @Test func unknownPoliciesAndBadBudgetsAreRejected() {
     #expect(throws: HeteroKVError.self) { try EvalOptions(policies: ["lru"], budgets: [0.1]) }
     #expect(throws: HeteroKVError.self) { try EvalOptions(policies: ["full"], budgets: [1.5]) }

@@ -12,14 +12,17 @@ public final class ProductCodebookCache: Sendable {
 
   public init() {}
 
-  /// A store holding `keys` coded with a codebook trained on them (own-prefill calibration),
-  /// from the cache when the same keys were coded before.
+  /// A store holding `keys` coded with a codebook trained on `trainingKeys` (the keys
+  /// themselves for own-prefill calibration), from the cache when the same keys were coded
+  /// before.
   public func prefillStore(
-    keys: HalfMatrix, configuration: ProductQuantizerConfiguration, version: CodebookVersion
+    keys: HalfMatrix, trainingKeys: HalfMatrix? = nil,
+    configuration: ProductQuantizerConfiguration, version: CodebookVersion
   ) throws -> ProductQuantizedKeyStore {
     let key = Key(version: version, configuration: configuration)
     if let store = books.withLock({ $0[key] }) { return store }
-    let book = try ProductCodebook.train(keys: keys, configuration: configuration, version: version)
+    let book = try ProductCodebook.train(
+      keys: trainingKeys ?? keys, configuration: configuration, version: version)
     var store = ProductQuantizedKeyStore(codebook: book)
     try store.append(keys)
     books.withLock { $0[key] = store }
@@ -28,4 +31,28 @@ public final class ProductCodebookCache: Sendable {
 
   /// Drops every cached codebook.
   public func removeAll() { books.withLock { $0.removeAll() } }
+}
+
+/// Keys of a calibration sample, one layer at a time, shared by the policies that train
+/// codebooks on it (the layer being evaluated is loaded once, not once per policy).
+public final class CalibrationKeys: Sendable {
+  /// The sample's name, recorded in codebook versions.
+  public let name: String
+  private let sample: any AttentionWorkload
+  private let current = Mutex<LayerTrace?>(nil)
+
+  public init(sample: any AttentionWorkload) {
+    self.sample = sample
+    self.name = sample.summary
+  }
+
+  /// Prefill keys of `kvHead` in `layer` of the sample.
+  public func keys(layer: Int, kvHead: Int) throws -> HalfMatrix {
+    if let trace = current.withLock({ $0 }), trace.layer == layer {
+      return trace.heads[kvHead].keys
+    }
+    let trace = try sample.layer(layer)
+    current.withLock { $0 = trace }
+    return trace.heads[kvHead].keys
+  }
 }

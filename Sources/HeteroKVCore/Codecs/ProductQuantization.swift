@@ -257,8 +257,11 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
 
   public var headDim: Int { codebook.version.headDim }
   public var count: Int { codes.count / codebook.version.subvectors }
-  /// Codes plus the codebook (trained on this sequence, so it is this sequence's cost).
-  public var residentBytes: Int { codes.count * 2 + codebook.byteCount }
+  /// Codes, plus the codebook when it was trained on this sequence's own prefill (then it is
+  /// this sequence's cost; a calibration-set codebook is shared by every sequence).
+  public var residentBytes: Int {
+    codes.count * 2 + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
+  }
 
   public mutating func append(_ keys: HalfMatrix) throws {
     codes.append(contentsOf: try codebook.encode(keys))

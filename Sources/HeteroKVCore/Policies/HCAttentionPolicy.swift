@@ -1,7 +1,8 @@
 /// HCAttention: product-quantized keys on the worker (g = budget x 2d sub-vectors: 25% -> 64,
 /// 12.5% -> 32 for d = 128), values offloaded; each step scores every token from the codes,
 /// keeps the tau-mass prefix per query head, and the memory tier returns the context vector
-/// from the kept indices and weights. The codebook is trained on the sequence's own prefill.
+/// from the kept indices and weights. Codebooks are trained on the sequence's own prefill
+/// (HCAttention's default) or on a calibration sample shared by all sequences.
 public struct HCAttentionPolicy: AttentionPolicy {
   public var mode: HCAttentionOutputMode
   public var tau: Float
@@ -10,12 +11,16 @@ public struct HCAttentionPolicy: AttentionPolicy {
   public var seed: UInt64
   /// Where trained codebooks are shared between policies (the output modes use the same codes).
   public var codebooks: ProductCodebookCache
+  /// The calibration sample codebooks train on; nil: the sequence's own prefill.
+  public var calibration: CalibrationKeys?
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
-    iterations: Int = 6, seed: UInt64 = 1, codebooks: ProductCodebookCache = .init()
+    iterations: Int = 6, seed: UInt64 = 1, codebooks: ProductCodebookCache = .init(),
+    calibration: CalibrationKeys? = nil
   ) {
     self.codebooks = codebooks
+    self.calibration = calibration
     self.mode = mode
     self.tau = tau
     self.centroids = centroids
@@ -78,9 +83,11 @@ public struct HCAttentionPolicy: AttentionPolicy {
       let head = layer.heads[h]
       let version = CodebookVersion(
         geometry: geometry.name, layer: layer.layer, kvHead: h, headDim: geometry.headDim,
-        subvectors: g, centroids: centroids, calibration: .ownPrefill)
+        subvectors: g, centroids: centroids,
+        calibration: calibration.map { .calibrationSet($0.name) } ?? .ownPrefill)
       let store = try codebooks.prefillStore(
-        keys: head.keys, configuration: config, version: version)
+        keys: head.keys, trainingKeys: try calibration?.keys(layer: layer.layer, kvHead: h),
+        configuration: config, version: version)
       return Head(store: store, step: step, heads: geometry.groupSize, d: geometry.headDim)
     }
     return IndependentHeads(heads)

@@ -91,7 +91,7 @@ struct EvalCommand: ParsableCommand {
       progress.finish()
       print(json ? try report.json() : report.table())
     } catch let error as HeteroKVError {
-      throw ValidationError(error.message)
+      throw CommandFailure(description: error.message)
     }
   }
 
@@ -104,6 +104,12 @@ struct EvalCommand: ParsableCommand {
       return value
     }
   }
+}
+
+/// A failure after the arguments parsed: printed as `Error: <message>`, exit status 1, no
+/// usage text (the arguments were not the problem's form, their values or data were).
+struct CommandFailure: Error, CustomStringConvertible {
+  var description: String
 }
 
 /// A single status line on stderr, rewritten in place.

@@ -91,6 +91,36 @@ import Testing
     }
   }
 
+  @Test func exactPartialsFromTwoMemoryNodesMergeToTheUnsplitStep() throws {
+    // Tokens 0..<600 live on one node, 600..<1000 on another; each re-scores only the kept
+    // tokens it holds and the worker merges by log-sum-exp.
+    let n = 1000
+    let cut = 600
+    let keys = try randomMatrix(rows: n, cols: d, seed: 21, scale: 2)
+    let values = try randomMatrix(rows: n, cols: d, seed: 22)
+    let q = randomFloats(4 * d, seed: 23)
+    let step = try HCAttentionStep(tau: 0.8, mode: .exact)
+    let approx = Kernels.scores(queries: q, heads: 4, keys: keys, scale: 1 / Float(d).squareRoot())
+    let selections = try step.select(approximateScores: approx, heads: 4)
+    let whole = try step.contextVectors(
+      selections: selections, queries: q, keys: keys, values: values)
+    func part(_ range: Range<Int>) throws -> AttentionPartial {
+      let local = selections.map { sel in
+        var s = sel
+        let kept = sel.indices.enumerated().filter { range.contains(Int($0.element)) }
+        s.indices = kept.map { $0.element - Int32(range.lowerBound) }
+        s.weights = kept.map { sel.weights[$0.offset] }
+        return s
+      }
+      let rows = Array(range)
+      return try step.contextVectors(
+        selections: local, queries: q, keys: keys.gather(rows), values: values.gather(rows))
+    }
+    let merged = try AttentionPartial.merge([try part(0..<cut), try part(cut..<n)])
+    #expect(relativeError(merged.outputs, whole.outputs) < 1e-5)
+    for h in 0..<4 { #expect(abs(merged.logSumExp[h] - whole.logSumExp[h]) < 1e-4) }
+  }
+
   @Test func typedErrorsForBadInput() throws {
     let keys = try randomMatrix(rows: 10, cols: d, seed: 12)
     #expect(throws: HeteroKVError.self) {

@@ -92,6 +92,23 @@ func temporaryDirectory() -> URL {
     }
   }
 
+  @Test(arguments: [ModelGeometry.qwen2_5_7B, .smolLM2_135M])
+  func everyPolicyRunsWithOddGroupSizes(geometry: ModelGeometry) throws {
+    var c = SyntheticWorkloadConfiguration(geometry: geometry)
+    c.layers = 1
+    c.contextLength = 1024
+    c.decodeSteps = 3
+    var options = try EvalOptions(policies: EvalOptions.knownPolicies, budgets: [0.25])
+    options.centroids = [64]
+    options.kmeansIterations = 2
+    options.heteroCache = try HeteroCacheConfiguration(topK: 64)
+    let report = try EvalHarness.run(try SyntheticWorkload(c), options: options)
+    for row in report.rows {
+      #expect(row.status == "ok", "\(row.policy): \(row.status)")
+      #expect(row.relativeL2Error!.isFinite && row.massRecall! > 0)
+    }
+  }
+
   @Test func unknownPoliciesAndBadBudgetsAreRejected() {
     #expect(throws: HeteroKVError.self) { try EvalOptions(policies: ["lru"], budgets: [0.1]) }
     #expect(throws: HeteroKVError.self) { try EvalOptions(policies: ["full"], budgets: [1.5]) }

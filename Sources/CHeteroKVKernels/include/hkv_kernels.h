@@ -29,10 +29,6 @@ void hkv_scores_f16(const float *q, size_t heads, const uint16_t *keys, size_t n
 void hkv_weighted_sum_dense_f16(const uint16_t *values, size_t n, size_t d, const float *probs,
                                 size_t heads, float *out);
 
-/// out[:] += sum_k weights[k] * values[indices[k]][:] (sparse gather-and-sum, one head).
-void hkv_weighted_sum_sparse_f16(const uint16_t *values, size_t d, const int32_t *indices,
-                                 const float *weights, size_t count, float *out);
-
 /// out[h][:] += sum_k weights[h * count + k] * values[indices[k]][:] for every head: the rows
 /// of a query group's kept sets (their union) are each read once.
 void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const int32_t *indices,

@@ -93,18 +93,4 @@ public enum Kernels {
     return out
   }
 
-  /// Σ_k weights[k] · values[indices[k]] for one head: only the chosen rows are read.
-  public static func weightedSum(values: HalfMatrix, indices: [Int32], weights: [Float])
-    -> [Float]
-  {
-    var out = [Float](repeating: 0, count: values.cols)
-    values.storage.withUnsafeBufferPointer { v in
-      v.withMemoryRebound(to: UInt16.self) { v16 in
-        hkv_weighted_sum_sparse_f16(
-          v16.baseAddress, values.cols, indices, weights,
-          indices.count, &out)
-      }
-    }
-    return out
-  }
 }

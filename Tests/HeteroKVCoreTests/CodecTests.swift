@@ -52,6 +52,41 @@ import Testing
     }
   }
 
+  @Test func rejectedAppendsLeaveStoresUnchanged() throws {
+    let keys = try outlierKeys(rows: 100, seed: 9)
+    var scalar = try ScalarQuantizedKeyStore(
+      headDim: d, configuration: try ScalarQuantizerConfiguration(bits: 4, groupSize: 32, window: 8)
+    )
+    try scalar.append(keys)
+    var bad = keys.row(0)
+    bad[5] = .infinity
+    let before = (0..<100).map { scalar.decodedKey(at: $0) }
+    #expect(throws: HeteroKVError.self) { try scalar.append(try HalfMatrix(bad, cols: d)) }
+    #expect(throws: HeteroKVError.self) {
+      try scalar.append(try randomMatrix(rows: 1, cols: 32, seed: 1))
+    }
+    #expect(scalar.count == 100)
+    #expect((0..<100).map { scalar.decodedKey(at: $0) } == before)
+
+    var pq = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 16, c: 16))
+    try pq.append(keys)
+    let codes = pq.codes
+    #expect(throws: HeteroKVError.self) { try pq.append(try HalfMatrix(bad, cols: d)) }
+    #expect(pq.codes == codes)
+
+    var cache = try CompressedHeadCache(positions: [1, 5, 9], keys: keys, values: keys)
+    #expect(throws: HeteroKVError.self) {
+      try cache.append(key: keys.row(0), value: [1, 2], position: 100)
+    }
+    #expect(throws: HeteroKVError.self) {
+      try cache.append(key: bad, value: keys.row(0), position: 100)
+    }
+    #expect(throws: HeteroKVError.self) {
+      try cache.append(key: keys.row(0), value: keys.row(0), position: 3)
+    }
+    #expect(cache.positions == [1, 5, 9] && cache.keys.rows == 3 && cache.values.rows == 3)
+  }
+
   @Test func unsupportedBitWidthIsATypedError() {
     do {
       _ = try ScalarQuantizerConfiguration(bits: 3)

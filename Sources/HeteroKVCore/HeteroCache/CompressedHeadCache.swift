@@ -25,8 +25,17 @@ public struct CompressedHeadCache: Sendable {
   /// Bytes of fp16 K and V held.
   public var residentBytes: Int { keys.byteCount + values.byteCount }
 
-  /// Appends a decode token.
+  /// Appends a decode token; on bad input nothing changes.
   public mutating func append(key: [Float], value: [Float], position: Int) throws {
+    guard key.count == keys.cols, value.count == values.cols else {
+      throw HeteroKVError.dimension(
+        "cache row needs \(keys.cols) dims, got key \(key.count) and value \(value.count)")
+    }
+    try requireFinite(key, "appended key")
+    try requireFinite(value, "appended value")
+    if let last = positions.last, position <= last {
+      throw HeteroKVError.invalid("appended position \(position) is not after \(last)")
+    }
     try keys.append(key)
     try values.append(value)
     positions.append(position)

@@ -85,10 +85,13 @@ public struct PivotDriftMonitor: Sendable {
     public var ranking: [Float]
   }
 
+  /// Whether decode step `step` (0-based) is one at which the pivot checks its drift.
+  public func checks(step: Int) -> Bool { (step + 1) % interval == 0 }
+
   /// Observes decode step `step` (0-based) with the pivot's current probabilities
   /// `[heads][n]`; returns a drift when this is a check step and the overlap fell too low.
   public mutating func observe(step: Int, probabilities: [Float], heads: Int) -> Drift? {
-    guard (step + 1) % interval == 0 else { return nil }
+    guard checks(step: step) else { return nil }
     let current = Self.topSets(probabilities, heads: heads, k: budget, width: poolWidth)
     let overlap = median(zip(current, reference).map { AttentionPattern.overlap($0, $1) })
     guard overlap < threshold else { return nil }

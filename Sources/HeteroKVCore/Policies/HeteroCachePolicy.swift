@@ -95,9 +95,11 @@ public struct HeteroCachePolicy: AttentionPolicy {
             selections: selections, queries: input.queries, keys: nil, values: input.values)
           var moved =
             selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
-          if monitor != nil {
+          // Pivots turn their approximate scores into probabilities on check steps only.
+          if var watch = monitor, watch.checks(step: input.step) {
             _ = Softmax.normalizeRows(&scores, heads: groupSize, n: store.count)
-            if let drift = monitor!.observe(
+            defer { monitor = watch }
+            if let drift = watch.observe(
               step: input.step, probabilities: scores, heads: groupSize)
             {
               drifted = true

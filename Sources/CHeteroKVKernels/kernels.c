@@ -303,7 +303,7 @@ HKV_AVX2 static void scores_f16_avx2(const float *q, size_t heads, const uint16_
   __m256 kv[32];
   for (size_t j = 0; j < n; j++) {
     const uint16_t *k = keys + j * d;
-    if (j + 4 < n) _mm_prefetch((const char *)(keys + (j + 4) * d), _MM_HINT_T0);
+    if (j + 16 < n) prefetch_lines(keys + (j + 16) * d, d * 2);
     for (size_t c = 0; c < chunks; c++)
       kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c * 8)));
     for (size_t h = 0; h < heads; h++) {

@@ -85,15 +85,22 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
     }
     try requireFinite(keys.floats(), "key rows")
     try recent.append(contentsOf: keys)
+    // Every complete group older than the window is quantized in one pass, and the window
+    // is trimmed once (trimming per group made a long prefill quadratic).
     let g = configuration.groupSize
-    while recent.rows >= g + configuration.window {
-      let group = quantize(recent.gather(Array(0..<g)).floats())
+    let flush =
+      recent.rows >= g + configuration.window ? (recent.rows - configuration.window) / g : 0
+    guard flush > 0 else { return }
+    let rows = recent.gather(Array(0..<flush * g)).floats()
+    let size = g * headDim
+    for i in 0..<flush {
+      let group = quantize(Array(rows[i * size..<(i + 1) * size]))
       scales += group.scales
       zeros += group.zeros
       codes += group.codes
-      groupCount += 1
-      recent.removeFirst(g)
     }
+    groupCount += flush
+    recent.removeFirst(flush * g)
   }
 
   func quantize(_ rows: [Float]) -> Group {

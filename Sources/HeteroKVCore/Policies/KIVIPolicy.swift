@@ -65,9 +65,22 @@ public struct KIVIPolicy: AttentionPolicy {
       var p = try keys.scores(queries: input.queries, heads: heads, scale: scale)
       let n = keys.count
       _ = Softmax.normalizeRows(&p, heads: heads, n: n)
-      var all = values
-      try all.append(pending)
-      let out = Kernels.weightedSum(values: all, probabilities: p, heads: heads)
+      // Quantized rows and the fp16 window are summed separately, each with its slice of
+      // the probabilities, rather than copying the value matrix every step.
+      let quantized = values.rows
+      let probabilities = p
+      let headCount = heads
+      func slice(_ range: (Int) -> Range<Int>) -> [Float] {
+        (0..<headCount).flatMap { probabilities[range($0)] }
+      }
+      var out = Kernels.weightedSum(
+        values: values, probabilities: slice { $0 * n..<$0 * n + quantized }, heads: heads)
+      if n > quantized {
+        let tail = Kernels.weightedSum(
+          values: try HalfMatrix(pending, cols: d),
+          probabilities: slice { $0 * n + quantized..<($0 + 1) * n }, heads: heads)
+        for i in out.indices { out[i] += tail[i] }
+      }
       return PolicyStepResult(outputs: out, attended: nil, bytesMoved: 0)
     }
 

@@ -7,15 +7,33 @@ let package = Package(
   products: [
     .library(name: "HeteroKVCore", targets: ["HeteroKVCore"]),
     .library(name: "HeteroKVEval", targets: ["HeteroKVEval"]),
+    .library(name: "HeteroKVWire", targets: ["HeteroKVWire"]),
+    .library(name: "HeteroKVTransport", targets: ["HeteroKVTransport"]),
+    .library(name: "HeteroKVMemoryNode", targets: ["HeteroKVMemoryNode"]),
+    .library(name: "HeteroKVMemoryClient", targets: ["HeteroKVMemoryClient"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
   ],
   targets: [
-    // Hot loops (scans, lookup-table scoring, fp16 conversion) with an AVX2/FMA/F16C
-    // variant chosen at run time and a portable fallback; no unsafe flags needed.
+    // Hot loops (scans, lookup-table scoring, fp16 conversion, CRC32C) with an AVX2/FMA/F16C
+    // (or SSE4.2) variant chosen at run time and a portable fallback; no unsafe flags needed.
     .target(name: "CHeteroKVKernels"),
+    // librdmacm's rsockets and libibverbs' device list, for the RDMA data-plane transport.
+    .systemLibrary(
+      name: "CRDMA",
+      providers: [.apt(["librdmacm-dev", "libibverbs-dev"])]
+    ),
     // The numeric core: geometry, codecs, attention, HeteroCache, baselines, metrics,
     // workloads. No I/O.
     .target(
@@ -27,16 +45,114 @@ let package = Package(
       name: "HeteroKVEval",
       dependencies: ["HeteroKVCore"]
     ),
+    // What crosses the wire between roles: the framed data-plane protocol (frames, messages,
+    // errors) and the protobuf/gRPC code generated from Proto/.
+    .target(
+      name: "HeteroKVWire",
+      dependencies: [
+        "CHeteroKVKernels",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+      ],
+      exclude: ["Generated/README.md"]
+    ),
+    // Carriers of the data-plane protocol: TCP on SwiftNIO and rsockets over librdmacm, each
+    // with a server and a pipelined client connection.
+    .target(
+      name: "HeteroKVTransport",
+      dependencies: [
+        "HeteroKVWire",
+        "CRDMA",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    // Plumbing every daemon shares: the Prometheus endpoint and gRPC servers as services.
+    .target(
+      name: "HeteroKVDaemon",
+      dependencies: [
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    // The memory-node role: page pool, shard store, near-data attention, its data-plane
+    // handler, gRPC control service and the daemon service that runs them.
+    .target(
+      name: "HeteroKVMemoryNode",
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVTransport",
+        "HeteroKVDaemon",
+        "CHeteroKVKernels",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    // The client of the memory tier that workers use: pooled, pipelined connections per
+    // node, fan-out of a step's requests, deadlines and typed errors.
+    .target(
+      name: "HeteroKVMemoryClient",
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVTransport",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
     .executableTarget(
       name: "hkv",
       dependencies: [
         "HeteroKVCore",
         "HeteroKVEval",
+        "HeteroKVWire",
+        "HeteroKVMemoryNode",
+        "HeteroKVDaemon",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
     .testTarget(name: "HeteroKVCoreTests", dependencies: ["HeteroKVCore"]),
     .testTarget(name: "HeteroKVEvalTests", dependencies: ["HeteroKVEval", "HeteroKVCore"]),
+    .testTarget(
+      name: "HeteroKVWireTests",
+      dependencies: ["HeteroKVWire", .product(name: "NIOCore", package: "swift-nio")]
+    ),
+    .testTarget(
+      name: "HeteroKVMemoryNodeTests",
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVTransport",
+        "HeteroKVMemoryNode",
+        "HeteroKVMemoryClient",
+        "HeteroKVDaemon",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,38 @@
+import HeteroKVWire
+import NIOCore
+
+/// A client's connection to one data-plane server, over any transport: requests are
+/// pipelined (many in flight, answered by request id), each with an optional deadline.
+public protocol DataPlaneConnection: Sendable {
+  /// Sends one request and waits for its response payload. An error response is thrown as
+  /// the node's ``DataPlaneError``; a lost connection as `.connectionClosed`; a missed
+  /// deadline as `.deadlineExceeded`.
+  func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(DataPlaneError)
+    -> ByteBuffer
+
+  /// Whether the connection can still carry requests.
+  var isActive: Bool { get }
+
+  /// Closes the connection; requests in flight fail with `.connectionClosed`.
+  func close() async
+}
+
+extension DataPlaneConnection {
+  /// Sends a typed request and decodes its typed response.
+  public func send<Request: DataPlaneRequest>(
+    _ request: Request, timeout: Duration? = nil, limits: DataPlaneLimits = .standard
+  ) async throws(DataPlaneError) -> Request.Response {
+    let payload = try await call(
+      opcode: Request.opcode, payload: request.encoded(), timeout: timeout)
+    return try Request.Response(payload: payload, limits: limits)
+  }
+}
+
+extension Duration {
+  /// Whole nanoseconds, saturating.
+  var nanoseconds: Int64 {
+    let (s, a) = components
+    let ns = s.multipliedReportingOverflow(by: 1_000_000_000)
+    return ns.overflow ? .max : ns.partialValue &+ a / 1_000_000_000
+  }
+}

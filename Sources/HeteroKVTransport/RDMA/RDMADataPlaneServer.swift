@@ -1,0 +1,92 @@
+import Foundation
+import HeteroKVWire
+import Logging
+import NIOCore
+import Synchronization
+
+/// The data plane over RDMA (librdmacm rsockets): the same frames and the same
+/// ``DataPlaneRequestHandler`` as TCP, with one thread per connection (rsockets block).
+/// Start it only where ``RDMAAvailability/probe()`` finds a device.
+public final class RDMADataPlaneServer: Sendable {
+  private let listener: RSocket
+  private let connections = Mutex<[Int32: RSocket]>([:])
+  private let stopped = Mutex(false)
+  /// The port listened on.
+  public let port: Int
+
+  /// Listens on `host:port` (0 picks a free port) and serves until ``close()``.
+  public static func start(
+    host: String, port: Int, handler: any DataPlaneRequestHandler,
+    limits: DataPlaneLimits = .standard, logger: Logger
+  ) throws(DataPlaneError) -> RDMADataPlaneServer {
+    let listener = try RSocket.listen(host: host, port: port)
+    let server = RDMADataPlaneServer(listener: listener, port: listener.localPort())
+    let acceptor = Thread { server.acceptLoop(handler: handler, limits: limits, logger: logger) }
+    acceptor.name = "hkv-rdma-accept"
+    acceptor.start()
+    return server
+  }
+
+  private init(listener: RSocket, port: Int) {
+    self.listener = listener
+    self.port = port
+  }
+
+  private func acceptLoop(handler: any DataPlaneRequestHandler, limits: DataPlaneLimits, logger: Logger)
+  {
+    while let socket = listener.accept() {
+      if stopped.withLock({ $0 }) {
+        socket.close()
+        break
+      }
+      connections.withLock { $0[socket.fd] = socket }
+      let thread = Thread {
+        self.serve(socket, handler: handler, limits: limits, logger: logger)
+        self.connections.withLock { _ = $0.removeValue(forKey: socket.fd) }
+        socket.close()
+      }
+      thread.name = "hkv-rdma-conn"
+      thread.start()
+    }
+  }
+
+  private func serve(
+    _ socket: RSocket, handler: any DataPlaneRequestHandler, limits: DataPlaneLimits,
+    logger: Logger
+  ) {
+    let allocator = ByteBufferAllocator()
+    while true {
+      let inbound: InboundFrame
+      do {
+        guard let frame = try readFrame(from: socket, limits: limits) else { return }
+        inbound = frame
+      } catch {
+        handler.rejected(error.error)
+        logger.warning("closing RDMA data-plane connection: \(error.error)")
+        if let header = error.header {
+          let reply = Frame.error(
+            error.error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+          _ = socket.writeAll(reply.serialized(allocator: allocator))
+        }
+        return
+      }
+      let response: Frame
+      switch inbound {
+      case .frame(let frame):
+        response = RequestDispatch.respond(to: frame, handler: handler, allocator: allocator)
+      case .corrupt(let header, let error):
+        handler.rejected(error)
+        response = .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+      }
+      guard socket.writeAll(response.serialized(allocator: allocator)) else { return }
+    }
+  }
+
+  /// Stops accepting and closes open connections.
+  public func close() {
+    stopped.withLock { $0 = true }
+    listener.shutdown()
+    listener.close()
+    for socket in connections.withLock({ Array($0.values) }) { socket.shutdown() }
+  }
+}

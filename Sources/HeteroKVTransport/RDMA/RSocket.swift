@@ -1,0 +1,150 @@
+import CRDMA
+import HeteroKVWire
+import NIOCore
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A blocking stream socket over librdmacm's rsockets: the socket calls of TCP, carried by
+/// RDMA reliable connections. Used by the RDMA data-plane server and connection, which run it
+/// on their own threads (rsockets cannot be driven by an event loop's epoll).
+struct RSocket: Sendable {
+  let fd: Int32
+
+  /// A socket listening on `host:port` (IPv4 or IPv6 literal or name).
+  static func listen(host: String, port: Int, backlog: Int32 = 128) throws(DataPlaneError)
+    -> RSocket
+  {
+    let address = try resolve(host: host, port: port)
+    let fd = rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw failure("rsocket") }
+    var one: Int32 = 1
+    _ = rsetsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    let bound = address.withSockAddr { rbind(fd, $0, socklen_t($1)) }
+    guard bound == 0 else {
+      let error = failure("rbind \(host):\(port)")
+      rclose(fd)
+      throw error
+    }
+    guard rlisten(fd, backlog) == 0 else {
+      let error = failure("rlisten")
+      rclose(fd)
+      throw error
+    }
+    return RSocket(fd: fd)
+  }
+
+  /// A socket connected to `host:port`.
+  static func connect(host: String, port: Int) throws(DataPlaneError) -> RSocket {
+    let address = try resolve(host: host, port: port)
+    let fd = rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw failure("rsocket") }
+    var one: Int32 = 1
+    _ = rsetsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    let connected = address.withSockAddr { rconnect(fd, $0, socklen_t($1)) }
+    guard connected == 0 else {
+      let error = failure("rconnect \(host):\(port)", code: .nodeUnreachable)
+      rclose(fd)
+      throw error
+    }
+    return RSocket(fd: fd)
+  }
+
+  /// The port the socket is bound to.
+  func localPort() -> Int {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let ok = withUnsafeMutablePointer(to: &storage) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rgetsockname(fd, $0, &length) }
+    }
+    guard ok == 0 else { return 0 }
+    return withUnsafePointer(to: &storage) {
+      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+    }
+  }
+
+  /// Accepts one connection; nil once the listening socket is shut down.
+  func accept() -> RSocket? {
+    let client = raccept(fd, nil, nil)
+    return client >= 0 ? RSocket(fd: client) : nil
+  }
+
+  /// Reads exactly `count` bytes into `buffer`; false at end of stream or on error.
+  func readExactly(_ count: Int, into buffer: inout ByteBuffer) -> Bool {
+    var remaining = count
+    while remaining > 0 {
+      let got = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: remaining) { out in
+        let n = rrecv(fd, out.baseAddress, remaining, 0)
+        return n > 0 ? n : 0
+      }
+      if got == 0 { return false }
+      remaining -= got
+    }
+    return true
+  }
+
+  /// Writes all readable bytes of `buffer`; false on error.
+  func writeAll(_ buffer: ByteBuffer) -> Bool {
+    buffer.withUnsafeReadableBytes { raw in
+      var offset = 0
+      while offset < raw.count {
+        let n = rsend(fd, raw.baseAddress! + offset, raw.count - offset, 0)
+        if n <= 0 { return false }
+        offset += n
+      }
+      return true
+    }
+  }
+
+  func shutdown() { _ = rshutdown(fd, Int32(SHUT_RDWR)) }
+  func close() { _ = rclose(fd) }
+
+  private static func resolve(host: String, port: Int) throws(DataPlaneError) -> SocketAddress {
+    do {
+      return try SocketAddress.makeAddressResolvingHost(host, port: port)
+    } catch {
+      throw DataPlaneError(.invalidArgument, "cannot resolve \(host):\(port): \(error)")
+    }
+  }
+
+  private static func failure(_ what: String, code: DataPlaneError.Code = .internalError)
+    -> DataPlaneError
+  {
+    DataPlaneError(code, "\(what) failed: \(String(cString: strerror(errno)))")
+  }
+}
+
+extension SocketAddress {
+  fileprivate func withSockAddr<T>(_ body: (UnsafePointer<sockaddr>, Int) -> T) -> T {
+    switch self {
+    case .v4(let a):
+      var raw = a.address
+      return withUnsafePointer(to: &raw) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_in>.size) }
+      }
+    case .v6(let a):
+      var raw = a.address
+      return withUnsafePointer(to: &raw) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_in6>.size) }
+      }
+    case .unixDomainSocket(let a):
+      var raw = a.address
+      return withUnsafePointer(to: &raw) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_un>.size) }
+      }
+    }
+  }
+}
+
+/// Reads one frame from a blocking stream: the header, checked, then its payload.
+func readFrame(from socket: RSocket, limits: DataPlaneLimits) throws(FrameRejection)
+  -> InboundFrame?
+{
+  var buffer = ByteBuffer()
+  guard socket.readExactly(FrameHeader.size, into: &buffer) else { return nil }
+  if let frame = try FrameCodec.readFrame(from: &buffer, limits: limits) { return frame }
+  let length = Int(buffer.getInteger(at: buffer.readerIndex + 16, endianness: .little, as: UInt32.self)!)
+  guard socket.readExactly(length, into: &buffer) else { return nil }
+  return try FrameCodec.readFrame(from: &buffer, limits: limits)
+}

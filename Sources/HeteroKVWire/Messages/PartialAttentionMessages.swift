@@ -1,0 +1,190 @@
+import NIOCore
+
+/// Near-data attention over chosen rows of one shard, for a group of query heads that share
+/// the shard's KV head. Each query head names its own tokens and either
+///
+/// - ``Mode/weights``: their softmax weights (HCAttention: scores came from the key codes at
+///   the worker); the node returns the weighted mean of the values with the weights' sum, or
+/// - ``Mode/exact``: the query vector; the node re-scores the tokens with the stored keys
+///   (scale × q·k), and returns the softmax-weighted mean with its running max and sum of
+///   exponentials.
+///
+/// Either way the answer per head is (output, max, sumExp), which merges exactly with the
+/// answers of other nodes by log-sum-exp rescaling. Only indices, weights and d-sized results
+/// cross the wire.
+///
+/// Wire: shard (20) · mode u8 · reserved u8 · queryHeads u16 · headDim u16 · scale f32, then
+/// per head: count u32 · tokens u32[count] · weights f32[count] (weights mode) or
+/// query f32[headDim] (exact mode).
+public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
+  public typealias Response = PartialAttentionResponse
+  public static let opcode = Opcode.partialAttention
+
+  /// How the chosen tokens are weighted.
+  public enum Mode: UInt8, Sendable, Hashable {
+    /// The worker sends softmax weights; the node sums weighted values.
+    case weights = 0
+    /// The worker sends the query; the node scores with the stored keys.
+    case exact = 1
+  }
+
+  /// One query head's part of the request.
+  public struct Head: Sendable, Hashable {
+    /// Token positions of the chosen rows.
+    public var tokens: [UInt32]
+    /// One weight per token (weights mode); empty in exact mode.
+    public var weights: [Float]
+    /// The query vector (exact mode); empty in weights mode.
+    public var query: [Float]
+
+    /// A head of a weights-mode request.
+    public static func weighted(tokens: [UInt32], weights: [Float]) -> Head {
+      Head(tokens: tokens, weights: weights, query: [])
+    }
+
+    /// A head of an exact-mode request.
+    public static func exact(tokens: [UInt32], query: [Float]) -> Head {
+      Head(tokens: tokens, weights: [], query: query)
+    }
+  }
+
+  /// The shard whose rows are used.
+  public var shard: ShardID
+  /// Weights or exact.
+  public var mode: Mode
+  /// Head dimension (must match the shard).
+  public var headDim: Int
+  /// Score scale for exact mode, usually 1/√d.
+  public var scale: Float
+  /// Per query head, its tokens and weights or query.
+  public var heads: [Head]
+
+  public init(shard: ShardID, mode: Mode, headDim: Int, scale: Float, heads: [Head]) {
+    self.shard = shard
+    self.mode = mode
+    self.headDim = headDim
+    self.scale = scale
+    self.heads = heads
+  }
+
+  public func encode(into buffer: inout ByteBuffer) {
+    shard.encode(into: &buffer)
+    buffer.writeInteger(mode.rawValue)
+    buffer.writeInteger(UInt8(0))
+    buffer.writeInteger(UInt16(heads.count), endianness: .little)
+    buffer.writeInteger(UInt16(headDim), endianness: .little)
+    buffer.writeInteger(scale.bitPattern, endianness: .little)
+    for head in heads {
+      buffer.writeInteger(UInt32(head.tokens.count), endianness: .little)
+      buffer.writeUInt32Array(head.tokens)
+      switch mode {
+      case .weights: buffer.writeFloatArray(head.weights)
+      case .exact: buffer.writeFloatArray(head.query)
+      }
+    }
+  }
+
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+    var r = PayloadReader(payload, what: "partial attention")
+    shard = try ShardID.decode(&r)
+    let rawMode: UInt8 = try r.integer("mode")
+    guard let mode = Mode(rawValue: rawMode) else {
+      throw DataPlaneError(.invalidArgument, "partial attention: unknown mode \(rawMode)")
+    }
+    self.mode = mode
+    _ = try r.integer("reserved", as: UInt8.self)
+    let headCount = Int(try r.integer("queryHeads", as: UInt16.self))
+    headDim = Int(try r.integer("headDim", as: UInt16.self))
+    scale = try r.float("scale")
+    try checkHeadDim(headDim, "partial attention", limits: limits)
+    guard headCount > 0, headCount <= limits.maxQueryHeads else {
+      throw DataPlaneError(
+        .invalidArgument,
+        "partial attention: \(headCount) query heads outside 1...\(limits.maxQueryHeads)")
+    }
+    guard scale.isFinite else {
+      throw DataPlaneError(.invalidArgument, "partial attention: scale \(scale) is not finite")
+    }
+    var heads: [Head] = []
+    heads.reserveCapacity(headCount)
+    for h in 0..<headCount {
+      let count = Int(try r.integer("head \(h) count", as: UInt32.self))
+      let tokens = try r.slice("head \(h) tokens", count: count, stride: 4).readUInt32Array()
+      switch mode {
+      case .weights:
+        let weights = try r.slice("head \(h) weights", count: count, stride: 4).readFloatArray()
+        guard weights.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+          throw DataPlaneError(
+            .invalidArgument, "partial attention: head \(h) has a negative or non-finite weight")
+        }
+        heads.append(.weighted(tokens: tokens, weights: weights))
+      case .exact:
+        let query = try r.slice("head \(h) query", count: headDim, stride: 4).readFloatArray()
+        guard query.allSatisfy(\.isFinite) else {
+          throw DataPlaneError(
+            .invalidArgument, "partial attention: head \(h) query is not finite")
+        }
+        heads.append(.exact(tokens: tokens, query: query))
+      }
+    }
+    self.heads = heads
+    try r.finish()
+  }
+}
+
+/// Per query head: the normalised output over the chosen rows, the largest score (0 in
+/// weights mode) and Σ exp(score − max) (the weights' sum in weights mode). An empty head has
+/// max −∞ and sum 0 and merges as nothing.
+///
+/// Wire: queryHeads u16 · headDim u16, then per head: max f32 · sumExp f32 · output
+/// f32[headDim].
+public struct PartialAttentionResponse: DataPlaneMessage, Hashable {
+  public static let opcode = Opcode.partialAttention
+  /// Head dimension.
+  public var headDim: Int
+  /// Per head, the largest scaled score.
+  public var maxScores: [Float]
+  /// Per head, Σ exp(score − max).
+  public var sumExps: [Float]
+  /// Normalised outputs, `[heads][headDim]`.
+  public var outputs: [Float]
+
+  public init(headDim: Int, maxScores: [Float], sumExps: [Float], outputs: [Float]) {
+    precondition(maxScores.count == sumExps.count && outputs.count == maxScores.count * headDim)
+    self.headDim = headDim
+    self.maxScores = maxScores
+    self.sumExps = sumExps
+    self.outputs = outputs
+  }
+
+  public func encode(into buffer: inout ByteBuffer) {
+    buffer.writeInteger(UInt16(maxScores.count), endianness: .little)
+    buffer.writeInteger(UInt16(headDim), endianness: .little)
+    buffer.reserveCapacity(minimumWritableBytes: maxScores.count * (8 + 4 * headDim))
+    for h in 0..<maxScores.count {
+      buffer.writeInteger(maxScores[h].bitPattern, endianness: .little)
+      buffer.writeInteger(sumExps[h].bitPattern, endianness: .little)
+      buffer.writeFloatArray(Array(outputs[h * headDim..<(h + 1) * headDim]))
+    }
+  }
+
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+    var r = PayloadReader(payload, what: "partial attention response")
+    let heads = Int(try r.integer("queryHeads", as: UInt16.self))
+    headDim = Int(try r.integer("headDim", as: UInt16.self))
+    try checkHeadDim(headDim, "partial attention response", limits: limits)
+    guard heads <= limits.maxQueryHeads else {
+      throw DataPlaneError(.malformedFrame, "partial attention response: \(heads) heads")
+    }
+    maxScores = []
+    sumExps = []
+    outputs = []
+    outputs.reserveCapacity(heads * headDim)
+    for h in 0..<heads {
+      maxScores.append(try r.float("head \(h) max"))
+      sumExps.append(try r.float("head \(h) sumExp"))
+      outputs += try r.slice("head \(h) output", count: headDim, stride: 4).readFloatArray()
+    }
+    try r.finish()
+  }
+}

@@ -2,6 +2,7 @@ import HeteroKVWire
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// The data plane over TCP: accepts connections, reads pipelined frames, answers each in
 /// order through a ``DataPlaneRequestHandler``. Garbage (bad magic, oversized or
@@ -10,6 +11,7 @@ import NIOPosix
 /// stays up.
 public final class TCPDataPlaneServer: Sendable {
   private let channel: any Channel
+  private let connections: OpenConnections
   /// The address the server listens on (the real port when 0 was asked for).
   public let localAddress: SocketAddress
 
@@ -19,13 +21,15 @@ public final class TCPDataPlaneServer: Sendable {
     limits: DataPlaneLimits = .standard,
     group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
   ) async throws -> TCPDataPlaneServer {
+    let connections = OpenConnections()
     let channel = try await ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 256)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
       .childChannelOption(.maxMessagesPerRead, value: 16)
       .childChannelInitializer { channel in
-        channel.eventLoop.makeCompletedFuture {
+        connections.insert(channel)
+        return channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandlers([
             ByteToMessageHandler(FrameDecoder(limits: limits)),
             FrameEncoder(),
@@ -37,24 +41,43 @@ public final class TCPDataPlaneServer: Sendable {
     guard let address = channel.localAddress else {
       throw DataPlaneError(.internalError, "listening socket has no local address")
     }
-    return TCPDataPlaneServer(channel: channel, localAddress: address)
+    return TCPDataPlaneServer(channel: channel, localAddress: address, connections: connections)
   }
 
-  private init(channel: any Channel, localAddress: SocketAddress) {
+  private init(channel: any Channel, localAddress: SocketAddress, connections: OpenConnections) {
     self.channel = channel
     self.localAddress = localAddress
+    self.connections = connections
   }
 
-  /// Stops accepting connections. Open connections end when their peers close them or the
-  /// event loop group shuts down.
+  /// Stops accepting connections and closes the open ones (their requests in flight are
+  /// answered first where the response was already written).
   public func close() async {
     try? await channel.close()
+    for connection in connections.all() {
+      try? await connection.close()
+    }
   }
 
   /// Completes when the listening socket closes.
   public func waitUntilClosed() async {
     try? await channel.closeFuture.get()
   }
+}
+
+/// The accepted connections still open, so that closing the server closes them too.
+final class OpenConnections: Sendable {
+  private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+  func insert(_ channel: any Channel) {
+    let key = ObjectIdentifier(channel)
+    channels.withLock { $0[key] = channel }
+    channel.closeFuture.whenComplete { _ in
+      _ = self.channels.withLock { $0.removeValue(forKey: key) }
+    }
+  }
+
+  func all() -> [any Channel] { channels.withLock { Array($0.values) } }
 }
 
 /// Answers decoded frames in arrival order; stops reading while the peer is not draining

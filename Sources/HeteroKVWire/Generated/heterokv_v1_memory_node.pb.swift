@@ -158,7 +158,7 @@ public nonisolated struct Heterokv_V1_ShardInfo: Sendable {
   public var rowCount: UInt32 = 0
 
   /// Whether the shard keeps keys as well as values.
-  public var hasKeys_p: Bool = false
+  public var storesKeys: Bool = false
 
   public var bytes: UInt64 = 0
 
@@ -466,7 +466,7 @@ nonisolated extension Heterokv_V1_ListShardsRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Heterokv_V1_ShardInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShardInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shard\0\u{3}head_dim\0\u{3}start_token\0\u{3}row_count\0\u{3}has_keys\0\u{1}bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shard\0\u{3}head_dim\0\u{3}start_token\0\u{3}row_count\0\u{3}stores_keys\0\u{1}bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -478,7 +478,7 @@ nonisolated extension Heterokv_V1_ShardInfo: SwiftProtobuf.Message, SwiftProtobu
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.headDim) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.startToken) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.rowCount) }()
-      case 5: try { try decoder.decodeSingularBoolField(value: &self.hasKeys_p) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.storesKeys) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
       default: break
       }
@@ -502,8 +502,8 @@ nonisolated extension Heterokv_V1_ShardInfo: SwiftProtobuf.Message, SwiftProtobu
     if self.rowCount != 0 {
       try visitor.visitSingularUInt32Field(value: self.rowCount, fieldNumber: 4)
     }
-    if self.hasKeys_p != false {
-      try visitor.visitSingularBoolField(value: self.hasKeys_p, fieldNumber: 5)
+    if self.storesKeys != false {
+      try visitor.visitSingularBoolField(value: self.storesKeys, fieldNumber: 5)
     }
     if self.bytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 6)
@@ -516,7 +516,7 @@ nonisolated extension Heterokv_V1_ShardInfo: SwiftProtobuf.Message, SwiftProtobu
     if lhs.headDim != rhs.headDim {return false}
     if lhs.startToken != rhs.startToken {return false}
     if lhs.rowCount != rhs.rowCount {return false}
-    if lhs.hasKeys_p != rhs.hasKeys_p {return false}
+    if lhs.storesKeys != rhs.storesKeys {return false}
     if lhs.bytes != rhs.bytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -1,0 +1,40 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import Logging
+import ServiceLifecycle
+
+/// A gRPC server (HTTP/2 over NIO, plaintext) run as a lifecycle `Service`: it serves until a
+/// graceful shutdown begins, then stops accepting RPCs and lets running ones finish.
+public struct GRPCServerService: Service {
+  /// The server; its transport reports the listening address once bound.
+  public let server: GRPCServer<HTTP2ServerTransport.Posix>
+
+  /// A server on `host:port` (0 picks a free port) serving `services`. `maxPayloadBytes`
+  /// raises gRPC's 4 MiB default message limit where an RPC may carry more.
+  public init(
+    host: String, port: Int, services: [any RegistrableRPCService],
+    maxPayloadBytes: Int = 16 << 20
+  ) {
+    let transport = HTTP2ServerTransport.Posix(
+      address: .ipv4(host: host, port: port), transportSecurity: .plaintext,
+      config: .defaults { $0.rpc.maxRequestPayloadSize = maxPayloadBytes })
+    server = GRPCServer(transport: transport, services: services)
+  }
+
+  /// The bound address, once the server listens.
+  public func listeningPort() async throws -> Int {
+    let address = try await server.listeningAddress
+    guard let port = address?.ipv4?.port ?? address?.ipv6?.port else {
+      throw RuntimeError(code: .serverIsStopped, message: "gRPC server has no IP listening address")
+    }
+    return port
+  }
+
+  public func run() async throws {
+    try await withGracefulShutdownHandler {
+      try await server.serve()
+    } onGracefulShutdown: {
+      server.beginGracefulShutdown()
+    }
+  }
+}

@@ -1,0 +1,151 @@
+import HeteroKVCore
+import HeteroKVTransport
+import HeteroKVWire
+import NIOCore
+
+/// The client of one memory node: a small pool of pipelined connections (made on first use,
+/// replaced when they fail), typed requests, deadlines, and errors that name the node.
+/// Reads (gather, partial attention, stats, ping) are retried once on a fresh connection when
+/// the connection drops; writes are not, so a put is never applied twice.
+public final class MemoryNodeClient: Sendable {
+  /// The node.
+  public let endpoint: MemoryNodeEndpoint
+  /// Deadline applied to requests that do not give their own.
+  public let defaultTimeout: Duration
+  private let pool: ConnectionPool
+  private let limits: DataPlaneLimits
+
+  /// A client with up to `connections` connections to `endpoint`.
+  public init(
+    endpoint: MemoryNodeEndpoint, connections: Int = 2, defaultTimeout: Duration = .seconds(10),
+    limits: DataPlaneLimits = .standard
+  ) {
+    precondition(connections > 0)
+    self.endpoint = endpoint
+    self.defaultTimeout = defaultTimeout
+    self.limits = limits
+    self.pool = ConnectionPool(endpoint: endpoint, size: connections, limits: limits)
+  }
+
+  /// Appends rows to a shard (all or none).
+  public func put(_ request: PutRequest, timeout: Duration? = nil) async throws(DataPlaneError)
+    -> PutResponse
+  {
+    try await send(request, timeout: timeout, retry: false)
+  }
+
+  /// Drops a shard, sequence or namespace.
+  public func drop(_ request: DropRequest, timeout: Duration? = nil) async throws(DataPlaneError)
+    -> DropResponse
+  {
+    try await send(request, timeout: timeout, retry: false)
+  }
+
+  /// Rows by token position.
+  public func gather(_ request: GatherRequest, timeout: Duration? = nil) async throws(
+    DataPlaneError
+  ) -> GatherResponse {
+    try await send(request, timeout: timeout, retry: true)
+  }
+
+  /// Near-data attention over chosen rows, as a partial ready for an exact merge.
+  public func partialAttention(_ request: PartialAttentionRequest, timeout: Duration? = nil)
+    async throws(DataPlaneError) -> AttentionPartial
+  {
+    let response = try await send(request, timeout: timeout, retry: true)
+    guard response.maxScores.count == request.heads.count, response.headDim == request.headDim else {
+      throw DataPlaneError(
+        .malformedFrame,
+        "node \(endpoint.id) answered \(response.maxScores.count) heads of \(response.headDim) for \(request.heads.count) of \(request.headDim)"
+      )
+    }
+    return AttentionPartial(
+      headDim: response.headDim, outputs: response.outputs, maxScores: response.maxScores,
+      sumExps: response.sumExps)
+  }
+
+  /// The node's capacity and use.
+  public func stats(timeout: Duration? = nil) async throws(DataPlaneError) -> StatsResponse {
+    try await send(StatsRequest(), timeout: timeout, retry: true)
+  }
+
+  /// An empty round trip.
+  public func ping(timeout: Duration? = nil) async throws(DataPlaneError) {
+    _ = try await send(PingRequest(), timeout: timeout, retry: true)
+  }
+
+  /// Closes every connection.
+  public func close() async { await pool.closeAll() }
+
+  private func send<Request: DataPlaneRequest>(
+    _ request: Request, timeout: Duration?, retry: Bool
+  ) async throws(DataPlaneError) -> Request.Response {
+    let payload = request.encoded()
+    var attempt = 0
+    while true {
+      attempt += 1
+      do {
+        let connection = try await pool.connection()
+        let response = try await connection.call(
+          opcode: Request.opcode, payload: payload, timeout: timeout ?? defaultTimeout)
+        return try Request.Response(payload: response, limits: limits)
+      } catch {
+        let lost = error.code == .connectionClosed || error.code == .nodeUnreachable
+        if lost && retry && attempt == 1 { continue }
+        throw DataPlaneError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
+      }
+    }
+  }
+}
+
+/// Up to `size` connections to one node, made on demand, handed out round robin; a connection
+/// that is no longer active is replaced on the next request that lands on its slot.
+actor ConnectionPool {
+  private let endpoint: MemoryNodeEndpoint
+  private let limits: DataPlaneLimits
+  private var slots: [Task<any DataPlaneConnection, any Error>?]
+  private var next = 0
+  private let useRDMA: Bool
+
+  init(endpoint: MemoryNodeEndpoint, size: Int, limits: DataPlaneLimits) {
+    self.endpoint = endpoint
+    self.limits = limits
+    self.slots = Array(repeating: nil, count: size)
+    self.useRDMA = endpoint.transport == .rdma && RDMAAvailability.probe().isAvailable
+  }
+
+  func connection() async throws(DataPlaneError) -> any DataPlaneConnection {
+    let slot = next
+    next = (next + 1) % slots.count
+    if let task = slots[slot] {
+      if let connection = try? await task.value, connection.isActive { return connection }
+      slots[slot] = nil
+    }
+    let endpoint = self.endpoint
+    let limits = self.limits
+    let rdma = useRDMA
+    let task = Task { () throws -> any DataPlaneConnection in
+      if rdma {
+        return try RDMADataPlaneConnection.connect(
+          host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+      }
+      return try await TCPDataPlaneConnection.connect(
+        host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+    }
+    slots[slot] = task
+    do {
+      return try await task.value
+    } catch {
+      slots[slot] = nil
+      if let error = error as? DataPlaneError { throw error }
+      throw DataPlaneError(.nodeUnreachable, "\(error)")
+    }
+  }
+
+  func closeAll() async {
+    for task in slots.compactMap({ $0 }) {
+      if let connection = try? await task.value { await connection.close() }
+    }
+    slots = Array(repeating: nil, count: slots.count)
+  }
+}

@@ -1,0 +1,104 @@
+import CoreMetrics
+import HeteroKVDaemon
+import HeteroKVTransport
+import HeteroKVWire
+import Logging
+import ServiceLifecycle
+
+/// A memory-node daemon as a lifecycle `Service`: a page pool and shard store, the data plane
+/// (TCP, or RDMA where a device exists) and the gRPC control service. It serves until a
+/// graceful shutdown, then stops the control service and closes the data plane. Memory is
+/// volatile: a restarted node starts empty.
+public final class MemoryNode: Service, Sendable {
+  /// The configuration it runs with.
+  public let configuration: MemoryNodeConfiguration
+  /// Its rows.
+  public let store: ShardStore
+  /// Its counters.
+  public let metrics: MemoryNodeMetrics
+  private let logger: Logger
+  private let addresses = AsyncValue<MemoryNodeAddresses>()
+
+  /// A node; `metricsFactory` receives its metrics (pass a Prometheus factory in the daemon).
+  public init(
+    configuration: MemoryNodeConfiguration, metricsFactory: any MetricsFactory, logger: Logger
+  ) throws(DataPlaneError) {
+    try configuration.validate()
+    self.configuration = configuration
+    self.store = ShardStore(
+      pool: PagePool(capacityBytes: configuration.capacityBytes, pageBytes: configuration.pageBytes),
+      limits: configuration.limits)
+    self.metrics = MemoryNodeMetrics(nodeID: configuration.id, factory: metricsFactory)
+    var logger = logger
+    logger[metadataKey: "node"] = "\(configuration.id)"
+    self.logger = logger
+  }
+
+  /// Where the node listens, once both servers are bound.
+  public func listeningAddresses() async throws -> MemoryNodeAddresses {
+    try await addresses.value
+  }
+
+  public func run() async throws {
+    let config = configuration
+    let handler = MemoryNodeDataPlane(store: store, metrics: metrics)
+    var note = ""
+    var rdma: RDMADataPlaneServer?
+    var tcp: TCPDataPlaneServer?
+    do {
+      if config.transport == .rdma {
+        let probe = RDMAAvailability.probe()
+        if probe.isAvailable {
+          rdma = try RDMADataPlaneServer.start(
+            host: config.data.host, port: config.data.port, handler: handler,
+            limits: config.limits, logger: logger)
+          logger.info("data plane over RDMA (rsockets)", metadata: ["devices": "\(probe.devices)"])
+        } else {
+          note = "RDMA was requested but \(probe.reason); serving the data plane over TCP"
+          logger.warning("\(note)")
+        }
+      }
+      if rdma == nil {
+        tcp = try await TCPDataPlaneServer.start(
+          host: config.data.host, port: config.data.port, handler: handler, limits: config.limits,
+          logger: logger)
+      }
+    } catch {
+      addresses.fail(error)
+      throw error
+    }
+    let dataPort = rdma?.port ?? tcp?.localAddress.port ?? config.data.port
+    let dataAddress = HostPort(host: config.data.host, port: dataPort)
+    let served: DataPlaneTransportKind = rdma == nil ? .tcp : .rdma
+    let control = MemoryNodeControlService(
+      identity: .init(
+        nodeID: config.id, transport: served, dataAddress: dataAddress, transportNote: note),
+      store: store, metrics: metrics)
+    let grpc = GRPCServerService(
+      host: config.control.host, port: config.control.port, services: [control])
+
+    try await withThrowingDiscardingTaskGroup { group in
+      group.addTask { try await grpc.run() }
+      do {
+        let controlPort = try await grpc.listeningPort()
+        let bound = MemoryNodeAddresses(
+          data: dataAddress, control: HostPort(host: config.control.host, port: controlPort),
+          transport: served)
+        addresses.set(bound)
+        logger.info(
+          "memory node serving",
+          metadata: [
+            "data": "\(bound.data) (\(served.rawValue))", "control": "\(bound.control)",
+            "capacity_bytes": "\(config.capacityBytes)",
+          ])
+      } catch {
+        addresses.fail(error)
+        throw error
+      }
+      try? await gracefulShutdown()
+      logger.info("memory node shutting down")
+      await tcp?.close()
+      rdma?.close()
+    }
+  }
+}

@@ -1,0 +1,346 @@
+import CHeteroKVKernels
+import HeteroKVWire
+import NIOCore
+
+/// What a node stores about one shard.
+public struct ShardSummary: Sendable, Hashable {
+  /// The shard.
+  public var shard: ShardID
+  /// Head dimension of its rows.
+  public var headDim: Int
+  /// Token position of its first row.
+  public var startToken: UInt32
+  /// Rows stored.
+  public var rowCount: Int
+  /// Whether keys are stored with the values.
+  public var hasKeys: Bool
+  /// Bytes of pages it holds.
+  public var pageBytes: Int
+}
+
+/// The rows of one shard in pages: values, and keys when the shard keeps them. Row `i` (token
+/// `startToken + i`) sits in page `i / rowsPerPage` at row `i % rowsPerPage`.
+final class ShardRows {
+  let headDim: Int
+  let hasKeys: Bool
+  let startToken: UInt32
+  let rowsPerPage: Int
+  var rowCount = 0
+  var valuePages: [Page] = []
+  var keyPages: [Page] = []
+
+  init(headDim: Int, hasKeys: Bool, startToken: UInt32, rowsPerPage: Int) {
+    self.headDim = headDim
+    self.hasKeys = hasKeys
+    self.startToken = startToken
+    self.rowsPerPage = rowsPerPage
+  }
+
+  var rowBytes: Int { headDim * 2 }
+  var pageCount: Int { valuePages.count + keyPages.count }
+  var endToken: UInt64 { UInt64(startToken) + UInt64(rowCount) }
+
+  func pagesNeeded(forRows total: Int) -> Int {
+    (total + rowsPerPage - 1) / rowsPerPage
+  }
+
+  @inline(__always)
+  func row(_ pages: [Page], _ local: Int) -> UnsafePointer<UInt16> {
+    UnsafePointer(
+      (pages[local / rowsPerPage].base + (local % rowsPerPage) * rowBytes)
+        .assumingMemoryBound(to: UInt16.self))
+  }
+
+  /// Copies `count` rows from `source` into `pages` starting at local row `first`.
+  func copyRows(_ source: UnsafeRawBufferPointer, into pages: [Page], first: Int, count: Int) {
+    var copied = 0
+    while copied < count {
+      let local = first + copied
+      let inPage = min(rowsPerPage - local % rowsPerPage, count - copied)
+      let destination = pages[local / rowsPerPage].base + (local % rowsPerPage) * rowBytes
+      destination.copyMemory(from: source.baseAddress! + copied * rowBytes, byteCount: inPage * rowBytes)
+      copied += inPage
+    }
+  }
+}
+
+/// Every shard a memory node holds, in pages from its ``PagePool``. Puts and drops take the
+/// write lock; gathers, partial attention and statistics share the read lock. Every request is
+/// checked completely before anything changes, so a rejected request leaves the store as it
+/// was.
+public final class ShardStore: @unchecked Sendable {
+  /// The pool pages come from.
+  public let pool: PagePool
+  /// Bounds on what one response may carry.
+  public let limits: DataPlaneLimits
+
+  private let lock = ReadWriteLock()
+  private var shards: [ShardID: ShardRows] = [:]
+  private var storedBytes = 0
+  private var rows = 0
+
+  /// A store over `pool`.
+  public init(pool: PagePool, limits: DataPlaneLimits = .standard) {
+    self.pool = pool
+    self.limits = limits
+  }
+
+  // MARK: Put and drop
+
+  /// Appends a batch of rows to a shard, all or none.
+  public func put(_ request: PutRequest) throws(DataPlaneError) -> PutResponse {
+    let d = request.headDim
+    let hasKeys = request.keys != nil
+    guard d * 2 <= pool.pageBytes else {
+      throw DataPlaneError(
+        .invalidArgument,
+        "put: rows of \(d * 2) bytes do not fit pages of \(pool.pageBytes) bytes")
+    }
+    return try lock.withWriteLock { () throws(DataPlaneError) -> PutResponse in
+      let existing = shards[request.shard]
+      let target =
+        existing
+        ?? ShardRows(
+          headDim: d, hasKeys: hasKeys, startToken: request.startToken,
+          rowsPerPage: pool.pageBytes / (d * 2))
+      if let existing {
+        guard existing.headDim == d else {
+          throw DataPlaneError(
+            .dimensionMismatch,
+            "put: \(request.shard) has head dimension \(existing.headDim), the batch \(d)")
+        }
+        guard existing.hasKeys == hasKeys else {
+          throw DataPlaneError(
+            .dimensionMismatch,
+            "put: \(request.shard) \(existing.hasKeys ? "stores" : "does not store") keys; the batch \(hasKeys ? "has" : "has no") keys"
+          )
+        }
+        guard UInt64(request.startToken) == existing.endToken else {
+          throw DataPlaneError(
+            .invalidArgument,
+            "put: \(request.shard) holds tokens \(existing.startToken)..<\(existing.endToken); a batch must start at \(existing.endToken), not \(request.startToken)"
+          )
+        }
+      }
+      let total = target.rowCount + request.rowCount
+      let perKind = target.pagesNeeded(forRows: total) - target.valuePages.count
+      let needed = perKind * (hasKeys ? 2 : 1)
+      guard let pages = pool.allocate(needed) else {
+        throw DataPlaneError(
+          .capacityExhausted,
+          "put: \(request.rowCount) rows for \(request.shard) need \(needed) more pages of \(pool.pageBytes) bytes; \(pool.maxPages - pool.pagesInUse) of \(pool.maxPages) are free (capacity \(pool.capacityBytes) bytes)"
+        )
+      }
+      target.valuePages += pages[0..<perKind]
+      if hasKeys { target.keyPages += pages[perKind...] }
+      let first = target.rowCount
+      request.values.withUnsafeReadableBytes {
+        target.copyRows($0, into: target.valuePages, first: first, count: request.rowCount)
+      }
+      if let keys = request.keys {
+        keys.withUnsafeReadableBytes {
+          target.copyRows($0, into: target.keyPages, first: first, count: request.rowCount)
+        }
+      }
+      target.rowCount = total
+      shards[request.shard] = target
+      storedBytes += request.rowCount * target.rowBytes * (hasKeys ? 2 : 1)
+      rows += request.rowCount
+      return PutResponse(
+        shardRows: UInt32(total), usedBytes: UInt64(pool.usedBytes),
+        capacityBytes: UInt64(pool.capacityBytes))
+    }
+  }
+
+  /// Drops a shard, a sequence or a namespace and returns its pages to the pool.
+  public func drop(_ request: DropRequest) throws(DataPlaneError) -> DropResponse {
+    let id = request.shard
+    return try lock.withWriteLock { () throws(DataPlaneError) -> DropResponse in
+      let victims: [ShardID]
+      switch request.scope {
+      case .shard:
+        guard shards[id] != nil else { throw unknown(id) }
+        victims = [id]
+      case .sequence:
+        victims = shards.keys.filter { $0.namespace == id.namespace && $0.sequence == id.sequence }
+        guard !victims.isEmpty else {
+          throw DataPlaneError(
+            .unknownSequence, "drop: no shard of sequence \(id.sequence) in namespace \(id.namespace)")
+        }
+      case .namespace:
+        victims = shards.keys.filter { $0.namespace == id.namespace }
+      }
+      var freed = 0
+      for victim in victims {
+        guard let rows = shards.removeValue(forKey: victim) else { continue }
+        freed += rows.pageCount * pool.pageBytes
+        storedBytes -= rows.rowCount * rows.rowBytes * (rows.hasKeys ? 2 : 1)
+        self.rows -= rows.rowCount
+        pool.release(rows.valuePages + rows.keyPages)
+      }
+      return DropResponse(shardsDropped: UInt32(victims.count), bytesFreed: UInt64(freed))
+    }
+  }
+
+  // MARK: Reads
+
+  /// The encoded response to a gather: the chosen rows, copied from their pages straight into
+  /// the response buffer.
+  public func gather(_ request: GatherRequest, allocator: ByteBufferAllocator) throws(DataPlaneError)
+    -> ByteBuffer
+  {
+    try lock.withReadLock { () throws(DataPlaneError) -> ByteBuffer in
+      guard let shard = shards[request.shard] else { throw unknown(request.shard) }
+      if request.includeKeys && !shard.hasKeys {
+        throw DataPlaneError(
+          .invalidArgument, "gather: \(request.shard) stores values only; keys were asked for")
+      }
+      let n = request.tokens.count
+      let kinds = request.includeKeys ? 2 : 1
+      let bytes = n * shard.rowBytes * kinds
+      guard bytes + 8 <= limits.maxPayloadBytes else {
+        throw DataPlaneError(
+          .invalidArgument,
+          "gather: \(n) rows (\(bytes) bytes) exceed the frame limit of \(limits.maxPayloadBytes) bytes"
+        )
+      }
+      let locals = try localRows(request.tokens, in: shard, request.shard, what: "gather")
+      var out = allocator.buffer(capacity: 8 + bytes)
+      out.writeInteger(UInt32(n), endianness: .little)
+      out.writeInteger(UInt16(shard.headDim), endianness: .little)
+      out.writeInteger(UInt16(request.includeKeys ? 1 : 0), endianness: .little)
+      for pages in request.includeKeys ? [shard.valuePages, shard.keyPages] : [shard.valuePages] {
+        let pointers = locals.map { shard.row(pages, $0) }
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: n * shard.rowBytes) { raw in
+          pointers.withUnsafeBufferPointer { p in
+            p.baseAddress!.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: n) {
+              hkv_gather_rows_f16($0, n, shard.headDim, raw.baseAddress!.assumingMemoryBound(to: UInt16.self))
+            }
+          }
+          return n * shard.rowBytes
+        }
+      }
+      return out
+    }
+  }
+
+  /// Attention over chosen rows, per query head, as a mergeable partial (see
+  /// ``PartialAttentionRequest``).
+  public func partialAttention(_ request: PartialAttentionRequest) throws(DataPlaneError)
+    -> PartialAttentionResponse
+  {
+    try lock.withReadLock { () throws(DataPlaneError) -> PartialAttentionResponse in
+      guard let shard = shards[request.shard] else { throw unknown(request.shard) }
+      let d = shard.headDim
+      guard request.headDim == d else {
+        throw DataPlaneError(
+          .dimensionMismatch,
+          "partial attention: \(request.shard) has head dimension \(d), the request \(request.headDim)")
+      }
+      if request.mode == .exact && !shard.hasKeys {
+        throw DataPlaneError(
+          .invalidArgument,
+          "partial attention: exact mode needs keys, and \(request.shard) stores values only")
+      }
+      // Check every head before computing any.
+      var locals: [[Int]] = []
+      for (h, head) in request.heads.enumerated() {
+        if request.mode == .weights && head.weights.count != head.tokens.count {
+          throw DataPlaneError(
+            .dimensionMismatch,
+            "partial attention: head \(h) has \(head.tokens.count) tokens and \(head.weights.count) weights")
+        }
+        locals.append(
+          try localRows(head.tokens, in: shard, request.shard, what: "partial attention head \(h)"))
+      }
+      var maxScores = [Float](repeating: -.infinity, count: request.heads.count)
+      var sumExps = [Float](repeating: 0, count: request.heads.count)
+      var outputs = [Float](repeating: 0, count: request.heads.count * d)
+      for (h, head) in request.heads.enumerated() where !locals[h].isEmpty {
+        let n = locals[h].count
+        let valueRows: [UnsafePointer<UInt16>?] = locals[h].map { shard.row(shard.valuePages, $0) }
+        var weights: [Float]
+        switch request.mode {
+        case .weights:
+          weights = head.weights
+          let total = weights.reduce(0, +)
+          guard total > 0 else { continue }
+          maxScores[h] = 0
+          sumExps[h] = total
+        case .exact:
+          let keyRows: [UnsafePointer<UInt16>?] = locals[h].map { shard.row(shard.keyPages, $0) }
+          weights = [Float](repeating: 0, count: n)
+          head.query.withUnsafeBufferPointer { q in
+            hkv_dot_rows_f16(q.baseAddress!, keyRows, n, d, request.scale, &weights)
+          }
+          var m: Float = 0
+          sumExps[h] = hkv_softmax_exp(&weights, n, &m)
+          maxScores[h] = m
+        }
+        outputs.withUnsafeMutableBufferPointer { out in
+          hkv_axpy_rows_f16(valueRows, weights, n, d, out.baseAddress! + h * d)
+          let inverse = 1 / sumExps[h]
+          for c in 0..<d { out[h * d + c] *= inverse }
+        }
+      }
+      return PartialAttentionResponse(
+        headDim: d, maxScores: maxScores, sumExps: sumExps, outputs: outputs)
+    }
+  }
+
+  /// Capacity, use and counts.
+  public func stats() -> StatsResponse {
+    lock.withReadLock {
+      let sequences = Set(shards.keys.map { [UInt64($0.namespace), $0.sequence] })
+      return StatsResponse(
+        capacityBytes: UInt64(pool.capacityBytes), usedBytes: UInt64(pool.usedBytes),
+        storedBytes: UInt64(storedBytes), shardCount: UInt32(shards.count),
+        sequenceCount: UInt32(sequences.count), rowCount: UInt64(rows))
+    }
+  }
+
+  /// The shards stored, sorted by id; of one sequence when `sequence` is given.
+  public func summaries(namespace: UInt32? = nil, sequence: UInt64? = nil) -> [ShardSummary] {
+    lock.withReadLock {
+      shards.filter { id, _ in
+        (namespace == nil || id.namespace == namespace!) && (sequence == nil || id.sequence == sequence!)
+      }
+      .map { id, rows in
+        ShardSummary(
+          shard: id, headDim: rows.headDim, startToken: rows.startToken, rowCount: rows.rowCount,
+          hasKeys: rows.hasKeys, pageBytes: rows.pageCount * pool.pageBytes)
+      }
+      .sorted { $0.shard < $1.shard }
+    }
+  }
+
+  // MARK: Helpers
+
+  private func localRows(_ tokens: [UInt32], in shard: ShardRows, _ id: ShardID, what: String)
+    throws(DataPlaneError) -> [Int]
+  {
+    var locals = [Int](repeating: 0, count: tokens.count)
+    let start = UInt64(shard.startToken)
+    let end = shard.endToken
+    for (i, t) in tokens.enumerated() {
+      let token = UInt64(t)
+      guard token >= start && token < end else {
+        throw DataPlaneError(
+          .indexOutOfRange,
+          "\(what): token \(t) is outside the rows of \(id) (tokens \(start)..<\(end))")
+      }
+      locals[i] = Int(token - start)
+    }
+    return locals
+  }
+
+  private func unknown(_ id: ShardID) -> DataPlaneError {
+    let sequenceKnown = shards.keys.contains {
+      $0.namespace == id.namespace && $0.sequence == id.sequence
+    }
+    return sequenceKnown
+      ? DataPlaneError(.unknownShard, "no shard \(id) on this node")
+      : DataPlaneError(
+        .unknownSequence, "no shard of sequence \(id.sequence) in namespace \(id.namespace) on this node")
+  }
+}

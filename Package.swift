@@ -132,7 +132,9 @@ let package = Package(
     .testTarget(name: "HeteroKVEvalTests", dependencies: ["HeteroKVEval", "HeteroKVCore"]),
     .testTarget(
       name: "HeteroKVWireTests",
-      dependencies: ["HeteroKVWire", .product(name: "NIOCore", package: "swift-nio")]
+      dependencies: [
+        "HeteroKVWire", "CHeteroKVKernels", .product(name: "NIOCore", package: "swift-nio"),
+      ]
     ),
     .testTarget(
       name: "HeteroKVMemoryNodeTests",

@@ -1,0 +1,137 @@
+import HeteroKVWire
+import NIOCore
+import Testing
+
+@Suite("Data-plane messages")
+struct MessageTests {
+  let limits = DataPlaneLimits.standard
+  let shard = ShardID(namespace: 3, sequence: 1 << 40, layer: 31, kvHead: 7, chunk: 12)
+
+  func roundTrip<M: DataPlaneMessage & Equatable>(_ message: M) throws -> M {
+    try M(payload: message.encoded(), limits: limits)
+  }
+
+  @Test("every message round-trips")
+  func roundTrips() throws {
+    let values = (0..<24).map { Float16(Float($0) * 0.25) }
+    let put = PutRequest(shard: shard, startToken: 100, headDim: 8, values: values, keys: values.reversed())
+    let decodedPut = try roundTrip(put)
+    #expect(decodedPut == put)
+    #expect(decodedPut.rowCount == 3)
+    #expect(try roundTrip(PutResponse(shardRows: 9, usedBytes: 1 << 33, capacityBytes: 1 << 34)).shardRows == 9)
+    for drop in [DropRequest.shard(shard), .sequence(5, namespace: 2), .namespace(8)] {
+      #expect(try roundTrip(drop) == drop)
+    }
+    #expect(try roundTrip(DropResponse(shardsDropped: 4, bytesFreed: 65536)).bytesFreed == 65536)
+    let gather = GatherRequest(shard: shard, tokens: [5, 1, 5, 4_000_000_000], includeKeys: true)
+    #expect(try roundTrip(gather) == gather)
+    var raw = ByteBuffer()
+    raw.writeBytes([UInt8](repeating: 7, count: 32))
+    let gathered = GatherResponse(rowCount: 2, headDim: 8, values: raw, keys: nil)
+    #expect(try roundTrip(gathered) == gathered)
+    let weighted = PartialAttentionRequest(
+      shard: shard, mode: .weights, headDim: 64, scale: 0.125,
+      heads: [.weighted(tokens: [1, 2], weights: [0.25, 0.75]), .weighted(tokens: [], weights: [])])
+    #expect(try roundTrip(weighted) == weighted)
+    let exact = PartialAttentionRequest(
+      shard: shard, mode: .exact, headDim: 4, scale: 0.5,
+      heads: [.exact(tokens: [9], query: [1, 2, 3, 4])])
+    #expect(try roundTrip(exact) == exact)
+    let partial = PartialAttentionResponse(
+      headDim: 2, maxScores: [1, -.infinity], sumExps: [2, 0], outputs: [1, 2, 0, 0])
+    #expect(try roundTrip(partial) == partial)
+    let stats = StatsResponse(
+      capacityBytes: 1, usedBytes: 2, storedBytes: 3, shardCount: 4, sequenceCount: 5, rowCount: 6)
+    #expect(try roundTrip(stats) == stats)
+  }
+
+  @Test("counts larger than the payload are refused before any array is made")
+  func lyingCounts() {
+    var gather = ByteBuffer()
+    GatherRequest(shard: shard, tokens: [1, 2]).encode(into: &gather)
+    // Claim 2^32-1 tokens while carrying two.
+    gather.setInteger(UInt32.max, at: ShardID.encodedSize + 2, endianness: .little)
+    expect(.malformedFrame, containing: "tokens declares 4294967295") {
+      _ = try GatherRequest(payload: gather, limits: limits)
+    }
+    var put = PutRequest(shard: shard, startToken: 0, headDim: 4, values: [1, 2, 3, 4]).encoded()
+    put.setInteger(UInt32(1 << 30), at: ShardID.encodedSize + 4, endianness: .little)
+    expect(.malformedFrame, containing: "values declares") {
+      _ = try PutRequest(payload: put, limits: limits)
+    }
+  }
+
+  @Test("truncated payloads, trailing bytes and bad fields get errors naming the field")
+  func badFields() {
+    let put = PutRequest(shard: shard, startToken: 0, headDim: 4, values: [1, 2, 3, 4]).encoded()
+    expect(.malformedFrame, containing: "payload ends before shard.layer") {
+      _ = try PutRequest(payload: put.getSlice(at: 0, length: 13)!, limits: limits)
+    }
+    var trailing = put
+    trailing.writeInteger(UInt8(0))
+    expect(.malformedFrame, containing: "1 unexpected bytes") {
+      _ = try PutRequest(payload: trailing, limits: limits)
+    }
+    var zeroDim = put
+    zeroDim.setInteger(UInt16(0), at: ShardID.encodedSize + 8, endianness: .little)
+    expect(.invalidArgument, containing: "head dimension 0") {
+      _ = try PutRequest(payload: zeroDim, limits: limits)
+    }
+    var flags = put
+    flags.setInteger(UInt16(0x80), at: ShardID.encodedSize + 10, endianness: .little)
+    expect(.invalidArgument, containing: "unknown flag bits") {
+      _ = try PutRequest(payload: flags, limits: limits)
+    }
+    let nan = PartialAttentionRequest(
+      shard: shard, mode: .weights, headDim: 4, scale: 1,
+      heads: [.weighted(tokens: [0], weights: [.nan])])
+    expect(.invalidArgument, containing: "non-finite weight") {
+      _ = try PartialAttentionRequest(payload: nan.encoded(), limits: limits)
+    }
+    let tooMany = PartialAttentionRequest(
+      shard: shard, mode: .weights, headDim: 4, scale: 1,
+      heads: Array(repeating: .weighted(tokens: [], weights: []), count: 200))
+    expect(.invalidArgument, containing: "200 query heads") {
+      _ = try PartialAttentionRequest(payload: tooMany.encoded(), limits: limits)
+    }
+    var mode = PartialAttentionRequest(
+      shard: shard, mode: .exact, headDim: 4, scale: 1, heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
+    ).encoded()
+    mode.setInteger(UInt8(7), at: ShardID.encodedSize)
+    expect(.invalidArgument, containing: "unknown mode 7") {
+      _ = try PartialAttentionRequest(payload: mode, limits: limits)
+    }
+    var scope = DropRequest.shard(shard).encoded()
+    scope.setInteger(UInt8(9), at: 0)
+    expect(.invalidArgument, containing: "unknown scope 9") {
+      _ = try DropRequest(payload: scope, limits: limits)
+    }
+  }
+
+  @Test("host:port parsing")
+  func hostPort() {
+    #expect(HostPort("127.0.0.1:7000") == HostPort(host: "127.0.0.1", port: 7000))
+    #expect(HostPort("[::1]:9") == HostPort(host: "::1", port: 9))
+    #expect(HostPort("[::1]:9")?.description == "[::1]:9")
+    #expect(HostPort("node-a") == nil)
+    #expect(HostPort("node-a:70000") == nil)
+    #expect(HostPort(":80") == nil)
+  }
+
+  private func expect(
+    _ code: DataPlaneError.Code, containing text: String,
+    _ body: () throws -> Void
+  ) {
+    do {
+      try body()
+      Issue.record("expected \(code)")
+    } catch {
+      guard let error = error as? DataPlaneError else {
+        Issue.record("unexpected error \(error)")
+        return
+      }
+      #expect(error.code == code)
+      #expect(error.message.contains(text), "message was: \(error.message)")
+    }
+  }
+}

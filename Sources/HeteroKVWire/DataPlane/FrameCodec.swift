@@ -28,7 +28,9 @@ public enum FrameCodec {
   public static func readFrame(from buffer: inout ByteBuffer, limits: DataPlaneLimits) throws(
     FrameRejection
   ) -> InboundFrame? {
-    guard buffer.readableBytes >= FrameHeader.size else { return nil }
+    // The magic is checked as soon as its four bytes are in, so garbage is refused without
+    // waiting for a whole header.
+    guard buffer.readableBytes >= 4 else { return nil }
     let start = buffer.readerIndex
     let magic = buffer.getInteger(at: start, endianness: .little, as: UInt32.self)!
     guard magic == FrameHeader.magic else {
@@ -38,6 +40,7 @@ public enum FrameCodec {
           "bad magic 0x\(String(magic, radix: 16)) (expected 0x\(String(FrameHeader.magic, radix: 16)))"
         ), header: nil, isFatal: true)
     }
+    guard buffer.readableBytes >= FrameHeader.size else { return nil }
     let header = FrameHeader(
       version: buffer.getInteger(at: start + 4)!,
       opcode: buffer.getInteger(at: start + 5)!,

@@ -11,6 +11,7 @@ let package = Package(
     .library(name: "HeteroKVTransport", targets: ["HeteroKVTransport"]),
     .library(name: "HeteroKVMemoryNode", targets: ["HeteroKVMemoryNode"]),
     .library(name: "HeteroKVMemoryClient", targets: ["HeteroKVMemoryClient"]),
+    .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [
@@ -24,6 +25,7 @@ let package = Package(
     .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
   ],
   targets: [
     // Hot loops (scans, lookup-table scoring, fp16 conversion, CRC32C) with an AVX2/FMA/F16C
@@ -68,6 +70,14 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    // The cluster file: YAML read into typed settings, every problem reported with its line.
+    .target(
+      name: "HeteroKVConfig",
+      dependencies: [
+        "HeteroKVWire",
+        .product(name: "Yams", package: "Yams"),
       ]
     ),
     // Plumbing every daemon shares: the Prometheus endpoint and gRPC servers as services.
@@ -121,6 +131,7 @@ let package = Package(
         "HeteroKVWire",
         "HeteroKVMemoryNode",
         "HeteroKVDaemon",
+        "HeteroKVConfig",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
@@ -135,6 +146,10 @@ let package = Package(
       dependencies: [
         "HeteroKVWire", "CHeteroKVKernels", .product(name: "NIOCore", package: "swift-nio"),
       ]
+    ),
+    .testTarget(
+      name: "HeteroKVConfigTests",
+      dependencies: ["HeteroKVConfig", "HeteroKVWire"]
     ),
     .testTarget(
       name: "HeteroKVMemoryNodeTests",

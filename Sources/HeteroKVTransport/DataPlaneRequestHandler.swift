@@ -15,14 +15,6 @@ public protocol DataPlaneRequestHandler: Sendable {
   func rejected(_ error: DataPlaneError)
 }
 
-/// The transports a data plane can run over.
-public enum DataPlaneTransportKind: String, Sendable, Hashable, CaseIterable, Codable {
-  /// The framed protocol over TCP on SwiftNIO.
-  case tcp
-  /// The framed protocol over librdmacm's rsockets.
-  case rdma
-}
-
 /// The server-side steps every transport shares: validating a decoded frame and producing the
 /// response frame.
 enum RequestDispatch {

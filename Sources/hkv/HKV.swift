@@ -2,10 +2,10 @@ import ArgumentParser
 
 /// The HeteroKV command: one executable, a subcommand per job.
 @main
-struct HKV: ParsableCommand {
+struct HKV: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "hkv",
     abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
-    subcommands: [EvalCommand.self]
+    subcommands: [EvalCommand.self, MemoryNodeCommand.self]
   )
 }

@@ -1,0 +1,7 @@
+/// The transports a data plane can run over.
+public enum DataPlaneTransportKind: String, Sendable, Hashable, CaseIterable, Codable {
+  /// The framed protocol over TCP on SwiftNIO.
+  case tcp
+  /// The framed protocol over librdmacm's rsockets.
+  case rdma
+}

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import HeteroKVConfig
+import HeteroKVDaemon
+import HeteroKVMemoryNode
+import HeteroKVWire
+import Logging
+import Prometheus
+import ServiceLifecycle
+
+/// `hkv memnode`: runs one memory-node daemon until SIGTERM or SIGINT.
+struct MemoryNodeCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "memnode",
+    abstract: "Run a memory node: offloaded values and full-context K/V served to workers.",
+    discussion: """
+      Settings come from the cluster file's entry for --id (--config), and flags override
+      them; without --config every listen address and the capacity must be given as flags.
+      Once both servers listen, one line goes to stdout:
+        ready node=ID data=HOST:PORT control=HOST:PORT metrics=HOST:PORT transport=tcp|rdma
+      Logs go to stderr. Memory is volatile: a restarted node starts empty.
+      """)
+
+  @Option(help: "Cluster file (YAML); see docs/configuration.md.")
+  var config: String?
+
+  @Option(help: "The node's id (its entry in the cluster file).")
+  var id: String
+
+  @Option(help: "Data-plane listen address host:port (port 0 picks one).")
+  var data: String?
+
+  @Option(help: "gRPC control listen address host:port.")
+  var control: String?
+
+  @Option(help: "Prometheus /metrics listen address host:port; 'none' disables it.")
+  var metrics: String?
+
+  @Option(help: "Page-pool capacity, e.g. 8GiB.")
+  var capacity: String?
+
+  @Option(help: "Page size, e.g. 64KiB.")
+  var pageSize: String?
+
+  @Option(help: "Data-plane transport: tcp or rdma (rdma falls back to tcp without a device).")
+  var transport: String?
+
+  @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+  var logLevel: String = "info"
+
+  func run() async throws {
+    guard let level = Logger.Level(rawValue: logLevel) else {
+      throw ValidationError("bad --log-level '\(logLevel)'")
+    }
+    let settings = try resolveSettings()
+    LoggingSystem.bootstrap { label in
+      var handler = StreamLogHandler.standardError(label: label)
+      handler.logLevel = level
+      return handler
+    }
+    let logger = Logger(label: "hkv.memnode")
+    let registry = PrometheusCollectorRegistry()
+    let node: MemoryNode
+    do {
+      node = try MemoryNode(
+        configuration: MemoryNodeConfiguration(
+          id: settings.id, data: settings.data, control: settings.control,
+          capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
+          transport: settings.transport),
+        metricsFactory: PrometheusMetricsFactory(registry: registry), logger: logger)
+    } catch {
+      throw CommandFailure(description: error.message)
+    }
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: node)]
+    let endpoint = settings.metrics.map {
+      MetricsEndpoint(registry: registry, host: $0.host, port: $0.port, logger: logger)
+    }
+    if let endpoint { services.append(.init(service: endpoint)) }
+    let group = ServiceGroup(
+      configuration: .init(
+        services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      tasks.addTask { try await group.run() }
+      tasks.addTask {
+        let addresses = try await node.listeningAddresses()
+        let metricsAddress =
+          if let endpoint, let metrics = settings.metrics {
+            "\(HostPort(host: metrics.host, port: try await endpoint.listeningPort()))"
+          } else { "none" }
+        let line =
+          "ready node=\(settings.id) data=\(addresses.data) control=\(addresses.control) metrics=\(metricsAddress) transport=\(addresses.transport.rawValue)\n"
+        FileHandle.standardOutput.write(Data(line.utf8))
+      }
+      try await tasks.waitForAll()
+    }
+  }
+
+  /// The cluster file's entry with flags applied over it.
+  func resolveSettings() throws -> MemoryNodeSettings {
+    var base: MemoryNodeSettings?
+    if let config {
+      do {
+        base = try ClusterConfiguration.load(path: config).memoryNode(id: id)
+      } catch {
+        throw CommandFailure(description: error.description)
+      }
+    }
+    func address(_ flag: String, _ value: String?, _ fallback: HostPort?) throws -> HostPort {
+      if let value {
+        guard let parsed = HostPort(value) else {
+          throw ValidationError("bad --\(flag) '\(value)': expected host:port")
+        }
+        return parsed
+      }
+      guard let fallback else {
+        throw ValidationError("--\(flag) is required without --config")
+      }
+      return fallback
+    }
+    let data = try address("data", data, base?.data)
+    let control = try address("control", control, base?.control)
+    let metricsAddress: HostPort? =
+      metrics == "none" ? nil : try metrics.map { try address("metrics", $0, nil) } ?? base?.metrics
+    func size(_ flag: String, _ value: String?, _ fallback: Int?) throws -> Int {
+      if let value {
+        guard let bytes = ByteSize.parse(value) else {
+          throw ValidationError("bad --\(flag) '\(value)': expected a size such as 8GiB")
+        }
+        return bytes
+      }
+      guard let fallback else { throw ValidationError("--\(flag) is required without --config") }
+      return fallback
+    }
+    let capacityBytes = try size("capacity", capacity, base?.capacityBytes)
+    let pageBytes = try size("page-size", pageSize, base?.pageBytes ?? 64 << 10)
+    var kind = base?.transport ?? .tcp
+    if let transport {
+      guard let parsed = DataPlaneTransportKind(rawValue: transport) else {
+        throw ValidationError("bad --transport '\(transport)': expected tcp or rdma")
+      }
+      kind = parsed
+    }
+    return MemoryNodeSettings(
+      id: id, data: data, control: control, metrics: metricsAddress, capacityBytes: capacityBytes,
+      pageBytes: pageBytes, transport: kind)
+  }
+}

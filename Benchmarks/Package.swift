@@ -3,15 +3,23 @@ import PackageDescription
 
 // Benchmarks live in their own package (as swift-nio does it) so the main build stays lean.
 // Run: swift run -c release --package-path Benchmarks hkv-bench [--quick]
+//      swift run -c release --package-path Benchmarks hkv-bench dataplane [--quick]
 let package = Package(
   name: "HeteroKVBenchmarks",
   platforms: [.macOS(.v15)],
-  dependencies: [.package(name: "HeteroKV", path: "../")],
+  dependencies: [
+    .package(name: "HeteroKV", path: "../"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+  ],
   targets: [
     .executableTarget(
       name: "hkv-bench",
       dependencies: [
-        .product(name: "HeteroKVCore", package: "HeteroKV")
+        .product(name: "HeteroKVCore", package: "HeteroKV"),
+        .product(name: "HeteroKVWire", package: "HeteroKV"),
+        .product(name: "HeteroKVMemoryClient", package: "HeteroKV"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ]
     )
   ],

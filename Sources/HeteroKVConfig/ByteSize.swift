@@ -24,10 +24,14 @@ public enum ByteSize {
   /// `bytes` in the largest binary unit that keeps three significant figures.
   public static func format(_ bytes: Int) -> String {
     let value = Double(bytes)
-    for (suffix, factor) in [("TiB", 1024.0 * 1024 * 1024 * 1024), ("GiB", 1024.0 * 1024 * 1024), ("MiB", 1024.0 * 1024), ("KiB", 1024.0)]
+    for (suffix, factor) in [
+      ("TiB", 1024.0 * 1024 * 1024 * 1024), ("GiB", 1024.0 * 1024 * 1024), ("MiB", 1024.0 * 1024),
+      ("KiB", 1024.0),
+    ]
     where value >= factor {
       let scaled = value / factor
-      return scaled >= 100 ? "\(Int(scaled.rounded())) \(suffix)" : "\((scaled * 100).rounded() / 100) \(suffix)"
+      return scaled >= 100
+        ? "\(Int(scaled.rounded())) \(suffix)" : "\((scaled * 100).rounded() / 100) \(suffix)"
     }
     return "\(bytes) B"
   }

@@ -55,7 +55,8 @@ public struct ClusterConfiguration: Sendable, Hashable {
     } catch {
       throw ConfigurationError(problems: [
         ConfigurationProblem(
-          file: path, keyPath: "", line: nil, message: "cannot read the file: \(error.localizedDescription)")
+          file: path, keyPath: "", line: nil,
+          message: "cannot read the file: \(error.localizedDescription)")
       ])
     }
     return try parse(yaml: text, file: path)
@@ -80,7 +81,8 @@ public struct ClusterConfiguration: Sendable, Hashable {
       throw ConfigurationError(problems: [syntaxProblem(error, file: file)])
     } catch {
       throw ConfigurationError(problems: [
-        ConfigurationProblem(file: file, keyPath: "", line: nil, message: "not valid YAML: \(error)")
+        ConfigurationProblem(
+          file: file, keyPath: "", line: nil, message: "not valid YAML: \(error)")
       ])
     }
     let reader = YAMLReader(node: root, path: "", log: log)
@@ -143,10 +145,12 @@ public struct ClusterConfiguration: Sendable, Hashable {
         reader.problem("memory_nodes", "id \"\(node.id)\" is used by entries \(first) and \(i)")
       }
       ids[node.id] = ids[node.id] ?? i
-      for (what, address) in [("data", node.data), ("control", node.control)] + (node.metrics.map { [("metrics", $0)] } ?? [])
+      for (what, address) in [("data", node.data), ("control", node.control)]
+        + (node.metrics.map { [("metrics", $0)] } ?? [])
       where address.port != 0 {
         if let owner = addresses[address] {
-          reader.problem("memory_nodes", "\(address) is used twice (\(owner) and \(node.id).\(what))")
+          reader.problem(
+            "memory_nodes", "\(address) is used twice (\(owner) and \(node.id).\(what))")
         }
         addresses[address] = "\(node.id).\(what)"
       }
@@ -156,7 +160,8 @@ public struct ClusterConfiguration: Sendable, Hashable {
   private static func syntaxProblem(_ error: YamlError, file: String) -> ConfigurationProblem {
     switch error {
     case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _):
-      return ConfigurationProblem(file: file, keyPath: "", line: mark.line, message: "YAML syntax: \(problem)")
+      return ConfigurationProblem(
+        file: file, keyPath: "", line: mark.line, message: "YAML syntax: \(problem)")
     default:
       return ConfigurationProblem(file: file, keyPath: "", line: nil, message: "YAML: \(error)")
     }

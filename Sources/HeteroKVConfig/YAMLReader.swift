@@ -10,7 +10,8 @@ final class ProblemLog {
 
   func add(_ keyPath: String, _ node: Node?, _ message: String) {
     problems.append(
-      ConfigurationProblem(file: file, keyPath: keyPath, line: node?.mark.map { $0.line }, message: message))
+      ConfigurationProblem(
+        file: file, keyPath: keyPath, line: node?.mark.map { $0.line }, message: message))
   }
 }
 
@@ -48,8 +49,12 @@ struct YAMLReader {
       }
       if !known.contains(name) {
         let suggestion = known.min { editDistance($0, name) < editDistance($1, name) }
-        let hint = suggestion.flatMap { editDistance($0, name) <= 3 ? " (did you mean \"\($0)\"?)" : nil } ?? ""
-        log.add(keyPath(name), key, "unknown key\(hint); known keys: \(known.sorted().joined(separator: ", "))")
+        let hint =
+          suggestion.flatMap { editDistance($0, name) <= 3 ? " (did you mean \"\($0)\"?)" : nil }
+          ?? ""
+        log.add(
+          keyPath(name), key,
+          "unknown key\(hint); known keys: \(known.sorted().joined(separator: ", "))")
       }
     }
   }
@@ -86,7 +91,8 @@ struct YAMLReader {
       return nil
     }
     if let range, !range.contains(value) {
-      log.add(keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+      log.add(
+        keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
       return nil
     }
     return value
@@ -99,7 +105,8 @@ struct YAMLReader {
       return nil
     }
     if let range, !range.contains(value) {
-      log.add(keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+      log.add(
+        keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
       return nil
     }
     return value

@@ -42,9 +42,9 @@ public final class MemoryNodeClient: Sendable {
   }
 
   /// Rows by token position.
-  public func gather(_ request: GatherRequest, timeout: Duration? = nil) async throws(
-    DataPlaneError
-  ) -> GatherResponse {
+  public func gather(_ request: GatherRequest, timeout: Duration? = nil)
+    async throws(DataPlaneError) -> GatherResponse
+  {
     try await send(request, timeout: timeout, retry: true)
   }
 
@@ -53,7 +53,8 @@ public final class MemoryNodeClient: Sendable {
     async throws(DataPlaneError) -> AttentionPartial
   {
     let response = try await send(request, timeout: timeout, retry: true)
-    guard response.maxScores.count == request.heads.count, response.headDim == request.headDim else {
+    guard response.maxScores.count == request.heads.count, response.headDim == request.headDim
+    else {
       throw DataPlaneError(
         .malformedFrame,
         "node \(endpoint.id) answered \(response.maxScores.count) heads of \(response.headDim) for \(request.heads.count) of \(request.headDim)"

@@ -26,7 +26,8 @@ public final class MemoryNode: Service, Sendable {
     try configuration.validate()
     self.configuration = configuration
     self.store = ShardStore(
-      pool: PagePool(capacityBytes: configuration.capacityBytes, pageBytes: configuration.pageBytes),
+      pool: PagePool(
+        capacityBytes: configuration.capacityBytes, pageBytes: configuration.pageBytes),
       limits: configuration.limits)
     self.metrics = MemoryNodeMetrics(nodeID: configuration.id, factory: metricsFactory)
     var logger = logger

@@ -43,7 +43,8 @@ struct ClusterConfigurationTests {
     #expect(m0.transport == .rdma && m0.capacityBytes == 96 << 30 && m0.pageBytes == 64 << 10)
     #expect(m0.metrics == HostPort(host: "10.0.0.1", port: 9100))
     let m1 = try config.memoryNode(id: "m1")
-    #expect(m1.data == HostPort(host: "fd00::2", port: 7100) && m1.transport == .tcp && m1.metrics == nil)
+    #expect(
+      m1.data == HostPort(host: "fd00::2", port: 7100) && m1.transport == .tcp && m1.metrics == nil)
     #expect(m1.pageBytes == 256 << 10)
     #expect(throws: ConfigurationError.self) { try config.memoryNode(id: "m9") }
   }
@@ -100,7 +101,8 @@ struct ClusterConfigurationTests {
       #expect(error.description.contains("h:1 is used twice (a.data and a.data)"))
     }
     do {
-      _ = try ClusterConfiguration.parse(yaml: "cluster: [unclosed\nmemory_nodes: 3\n", file: "s.yaml")
+      _ = try ClusterConfiguration.parse(
+        yaml: "cluster: [unclosed\nmemory_nodes: 3\n", file: "s.yaml")
       Issue.record("expected a syntax error")
     } catch {
       #expect(error.problems.count == 1)

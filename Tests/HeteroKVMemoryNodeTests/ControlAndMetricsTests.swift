@@ -14,7 +14,8 @@ import ServiceLifecycle
 import Testing
 
 func withControlClient<T: Sendable>(
-  _ address: HostPort, _ body: (Heterokv_V1_MemoryNodeControl.Client<HTTP2ClientTransport.Posix>) async throws -> T
+  _ address: HostPort,
+  _ body: (Heterokv_V1_MemoryNodeControl.Client<HTTP2ClientTransport.Posix>) async throws -> T
 ) async throws -> T {
   try await withGRPCClient(
     transport: .http2NIOPosix(
@@ -37,18 +38,22 @@ func httpGet(_ host: String, _ port: Int, _ path: String) async throws -> String
 struct ControlAndMetricsTests {
   @Test("the gRPC control service describes the node, reports stats and shards, drops sequences")
   func control() async throws {
-    try await withRunningNodes([nodeConfiguration("ctl", capacity: 1 << 20, pageBytes: 4096)]) { nodes in
+    try await withRunningNodes([nodeConfiguration("ctl", capacity: 1 << 20, pageBytes: 4096)]) {
+      nodes in
       let client = MemoryNodeClient(endpoint: nodes[0].endpoint)
       for seq in [UInt64(1), 2] {
         for head in 0..<3 {
           _ = try await client.put(
             PutRequest(
-              shard: ShardID(namespace: 4, sequence: seq, layer: 0, kvHead: UInt16(head)), startToken: 10,
-              headDim: 32, values: .init(repeating: 1, count: 32 * 5), keys: head == 0 ? .init(repeating: 2, count: 32 * 5) : nil))
+              shard: ShardID(namespace: 4, sequence: seq, layer: 0, kvHead: UInt16(head)),
+              startToken: 10,
+              headDim: 32, values: .init(repeating: 1, count: 32 * 5),
+              keys: head == 0 ? .init(repeating: 2, count: 32 * 5) : nil))
         }
       }
       await expectDataPlaneError(.unknownSequence) {
-        _ = try await client.gather(GatherRequest(shard: ShardID(sequence: 1, layer: 0, kvHead: 0), tokens: [10]))
+        _ = try await client.gather(
+          GatherRequest(shard: ShardID(sequence: 1, layer: 0, kvHead: 0), tokens: [10]))
       }
       try await withControlClient(nodes[0].addresses.control) { control in
         let description = try await control.describe(.init())
@@ -77,7 +82,8 @@ struct ControlAndMetricsTests {
         #expect(shards.shards.count == 3)
         #expect(shards.shards.map(\.shard.kvHead) == [0, 1, 2])
         #expect(shards.shards[0].storesKeys && !shards.shards[1].storesKeys)
-        #expect(shards.shards.allSatisfy { $0.startToken == 10 && $0.rowCount == 5 && $0.headDim == 32 })
+        #expect(
+          shards.shards.allSatisfy { $0.startToken == 10 && $0.rowCount == 5 && $0.headDim == 32 })
 
         let dropped = try await control.dropSequence(
           .with {
@@ -86,7 +92,10 @@ struct ControlAndMetricsTests {
           })
         #expect(dropped.shardsDropped == 3 && dropped.bytesFreed == 4 * 4096)
         do {
-          _ = try await control.dropSequence(.with { $0.namespace = 4; $0.sequence = 1 })
+          _ = try await control.dropSequence(
+            .with {
+              $0.namespace = 4; $0.sequence = 1
+            })
           Issue.record("expected not found")
         } catch let error as RPCError {
           #expect(error.code == .notFound)
@@ -100,16 +109,20 @@ struct ControlAndMetricsTests {
   func metricsEndpoint() async throws {
     let registry = PrometheusCollectorRegistry()
     let factory = PrometheusMetricsFactory(registry: registry)
-    let endpoint = MetricsEndpoint(registry: registry, host: "127.0.0.1", port: 0, logger: quietLogger)
+    let endpoint = MetricsEndpoint(
+      registry: registry, host: "127.0.0.1", port: 0, logger: quietLogger)
     let group = ServiceGroup(
-      configuration: .init(services: [.init(service: endpoint)], gracefulShutdownSignals: [], logger: quietLogger))
+      configuration: .init(
+        services: [.init(service: endpoint)], gracefulShutdownSignals: [], logger: quietLogger))
     try await withThrowingTaskGroup(of: Void.self) { tasks in
       tasks.addTask { try await group.run() }
       let port = try await endpoint.listeningPort()
       try await withRunningNodes([nodeConfiguration("prom")], metricsFactory: factory) { nodes in
         let client = MemoryNodeClient(endpoint: nodes[0].endpoint)
         let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
-        _ = try await client.put(PutRequest(shard: shard, startToken: 0, headDim: 16, values: .init(repeating: 1, count: 160)))
+        _ = try await client.put(
+          PutRequest(
+            shard: shard, startToken: 0, headDim: 16, values: .init(repeating: 1, count: 160)))
         _ = try await client.gather(GatherRequest(shard: shard, tokens: [1, 2]))
         _ = try? await client.gather(GatherRequest(shard: shard, tokens: [99]))
         await client.close()
@@ -118,7 +131,8 @@ struct ControlAndMetricsTests {
       #expect(text.hasPrefix("HTTP/1.1 200 OK"))
       #expect(text.contains(#"hkv_memnode_requests_total{node="prom",op="put",result="ok"} 1"#))
       #expect(text.contains(#"hkv_memnode_requests_total{node="prom",op="gather",result="ok"} 1"#))
-      #expect(text.contains(#"hkv_memnode_requests_total{node="prom",op="gather",result="error"} 1"#))
+      #expect(
+        text.contains(#"hkv_memnode_requests_total{node="prom",op="gather",result="error"} 1"#))
       #expect(text.contains(#"hkv_memnode_stored_bytes{node="prom"} 320"#))
       #expect(text.contains("hkv_memnode_request_duration_seconds_bucket"))
       let missing = try await httpGet("127.0.0.1", port, "/nothing")
@@ -130,7 +144,9 @@ struct ControlAndMetricsTests {
 
   @Test(
     "asking for RDMA where no device exists serves TCP and says why",
-    .enabled(if: !RDMAAvailability.probe().isAvailable, "this host has an RDMA device; see the RDMA round-trip test"))
+    .enabled(
+      if: !RDMAAvailability.probe().isAvailable,
+      "this host has an RDMA device; see the RDMA round-trip test"))
   func rdmaFallback() async throws {
     try await withRunningNodes([nodeConfiguration("r", transport: .rdma)]) { nodes in
       #expect(nodes[0].addresses.transport == .tcp)
@@ -147,7 +163,9 @@ struct ControlAndMetricsTests {
 
   @Test(
     "the data plane over RDMA (rsockets) round-trips puts, gathers and partial attention",
-    .enabled(if: RDMAAvailability.probe().isAvailable, "needs an RDMA device (soft-RoCE counts); this host has none"))
+    .enabled(
+      if: RDMAAvailability.probe().isAvailable,
+      "needs an RDMA device (soft-RoCE counts); this host has none"))
   func rdmaRoundTrip() async throws {
     try await withRunningNodes([nodeConfiguration("rdma", transport: .rdma)]) { nodes in
       #expect(nodes[0].addresses.transport == .rdma)
@@ -155,7 +173,8 @@ struct ControlAndMetricsTests {
       var random = TestRandom(state: 3)
       let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
       let values = random.halves(500 * 64)
-      _ = try await client.put(PutRequest(shard: shard, startToken: 0, headDim: 64, values: values, keys: values))
+      _ = try await client.put(
+        PutRequest(shard: shard, startToken: 0, headDim: 64, values: values, keys: values))
       let back = try await client.gather(GatherRequest(shard: shard, tokens: Array(0..<500)))
       #expect(back.valueArray == values)
       let partial = try await client.partialAttention(
@@ -163,7 +182,8 @@ struct ControlAndMetricsTests {
           shard: shard, mode: .exact, headDim: 64, scale: 0.125,
           heads: [.exact(tokens: [1, 2, 3], query: .init(repeating: 0.5, count: 64))]))
       let expected = referenceAttention(
-        query: .init(repeating: 0.5, count: 64), keys: values, values: values, rows: [1, 2, 3], d: 64, scale: 0.125)
+        query: .init(repeating: 0.5, count: 64), keys: values, values: values, rows: [1, 2, 3],
+        d: 64, scale: 0.125)
       #expect(relativeError(Array(partial.output(head: 0)), expected) < 1e-4)
       await client.close()
     }

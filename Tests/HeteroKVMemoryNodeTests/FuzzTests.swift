@@ -77,7 +77,8 @@ final class RawPeer: Sendable {
 struct FuzzTests {
   @Test("random and mutated frames get errors or a closed connection; stored rows never change")
   func fuzz() async throws {
-    try await withRunningNodes([nodeConfiguration("fuzz", capacity: 32 << 20, pageBytes: 4096)]) { nodes in
+    try await withRunningNodes([nodeConfiguration("fuzz", capacity: 32 << 20, pageBytes: 4096)]) {
+      nodes in
       let endpoint = nodes[0].endpoint
       let client = MemoryNodeClient(endpoint: endpoint, connections: 1)
       var random = TestRandom(state: 2024)
@@ -88,7 +89,8 @@ struct FuzzTests {
         let rows = 100 + 50 * i
         let values = random.halves(rows * d)
         _ = try await client.put(
-          PutRequest(shard: shard, startToken: 0, headDim: d, values: values, keys: i == 0 ? values : nil))
+          PutRequest(
+            shard: shard, startToken: 0, headDim: d, values: values, keys: i == 0 ? values : nil))
         stored[shard] = values
       }
       // A well-behaved client that stays connected through the whole run.
@@ -99,9 +101,19 @@ struct FuzzTests {
         let shard = shards[random.int(3)]
         switch random.int(5) {
         case 0:
-          return (.put, PutRequest(shard: shard, startToken: UInt32(random.int(400)), headDim: d, values: random.halves(d)).encoded())
+          return (
+            .put,
+            PutRequest(
+              shard: shard, startToken: UInt32(random.int(400)), headDim: d,
+              values: random.halves(d)
+            ).encoded()
+          )
         case 1:
-          return (.gather, GatherRequest(shard: shard, tokens: (0..<8).map { _ in UInt32(random.int(120)) }).encoded())
+          return (
+            .gather,
+            GatherRequest(shard: shard, tokens: (0..<8).map { _ in UInt32(random.int(120)) })
+              .encoded()
+          )
         case 2:
           return (
             .partialAttention,
@@ -122,7 +134,8 @@ struct FuzzTests {
         switch kind {
         case 0:  // Garbage (at least the four bytes where the magic should be).
           var junk = ByteBuffer()
-          junk.writeBytes((0..<(4 + random.int(300))).map { _ in UInt8(truncatingIfNeeded: random.next()) })
+          junk.writeBytes(
+            (0..<(4 + random.int(300))).map { _ in UInt8(truncatingIfNeeded: random.next()) })
           try await peer.write(junk)
           #expect(try await peer.nextFrame() == nil, "garbage must close the connection")
           outcomes["garbage closed", default: 0] += 1
@@ -131,10 +144,15 @@ struct FuzzTests {
           var mutated = payload
           if mutated.readableBytes > 0 {
             let at = random.int(mutated.readableBytes)
-            mutated.setInteger(UInt8(truncatingIfNeeded: random.next()) | 1 ^ mutated.getInteger(at: at, as: UInt8.self)!, at: at)
+            mutated.setInteger(
+              UInt8(truncatingIfNeeded: random.next()) | 1 ^ mutated.getInteger(
+                at: at, as: UInt8.self)!, at: at)
           }
-          var frame = Frame(opcode: op.rawValue, flags: [], requestID: UInt64(iteration), payload: mutated)
-          if kind == 1 && payload.readableBytes > 0 { frame.header.checksum = CRC32C.checksum(payload) }
+          var frame = Frame(
+            opcode: op.rawValue, flags: [], requestID: UInt64(iteration), payload: mutated)
+          if kind == 1 && payload.readableBytes > 0 {
+            frame.header.checksum = CRC32C.checksum(payload)
+          }
           try await peer.write(frame.serialized())
           guard case .frame(let reply) = try await peer.nextFrame() else {
             Issue.record("a well-framed request must be answered")
@@ -146,7 +164,9 @@ struct FuzzTests {
           }
           outcomes[reply.decodedError().map { "\($0.code)" } ?? "ok", default: 0] += 1
           // The connection still serves.
-          try await peer.write(Frame(opcode: Opcode.ping.rawValue, flags: [], requestID: 1, payload: ByteBuffer()).serialized())
+          try await peer.write(
+            Frame(opcode: Opcode.ping.rawValue, flags: [], requestID: 1, payload: ByteBuffer())
+              .serialized())
           guard case .frame(let pong) = try await peer.nextFrame() else {
             Issue.record("connection should survive a bad request")
             break
@@ -154,7 +174,8 @@ struct FuzzTests {
           #expect(pong.decodedError() == nil)
         case 3:  // Header damage: magic, version, a huge length, an unknown opcode.
           let (op, payload) = validRequest(&random)
-          var frame = Frame(opcode: op.rawValue, flags: [], requestID: 7, payload: payload).serialized()
+          var frame = Frame(opcode: op.rawValue, flags: [], requestID: 7, payload: payload)
+            .serialized()
           switch random.int(4) {
           case 0: frame.setInteger(UInt8(0), at: 1)
           case 1: frame.setInteger(UInt8(2 + random.int(200)), at: 4)
@@ -170,11 +191,16 @@ struct FuzzTests {
           }
         case 4:  // Truncated: the header promises more than arrives, then the peer leaves.
           let (op, payload) = validRequest(&random)
-          let frame = Frame(opcode: op.rawValue, flags: [], requestID: 8, payload: payload).serialized()
-          try await peer.write(frame.getSlice(at: 0, length: max(1, frame.readableBytes - 1 - random.int(frame.readableBytes - 1)))!)
+          let frame = Frame(opcode: op.rawValue, flags: [], requestID: 8, payload: payload)
+            .serialized()
+          try await peer.write(
+            frame.getSlice(
+              at: 0, length: max(1, frame.readableBytes - 1 - random.int(frame.readableBytes - 1)))!
+          )
           outcomes["truncated", default: 0] += 1
         default:  // A response frame sent to the server.
-          let frame = Frame(opcode: Opcode.stats.rawValue, flags: .response, requestID: 3, payload: ByteBuffer())
+          let frame = Frame(
+            opcode: Opcode.stats.rawValue, flags: .response, requestID: 3, payload: ByteBuffer())
           try await peer.write(frame.serialized())
           guard case .frame(let reply) = try await peer.nextFrame() else {
             Issue.record("expected an error reply")
@@ -188,7 +214,8 @@ struct FuzzTests {
       // Every stored row is unchanged, and both clients still work.
       for (shard, values) in stored {
         let rows = values.count / d
-        let back = try await client.gather(GatherRequest(shard: shard, tokens: (0..<rows).map(UInt32.init)))
+        let back = try await client.gather(
+          GatherRequest(shard: shard, tokens: (0..<rows).map(UInt32.init)))
         #expect(back.valueArray == values, "rows of \(shard) changed")
       }
       try await bystander.ping()

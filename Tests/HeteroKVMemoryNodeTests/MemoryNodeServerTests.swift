@@ -71,7 +71,10 @@ struct MemoryNodeServerTests {
       let keys = random.halves(tokens * d)
       let values = random.halves(tokens * d)
       // Tokens 0..<2048 live on node a (chunk 0), 2048..<4096 on node b (chunk 1).
-      let shards = [ShardID(sequence: 9, layer: 0, kvHead: 2, chunk: 0), ShardID(sequence: 9, layer: 0, kvHead: 2, chunk: 1)]
+      let shards = [
+        ShardID(sequence: 9, layer: 0, kvHead: 2, chunk: 0),
+        ShardID(sequence: 9, layer: 0, kvHead: 2, chunk: 1),
+      ]
       for (i, node) in ["a", "b"].enumerated() {
         let range = i * half * d..<(i + 1) * half * d
         _ = try await tier.node(node).put(
@@ -115,7 +118,9 @@ struct MemoryNodeServerTests {
         weightsPerHead.append(w.map { $0 / total })
         expectedWeighted.append(
           (0..<d).map { c in
-            zip(chosen[h], weightsPerHead[h]).reduce(Float(0)) { $0 + $1.1 * Float(values[$1.0 * d + c]) }
+            zip(chosen[h], weightsPerHead[h]).reduce(Float(0)) {
+              $0 + $1.1 * Float(values[$1.0 * d + c])
+            }
           })
       }
       for (i, node) in ["a", "b"].enumerated() {
@@ -128,7 +133,8 @@ struct MemoryNodeServerTests {
               heads: (0..<heads).map { h in
                 let picks = chosen[h].indices.filter { owned.contains(chosen[h][$0]) }
                 return .weighted(
-                  tokens: picks.map { UInt32(chosen[h][$0]) }, weights: picks.map { weightsPerHead[h][$0] })
+                  tokens: picks.map { UInt32(chosen[h][$0]) },
+                  weights: picks.map { weightsPerHead[h][$0] })
               })
           ))
       }
@@ -142,17 +148,20 @@ struct MemoryNodeServerTests {
 
   @Test("errors are typed: unknown sequence and shard, index out of range, capacity, dimension")
   func typedErrors() async throws {
-    try await withRunningNodes([nodeConfiguration("m", capacity: 8 * 4096, pageBytes: 4096)]) { nodes in
+    try await withRunningNodes([nodeConfiguration("m", capacity: 8 * 4096, pageBytes: 4096)]) {
+      nodes in
       let client = MemoryNodeClient(endpoint: nodes[0].endpoint)
       defer { Task { await client.close() } }
       let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
       let values = [Float16](repeating: 0.5, count: 100 * 64)
       _ = try await client.put(PutRequest(shard: shard, startToken: 0, headDim: 64, values: values))
       await expectDataPlaneError(.unknownSequence) {
-        _ = try await client.gather(GatherRequest(shard: ShardID(sequence: 2, layer: 0, kvHead: 0), tokens: [0]))
+        _ = try await client.gather(
+          GatherRequest(shard: ShardID(sequence: 2, layer: 0, kvHead: 0), tokens: [0]))
       }
       await expectDataPlaneError(.unknownShard) {
-        _ = try await client.gather(GatherRequest(shard: ShardID(sequence: 1, layer: 1, kvHead: 0), tokens: [0]))
+        _ = try await client.gather(
+          GatherRequest(shard: ShardID(sequence: 1, layer: 1, kvHead: 0), tokens: [0]))
       }
       let outOfRange = await expectDataPlaneError(.indexOutOfRange) {
         _ = try await client.gather(GatherRequest(shard: shard, tokens: [3, 100]))
@@ -162,7 +171,8 @@ struct MemoryNodeServerTests {
       await expectDataPlaneError(.dimensionMismatch) {
         _ = try await client.partialAttention(
           PartialAttentionRequest(
-            shard: shard, mode: .weights, headDim: 32, scale: 1, heads: [.weighted(tokens: [0], weights: [1])]))
+            shard: shard, mode: .weights, headDim: 32, scale: 1,
+            heads: [.weighted(tokens: [0], weights: [1])]))
       }
       await expectDataPlaneError(.invalidArgument) {
         _ = try await client.partialAttention(
@@ -173,7 +183,9 @@ struct MemoryNodeServerTests {
       // 8 pages of 32 rows: 100 rows hold 4; 200 more rows need 7 more.
       await expectDataPlaneError(.capacityExhausted) {
         _ = try await client.put(
-          PutRequest(shard: shard, startToken: 100, headDim: 64, values: .init(repeating: 1, count: 200 * 64)))
+          PutRequest(
+            shard: shard, startToken: 100, headDim: 64, values: .init(repeating: 1, count: 200 * 64)
+          ))
       }
       let stats = try await client.stats()
       #expect(stats.rowCount == 100)
@@ -220,10 +232,13 @@ struct MemoryNodeServerTests {
     }
   }
 
-  @Test("a deadline that passes fails the request with deadlineExceeded; an absent node is unreachable")
+  @Test(
+    "a deadline that passes fails the request with deadlineExceeded; an absent node is unreachable")
   func deadlinesAndUnreachable() async throws {
     // Nothing listens on a port we just closed.
-    let closed = try await withRunningNodes([nodeConfiguration("gone")]) { nodes in nodes[0].addresses.data }
+    let closed = try await withRunningNodes([nodeConfiguration("gone")]) { nodes in
+      nodes[0].addresses.data
+    }
     let client = MemoryNodeClient(
       endpoint: MemoryNodeEndpoint(id: "gone", data: closed), defaultTimeout: .seconds(2))
     let error = await expectDataPlaneError(.nodeUnreachable) { try await client.ping() }
@@ -233,7 +248,9 @@ struct MemoryNodeServerTests {
       let client = MemoryNodeClient(endpoint: nodes[0].endpoint)
       let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
       _ = try await client.put(
-        PutRequest(shard: shard, startToken: 0, headDim: 128, values: .init(repeating: 1, count: 128 * 20_000)))
+        PutRequest(
+          shard: shard, startToken: 0, headDim: 128,
+          values: .init(repeating: 1, count: 128 * 20_000)))
       // A request that cannot finish in a nanosecond.
       await expectDataPlaneError(.deadlineExceeded) {
         _ = try await client.gather(

@@ -39,7 +39,9 @@ final class MemoryNodeProcess {
       let byte = output.fileHandleForReading.readData(ofLength: 1)
       if byte.isEmpty {
         let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "memnode exited before ready: \(log)"])
+        throw CocoaError(
+          .fileReadUnknown,
+          userInfo: [NSLocalizedDescriptionKey: "memnode exited before ready: \(log)"])
       }
       if byte == Data("\n".utf8) { break }
       line.append(byte)
@@ -73,7 +75,9 @@ final class MemoryNodeProcess {
 
 @Suite("hkv memnode as a separate process")
 struct ProcessTests {
-  @Test("a daemon from a cluster file serves, merges with an in-process node, reports metrics, stops on SIGTERM and restarts empty")
+  @Test(
+    "a daemon from a cluster file serves, merges with an in-process node, reports metrics, stops on SIGTERM and restarts empty"
+  )
   func daemon() async throws {
     let config = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-\(UUID()).yaml")
     try """
@@ -97,7 +101,10 @@ struct ProcessTests {
     let values = random.halves(1000 * d)
     let query = (0..<d).map { _ in random.float() }
     let childData = child.data
-    let shards = [ShardID(sequence: 3, layer: 1, kvHead: 0, chunk: 0), ShardID(sequence: 3, layer: 1, kvHead: 0, chunk: 1)]
+    let shards = [
+      ShardID(sequence: 3, layer: 1, kvHead: 0, chunk: 0),
+      ShardID(sequence: 3, layer: 1, kvHead: 0, chunk: 1),
+    ]
     try await withRunningNodes([nodeConfiguration("inproc")]) { nodes in
       let tier = MemoryTierClient(endpoints: [
         nodes[0].endpoint, MemoryNodeEndpoint(id: "proc-0", data: childData),
@@ -105,32 +112,49 @@ struct ProcessTests {
       for (i, node) in ["inproc", "proc-0"].enumerated() {
         let range = i * 500 * d..<(i + 1) * 500 * d
         _ = try await tier.node(node).put(
-          PutRequest(shard: shards[i], startToken: UInt32(i * 500), headDim: d, values: Array(values[range]), keys: Array(keys[range])))
+          PutRequest(
+            shard: shards[i], startToken: UInt32(i * 500), headDim: d, values: Array(values[range]),
+            keys: Array(keys[range])))
       }
       let chosen = (0..<1000).filter { $0 % 7 == 0 }
       let merged = try await tier.mergedAttention([
-        ("inproc", PartialAttentionRequest(shard: shards[0], mode: .exact, headDim: d, scale: 0.125, heads: [.exact(tokens: chosen.filter { $0 < 500 }.map(UInt32.init), query: query)])),
-        ("proc-0", PartialAttentionRequest(shard: shards[1], mode: .exact, headDim: d, scale: 0.125, heads: [.exact(tokens: chosen.filter { $0 >= 500 }.map(UInt32.init), query: query)])),
+        (
+          "inproc",
+          PartialAttentionRequest(
+            shard: shards[0], mode: .exact, headDim: d, scale: 0.125,
+            heads: [.exact(tokens: chosen.filter { $0 < 500 }.map(UInt32.init), query: query)])
+        ),
+        (
+          "proc-0",
+          PartialAttentionRequest(
+            shard: shards[1], mode: .exact, headDim: d, scale: 0.125,
+            heads: [.exact(tokens: chosen.filter { $0 >= 500 }.map(UInt32.init), query: query)])
+        ),
       ])
-      let expected = referenceAttention(query: query, keys: keys, values: values, rows: chosen, d: d, scale: 0.125)
+      let expected = referenceAttention(
+        query: query, keys: keys, values: values, rows: chosen, d: d, scale: 0.125)
       #expect(relativeError(Array(merged.output(head: 0)), expected) < 1e-4)
       await tier.close()
     }
     let metricsAddress = try #require(child.metrics)
     let metrics = try await httpGet(metricsAddress.host, metricsAddress.port, "/metrics")
     #expect(metrics.contains(#"hkv_memnode_requests_total{node="proc-0",op="put",result="ok"} 1"#))
-    #expect(metrics.contains(#"hkv_memnode_requests_total{node="proc-0",op="partial_attention",result="ok"} 1"#))
+    #expect(
+      metrics.contains(
+        #"hkv_memnode_requests_total{node="proc-0",op="partial_attention",result="ok"} 1"#))
     #expect(try await child.terminate() == 0)
 
     // Memory is volatile: the same node restarted on the same port holds nothing.
     let restarted = try MemoryNodeProcess(arguments: [
-      "--id", "proc-0", "--data", "127.0.0.1:\(dataPort)", "--control", "127.0.0.1:0", "--metrics", "none",
+      "--id", "proc-0", "--data", "127.0.0.1:\(dataPort)", "--control", "127.0.0.1:0", "--metrics",
+      "none",
       "--capacity", "32MiB",
     ])
     defer { if restarted.process.isRunning { restarted.process.terminate() } }
     try restarted.waitUntilReady()
     #expect(restarted.metrics == nil)
-    let client = MemoryNodeClient(endpoint: MemoryNodeEndpoint(id: "proc-0", data: HostPort(host: "127.0.0.1", port: dataPort)))
+    let client = MemoryNodeClient(
+      endpoint: MemoryNodeEndpoint(id: "proc-0", data: HostPort(host: "127.0.0.1", port: dataPort)))
     await expectDataPlaneError(.unknownSequence) {
       _ = try await client.gather(GatherRequest(shard: shards[1], tokens: [500]))
     }

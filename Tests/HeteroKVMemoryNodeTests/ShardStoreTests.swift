@@ -44,7 +44,8 @@ struct ShardStoreTests {
     let rows = values.count / d
     let tokens: [UInt32] = [500, UInt32(500 + rows - 1), 532, 531, 500, 580]
     let payload = try store.gather(
-      GatherRequest(shard: shard, tokens: tokens, includeKeys: true), allocator: ByteBufferAllocator())
+      GatherRequest(shard: shard, tokens: tokens, includeKeys: true),
+      allocator: ByteBufferAllocator())
     let response = try GatherResponse(payload: payload, limits: .standard)
     let gotValues = response.valueArray
     let gotKeys = try #require(response.keyArray)
@@ -89,12 +90,27 @@ struct ShardStoreTests {
   @Test("appends must be contiguous and agree with the shard's shape")
   func appendRules() throws {
     let store = ShardStore(pool: PagePool(capacityBytes: 1 << 20, pageBytes: 4096))
-    _ = try store.put(PutRequest(shard: shard, startToken: 10, headDim: 8, values: .init(repeating: 1, count: 16)))
+    _ = try store.put(
+      PutRequest(shard: shard, startToken: 10, headDim: 8, values: .init(repeating: 1, count: 16)))
     let cases: [(PutRequest, DataPlaneError.Code, String)] = [
-      (PutRequest(shard: shard, startToken: 13, headDim: 8, values: .init(repeating: 1, count: 8)), .invalidArgument, "must start at 12"),
-      (PutRequest(shard: shard, startToken: 10, headDim: 8, values: .init(repeating: 1, count: 8)), .invalidArgument, "must start at 12"),
-      (PutRequest(shard: shard, startToken: 12, headDim: 16, values: .init(repeating: 1, count: 16)), .dimensionMismatch, "head dimension 8"),
-      (PutRequest(shard: shard, startToken: 12, headDim: 8, values: .init(repeating: 1, count: 8), keys: .init(repeating: 1, count: 8)), .dimensionMismatch, "does not store keys"),
+      (
+        PutRequest(shard: shard, startToken: 13, headDim: 8, values: .init(repeating: 1, count: 8)),
+        .invalidArgument, "must start at 12"
+      ),
+      (
+        PutRequest(shard: shard, startToken: 10, headDim: 8, values: .init(repeating: 1, count: 8)),
+        .invalidArgument, "must start at 12"
+      ),
+      (
+        PutRequest(
+          shard: shard, startToken: 12, headDim: 16, values: .init(repeating: 1, count: 16)),
+        .dimensionMismatch, "head dimension 8"
+      ),
+      (
+        PutRequest(
+          shard: shard, startToken: 12, headDim: 8, values: .init(repeating: 1, count: 8),
+          keys: .init(repeating: 1, count: 8)), .dimensionMismatch, "does not store keys"
+      ),
     ]
     for (request, code, text) in cases {
       do {
@@ -116,7 +132,8 @@ struct ShardStoreTests {
       for head in 0..<2 {
         _ = try store.put(
           PutRequest(
-            shard: ShardID(namespace: seq == 3 ? 9 : 0, sequence: UInt64(seq), layer: 0, kvHead: UInt16(head)),
+            shard: ShardID(
+              namespace: seq == 3 ? 9 : 0, sequence: UInt64(seq), layer: 0, kvHead: UInt16(head)),
             startToken: 0, headDim: 8, values: .init(repeating: 1, count: 8)))
       }
     }

@@ -14,7 +14,8 @@ struct RunningNode {
   let node: MemoryNode
   let addresses: MemoryNodeAddresses
   var endpoint: MemoryNodeEndpoint {
-    MemoryNodeEndpoint(id: node.configuration.id, data: addresses.data, transport: addresses.transport)
+    MemoryNodeEndpoint(
+      id: node.configuration.id, data: addresses.data, transport: addresses.transport)
   }
 }
 

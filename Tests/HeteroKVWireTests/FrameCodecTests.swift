@@ -59,7 +59,9 @@ struct FrameCodecTests {
     #expect(whole.readableBytes == 0)
   }
 
-  @Test("bad magic, unknown version and oversized lengths are fatal; the length is refused before the payload arrives")
+  @Test(
+    "bad magic, unknown version and oversized lengths are fatal; the length is refused before the payload arrives"
+  )
   func fatalRejections() {
     let frame = Frame(opcode: 3, flags: [], requestID: 9, payload: ByteBuffer(bytes: [1, 2, 3]))
     var badMagic = frame.serialized()
@@ -79,11 +81,13 @@ struct FrameCodecTests {
 
   @Test("a checksum mismatch is reported with the request id and does not desynchronise the stream")
   func checksumMismatch() throws {
-    let frame = Frame(opcode: 3, flags: [], requestID: 77, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
+    let frame = Frame(
+      opcode: 3, flags: [], requestID: 77, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
     var wire = frame.serialized()
     wire.setInteger(UInt8(99), at: FrameHeader.size + 2)
     wire.writeImmutableBuffer(frame.serialized())
-    guard case .corrupt(let header, let error) = try FrameCodec.readFrame(from: &wire, limits: limits)
+    guard
+      case .corrupt(let header, let error) = try FrameCodec.readFrame(from: &wire, limits: limits)
     else {
       Issue.record("expected a corrupt frame")
       return

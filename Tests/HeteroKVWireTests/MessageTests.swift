@@ -14,11 +14,14 @@ struct MessageTests {
   @Test("every message round-trips")
   func roundTrips() throws {
     let values = (0..<24).map { Float16(Float($0) * 0.25) }
-    let put = PutRequest(shard: shard, startToken: 100, headDim: 8, values: values, keys: values.reversed())
+    let put = PutRequest(
+      shard: shard, startToken: 100, headDim: 8, values: values, keys: values.reversed())
     let decodedPut = try roundTrip(put)
     #expect(decodedPut == put)
     #expect(decodedPut.rowCount == 3)
-    #expect(try roundTrip(PutResponse(shardRows: 9, usedBytes: 1 << 33, capacityBytes: 1 << 34)).shardRows == 9)
+    #expect(
+      try roundTrip(PutResponse(shardRows: 9, usedBytes: 1 << 33, capacityBytes: 1 << 34)).shardRows
+        == 9)
     for drop in [DropRequest.shard(shard), .sequence(5, namespace: 2), .namespace(8)] {
       #expect(try roundTrip(drop) == drop)
     }
@@ -31,7 +34,9 @@ struct MessageTests {
     #expect(try roundTrip(gathered) == gathered)
     let weighted = PartialAttentionRequest(
       shard: shard, mode: .weights, headDim: 64, scale: 0.125,
-      heads: [.weighted(tokens: [1, 2], weights: [0.25, 0.75]), .weighted(tokens: [], weights: [])])
+      heads: [
+        .weighted(tokens: [1, 2], weights: [0.25, 0.75]), .weighted(tokens: [], weights: []),
+      ])
     #expect(try roundTrip(weighted) == weighted)
     let exact = PartialAttentionRequest(
       shard: shard, mode: .exact, headDim: 4, scale: 0.5,
@@ -95,7 +100,8 @@ struct MessageTests {
       _ = try PartialAttentionRequest(payload: tooMany.encoded(), limits: limits)
     }
     var mode = PartialAttentionRequest(
-      shard: shard, mode: .exact, headDim: 4, scale: 1, heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
+      shard: shard, mode: .exact, headDim: 4, scale: 1,
+      heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
     ).encoded()
     mode.setInteger(UInt8(7), at: ShardID.encodedSize)
     expect(.invalidArgument, containing: "unknown mode 7") {

@@ -19,6 +19,20 @@ func seconds(_ body: () -> Void) -> Double {
   return best
 }
 
+if args.contains("dataplane") {
+  let semaphore = DispatchSemaphore(value: 0)
+  Task {
+    do {
+      try await DataPlaneBenchmark(quick: quick).run()
+    } catch {
+      print("error: \(error)")
+    }
+    semaphore.signal()
+  }
+  semaphore.wait()
+  exit(0)
+}
+
 if args.contains("--breakdown") {
   try breakdownFullAttention()
   try breakdownHCAttention()

@@ -25,6 +25,17 @@ public struct HalfMatrix: Sendable, Hashable {
     self.storage = Kernels.toHalf(values)
   }
 
+  /// A matrix over fp16 row-major values as they are (no conversion).
+  public init(halves: [Float16], cols: Int) throws {
+    guard cols > 0, halves.count % cols == 0 else {
+      throw HeteroKVError.dimension(
+        "\(halves.count) values do not form rows of \(cols) columns")
+    }
+    self.cols = cols
+    self.rows = halves.count / cols
+    self.storage = halves
+  }
+
   /// Bytes held by the elements.
   public var byteCount: Int { storage.count * 2 }
 

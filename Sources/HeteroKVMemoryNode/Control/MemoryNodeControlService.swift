@@ -104,7 +104,8 @@ public struct MemoryNodeControlService: Heterokv_V1_MemoryNodeControl.SimpleServ
         $0.bytesFreed = response.bytesFreed
       }
     } catch {
-      throw RPCError(code: error.code == .unknownSequence ? .notFound : .invalidArgument, message: error.message)
+      throw RPCError(
+        code: error.code == .unknownSequence ? .notFound : .invalidArgument, message: error.message)
     }
   }
 }

@@ -47,9 +47,11 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
     let limits = store.limits
     switch opcode {
     case .put:
-      return try store.put(PutRequest(payload: payload, limits: limits)).encoded(allocator: allocator)
+      return try store.put(PutRequest(payload: payload, limits: limits)).encoded(
+        allocator: allocator)
     case .drop:
-      return try store.drop(DropRequest(payload: payload, limits: limits)).encoded(allocator: allocator)
+      return try store.drop(DropRequest(payload: payload, limits: limits)).encoded(
+        allocator: allocator)
     case .gather:
       return try store.gather(GatherRequest(payload: payload, limits: limits), allocator: allocator)
     case .partialAttention:

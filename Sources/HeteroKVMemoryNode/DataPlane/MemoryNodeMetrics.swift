@@ -40,8 +40,10 @@ public final class MemoryNodeMetrics: Sendable {
     self.latency = latency
     rejectedFrames = Counter(
       label: "hkv_memnode_rejected_frames_total", dimensions: [node], factory: factory)
-    bytesIn = Counter(label: "hkv_memnode_payload_bytes_in_total", dimensions: [node], factory: factory)
-    bytesOut = Counter(label: "hkv_memnode_payload_bytes_out_total", dimensions: [node], factory: factory)
+    bytesIn = Counter(
+      label: "hkv_memnode_payload_bytes_in_total", dimensions: [node], factory: factory)
+    bytesOut = Counter(
+      label: "hkv_memnode_payload_bytes_out_total", dimensions: [node], factory: factory)
     capacityBytes = Gauge(label: "hkv_memnode_capacity_bytes", dimensions: [node], factory: factory)
     usedBytes = Gauge(label: "hkv_memnode_used_bytes", dimensions: [node], factory: factory)
     storedBytes = Gauge(label: "hkv_memnode_stored_bytes", dimensions: [node], factory: factory)

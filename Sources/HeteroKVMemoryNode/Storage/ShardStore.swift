@@ -58,7 +58,8 @@ final class ShardRows {
       let local = first + copied
       let inPage = min(rowsPerPage - local % rowsPerPage, count - copied)
       let destination = pages[local / rowsPerPage].base + (local % rowsPerPage) * rowBytes
-      destination.copyMemory(from: source.baseAddress! + copied * rowBytes, byteCount: inPage * rowBytes)
+      destination.copyMemory(
+        from: source.baseAddress! + copied * rowBytes, byteCount: inPage * rowBytes)
       copied += inPage
     }
   }
@@ -165,7 +166,8 @@ public final class ShardStore: @unchecked Sendable {
         victims = shards.keys.filter { $0.namespace == id.namespace && $0.sequence == id.sequence }
         guard !victims.isEmpty else {
           throw DataPlaneError(
-            .unknownSequence, "drop: no shard of sequence \(id.sequence) in namespace \(id.namespace)")
+            .unknownSequence,
+            "drop: no shard of sequence \(id.sequence) in namespace \(id.namespace)")
         }
       case .namespace:
         victims = shards.keys.filter { $0.namespace == id.namespace }
@@ -186,7 +188,8 @@ public final class ShardStore: @unchecked Sendable {
 
   /// The encoded response to a gather: the chosen rows, copied from their pages straight into
   /// the response buffer.
-  public func gather(_ request: GatherRequest, allocator: ByteBufferAllocator) throws(DataPlaneError)
+  public func gather(_ request: GatherRequest, allocator: ByteBufferAllocator)
+    throws(DataPlaneError)
     -> ByteBuffer
   {
     try lock.withReadLock { () throws(DataPlaneError) -> ByteBuffer in
@@ -214,7 +217,8 @@ public final class ShardStore: @unchecked Sendable {
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: n * shard.rowBytes) { raw in
           pointers.withUnsafeBufferPointer { p in
             p.baseAddress!.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: n) {
-              hkv_gather_rows_f16($0, n, shard.headDim, raw.baseAddress!.assumingMemoryBound(to: UInt16.self))
+              hkv_gather_rows_f16(
+                $0, n, shard.headDim, raw.baseAddress!.assumingMemoryBound(to: UInt16.self))
             }
           }
           return n * shard.rowBytes
@@ -235,7 +239,8 @@ public final class ShardStore: @unchecked Sendable {
       guard request.headDim == d else {
         throw DataPlaneError(
           .dimensionMismatch,
-          "partial attention: \(request.shard) has head dimension \(d), the request \(request.headDim)")
+          "partial attention: \(request.shard) has head dimension \(d), the request \(request.headDim)"
+        )
       }
       if request.mode == .exact && !shard.hasKeys {
         throw DataPlaneError(
@@ -248,7 +253,8 @@ public final class ShardStore: @unchecked Sendable {
         if request.mode == .weights && head.weights.count != head.tokens.count {
           throw DataPlaneError(
             .dimensionMismatch,
-            "partial attention: head \(h) has \(head.tokens.count) tokens and \(head.weights.count) weights")
+            "partial attention: head \(h) has \(head.tokens.count) tokens and \(head.weights.count) weights"
+          )
         }
         locals.append(
           try localRows(head.tokens, in: shard, request.shard, what: "partial attention head \(h)"))
@@ -303,7 +309,8 @@ public final class ShardStore: @unchecked Sendable {
   public func summaries(namespace: UInt32? = nil, sequence: UInt64? = nil) -> [ShardSummary] {
     lock.withReadLock {
       shards.filter { id, _ in
-        (namespace == nil || id.namespace == namespace!) && (sequence == nil || id.sequence == sequence!)
+        (namespace == nil || id.namespace == namespace!)
+          && (sequence == nil || id.sequence == sequence!)
       }
       .map { id, rows in
         ShardSummary(
@@ -341,6 +348,7 @@ public final class ShardStore: @unchecked Sendable {
     return sequenceKnown
       ? DataPlaneError(.unknownShard, "no shard \(id) on this node")
       : DataPlaneError(
-        .unknownSequence, "no shard of sequence \(id.sequence) in namespace \(id.namespace) on this node")
+        .unknownSequence,
+        "no shard of sequence \(id.sequence) in namespace \(id.namespace) on this node")
   }
 }

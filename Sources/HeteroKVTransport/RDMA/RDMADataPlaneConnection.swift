@@ -23,7 +23,8 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
     throws(DataPlaneError) -> RDMADataPlaneConnection
   {
     let socket = try RSocket.connect(host: host, port: port)
-    let connection = RDMADataPlaneConnection(socket: socket, limits: limits, description: "\(host):\(port)")
+    let connection = RDMADataPlaneConnection(
+      socket: socket, limits: limits, description: "\(host):\(port)")
     let reader = Thread { connection.readLoop() }
     reader.name = "hkv-rdma-client"
     reader.start()
@@ -38,9 +39,9 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
 
   public var isActive: Bool { !state.withLock { $0.closed } }
 
-  public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(
-    DataPlaneError
-  ) -> ByteBuffer {
+  public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
+    async throws(DataPlaneError) -> ByteBuffer
+  {
     let frame: Frame
     do {
       frame = try await withCheckedThrowingContinuation { continuation in
@@ -52,19 +53,23 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
           return id
         }
         guard let id else {
-          continuation.resume(throwing: DataPlaneError(.connectionClosed, "connection to \(description) is closed"))
+          continuation.resume(
+            throwing: DataPlaneError(.connectionClosed, "connection to \(description) is closed"))
           return
         }
         if let timeout {
           Task {
             try? await Task.sleep(for: timeout)
-            self.complete(id, with: .failure(DataPlaneError(.deadlineExceeded, "no response before the deadline")))
+            self.complete(
+              id,
+              with: .failure(DataPlaneError(.deadlineExceeded, "no response before the deadline")))
           }
         }
         let request = Frame(opcode: opcode.rawValue, flags: [], requestID: id, payload: payload)
         let sent = writeLock.withLock { _ in socket.writeAll(request.serialized()) }
         if !sent {
-          complete(id, with: .failure(DataPlaneError(.connectionClosed, "write to \(description) failed")))
+          complete(
+            id, with: .failure(DataPlaneError(.connectionClosed, "write to \(description) failed")))
         }
       }
     } catch let error as DataPlaneError {

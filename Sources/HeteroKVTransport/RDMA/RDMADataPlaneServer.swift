@@ -32,8 +32,9 @@ public final class RDMADataPlaneServer: Sendable {
     self.port = port
   }
 
-  private func acceptLoop(handler: any DataPlaneRequestHandler, limits: DataPlaneLimits, logger: Logger)
-  {
+  private func acceptLoop(
+    handler: any DataPlaneRequestHandler, limits: DataPlaneLimits, logger: Logger
+  ) {
     while let socket = listener.accept() {
       if stopped.withLock({ $0 }) {
         socket.close()
@@ -76,7 +77,8 @@ public final class RDMADataPlaneServer: Sendable {
         response = RequestDispatch.respond(to: frame, handler: handler, allocator: allocator)
       case .corrupt(let header, let error):
         handler.rejected(error)
-        response = .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+        response = .error(
+          error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
       }
       guard socket.writeAll(response.serialized(allocator: allocator)) else { return }
     }

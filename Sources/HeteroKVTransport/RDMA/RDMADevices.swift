@@ -33,7 +33,8 @@ public struct RDMAAvailability: Sendable, Hashable {
     if names.isEmpty {
       return RDMAAvailability(
         isAvailable: false, devices: [],
-        reason: "no RDMA device found (the kernel supports RDMA, but no device or soft-RoCE link is configured)"
+        reason:
+          "no RDMA device found (the kernel supports RDMA, but no device or soft-RoCE link is configured)"
       )
     }
     return RDMAAvailability(

@@ -60,7 +60,9 @@ struct RSocket: Sendable {
     }
     guard ok == 0 else { return 0 }
     return withUnsafePointer(to: &storage) {
-      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+        Int(UInt16(bigEndian: $0.pointee.sin_port))
+      }
     }
   }
 
@@ -121,17 +123,23 @@ extension SocketAddress {
     case .v4(let a):
       var raw = a.address
       return withUnsafePointer(to: &raw) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_in>.size) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          body($0, MemoryLayout<sockaddr_in>.size)
+        }
       }
     case .v6(let a):
       var raw = a.address
       return withUnsafePointer(to: &raw) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_in6>.size) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          body($0, MemoryLayout<sockaddr_in6>.size)
+        }
       }
     case .unixDomainSocket(let a):
       var raw = a.address
       return withUnsafePointer(to: &raw) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, MemoryLayout<sockaddr_un>.size) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          body($0, MemoryLayout<sockaddr_un>.size)
+        }
       }
     }
   }
@@ -144,7 +152,8 @@ func readFrame(from socket: RSocket, limits: DataPlaneLimits) throws(FrameReject
   var buffer = ByteBuffer()
   guard socket.readExactly(FrameHeader.size, into: &buffer) else { return nil }
   if let frame = try FrameCodec.readFrame(from: &buffer, limits: limits) { return frame }
-  let length = Int(buffer.getInteger(at: buffer.readerIndex + 16, endianness: .little, as: UInt32.self)!)
+  let length = Int(
+    buffer.getInteger(at: buffer.readerIndex + 16, endianness: .little, as: UInt32.self)!)
   guard socket.readExactly(length, into: &buffer) else { return nil }
   return try FrameCodec.readFrame(from: &buffer, limits: limits)
 }

@@ -29,7 +29,8 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
           }
         }
         .connect(host: host, port: port).get()
-      let address = try channel.remoteAddress ?? SocketAddress.makeAddressResolvingHost(host, port: port)
+      let address =
+        try channel.remoteAddress ?? SocketAddress.makeAddressResolvingHost(host, port: port)
       return TCPDataPlaneConnection(channel: channel, remoteAddress: address)
     } catch {
       throw DataPlaneError(.nodeUnreachable, "cannot connect to \(host):\(port): \(error)")
@@ -43,9 +44,9 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
 
   public var isActive: Bool { channel.isActive }
 
-  public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(
-    DataPlaneError
-  ) -> ByteBuffer {
+  public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
+    async throws(DataPlaneError) -> ByteBuffer
+  {
     let promise = channel.eventLoop.makePromise(of: Frame.self)
     let deadline = timeout.map { NIODeadline.now() + .nanoseconds($0.nanoseconds) }
     channel.writeAndFlush(

@@ -127,7 +127,8 @@ final class ServerFrameHandler: ChannelInboundHandler {
 
   func errorCaught(context: ChannelHandlerContext, error: any Error) {
     let rejection: FrameRejection? =
-      (error as? FrameRejection) ?? (error as? ByteToMessageDecoderError).flatMap {
+      (error as? FrameRejection)
+      ?? (error as? ByteToMessageDecoderError).flatMap {
         if case .dataReceivedInErrorState(let inner, _) = $0 { return inner as? FrameRejection }
         return nil
       }

@@ -97,7 +97,8 @@ public struct Frame: Sendable {
   ) -> Frame {
     var payload = allocator.buffer(capacity: 4 + error.message.utf8.count)
     ErrorPayload(error).encode(into: &payload)
-    return Frame(opcode: opcode, flags: [.response, .error], requestID: requestID, payload: payload)
+    return Frame(
+      opcode: opcode, flags: [.response, .error], requestID: requestID, payload: payload)
   }
 
   /// The header and payload as one buffer (tests and simple writers; servers write the two

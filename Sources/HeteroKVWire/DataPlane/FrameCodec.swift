@@ -25,9 +25,9 @@ public enum InboundFrame: Sendable {
 public enum FrameCodec {
   /// Reads one frame from the front of `buffer` if a whole one is there; returns nil (and
   /// consumes nothing) when more bytes are needed. Throws ``FrameRejection`` for fatal errors.
-  public static func readFrame(from buffer: inout ByteBuffer, limits: DataPlaneLimits) throws(
-    FrameRejection
-  ) -> InboundFrame? {
+  public static func readFrame(from buffer: inout ByteBuffer, limits: DataPlaneLimits)
+    throws(FrameRejection) -> InboundFrame?
+  {
     // The magic is checked as soon as its four bytes are in, so garbage is refused without
     // waiting for a whole header.
     guard buffer.readableBytes >= 4 else { return nil }
@@ -114,7 +114,8 @@ public final class FrameEncoder: ChannelOutboundHandler, Sendable {
 
   public init() {}
 
-  public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+  public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?)
+  {
     let frame = unwrapOutboundIn(data)
     var header = context.channel.allocator.buffer(capacity: FrameHeader.size)
     frame.header.write(to: &header)

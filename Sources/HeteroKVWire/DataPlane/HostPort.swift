@@ -1,5 +1,7 @@
 /// A `host:port` pair as written in config files and flags (`[::1]:7000` for IPv6).
-public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible, LosslessStringConvertible {
+public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible,
+  LosslessStringConvertible
+{
   /// Host name or address literal.
   public var host: String
   /// TCP port (0 asks the system for a free one when listening).
@@ -16,7 +18,8 @@ public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible, Lo
     guard let colon = text.lastIndex(of: ":") else { return nil }
     var host = String(text[..<colon])
     if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    guard !host.isEmpty, let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port)
+    guard !host.isEmpty, let port = Int(text[text.index(after: colon)...]),
+      (0...65535).contains(port)
     else { return nil }
     self.init(host: host, port: port)
   }

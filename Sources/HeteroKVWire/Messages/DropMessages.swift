@@ -28,12 +28,14 @@ public struct DropRequest: DataPlaneRequest, Hashable {
   /// Drops every shard of a sequence.
   public static func sequence(_ sequence: UInt64, namespace: UInt32 = 0) -> DropRequest {
     DropRequest(
-      scope: .sequence, shard: ShardID(namespace: namespace, sequence: sequence, layer: 0, kvHead: 0))
+      scope: .sequence,
+      shard: ShardID(namespace: namespace, sequence: sequence, layer: 0, kvHead: 0))
   }
 
   /// Drops every shard of a namespace.
   public static func namespace(_ namespace: UInt32) -> DropRequest {
-    DropRequest(scope: .namespace, shard: ShardID(namespace: namespace, sequence: 0, layer: 0, kvHead: 0))
+    DropRequest(
+      scope: .namespace, shard: ShardID(namespace: namespace, sequence: 0, layer: 0, kvHead: 0))
   }
 
   public init(scope: Scope, shard: ShardID) {

@@ -12,9 +12,9 @@ struct PayloadReader {
     self.what = what
   }
 
-  mutating func integer<T: FixedWidthInteger>(_ field: String, as: T.Type = T.self) throws(
-    DataPlaneError
-  ) -> T {
+  mutating func integer<T: FixedWidthInteger>(_ field: String, as: T.Type = T.self)
+    throws(DataPlaneError) -> T
+  {
     guard let v = buffer.readInteger(endianness: .little, as: T.self) else {
       throw DataPlaneError(.malformedFrame, "\(what): payload ends before \(field)")
     }

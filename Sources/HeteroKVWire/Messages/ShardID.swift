@@ -19,8 +19,9 @@ public struct ShardID: Sendable, Hashable, Comparable, CustomStringConvertible {
   public static let encodedSize = 20
 
   /// A shard id from its parts.
-  public init(namespace: UInt32 = 0, sequence: UInt64, layer: UInt16, kvHead: UInt16, chunk: UInt32 = 0)
-  {
+  public init(
+    namespace: UInt32 = 0, sequence: UInt64, layer: UInt16, kvHead: UInt16, chunk: UInt32 = 0
+  ) {
     self.namespace = namespace
     self.sequence = sequence
     self.layer = layer

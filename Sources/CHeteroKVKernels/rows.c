@@ -1,6 +1,7 @@
-// Kernels over rows reached through a table of pointers: a memory node keeps a shard's rows in
-// fixed-size pages, so the rows a request names are scattered; the caller resolves and checks
-// every index first and passes one pointer per row.
+// A memory node keeps a shard's rows in fixed-size pages, so the rows a request names are
+// scattered: the caller resolves and checks every index, then copies the rows contiguous with
+// hkv_gather_rows_f16 (once per request, whatever the number of heads). Also CRC-32C for the
+// data plane's frames.
 
 #include "hkv_kernels.h"
 
@@ -9,30 +10,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #define HKV_X86 1
 #include <immintrin.h>
-#define HKV_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define HKV_SSE42 __attribute__((target("sse4.2")))
 #endif
-
-static inline float half_bits_to_float(uint16_t h) {
-  _Float16 v;
-  memcpy(&v, &h, sizeof v);
-  return (float)v;
-}
-
-static void dot_rows_portable(const float *q, const uint16_t *const *rows, size_t n, size_t d,
-                              float scale, float *scores) {
-  for (size_t j = 0; j < n; j++) {
-    float s = 0;
-    for (size_t c = 0; c < d; c++) s += q[c] * half_bits_to_float(rows[j][c]);
-    scores[j] = s * scale;
-  }
-}
-
-static void axpy_rows_portable(const uint16_t *const *rows, const float *w, size_t n, size_t d,
-                               float *out) {
-  for (size_t j = 0; j < n; j++)
-    for (size_t c = 0; c < d; c++) out[c] += w[j] * half_bits_to_float(rows[j][c]);
-}
 
 static void gather_rows_portable(const uint16_t *const *rows, size_t n, size_t d,
                                  uint16_t *dst) {
@@ -62,60 +41,6 @@ static uint32_t crc32c_portable(uint32_t crc, const uint8_t *p, size_t n) {
 
 #ifdef HKV_X86
 
-HKV_AVX2 static float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-HKV_AVX2 static void dot_rows_avx2(const float *q, const uint16_t *const *rows, size_t n,
-                                   size_t d, float scale, float *scores) {
-  if (d % 16 != 0) {
-    dot_rows_portable(q, rows, n, d, scale, scores);
-    return;
-  }
-  for (size_t j = 0; j < n; j++) {
-    if (j + 8 < n)
-      for (size_t o = 0; o < d * 2; o += 64) _mm_prefetch((const char *)rows[j + 8] + o, _MM_HINT_T0);
-    const uint16_t *k = rows[j];
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (size_t c = 0; c < d; c += 16) {
-      a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c))),
-                           _mm256_loadu_ps(q + c), a0);
-      a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c + 8))),
-                           _mm256_loadu_ps(q + c + 8), a1);
-    }
-    scores[j] = hsum(_mm256_add_ps(a0, a1)) * scale;
-  }
-}
-
-// Up to 128 dims stay in sixteen accumulators across all rows; wider heads go 128 at a time.
-HKV_AVX2 static void axpy_rows_avx2(const uint16_t *const *rows, const float *w, size_t n,
-                                    size_t d, float *out) {
-  if (d % 8 != 0) {
-    axpy_rows_portable(rows, w, n, d, out);
-    return;
-  }
-  for (size_t base = 0; base < d; base += 128) {
-    size_t width = d - base < 128 ? d - base : 128;
-    size_t chunks = width / 8;
-    __m256 acc[16];
-    for (size_t c = 0; c < chunks; c++) acc[c] = _mm256_loadu_ps(out + base + c * 8);
-    for (size_t j = 0; j < n; j++) {
-      if (j + 8 < n)
-        for (size_t o = 0; o < width * 2; o += 64)
-          _mm_prefetch((const char *)(rows[j + 8] + base) + o, _MM_HINT_T0);
-      const uint16_t *v = rows[j] + base;
-      __m256 wj = _mm256_set1_ps(w[j]);
-      for (size_t c = 0; c < chunks; c++)
-        acc[c] = _mm256_fmadd_ps(
-            wj, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + c * 8))), acc[c]);
-    }
-    for (size_t c = 0; c < chunks; c++) _mm256_storeu_ps(out + base + c * 8, acc[c]);
-  }
-}
-
 HKV_SSE42 static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t n) {
   uint64_t c = ~crc;
   // Eight bytes per instruction, one stream: about 8 bytes per 3 cycles, well above what a
@@ -143,28 +68,6 @@ static int has_sse42(void) {
 }
 
 #endif
-
-void hkv_dot_rows_f16(const float *q, const uint16_t *const *rows, size_t n, size_t d,
-                      float scale, float *scores) {
-#ifdef HKV_X86
-  if (hkv_kernels_vectorized()) {
-    dot_rows_avx2(q, rows, n, d, scale, scores);
-    return;
-  }
-#endif
-  dot_rows_portable(q, rows, n, d, scale, scores);
-}
-
-void hkv_axpy_rows_f16(const uint16_t *const *rows, const float *weights, size_t n, size_t d,
-                       float *out) {
-#ifdef HKV_X86
-  if (hkv_kernels_vectorized()) {
-    axpy_rows_avx2(rows, weights, n, d, out);
-    return;
-  }
-#endif
-  axpy_rows_portable(rows, weights, n, d, out);
-}
 
 void hkv_gather_rows_f16(const uint16_t *const *rows, size_t n, size_t d, uint16_t *dst) {
   gather_rows_portable(rows, n, d, dst);

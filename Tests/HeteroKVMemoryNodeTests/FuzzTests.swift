@@ -18,7 +18,7 @@ final class RawPeer: Sendable {
     init(_ state: State) { self.state = state }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
       var bytes = unwrapInboundIn(data)
-      state.received.withLock { $0.writeBuffer(&bytes) }
+      state.received.withLock { _ = $0.writeBuffer(&bytes) }
     }
     func channelInactive(context: ChannelHandlerContext) { state.closed.withLock { $0 = true } }
   }

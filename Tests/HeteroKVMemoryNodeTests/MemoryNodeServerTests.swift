@@ -108,6 +108,26 @@ struct MemoryNodeServerTests {
         #expect(relativeError(Array(merged.output(head: h)), expected) < 1e-4)
       }
 
+      // Exact mode with one token set for the whole group (the union, as a worker sends it):
+      // the node reads each row once for all heads.
+      let union = Array(Set(chosen.joined())).sorted()
+      let shared = try await tier.mergedAttention(
+        ["a", "b"].enumerated().map { i, node in
+          let owned = i * half..<(i + 1) * half
+          let tokens = union.filter(owned.contains).map(UInt32.init)
+          return (
+            node,
+            PartialAttentionRequest(
+              shard: shards[i], mode: .exact, headDim: d, scale: scale,
+              heads: (0..<heads).map { h in .exact(tokens: tokens, query: queries[h]) })
+          )
+        })
+      for h in 0..<heads {
+        let expected = referenceAttention(
+          query: queries[h], keys: keys, values: values, rows: union, d: d, scale: scale)
+        #expect(relativeError(Array(shared.output(head: h)), expected) < 1e-4)
+      }
+
       // Weights mode: the worker's softmax weights over the union, split by owner.
       var weighted: [(node: String, request: PartialAttentionRequest)] = []
       var expectedWeighted: [[Float]] = []

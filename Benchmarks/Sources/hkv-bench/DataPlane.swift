@@ -43,8 +43,10 @@ struct DataPlaneBenchmark {
       node.waitUntilExit()
       redis.waitUntilExit()
     }
+    progress("started hkv memnode (pid \(node.processIdentifier)) on \(memPort), redis on \(redisPort)")
     try await waitForPort(memPort)
     try await waitForPort(redisPort)
+    progress("both listen; loading")
 
     // The same rows in both: values (and keys, for exact partial attention) in the node's shard,
     // one Redis key per row.
@@ -90,6 +92,7 @@ struct DataPlaneBenchmark {
     await node0.close()
     await redis0.close()
 
+    progress("measuring loopback bandwidth")
     let bandwidth = try await loopbackBandwidth()
     print(
       "loopback TCP copy bandwidth (1 stream, in-process): \(String(format: "%.2f", bandwidth / 1e9)) GB/s\n"
@@ -103,6 +106,7 @@ struct DataPlaneBenchmark {
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for inFlight in [1, 8, 64] {
+      progress("gather at \(inFlight) in flight")
       let requests = quick ? max(64, inFlight * 4) : max(256, inFlight * 16)
       let tokenLists = (0..<requests).map { _ in
         (0..<gatherRows).map { _ in UInt32(random.next() % UInt64(rows)) }
@@ -122,12 +126,13 @@ struct DataPlaneBenchmark {
         redisConnections.append(
           try await RedisConnection.connect(host: "127.0.0.1", port: redisPort))
       }
+      // Commands encoded before the clock starts, as the node's requests are cheap to encode.
       let keyLists = tokenLists.map {
-        [ByteBuffer(string: "MGET")] + $0.map { ByteBuffer(string: "v:\($0)") }
+        RedisConnection.encode([ByteBuffer(string: "MGET")] + $0.map { ByteBuffer(string: "v:\($0)") })
       }
       let pool = redisConnections
       let theirs = try await measure(requests: requests, inFlight: inFlight) { i in
-        let reply = try await pool[i % pool.count].send(keyLists[i])
+        let reply = try await pool[i % pool.count].send(encoded: keyLists[i])
         precondition(reply.count == gatherRows && reply.nils == 0)
       }
       for c in redisConnections { await c.close() }
@@ -173,8 +178,9 @@ struct DataPlaneBenchmark {
       GatherRequest(shard: shard, tokens: stepTokens[0], includeKeys: true).encoded().readableBytes,
       8 + 2 * gatherRows * d * 2
     )
+    let attentionRequests = (0..<steps).map(request)
     let near = try await measure(requests: steps, inFlight: 1) { i in
-      _ = try await client.partialAttention(request(i))
+      _ = try await client.partialAttention(attentionRequests[i])
     }
     let far = try await measure(requests: steps, inFlight: 1) { i in
       let rows = try await client.gather(
@@ -220,14 +226,14 @@ struct DataPlaneBenchmark {
     async throws
     -> Measurement
   {
-    let next = Atomic<Int>(0)
+    let next = SharedCounter()
     let start = DispatchTime.now().uptimeNanoseconds
     let latencies = try await withThrowingTaskGroup(of: [Double].self) { group in
       for _ in 0..<inFlight {
         group.addTask {
           var mine: [Double] = []
           while true {
-            let i = next.add(1, ordering: .relaxed).oldValue
+            let i = next.value.add(1, ordering: .relaxed).oldValue
             if i >= requests { break }
             let t0 = DispatchTime.now().uptimeNanoseconds
             try await body(i)
@@ -250,8 +256,8 @@ struct DataPlaneBenchmark {
   /// One TCP stream on loopback: a NIO client writes 1 MiB buffers that a NIO server discards.
   func loopbackBandwidth() async throws -> Double {
     let total = quick ? 512 << 20 : 2 << 30
-    let received = Atomic<Int>(0)
-    let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    let received = SharedCounter()
+    let done = SharedContinuation()
     final class Sink: ChannelInboundHandler, Sendable {
       typealias InboundIn = ByteBuffer
       let onBytes: @Sendable (Int) -> Void
@@ -265,10 +271,8 @@ struct DataPlaneBenchmark {
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(
             Sink { n in
-              if received.add(n, ordering: .relaxed).newValue >= total {
-                done.withLock {
-                  $0?.resume(); $0 = nil
-                }
+              if received.value.add(n, ordering: .relaxed).newValue >= total {
+                done.resume()
               }
             })
         }
@@ -279,9 +283,9 @@ struct DataPlaneBenchmark {
     let chunk = ByteBuffer(repeating: 7, count: 1 << 20)
     let start = DispatchTime.now().uptimeNanoseconds
     await withCheckedContinuation { continuation in
-      done.withLock { $0 = continuation }
+      done.set(continuation)
       client.eventLoop.execute {
-        func pump(_ sent: Int) {
+        @Sendable func pump(_ sent: Int) {
           guard sent < total else { return }
           client.writeAndFlush(chunk).whenSuccess { pump(sent + chunk.readableBytes) }
         }
@@ -314,6 +318,10 @@ struct DataPlaneBenchmark {
     process.executableURL = executable
     process.arguments = arguments
     process.standardOutput = FileHandle.nullDevice
+    let log = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "hkv-bench-\(executable.lastPathComponent).log")
+    FileManager.default.createFile(atPath: log.path, contents: nil)
+    process.standardError = try FileHandle(forWritingTo: log)
     try process.run()
     return process
   }
@@ -351,6 +359,32 @@ struct DataPlaneBenchmark {
     return text.split(separator: " ").first { $0.hasPrefix("v=") }.map { String($0.dropFirst(2)) }
       ?? "?"
   }
+}
+
+final class SharedCounter: Sendable {
+  let value = Atomic<Int>(0)
+}
+
+final class SharedContinuation: Sendable {
+  private let slot = Mutex<CheckedContinuation<Void, Never>?>(nil)
+  func set(_ c: CheckedContinuation<Void, Never>) { slot.withLock { $0 = c } }
+  func resume() {
+    let c = slot.withLock { s in
+      defer { s = nil }
+      return s
+    }
+    c?.resume()
+  }
+}
+
+/// Table lines go straight to stdout, unbuffered, so a long run shows its rows as they come.
+private func print(_ text: String) {
+  FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}
+
+/// A progress line on stderr (stdout carries the tables).
+func progress(_ text: String) {
+  FileHandle.standardError.write(Data("[dataplane] \(text)\n".utf8))
 }
 
 struct BenchError: Error, CustomStringConvertible {

@@ -23,6 +23,26 @@ final class RedisConnection: Sendable {
 
   private init(channel: any Channel) { self.channel = channel }
 
+  /// A command encoded once (RESP array of bulk strings), to be sent many times.
+  static func encode(_ arguments: [ByteBuffer]) -> ByteBuffer {
+    var out = ByteBuffer()
+    out.reserveCapacity(16 + arguments.reduce(0) { $0 + $1.readableBytes + 16 })
+    out.writeString("*\(arguments.count)\r\n")
+    for argument in arguments {
+      out.writeString("$\(argument.readableBytes)\r\n")
+      out.writeImmutableBuffer(argument)
+      out.writeString("\r\n")
+    }
+    return out
+  }
+
+  /// Sends a command encoded by ``encode(_:)``.
+  func send(encoded command: ByteBuffer) async throws -> RESPReply {
+    let promise = channel.eventLoop.makePromise(of: RESPReply.self)
+    channel.writeAndFlush(RESPRequest(bytes: command, promise: promise), promise: nil)
+    return try await promise.futureResult.get()
+  }
+
   /// Sends one command; returns its reply (bulk strings of an array reply concatenated).
   func send(_ arguments: [ByteBuffer]) async throws -> RESPReply {
     let promise = channel.eventLoop.makePromise(of: RESPReply.self)

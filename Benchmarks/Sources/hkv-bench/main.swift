@@ -21,7 +21,7 @@ func seconds(_ body: () -> Void) -> Double {
 
 if args.contains("dataplane") {
   let semaphore = DispatchSemaphore(value: 0)
-  Task {
+  Task.detached {
     do {
       try await DataPlaneBenchmark(quick: quick).run()
     } catch {

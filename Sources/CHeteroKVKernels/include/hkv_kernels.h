@@ -93,15 +93,6 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
 /// Sum of a float array; used as the memory read bandwidth reference scan.
 double hkv_scan_sum_f32(const float *x, size_t n);
 
-/// scores[j] = scale * dot(q, rows[j]) for j < n: one query head against n fp16 rows of d
-/// dims, each reached through its own pointer (rows scattered over a memory node's pages).
-void hkv_dot_rows_f16(const float *q, const uint16_t *const *rows, size_t n, size_t d,
-                      float scale, float *scores);
-
-/// out[:] += sum_j weights[j] * rows[j][:] over n fp16 rows of d dims reached by pointer.
-void hkv_axpy_rows_f16(const uint16_t *const *rows, const float *weights, size_t n, size_t d,
-                       float *out);
-
 /// Copies n fp16 rows of d dims, reached by pointer, into dst (row-major, contiguous).
 void hkv_gather_rows_f16(const uint16_t *const *rows, size_t n, size_t d, uint16_t *dst);
 

@@ -262,31 +262,52 @@ public final class ShardStore: @unchecked Sendable {
       var maxScores = [Float](repeating: -.infinity, count: request.heads.count)
       var sumExps = [Float](repeating: 0, count: request.heads.count)
       var outputs = [Float](repeating: 0, count: request.heads.count * d)
-      for (h, head) in request.heads.enumerated() where !locals[h].isEmpty {
-        let n = locals[h].count
-        let valueRows: [UnsafePointer<UInt16>?] = locals[h].map { shard.row(shard.valuePages, $0) }
-        var weights: [Float]
+      // Heads that name the same tokens (a GQA group sending the union of its kept sets) are
+      // served together: their rows are read from the pages once, copied contiguous, and every
+      // head of the group is scored and summed over the copy in one pass of the kernels.
+      var groups: [[Int]: [Int]] = [:]
+      var order: [[Int]] = []
+      for h in request.heads.indices where !locals[h].isEmpty {
+        if groups[locals[h]] == nil { order.append(locals[h]) }
+        groups[locals[h], default: []].append(h)
+      }
+      for rows in order {
+        let members = groups[rows]!
+        let n = rows.count
+        let hc = members.count
+        let valueRows: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.valuePages, $0) }
+        var values = [UInt16](repeating: 0, count: n * d)
+        hkv_gather_rows_f16(valueRows, n, d, &values)
+        var weights = [Float](repeating: 0, count: hc * n)
         switch request.mode {
         case .weights:
-          weights = head.weights
-          let total = weights.reduce(0, +)
-          guard total > 0 else { continue }
-          maxScores[h] = 0
-          sumExps[h] = total
-        case .exact:
-          let keyRows: [UnsafePointer<UInt16>?] = locals[h].map { shard.row(shard.keyPages, $0) }
-          weights = [Float](repeating: 0, count: n)
-          head.query.withUnsafeBufferPointer { q in
-            hkv_dot_rows_f16(q.baseAddress!, keyRows, n, d, request.scale, &weights)
+          for (g, h) in members.enumerated() {
+            let w = request.heads[h].weights
+            let total = w.reduce(0, +)
+            guard total > 0 else { continue }
+            weights.replaceSubrange(g * n..<(g + 1) * n, with: w)
+            maxScores[h] = 0
+            sumExps[h] = total
           }
-          var m: Float = 0
-          sumExps[h] = hkv_softmax_exp(&weights, n, &m)
-          maxScores[h] = m
+        case .exact:
+          let keyRows: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.keyPages, $0) }
+          var keys = [UInt16](repeating: 0, count: n * d)
+          hkv_gather_rows_f16(keyRows, n, d, &keys)
+          let queries = members.flatMap { request.heads[$0].query }
+          hkv_scores_f16(queries, hc, keys, n, d, request.scale, &weights)
+          weights.withUnsafeMutableBufferPointer { w in
+            for (g, h) in members.enumerated() {
+              var m: Float = 0
+              sumExps[h] = hkv_softmax_exp(w.baseAddress! + g * n, n, &m)
+              maxScores[h] = m
+            }
+          }
         }
-        outputs.withUnsafeMutableBufferPointer { out in
-          hkv_axpy_rows_f16(valueRows, weights, n, d, out.baseAddress! + h * d)
+        var groupOut = [Float](repeating: 0, count: hc * d)
+        hkv_weighted_sum_dense_f16(values, n, d, weights, hc, &groupOut)
+        for (g, h) in members.enumerated() where sumExps[h] > 0 {
           let inverse = 1 / sumExps[h]
-          for c in 0..<d { out[h * d + c] *= inverse }
+          for c in 0..<d { outputs[h * d + c] = groupOut[g * d + c] * inverse }
         }
       }
       return PartialAttentionResponse(

@@ -43,7 +43,8 @@ struct DataPlaneBenchmark {
       node.waitUntilExit()
       redis.waitUntilExit()
     }
-    progress("started hkv memnode (pid \(node.processIdentifier)) on \(memPort), redis on \(redisPort)")
+    progress(
+      "started hkv memnode (pid \(node.processIdentifier)) on \(memPort), redis on \(redisPort)")
     try await waitForPort(memPort)
     try await waitForPort(redisPort)
     progress("both listen; loading")
@@ -128,7 +129,8 @@ struct DataPlaneBenchmark {
       }
       // Commands encoded before the clock starts, as the node's requests are cheap to encode.
       let keyLists = tokenLists.map {
-        RedisConnection.encode([ByteBuffer(string: "MGET")] + $0.map { ByteBuffer(string: "v:\($0)") })
+        RedisConnection.encode(
+          [ByteBuffer(string: "MGET")] + $0.map { ByteBuffer(string: "v:\($0)") })
       }
       let pool = redisConnections
       let theirs = try await measure(requests: requests, inFlight: inFlight) { i in

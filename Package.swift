@@ -123,6 +123,12 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
+    // The coordinator role: placement of shards on memory nodes (issue 4 adds membership,
+    // budgets, persistent state and the gRPC service).
+    .target(
+      name: "HeteroKVCoordinator",
+      dependencies: ["HeteroKVWire"]
+    ),
     .executableTarget(
       name: "hkv",
       dependencies: [
@@ -146,6 +152,10 @@ let package = Package(
       dependencies: [
         "HeteroKVWire", "CHeteroKVKernels", .product(name: "NIOCore", package: "swift-nio"),
       ]
+    ),
+    .testTarget(
+      name: "HeteroKVCoordinatorTests",
+      dependencies: ["HeteroKVCoordinator", "HeteroKVWire"]
     ),
     .testTarget(
       name: "HeteroKVConfigTests",

@@ -1,0 +1,87 @@
+/// Who is in the cluster and whether each member's lease is current. A pure value: time is
+/// passed in (seconds on any monotonic scale), so lease expiry is tested without clocks or
+/// sockets; the coordinator's service feeds it registrations, heartbeats and ticks.
+public struct MembershipTable: Sendable, Hashable {
+  /// What kind of process a member is.
+  public enum Role: String, Sendable, Hashable, Codable, CaseIterable {
+    case memoryNode = "memory_node"
+    case worker
+  }
+
+  /// Whether a member's lease is current.
+  public enum Status: String, Sendable, Hashable, Codable {
+    case up
+    case down
+  }
+
+  /// One member and its lease.
+  public struct Member: Sendable, Hashable, Codable {
+    /// The member's id, unique in the cluster.
+    public var id: String
+    /// Memory node or worker.
+    public var role: Role
+    /// Where its data plane listens (memory nodes).
+    public var dataAddress: String
+    /// Where its control service listens.
+    public var controlAddress: String
+    /// Capacity in bytes (memory nodes; 0 for workers).
+    public var capacityBytes: UInt64
+    /// When the lease runs out unless renewed.
+    public var leaseExpiresAt: Double
+    /// Up while the lease is current.
+    public var status: Status
+    /// Incremented on every (re-)registration, so a restarted member is told apart.
+    public var incarnation: UInt64
+  }
+
+  /// How long a lease lasts after a registration or heartbeat, in seconds.
+  public var leaseSeconds: Double
+  /// Members by id.
+  public private(set) var members: [String: Member] = [:]
+
+  /// An empty table with leases of `leaseSeconds`.
+  public init(leaseSeconds: Double) {
+    precondition(leaseSeconds > 0)
+    self.leaseSeconds = leaseSeconds
+  }
+
+  /// Registers (or re-registers) a member at time `now`; returns its incarnation.
+  @discardableResult
+  public mutating func register(
+    id: String, role: Role, dataAddress: String, controlAddress: String, capacityBytes: UInt64,
+    now: Double
+  ) -> UInt64 {
+    let incarnation = (members[id]?.incarnation ?? 0) + 1
+    members[id] = Member(
+      id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
+      capacityBytes: capacityBytes, leaseExpiresAt: now + leaseSeconds, status: .up,
+      incarnation: incarnation)
+    return incarnation
+  }
+
+  /// Renews a lease. False when the member is unknown or its lease already lapsed (it must
+  /// register again, so that whoever placed data on it learns it restarted).
+  public mutating func heartbeat(id: String, now: Double) -> Bool {
+    guard var member = members[id], member.status == .up, now <= member.leaseExpiresAt else {
+      return false
+    }
+    member.leaseExpiresAt = now + leaseSeconds
+    members[id] = member
+    return true
+  }
+
+  /// Marks down every member whose lease ran out by `now`; returns their ids, sorted.
+  public mutating func expire(now: Double) -> [String] {
+    var lapsed: [String] = []
+    for (id, member) in members where member.status == .up && now > member.leaseExpiresAt {
+      members[id]!.status = .down
+      lapsed.append(id)
+    }
+    return lapsed.sorted()
+  }
+
+  /// The members of `role` that are up, sorted by id.
+  public func up(_ role: Role) -> [Member] {
+    members.values.filter { $0.role == role && $0.status == .up }.sorted { $0.id < $1.id }
+  }
+}

@@ -42,6 +42,15 @@ struct MessageTests {
       shard: shard, mode: .exact, headDim: 4, scale: 0.5,
       heads: [.exact(tokens: [9], query: [1, 2, 3, 4])])
     #expect(try roundTrip(exact) == exact)
+    // A head group naming the same tokens sends them once.
+    let group = PartialAttentionRequest(
+      shard: shard, mode: .exact, headDim: 4, scale: 0.5,
+      heads: (0..<4).map { h in .exact(tokens: Array(0..<100), query: [Float(h), 1, 2, 3]) })
+    #expect(try roundTrip(group) == group)
+    var unshared = group
+    unshared.heads[3].tokens[99] = 7
+    #expect(try roundTrip(unshared) == unshared)
+    #expect(group.encoded().readableBytes + 3 * (4 + 400) == unshared.encoded().readableBytes)
     let partial = PartialAttentionResponse(
       headDim: 2, maxScores: [1, -.infinity], sumExps: [2, 0], outputs: [1, 2, 0, 0])
     #expect(try roundTrip(partial) == partial)
@@ -106,6 +115,13 @@ struct MessageTests {
     mode.setInteger(UInt8(7), at: ShardID.encodedSize)
     expect(.invalidArgument, containing: "unknown mode 7") {
       _ = try PartialAttentionRequest(payload: mode, limits: limits)
+    }
+    var badFlags = PartialAttentionRequest(
+      shard: shard, mode: .exact, headDim: 4, scale: 1, heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
+    ).encoded()
+    badFlags.setInteger(UInt8(6), at: ShardID.encodedSize + 1)
+    expect(.invalidArgument, containing: "unknown flag bits 0x6") {
+      _ = try PartialAttentionRequest(payload: badFlags, limits: limits)
     }
     var scope = DropRequest.shard(shard).encoded()
     scope.setInteger(UInt8(9), at: 0)

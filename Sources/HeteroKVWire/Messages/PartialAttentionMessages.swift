@@ -13,9 +13,12 @@ import NIOCore
 /// answers of other nodes by log-sum-exp rescaling. Only indices, weights and d-sized results
 /// cross the wire.
 ///
-/// Wire: shard (20) · mode u8 · reserved u8 · queryHeads u16 · headDim u16 · scale f32, then
+/// Wire: shard (20) · mode u8 · flags u8 · queryHeads u16 · headDim u16 · scale f32, then
 /// per head: count u32 · tokens u32[count] · weights f32[count] (weights mode) or
-/// query f32[headDim] (exact mode).
+/// query f32[headDim] (exact mode). With flags bit 0 (shared tokens; the encoder sets it when
+/// two or more heads name the same tokens, as a GQA group sending its union does) the
+/// `count · tokens` part is written once, before the first head, and each head carries only
+/// its weights or query.
 public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
   public typealias Response = PartialAttentionResponse
   public static let opcode = Opcode.partialAttention
@@ -70,13 +73,20 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
   public func encode(into buffer: inout ByteBuffer) {
     shard.encode(into: &buffer)
     buffer.writeInteger(mode.rawValue)
-    buffer.writeInteger(UInt8(0))
+    let shared = sharesTokens
+    buffer.writeInteger(shared ? sharedTokensFlag : 0)
     buffer.writeInteger(UInt16(heads.count), endianness: .little)
     buffer.writeInteger(UInt16(headDim), endianness: .little)
     buffer.writeInteger(scale.bitPattern, endianness: .little)
+    if shared {
+      buffer.writeInteger(UInt32(heads[0].tokens.count), endianness: .little)
+      buffer.writeUInt32Array(heads[0].tokens)
+    }
     for head in heads {
-      buffer.writeInteger(UInt32(head.tokens.count), endianness: .little)
-      buffer.writeUInt32Array(head.tokens)
+      if !shared {
+        buffer.writeInteger(UInt32(head.tokens.count), endianness: .little)
+        buffer.writeUInt32Array(head.tokens)
+      }
       switch mode {
       case .weights: buffer.writeFloatArray(head.weights)
       case .exact: buffer.writeFloatArray(head.query)
@@ -92,7 +102,11 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
       throw DataPlaneError(.invalidArgument, "partial attention: unknown mode \(rawMode)")
     }
     self.mode = mode
-    _ = try r.integer("reserved", as: UInt8.self)
+    let flags: UInt8 = try r.integer("flags")
+    guard flags & ~sharedTokensFlag == 0 else {
+      throw DataPlaneError(
+        .invalidArgument, "partial attention: unknown flag bits 0x\(String(flags, radix: 16))")
+    }
     let headCount = Int(try r.integer("queryHeads", as: UInt16.self))
     headDim = Int(try r.integer("headDim", as: UInt16.self))
     scale = try r.float("scale")
@@ -107,9 +121,20 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     }
     var heads: [Head] = []
     heads.reserveCapacity(headCount)
+    var sharedTokens: [UInt32]?
+    if flags & sharedTokensFlag != 0 {
+      let count = Int(try r.integer("shared count", as: UInt32.self))
+      sharedTokens = try r.slice("shared tokens", count: count, stride: 4).readUInt32Array()
+    }
     for h in 0..<headCount {
-      let count = Int(try r.integer("head \(h) count", as: UInt32.self))
-      let tokens = try r.slice("head \(h) tokens", count: count, stride: 4).readUInt32Array()
+      let tokens: [UInt32]
+      if let sharedTokens {
+        tokens = sharedTokens
+      } else {
+        let count = Int(try r.integer("head \(h) count", as: UInt32.self))
+        tokens = try r.slice("head \(h) tokens", count: count, stride: 4).readUInt32Array()
+      }
+      let count = tokens.count
       switch mode {
       case .weights:
         let weights = try r.slice("head \(h) weights", count: count, stride: 4).readFloatArray()
@@ -130,7 +155,15 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     self.heads = heads
     try r.finish()
   }
+
+  /// Whether every head names the same tokens (and there are at least two heads).
+  var sharesTokens: Bool {
+    heads.count > 1 && heads.dropFirst().allSatisfy { $0.tokens == heads[0].tokens }
+  }
 }
+
+/// Bit 0 of a partial-attention request's flags: one token list serves every head.
+let sharedTokensFlag: UInt8 = 1
 
 /// Per query head: the normalised output over the chosen rows, the largest score (0 in
 /// weights mode) and Σ exp(score − max) (the weights' sum in weights mode). An empty head has

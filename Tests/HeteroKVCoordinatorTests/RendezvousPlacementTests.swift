@@ -45,7 +45,8 @@ struct RendezvousPlacementTests {
 
     let withoutOne = assignment(RendezvousPlacement(nodes: Array(four.dropFirst()), replicas: 1))
     let movedOnLeave = shards.filter { after[$0] != withoutOne[$0] }
-    #expect(movedOnLeave.allSatisfy { after[$0] == ["n0"] }, "a shard not on the leaving node moved")
+    #expect(
+      movedOnLeave.allSatisfy { after[$0] == ["n0"] }, "a shard not on the leaving node moved")
 
     // With two replicas, a leaving node's shards keep their surviving copy.
     let r2 = assignment(RendezvousPlacement(nodes: four, replicas: 2))

@@ -117,7 +117,8 @@ struct MessageTests {
       _ = try PartialAttentionRequest(payload: mode, limits: limits)
     }
     var badFlags = PartialAttentionRequest(
-      shard: shard, mode: .exact, headDim: 4, scale: 1, heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
+      shard: shard, mode: .exact, headDim: 4, scale: 1,
+      heads: [.exact(tokens: [], query: [1, 2, 3, 4])]
     ).encoded()
     badFlags.setInteger(UInt8(6), at: ShardID.encodedSize + 1)
     expect(.invalidArgument, containing: "unknown flag bits 0x6") {

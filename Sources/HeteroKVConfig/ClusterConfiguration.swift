@@ -89,11 +89,9 @@ public struct ClusterConfiguration: Sendable, Hashable {
     guard reader.expectMapping() else { throw ConfigurationError(problems: log.problems) }
     reader.rejectUnknownKeys(["cluster", "memory_nodes"])
     let name = reader.string("cluster", required: true) ?? ""
-    var nodes: [MemoryNodeSettings] = []
-    for entry in reader.list("memory_nodes", required: true) {
-      if let node = readMemoryNode(entry) { nodes.append(node) }
-    }
-    if reader.has("memory_nodes") && reader.list("memory_nodes").isEmpty && log.problems.isEmpty {
+    let entries = reader.list("memory_nodes", required: true)
+    let nodes = entries.compactMap(readMemoryNode)
+    if entries.isEmpty && reader.child("memory_nodes")?.sequence != nil {
       reader.problem("memory_nodes", "the cluster needs at least one memory node")
     }
     checkUnique(nodes, reader: reader)

@@ -1,4 +1,5 @@
 import CoreMetrics
+import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVMemoryNode
 import HeteroKVTransport
@@ -62,16 +63,11 @@ func withRunningNodes<T: Sendable>(
   }
 }
 
-/// Deterministic pseudo-random numbers for test data.
+/// Deterministic pseudo-random test data, from the core's seeded generator.
 struct TestRandom {
-  var state: UInt64
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
+  private var generator: SeededGenerator
+  init(state: UInt64) { generator = SeededGenerator(seed: state) }
+  mutating func next() -> UInt64 { generator.next() }
   mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
   mutating func halves(_ n: Int) -> [Float16] { (0..<n).map { _ in Float16(float()) } }
   mutating func int(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }

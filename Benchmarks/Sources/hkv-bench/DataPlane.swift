@@ -51,7 +51,7 @@ struct DataPlaneBenchmark {
 
     // The same rows in both: values (and keys, for exact partial attention) in the node's shard,
     // one Redis key per row.
-    var random = SplitMix(state: 7)
+    var random = SeededGenerator(seed: 7)
     let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
     let node0 = MemoryNodeClient(
       endpoint: MemoryNodeEndpoint(id: "bench", data: HostPort(host: "127.0.0.1", port: memPort)),
@@ -62,8 +62,8 @@ struct DataPlaneBenchmark {
     var sampleValues: [Float16] = []
     let loadStart = DispatchTime.now().uptimeNanoseconds
     for start in stride(from: 0, to: rows, by: batch) {
-      let values = (0..<batch * d).map { _ in Float16(random.float()) }
-      let keys = (0..<batch * d).map { _ in Float16(random.float()) }
+      let values = (0..<batch * d).map { _ in Float16(random.signedUnit()) }
+      let keys = (0..<batch * d).map { _ in Float16(random.signedUnit()) }
       if start == 0 {
         sampleKeys = keys
         sampleValues = values
@@ -156,7 +156,7 @@ struct DataPlaneBenchmark {
       connections: 1)
     let heads = 4
     let steps = quick ? 50 : 200
-    let queries = (0..<heads * d).map { _ in random.float() }
+    let queries = (0..<heads * d).map { _ in random.signedUnit() }
     let stepTokens = (0..<steps).map { _ in
       (0..<gatherRows).map { _ in UInt32(random.next() % UInt64(rows)) }
     }
@@ -394,14 +394,7 @@ struct BenchError: Error, CustomStringConvertible {
   init(_ description: String) { self.description = description }
 }
 
-struct SplitMix {
-  var state: UInt64
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-  mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
+extension SeededGenerator {
+  /// A uniform value in [-1, 1).
+  mutating func signedUnit() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
 }

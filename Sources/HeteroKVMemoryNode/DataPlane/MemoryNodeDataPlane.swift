@@ -24,17 +24,16 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
     let result = Result { () throws(DataPlaneError) -> ByteBuffer in
       try serve(opcode, payload, allocator)
     }
-    let elapsed = ContinuousClock.now - started
-    let (seconds, attos) = elapsed.components
+    let response = try? result.get()
     metrics.record(
-      opcode, success: (try? result.get()) != nil,
-      nanoseconds: seconds * 1_000_000_000 + attos / 1_000_000_000,
-      bytesIn: payload.readableBytes, bytesOut: (try? result.get())?.readableBytes ?? 0)
+      opcode, success: response != nil,
+      nanoseconds: Int64((ContinuousClock.now - started) / .nanoseconds(1)),
+      bytesIn: payload.readableBytes, bytesOut: response?.readableBytes ?? 0)
     if opcode == .put || opcode == .drop {
-      let stats = store.stats()
-      metrics.usedBytes.record(Int(stats.usedBytes))
-      metrics.storedBytes.record(Int(stats.storedBytes))
-      metrics.shards.record(Int(stats.shardCount))
+      let usage = store.usage()
+      metrics.usedBytes.record(usage.usedBytes)
+      metrics.storedBytes.record(usage.storedBytes)
+      metrics.shards.record(usage.shardCount)
     }
     return result
   }

@@ -247,8 +247,12 @@ public final class ShardStore: @unchecked Sendable {
           .invalidArgument,
           "partial attention: exact mode needs keys, and \(request.shard) stores values only")
       }
-      // Check every head before computing any.
-      var locals: [[Int]] = []
+      // Heads that name the same tokens (a GQA group sending the union of its kept sets) are
+      // served together: their rows are resolved and read from the pages once, copied
+      // contiguous, and every head of the group is scored and summed over the copy in one pass
+      // of the kernels. Every head is checked before any is computed.
+      var groups: [[UInt32]: [Int]] = [:]
+      var tokenLists: [[UInt32]] = []
       for (h, head) in request.heads.enumerated() {
         if request.mode == .weights && head.weights.count != head.tokens.count {
           throw DataPlaneError(
@@ -256,23 +260,24 @@ public final class ShardStore: @unchecked Sendable {
             "partial attention: head \(h) has \(head.tokens.count) tokens and \(head.weights.count) weights"
           )
         }
-        locals.append(
-          try localRows(head.tokens, in: shard, request.shard, what: "partial attention head \(h)"))
+        guard !head.tokens.isEmpty else { continue }
+        if groups[head.tokens] == nil { tokenLists.append(head.tokens) }
+        groups[head.tokens, default: []].append(h)
+      }
+      var order: [(rows: [Int], members: [Int])] = []
+      for tokens in tokenLists {
+        let members = groups[tokens]!
+        order.append(
+          (
+            try localRows(
+              tokens, in: shard, request.shard, what: "partial attention head \(members[0])"),
+            members
+          ))
       }
       var maxScores = [Float](repeating: -.infinity, count: request.heads.count)
       var sumExps = [Float](repeating: 0, count: request.heads.count)
       var outputs = [Float](repeating: 0, count: request.heads.count * d)
-      // Heads that name the same tokens (a GQA group sending the union of its kept sets) are
-      // served together: their rows are read from the pages once, copied contiguous, and every
-      // head of the group is scored and summed over the copy in one pass of the kernels.
-      var groups: [[Int]: [Int]] = [:]
-      var order: [[Int]] = []
-      for h in request.heads.indices where !locals[h].isEmpty {
-        if groups[locals[h]] == nil { order.append(locals[h]) }
-        groups[locals[h], default: []].append(h)
-      }
-      for rows in order {
-        let members = groups[rows]!
+      for (rows, members) in order {
         let n = rows.count
         let hc = members.count
         let valueRows: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.valuePages, $0) }
@@ -313,6 +318,12 @@ public final class ShardStore: @unchecked Sendable {
       return PartialAttentionResponse(
         headDim: d, maxScores: maxScores, sumExps: sumExps, outputs: outputs)
     }
+  }
+
+  /// Page bytes in use, row bytes stored and shard count: constant time, for the gauges
+  /// updated after every put and drop (``stats()`` also counts distinct sequences).
+  public func usage() -> (usedBytes: Int, storedBytes: Int, shardCount: Int) {
+    lock.withReadLock { (pool.usedBytes, storedBytes, shards.count) }
   }
 
   /// Capacity, use and counts.

@@ -1,5 +1,5 @@
 /// A `host:port` pair as written in config files and flags (`[::1]:7000` for IPv6).
-public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible,
+public struct HostPort: Sendable, Hashable, CustomStringConvertible,
   LosslessStringConvertible
 {
   /// Host name or address literal.
@@ -25,20 +25,4 @@ public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible,
   }
 
   public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-
-  public init(from decoder: any Decoder) throws {
-    let text = try decoder.singleValueContainer().decode(String.self)
-    guard let value = HostPort(text) else {
-      throw DecodingError.dataCorrupted(
-        .init(
-          codingPath: decoder.codingPath,
-          debugDescription: "expected host:port with a port in 0...65535, got \"\(text)\""))
-    }
-    self = value
-  }
-
-  public func encode(to encoder: any Encoder) throws {
-    var c = encoder.singleValueContainer()
-    try c.encode(description)
-  }
 }

@@ -76,6 +76,7 @@ let package = Package(
     .target(
       name: "HeteroKVConfig",
       dependencies: [
+        "HeteroKVCore",
         "HeteroKVWire",
         .product(name: "Yams", package: "Yams"),
       ]
@@ -123,11 +124,21 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
-    // The coordinator role: placement of shards on memory nodes (issue 4 adds membership,
-    // budgets, persistent state and the gRPC service).
+    // The coordinator role: leases, per-sequence placement by rendezvous hashing, budgets from
+    // head profiles, state persisted behind a store protocol, and its gRPC service.
     .target(
       name: "HeteroKVCoordinator",
-      dependencies: ["HeteroKVWire"]
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVConfig",
+        "HeteroKVDaemon",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
     ),
     .executableTarget(
       name: "hkv",

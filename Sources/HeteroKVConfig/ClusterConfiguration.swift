@@ -1,4 +1,5 @@
 import Foundation
+import HeteroKVCore
 import HeteroKVWire
 import Yams
 
@@ -33,22 +34,49 @@ public struct MemoryNodeSettings: Sendable, Hashable {
   }
 }
 
-/// A HeteroKV cluster file (YAML): the cluster's name and its memory nodes. Every key is
-/// documented in docs/configuration.md. Loading reports every problem at once, each with its
-/// key path and line.
+/// A HeteroKV cluster file (YAML): the cluster's name, the model geometry, the coordinator,
+/// the memory nodes, the worker's settings, the budget policy, the replication factor and the
+/// security settings. Every key is documented in docs/configuration.md. Environment variables
+/// and flags override the file (see `ConfigurationOverride`); loading reports every problem at
+/// once, each with its key path and line (or the variable or flag it came from).
 public struct ClusterConfiguration: Sendable, Hashable {
   /// The cluster's name.
   public var name: String
+  /// The model's attention geometry; budgets and reservations are sized from it.
+  public var model: ModelGeometry?
+  /// The coordinator; none for memory nodes run on their own.
+  public var coordinator: CoordinatorSettings?
   /// The memory nodes.
   public var memoryNodes: [MemoryNodeSettings]
+  /// The worker's settings.
+  public var worker: WorkerSettings
+  /// The budget policy.
+  public var budgets: BudgetSettings
+  /// Distinct memory nodes holding each shard.
+  public var replication: Int
+  /// Token and TLS settings.
+  public var security: SecuritySettings
 
-  public init(name: String, memoryNodes: [MemoryNodeSettings]) {
+  public init(
+    name: String, model: ModelGeometry? = nil, coordinator: CoordinatorSettings? = nil,
+    memoryNodes: [MemoryNodeSettings], worker: WorkerSettings = WorkerSettings(),
+    budgets: BudgetSettings = BudgetSettings(), replication: Int = 1,
+    security: SecuritySettings = SecuritySettings()
+  ) {
     self.name = name
+    self.model = model
+    self.coordinator = coordinator
     self.memoryNodes = memoryNodes
+    self.worker = worker
+    self.budgets = budgets
+    self.replication = replication
+    self.security = security
   }
 
-  /// Reads and checks the file at `path`.
-  public static func load(path: String) throws(ConfigurationError) -> ClusterConfiguration {
+  /// Reads and checks the file at `path`, with `overrides` applied over it.
+  public static func load(path: String, overrides: [ConfigurationOverride] = [])
+    throws(ConfigurationError) -> ClusterConfiguration
+  {
     let text: String
     do {
       text = try String(contentsOfFile: path, encoding: .utf8)
@@ -59,15 +87,14 @@ public struct ClusterConfiguration: Sendable, Hashable {
           message: "cannot read the file: \(error.localizedDescription)")
       ])
     }
-    return try parse(yaml: text, file: path)
+    return try parse(yaml: text, file: path, overrides: overrides)
   }
 
   /// Parses and checks YAML text; `file` names it in problems.
-  public static func parse(yaml: String, file: String = "<yaml>") throws(ConfigurationError)
-    -> ClusterConfiguration
-  {
-    let log = ProblemLog(file: file)
-    let root: Node
+  public static func parse(
+    yaml: String, file: String = "<yaml>", overrides: [ConfigurationOverride] = []
+  ) throws(ConfigurationError) -> ClusterConfiguration {
+    var root: Node
     do {
       guard let node = try Yams.compose(yaml: yaml) else {
         throw ConfigurationError(problems: [
@@ -85,18 +112,44 @@ public struct ClusterConfiguration: Sendable, Hashable {
           file: file, keyPath: "", line: nil, message: "not valid YAML: \(error)")
       ])
     }
+    var sources: [String: String] = [:]
+    for override in overrides {
+      root = root.setting(override.keyPath.split(separator: ".").map(String.init), to: override.value)
+      sources[override.keyPath] = override.source
+    }
+    let log = ProblemLog(file: file, overrideSources: sources)
     let reader = YAMLReader(node: root, path: "", log: log)
     guard reader.expectMapping() else { throw ConfigurationError(problems: log.problems) }
-    reader.rejectUnknownKeys(["cluster", "memory_nodes"])
+    reader.rejectUnknownKeys([
+      "cluster", "model", "coordinator", "memory_nodes", "worker", "budgets", "replication",
+      "security",
+    ])
     let name = reader.string("cluster", required: true) ?? ""
+    let model = readModel(reader)
+    let coordinator = reader.section("coordinator").flatMap(readCoordinator)
+    if reader.has("coordinator") && !reader.has("model") {
+      reader.problem("model", "a cluster with a coordinator needs the model (a preset name or its geometry)")
+    }
     let entries = reader.list("memory_nodes", required: true)
     let nodes = entries.compactMap(readMemoryNode)
     if entries.isEmpty && reader.child("memory_nodes")?.sequence != nil {
       reader.problem("memory_nodes", "the cluster needs at least one memory node")
     }
-    checkUnique(nodes, reader: reader)
-    guard log.problems.isEmpty else { throw ConfigurationError(problems: log.problems) }
-    return ClusterConfiguration(name: name, memoryNodes: nodes)
+    checkUnique(nodes, coordinator: coordinator, reader: reader)
+    let worker = reader.section("worker").map { readWorker($0, model: model) } ?? WorkerSettings()
+    let budgets = reader.section("budgets").map(readBudgets) ?? BudgetSettings()
+    let replication = reader.int("replication", range: 1...8) ?? 1
+    if entries.count > 0, replication > entries.count {
+      reader.problem(
+        "replication", "\(replication) copies need at least \(replication) memory nodes; the file has \(entries.count)")
+    }
+    let security = reader.section("security").map(readSecurity) ?? SecuritySettings()
+    guard log.problems.isEmpty, let worker, let budgets, let security else {
+      throw ConfigurationError(problems: log.problems)
+    }
+    return ClusterConfiguration(
+      name: name, model: model, coordinator: coordinator, memoryNodes: nodes, worker: worker,
+      budgets: budgets, replication: replication, security: security)
   }
 
   /// The node `id`, or an error listing the ids the file has.
@@ -135,9 +188,18 @@ public struct ClusterConfiguration: Sendable, Hashable {
       pageBytes: page, transport: transport)
   }
 
-  private static func checkUnique(_ nodes: [MemoryNodeSettings], reader: YAMLReader) {
+  private static func checkUnique(
+    _ nodes: [MemoryNodeSettings], coordinator: CoordinatorSettings?, reader: YAMLReader
+  ) {
     var ids: [String: Int] = [:]
     var addresses: [HostPort: String] = [:]
+    if let coordinator {
+      for (what, address) in [("control", coordinator.control)]
+        + (coordinator.metrics.map { [("metrics", $0)] } ?? []) where address.port != 0
+      {
+        addresses[address] = "coordinator.\(what)"
+      }
+    }
     for (i, node) in nodes.enumerated() {
       if let first = ids[node.id] {
         reader.problem("memory_nodes", "id \"\(node.id)\" is used by entries \(first) and \(i)")

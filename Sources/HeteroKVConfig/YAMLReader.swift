@@ -1,14 +1,25 @@
+import Foundation
 import HeteroKVWire
 import Yams
 
 /// Collects problems while a YAML document is read.
 final class ProblemLog {
   let file: String
+  /// Where each overridden key's value came from (an environment variable, a flag).
+  let overrideSources: [String: String]
   var problems: [ConfigurationProblem] = []
 
-  init(file: String) { self.file = file }
+  init(file: String, overrideSources: [String: String] = [:]) {
+    self.file = file
+    self.overrideSources = overrideSources
+  }
 
   func add(_ keyPath: String, _ node: Node?, _ message: String) {
+    if let source = overrideSources[keyPath] {
+      problems.append(
+        ConfigurationProblem(file: source, keyPath: keyPath, line: nil, message: message))
+      return
+    }
     problems.append(
       ConfigurationProblem(
         file: file, keyPath: keyPath, line: node?.mark.map { $0.line }, message: message))
@@ -132,6 +143,21 @@ struct YAMLReader {
     return value
   }
 
+  /// A duration such as `10s`, `500ms`, `2m` or a bare number of seconds.
+  func seconds(_ key: String, required: Bool = false, range: ClosedRange<Double>? = nil) -> Double? {
+    guard let (text, node) = scalar(key, required: required) else { return nil }
+    guard let value = parseDuration(text) else {
+      log.add(keyPath(key), node, "expected a duration such as 10s, 500ms or 2m, got \"\(text)\"")
+      return nil
+    }
+    if let range, !range.contains(value) {
+      log.add(
+        keyPath(key), node, "must be in \(range.lowerBound)s...\(range.upperBound)s, got \(value)s")
+      return nil
+    }
+    return value
+  }
+
   func hostPort(_ key: String, required: Bool = false) -> HostPort? {
     guard let (text, node) = scalar(key, required: required) else { return nil }
     guard let value = HostPort(text) else {
@@ -181,6 +207,20 @@ struct YAMLReader {
   func problem(_ key: String, _ message: String) {
     log.add(keyPath(key), child(key) ?? node, message)
   }
+}
+
+/// Seconds in `10s`, `500ms`, `2m`, `1h` or a bare number; nil if malformed or negative.
+func parseDuration(_ text: String) -> Double? {
+  let trimmed = text.trimmingCharacters(in: .whitespaces)
+  for (suffix, factor) in [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+  where trimmed.hasSuffix(suffix) {
+    guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite, number >= 0 else {
+      return nil
+    }
+    return number * factor
+  }
+  guard let number = Double(trimmed), number.isFinite, number >= 0 else { return nil }
+  return number
 }
 
 /// Levenshtein distance, for "did you mean" hints.

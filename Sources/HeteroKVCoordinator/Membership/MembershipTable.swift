@@ -1,7 +1,7 @@
 /// Who is in the cluster and whether each member's lease is current. A pure value: time is
 /// passed in (seconds on any monotonic scale), so lease expiry is tested without clocks or
 /// sockets; the coordinator's service feeds it registrations, heartbeats and ticks.
-public struct MembershipTable: Sendable, Hashable {
+public struct MembershipTable: Sendable, Hashable, Codable {
   /// What kind of process a member is.
   public enum Role: String, Sendable, Hashable, Codable, CaseIterable {
     case memoryNode = "memory_node"
@@ -26,6 +26,8 @@ public struct MembershipTable: Sendable, Hashable {
     public var controlAddress: String
     /// Capacity in bytes (memory nodes; 0 for workers).
     public var capacityBytes: UInt64
+    /// Data-plane transport served, `tcp` or `rdma` (memory nodes).
+    public var transport: String = "tcp"
     /// When the lease runs out unless renewed.
     public var leaseExpiresAt: Double
     /// Up while the lease is current.
@@ -37,7 +39,7 @@ public struct MembershipTable: Sendable, Hashable {
   /// How long a lease lasts after a registration or heartbeat, in seconds.
   public var leaseSeconds: Double
   /// Members by id.
-  public private(set) var members: [String: Member] = [:]
+  public internal(set) var members: [String: Member] = [:]
 
   /// An empty table with leases of `leaseSeconds`.
   public init(leaseSeconds: Double) {
@@ -49,14 +51,27 @@ public struct MembershipTable: Sendable, Hashable {
   @discardableResult
   public mutating func register(
     id: String, role: Role, dataAddress: String, controlAddress: String, capacityBytes: UInt64,
-    now: Double
+    transport: String = "tcp", now: Double
   ) -> UInt64 {
     let incarnation = (members[id]?.incarnation ?? 0) + 1
     members[id] = Member(
       id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
-      capacityBytes: capacityBytes, leaseExpiresAt: now + leaseSeconds, status: .up,
-      incarnation: incarnation)
+      capacityBytes: capacityBytes, transport: transport, leaseExpiresAt: now + leaseSeconds,
+      status: .up, incarnation: incarnation)
     return incarnation
+  }
+
+  /// Gives every member that is up a fresh lease from `now`: lease times are not kept across a
+  /// coordinator restart, so members get one lease period to renew with the new process.
+  public mutating func restartLeases(now: Double) {
+    for id in members.keys where members[id]!.status == .up {
+      members[id]!.leaseExpiresAt = now + leaseSeconds
+    }
+  }
+
+  /// Marks `ids` down (used when replaying a recorded expiry).
+  public mutating func markDown(_ ids: [String]) {
+    for id in ids { members[id]?.status = .down }
   }
 
   /// Renews a lease. False when the member is unknown or its lease already lapsed (it must

@@ -9,6 +9,15 @@ public struct HeadBudget: Sendable, Hashable, Codable {
   /// Tokens the head keeps resident: its compressed cache size, or the whole prefill for
   /// full-context heads.
   public var cap: Int
+
+  public init(layer: Int, kvHead: Int, role: HeadRole, stability: Double, ratio: Double, cap: Int) {
+    self.layer = layer
+    self.kvHead = kvHead
+    self.role = role
+    self.stability = stability
+    self.ratio = ratio
+    self.cap = cap
+  }
 }
 
 /// HeteroCache's budget rule. With N heads, F of them full-context, memory ratio rho and n

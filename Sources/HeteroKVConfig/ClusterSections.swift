@@ -1,0 +1,191 @@
+import Foundation
+import HeteroKVCore
+import HeteroKVWire
+
+/// The coordinator's addresses, state directory and lease timing.
+public struct CoordinatorSettings: Sendable, Hashable {
+  /// gRPC listen address; members and the admin CLI connect here.
+  public var control: HostPort
+  /// Prometheus `/metrics` listen address; none when absent.
+  public var metrics: HostPort?
+  /// Directory of the persistent state (log and snapshots); created if missing.
+  public var stateDirectory: String
+  /// How long a lease lasts after a registration or heartbeat, in seconds.
+  public var leaseSeconds: Double
+  /// How often members renew their lease, in seconds (less than the lease).
+  public var heartbeatSeconds: Double
+  /// Log entries after which the state is snapshotted and the log restarted.
+  public var snapshotEvery: Int
+
+  public init(
+    control: HostPort, metrics: HostPort? = nil, stateDirectory: String, leaseSeconds: Double = 10,
+    heartbeatSeconds: Double = 3, snapshotEvery: Int = 1024
+  ) {
+    self.control = control
+    self.metrics = metrics
+    self.stateDirectory = stateDirectory
+    self.leaseSeconds = leaseSeconds
+    self.heartbeatSeconds = heartbeatSeconds
+    self.snapshotEvery = snapshotEvery
+  }
+}
+
+/// How the worker codes keys for approximate scoring.
+public enum KeyCodecKind: String, Sendable, Hashable, CaseIterable, Codable {
+  /// Product quantization (HCAttention): a code per group of dimensions.
+  case pq
+  /// Per-group scalar quantization (KIVI-style).
+  case scalar
+}
+
+/// The worker's settings: its addresses and how it codes and keeps keys.
+public struct WorkerSettings: Sendable, Hashable {
+  /// gRPC listen address of the engine API; none when the worker is only a library.
+  public var control: HostPort?
+  /// Prometheus `/metrics` listen address; none when absent.
+  public var metrics: HostPort?
+  /// Key codec for approximate scores.
+  public var keyCodec: KeyCodecKind
+  /// Bits per code: the codebook index (pq) or the quantized value (scalar).
+  public var keyBits: Int
+  /// Head dimensions per code group; divides the model's head dimension.
+  public var groupSize: Int
+  /// Most recent tokens every head keeps exactly.
+  public var window: Int
+  /// First tokens (attention sinks) every head keeps exactly.
+  public var sinks: Int
+  /// Share of the approximate softmax mass the kept tokens must hold.
+  public var tau: Double
+
+  public init(
+    control: HostPort? = nil, metrics: HostPort? = nil, keyCodec: KeyCodecKind = .pq,
+    keyBits: Int = 8, groupSize: Int = 4, window: Int = 64, sinks: Int = 4, tau: Double = 0.9
+  ) {
+    self.control = control
+    self.metrics = metrics
+    self.keyCodec = keyCodec
+    self.keyBits = keyBits
+    self.groupSize = groupSize
+    self.window = window
+    self.sinks = sinks
+    self.tau = tau
+  }
+}
+
+/// The rule that turns head profiles into per-head token budgets.
+public enum BudgetPolicyKind: String, Sendable, Hashable, CaseIterable, Codable {
+  /// Budgets weighted by 1/stability over anchor and satellite heads; pivots and volatile heads
+  /// keep their full context.
+  case heterocache
+  /// Every head scored from key codes; the cap bounds the tokens a step may keep.
+  case hcattention
+  /// The same cap for every head.
+  case uniform
+}
+
+/// The budget policy and its bounds.
+public struct BudgetSettings: Sendable, Hashable {
+  /// The rule.
+  public var policy: BudgetPolicyKind
+  /// Share of fp16 K+V the worker may keep, in (0, 1].
+  public var memoryFraction: Double
+  /// Fewest tokens a head is given (bounded by the context).
+  public var minTokens: Int
+  /// Most tokens a head is given; none: the context.
+  public var maxTokens: Int?
+  /// What a full-context head costs the worker as a share of fp16 K+V (its key codes).
+  public var fullHeadCost: Double
+  /// Stability at or above which an unclustered head is an anchor (else volatile).
+  public var stabilityThreshold: Double
+  /// Similarity at or above which two heads of a layer may share a star cluster.
+  public var similarityThreshold: Double
+  /// Decode steps between re-profiles the worker reports.
+  public var profileIntervalSteps: Int
+
+  public init(
+    policy: BudgetPolicyKind = .heterocache, memoryFraction: Double = 0.3, minTokens: Int = 64,
+    maxTokens: Int? = nil, fullHeadCost: Double = 0.125, stabilityThreshold: Double = 0.5,
+    similarityThreshold: Double = 0.6, profileIntervalSteps: Int = 256
+  ) {
+    self.policy = policy
+    self.memoryFraction = memoryFraction
+    self.minTokens = minTokens
+    self.maxTokens = maxTokens
+    self.fullHeadCost = fullHeadCost
+    self.stabilityThreshold = stabilityThreshold
+    self.similarityThreshold = similarityThreshold
+    self.profileIntervalSteps = profileIntervalSteps
+  }
+}
+
+/// TLS files for the gRPC control plane.
+public struct TLSSettings: Sendable, Hashable {
+  /// PEM certificate chain the server presents.
+  public var certificate: String
+  /// PEM private key of that certificate.
+  public var key: String
+  /// PEM CA bundle clients verify the server with (and the server verifies clients with,
+  /// when `requireClientCertificates`); none: the system's roots.
+  public var ca: String?
+  /// Whether servers demand client certificates (mutual TLS).
+  public var requireClientCertificates: Bool
+
+  public init(certificate: String, key: String, ca: String? = nil, requireClientCertificates: Bool = false) {
+    self.certificate = certificate
+    self.key = key
+    self.ca = ca
+    self.requireClientCertificates = requireClientCertificates
+  }
+}
+
+/// How control-plane calls are authenticated: a shared token and, optionally, TLS.
+public struct SecuritySettings: Sendable, Hashable {
+  /// Environment variable holding the shared token.
+  public var tokenEnvironmentVariable: String?
+  /// File holding the shared token (its first line); must not be readable by group or others.
+  public var tokenFile: String?
+  /// TLS for gRPC; none: plaintext.
+  public var tls: TLSSettings?
+
+  public init(tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil, tls: TLSSettings? = nil) {
+    self.tokenEnvironmentVariable = tokenEnvironmentVariable
+    self.tokenFile = tokenFile
+    self.tls = tls
+  }
+
+  /// The shared token: the environment variable when it is set, else the file; none when
+  /// neither is configured. Throws when a configured source cannot give a token, so a daemon
+  /// never starts open by accident.
+  public func resolveToken(environment: [String: String] = ProcessInfo.processInfo.environment)
+    throws(ConfigurationError) -> String?
+  {
+    if let name = tokenEnvironmentVariable, let value = environment[name],
+      !value.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+    {
+      return value.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    func fail(_ key: String, _ message: String) -> ConfigurationError {
+      ConfigurationError(problems: [
+        ConfigurationProblem(file: "<security>", keyPath: key, line: nil, message: message)
+      ])
+    }
+    if let path = tokenFile {
+      guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+        let data = FileManager.default.contents(atPath: path)
+      else { throw fail("security.token_file", "cannot read \(path)") }
+      if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
+        throw fail(
+          "security.token_file",
+          "\(path) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
+      }
+      let token = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
+        .map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+      guard !token.isEmpty else { throw fail("security.token_file", "\(path) holds no token") }
+      return token
+    }
+    if let name = tokenEnvironmentVariable {
+      throw fail("security.token_env", "the environment variable \(name) is not set (or empty)")
+    }
+    return nil
+  }
+}

@@ -1,0 +1,149 @@
+import HeteroKVCore
+import HeteroKVWire
+import Yams
+
+extension ClusterConfiguration {
+  /// `model: <preset>` or a mapping with the geometry.
+  static func readModel(_ reader: YAMLReader) -> ModelGeometry? {
+    guard let node = reader.child("model") else { return nil }
+    if let preset = node.scalar?.string {
+      do {
+        return try ModelGeometry.preset(named: preset)
+      } catch {
+        let names = ModelGeometry.presets.map(\.name).joined(separator: " | ")
+        reader.problem("model", "unknown preset \"\(preset)\"; expected one of \(names) or a mapping")
+        return nil
+      }
+    }
+    guard let r = reader.section("model") else { return nil }
+    r.rejectUnknownKeys(["name", "layers", "query_heads", "kv_heads", "head_dim"])
+    let name = r.string("name") ?? "custom"
+    let layers = r.int("layers", required: true, range: 1...1024)
+    let queryHeads = r.int("query_heads", required: true, range: 1...1024)
+    let kvHeads = r.int("kv_heads", required: true, range: 1...1024)
+    let headDim = r.int("head_dim", required: true, range: 2...1024)
+    guard let layers, let queryHeads, let kvHeads, let headDim else { return nil }
+    do {
+      return try ModelGeometry(
+        name: name, layers: layers, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim)
+    } catch {
+      r.problem("kv_heads", "\(error)")
+      return nil
+    }
+  }
+
+  static func readCoordinator(_ r: YAMLReader) -> CoordinatorSettings? {
+    r.rejectUnknownKeys([
+      "control", "metrics", "state_dir", "lease", "heartbeat", "snapshot_every",
+    ])
+    let control = r.hostPort("control", required: true)
+    let metrics = r.hostPort("metrics")
+    let stateDir = r.string("state_dir", required: true)
+    let lease = r.seconds("lease", range: 0.1...3600) ?? 10
+    let heartbeat = r.seconds("heartbeat", range: 0.05...3600) ?? min(3, lease / 3)
+    let snapshotEvery = r.int("snapshot_every", range: 16...1_000_000) ?? 1024
+    if heartbeat >= lease {
+      r.problem("heartbeat", "must be shorter than the lease (\(lease)s), got \(heartbeat)s")
+    }
+    guard let control, let stateDir else { return nil }
+    return CoordinatorSettings(
+      control: control, metrics: metrics, stateDirectory: stateDir, leaseSeconds: lease,
+      heartbeatSeconds: heartbeat, snapshotEvery: snapshotEvery)
+  }
+
+  static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
+    r.rejectUnknownKeys([
+      "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
+    ])
+    let defaults = WorkerSettings()
+    let start = r.log.problems.count
+    let codec: KeyCodecKind? = r.has("key_codec") ? r.choice("key_codec") : defaults.keyCodec
+    let bits = r.int("key_bits", range: 1...16) ?? defaults.keyBits
+    let group = r.int("group_size", range: 1...1024) ?? defaults.groupSize
+    if let codec {
+      let allowed = codec == .pq ? [4, 8, 12, 16] : [2, 4, 8]
+      if !allowed.contains(bits) {
+        r.problem(
+          "key_bits",
+          "\(codec.rawValue) codes take \(allowed.map(String.init).joined(separator: ", ")) bits, got \(bits)"
+        )
+      }
+    }
+    if let model, model.headDim % group != 0 {
+      r.problem(
+        "group_size", "must divide the head dimension \(model.headDim) of \(model.name), got \(group)")
+    }
+    let settings = WorkerSettings(
+      control: r.hostPort("control"), metrics: r.hostPort("metrics"),
+      keyCodec: codec ?? defaults.keyCodec, keyBits: bits, groupSize: group,
+      window: r.int("window", range: 0...1 << 20) ?? defaults.window,
+      sinks: r.int("sinks", range: 0...1 << 16) ?? defaults.sinks,
+      tau: r.double("tau", range: 0.5...1) ?? defaults.tau)
+    return r.log.problems.count == start ? settings : nil
+  }
+
+  static func readBudgets(_ r: YAMLReader) -> BudgetSettings? {
+    r.rejectUnknownKeys([
+      "policy", "memory_fraction", "min_tokens", "max_tokens", "full_head_cost",
+      "stability_threshold", "similarity_threshold", "profile_interval_steps",
+    ])
+    let d = BudgetSettings()
+    let start = r.log.problems.count
+    let policy: BudgetPolicyKind? = r.has("policy") ? r.choice("policy") : d.policy
+    let fraction = r.double("memory_fraction", range: 0.001...1) ?? d.memoryFraction
+    let minTokens = r.int("min_tokens", range: 0...1 << 30) ?? d.minTokens
+    let maxTokens = r.int("max_tokens", range: 1...1 << 40)
+    if let maxTokens, maxTokens < minTokens {
+      r.problem("max_tokens", "must be at least min_tokens (\(minTokens)), got \(maxTokens)")
+    }
+    let settings = BudgetSettings(
+      policy: policy ?? d.policy, memoryFraction: fraction, minTokens: minTokens,
+      maxTokens: maxTokens, fullHeadCost: r.double("full_head_cost", range: 0...1) ?? d.fullHeadCost,
+      stabilityThreshold: r.double("stability_threshold", range: 0...1) ?? d.stabilityThreshold,
+      similarityThreshold: r.double("similarity_threshold", range: 0...1) ?? d.similarityThreshold,
+      profileIntervalSteps: r.int("profile_interval_steps", range: 1...1 << 20)
+        ?? d.profileIntervalSteps)
+    return r.log.problems.count == start ? settings : nil
+  }
+
+  static func readSecurity(_ r: YAMLReader) -> SecuritySettings? {
+    r.rejectUnknownKeys(["token_env", "token_file", "tls"])
+    let start = r.log.problems.count
+    let tokenEnv = r.string("token_env")
+    if let tokenEnv, tokenEnv.contains(where: { !($0.isLetter || $0.isNumber || $0 == "_") }) {
+      r.problem("token_env", "must be an environment variable name, got \"\(tokenEnv)\"")
+    }
+    let tokenFile = r.string("token_file")
+    var tls: TLSSettings?
+    if let t = r.section("tls") {
+      t.rejectUnknownKeys(["cert", "key", "ca", "require_client_cert"])
+      let cert = t.string("cert", required: true)
+      let key = t.string("key", required: true)
+      let ca = t.string("ca")
+      let mutual = t.bool("require_client_cert") ?? false
+      if mutual && ca == nil {
+        t.problem("ca", "require_client_cert needs the CA that signs client certificates")
+      }
+      if let cert, let key {
+        tls = TLSSettings(certificate: cert, key: key, ca: ca, requireClientCertificates: mutual)
+      }
+    }
+    let settings = SecuritySettings(tokenEnvironmentVariable: tokenEnv, tokenFile: tokenFile, tls: tls)
+    return r.log.problems.count == start ? settings : nil
+  }
+}
+
+extension Node {
+  /// This node with the scalar at `path` set to `value`, creating mappings on the way.
+  func setting(_ path: [String], to value: String) -> Node {
+    guard let key = path.first else { return Node(value) }
+    var mapping = self.mapping ?? Node.Mapping([])
+    let child = mapping[key] ?? Node.Mapping([]).asNode
+    mapping[key] = child.setting(Array(path.dropFirst()), to: value)
+    return .mapping(mapping)
+  }
+}
+
+extension Node.Mapping {
+  fileprivate var asNode: Node { .mapping(self) }
+}

@@ -1,0 +1,104 @@
+import HeteroKVConfig
+import HeteroKVCore
+
+/// The budgets of one sequence: a token cap per KV head and what the policy allowed in all.
+public struct SequenceBudgetPlan: Sendable, Hashable, Codable {
+  /// One entry per profiled head, in (layer, KV head) order.
+  public var heads: [HeadBudget]
+  /// The policy's total for the compressed heads: the sum of their caps.
+  public var totalTokens: Int
+}
+
+/// Turns a sequence's head profiles into per-head token caps under the cluster's budget policy.
+///
+/// The policy fixes a total of token slots, T = floor((ρ·N − F·c)·n) for HeteroCache (N heads,
+/// F of them full-context at cost c each, memory fraction ρ, n prefill tokens) and floor(ρ·N·n)
+/// for the uniform and HCAttention policies. T is shared among the compressed heads in
+/// proportion to their weights (1/stability for HeteroCache, equal otherwise) with every cap
+/// held in [min_tokens, max_tokens] (both capped by n): shares that cross a bound are pinned to
+/// it and the rest is shared again among the others, and whole tokens are handed out by largest
+/// remainder, so the caps sum to T exactly. Where the bounds make T unreachable (N·min > T or
+/// N·max < T), T is moved to the nearest reachable total and the plan says so through
+/// `totalTokens`.
+public enum BudgetPlanner {
+  /// The plan for `profiles` after a prefill of `prefillTokens`.
+  public static func plan(
+    profiles: [HeadProfile], prefillTokens n: Int, settings: BudgetSettings
+  ) throws(CoordinatorError) -> SequenceBudgetPlan {
+    guard n > 0 else { throw .invalidArgument("prefill_tokens must be positive") }
+    guard !profiles.isEmpty else { throw .invalidArgument("no head profiles were reported") }
+    let fullHeads = settings.policy == .heterocache ? profiles.filter { $0.role.keepsFullContext } : []
+    let compressed = profiles.indices.filter {
+      settings.policy != .heterocache || !profiles[$0].role.keepsFullContext
+    }
+    let slots =
+      settings.memoryFraction * Double(profiles.count) - Double(fullHeads.count) * settings.fullHeadCost
+    if !compressed.isEmpty && slots <= 0 {
+      throw .failedPrecondition(
+        "memory_fraction \(settings.memoryFraction) cannot pay for \(fullHeads.count) full-context "
+          + "heads of \(profiles.count) at full_head_cost \(settings.fullHeadCost)")
+    }
+    let lower = min(settings.minTokens, n)
+    let upper = min(settings.maxTokens ?? n, n)
+    let wanted = Int((max(slots, 0) * Double(n)).rounded(.down))
+    let total = min(max(wanted, lower * compressed.count), upper * compressed.count)
+    let weights = compressed.map { i in
+      settings.policy == .heterocache ? 1 / (profiles[i].stability + 1e-6) : 1
+    }
+    let caps = apportion(total: total, weights: weights, lower: lower, upper: upper)
+    var heads = profiles.map { p in
+      HeadBudget(
+        layer: p.layer, kvHead: p.kvHead, role: p.role, stability: p.stability, ratio: 0, cap: n)
+    }
+    let meanWeight = weights.isEmpty ? 1 : weights.reduce(0, +) / Double(weights.count)
+    for (k, i) in compressed.enumerated() {
+      heads[i].cap = caps[k]
+      heads[i].ratio = weights[k] / meanWeight
+    }
+    return SequenceBudgetPlan(heads: heads, totalTokens: total)
+  }
+
+  /// Integer shares of `total` proportional to `weights`, each in `lower...upper`, summing to
+  /// `total` (which the caller keeps within `count·lower...count·upper`).
+  static func apportion(total: Int, weights: [Double], lower: Int, upper: Int) -> [Int] {
+    let count = weights.count
+    guard count > 0 else { return [] }
+    var pinned = [Int?](repeating: nil, count: count)
+    var shares = [Double](repeating: 0, count: count)
+    // Water-filling: pin whatever crosses a bound and share the rest again, until stable.
+    while true {
+      let free = (0..<count).filter { pinned[$0] == nil }
+      let remaining = Double(total - pinned.compactMap { $0 }.reduce(0, +))
+      let weightSum = free.map { weights[$0] }.reduce(0, +)
+      for i in free {
+        shares[i] = weightSum > 0 ? remaining * weights[i] / weightSum : remaining / Double(free.count)
+      }
+      let below = free.filter { shares[$0] < Double(lower) }
+      let above = free.filter { shares[$0] > Double(upper) }
+      if below.isEmpty && above.isEmpty { break }
+      // Pin one side per round: pinning both at once could overshoot the other way.
+      if !below.isEmpty {
+        for i in below { pinned[i] = lower }
+      } else {
+        for i in above { pinned[i] = upper }
+      }
+    }
+    var caps = (0..<count).map { pinned[$0] ?? Int(shares[$0].rounded(.down)) }
+    var short = total - caps.reduce(0, +)
+    let order = (0..<count).filter { pinned[$0] == nil }.sorted {
+      let a = shares[$0] - shares[$0].rounded(.down)
+      let b = shares[$1] - shares[$1].rounded(.down)
+      return a != b ? a > b : $0 < $1
+    }
+    var progressed = true
+    while short > 0 && progressed {
+      progressed = false
+      for i in order where short > 0 && caps[i] < upper {
+        caps[i] += 1
+        short -= 1
+        progressed = true
+      }
+    }
+    return caps
+  }
+}

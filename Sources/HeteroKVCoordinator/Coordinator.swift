@@ -1,0 +1,366 @@
+import CoreMetrics
+import HeteroKVConfig
+import HeteroKVCore
+import Logging
+
+/// A member as the admin CLI sees it: its registration, its lease and the use it reported.
+public struct MemberView: Sendable, Hashable, Codable {
+  public var member: MembershipTable.Member
+  /// Bytes in use at the last heartbeat (memory nodes).
+  public var usedBytes: UInt64
+  /// Seconds until the lease lapses; negative once it has.
+  public var leaseRemainingSeconds: Double
+}
+
+/// Pool capacity and use, sequences and members, at one moment.
+public struct ClusterStatusView: Sendable, Hashable {
+  public var cluster: String
+  public var policy: String
+  public var replication: Int
+  /// Capacity of the memory nodes that are up.
+  public var capacityBytes: UInt64
+  /// Bytes in use on them, as last reported.
+  public var usedBytes: UInt64
+  /// Bytes reserved by open sequences.
+  public var reservedBytes: UInt64
+  public var nodesUp: Int
+  public var nodesDown: Int
+  public var workersUp: Int
+  public var sequences: [SequenceRecord]
+}
+
+/// The coordinator: membership by leases, per-sequence placement on memory nodes, head
+/// profiles and budgets. Every change is made durable in the store before it is visible or
+/// answered, so a restarted coordinator returns the same nodes, placements and budgets.
+public actor Coordinator {
+  /// The cluster it coordinates.
+  public nonisolated let configuration: ClusterConfiguration
+  /// The model geometry budgets and reservations are sized from.
+  public nonisolated let model: ModelGeometry
+  private let store: any CoordinatorStore
+  private let now: @Sendable () -> Double
+  private let logger: Logger
+  private var state: CoordinatorState
+  private var usedBytes: [String: UInt64] = [:]
+  private let gauges: CoordinatorGauges
+
+  /// A coordinator that resumes from whatever `store` holds. `now` gives seconds on a
+  /// monotonic scale (tests pass their own).
+  public init(
+    configuration: ClusterConfiguration, store: any CoordinatorStore,
+    metricsFactory: any MetricsFactory, logger: Logger,
+    now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
+  ) throws(CoordinatorError) {
+    guard let model = configuration.model else {
+      throw .failedPrecondition("the cluster file has no model; the coordinator sizes budgets from it")
+    }
+    let lease = configuration.coordinator?.leaseSeconds ?? 10
+    var restored = try store.load() ?? CoordinatorState(leaseSeconds: lease)
+    restored.membership.leaseSeconds = lease
+    restored.membership.restartLeases(now: now())
+    self.configuration = configuration
+    self.model = model
+    self.store = store
+    self.now = now
+    self.logger = logger
+    self.state = restored
+    self.gauges = CoordinatorGauges(factory: metricsFactory)
+    gauges.update(restored, used: [:])
+    if restored.revision > 0 {
+      logger.info(
+        "coordinator state restored",
+        metadata: [
+          "revision": "\(restored.revision)", "members": "\(restored.membership.members.count)",
+          "sequences": "\(restored.sequences.count)",
+        ])
+    }
+  }
+
+  /// Seconds since an arbitrary fixed point, from the monotonic clock.
+  @Sendable public static func monotonicSeconds() -> Double {
+    let d = ContinuousClock.now - start
+    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+  }
+  private static let start = ContinuousClock.now
+
+  // MARK: Membership
+
+  /// Registers (or re-registers) a member; returns its incarnation.
+  public func register(
+    id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
+    capacityBytes: UInt64, transport: String
+  ) throws(CoordinatorError) -> UInt64 {
+    guard !id.isEmpty, id.utf8.count <= 128 else {
+      throw .invalidArgument("member_id must be 1 to 128 bytes")
+    }
+    if role == .memoryNode {
+      guard !dataAddress.isEmpty else { throw .invalidArgument("a memory node needs data_address") }
+      guard capacityBytes > 0 else { throw .invalidArgument("a memory node needs capacity_bytes") }
+      guard transport == "tcp" || transport == "rdma" else {
+        throw .invalidArgument("transport must be tcp or rdma, got \"\(transport)\"")
+      }
+    }
+    let incarnation = (state.membership.members[id]?.incarnation ?? 0) + 1
+    let member = MembershipTable.Member(
+      id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
+      capacityBytes: capacityBytes, transport: transport,
+      leaseExpiresAt: now() + state.membership.leaseSeconds, status: .up, incarnation: incarnation)
+    try commit(.registered(member))
+    usedBytes[id] = 0
+    logger.info(
+      "member registered",
+      metadata: ["member": "\(id)", "role": "\(role.rawValue)", "incarnation": "\(incarnation)"])
+    return incarnation
+  }
+
+  /// Renews a lease; false (with why) when the member must register again.
+  public func heartbeat(id: String, incarnation: UInt64, usedBytes used: UInt64) -> (Bool, String) {
+    guard let member = state.membership.members[id] else {
+      return (false, "\(id) is not registered")
+    }
+    guard member.incarnation == incarnation else {
+      return (false, "\(id) is at incarnation \(member.incarnation), not \(incarnation)")
+    }
+    guard state.membership.heartbeat(id: id, now: now()) else {
+      return (false, "the lease of \(id) lapsed; register again")
+    }
+    usedBytes[id] = used
+    gauges.update(state, used: usedBytes)
+    return (true, "")
+  }
+
+  /// Marks down every member whose lease lapsed; returns their ids.
+  @discardableResult
+  public func expireLeases() throws(CoordinatorError) -> [String] {
+    var probe = state.membership
+    let lapsed = probe.expire(now: now())
+    guard !lapsed.isEmpty else { return [] }
+    try commit(.markedDown(lapsed))
+    logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
+    return lapsed
+  }
+
+  /// Every member with its lease and reported use, sorted by id.
+  public func members() throws(CoordinatorError) -> [MemberView] {
+    try expireLeases()
+    let t = now()
+    return state.membership.members.values.sorted { $0.id < $1.id }.map {
+      MemberView(
+        member: $0, usedBytes: usedBytes[$0.id] ?? 0,
+        leaseRemainingSeconds: $0.leaseExpiresAt - t)
+    }
+  }
+
+  // MARK: Sequences and placement
+
+  /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
+  public func openSequence(key: SequenceKey, worker: String, maxTokens: Int) throws(CoordinatorError)
+    -> SequenceRecord
+  {
+    try expireLeases()
+    if let existing = state.sequences[key] {
+      guard existing.worker == worker else {
+        throw .init(.alreadyExists, "sequence \(key) is already open by worker \(existing.worker)")
+      }
+      return existing
+    }
+    guard !worker.isEmpty else { throw .invalidArgument("worker_id must not be empty") }
+    guard maxTokens > 0, maxTokens <= 1 << 32 else {
+      throw .invalidArgument("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
+    }
+    let nodes = state.membership.up(.memoryNode)
+    guard !nodes.isEmpty else { throw .unavailable("no memory node is up to place sequence \(key) on") }
+    let replicas = min(configuration.replication, nodes.count)
+    let bytes = reservation(keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
+    try checkFree(bytes, for: key)
+    let record = SequenceRecord(
+      key: key, worker: worker, maxTokens: maxTokens,
+      placement: SequencePlacementRecord(
+        version: 1, replicas: replicas,
+        targets: nodes.map {
+          PlacementTarget(
+            nodeID: $0.id, dataAddress: $0.dataAddress, transport: $0.transport,
+            weight: Double($0.capacityBytes))
+        }, departed: []),
+      reservedBytes: bytes)
+    try commit(.sequenceOpened(record))
+    return record
+  }
+
+  /// The record of `key`, or a not-found error naming it.
+  public func sequence(_ key: SequenceKey) throws(CoordinatorError) -> SequenceRecord {
+    try expireLeases()
+    guard let record = state.sequences[key] else {
+      throw .notFound("no open sequence \(key)")
+    }
+    return record
+  }
+
+  /// Stores `profiles` for `key`, computes its budgets and reserves the memory tier they imply.
+  public func reportProfiles(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
+    throws(CoordinatorError) -> SequenceRecord
+  {
+    let record = try sequence(key)
+    guard prefillTokens > 0, prefillTokens <= record.maxTokens else {
+      throw .invalidArgument(
+        "prefill_tokens must be in 1...\(record.maxTokens) (the sequence's max_tokens), got \(prefillTokens)")
+    }
+    try validate(profiles)
+    let sorted = profiles.sorted { ($0.layer, $0.kvHead) < ($1.layer, $1.kvHead) }
+    let settings = configuration.budgets
+    let plan = try BudgetPlanner.plan(profiles: sorted, prefillTokens: prefillTokens, settings: settings)
+    let keyHeads: Int =
+      switch settings.policy {
+      case .heterocache: sorted.filter { $0.role != .anchor }.count
+      case .hcattention: sorted.count
+      case .uniform: 0
+      }
+    let bytes = reservation(
+      keyHeads: keyHeads, tokens: record.maxTokens, replicas: record.placement.replicas)
+    if bytes > record.reservedBytes { try checkFree(bytes - record.reservedBytes, for: key) }
+    try commit(
+      .profilesReported(
+        key, prefillTokens: prefillTokens, profiles: sorted, budgets: plan,
+        policy: settings.policy.rawValue, reservedBytes: bytes))
+    return state.sequences[key]!
+  }
+
+  /// Records with budgets: of `key` when given (not found is an error), else of every open
+  /// sequence, in key order.
+  public func budgets(of key: SequenceKey?) throws(CoordinatorError) -> [SequenceRecord] {
+    if let key { return [try sequence(key)] }
+    return state.sequences.values.sorted { $0.key < $1.key }
+  }
+
+  /// Closes `key`; returns the bytes released.
+  public func closeSequence(_ key: SequenceKey) throws(CoordinatorError) -> UInt64 {
+    let record = try sequence(key)
+    try commit(.sequenceClosed(key))
+    return record.reservedBytes
+  }
+
+  /// Capacity, use, members and sequences.
+  public func status() throws(CoordinatorError) -> ClusterStatusView {
+    try expireLeases()
+    let nodes = state.membership.members.values.filter { $0.role == .memoryNode }
+    let up = nodes.filter { $0.status == .up }
+    return ClusterStatusView(
+      cluster: configuration.name, policy: configuration.budgets.policy.rawValue,
+      replication: configuration.replication,
+      capacityBytes: up.reduce(0) { $0 + $1.capacityBytes },
+      usedBytes: up.reduce(0) { $0 + (usedBytes[$1.id] ?? 0) },
+      reservedBytes: state.reservedBytes, nodesUp: up.count, nodesDown: nodes.count - up.count,
+      workersUp: state.membership.up(.worker).count,
+      sequences: state.sequences.values.sorted { $0.key < $1.key })
+  }
+
+  /// The current state (tests compare it across restarts).
+  public func snapshot() -> CoordinatorState { state }
+
+  // MARK: Internals
+
+  private func commit(_ change: StateChange) throws(CoordinatorError) {
+    var next = state
+    next.apply(change)
+    try store.append(change, state: next)
+    state = next
+    gauges.update(state, used: usedBytes)
+  }
+
+  /// Memory-tier bytes for `tokens` tokens: fp16 values of every KV head plus fp16 keys of
+  /// `keyHeads` heads, times the copies.
+  private func reservation(keyHeads: Int, tokens: Int, replicas: Int) -> UInt64 {
+    let values = model.layers * model.kvHeads * model.headDim * 2
+    let keys = keyHeads * model.headDim * 2
+    return UInt64(values + keys) * UInt64(tokens) * UInt64(replicas)
+  }
+
+  private func checkFree(_ bytes: UInt64, for key: SequenceKey) throws(CoordinatorError) {
+    let capacity = state.membership.up(.memoryNode).reduce(UInt64(0)) { $0 + $1.capacityBytes }
+    let reserved = state.reservedBytes
+    let free = capacity > reserved ? capacity - reserved : 0
+    guard bytes <= free else {
+      throw .resourceExhausted(
+        "sequence \(key) needs \(bytes) bytes of the memory tier; the pool has \(free) free "
+          + "(\(capacity) capacity, \(reserved) reserved)")
+    }
+  }
+
+  private func validate(_ profiles: [HeadProfile]) throws(CoordinatorError) {
+    let expected = model.layers * model.kvHeads
+    guard profiles.count == expected else {
+      throw .invalidArgument(
+        "expected a profile for each of the \(expected) KV heads of \(model.name) "
+          + "(\(model.layers) layers x \(model.kvHeads)), got \(profiles.count)")
+    }
+    var seen = Set<Int>()
+    var roles: [Int: HeadRole] = [:]
+    for p in profiles {
+      let at = "layer \(p.layer) head \(p.kvHead)"
+      guard (0..<model.layers).contains(p.layer), (0..<model.kvHeads).contains(p.kvHead) else {
+        throw .invalidArgument("\(at) is outside \(model.layers) layers x \(model.kvHeads) KV heads")
+      }
+      guard seen.insert(p.layer * model.kvHeads + p.kvHead).inserted else {
+        throw .invalidArgument("\(at) is reported twice")
+      }
+      guard p.stability.isFinite, (0...1).contains(p.stability) else {
+        throw .invalidArgument("\(at): stability must be in [0, 1], got \(p.stability)")
+      }
+      guard p.similarity.count == model.kvHeads,
+        p.similarity.allSatisfy({ $0.isFinite && (0...1).contains($0) })
+      else {
+        throw .invalidArgument(
+          "\(at): similarity needs \(model.kvHeads) values in [0, 1], got \(p.similarity)")
+      }
+      roles[p.layer * model.kvHeads + p.kvHead] = p.role
+    }
+    for p in profiles {
+      guard case .satellite(let pivot) = p.role else { continue }
+      guard (0..<model.kvHeads).contains(pivot), pivot != p.kvHead,
+        roles[p.layer * model.kvHeads + pivot] == .pivot
+      else {
+        throw .invalidArgument(
+          "layer \(p.layer) head \(p.kvHead): satellite of \(pivot), which is not a pivot of that layer")
+      }
+    }
+  }
+}
+
+/// The coordinator's gauges: members, sequences and pool bytes.
+struct CoordinatorGauges: Sendable {
+  let nodesUp: Gauge
+  let nodesDown: Gauge
+  let workersUp: Gauge
+  let sequences: Gauge
+  let capacity: Gauge
+  let reserved: Gauge
+  let used: Gauge
+  let revision: Gauge
+
+  init(factory: any MetricsFactory) {
+    func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {
+      Gauge(label: label, dimensions: dimensions, factory: factory)
+    }
+    nodesUp = gauge("hkv_coordinator_members", [("role", "memory_node"), ("status", "up")])
+    nodesDown = gauge("hkv_coordinator_members", [("role", "memory_node"), ("status", "down")])
+    workersUp = gauge("hkv_coordinator_members", [("role", "worker"), ("status", "up")])
+    sequences = gauge("hkv_coordinator_sequences")
+    capacity = gauge("hkv_coordinator_pool_capacity_bytes")
+    reserved = gauge("hkv_coordinator_pool_reserved_bytes")
+    used = gauge("hkv_coordinator_pool_used_bytes")
+    revision = gauge("hkv_coordinator_state_revision")
+  }
+
+  func update(_ state: CoordinatorState, used bytes: [String: UInt64]) {
+    let nodes = state.membership.members.values.filter { $0.role == .memoryNode }
+    let up = nodes.filter { $0.status == .up }
+    nodesUp.record(up.count)
+    nodesDown.record(nodes.count - up.count)
+    workersUp.record(state.membership.up(.worker).count)
+    sequences.record(state.sequences.count)
+    capacity.record(Int64(clamping: up.reduce(UInt64(0)) { $0 + $1.capacityBytes }))
+    reserved.record(Int64(clamping: state.reservedBytes))
+    used.record(Int64(clamping: up.reduce(UInt64(0)) { $0 + (bytes[$1.id] ?? 0) }))
+    revision.record(Int64(clamping: state.revision))
+  }
+}

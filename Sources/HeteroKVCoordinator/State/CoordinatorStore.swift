@@ -1,0 +1,216 @@
+import Foundation
+import HeteroKVWire
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Where the coordinator keeps its state so that a restart loses nothing. The coordinator
+/// calls `append` for each change before it answers the request that made it, and `load` once
+/// at start. A file store ships here; a replicated one (etcd) fits the same seam.
+public protocol CoordinatorStore: Sendable {
+  /// The state as last stored, or nil when nothing was ever stored.
+  func load() throws(CoordinatorError) -> CoordinatorState?
+  /// Makes `change` durable. `state` is the state with it applied, for stores that snapshot.
+  func append(_ change: StateChange, state: CoordinatorState) throws(CoordinatorError)
+}
+
+/// A store that keeps nothing across processes, for tests and `hkv demo`.
+public final class InMemoryCoordinatorStore: CoordinatorStore {
+  private let state = Mutex<CoordinatorState?>(nil)
+
+  public init() {}
+
+  public func load() throws(CoordinatorError) -> CoordinatorState? { state.withLock { $0 } }
+
+  public func append(_ change: StateChange, state newState: CoordinatorState) throws(CoordinatorError) {
+    state.withLock { $0 = newState }
+  }
+}
+
+/// The state in a directory: a snapshot (`state.snapshot`, JSON, replaced atomically by
+/// write-fsync-rename) and an append-only log of changes since (`state.log`), each record
+/// `[length u32][CRC-32C u32][JSON {revision, change}]`, fsynced before `append` returns.
+/// Loading replays the log onto the snapshot, skipping entries the snapshot already holds (a
+/// crash between snapshot and log reset) and cutting a torn last record. A damaged record
+/// before the end is an error: the coordinator will not start on a state it cannot trust. An
+/// exclusive lock on `LOCK` keeps two coordinators off one directory.
+public final class FileCoordinatorStore: CoordinatorStore {
+  private struct Entry: Codable {
+    var revision: UInt64
+    var change: StateChange
+  }
+
+  private struct Files: ~Copyable {
+    var log: Int32
+    var entriesSinceSnapshot: Int
+  }
+
+  /// The directory.
+  public let directory: String
+  /// Log entries after which a snapshot is written and the log restarted.
+  public let snapshotEvery: Int
+  private let lockDescriptor: Int32
+  private let files: Mutex<Files>
+
+  private var snapshotPath: String { directory + "/state.snapshot" }
+  private var logPath: String { directory + "/state.log" }
+
+  /// Opens (creating) the directory and takes its lock.
+  public init(directory: String, snapshotEvery: Int = 1024) throws(CoordinatorError) {
+    self.directory = directory
+    self.snapshotEvery = max(1, snapshotEvery)
+    do {
+      try FileManager.default.createDirectory(
+        atPath: directory, withIntermediateDirectories: true)
+    } catch {
+      throw .init(.storage, "cannot create the state directory \(directory): \(error.localizedDescription)")
+    }
+    let lock = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    guard lock >= 0 else { throw Self.posixError("open \(directory)/LOCK") }
+    guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+      close(lock)
+      throw .init(
+        .storage, "the state directory \(directory) is locked by another coordinator process")
+    }
+    let log = open(directory + "/state.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+    guard log >= 0 else {
+      close(lock)
+      throw Self.posixError("open \(directory)/state.log")
+    }
+    lockDescriptor = lock
+    files = Mutex(Files(log: log, entriesSinceSnapshot: 0))
+  }
+
+  deinit {
+    files.withLock { close($0.log) }
+    close(lockDescriptor)
+  }
+
+  public func load() throws(CoordinatorError) -> CoordinatorState? {
+    var state: CoordinatorState?
+    if let data = FileManager.default.contents(atPath: snapshotPath) {
+      do {
+        state = try JSONDecoder().decode(CoordinatorState.self, from: data)
+      } catch {
+        throw .init(.storage, "\(snapshotPath) cannot be read: \(error)")
+      }
+    }
+    guard let bytes = FileManager.default.contents(atPath: logPath).map(Array.init) else {
+      return state
+    }
+    var offset = 0
+    var replayed = 0
+    let decoder = JSONDecoder()
+    while offset < bytes.count {
+      guard bytes.count - offset >= 8 else { break }  // torn header
+      let length = Int(Self.readU32(bytes, offset))
+      let crc = Self.readU32(bytes, offset + 4)
+      guard bytes.count - offset - 8 >= length else { break }  // torn payload
+      let payload = Array(bytes[(offset + 8)..<(offset + 8 + length)])
+      let isLast = offset + 8 + length == bytes.count
+      guard CRC32C.checksum(payload) == crc else {
+        if isLast { break }
+        throw .init(.storage, "\(logPath) is damaged at byte \(offset) (checksum mismatch)")
+      }
+      let entry: Entry
+      do {
+        entry = try decoder.decode(Entry.self, from: Data(payload))
+      } catch {
+        throw .init(.storage, "\(logPath) record at byte \(offset) cannot be decoded: \(error)")
+      }
+      offset += 8 + length
+      // Without a snapshot the log starts from the empty state (revision 0); the lease
+      // length is configuration, set again by the coordinator.
+      var current = state ?? CoordinatorState(leaseSeconds: 1)
+      if entry.revision <= current.revision { continue }
+      guard entry.revision == current.revision + 1 else {
+        throw .init(
+          .storage,
+          "\(logPath) skips from revision \(current.revision) to \(entry.revision) at byte \(offset)")
+      }
+      current.apply(entry.change)
+      state = current
+      replayed += 1
+    }
+    if offset < bytes.count {
+      // Cut the torn tail so the next append starts on a record boundary.
+      guard truncate(logPath, off_t(offset)) == 0 else { throw Self.posixError("truncate \(logPath)") }
+    }
+    files.withLock { $0.entriesSinceSnapshot = replayed }
+    return state
+  }
+
+  public func append(_ change: StateChange, state: CoordinatorState) throws(CoordinatorError) {
+    let payload: [UInt8]
+    do {
+      payload = Array(try JSONEncoder().encode(Entry(revision: state.revision, change: change)))
+    } catch {
+      throw .init(.storage, "cannot encode a state change: \(error)")
+    }
+    var record = [UInt8]()
+    record.reserveCapacity(payload.count + 8)
+    Self.appendU32(&record, UInt32(payload.count))
+    Self.appendU32(&record, CRC32C.checksum(payload))
+    record += payload
+    try files.withLock { (files: inout Files) throws(CoordinatorError) in
+      try Self.writeAll(files.log, record, path: logPath)
+      guard fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
+      files.entriesSinceSnapshot += 1
+      if files.entriesSinceSnapshot >= snapshotEvery {
+        try writeSnapshot(state)
+        // Entries up to this revision are in the snapshot: start the log again.
+        guard ftruncate(files.log, 0) == 0 else { throw Self.posixError("truncate \(logPath)") }
+        guard fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
+        files.entriesSinceSnapshot = 0
+      }
+    }
+  }
+
+  /// Writes `state` to the snapshot atomically.
+  private func writeSnapshot(_ state: CoordinatorState) throws(CoordinatorError) {
+    let data: Data
+    do {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.sortedKeys]
+      data = try encoder.encode(state)
+    } catch {
+      throw .init(.storage, "cannot encode the state: \(error)")
+    }
+    let temporary = snapshotPath + ".tmp"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw Self.posixError("open \(temporary)") }
+    defer { close(fd) }
+    try Self.writeAll(fd, Array(data), path: temporary)
+    guard fsync(fd) == 0 else { throw Self.posixError("fsync \(temporary)") }
+    guard rename(temporary, snapshotPath) == 0 else { throw Self.posixError("rename \(temporary)") }
+    let dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard dir >= 0 else { throw Self.posixError("open \(directory)") }
+    defer { close(dir) }
+    guard fsync(dir) == 0 else { throw Self.posixError("fsync \(directory)") }
+  }
+
+  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(CoordinatorError) {
+    var written = 0
+    while written < bytes.count {
+      let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
+      if n < 0 && errno == EINTR { continue }
+      guard n > 0 else { throw posixError("write \(path)") }
+      written += n
+    }
+  }
+
+  private static func posixError(_ what: String) -> CoordinatorError {
+    .init(.storage, "\(what): \(String(cString: strerror(errno)))")
+  }
+
+  private static func readU32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+    UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16
+      | UInt32(bytes[at + 3]) << 24
+  }
+
+  private static func appendU32(_ bytes: inout [UInt8], _ value: UInt32) {
+    for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> shift)) }
+  }
+}

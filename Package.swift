@@ -12,6 +12,8 @@ let package = Package(
     .library(name: "HeteroKVMemoryNode", targets: ["HeteroKVMemoryNode"]),
     .library(name: "HeteroKVMemoryClient", targets: ["HeteroKVMemoryClient"]),
     .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
+    .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
+    .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [
@@ -85,6 +87,8 @@ let package = Package(
     .target(
       name: "HeteroKVDaemon",
       dependencies: [
+        "HeteroKVConfig",
+        "HeteroKVWire",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -140,6 +144,19 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
+    // How members and the admin CLI talk to the coordinator: a client with deadlines and
+    // clear errors, and the agent that keeps a member's lease.
+    .target(
+      name: "HeteroKVCoordinatorClient",
+      dependencies: [
+        "HeteroKVWire",
+        "HeteroKVDaemon",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
     .executableTarget(
       name: "hkv",
       dependencies: [
@@ -149,6 +166,8 @@ let package = Package(
         "HeteroKVMemoryNode",
         "HeteroKVDaemon",
         "HeteroKVConfig",
+        "HeteroKVCoordinator",
+        "HeteroKVCoordinatorClient",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
@@ -166,7 +185,14 @@ let package = Package(
     ),
     .testTarget(
       name: "HeteroKVCoordinatorTests",
-      dependencies: ["HeteroKVCoordinator", "HeteroKVWire"]
+      dependencies: [
+        "HeteroKVCoordinator", "HeteroKVCoordinatorClient", "HeteroKVConfig", "HeteroKVCore",
+        "HeteroKVDaemon", "HeteroKVWire",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
     ),
     .testTarget(
       name: "HeteroKVConfigTests",

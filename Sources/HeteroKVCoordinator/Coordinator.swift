@@ -169,7 +169,7 @@ public actor Coordinator {
       throw .invalidArgument("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
     }
     let nodes = state.membership.up(.memoryNode)
-    guard !nodes.isEmpty else { throw .unavailable("no memory node is up to place sequence \(key) on") }
+    guard !nodes.isEmpty else { throw .failedPrecondition("no memory node is up to place sequence \(key) on") }
     let replicas = min(configuration.replication, nodes.count)
     let bytes = reservation(keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
     try checkFree(bytes, for: key)

@@ -3,8 +3,9 @@ import GRPCNIOTransportHTTP2Posix
 import Logging
 import ServiceLifecycle
 
-/// A gRPC server (HTTP/2 over NIO, plaintext) run as a lifecycle `Service`: it serves until a
-/// graceful shutdown begins, then stops accepting RPCs and lets running ones finish.
+/// A gRPC server (HTTP/2 over NIO, plaintext or TLS, with the cluster token checked when one
+/// is set) run as a lifecycle `Service`: it serves until a graceful shutdown begins, then stops
+/// accepting RPCs and lets running ones finish.
 public struct GRPCServerService: Service {
   /// The server; its transport reports the listening address once bound.
   public let server: GRPCServer<HTTP2ServerTransport.Posix>
@@ -13,12 +14,14 @@ public struct GRPCServerService: Service {
   /// raises gRPC's 4 MiB default message limit where an RPC may carry more.
   public init(
     host: String, port: Int, services: [any RegistrableRPCService],
-    maxPayloadBytes: Int = 16 << 20
+    security: ControlPlaneSecurity = .none, maxPayloadBytes: Int = 16 << 20
   ) {
     let transport = HTTP2ServerTransport.Posix(
-      address: .ipv4(host: host, port: port), transportSecurity: .plaintext,
+      address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
+      transportSecurity: security.serverTransportSecurity,
       config: .defaults { $0.rpc.maxRequestPayloadSize = maxPayloadBytes })
-    server = GRPCServer(transport: transport, services: services)
+    server = GRPCServer(
+      transport: transport, services: services, interceptors: security.serverInterceptors)
   }
 
   /// The bound address, once the server listens.

@@ -1,0 +1,298 @@
+import GRPCCore
+import HeteroKVCore
+import HeteroKVWire
+
+/// The coordinator's gRPC service (`Proto/heterokv/v1/coordinator.proto`): each call is checked
+/// and bounded, handed to the `Coordinator` actor, and its refusals become gRPC status codes
+/// with the coordinator's message.
+public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol {
+  /// Most heads one profile report may carry.
+  public static let maxReportedHeads = 1 << 16
+
+  let coordinator: Coordinator
+
+  /// The service over `coordinator`.
+  public init(coordinator: Coordinator) {
+    self.coordinator = coordinator
+  }
+
+  public func register(request: Heterokv_V1_RegisterRequest, context: ServerContext) async throws
+    -> Heterokv_V1_RegisterResponse
+  {
+    let role: MembershipTable.Role
+    switch request.role {
+    case .memoryNode: role = .memoryNode
+    case .worker: role = .worker
+    default: throw RPCError(code: .invalidArgument, message: "role must be memory node or worker")
+    }
+    let incarnation = try await call {
+      try await coordinator.register(
+        id: request.memberID, role: role, dataAddress: request.dataAddress,
+        controlAddress: request.controlAddress, capacityBytes: request.capacityBytes,
+        transport: request.transport.isEmpty ? "tcp" : request.transport)
+    }
+    let config = coordinator.configuration
+    return .with {
+      $0.incarnation = incarnation
+      $0.leaseSeconds = config.coordinator?.leaseSeconds ?? 10
+      $0.heartbeatSeconds = config.coordinator?.heartbeatSeconds ?? 3
+      $0.cluster = config.name
+      $0.replication = UInt32(config.replication)
+      $0.policy = .with {
+        let b = config.budgets
+        $0.policy = b.policy.rawValue
+        $0.memoryFraction = b.memoryFraction
+        $0.minTokens = UInt32(clamping: b.minTokens)
+        $0.maxTokens = UInt32(clamping: b.maxTokens ?? 0)
+        $0.fullHeadCost = b.fullHeadCost
+        $0.stabilityThreshold = b.stabilityThreshold
+        $0.similarityThreshold = b.similarityThreshold
+        $0.profileIntervalSteps = UInt32(clamping: b.profileIntervalSteps)
+      }
+    }
+  }
+
+  public func heartbeat(request: Heterokv_V1_HeartbeatRequest, context: ServerContext)
+    async throws -> Heterokv_V1_HeartbeatResponse
+  {
+    let (accepted, reason) = await coordinator.heartbeat(
+      id: request.memberID, incarnation: request.incarnation, usedBytes: request.usedBytes)
+    return .with {
+      $0.accepted = accepted
+      $0.reason = reason
+    }
+  }
+
+  public func openSequence(request: Heterokv_V1_OpenSequenceRequest, context: ServerContext)
+    async throws -> Heterokv_V1_SequencePlacement
+  {
+    guard request.hasRef else { throw RPCError(code: .invalidArgument, message: "ref is required") }
+    let record = try await call {
+      try await coordinator.openSequence(
+        key: SequenceKey(request.ref), worker: request.workerID,
+        maxTokens: Int(clamping: request.maxTokens))
+    }
+    return Heterokv_V1_SequencePlacement(record)
+  }
+
+  public func getPlacement(request: Heterokv_V1_SequenceRef, context: ServerContext) async throws
+    -> Heterokv_V1_SequencePlacement
+  {
+    let record = try await call { try await coordinator.sequence(SequenceKey(request)) }
+    return Heterokv_V1_SequencePlacement(record)
+  }
+
+  public func reportProfiles(request: Heterokv_V1_ReportProfilesRequest, context: ServerContext)
+    async throws -> Heterokv_V1_SequenceBudgets
+  {
+    guard request.hasRef else { throw RPCError(code: .invalidArgument, message: "ref is required") }
+    guard request.heads.count <= Self.maxReportedHeads else {
+      throw RPCError(
+        code: .invalidArgument,
+        message: "\(request.heads.count) heads exceeds the limit of \(Self.maxReportedHeads)")
+    }
+    let profiles = try request.heads.map(HeadProfile.init)
+    let record = try await call {
+      try await coordinator.reportProfiles(
+        key: SequenceKey(request.ref), prefillTokens: Int(clamping: request.prefillTokens),
+        profiles: profiles)
+    }
+    return Heterokv_V1_SequenceBudgets(record, layer: nil)
+  }
+
+  public func getBudgets(request: Heterokv_V1_GetBudgetsRequest, context: ServerContext)
+    async throws -> Heterokv_V1_GetBudgetsResponse
+  {
+    let records = try await call {
+      try await coordinator.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)
+    }
+    let layer = request.layer >= 0 ? Int(request.layer) : nil
+    if let layer, !(0..<coordinator.model.layers).contains(layer) {
+      throw RPCError(
+        code: .invalidArgument,
+        message: "layer \(layer) is outside 0..<\(coordinator.model.layers) of \(coordinator.model.name)")
+    }
+    return .with { $0.sequences = records.map { Heterokv_V1_SequenceBudgets($0, layer: layer) } }
+  }
+
+  public func closeSequence(request: Heterokv_V1_SequenceRef, context: ServerContext) async throws
+    -> Heterokv_V1_CloseSequenceResponse
+  {
+    let released = try await call { try await coordinator.closeSequence(SequenceKey(request)) }
+    return .with { $0.releasedBytes = released }
+  }
+
+  public func listNodes(request: Heterokv_V1_ListNodesRequest, context: ServerContext) async throws
+    -> Heterokv_V1_ListNodesResponse
+  {
+    let members = try await call { try await coordinator.members() }
+    return .with { $0.members = members.map(Heterokv_V1_MemberInfo.init) }
+  }
+
+  public func getStatus(request: Heterokv_V1_GetStatusRequest, context: ServerContext) async throws
+    -> Heterokv_V1_ClusterStatus
+  {
+    let status = try await call { try await coordinator.status() }
+    return .with {
+      $0.cluster = status.cluster
+      $0.policy = status.policy
+      $0.replication = UInt32(status.replication)
+      $0.capacityBytes = status.capacityBytes
+      $0.usedBytes = status.usedBytes
+      $0.reservedBytes = status.reservedBytes
+      $0.nodesUp = UInt32(status.nodesUp)
+      $0.nodesDown = UInt32(status.nodesDown)
+      $0.workersUp = UInt32(status.workersUp)
+      $0.sequences = status.sequences.map { record in
+        .with {
+          $0.ref = Heterokv_V1_SequenceRef(record.key)
+          $0.workerID = record.worker
+          $0.maxTokens = UInt64(record.maxTokens)
+          $0.prefillTokens = UInt64(record.prefillTokens)
+          $0.placementVersion = record.placement.version
+          $0.reservedBytes = record.reservedBytes
+          $0.headCount = UInt32(record.profiles.count)
+        }
+      }
+    }
+  }
+
+  /// Runs `body`, turning a `CoordinatorError` into the matching gRPC status.
+  private func call<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+    do {
+      return try await body()
+    } catch let error as CoordinatorError {
+      throw RPCError(error)
+    }
+  }
+}
+
+extension RPCError {
+  /// The gRPC status for a coordinator refusal.
+  init(_ error: CoordinatorError) {
+    let code: RPCError.Code =
+      switch error.kind {
+      case .invalidArgument: .invalidArgument
+      case .notFound: .notFound
+      case .alreadyExists: .alreadyExists
+      case .failedPrecondition: .failedPrecondition
+      case .resourceExhausted: .resourceExhausted
+      case .unavailable: .unavailable
+      case .unauthenticated: .unauthenticated
+      case .storage: .internalError
+      }
+    self.init(code: code, message: error.message)
+  }
+}
+
+extension SequenceKey {
+  init(_ ref: Heterokv_V1_SequenceRef) {
+    self.init(namespace: ref.namespace, sequence: ref.sequence)
+  }
+}
+
+extension Heterokv_V1_SequenceRef {
+  init(_ key: SequenceKey) {
+    self = .with {
+      $0.namespace = key.namespace
+      $0.sequence = key.sequence
+    }
+  }
+}
+
+extension Heterokv_V1_SequencePlacement {
+  init(_ record: SequenceRecord) {
+    self = .with {
+      $0.ref = Heterokv_V1_SequenceRef(record.key)
+      $0.version = record.placement.version
+      $0.replication = UInt32(record.placement.replicas)
+      $0.nodes = record.placement.targets.map { target in
+        .with {
+          $0.nodeID = target.nodeID
+          $0.dataAddress = target.dataAddress
+          $0.transport = target.transport
+          $0.weight = target.weight
+        }
+      }
+      $0.departed = record.placement.departed
+      $0.reservedBytes = record.reservedBytes
+    }
+  }
+}
+
+extension HeadProfile {
+  /// A reported profile; an unknown role is an invalid argument.
+  init(_ report: Heterokv_V1_HeadProfileReport) throws {
+    let role: HeadRole
+    switch report.role {
+    case "anchor": role = .anchor
+    case "volatile": role = .volatile
+    case "pivot": role = .pivot
+    case "satellite": role = .satellite(pivot: Int(report.pivot))
+    default:
+      throw RPCError(
+        code: .invalidArgument,
+        message:
+          "layer \(report.layer) head \(report.kvHead): role must be anchor, volatile, pivot or satellite, got \"\(report.role)\""
+      )
+    }
+    guard report.similarity.count <= 1024 else {
+      throw RPCError(code: .invalidArgument, message: "a similarity row has at most 1024 values")
+    }
+    self.init(
+      layer: Int(report.layer), kvHead: Int(report.kvHead), stability: report.stability,
+      similarity: report.similarity, role: role)
+  }
+}
+
+extension Heterokv_V1_SequenceBudgets {
+  init(_ record: SequenceRecord, layer: Int?) {
+    self = .with {
+      $0.ref = Heterokv_V1_SequenceRef(record.key)
+      $0.policy = record.policy
+      $0.prefillTokens = UInt64(record.prefillTokens)
+      $0.totalTokens = UInt64(record.budgets?.totalTokens ?? 0)
+      let profiles = record.profiles
+      $0.heads = (record.budgets?.heads ?? []).enumerated().compactMap { i, budget in
+        if let layer, budget.layer != layer { return nil }
+        let profile = profiles[i]
+        var pivot = 0
+        var similarity = 0.0
+        if case .satellite(let p) = budget.role {
+          pivot = p
+          similarity = profile.similarity[p]
+        } else {
+          similarity =
+            profile.similarity.enumerated().filter { $0.offset != budget.kvHead }.map(\.element)
+            .max() ?? 0
+        }
+        return .with {
+          $0.layer = UInt32(budget.layer)
+          $0.kvHead = UInt32(budget.kvHead)
+          $0.role = budget.role.name
+          $0.pivot = UInt32(pivot)
+          $0.stability = budget.stability
+          $0.similarity = similarity
+          $0.cap = UInt64(budget.cap)
+        }
+      }
+    }
+  }
+}
+
+extension Heterokv_V1_MemberInfo {
+  init(_ view: MemberView) {
+    self = .with {
+      $0.memberID = view.member.id
+      $0.role = view.member.role == .memoryNode ? .memoryNode : .worker
+      $0.dataAddress = view.member.dataAddress
+      $0.controlAddress = view.member.controlAddress
+      $0.capacityBytes = view.member.capacityBytes
+      $0.usedBytes = view.usedBytes
+      $0.status = view.member.status.rawValue
+      $0.incarnation = view.member.incarnation
+      $0.leaseRemainingSeconds = view.leaseRemainingSeconds
+      $0.transport = view.member.transport
+    }
+  }
+}

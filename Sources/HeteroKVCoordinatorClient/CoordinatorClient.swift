@@ -1,0 +1,127 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import HeteroKVDaemon
+import HeteroKVWire
+
+/// A connection to the coordinator for members and the admin CLI. Every call has a deadline,
+/// and a coordinator that cannot be reached or that refuses a call surfaces as a
+/// `CoordinatorClientError` that names the address and says what happened.
+public struct CoordinatorClient: Sendable {
+  /// The coordinator's gRPC address.
+  public let address: HostPort
+  let stub: Heterokv_V1_Coordinator.Client<HTTP2ClientTransport.Posix>
+  let timeout: Duration
+
+  /// Runs `body` with a client to `address`, closed afterwards.
+  public static func with<Result: Sendable>(
+    address: HostPort, security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(5),
+    _ body: (CoordinatorClient) async throws -> Result
+  ) async throws -> Result {
+    try await ControlPlaneClient.with(address: address, security: security) { grpc in
+      try await body(
+        CoordinatorClient(address: address, stub: .init(wrapping: grpc), timeout: timeout))
+    }
+  }
+
+  private var options: CallOptions {
+    var options = CallOptions.defaults
+    options.timeout = timeout
+    return options
+  }
+
+  /// Performs one call, mapping gRPC failures to `CoordinatorClientError`.
+  func perform<T: Sendable>(_ what: String, _ body: (CallOptions) async throws -> T) async throws
+    -> T
+  {
+    do {
+      return try await body(options)
+    } catch let error as RPCError {
+      throw CoordinatorClientError(address: address, operation: what, error: error)
+    }
+  }
+
+  public func register(_ request: Heterokv_V1_RegisterRequest) async throws
+    -> Heterokv_V1_RegisterResponse
+  {
+    try await perform("Register") { try await stub.register(request, options: $0) }
+  }
+
+  public func heartbeat(_ request: Heterokv_V1_HeartbeatRequest) async throws
+    -> Heterokv_V1_HeartbeatResponse
+  {
+    try await perform("Heartbeat") { try await stub.heartbeat(request, options: $0) }
+  }
+
+  public func openSequence(_ request: Heterokv_V1_OpenSequenceRequest) async throws
+    -> Heterokv_V1_SequencePlacement
+  {
+    try await perform("OpenSequence") { try await stub.openSequence(request, options: $0) }
+  }
+
+  public func placement(namespace: UInt32, sequence: UInt64) async throws
+    -> Heterokv_V1_SequencePlacement
+  {
+    try await perform("GetPlacement") {
+      try await stub.getPlacement(Self.ref(namespace, sequence), options: $0)
+    }
+  }
+
+  public func reportProfiles(_ request: Heterokv_V1_ReportProfilesRequest) async throws
+    -> Heterokv_V1_SequenceBudgets
+  {
+    try await perform("ReportProfiles") { try await stub.reportProfiles(request, options: $0) }
+  }
+
+  /// Budgets of one sequence (`sequence` non-nil) or all, optionally of one layer.
+  public func budgets(namespace: UInt32 = 0, sequence: UInt64?, layer: Int?) async throws
+    -> Heterokv_V1_GetBudgetsResponse
+  {
+    let request = Heterokv_V1_GetBudgetsRequest.with {
+      if let sequence { $0.ref = Self.ref(namespace, sequence) }
+      $0.layer = Int32(clamping: layer ?? -1)
+    }
+    return try await perform("GetBudgets") { try await stub.getBudgets(request, options: $0) }
+  }
+
+  public func closeSequence(namespace: UInt32, sequence: UInt64) async throws
+    -> Heterokv_V1_CloseSequenceResponse
+  {
+    try await perform("CloseSequence") {
+      try await stub.closeSequence(Self.ref(namespace, sequence), options: $0)
+    }
+  }
+
+  public func nodes() async throws -> Heterokv_V1_ListNodesResponse {
+    try await perform("ListNodes") { try await stub.listNodes(.init(), options: $0) }
+  }
+
+  public func status() async throws -> Heterokv_V1_ClusterStatus {
+    try await perform("GetStatus") { try await stub.getStatus(.init(), options: $0) }
+  }
+
+  static func ref(_ namespace: UInt32, _ sequence: UInt64) -> Heterokv_V1_SequenceRef {
+    .with {
+      $0.namespace = namespace
+      $0.sequence = sequence
+    }
+  }
+}
+
+/// A coordinator call that failed: where, which call, the gRPC code and the reason.
+public struct CoordinatorClientError: Error, Sendable, CustomStringConvertible {
+  public let address: HostPort
+  public let operation: String
+  public let error: RPCError
+
+  /// Whether the coordinator could not be reached at all (rather than refusing the call).
+  public var isUnreachable: Bool {
+    error.code == .unavailable || error.code == .deadlineExceeded
+  }
+
+  public var description: String {
+    if isUnreachable {
+      return "cannot reach the coordinator at \(address) (\(operation): \(error.message))"
+    }
+    return "coordinator \(address) refused \(operation) [\(error.code)]: \(error.message)"
+  }
+}

@@ -1,0 +1,80 @@
+import HeteroKVDaemon
+import HeteroKVWire
+import Logging
+import ServiceLifecycle
+
+/// Keeps one member in the cluster as a lifecycle `Service`: registers with the coordinator,
+/// renews the lease every heartbeat period, and registers again when the coordinator says the
+/// lease lapsed. An unreachable coordinator is retried, never fatal: the member goes on
+/// serving and rejoins when the coordinator is back.
+public final class MembershipAgent: Service, Sendable {
+  /// What to register; `usedBytes` is read at each heartbeat.
+  public struct Registration: Sendable {
+    public var request: Heterokv_V1_RegisterRequest
+    public var usedBytes: @Sendable () -> UInt64
+
+    public init(request: Heterokv_V1_RegisterRequest, usedBytes: @escaping @Sendable () -> UInt64) {
+      self.request = request
+      self.usedBytes = usedBytes
+    }
+  }
+
+  private let coordinator: HostPort
+  private let security: ControlPlaneSecurity
+  private let registration: @Sendable () async throws -> Registration
+  private let logger: Logger
+  private let retry: Duration
+
+  /// An agent that registers what `registration` gives (asked once the member listens).
+  public init(
+    coordinator: HostPort, security: ControlPlaneSecurity, logger: Logger,
+    retry: Duration = .seconds(1),
+    registration: @escaping @Sendable () async throws -> Registration
+  ) {
+    self.coordinator = coordinator
+    self.security = security
+    self.registration = registration
+    self.logger = logger
+    self.retry = retry
+  }
+
+  public func run() async throws {
+    let registration = try await registration()
+    let id = registration.request.memberID
+    await cancelWhenGracefulShutdown {
+      while !Task.isCancelled {
+        do {
+          try await CoordinatorClient.with(address: self.coordinator, security: self.security) {
+            client in
+            let joined = try await client.register(registration.request)
+            self.logger.info(
+              "registered with the coordinator",
+              metadata: [
+                "coordinator": "\(self.coordinator)", "incarnation": "\(joined.incarnation)",
+                "lease_s": "\(joined.leaseSeconds)",
+              ])
+            let period = Duration.milliseconds(Int64(max(10, joined.heartbeatSeconds * 1000)))
+            while !Task.isCancelled {
+              try await Task.sleep(for: period)
+              let answer = try await client.heartbeat(
+                .with {
+                  $0.memberID = id
+                  $0.incarnation = joined.incarnation
+                  $0.usedBytes = registration.usedBytes()
+                })
+              if !answer.accepted {
+                self.logger.warning("heartbeat refused; registering again: \(answer.reason)")
+                return
+              }
+            }
+          }
+        } catch is CancellationError {
+          return
+        } catch {
+          self.logger.warning("coordinator unavailable; retrying: \(error)")
+          try? await Task.sleep(for: self.retry)
+        }
+      }
+    }
+  }
+}

@@ -22,6 +22,9 @@ public enum ByteSize {
   }
 
   /// `bytes` in the largest binary unit that keeps three significant figures.
+  /// `format` for a byte count kept unsigned.
+  public static func format(_ bytes: UInt64) -> String { format(Int(clamping: bytes)) }
+
   public static func format(_ bytes: Int) -> String {
     let value = Double(bytes)
     for (suffix, factor) in [

@@ -18,12 +18,16 @@ public final class MemoryNode: Service, Sendable {
   public let metrics: MemoryNodeMetrics
   private let logger: Logger
   private let addresses = AsyncValue<MemoryNodeAddresses>()
+  private let security: ControlPlaneSecurity
 
   /// A node; `metricsFactory` receives its metrics (pass a Prometheus factory in the daemon).
+  /// `security` guards the gRPC control service (token, TLS).
   public init(
-    configuration: MemoryNodeConfiguration, metricsFactory: any MetricsFactory, logger: Logger
+    configuration: MemoryNodeConfiguration, security: ControlPlaneSecurity = .none,
+    metricsFactory: any MetricsFactory, logger: Logger
   ) throws(DataPlaneError) {
     try configuration.validate()
+    self.security = security
     self.configuration = configuration
     self.store = ShardStore(
       pool: PagePool(
@@ -76,7 +80,8 @@ public final class MemoryNode: Service, Sendable {
         nodeID: config.id, transport: served, dataAddress: dataAddress, transportNote: note),
       store: store, metrics: metrics)
     let grpc = GRPCServerService(
-      host: config.control.host, port: config.control.port, services: [control])
+      host: config.control.host, port: config.control.port, services: [control],
+      security: security)
 
     try await withThrowingDiscardingTaskGroup { group in
       group.addTask { try await grpc.run() }

@@ -6,6 +6,9 @@ struct HKV: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "hkv",
     abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
-    subcommands: [EvalCommand.self, MemoryNodeCommand.self]
+    subcommands: [
+      EvalCommand.self, MemoryNodeCommand.self, CoordinatorCommand.self, NodesCommand.self,
+      BudgetsCommand.self, HeadsCommand.self, StatusCommand.self,
+    ]
   )
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HeteroKVConfig
+import HeteroKVCoordinatorClient
 import HeteroKVDaemon
 import HeteroKVMemoryNode
 import HeteroKVWire
@@ -21,8 +22,11 @@ struct MemoryNodeCommand: AsyncParsableCommand {
       Logs go to stderr. Memory is volatile: a restarted node starts empty.
       """)
 
-  @Option(help: "Cluster file (YAML); see docs/configuration.md.")
-  var config: String?
+  @OptionGroup var file: ClusterFileOptions
+
+  @Option(
+    help: "Coordinator address host:port to register with (default: the cluster file's; 'none' runs alone).")
+  var coordinator: String?
 
   @Option(help: "The node's id (its entry in the cluster file).")
   var id: String
@@ -49,15 +53,15 @@ struct MemoryNodeCommand: AsyncParsableCommand {
   var logLevel: String = "info"
 
   func run() async throws {
-    guard let level = Logger.Level(rawValue: logLevel) else {
-      throw ValidationError("bad --log-level '\(logLevel)'")
-    }
-    let settings = try resolveSettings()
-    LoggingSystem.bootstrap { label in
-      var handler = StreamLogHandler.standardError(label: label)
-      handler.logLevel = level
-      return handler
-    }
+    let cluster = try file.load()
+    let settings = try resolveSettings(cluster)
+    let security = try cluster?.controlPlaneSecurity() ?? .none
+    let coordinatorAddress: HostPort? =
+      if coordinator == "none" { nil } else if let coordinator {
+        try HostPort(coordinator)
+          ?? { throw ValidationError("bad --coordinator '\(coordinator)': expected host:port") }()
+      } else { cluster?.coordinator?.control }
+    _ = try bootstrapLogging(logLevel)
     let logger = Logger(label: "hkv.memnode")
     let registry = PrometheusCollectorRegistry()
     let node: MemoryNode
@@ -67,7 +71,7 @@ struct MemoryNodeCommand: AsyncParsableCommand {
           id: settings.id, data: settings.data, control: settings.control,
           capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
           transport: settings.transport),
-        metricsFactory: PrometheusMetricsFactory(registry: registry), logger: logger)
+        security: security, metricsFactory: PrometheusMetricsFactory(registry: registry), logger: logger)
     } catch {
       throw CommandFailure(description: error.message)
     }
@@ -76,6 +80,23 @@ struct MemoryNodeCommand: AsyncParsableCommand {
       MetricsEndpoint(registry: registry, host: $0.host, port: $0.port, logger: logger)
     }
     if let endpoint { services.append(.init(service: endpoint)) }
+    if let coordinatorAddress {
+      let agent = MembershipAgent(coordinator: coordinatorAddress, security: security, logger: logger) {
+        let bound = try await node.listeningAddresses()
+        let store = node.store
+        return .init(
+          request: .with {
+            $0.memberID = settings.id
+            $0.role = .memoryNode
+            $0.dataAddress = bound.data.description
+            $0.controlAddress = bound.control.description
+            $0.capacityBytes = UInt64(settings.capacityBytes)
+            $0.transport = bound.transport.rawValue
+          },
+          usedBytes: { store.stats().usedBytes })
+      }
+      services.append(.init(service: agent))
+    }
     let group = ServiceGroup(
       configuration: .init(
         services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -96,11 +117,11 @@ struct MemoryNodeCommand: AsyncParsableCommand {
   }
 
   /// The cluster file's entry with flags applied over it.
-  func resolveSettings() throws -> MemoryNodeSettings {
+  func resolveSettings(_ cluster: ClusterConfiguration?) throws -> MemoryNodeSettings {
     var base: MemoryNodeSettings?
-    if let config {
+    if let cluster {
       do {
-        base = try ClusterConfiguration.load(path: config).memoryNode(id: id)
+        base = try cluster.memoryNode(id: id)
       } catch {
         throw CommandFailure(description: error.description)
       }

@@ -8,7 +8,7 @@ public struct MemberView: Sendable, Hashable, Codable {
   public var member: MembershipTable.Member
   /// Bytes in use at the last heartbeat (memory nodes).
   public var usedBytes: UInt64
-  /// Seconds until the lease lapses; negative once it has.
+  /// Seconds until the lease lapses; 0 once the member is down.
   public var leaseRemainingSeconds: Double
 }
 
@@ -146,8 +146,8 @@ public actor Coordinator {
     let t = now()
     return state.membership.members.values.sorted { $0.id < $1.id }.map {
       MemberView(
-        member: $0, usedBytes: usedBytes[$0.id] ?? 0,
-        leaseRemainingSeconds: $0.leaseExpiresAt - t)
+        member: $0, usedBytes: $0.status == .up ? usedBytes[$0.id] ?? 0 : 0,
+        leaseRemainingSeconds: $0.status == .up ? $0.leaseExpiresAt - t : 0)
     }
   }
 

@@ -2,6 +2,7 @@ import HeteroKVDaemon
 import HeteroKVWire
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Keeps one member in the cluster as a lifecycle `Service`: registers with the coordinator,
 /// renews the lease every heartbeat period, and registers again when the coordinator says the
@@ -41,30 +42,38 @@ public final class MembershipAgent: Service, Sendable {
   public func run() async throws {
     let registration = try await registration()
     let id = registration.request.memberID
+    // The incarnation outlives a broken connection: after a coordinator restart the member
+    // resumes heartbeats and only registers again when told its lease lapsed, so placements
+    // that hold its data are kept.
+    let joined = Mutex<Heterokv_V1_RegisterResponse?>(nil)
     await cancelWhenGracefulShutdown {
       while !Task.isCancelled {
         do {
           try await CoordinatorClient.with(address: self.coordinator, security: self.security) {
             client in
-            let joined = try await client.register(registration.request)
-            self.logger.info(
-              "registered with the coordinator",
-              metadata: [
-                "coordinator": "\(self.coordinator)", "incarnation": "\(joined.incarnation)",
-                "lease_s": "\(joined.leaseSeconds)",
-              ])
-            let period = Duration.milliseconds(Int64(max(10, joined.heartbeatSeconds * 1000)))
             while !Task.isCancelled {
-              try await Task.sleep(for: period)
+              guard let current = joined.withLock({ $0 }) else {
+                let answer = try await client.register(registration.request)
+                joined.withLock { $0 = answer }
+                self.logger.info(
+                  "registered with the coordinator",
+                  metadata: [
+                    "coordinator": "\(self.coordinator)", "incarnation": "\(answer.incarnation)",
+                    "lease_s": "\(answer.leaseSeconds)",
+                  ])
+                continue
+              }
+              try await Task.sleep(
+                for: .milliseconds(Int64(max(10, current.heartbeatSeconds * 1000))))
               let answer = try await client.heartbeat(
                 .with {
                   $0.memberID = id
-                  $0.incarnation = joined.incarnation
+                  $0.incarnation = current.incarnation
                   $0.usedBytes = registration.usedBytes()
                 })
               if !answer.accepted {
                 self.logger.warning("heartbeat refused; registering again: \(answer.reason)")
-                return
+                joined.withLock { $0 = nil }
               }
             }
           }

@@ -79,8 +79,7 @@ struct NodesCommand: AsyncParsableCommand {
           [
             $0.id, $0.role, $0.status, $0.dataAddress, $0.controlAddress, $0.transport,
             ByteSize.format($0.capacityBytes), ByteSize.format($0.usedBytes),
-            $0.leaseRemainingSeconds >= 0
-              ? String(format: "%.1fs", $0.leaseRemainingSeconds) : "lapsed",
+            $0.status == "up" ? String(format: "%.1fs", $0.leaseRemainingSeconds) : "lapsed",
           ]
         }
       ).render()

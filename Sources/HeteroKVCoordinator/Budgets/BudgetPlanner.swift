@@ -60,44 +60,44 @@ public enum BudgetPlanner {
 
   /// Integer shares of `total` proportional to `weights`, each in `lower...upper`, summing to
   /// `total` (which the caller keeps within `count·lower...count·upper`).
+  ///
+  /// Water-filling: the share of head i at level λ is clamp(λ·w_i, lower, upper), a sum that
+  /// grows with λ; bisection finds the level where it meets `total`, and whole tokens are then
+  /// handed out by largest remainder among heads below their upper bound.
   static func apportion(total: Int, weights: [Double], lower: Int, upper: Int) -> [Int] {
     let count = weights.count
     guard count > 0 else { return [] }
-    var pinned = [Int?](repeating: nil, count: count)
-    var shares = [Double](repeating: 0, count: count)
-    // Water-filling: pin whatever crosses a bound and share the rest again, until stable.
-    while true {
-      let free = (0..<count).filter { pinned[$0] == nil }
-      let remaining = Double(total - pinned.compactMap { $0 }.reduce(0, +))
-      let weightSum = free.map { weights[$0] }.reduce(0, +)
-      for i in free {
-        shares[i] = weightSum > 0 ? remaining * weights[i] / weightSum : remaining / Double(free.count)
-      }
-      let below = free.filter { shares[$0] < Double(lower) }
-      let above = free.filter { shares[$0] > Double(upper) }
-      if below.isEmpty && above.isEmpty { break }
-      // Pin one side per round: pinning both at once could overshoot the other way.
-      if !below.isEmpty {
-        for i in below { pinned[i] = lower }
-      } else {
-        for i in above { pinned[i] = upper }
-      }
+    let lo = Double(lower)
+    let hi = Double(upper)
+    func shares(_ level: Double) -> [Double] { weights.map { min(max(level * $0, lo), hi) } }
+    var low = 0.0
+    var high = hi / max(weights.min() ?? 1, 1e-12)
+    for _ in 0..<200 {
+      let mid = (low + high) / 2
+      if shares(mid).reduce(0, +) < Double(total) { low = mid } else { high = mid }
     }
-    var caps = (0..<count).map { pinned[$0] ?? Int(shares[$0].rounded(.down)) }
+    let real = shares(high)
+    var caps = real.map { max(lower, min(upper, Int($0.rounded(.down)))) }
     var short = total - caps.reduce(0, +)
-    let order = (0..<count).filter { pinned[$0] == nil }.sorted {
-      let a = shares[$0] - shares[$0].rounded(.down)
-      let b = shares[$1] - shares[$1].rounded(.down)
+    let byRemainder = (0..<count).sorted {
+      let a = real[$0] - real[$0].rounded(.down)
+      let b = real[$1] - real[$1].rounded(.down)
       return a != b ? a > b : $0 < $1
     }
-    var progressed = true
-    while short > 0 && progressed {
-      progressed = false
-      for i in order where short > 0 && caps[i] < upper {
-        caps[i] += 1
-        short -= 1
-        progressed = true
+    while short != 0 {
+      var progressed = false
+      for i in (short > 0 ? byRemainder : byRemainder.reversed()) where short != 0 {
+        if short > 0 && caps[i] < upper {
+          caps[i] += 1
+          short -= 1
+          progressed = true
+        } else if short < 0 && caps[i] > lower {
+          caps[i] -= 1
+          short += 1
+          progressed = true
+        }
       }
+      if !progressed { break }
     }
     return caps
   }

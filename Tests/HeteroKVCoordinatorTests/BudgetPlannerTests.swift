@@ -1,0 +1,70 @@
+import HeteroKVConfig
+import HeteroKVCore
+import Testing
+
+@testable import HeteroKVCoordinator
+
+@Suite("Budget planner")
+struct BudgetPlannerTests {
+  @Test("HeteroCache: compressed caps sum to the policy's total, favour unstable heads, and full heads keep the context")
+  func heterocache() throws {
+    let profiles = testProfiles()
+    let settings = BudgetSettings(policy: .heterocache, memoryFraction: 0.3, minTokens: 16)
+    let n = 10_000
+    let plan = try BudgetPlanner.plan(profiles: profiles, prefillTokens: n, settings: settings)
+    // 8 heads, 4 full (pivot, volatile) at cost 0.125: (0.3*8 - 4*0.125) * n.
+    let expected = Int(((0.3 * 8 - 4 * 0.125) * Double(n)).rounded(.down))
+    #expect(plan.totalTokens == expected)
+    let compressed = plan.heads.filter { !$0.role.keepsFullContext }
+    #expect(compressed.map(\.cap).reduce(0, +) == expected)
+    #expect(plan.heads.filter { $0.role.keepsFullContext }.allSatisfy { $0.cap == n })
+    // Satellite (stability 0.3) gets more than the anchor (0.9) of its layer.
+    let layer0 = plan.heads.filter { $0.layer == 0 }
+    #expect(layer0[1].cap > layer0[2].cap)
+    #expect(compressed.allSatisfy { (16...n).contains($0.cap) })
+  }
+
+  @Test("bounds hold and the total is kept whatever the weights, over random profiles")
+  func bounds() throws {
+    var random = SeededGenerator(seed: 7)
+    for trial in 0..<300 {
+      let heads = Int.random(in: 1...64, using: &random)
+      let weights = (0..<heads).map { _ in Double.random(in: 0.001...1, using: &random) }
+      let lower = Int.random(in: 0...50, using: &random)
+      let upper = lower + Int.random(in: 0...5000, using: &random)
+      let total = Int.random(in: (lower * heads)...(upper * heads), using: &random)
+      let caps = BudgetPlanner.apportion(total: total, weights: weights, lower: lower, upper: upper)
+      #expect(caps.reduce(0, +) == total, "trial \(trial)")
+      #expect(caps.allSatisfy { (lower...upper).contains($0) }, "trial \(trial)")
+    }
+  }
+
+  @Test("policies: uniform gives equal caps; max_tokens pins and the rest is shared again")
+  func policies() throws {
+    let profiles = testProfiles()
+    let uniform = try BudgetPlanner.plan(
+      profiles: profiles, prefillTokens: 1000,
+      settings: BudgetSettings(policy: .uniform, memoryFraction: 0.25, minTokens: 0))
+    #expect(Set(uniform.heads.map(\.cap)) == [250])
+    #expect(uniform.totalTokens == 2000)
+    let capped = try BudgetPlanner.plan(
+      profiles: profiles, prefillTokens: 10_000,
+      settings: BudgetSettings(
+        policy: .heterocache, memoryFraction: 0.3, minTokens: 100, maxTokens: 6000))
+    let compressed = capped.heads.filter { !$0.role.keepsFullContext }
+    #expect(compressed.map(\.cap).max() == 6000)
+    #expect(compressed.map(\.cap).reduce(0, +) == capped.totalTokens)
+  }
+
+  @Test("a memory fraction that cannot pay for the full-context heads is refused, naming it")
+  func infeasible() {
+    #expect {
+      try BudgetPlanner.plan(
+        profiles: testProfiles(), prefillTokens: 100,
+        settings: BudgetSettings(policy: .heterocache, memoryFraction: 0.05, fullHeadCost: 0.5))
+    } throws: { error in
+      (error as? CoordinatorError)?.kind == .failedPrecondition
+        && "\(error)".contains("memory_fraction 0.05")
+    }
+  }
+}

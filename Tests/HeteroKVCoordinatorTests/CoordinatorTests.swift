@@ -1,0 +1,250 @@
+import Foundation
+import HeteroKVConfig
+import HeteroKVCore
+import Metrics
+import Testing
+
+@testable import HeteroKVCoordinator
+
+@Suite("Coordinator")
+struct CoordinatorTests {
+  func make(
+    _ config: ClusterConfiguration, store: any CoordinatorStore = InMemoryCoordinatorStore(),
+    clock: ManualClock = ManualClock()
+  ) throws -> Coordinator {
+    try Coordinator(
+      configuration: config, store: store, metricsFactory: NOOPMetricsHandler.instance,
+      logger: quietLogger, now: { clock.now() })
+  }
+
+  @Test("a lapsed lease marks the node down within one lease period, and placements drop it with a new version")
+  func leaseExpiry() async throws {
+    let clock = ManualClock()
+    let coordinator = try make(testCluster(replication: 2, lease: 5), clock: clock)
+    try await coordinator.addMemoryNodes(3)
+    let key = SequenceKey(namespace: 1, sequence: 42)
+    let opened = try await coordinator.openSequence(key: key, worker: "w0", maxTokens: 1000)
+    #expect(opened.placement.version == 1)
+    #expect(opened.placement.targets.map(\.nodeID) == ["m0", "m1", "m2"])
+    #expect(opened.placement.replicas == 2)
+    // m0 and m2 renew; m1 stops.
+    for _ in 0..<3 {
+      clock.advance(2)
+      for id in ["m0", "m2"] {
+        let (accepted, _) = await coordinator.heartbeat(id: id, incarnation: 1, usedBytes: 10)
+        #expect(accepted)
+      }
+      try await coordinator.expireLeases()
+    }
+    // 6 s after its last renewal (lease 5 s): down.
+    let members = try await coordinator.members()
+    #expect(members.first { $0.member.id == "m1" }?.member.status == .down)
+    #expect(members.filter { $0.member.status == .up }.map(\.member.id) == ["m0", "m2"])
+    let placement = try await coordinator.sequence(key).placement
+    #expect(placement.version == 2)
+    #expect(placement.targets.map(\.nodeID) == ["m0", "m2"])
+    #expect(placement.departed == ["m1"])
+    // The lapsed member's heartbeat is refused; it must register again.
+    let (accepted, reason) = await coordinator.heartbeat(id: "m1", incarnation: 1, usedBytes: 0)
+    #expect(!accepted)
+    #expect(reason.contains("lapsed"))
+  }
+
+  @Test("a memory node that registers again (it restarted, its memory is gone) leaves existing placements")
+  func rejoin() async throws {
+    let coordinator = try make(testCluster())
+    try await coordinator.addMemoryNodes(2)
+    let key = SequenceKey(namespace: 0, sequence: 1)
+    _ = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 100)
+    _ = try await coordinator.register(
+      id: "m1", role: .memoryNode, dataAddress: "127.0.0.1:1", controlAddress: "127.0.0.1:2",
+      capacityBytes: 1 << 30, transport: "tcp")
+    let placement = try await coordinator.sequence(key).placement
+    #expect(placement.targets.map(\.nodeID) == ["m0"])
+    #expect(placement.version == 2)
+    // A new sequence places on both again.
+    let next = try await coordinator.openSequence(
+      key: SequenceKey(namespace: 0, sequence: 2), worker: "w", maxTokens: 100)
+    #expect(next.placement.targets.count == 2)
+  }
+
+  @Test("opening is idempotent for the same worker; a second worker, a missing sequence and a full pool are refused clearly")
+  func refusals() async throws {
+    let coordinator = try make(testCluster(replication: 2))
+    let key = SequenceKey(namespace: 0, sequence: 9)
+    await #expect(throws: CoordinatorError.self) {
+      try await coordinator.openSequence(key: key, worker: "w", maxTokens: 10)
+    }
+    try await coordinator.addMemoryNodes(2, capacity: 64 << 20)
+    let a = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 1000)
+    let b = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 1000)
+    #expect(a == b)
+    await expectRefusal(.alreadyExists, mentioning: "by worker w") {
+      _ = try await coordinator.openSequence(key: key, worker: "other", maxTokens: 1000)
+    }
+    await expectRefusal(.notFound, mentioning: "0/10") {
+      _ = try await coordinator.sequence(SequenceKey(namespace: 0, sequence: 10))
+    }
+    // 2 layers x 4 heads x 64 dims x 2 bytes x (K+V) = 2 KiB per token, x2 copies: 128 MiB
+    // of pool holds 32K tokens.
+    await expectRefusal(.resourceExhausted, mentioning: "free") {
+      _ = try await coordinator.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 11), worker: "w", maxTokens: 40_000)
+    }
+  }
+
+  @Test("reported profiles give budgets readable per sequence; bad reports name the head")
+  func profiles() async throws {
+    let coordinator = try make(testCluster())
+    try await coordinator.addMemoryNodes(1)
+    let key = SequenceKey(namespace: 0, sequence: 5)
+    let opened = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 8192)
+    let record = try await coordinator.reportProfiles(
+      key: key, prefillTokens: 4096, profiles: testProfiles().reversed())
+    let plan = try #require(record.budgets)
+    #expect(plan.heads.map(\.layer) == [0, 0, 0, 0, 1, 1, 1, 1])
+    #expect(plan.heads.filter { !$0.role.keepsFullContext }.map(\.cap).reduce(0, +) == plan.totalTokens)
+    // Anchors' keys no longer need the memory tier: the reservation shrinks.
+    #expect(record.reservedBytes < opened.reservedBytes)
+    var bad = testProfiles()
+    bad[5].role = .satellite(pivot: 2)
+    await #expect {
+      try await coordinator.reportProfiles(key: key, prefillTokens: 10, profiles: bad)
+    } throws: { error in
+      "\(error)".contains("layer 1 head 1") && "\(error)".contains("not a pivot")
+    }
+    await #expect(throws: CoordinatorError.self) {
+      try await coordinator.reportProfiles(key: key, prefillTokens: 10, profiles: Array(testProfiles().dropLast()))
+    }
+    await #expect(throws: CoordinatorError.self) {
+      try await coordinator.reportProfiles(key: key, prefillTokens: 9000, profiles: testProfiles())
+    }
+    #expect(try await coordinator.closeSequence(key) == record.reservedBytes)
+    #expect(try await coordinator.status().reservedBytes == 0)
+  }
+
+  @Test("state in a file store comes back identical after a restart, leases renewed for one period")
+  func restart() async throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let config = try testCluster(replication: 2, stateDir: dir)
+    var before: CoordinatorState
+    do {
+      let store = try FileCoordinatorStore(directory: dir, snapshotEvery: 4)
+      let clock = ManualClock()
+      let coordinator = try make(config, store: store, clock: clock)
+      try await coordinator.addMemoryNodes(3)
+      for s in 0..<3 {
+        let key = SequenceKey(namespace: 2, sequence: UInt64(s))
+        _ = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 2048)
+        _ = try await coordinator.reportProfiles(key: key, prefillTokens: 1024, profiles: testProfiles())
+      }
+      clock.advance(3)
+      _ = await coordinator.heartbeat(id: "m0", incarnation: 1, usedBytes: 0)
+      _ = await coordinator.heartbeat(id: "m1", incarnation: 1, usedBytes: 0)
+      clock.advance(3)
+      #expect(try await coordinator.expireLeases() == ["m2"])
+      _ = try await coordinator.closeSequence(SequenceKey(namespace: 2, sequence: 1))
+      before = await coordinator.snapshot()
+    }
+    // A second coordinator on the same directory is refused while the first holds it: here
+    // the first is gone (its store was released), so this one opens.
+    let store = try FileCoordinatorStore(directory: dir, snapshotEvery: 4)
+    #expect(throws: CoordinatorError.self) { try FileCoordinatorStore(directory: dir) }
+    let restored = try make(config, store: store)
+    let after = await restored.snapshot()
+    #expect(after.sequences == before.sequences)
+    #expect(after.revision == before.revision)
+    #expect(after.membership.members.mapValues(\.status) == before.membership.members.mapValues(\.status))
+    #expect(after.membership.members.mapValues(\.incarnation) == before.membership.members.mapValues(\.incarnation))
+  }
+}
+
+/// Expects `body` to fail with a coordinator refusal of `kind` whose message has `text`.
+func expectRefusal(
+  _ kind: CoordinatorError.Kind, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
+  _ body: () async throws -> Void
+) async {
+  do {
+    try await body()
+    Issue.record("expected a \(kind) refusal", sourceLocation: sourceLocation)
+  } catch {
+    let refusal = error as? CoordinatorError
+    #expect(refusal?.kind == kind, "\(error)", sourceLocation: sourceLocation)
+    #expect(refusal?.message.contains(text) == true, "\(error)", sourceLocation: sourceLocation)
+  }
+}
+
+@Suite("File store")
+struct FileStoreTests {
+  func changes(_ count: Int) -> [StateChange] {
+    (0..<count).map { i in
+      .registered(
+        MembershipTable.Member(
+          id: "m\(i % 3)", role: .memoryNode, dataAddress: "h:\(i)", controlAddress: "h:1",
+          capacityBytes: UInt64(i + 1), transport: "tcp", leaseExpiresAt: 0, status: .up,
+          incarnation: UInt64(i / 3 + 1)))
+    }
+  }
+
+  func write(_ changes: [StateChange], to dir: String, snapshotEvery: Int) throws -> CoordinatorState {
+    let store = try FileCoordinatorStore(directory: dir, snapshotEvery: snapshotEvery)
+    var state = try store.load() ?? CoordinatorState(leaseSeconds: 1)
+    for change in changes {
+      state.apply(change)
+      try store.append(change, state: state)
+    }
+    return state
+  }
+
+  @Test("replay of snapshot plus log gives the same state, at every snapshot interval")
+  func replay() throws {
+    for every in [1, 3, 7, 100] {
+      let dir = temporaryDirectory()
+      defer { try? FileManager.default.removeItem(atPath: dir) }
+      let written = try write(changes(20), to: dir, snapshotEvery: every)
+      let loaded = try FileCoordinatorStore(directory: dir).load()
+      #expect(loaded == written, "snapshot every \(every)")
+      #expect(loaded?.revision == 20)
+    }
+  }
+
+  @Test("a torn last record is cut; damage before the end refuses to load")
+  func damage() throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let written = try write(changes(5), to: dir, snapshotEvery: 100)
+    let log = dir + "/state.log"
+    var bytes = try Data(contentsOf: URL(fileURLWithPath: log))
+    let full = bytes.count
+    // Torn tail: half of a sixth record.
+    try (bytes + Data([40, 0, 0, 0, 1, 2, 3])).write(to: URL(fileURLWithPath: log))
+    var next = written
+    do {
+      let store = try FileCoordinatorStore(directory: dir, snapshotEvery: 100)
+      #expect(try store.load() == written)
+      #expect(try Data(contentsOf: URL(fileURLWithPath: log)).count == full)
+      // It appends cleanly after the cut.
+      let change = changes(6)[5]
+      next.apply(change)
+      try store.append(change, state: next)
+    }
+    #expect(try FileCoordinatorStore.loadOnce(dir) == next)
+    // Flip a byte inside the first record's payload: refused, naming the offset.
+    bytes = try Data(contentsOf: URL(fileURLWithPath: log))
+    bytes[12] ^= 0xff
+    try bytes.write(to: URL(fileURLWithPath: log))
+    #expect {
+      try FileCoordinatorStore.loadOnce(dir)
+    } throws: { error in
+      "\(error)".contains("damaged at byte 0")
+    }
+  }
+}
+
+extension FileCoordinatorStore {
+  /// Opens, loads and releases the directory.
+  static func loadOnce(_ dir: String) throws -> CoordinatorState? {
+    try FileCoordinatorStore(directory: dir).load()
+  }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import HeteroKVConfig
 import HeteroKVWire
 import Testing
@@ -115,5 +116,152 @@ struct ClusterConfigurationTests {
     } catch {
       #expect(error.description.contains("at least one memory node"))
     }
+  }
+}
+
+@Suite("Cluster file: coordinator, worker, budgets, security and overrides")
+struct ClusterSectionsTests {
+  static let full = """
+    cluster: prod
+    model: llama-3-8b
+    coordinator:
+      control: 10.0.0.1:7000
+      metrics: 10.0.0.1:9000
+      state_dir: /var/lib/hkv
+      lease: 12s
+      heartbeat: 4000ms
+    memory_nodes:
+      - {id: a, data: 10.0.0.2:7100, control: 10.0.0.2:7101, capacity: 64GiB}
+      - {id: b, data: 10.0.0.3:7100, control: 10.0.0.3:7101, capacity: 64GiB}
+    worker:
+      key_codec: scalar
+      key_bits: 4
+      group_size: 32
+      window: 128
+    budgets:
+      policy: uniform
+      memory_fraction: 0.25
+      min_tokens: 128
+      max_tokens: 4096
+    replication: 2
+    security:
+      token_env: MY_TOKEN
+      tls: {cert: /c.pem, key: /k.pem, ca: /ca.pem, require_client_cert: true}
+    """
+
+  @Test("every section parses into typed settings")
+  func sections() throws {
+    let c = try ClusterConfiguration.parse(yaml: Self.full)
+    #expect(c.model?.name == "llama-3-8b")
+    #expect(c.coordinator?.leaseSeconds == 12)
+    #expect(c.coordinator?.heartbeatSeconds == 4)
+    #expect(c.coordinator?.stateDirectory == "/var/lib/hkv")
+    #expect(c.worker.keyCodec == .scalar)
+    #expect(c.worker.keyBits == 4)
+    #expect(c.worker.window == 128)
+    #expect(c.worker.sinks == 4)
+    #expect(c.budgets.policy == .uniform)
+    #expect(c.budgets.maxTokens == 4096)
+    #expect(c.replication == 2)
+    #expect(c.security.tls?.requireClientCertificates == true)
+    let custom = try ClusterConfiguration.parse(
+      yaml: """
+        cluster: x
+        model: {layers: 4, query_heads: 8, kv_heads: 2, head_dim: 32}
+        memory_nodes: [{id: a, data: h:1, control: h:2, capacity: 1MiB}]
+        """)
+    #expect(custom.model?.kvHeads == 2)
+    #expect(custom.coordinator == nil)
+  }
+
+  @Test("environment variables override the file and --set overrides both; a bad override names its source")
+  func overrides() throws {
+    let env = ConfigurationOverride.fromEnvironment([
+      "HKV_BUDGETS_MEMORY_FRACTION": "0.5", "HKV_COORDINATOR_STATE_DIR": "/srv/state",
+      "HKV_REPLICATION": "1", "UNRELATED": "x",
+    ])
+    #expect(env.count == 3)
+    let flags = try ConfigurationOverride.fromAssignments(["replication=2", "budgets.policy=heterocache"])
+    let c = try ClusterConfiguration.parse(yaml: Self.full, overrides: env + flags)
+    #expect(c.budgets.memoryFraction == 0.5)
+    #expect(c.coordinator?.stateDirectory == "/srv/state")
+    #expect(c.replication == 2)
+    #expect(c.budgets.policy == .heterocache)
+    #expect(ConfigurationOverride.environmentName(for: "security.tls.ca") == "HKV_SECURITY_TLS_CA")
+
+    do {
+      _ = try ClusterConfiguration.parse(
+        yaml: Self.full,
+        overrides: ConfigurationOverride.fromEnvironment(["HKV_WORKER_GROUP_SIZE": "48"]))
+      Issue.record("a group size that does not divide 128 was accepted")
+    } catch {
+      #expect(error.problems.map(\.description) == [
+        "environment HKV_WORKER_GROUP_SIZE: worker.group_size: must divide the head dimension 128 of llama-3-8b, got 48"
+      ])
+    }
+    #expect(throws: ConfigurationError.self) {
+      try ConfigurationOverride.fromAssignments(["budgets.memory_fractoin=0.2"])
+    }
+    do {
+      _ = try ConfigurationOverride.fromAssignments(["budgets.memory_fractoin=0.2", "nokey"])
+    } catch {
+      #expect(error.problems.count == 2)
+      #expect(error.problems[0].message.contains("did you mean \"budgets.memory_fraction\""))
+    }
+  }
+
+  @Test("every problem in the new sections is listed with its line")
+  func problems() {
+    do {
+      _ = try ClusterConfiguration.parse(
+        yaml: """
+          cluster: p
+          coordinator:
+            control: 127.0.0.1:7000
+          memory_nodes:
+            - {id: a, data: h:1, control: h:2, capacity: 1MiB}
+          worker:
+            key_codec: pq
+            key_bits: 3
+          budgets:
+            min_tokens: 500
+            max_tokens: 100
+          security:
+            token_env: "bad name"
+            tls: {cert: /c.pem, require_client_cert: yes}
+          """, file: "p.yaml")
+      Issue.record("accepted")
+    } catch {
+      let text = error.problems.map(\.description)
+      #expect(
+        text == [
+          "p.yaml:1: model: a cluster with a coordinator needs the model (a preset name or its geometry)",
+          "p.yaml:3: coordinator.state_dir: missing (required)",
+          "p.yaml:8: worker.key_bits: pq codes take 4, 8, 12, 16 bits, got 3",
+          "p.yaml:11: budgets.max_tokens: must be at least min_tokens (500), got 100",
+          "p.yaml:13: security.token_env: must be an environment variable name, got \"bad name\"",
+          "p.yaml:14: security.tls.key: missing (required)",
+          "p.yaml:14: security.tls.ca: require_client_cert needs the CA that signs client certificates",
+        ], "\(text)")
+    }
+  }
+
+  @Test("the token comes from the environment, else a private file; a configured source that gives none is an error")
+  func token() throws {
+    let path = NSTemporaryDirectory() + "hkv-token-\(UInt64.random(in: 0...UInt64.max))"
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    try "from-file\n".write(toFile: path, atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path)
+    let settings = SecuritySettings(tokenEnvironmentVariable: "T", tokenFile: path)
+    #expect(try settings.resolveToken(environment: ["T": "from-env"]) == "from-env")
+    #expect {
+      try settings.resolveToken(environment: [:])
+    } throws: { "\($0)".contains("readable by group or others") }
+    try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+    #expect(try settings.resolveToken(environment: [:]) == "from-file")
+    #expect {
+      try SecuritySettings(tokenEnvironmentVariable: "T").resolveToken(environment: [:])
+    } throws: { "\($0)".contains("T is not set") }
+    #expect(try SecuritySettings().resolveToken(environment: [:]) == nil)
   }
 }

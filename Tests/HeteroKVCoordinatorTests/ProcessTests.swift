@@ -33,21 +33,25 @@ func hkvPath() throws -> URL {
 final class CoordinatorProcess {
   let process = Process()
   private let output = Pipe()
-  private let errors = Pipe()
   private(set) var address = HostPort(host: "", port: 0)
   private(set) var revision = 0
 
+  /// Starts it; its log goes to `config`.log (a file, so it never blocks on a full pipe).
   init(config: String) throws {
     process.executableURL = try hkvPath()
-    process.arguments = ["coordinator", "--config", config, "--log-level", "warning"]
+    process.arguments = ["coordinator", "--config", config, "--log-level", "info"]
     process.standardOutput = output
+    let logPath = config + ".log"
+    FileManager.default.createFile(atPath: logPath, contents: nil)
+    let errors = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+    errors.seekToEndOfFile()
     process.standardError = errors
     try process.run()
     var line = Data()
     while true {
       let byte = output.fileHandleForReading.readData(ofLength: 1)
       if byte.isEmpty {
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
         throw CocoaError(
           .fileReadUnknown,
           userInfo: [NSLocalizedDescriptionKey: "coordinator exited before ready: \(log)"])
@@ -112,7 +116,9 @@ struct CoordinatorProcessTests {
 
     let first = try CoordinatorProcess(config: config)
     #expect(first.revision == 0)
-    let before = try await CoordinatorClient.with(address: first.address) { client in
+    // Generous deadlines: this runs beside the rest of the suite on two cores.
+    let before = try await CoordinatorClient.with(address: first.address, timeout: .seconds(30)) {
+      client in
       for (i, capacity) in [1 << 30, 1 << 30, 2 << 30].enumerated() {
         _ = try await client.register(
           .with {
@@ -152,7 +158,8 @@ struct CoordinatorProcessTests {
     let second = try CoordinatorProcess(config: config)
     defer { second.kill() }
     #expect(second.revision == 3 + 20)
-    let after = try await CoordinatorClient.with(address: second.address) { client in
+    let after = try await CoordinatorClient.with(address: second.address, timeout: .seconds(30)) {
+      client in
       try await ClusterView.read(client)
     }
     #expect(after == before)
@@ -160,7 +167,7 @@ struct CoordinatorProcessTests {
     // The CLI's JSON parses and says what the coordinator says.
     let budgets = try runHKV([
       "budgets", "--coordinator", "\(second.address)", "--namespace", "3", "--sequence", "12",
-      "--json",
+      "--json", "--timeout", "30",
     ])
     #expect(budgets.status == 0, "\(budgets.err)")
     let json = try #require(
@@ -176,14 +183,16 @@ struct CoordinatorProcessTests {
     }
     #expect(sequences.first?["total_tokens"] as? Int == Int(before.budgets.sequences[0].totalTokens))
 
-    let status = try runHKV(["status", "--coordinator", "\(second.address)", "--json"])
+    let status = try runHKV([
+      "status", "--coordinator", "\(second.address)", "--json", "--timeout", "30",
+    ])
     #expect(status.status == 0, "\(status.err)")
     let summary = try #require(try JSONSerialization.jsonObject(with: status.out) as? [String: Any])
     #expect(summary["nodes_up"] as? Int == 3)
     #expect(summary["capacity_bytes"] as? Int == 4 << 30)
     #expect((summary["sequences"] as? [Any])?.count == 10)
 
-    let nodes = try runHKV(["nodes", "--coordinator", "\(second.address)"])
+    let nodes = try runHKV(["nodes", "--coordinator", "\(second.address)", "--timeout", "30"])
     let rows = String(decoding: nodes.out, as: UTF8.self).split(separator: "\n").map {
       $0.split(separator: " ").map(String.init)
     }
@@ -191,7 +200,9 @@ struct CoordinatorProcessTests {
     #expect(rows.dropFirst().map { Array($0.prefix(3)) } == ["m0", "m1", "m2"].map { [$0, "memory_node", "up"] })
 
     // Clear errors: a sequence that does not exist, a coordinator that is not there.
-    let missing = try runHKV(["heads", "--coordinator", "\(second.address)", "--sequence", "999"])
+    let missing = try runHKV([
+      "heads", "--coordinator", "\(second.address)", "--sequence", "999", "--timeout", "30",
+    ])
     #expect(missing.status != 0)
     #expect(missing.err.contains("no open sequence 0/999"))
     let nowhere = try runHKV(["status", "--coordinator", "127.0.0.1:1", "--timeout", "2"])

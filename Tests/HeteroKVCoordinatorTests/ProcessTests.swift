@@ -68,9 +68,12 @@ final class CoordinatorProcess {
 
   /// Kills it without warning (SIGKILL), as a crash would.
   func kill() {
+    guard process.isRunning else { return }
     Foundation.kill(process.processIdentifier, SIGKILL)
     process.waitUntilExit()
   }
+
+  deinit { kill() }
 }
 
 /// What the coordinator says about the cluster, in a comparable form.

@@ -114,7 +114,8 @@ public struct ClusterConfiguration: Sendable, Hashable {
     }
     var sources: [String: String] = [:]
     for override in overrides {
-      root = root.setting(override.keyPath.split(separator: ".").map(String.init), to: override.value)
+      root = root.setting(
+        override.keyPath.split(separator: ".").map(String.init), to: override.value)
       sources[override.keyPath] = override.source
     }
     let log = ProblemLog(file: file, overrideSources: sources)
@@ -128,7 +129,8 @@ public struct ClusterConfiguration: Sendable, Hashable {
     let model = readModel(reader)
     let coordinator = reader.section("coordinator").flatMap(readCoordinator)
     if reader.has("coordinator") && !reader.has("model") {
-      reader.problem("model", "a cluster with a coordinator needs the model (a preset name or its geometry)")
+      reader.problem(
+        "model", "a cluster with a coordinator needs the model (a preset name or its geometry)")
     }
     let entries = reader.list("memory_nodes", required: true)
     let nodes = entries.compactMap(readMemoryNode)
@@ -141,7 +143,9 @@ public struct ClusterConfiguration: Sendable, Hashable {
     let replication = reader.int("replication", range: 1...8) ?? 1
     if entries.count > 0, replication > entries.count {
       reader.problem(
-        "replication", "\(replication) copies need at least \(replication) memory nodes; the file has \(entries.count)")
+        "replication",
+        "\(replication) copies need at least \(replication) memory nodes; the file has \(entries.count)"
+      )
     }
     let security = reader.section("security").map(readSecurity) ?? SecuritySettings()
     guard log.problems.isEmpty, let worker, let budgets, let security else {

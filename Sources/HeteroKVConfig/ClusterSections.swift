@@ -130,7 +130,9 @@ public struct TLSSettings: Sendable, Hashable {
   /// Whether servers demand client certificates (mutual TLS).
   public var requireClientCertificates: Bool
 
-  public init(certificate: String, key: String, ca: String? = nil, requireClientCertificates: Bool = false) {
+  public init(
+    certificate: String, key: String, ca: String? = nil, requireClientCertificates: Bool = false
+  ) {
     self.certificate = certificate
     self.key = key
     self.ca = ca
@@ -147,7 +149,9 @@ public struct SecuritySettings: Sendable, Hashable {
   /// TLS for gRPC; none: plaintext.
   public var tls: TLSSettings?
 
-  public init(tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil, tls: TLSSettings? = nil) {
+  public init(
+    tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil, tls: TLSSettings? = nil
+  ) {
     self.tokenEnvironmentVariable = tokenEnvironmentVariable
     self.tokenFile = tokenFile
     self.tls = tls
@@ -178,7 +182,8 @@ public struct SecuritySettings: Sendable, Hashable {
           "security.token_file",
           "\(path) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")
       }
-      let token = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
+      let token =
+        String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).first
         .map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
       guard !token.isEmpty else { throw fail("security.token_file", "\(path) holds no token") }
       return token

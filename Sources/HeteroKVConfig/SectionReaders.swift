@@ -11,7 +11,8 @@ extension ClusterConfiguration {
         return try ModelGeometry.preset(named: preset)
       } catch {
         let names = ModelGeometry.presets.map(\.name).joined(separator: " | ")
-        reader.problem("model", "unknown preset \"\(preset)\"; expected one of \(names) or a mapping")
+        reader.problem(
+          "model", "unknown preset \"\(preset)\"; expected one of \(names) or a mapping")
         return nil
       }
     }
@@ -71,7 +72,8 @@ extension ClusterConfiguration {
     }
     if let model, model.headDim % group != 0 {
       r.problem(
-        "group_size", "must divide the head dimension \(model.headDim) of \(model.name), got \(group)")
+        "group_size",
+        "must divide the head dimension \(model.headDim) of \(model.name), got \(group)")
     }
     let settings = WorkerSettings(
       control: r.hostPort("control"), metrics: r.hostPort("metrics"),
@@ -98,7 +100,8 @@ extension ClusterConfiguration {
     }
     let settings = BudgetSettings(
       policy: policy ?? d.policy, memoryFraction: fraction, minTokens: minTokens,
-      maxTokens: maxTokens, fullHeadCost: r.double("full_head_cost", range: 0...1) ?? d.fullHeadCost,
+      maxTokens: maxTokens,
+      fullHeadCost: r.double("full_head_cost", range: 0...1) ?? d.fullHeadCost,
       stabilityThreshold: r.double("stability_threshold", range: 0...1) ?? d.stabilityThreshold,
       similarityThreshold: r.double("similarity_threshold", range: 0...1) ?? d.similarityThreshold,
       profileIntervalSteps: r.int("profile_interval_steps", range: 1...1 << 20)
@@ -128,7 +131,8 @@ extension ClusterConfiguration {
         tls = TLSSettings(certificate: cert, key: key, ca: ca, requireClientCertificates: mutual)
       }
     }
-    let settings = SecuritySettings(tokenEnvironmentVariable: tokenEnv, tokenFile: tokenFile, tls: tls)
+    let settings = SecuritySettings(
+      tokenEnvironmentVariable: tokenEnv, tokenFile: tokenFile, tls: tls)
     return r.log.problems.count == start ? settings : nil
   }
 }

@@ -144,7 +144,8 @@ struct YAMLReader {
   }
 
   /// A duration such as `10s`, `500ms`, `2m` or a bare number of seconds.
-  func seconds(_ key: String, required: Bool = false, range: ClosedRange<Double>? = nil) -> Double? {
+  func seconds(_ key: String, required: Bool = false, range: ClosedRange<Double>? = nil) -> Double?
+  {
     guard let (text, node) = scalar(key, required: required) else { return nil }
     guard let value = parseDuration(text) else {
       log.add(keyPath(key), node, "expected a duration such as 10s, 500ms or 2m, got \"\(text)\"")

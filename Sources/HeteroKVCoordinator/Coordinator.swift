@@ -52,7 +52,8 @@ public actor Coordinator {
     now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
   ) throws(CoordinatorError) {
     guard let model = configuration.model else {
-      throw .failedPrecondition("the cluster file has no model; the coordinator sizes budgets from it")
+      throw .failedPrecondition(
+        "the cluster file has no model; the coordinator sizes budgets from it")
     }
     let lease = configuration.coordinator?.leaseSeconds ?? 10
     var restored = try store.load() ?? CoordinatorState(leaseSeconds: lease)
@@ -154,7 +155,8 @@ public actor Coordinator {
   // MARK: Sequences and placement
 
   /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
-  public func openSequence(key: SequenceKey, worker: String, maxTokens: Int) throws(CoordinatorError)
+  public func openSequence(key: SequenceKey, worker: String, maxTokens: Int)
+    throws(CoordinatorError)
     -> SequenceRecord
   {
     try expireLeases()
@@ -169,9 +171,12 @@ public actor Coordinator {
       throw .invalidArgument("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
     }
     let nodes = state.membership.up(.memoryNode)
-    guard !nodes.isEmpty else { throw .failedPrecondition("no memory node is up to place sequence \(key) on") }
+    guard !nodes.isEmpty else {
+      throw .failedPrecondition("no memory node is up to place sequence \(key) on")
+    }
     let replicas = min(configuration.replication, nodes.count)
-    let bytes = reservation(keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
+    let bytes = reservation(
+      keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
     try checkFree(bytes, for: key)
     let record = SequenceRecord(
       key: key, worker: worker, maxTokens: maxTokens,
@@ -203,12 +208,14 @@ public actor Coordinator {
     let record = try sequence(key)
     guard prefillTokens > 0, prefillTokens <= record.maxTokens else {
       throw .invalidArgument(
-        "prefill_tokens must be in 1...\(record.maxTokens) (the sequence's max_tokens), got \(prefillTokens)")
+        "prefill_tokens must be in 1...\(record.maxTokens) (the sequence's max_tokens), got \(prefillTokens)"
+      )
     }
     try validate(profiles)
     let sorted = profiles.sorted { ($0.layer, $0.kvHead) < ($1.layer, $1.kvHead) }
     let settings = configuration.budgets
-    let plan = try BudgetPlanner.plan(profiles: sorted, prefillTokens: prefillTokens, settings: settings)
+    let plan = try BudgetPlanner.plan(
+      profiles: sorted, prefillTokens: prefillTokens, settings: settings)
     let keyHeads: Int =
       switch settings.policy {
       case .heterocache: sorted.filter { $0.role != .anchor }.count
@@ -298,7 +305,8 @@ public actor Coordinator {
     for p in profiles {
       let at = "layer \(p.layer) head \(p.kvHead)"
       guard (0..<model.layers).contains(p.layer), (0..<model.kvHeads).contains(p.kvHead) else {
-        throw .invalidArgument("\(at) is outside \(model.layers) layers x \(model.kvHeads) KV heads")
+        throw .invalidArgument(
+          "\(at) is outside \(model.layers) layers x \(model.kvHeads) KV heads")
       }
       guard seen.insert(p.layer * model.kvHeads + p.kvHead).inserted else {
         throw .invalidArgument("\(at) is reported twice")
@@ -320,7 +328,8 @@ public actor Coordinator {
         roles[p.layer * model.kvHeads + pivot] == .pivot
       else {
         throw .invalidArgument(
-          "layer \(p.layer) head \(p.kvHead): satellite of \(pivot), which is not a pivot of that layer")
+          "layer \(p.layer) head \(p.kvHead): satellite of \(pivot), which is not a pivot of that layer"
+        )
       }
     }
   }

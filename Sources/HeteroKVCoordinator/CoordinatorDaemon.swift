@@ -17,7 +17,8 @@ public final class CoordinatorDaemon: Service, Sendable {
 
   /// A daemon for `configuration` (which must have a coordinator section) over `store`.
   public init(
-    configuration: ClusterConfiguration, store: any CoordinatorStore, security: ControlPlaneSecurity,
+    configuration: ClusterConfiguration, store: any CoordinatorStore,
+    security: ControlPlaneSecurity,
     metricsFactory: any MetricsFactory, logger: Logger,
     now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
   ) throws(CoordinatorError) {

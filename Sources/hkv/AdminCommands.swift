@@ -31,12 +31,15 @@ struct AdminOptions: ParsableArguments {
       address = control
     } else {
       throw ValidationError(
-        "no coordinator address: give --coordinator HOST:PORT or a --config with a coordinator section")
+        "no coordinator address: give --coordinator HOST:PORT or a --config with a coordinator section"
+      )
     }
     let security =
       try cluster?.controlPlaneSecurity()
       ?? ControlPlaneSecurity(token: ProcessInfo.processInfo.environment["HKV_TOKEN"])
-    guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout must be in (0, 600]") }
+    guard timeout > 0, timeout <= 600 else {
+      throw ValidationError("--timeout must be in (0, 600]")
+    }
     do {
       return try await CoordinatorClient.with(
         address: address, security: security, timeout: .milliseconds(Int64(timeout * 1000)), body)

@@ -25,7 +25,9 @@ struct MemoryNodeCommand: AsyncParsableCommand {
   @OptionGroup var file: ClusterFileOptions
 
   @Option(
-    help: "Coordinator address host:port to register with (default: the cluster file's; 'none' runs alone).")
+    help:
+      "Coordinator address host:port to register with (default: the cluster file's; 'none' runs alone)."
+  )
   var coordinator: String?
 
   @Option(help: "The node's id (its entry in the cluster file).")
@@ -71,7 +73,8 @@ struct MemoryNodeCommand: AsyncParsableCommand {
           id: settings.id, data: settings.data, control: settings.control,
           capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
           transport: settings.transport),
-        security: security, metricsFactory: PrometheusMetricsFactory(registry: registry), logger: logger)
+        security: security, metricsFactory: PrometheusMetricsFactory(registry: registry),
+        logger: logger)
     } catch {
       throw CommandFailure(description: error.message)
     }
@@ -81,7 +84,9 @@ struct MemoryNodeCommand: AsyncParsableCommand {
     }
     if let endpoint { services.append(.init(service: endpoint)) }
     if let coordinatorAddress {
-      let agent = MembershipAgent(coordinator: coordinatorAddress, security: security, logger: logger) {
+      let agent = MembershipAgent(
+        coordinator: coordinatorAddress, security: security, logger: logger
+      ) {
         let bound = try await node.listeningAddresses()
         let store = node.store
         return .init(

@@ -174,14 +174,18 @@ struct ClusterSectionsTests {
     #expect(custom.coordinator == nil)
   }
 
-  @Test("environment variables override the file and --set overrides both; a bad override names its source")
+  @Test(
+    "environment variables override the file and --set overrides both; a bad override names its source"
+  )
   func overrides() throws {
     let env = ConfigurationOverride.fromEnvironment([
       "HKV_BUDGETS_MEMORY_FRACTION": "0.5", "HKV_COORDINATOR_STATE_DIR": "/srv/state",
       "HKV_REPLICATION": "1", "UNRELATED": "x",
     ])
     #expect(env.count == 3)
-    let flags = try ConfigurationOverride.fromAssignments(["replication=2", "budgets.policy=heterocache"])
+    let flags = try ConfigurationOverride.fromAssignments([
+      "replication=2", "budgets.policy=heterocache",
+    ])
     let c = try ClusterConfiguration.parse(yaml: Self.full, overrides: env + flags)
     #expect(c.budgets.memoryFraction == 0.5)
     #expect(c.coordinator?.stateDirectory == "/srv/state")
@@ -195,9 +199,10 @@ struct ClusterSectionsTests {
         overrides: ConfigurationOverride.fromEnvironment(["HKV_WORKER_GROUP_SIZE": "48"]))
       Issue.record("a group size that does not divide 128 was accepted")
     } catch {
-      #expect(error.problems.map(\.description) == [
-        "environment HKV_WORKER_GROUP_SIZE: worker.group_size: must divide the head dimension 128 of llama-3-8b, got 48"
-      ])
+      #expect(
+        error.problems.map(\.description) == [
+          "environment HKV_WORKER_GROUP_SIZE: worker.group_size: must divide the head dimension 128 of llama-3-8b, got 48"
+        ])
     }
     #expect(throws: ConfigurationError.self) {
       try ConfigurationOverride.fromAssignments(["budgets.memory_fractoin=0.2"])
@@ -246,7 +251,9 @@ struct ClusterSectionsTests {
     }
   }
 
-  @Test("the token comes from the environment, else a private file; a configured source that gives none is an error")
+  @Test(
+    "the token comes from the environment, else a private file; a configured source that gives none is an error"
+  )
   func token() throws {
     let path = NSTemporaryDirectory() + "hkv-token-\(UInt64.random(in: 0...UInt64.max))"
     defer { try? FileManager.default.removeItem(atPath: path) }

@@ -6,7 +6,9 @@ import Testing
 
 @Suite("Budget planner")
 struct BudgetPlannerTests {
-  @Test("HeteroCache: compressed caps sum to the policy's total, favour unstable heads, and full heads keep the context")
+  @Test(
+    "HeteroCache: compressed caps sum to the policy's total, favour unstable heads, and full heads keep the context"
+  )
   func heterocache() throws {
     let profiles = testProfiles()
     let settings = BudgetSettings(policy: .heterocache, memoryFraction: 0.3, minTokens: 16)

@@ -40,7 +40,9 @@ func eventually(
 
 @Suite("Coordinator over gRPC")
 struct CoordinatorServiceTests {
-  @Test("members register and heartbeat through the agent; a silent one is down within one lease; budgets round-trip; the token is enforced")
+  @Test(
+    "members register and heartbeat through the agent; a silent one is down within one lease; budgets round-trip; the token is enforced"
+  )
   func endToEnd() async throws {
     let security = ControlPlaneSecurity(token: "s3cret")
     let daemon = try CoordinatorDaemon(

@@ -17,7 +17,9 @@ struct CoordinatorTests {
       logger: quietLogger, now: { clock.now() })
   }
 
-  @Test("a lapsed lease marks the node down within one lease period, and placements drop it with a new version")
+  @Test(
+    "a lapsed lease marks the node down within one lease period, and placements drop it with a new version"
+  )
   func leaseExpiry() async throws {
     let clock = ManualClock()
     let coordinator = try make(testCluster(replication: 2, lease: 5), clock: clock)
@@ -50,7 +52,9 @@ struct CoordinatorTests {
     #expect(reason.contains("lapsed"))
   }
 
-  @Test("a memory node that registers again (it restarted, its memory is gone) leaves existing placements")
+  @Test(
+    "a memory node that registers again (it restarted, its memory is gone) leaves existing placements"
+  )
   func rejoin() async throws {
     let coordinator = try make(testCluster())
     try await coordinator.addMemoryNodes(2)
@@ -68,7 +72,9 @@ struct CoordinatorTests {
     #expect(next.placement.targets.count == 2)
   }
 
-  @Test("opening is idempotent for the same worker; a second worker, a missing sequence and a full pool are refused clearly")
+  @Test(
+    "opening is idempotent for the same worker; a second worker, a missing sequence and a full pool are refused clearly"
+  )
   func refusals() async throws {
     let coordinator = try make(testCluster(replication: 2))
     let key = SequenceKey(namespace: 0, sequence: 9)
@@ -103,7 +109,8 @@ struct CoordinatorTests {
       key: key, prefillTokens: 4096, profiles: testProfiles().reversed())
     let plan = try #require(record.budgets)
     #expect(plan.heads.map(\.layer) == [0, 0, 0, 0, 1, 1, 1, 1])
-    #expect(plan.heads.filter { !$0.role.keepsFullContext }.map(\.cap).reduce(0, +) == plan.totalTokens)
+    #expect(
+      plan.heads.filter { !$0.role.keepsFullContext }.map(\.cap).reduce(0, +) == plan.totalTokens)
     // Anchors' keys no longer need the memory tier: the reservation shrinks.
     #expect(record.reservedBytes < opened.reservedBytes)
     var bad = testProfiles()
@@ -114,7 +121,8 @@ struct CoordinatorTests {
       "\(error)".contains("layer 1 head 1") && "\(error)".contains("not a pivot")
     }
     await #expect(throws: CoordinatorError.self) {
-      try await coordinator.reportProfiles(key: key, prefillTokens: 10, profiles: Array(testProfiles().dropLast()))
+      try await coordinator.reportProfiles(
+        key: key, prefillTokens: 10, profiles: Array(testProfiles().dropLast()))
     }
     await #expect(throws: CoordinatorError.self) {
       try await coordinator.reportProfiles(key: key, prefillTokens: 9000, profiles: testProfiles())
@@ -137,7 +145,8 @@ struct CoordinatorTests {
       for s in 0..<3 {
         let key = SequenceKey(namespace: 2, sequence: UInt64(s))
         _ = try await coordinator.openSequence(key: key, worker: "w", maxTokens: 2048)
-        _ = try await coordinator.reportProfiles(key: key, prefillTokens: 1024, profiles: testProfiles())
+        _ = try await coordinator.reportProfiles(
+          key: key, prefillTokens: 1024, profiles: testProfiles())
       }
       clock.advance(3)
       _ = await coordinator.heartbeat(id: "m0", incarnation: 1, usedBytes: 0)
@@ -155,14 +164,18 @@ struct CoordinatorTests {
     let after = await restored.snapshot()
     #expect(after.sequences == before.sequences)
     #expect(after.revision == before.revision)
-    #expect(after.membership.members.mapValues(\.status) == before.membership.members.mapValues(\.status))
-    #expect(after.membership.members.mapValues(\.incarnation) == before.membership.members.mapValues(\.incarnation))
+    #expect(
+      after.membership.members.mapValues(\.status) == before.membership.members.mapValues(\.status))
+    #expect(
+      after.membership.members.mapValues(\.incarnation)
+        == before.membership.members.mapValues(\.incarnation))
   }
 }
 
 /// Expects `body` to fail with a coordinator refusal of `kind` whose message has `text`.
 func expectRefusal(
-  _ kind: CoordinatorError.Kind, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation,
+  _ kind: CoordinatorError.Kind, mentioning text: String,
+  sourceLocation: SourceLocation = #_sourceLocation,
   _ body: () async throws -> Void
 ) async {
   do {
@@ -187,7 +200,9 @@ struct FileStoreTests {
     }
   }
 
-  func write(_ changes: [StateChange], to dir: String, snapshotEvery: Int) throws -> CoordinatorState {
+  func write(_ changes: [StateChange], to dir: String, snapshotEvery: Int) throws
+    -> CoordinatorState
+  {
     let store = try FileCoordinatorStore(directory: dir, snapshotEvery: snapshotEvery)
     var state = try store.load() ?? CoordinatorState(leaseSeconds: 1)
     for change in changes {

@@ -84,7 +84,9 @@ struct ClusterView: Equatable {
 
   static func read(_ client: CoordinatorClient) async throws -> ClusterView {
     ClusterView(
-      nodes: try await client.nodes().members.map { "\($0.memberID) \($0.status) \($0.incarnation) \($0.capacityBytes)" },
+      nodes: try await client.nodes().members.map {
+        "\($0.memberID) \($0.status) \($0.incarnation) \($0.capacityBytes)"
+      },
       placement: try await client.placement(namespace: 3, sequence: 12),
       budgets: try await client.budgets(namespace: 3, sequence: 12, layer: nil))
   }
@@ -92,30 +94,32 @@ struct ClusterView: Equatable {
 
 @Suite("hkv coordinator and the admin CLI as separate processes")
 struct CoordinatorProcessTests {
-  @Test("a coordinator killed and restarted returns the same nodes, placements and budgets; the CLI's JSON matches")
+  @Test(
+    "a coordinator killed and restarted returns the same nodes, placements and budgets; the CLI's JSON matches"
+  )
   func restartAndCLI() async throws {
     let dir = temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let config = dir + "/cluster.yaml"
     try """
-      cluster: proc
-      model:
-        layers: 2
-        query_heads: 8
-        kv_heads: 4
-        head_dim: 64
-      coordinator:
-        control: 127.0.0.1:0
-        state_dir: \(dir)/state
-        lease: 60s
-        snapshot_every: 16
-      memory_nodes:
-        - {id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}
-        - {id: m1, data: 127.0.0.1:3, control: 127.0.0.1:4, capacity: 1GiB}
-        - {id: m2, data: 127.0.0.1:5, control: 127.0.0.1:6, capacity: 2GiB}
-      budgets: {policy: heterocache, memory_fraction: 0.3, min_tokens: 32}
-      replication: 2
-      """.write(toFile: config, atomically: true, encoding: .utf8)
+    cluster: proc
+    model:
+      layers: 2
+      query_heads: 8
+      kv_heads: 4
+      head_dim: 64
+    coordinator:
+      control: 127.0.0.1:0
+      state_dir: \(dir)/state
+      lease: 60s
+      snapshot_every: 16
+    memory_nodes:
+      - {id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}
+      - {id: m1, data: 127.0.0.1:3, control: 127.0.0.1:4, capacity: 1GiB}
+      - {id: m2, data: 127.0.0.1:5, control: 127.0.0.1:6, capacity: 2GiB}
+    budgets: {policy: heterocache, memory_fraction: 0.3, min_tokens: 32}
+    replication: 2
+    """.write(toFile: config, atomically: true, encoding: .utf8)
 
     let first = try CoordinatorProcess(config: config)
     #expect(first.revision == 0)
@@ -184,7 +188,8 @@ struct CoordinatorProcessTests {
       #expect(row["role"] as? String == head.role)
       #expect(row["cap"] as? Int == Int(head.cap))
     }
-    #expect(sequences.first?["total_tokens"] as? Int == Int(before.budgets.sequences[0].totalTokens))
+    #expect(
+      sequences.first?["total_tokens"] as? Int == Int(before.budgets.sequences[0].totalTokens))
 
     let status = try runHKV([
       "status", "--coordinator", "\(second.address)", "--json", "--timeout", "30",
@@ -200,7 +205,9 @@ struct CoordinatorProcessTests {
       $0.split(separator: " ").map(String.init)
     }
     #expect(rows.first?.prefix(3) == ["ID", "ROLE", "STATUS"])
-    #expect(rows.dropFirst().map { Array($0.prefix(3)) } == ["m0", "m1", "m2"].map { [$0, "memory_node", "up"] })
+    #expect(
+      rows.dropFirst().map { Array($0.prefix(3)) }
+        == ["m0", "m1", "m2"].map { [$0, "memory_node", "up"] })
 
     // Clear errors: a sequence that does not exist, a coordinator that is not there.
     let missing = try runHKV([
@@ -219,21 +226,21 @@ struct CoordinatorProcessTests {
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let config = dir + "/bad.yaml"
     try """
-      cluster: bad
-      model: llama-9
-      coordinator:
-        control: 127.0.0.1:notaport
-        state_dir: \(dir)/state
-        lease: 2s
-        heartbeat: 5s
-      memory_nodes:
-        - {id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}
-      budgets:
-        policy: greedy
-        memory_fraction: 2
-      replication: 3
-      secuirty: {}
-      """.write(toFile: config, atomically: true, encoding: .utf8)
+    cluster: bad
+    model: llama-9
+    coordinator:
+      control: 127.0.0.1:notaport
+      state_dir: \(dir)/state
+      lease: 2s
+      heartbeat: 5s
+    memory_nodes:
+      - {id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}
+    budgets:
+      policy: greedy
+      memory_fraction: 2
+    replication: 3
+    secuirty: {}
+    """.write(toFile: config, atomically: true, encoding: .utf8)
     let run = try runHKV(["coordinator", "--config", config])
     #expect(run.status != 0)
     for expected in [

@@ -27,12 +27,14 @@ public enum BudgetPlanner {
   ) throws(CoordinatorError) -> SequenceBudgetPlan {
     guard n > 0 else { throw .invalidArgument("prefill_tokens must be positive") }
     guard !profiles.isEmpty else { throw .invalidArgument("no head profiles were reported") }
-    let fullHeads = settings.policy == .heterocache ? profiles.filter { $0.role.keepsFullContext } : []
+    let fullHeads =
+      settings.policy == .heterocache ? profiles.filter { $0.role.keepsFullContext } : []
     let compressed = profiles.indices.filter {
       settings.policy != .heterocache || !profiles[$0].role.keepsFullContext
     }
     let slots =
-      settings.memoryFraction * Double(profiles.count) - Double(fullHeads.count) * settings.fullHeadCost
+      settings.memoryFraction * Double(profiles.count) - Double(fullHeads.count)
+      * settings.fullHeadCost
     if !compressed.isEmpty && slots <= 0 {
       throw .failedPrecondition(
         "memory_fraction \(settings.memoryFraction) cannot pay for \(fullHeads.count) full-context "

@@ -110,7 +110,8 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
     if let layer, !(0..<coordinator.model.layers).contains(layer) {
       throw RPCError(
         code: .invalidArgument,
-        message: "layer \(layer) is outside 0..<\(coordinator.model.layers) of \(coordinator.model.name)")
+        message:
+          "layer \(layer) is outside 0..<\(coordinator.model.layers) of \(coordinator.model.name)")
     }
     return .with { $0.sequences = records.map { Heterokv_V1_SequenceBudgets($0, layer: layer) } }
   }

@@ -24,7 +24,9 @@ public final class InMemoryCoordinatorStore: CoordinatorStore {
 
   public func load() throws(CoordinatorError) -> CoordinatorState? { state.withLock { $0 } }
 
-  public func append(_ change: StateChange, state newState: CoordinatorState) throws(CoordinatorError) {
+  public func append(_ change: StateChange, state newState: CoordinatorState)
+    throws(CoordinatorError)
+  {
     state.withLock { $0 = newState }
   }
 }
@@ -65,7 +67,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
       try FileManager.default.createDirectory(
         atPath: directory, withIntermediateDirectories: true)
     } catch {
-      throw .init(.storage, "cannot create the state directory \(directory): \(error.localizedDescription)")
+      throw .init(
+        .storage, "cannot create the state directory \(directory): \(error.localizedDescription)")
     }
     let lock = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
     guard lock >= 0 else { throw Self.posixError("open \(directory)/LOCK") }
@@ -128,7 +131,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
       guard entry.revision == current.revision + 1 else {
         throw .init(
           .storage,
-          "\(logPath) skips from revision \(current.revision) to \(entry.revision) at byte \(offset)")
+          "\(logPath) skips from revision \(current.revision) to \(entry.revision) at byte \(offset)"
+        )
       }
       current.apply(entry.change)
       state = current
@@ -136,7 +140,9 @@ public final class FileCoordinatorStore: CoordinatorStore {
     }
     if offset < bytes.count {
       // Cut the torn tail so the next append starts on a record boundary.
-      guard truncate(logPath, off_t(offset)) == 0 else { throw Self.posixError("truncate \(logPath)") }
+      guard truncate(logPath, off_t(offset)) == 0 else {
+        throw Self.posixError("truncate \(logPath)")
+      }
     }
     files.withLock { $0.entriesSinceSnapshot = replayed }
     return state
@@ -191,7 +197,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
     guard fsync(dir) == 0 else { throw Self.posixError("fsync \(directory)") }
   }
 
-  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(CoordinatorError) {
+  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(CoordinatorError)
+  {
     var written = 0
     while written < bytes.count {
       let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
@@ -211,6 +218,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
   }
 
   private static func appendU32(_ bytes: inout [UInt8], _ value: UInt32) {
-    for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> shift)) }
+    for shift in stride(from: 0, to: 32, by: 8) {
+      bytes.append(UInt8(truncatingIfNeeded: value >> shift))
+    }
   }
 }

@@ -460,7 +460,7 @@ public nonisolated struct Heterokv_V1_MemberInfo: Sendable {
 
   public var incarnation: UInt64 = 0
 
-  /// Seconds until the lease lapses (negative once it has).
+  /// Seconds until the lease lapses; 0 once the member is down.
   public var leaseRemainingSeconds: Double = 0
 
   public var transport: String = String()

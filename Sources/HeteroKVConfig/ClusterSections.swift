@@ -129,14 +129,20 @@ public struct TLSSettings: Sendable, Hashable {
   public var ca: String?
   /// Whether servers demand client certificates (mutual TLS).
   public var requireClientCertificates: Bool
+  /// The name clients expect in server certificates (sent as SNI and verified); none: the
+  /// host of the address dialled. Needed where servers are dialled by IP address, since an IP
+  /// cannot be sent as SNI.
+  public var serverName: String?
 
   public init(
-    certificate: String, key: String, ca: String? = nil, requireClientCertificates: Bool = false
+    certificate: String, key: String, ca: String? = nil, requireClientCertificates: Bool = false,
+    serverName: String? = nil
   ) {
     self.certificate = certificate
     self.key = key
     self.ca = ca
     self.requireClientCertificates = requireClientCertificates
+    self.serverName = serverName
   }
 }
 

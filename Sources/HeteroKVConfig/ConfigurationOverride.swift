@@ -26,7 +26,7 @@ public struct ConfigurationOverride: Sendable, Hashable {
     "budgets.full_head_cost", "budgets.stability_threshold", "budgets.similarity_threshold",
     "budgets.profile_interval_steps",
     "security.token_env", "security.token_file", "security.tls.cert", "security.tls.key",
-    "security.tls.ca", "security.tls.require_client_cert",
+    "security.tls.ca", "security.tls.require_client_cert", "security.tls.server_name",
   ]
 
   /// The environment variable that overrides `keyPath`: `HKV_` and the path in capitals with

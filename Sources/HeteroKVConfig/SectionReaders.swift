@@ -119,16 +119,19 @@ extension ClusterConfiguration {
     let tokenFile = r.string("token_file")
     var tls: TLSSettings?
     if let t = r.section("tls") {
-      t.rejectUnknownKeys(["cert", "key", "ca", "require_client_cert"])
+      t.rejectUnknownKeys(["cert", "key", "ca", "require_client_cert", "server_name"])
       let cert = t.string("cert", required: true)
       let key = t.string("key", required: true)
       let ca = t.string("ca")
       let mutual = t.bool("require_client_cert") ?? false
+      let serverName = t.string("server_name")
       if mutual && ca == nil {
         t.problem("ca", "require_client_cert needs the CA that signs client certificates")
       }
       if let cert, let key {
-        tls = TLSSettings(certificate: cert, key: key, ca: ca, requireClientCertificates: mutual)
+        tls = TLSSettings(
+          certificate: cert, key: key, ca: ca, requireClientCertificates: mutual,
+          serverName: serverName)
       }
     }
     let settings = SecuritySettings(

@@ -115,7 +115,11 @@ public enum ControlPlaneClient {
     let transport = try HTTP2ClientTransport.Posix(
       target: .dns(host: address.host, port: address.port),
       transportSecurity: security.clientTransportSecurity,
-      config: .defaults)
+      config: .defaults {
+        // An IP address cannot be sent as SNI: the configured server name is sent (and
+        // verified) instead.
+        if let name = security.tls?.serverName { $0.http2.authority = name }
+      })
     return try await withGRPCClient(
       transport: transport, interceptors: security.clientInterceptors, handleClient: body)
   }

@@ -137,3 +137,72 @@ func report(_ p: HeadProfile) -> Heterokv_V1_HeadProfileReport {
     if case .satellite(let pivot) = p.role { $0.pivot = UInt32(pivot) }
   }
 }
+
+@Suite("Control plane over TLS")
+struct ControlPlaneTLSTests {
+  /// A CA and a server certificate for `hkv-coordinator.test` and 127.0.0.1, made by openssl.
+  func makeCertificates(in dir: String) throws {
+    let script = """
+      set -e
+      cd '\(dir)'
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout ca.key -out ca.pem -days 1 -subj /CN=hkv-test-ca 2>/dev/null
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout server.key -out server.csr -subj /CN=hkv-coordinator.test 2>/dev/null
+      printf 'subjectAltName=DNS:hkv-coordinator.test,IP:127.0.0.1\\n' > san.ext
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out server.pem -days 1 -extfile san.ext 2>/dev/null
+      """
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = ["-c", script]
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+      throw CocoaError(
+        .fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "openssl failed in \(dir)"])
+    }
+  }
+
+  @Test(
+    "with TLS, a client trusting the CA is served; a plaintext client and one trusting another CA are not"
+  )
+  func tls() async throws {
+    let dir = temporaryDirectory()
+    let other = temporaryDirectory()
+    defer {
+      try? FileManager.default.removeItem(atPath: dir)
+      try? FileManager.default.removeItem(atPath: other)
+    }
+    try makeCertificates(in: dir)
+    try makeCertificates(in: other)
+    let tls = TLSSettings(
+      certificate: dir + "/server.pem", key: dir + "/server.key", ca: dir + "/ca.pem",
+      serverName: "hkv-coordinator.test")
+    let server = ControlPlaneSecurity(token: "t", tls: tls)
+    let daemon = try CoordinatorDaemon(
+      configuration: testCluster(), store: InMemoryCoordinatorStore(), security: server,
+      metricsFactory: NOOPMetricsHandler.instance, logger: quietLogger)
+    try await withServices([daemon]) {
+      let address = HostPort(host: "127.0.0.1", port: try await daemon.listeningPort())
+      let status = try await CoordinatorClient.with(address: address, security: server) {
+        try await $0.status()
+      }
+      #expect(status.cluster == "test")
+      var untrusted = tls
+      untrusted.ca = other + "/ca.pem"
+      for client in [
+        ControlPlaneSecurity(token: "t"), ControlPlaneSecurity(token: "t", tls: untrusted),
+      ] {
+        do {
+          _ = try await CoordinatorClient.with(
+            address: address, security: client, timeout: .seconds(3)
+          ) { try await $0.status() }
+          Issue.record("served a client that should not have connected: \(client)")
+        } catch let error as CoordinatorClientError {
+          #expect(error.isUnreachable)
+        }
+      }
+    }
+  }
+}

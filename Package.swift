@@ -175,6 +175,12 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
+    // What the role tests share: `hkv` as a child process, a silent logger.
+    .target(
+      name: "HeteroKVTestSupport",
+      dependencies: ["HeteroKVWire", .product(name: "Logging", package: "swift-log")],
+      path: "Tests/HeteroKVTestSupport"
+    ),
     .testTarget(name: "HeteroKVCoreTests", dependencies: ["HeteroKVCore"]),
     .testTarget(name: "HeteroKVEvalTests", dependencies: ["HeteroKVEval", "HeteroKVCore"]),
     .testTarget(
@@ -187,7 +193,7 @@ let package = Package(
       name: "HeteroKVCoordinatorTests",
       dependencies: [
         "HeteroKVCoordinator", "HeteroKVCoordinatorClient", "HeteroKVConfig", "HeteroKVCore",
-        "HeteroKVDaemon", "HeteroKVWire",
+        "HeteroKVDaemon", "HeteroKVWire", "HeteroKVTestSupport",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -207,6 +213,7 @@ let package = Package(
         "HeteroKVMemoryNode",
         "HeteroKVMemoryClient",
         "HeteroKVDaemon",
+        "HeteroKVTestSupport",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),

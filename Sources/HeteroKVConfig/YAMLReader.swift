@@ -95,32 +95,34 @@ struct YAMLReader {
     return text
   }
 
-  func int(_ key: String, required: Bool = false, range: ClosedRange<Int>? = nil) -> Int? {
+  /// A scalar parsed by `parse` and checked against `range`; `expected` says what a value
+  /// looks like and `unit` follows each number in the range message.
+  private func bounded<T: Comparable>(
+    _ key: String, required: Bool, range: ClosedRange<T>?, expected: String, unit: String = "",
+    parse: (String) -> T?
+  ) -> T? {
     guard let (text, node) = scalar(key, required: required) else { return nil }
-    guard let value = Int(text) else {
-      log.add(keyPath(key), node, "expected an integer, got \"\(text)\"")
+    guard let value = parse(text) else {
+      log.add(keyPath(key), node, "expected \(expected), got \"\(text)\"")
       return nil
     }
     if let range, !range.contains(value) {
       log.add(
-        keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
+        keyPath(key), node,
+        "must be in \(range.lowerBound)\(unit)...\(range.upperBound)\(unit), got \(value)\(unit)")
       return nil
     }
     return value
   }
 
+  func int(_ key: String, required: Bool = false, range: ClosedRange<Int>? = nil) -> Int? {
+    bounded(key, required: required, range: range, expected: "an integer") { Int($0) }
+  }
+
   func double(_ key: String, required: Bool = false, range: ClosedRange<Double>? = nil) -> Double? {
-    guard let (text, node) = scalar(key, required: required) else { return nil }
-    guard let value = Double(text), value.isFinite else {
-      log.add(keyPath(key), node, "expected a number, got \"\(text)\"")
-      return nil
+    bounded(key, required: required, range: range, expected: "a number") {
+      Double($0).flatMap { $0.isFinite ? $0 : nil }
     }
-    if let range, !range.contains(value) {
-      log.add(
-        keyPath(key), node, "must be in \(range.lowerBound)...\(range.upperBound), got \(value)")
-      return nil
-    }
-    return value
   }
 
   func bool(_ key: String, required: Bool = false) -> Bool? {
@@ -146,17 +148,9 @@ struct YAMLReader {
   /// A duration such as `10s`, `500ms`, `2m` or a bare number of seconds.
   func seconds(_ key: String, required: Bool = false, range: ClosedRange<Double>? = nil) -> Double?
   {
-    guard let (text, node) = scalar(key, required: required) else { return nil }
-    guard let value = parseDuration(text) else {
-      log.add(keyPath(key), node, "expected a duration such as 10s, 500ms or 2m, got \"\(text)\"")
-      return nil
-    }
-    if let range, !range.contains(value) {
-      log.add(
-        keyPath(key), node, "must be in \(range.lowerBound)s...\(range.upperBound)s, got \(value)s")
-      return nil
-    }
-    return value
+    bounded(
+      key, required: required, range: range, expected: "a duration such as 10s, 500ms or 2m",
+      unit: "s", parse: parseDuration)
   }
 
   func hostPort(_ key: String, required: Bool = false) -> HostPort? {

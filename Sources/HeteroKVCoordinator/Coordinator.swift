@@ -101,17 +101,17 @@ public actor Coordinator {
         throw .invalidArgument("transport must be tcp or rdma, got \"\(transport)\"")
       }
     }
-    let incarnation = (state.membership.members[id]?.incarnation ?? 0) + 1
-    let member = MembershipTable.Member(
+    let member = state.membership.registration(
       id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
-      capacityBytes: capacityBytes, transport: transport,
-      leaseExpiresAt: now() + state.membership.leaseSeconds, status: .up, incarnation: incarnation)
+      capacityBytes: capacityBytes, transport: transport, now: now())
     try commit(.registered(member))
     usedBytes[id] = 0
     logger.info(
       "member registered",
-      metadata: ["member": "\(id)", "role": "\(role.rawValue)", "incarnation": "\(incarnation)"])
-    return incarnation
+      metadata: [
+        "member": "\(id)", "role": "\(role.rawValue)", "incarnation": "\(member.incarnation)",
+      ])
+    return member.incarnation
   }
 
   /// Renews a lease; false (with why) when the member must register again.
@@ -126,15 +126,14 @@ public actor Coordinator {
       return (false, "the lease of \(id) lapsed; register again")
     }
     usedBytes[id] = used
-    gauges.update(state, used: usedBytes)
+    gauges.recordUsed(state.membership, used: usedBytes)
     return (true, "")
   }
 
   /// Marks down every member whose lease lapsed; returns their ids.
   @discardableResult
   public func expireLeases() throws(CoordinatorError) -> [String] {
-    var probe = state.membership
-    let lapsed = probe.expire(now: now())
+    let lapsed = state.membership.lapsed(now: now())
     guard !lapsed.isEmpty else { return [] }
     try commit(.markedDown(lapsed))
     logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
@@ -369,7 +368,13 @@ struct CoordinatorGauges: Sendable {
     sequences.record(state.sequences.count)
     capacity.record(Int64(clamping: up.reduce(UInt64(0)) { $0 + $1.capacityBytes }))
     reserved.record(Int64(clamping: state.reservedBytes))
-    used.record(Int64(clamping: up.reduce(UInt64(0)) { $0 + (bytes[$1.id] ?? 0) }))
+    recordUsed(state.membership, used: bytes)
     revision.record(Int64(clamping: state.revision))
+  }
+
+  /// Only the pool's used bytes: what a heartbeat changes.
+  func recordUsed(_ membership: MembershipTable, used bytes: [String: UInt64]) {
+    used.record(
+      Int64(clamping: membership.up(.memoryNode).reduce(UInt64(0)) { $0 + (bytes[$1.id] ?? 0) }))
   }
 }

@@ -18,7 +18,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
       variables HKV_<KEY_PATH> and --set override it. State (members, sequences, placements,
       profiles, budgets) is kept in coordinator.state_dir and survives a restart. Once the
       gRPC server listens, one line goes to stdout:
-        ready coordinator=HOST:PORT metrics=HOST:PORT|none state_dir=DIR revision=N
+        ready coordinator=HOST:PORT state_dir=DIR revision=N metrics=HOST:PORT|none
       Logs go to stderr.
       """)
 
@@ -50,28 +50,13 @@ struct CoordinatorCommand: AsyncParsableCommand {
     if security.token == nil {
       logger.warning("no security.token_env or token_file: control calls are not authenticated")
     }
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: daemon)]
-    let endpoint = settings.metrics.map {
-      MetricsEndpoint(registry: registry, host: $0.host, port: $0.port, logger: logger)
-    }
-    if let endpoint { services.append(.init(service: endpoint)) }
-    let group = ServiceGroup(
-      configuration: .init(
-        services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-      tasks.addTask { try await group.run() }
-      tasks.addTask {
-        let port = try await daemon.listeningPort()
-        let metricsAddress =
-          if let endpoint, let metrics = settings.metrics {
-            "\(HostPort(host: metrics.host, port: try await endpoint.listeningPort()))"
-          } else { "none" }
-        let revision = await daemon.coordinator.snapshot().revision
-        let line =
-          "ready coordinator=\(HostPort(host: settings.control.host, port: port)) metrics=\(metricsAddress) state_dir=\(settings.stateDirectory) revision=\(revision)\n"
-        FileHandle.standardOutput.write(Data(line.utf8))
-      }
-      try await tasks.waitForAll()
+    try await runDaemon(
+      [daemon], metrics: settings.metrics, registry: registry, logger: logger
+    ) {
+      let port = try await daemon.listeningPort()
+      let revision = await daemon.coordinator.snapshot().revision
+      return
+        "coordinator=\(HostPort(host: settings.control.host, port: port)) state_dir=\(settings.stateDirectory) revision=\(revision)"
     }
   }
 }

@@ -18,7 +18,7 @@ struct MemoryNodeCommand: AsyncParsableCommand {
       Settings come from the cluster file's entry for --id (--config), and flags override
       them; without --config every listen address and the capacity must be given as flags.
       Once both servers listen, one line goes to stdout:
-        ready node=ID data=HOST:PORT control=HOST:PORT metrics=HOST:PORT transport=tcp|rdma
+        ready node=ID data=HOST:PORT control=HOST:PORT transport=tcp|rdma metrics=HOST:PORT|none
       Logs go to stderr. Memory is volatile: a restarted node starts empty.
       """)
 
@@ -58,11 +58,13 @@ struct MemoryNodeCommand: AsyncParsableCommand {
     let cluster = try file.load()
     let settings = try resolveSettings(cluster)
     let security = try cluster?.controlPlaneSecurity() ?? .none
-    let coordinatorAddress: HostPort? =
-      if coordinator == "none" { nil } else if let coordinator {
-        try HostPort(coordinator)
-          ?? { throw ValidationError("bad --coordinator '\(coordinator)': expected host:port") }()
-      } else { cluster?.coordinator?.control }
+    var coordinatorAddress = cluster?.coordinator?.control
+    if let coordinator {
+      guard coordinator == "none" || HostPort(coordinator) != nil else {
+        throw ValidationError("bad --coordinator '\(coordinator)': expected host:port or none")
+      }
+      coordinatorAddress = HostPort(coordinator)
+    }
     _ = try bootstrapLogging(logLevel)
     let logger = Logger(label: "hkv.memnode")
     let registry = PrometheusCollectorRegistry()
@@ -78,46 +80,30 @@ struct MemoryNodeCommand: AsyncParsableCommand {
     } catch {
       throw CommandFailure(description: error.message)
     }
-    var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: node)]
-    let endpoint = settings.metrics.map {
-      MetricsEndpoint(registry: registry, host: $0.host, port: $0.port, logger: logger)
-    }
-    if let endpoint { services.append(.init(service: endpoint)) }
+    var services: [any Service] = [node]
     if let coordinatorAddress {
-      let agent = MembershipAgent(
-        coordinator: coordinatorAddress, security: security, logger: logger
-      ) {
-        let bound = try await node.listeningAddresses()
-        let store = node.store
-        return .init(
-          request: .with {
-            $0.memberID = settings.id
-            $0.role = .memoryNode
-            $0.dataAddress = bound.data.description
-            $0.controlAddress = bound.control.description
-            $0.capacityBytes = UInt64(settings.capacityBytes)
-            $0.transport = bound.transport.rawValue
-          },
-          usedBytes: { store.stats().usedBytes })
-      }
-      services.append(.init(service: agent))
+      services.append(
+        MembershipAgent(coordinator: coordinatorAddress, security: security, logger: logger) {
+          let bound = try await node.listeningAddresses()
+          let store = node.store
+          return .init(
+            request: .with {
+              $0.memberID = settings.id
+              $0.role = .memoryNode
+              $0.dataAddress = bound.data.description
+              $0.controlAddress = bound.control.description
+              $0.capacityBytes = UInt64(settings.capacityBytes)
+              $0.transport = bound.transport.rawValue
+            },
+            usedBytes: { store.stats().usedBytes })
+        })
     }
-    let group = ServiceGroup(
-      configuration: .init(
-        services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-      tasks.addTask { try await group.run() }
-      tasks.addTask {
-        let addresses = try await node.listeningAddresses()
-        let metricsAddress =
-          if let endpoint, let metrics = settings.metrics {
-            "\(HostPort(host: metrics.host, port: try await endpoint.listeningPort()))"
-          } else { "none" }
-        let line =
-          "ready node=\(settings.id) data=\(addresses.data) control=\(addresses.control) metrics=\(metricsAddress) transport=\(addresses.transport.rawValue)\n"
-        FileHandle.standardOutput.write(Data(line.utf8))
-      }
-      try await tasks.waitForAll()
+    try await runDaemon(
+      services, metrics: settings.metrics, registry: registry, logger: logger
+    ) {
+      let addresses = try await node.listeningAddresses()
+      return
+        "node=\(settings.id) data=\(addresses.data) control=\(addresses.control) transport=\(addresses.transport.rawValue)"
     }
   }
 

@@ -9,6 +9,7 @@ import HeteroKVWire
 import Logging
 import Metrics
 import ServiceLifecycle
+import HeteroKVTestSupport
 import Testing
 
 /// Runs `services` in a group until `body` returns, then shuts them down gracefully.

@@ -2,6 +2,7 @@ import Foundation
 import HeteroKVConfig
 import HeteroKVCore
 import Metrics
+import HeteroKVTestSupport
 import Testing
 
 @testable import HeteroKVCoordinator

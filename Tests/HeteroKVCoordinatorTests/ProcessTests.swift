@@ -1,79 +1,15 @@
 import Foundation
 import HeteroKVCoordinatorClient
 import HeteroKVWire
+import HeteroKVTestSupport
 import Testing
 
-/// Runs the `hkv` built next to this test bundle with `arguments`; returns its exit status,
-/// stdout and stderr.
-func runHKV(_ arguments: [String]) throws -> (status: Int32, out: Data, err: String) {
-  let process = Process()
-  process.executableURL = try hkvPath()
-  process.arguments = arguments
-  let out = Pipe()
-  let err = Pipe()
-  process.standardOutput = out
-  process.standardError = err
-  try process.run()
-  let output = out.fileHandleForReading.readDataToEndOfFile()
-  let errors = err.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  return (process.terminationStatus, output, String(decoding: errors, as: UTF8.self))
-}
-
-func hkvPath() throws -> URL {
-  let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-  let url = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("hkv")
-  guard FileManager.default.isExecutableFile(atPath: url.path) else {
-    throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: url.path])
-  }
-  return url
-}
-
-/// An `hkv coordinator` child process and the address from its ready line.
-final class CoordinatorProcess {
-  let process = Process()
-  private let output = Pipe()
-  private(set) var address = HostPort(host: "", port: 0)
-  private(set) var revision = 0
-
-  /// Starts it; its log goes to `config`.log (a file, so it never blocks on a full pipe).
-  init(config: String) throws {
-    process.executableURL = try hkvPath()
-    process.arguments = ["coordinator", "--config", config, "--log-level", "info"]
-    process.standardOutput = output
-    let logPath = config + ".log"
-    FileManager.default.createFile(atPath: logPath, contents: nil)
-    let errors = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-    errors.seekToEndOfFile()
-    process.standardError = errors
-    try process.run()
-    var line = Data()
-    while true {
-      let byte = output.fileHandleForReading.readData(ofLength: 1)
-      if byte.isEmpty {
-        let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-        throw CocoaError(
-          .fileReadUnknown,
-          userInfo: [NSLocalizedDescriptionKey: "coordinator exited before ready: \(log)"])
-      }
-      if byte == Data("\n".utf8) { break }
-      line.append(byte)
-    }
-    for part in String(decoding: line, as: UTF8.self).split(separator: " ") {
-      let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
-      if kv.first == "coordinator", let a = HostPort(kv[1]) { address = a }
-      if kv.first == "revision" { revision = Int(kv[1]) ?? -1 }
-    }
-  }
-
-  /// Kills it without warning (SIGKILL), as a crash would.
-  func kill() {
-    guard process.isRunning else { return }
-    Foundation.kill(process.processIdentifier, SIGKILL)
-    process.waitUntilExit()
-  }
-
-  deinit { kill() }
+/// `hkv coordinator --config config` as a child process, ready, with its address and revision.
+func startCoordinator(config: String) throws -> (HKVDaemonProcess, HostPort, Int) {
+  let daemon = try HKVDaemonProcess(["coordinator", "--config", config, "--log-level", "info"])
+  try daemon.waitUntilReady()
+  let address = try #require(daemon.address("coordinator"))
+  return (daemon, address, Int(daemon.fields["revision"] ?? "") ?? -1)
 }
 
 /// What the coordinator says about the cluster, in a comparable form.
@@ -121,10 +57,10 @@ struct CoordinatorProcessTests {
     replication: 2
     """.write(toFile: config, atomically: true, encoding: .utf8)
 
-    let first = try CoordinatorProcess(config: config)
-    #expect(first.revision == 0)
+    let (first, firstAddress, firstRevision) = try startCoordinator(config: config)
+    #expect(firstRevision == 0)
     // Generous deadlines: this runs beside the rest of the suite on two cores.
-    let before = try await CoordinatorClient.with(address: first.address, timeout: .seconds(30)) {
+    let before = try await CoordinatorClient.with(address: firstAddress, timeout: .seconds(30)) {
       client in
       for (i, capacity) in [1 << 30, 1 << 30, 2 << 30].enumerated() {
         _ = try await client.register(
@@ -162,10 +98,10 @@ struct CoordinatorProcessTests {
     #expect(before.placement.nodes.map(\.nodeID) == ["m0", "m1", "m2"])
     first.kill()
 
-    let second = try CoordinatorProcess(config: config)
+    let (second, address, revision) = try startCoordinator(config: config)
     defer { second.kill() }
-    #expect(second.revision == 3 + 20)
-    let after = try await CoordinatorClient.with(address: second.address, timeout: .seconds(30)) {
+    #expect(revision == 3 + 20)
+    let after = try await CoordinatorClient.with(address: address, timeout: .seconds(30)) {
       client in
       try await ClusterView.read(client)
     }
@@ -173,7 +109,7 @@ struct CoordinatorProcessTests {
 
     // The CLI's JSON parses and says what the coordinator says.
     let budgets = try runHKV([
-      "budgets", "--coordinator", "\(second.address)", "--namespace", "3", "--sequence", "12",
+      "budgets", "--coordinator", "\(address)", "--namespace", "3", "--sequence", "12",
       "--json", "--timeout", "30",
     ])
     #expect(budgets.status == 0, "\(budgets.err)")
@@ -192,7 +128,7 @@ struct CoordinatorProcessTests {
       sequences.first?["total_tokens"] as? Int == Int(before.budgets.sequences[0].totalTokens))
 
     let status = try runHKV([
-      "status", "--coordinator", "\(second.address)", "--json", "--timeout", "30",
+      "status", "--coordinator", "\(address)", "--json", "--timeout", "30",
     ])
     #expect(status.status == 0, "\(status.err)")
     let summary = try #require(try JSONSerialization.jsonObject(with: status.out) as? [String: Any])
@@ -200,7 +136,7 @@ struct CoordinatorProcessTests {
     #expect(summary["capacity_bytes"] as? Int == 4 << 30)
     #expect((summary["sequences"] as? [Any])?.count == 10)
 
-    let nodes = try runHKV(["nodes", "--coordinator", "\(second.address)", "--timeout", "30"])
+    let nodes = try runHKV(["nodes", "--coordinator", "\(address)", "--timeout", "30"])
     let rows = String(decoding: nodes.out, as: UTF8.self).split(separator: "\n").map {
       $0.split(separator: " ").map(String.init)
     }
@@ -211,7 +147,7 @@ struct CoordinatorProcessTests {
 
     // Clear errors: a sequence that does not exist, a coordinator that is not there.
     let missing = try runHKV([
-      "heads", "--coordinator", "\(second.address)", "--sequence", "999", "--timeout", "30",
+      "heads", "--coordinator", "\(address)", "--sequence", "999", "--timeout", "30",
     ])
     #expect(missing.status != 0)
     #expect(missing.err.contains("no open sequence 0/999"))

@@ -3,6 +3,7 @@ import HeteroKVConfig
 import HeteroKVCoordinator
 import HeteroKVCore
 import HeteroKVWire
+import HeteroKVTestSupport
 import Logging
 import Metrics
 import Synchronization
@@ -13,8 +14,6 @@ final class ManualClock: Sendable {
   func now() -> Double { seconds.withLock { $0 } }
   func advance(_ by: Double) { seconds.withLock { $0 += by } }
 }
-
-let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
 /// A small cluster: a model of 2 layers x 4 KV heads (head dim 64) and a coordinator.
 func testCluster(

@@ -11,6 +11,7 @@ import NIOCore
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import HeteroKVTestSupport
 import Testing
 
 func withControlClient<T: Sendable>(

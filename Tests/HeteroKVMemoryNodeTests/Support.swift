@@ -4,11 +4,11 @@ import HeteroKVMemoryClient
 import HeteroKVMemoryNode
 import HeteroKVTransport
 import HeteroKVWire
+import HeteroKVTestSupport
 import Logging
 import ServiceLifecycle
 
 /// A logger that prints nothing (tests run many nodes at once).
-let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
 /// A memory node started in-process on loopback, with its addresses and a client.
 struct RunningNode {

@@ -47,18 +47,29 @@ public struct MembershipTable: Sendable, Hashable, Codable {
     self.leaseSeconds = leaseSeconds
   }
 
+  /// The member record a registration at `now` makes: up, with a fresh lease and the next
+  /// incarnation. The coordinator logs this record; `register` applies it.
+  public func registration(
+    id: String, role: Role, dataAddress: String, controlAddress: String, capacityBytes: UInt64,
+    transport: String = "tcp", now: Double
+  ) -> Member {
+    Member(
+      id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
+      capacityBytes: capacityBytes, transport: transport, leaseExpiresAt: now + leaseSeconds,
+      status: .up, incarnation: (members[id]?.incarnation ?? 0) + 1)
+  }
+
   /// Registers (or re-registers) a member at time `now`; returns its incarnation.
   @discardableResult
   public mutating func register(
     id: String, role: Role, dataAddress: String, controlAddress: String, capacityBytes: UInt64,
     transport: String = "tcp", now: Double
   ) -> UInt64 {
-    let incarnation = (members[id]?.incarnation ?? 0) + 1
-    members[id] = Member(
+    let member = registration(
       id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
-      capacityBytes: capacityBytes, transport: transport, leaseExpiresAt: now + leaseSeconds,
-      status: .up, incarnation: incarnation)
-    return incarnation
+      capacityBytes: capacityBytes, transport: transport, now: now)
+    members[id] = member
+    return member.incarnation
   }
 
   /// Gives every member that is up a fresh lease from `now`: lease times are not kept across a
@@ -69,7 +80,7 @@ public struct MembershipTable: Sendable, Hashable, Codable {
     }
   }
 
-  /// Marks `ids` down (used when replaying a recorded expiry).
+  /// Marks `ids` down (an expiry being applied or replayed).
   public mutating func markDown(_ ids: [String]) {
     for id in ids { members[id]?.status = .down }
   }
@@ -85,14 +96,16 @@ public struct MembershipTable: Sendable, Hashable, Codable {
     return true
   }
 
+  /// The members still up whose lease ran out by `now`, sorted.
+  public func lapsed(now: Double) -> [String] {
+    members.values.filter { $0.status == .up && now > $0.leaseExpiresAt }.map(\.id).sorted()
+  }
+
   /// Marks down every member whose lease ran out by `now`; returns their ids, sorted.
   public mutating func expire(now: Double) -> [String] {
-    var lapsed: [String] = []
-    for (id, member) in members where member.status == .up && now > member.leaseExpiresAt {
-      members[id]!.status = .down
-      lapsed.append(id)
-    }
-    return lapsed.sorted()
+    let ids = lapsed(now: now)
+    markDown(ids)
+    return ids
   }
 
   /// The members of `role` that are up, sorted by id.

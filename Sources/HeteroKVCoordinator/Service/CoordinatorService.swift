@@ -103,15 +103,15 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   public func getBudgets(request: Heterokv_V1_GetBudgetsRequest, context: ServerContext)
     async throws -> Heterokv_V1_GetBudgetsResponse
   {
-    let records = try await call {
-      try await coordinator.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)
-    }
     let layer = request.layer >= 0 ? Int(request.layer) : nil
     if let layer, !(0..<coordinator.model.layers).contains(layer) {
       throw RPCError(
         code: .invalidArgument,
         message:
           "layer \(layer) is outside 0..<\(coordinator.model.layers) of \(coordinator.model.name)")
+    }
+    let records = try await call {
+      try await coordinator.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)
     }
     return .with { $0.sequences = records.map { Heterokv_V1_SequenceBudgets($0, layer: layer) } }
   }

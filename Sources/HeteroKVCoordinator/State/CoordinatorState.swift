@@ -104,7 +104,7 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
     switch change {
     case .registered(let member):
       let rejoining = membership.members[member.id] != nil
-      membership.restore(member)
+      membership.members[member.id] = member
       if rejoining && member.role == .memoryNode { leavePlacements([member.id]) }
     case .markedDown(let ids):
       membership.markDown(ids)
@@ -135,11 +135,4 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
 
   /// Bytes reserved by every open sequence.
   public var reservedBytes: UInt64 { sequences.values.reduce(0) { $0 + $1.reservedBytes } }
-}
-
-extension MembershipTable {
-  /// Puts `member` in the table as given (a registration being applied or replayed).
-  mutating func restore(_ member: Member) {
-    members[member.id] = member
-  }
 }

@@ -14,6 +14,7 @@ let package = Package(
     .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
     .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
+    .library(name: "HeteroKVWorker", targets: ["HeteroKVWorker"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [
@@ -157,6 +158,36 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
+    // The worker role: key codes and compressed caches per sequence, rows shipped to the
+    // memory tier, decode steps answered from resident caches and near-data attention; the
+    // engine API as a library, a gRPC service and its client.
+    .target(
+      name: "HeteroKVWorker",
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVConfig",
+        "HeteroKVDaemon",
+        "HeteroKVMemoryClient",
+        "HeteroKVCoordinatorClient",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    // A whole cluster in one process on loopback (coordinator, memory nodes, worker), for
+    // `hkv demo` and the end-to-end tests.
+    .target(
+      name: "HeteroKVLocalCluster",
+      dependencies: [
+        "HeteroKVCore", "HeteroKVWire", "HeteroKVConfig", "HeteroKVDaemon", "HeteroKVCoordinator",
+        "HeteroKVCoordinatorClient", "HeteroKVMemoryNode", "HeteroKVWorker",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
     .executableTarget(
       name: "hkv",
       dependencies: [
@@ -168,6 +199,9 @@ let package = Package(
         "HeteroKVConfig",
         "HeteroKVCoordinator",
         "HeteroKVCoordinatorClient",
+        "HeteroKVWorker",
+        "HeteroKVMemoryClient",
+        "HeteroKVLocalCluster",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
@@ -198,6 +232,14 @@ let package = Package(
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ]
+    ),
+    .testTarget(
+      name: "HeteroKVWorkerTests",
+      dependencies: [
+        "HeteroKVWorker", "HeteroKVLocalCluster", "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
+        "HeteroKVTestSupport", "HeteroKVMemoryClient",
+        .product(name: "Logging", package: "swift-log"),
       ]
     ),
     .testTarget(

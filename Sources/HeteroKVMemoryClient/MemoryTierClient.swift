@@ -21,6 +21,13 @@ public final class MemoryTierClient: Sendable {
     self.nodes = nodes
   }
 
+  /// A tier over existing clients (shared with other tiers).
+  public init(clients: [MemoryNodeClient]) {
+    var nodes: [String: MemoryNodeClient] = [:]
+    for client in clients { nodes[client.endpoint.id] = client }
+    self.nodes = nodes
+  }
+
   /// The client of node `id`, or an error naming the unknown node.
   public func node(_ id: String) throws(DataPlaneError) -> MemoryNodeClient {
     guard let client = nodes[id] else {

@@ -1,3 +1,4 @@
+import HeteroKVWire
 import HeteroKVCore
 
 /// A sequence as the coordinator names it: a tenant namespace and a sequence number.

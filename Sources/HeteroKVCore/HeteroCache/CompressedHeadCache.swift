@@ -17,6 +17,39 @@ public struct CompressedHeadCache: Sendable {
     self.values = values.gather(sorted)
   }
 
+  /// A cache from rows already gathered: row i of `keys` and `values` holds `positions[i]`,
+  /// and positions ascend.
+  public init(positions: [Int], rows keys: HalfMatrix, values: HalfMatrix) throws {
+    guard keys.rows == positions.count, values.rows == positions.count, keys.cols == values.cols
+    else {
+      throw HeteroKVError.dimension(
+        "\(positions.count) positions for \(keys.rows) key and \(values.rows) value rows")
+    }
+    guard zip(positions, positions.dropFirst()).allSatisfy({ $0 < $1 }) else {
+      throw HeteroKVError.invalid("cache positions must ascend")
+    }
+    self.positions = positions
+    self.keys = keys
+    self.values = values
+  }
+
+  /// This cache's rows from `position` on appended to `refreshed`, whose positions must all
+  /// lie before it: a refresh replaces what was chosen at prefill and keeps the decoded tokens.
+  public func keepingRows(from position: Int, after refreshed: CompressedHeadCache) throws
+    -> CompressedHeadCache
+  {
+    if let last = refreshed.positions.last, last >= position {
+      throw HeteroKVError.invalid("refreshed position \(last) is not before \(position)")
+    }
+    let start = positions.firstIndex { $0 >= position } ?? positions.count
+    var result = refreshed
+    let tail = Array(start..<positions.count)
+    try result.keys.append(contentsOf: keys.gather(tail))
+    try result.values.append(contentsOf: values.gather(tail))
+    result.positions += positions[start...]
+    return result
+  }
+
   /// The top-`cap` positions of a score row (one value per token).
   public static func topPositions(_ scores: [Float], cap: Int) -> [Int] {
     AttentionPattern.top(scores, k: cap)

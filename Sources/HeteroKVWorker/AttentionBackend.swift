@@ -1,0 +1,90 @@
+import HeteroKVCore
+
+/// One KV head's share of a decode step's compute on the worker.
+public enum HeadComputation: Sendable {
+  /// Score every token from the key index and keep the tau-mass prefix per query head.
+  case select(index: ApproximateKeyIndex, queries: [Float], tau: Float, cap: Int?)
+  /// Exact attention over a resident compressed cache.
+  case attend(cache: CompressedHeadCache, queries: [Float])
+}
+
+/// What a head's computation produced.
+public enum HeadComputationResult: Sendable {
+  /// Approximate scaled scores `[groupSize][n]` and the kept set of each query head.
+  case selected(scores: [Float], selections: [TauMassSelection])
+  /// Exact attention over the cache.
+  case attended(AttentionPartial)
+}
+
+/// Where the worker's numeric work runs. A decode step hands the backend every KV head of a
+/// layer at once: scoring the key codes, tau-mass selection, and exact attention over the
+/// resident caches. Network work (near-data attention on memory nodes) stays outside.
+///
+/// `CPUAttentionBackend` runs the SIMD kernels of HeteroKVCore with one head per core. A GPU
+/// backend would hold the key codes and caches in device memory and run the same three steps
+/// as kernels; it plugs in here without touching the rest of the worker.
+public protocol AttentionBackend: Sendable {
+  /// The backend's name in stats and logs.
+  var name: String { get }
+  /// Runs the heads' computations; results in the same order.
+  func run(_ heads: [HeadComputation], groupSize: Int, scale: Float) throws
+    -> [HeadComputationResult]
+  /// Attention of a query group over rows the worker still holds itself (not yet stored on a
+  /// memory node): exact (scale 1/√d) when `keys` are given, else weighted by `weights`,
+  /// per query head one weight per token.
+  func localPartial(
+    queries: [Float], heads: Int, keys: HalfMatrix?, values: HalfMatrix, tokens: [[Int]],
+    weights: [[Float]]
+  ) throws -> AttentionPartial
+}
+
+/// The CPU backend: HeteroKVCore's vectorized kernels, KV heads spread over all cores.
+public struct CPUAttentionBackend: AttentionBackend {
+  public init() {}
+
+  public var name: String { Kernels.isVectorized ? "cpu-simd" : "cpu-portable" }
+
+  public func run(_ heads: [HeadComputation], groupSize g: Int, scale: Float) throws
+    -> [HeadComputationResult]
+  {
+    try parallelMap(heads.count) { h in
+      switch heads[h] {
+      case .select(let index, let queries, let tau, let cap):
+        let scores = try index.scores(queries: queries, heads: g, scale: scale)
+        let step = try HCAttentionStep(tau: tau, cap: cap)
+        return .selected(scores: scores, selections: try step.select(approximateScores: scores, heads: g))
+      case .attend(let cache, let queries):
+        return .attended(try cache.attend(queries: queries, heads: g))
+      }
+    }
+  }
+
+  public func localPartial(
+    queries: [Float], heads: Int, keys: HalfMatrix?, values: HalfMatrix, tokens: [[Int]],
+    weights: [[Float]]
+  ) throws -> AttentionPartial {
+    let d = values.cols
+    var result = AttentionPartial.empty(heads: heads, headDim: d)
+    for h in 0..<heads where !tokens[h].isEmpty {
+      let rows = tokens[h]
+      if let keys {
+        let part = try FullAttention.attend(
+          queries: Array(queries[h * d..<(h + 1) * d]), heads: 1, keys: keys.gather(rows),
+          values: values.gather(rows))
+        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.outputs)
+        result.maxScores[h] = part.maxScores[0]
+        result.sumExps[h] = part.sumExps[0]
+      } else {
+        let sum = weights[h].reduce(0, +)
+        guard sum > 0 else { continue }
+        let out = Kernels.weightedSum(
+          values: values, indices: rows.map(Int32.init), weights: weights[h].map { $0 / sum },
+          heads: 1)
+        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: out)
+        result.maxScores[h] = 0
+        result.sumExps[h] = sum
+      }
+    }
+    return result
+  }
+}

@@ -1,0 +1,176 @@
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+/// One KV head of one layer of a sequence.
+struct HeadKey: Hashable, Sendable {
+  var layer: Int
+  var kvHead: Int
+}
+
+/// Rows of one head on their way to the memory tier: tokens `start ..< start + rows`.
+struct ShipBatch: Sendable {
+  var head: HeadKey
+  var start: Int
+  var values: HalfMatrix
+  /// Keys go too where the memory tier keeps them (exact re-scoring, satellite refresh).
+  var keys: HalfMatrix?
+
+  var rows: Int { values.rows }
+  var byteCount: Int { values.byteCount + (keys?.byteCount ?? 0) }
+}
+
+/// Ships a sequence's rows to the memory nodes that own their shards, asynchronously, behind a
+/// bounded queue: `enqueue` returns at once while fewer than `limitBytes` are in flight and
+/// waits otherwise, so the engine is never blocked beyond that bound. A head's batches are
+/// stored in order (a shard only takes the next contiguous rows); batches of different heads
+/// go out side by side. Each shard goes to every replica its placement names; a batch counts
+/// as stored once one replica holds it, and the writer remembers which node holds which rows,
+/// so readers pick a node that has what they need.
+actor ShardWriter {
+  let ref: SequenceRef
+  let tier: MemoryTierClient
+  let placement: RendezvousPlacement
+  let chunkTokens: Int
+  let limitBytes: Int
+  /// Rows per put request.
+  let maxRowsPerPut: Int
+
+  private var inFlightBytes = 0
+  private var waiters: [CheckedContinuation<Void, Never>] = []
+  private var tails: [HeadKey: Task<Void, Never>] = [:]
+  private var acknowledged: [HeadKey: Int] = [:]
+  /// Per shard and node, the end (exclusive) of the rows that node holds.
+  private var stored: [ShardID: [String: Int]] = [:]
+  private var lost: [HeadKey: WorkerError] = [:]
+  private(set) var bytesSent = 0
+  /// Bytes the memory tier holds for the sequence, all copies.
+  private(set) var storedBytes = 0
+
+  init(
+    ref: SequenceRef, tier: MemoryTierClient, placement: RendezvousPlacement, chunkTokens: Int,
+    limitBytes: Int, maxRowsPerPut: Int = 8192
+  ) {
+    self.ref = ref
+    self.tier = tier
+    self.placement = placement
+    self.chunkTokens = chunkTokens
+    self.limitBytes = limitBytes
+    self.maxRowsPerPut = maxRowsPerPut
+  }
+
+  /// Queues `batch`, waiting while the queue is full.
+  func enqueue(_ batch: ShipBatch) async {
+    let bytes = batch.byteCount
+    while inFlightBytes > 0 && inFlightBytes + bytes > limitBytes {
+      await withCheckedContinuation { waiters.append($0) }
+    }
+    inFlightBytes += bytes
+    let previous = tails[batch.head]
+    tails[batch.head] = Task {
+      await previous?.value
+      await self.ship(batch)
+      self.finished(bytes: bytes)
+    }
+  }
+
+  private func finished(bytes: Int) {
+    inFlightBytes -= bytes
+    let ready = waiters
+    waiters = []
+    for waiter in ready { waiter.resume() }
+  }
+
+  /// Waits until every queued batch is stored or has failed.
+  func flush() async {
+    for task in tails.values { await task.value }
+  }
+
+  /// Tokens `0 ..< n` of `head` that at least one node holds.
+  func acknowledgedTokens(_ head: HeadKey) -> Int { acknowledged[head] ?? 0 }
+
+  /// The failure that left `head` with rows on no node, if any.
+  func failure(_ head: HeadKey) -> WorkerError? { lost[head] }
+
+  /// Nodes holding rows of `shard` through token `last` (inclusive), primary first.
+  func holders(_ shard: ShardID, through last: Int) -> [String] {
+    let ends = stored[shard] ?? [:]
+    return placement.nodes(for: shard).filter { (ends[$0] ?? 0) > last }
+  }
+
+  /// The shard chunk of a token.
+  nonisolated func chunk(of token: Int) -> Int { token / chunkTokens }
+
+  private func ship(_ batch: ShipBatch) async {
+    if lost[batch.head] != nil { return }
+    var offset = 0
+    while offset < batch.rows {
+      let token = batch.start + offset
+      let chunkEnd = (chunk(of: token) + 1) * chunkTokens
+      let rows = min(batch.rows - offset, chunkEnd - token, maxRowsPerPut)
+      let range = Array(offset..<(offset + rows))
+      let shard = ref.shard(layer: batch.head.layer, kvHead: batch.head.kvHead, chunk: chunk(of: token))
+      let request = PutRequest(
+        shard: shard, startToken: UInt32(token), headDim: batch.values.cols,
+        values: batch.values.gather(range).storage, keys: batch.keys?.gather(range).storage)
+      let chunkStart = chunk(of: token) * chunkTokens
+      let ends = stored[shard] ?? [:]
+      // A node that missed earlier rows of this shard cannot take later ones.
+      let targets = placement.nodes(for: shard).filter {
+        token == chunkStart ? ends[$0] == nil : ends[$0] == token
+      }
+      var errors: [String] = []
+      var holders = 0
+      await withTaskGroup(of: (String, DataPlaneError?).self) { group in
+        for node in targets {
+          let tier = self.tier
+          group.addTask {
+            do {
+              _ = try await tier.node(node).put(request)
+              return (node, nil)
+            } catch {
+              return (node, error as? DataPlaneError ?? DataPlaneError(.internalError, "\(error)"))
+            }
+          }
+        }
+        for await (node, error) in group {
+          if let error {
+            errors.append("\(node): \(error.message)")
+          } else {
+            stored[shard, default: [:]][node] = token + rows
+            holders += 1
+          }
+        }
+      }
+      let bytes = rows * batch.values.cols * 2 * (batch.keys == nil ? 1 : 2)
+      bytesSent += bytes * targets.count
+      storedBytes += bytes * holders
+      guard holders > 0 else {
+        lost[batch.head] = WorkerError(
+          .dataUnavailable,
+          "sequence \(ref) layer \(batch.head.layer) head \(batch.head.kvHead): tokens "
+            + "\(token)..<\(token + rows) reached no memory node"
+            + (errors.isEmpty ? "" : " (\(errors.joined(separator: "; ")))"))
+        return
+      }
+      offset += rows
+      acknowledged[batch.head] = token + rows
+    }
+  }
+
+  /// Drops the sequence's shards from every node of the placement; returns the nodes that
+  /// could not be reached.
+  func dropAll() async -> [String] {
+    await flush()
+    var unreachable: [String] = []
+    for node in placement.nodes.map(\.id) {
+      do {
+        _ = try await tier.node(node).drop(
+          .sequence(ref.sequence, namespace: ref.namespace))
+      } catch {
+        unreachable.append(node)
+      }
+    }
+    return unreachable
+  }
+}

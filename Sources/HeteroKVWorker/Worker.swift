@@ -1,0 +1,127 @@
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+import Synchronization
+
+/// A sequence as created: its geometry and where its shards go.
+public struct SequenceInfo: Sendable, Hashable {
+  public var ref: SequenceRef
+  public var geometry: ModelGeometry
+  public var placement: SequencePlacement
+}
+
+/// The worker as a library: the engine API an inference engine calls per sequence and layer.
+/// It keeps key codes and compressed caches, ships values (and the keys the memory tier
+/// keeps) to the memory nodes the coordinator placed the sequence on, and answers attention
+/// from resident caches and near-data attention on those nodes. Sequences are independent:
+/// one failing (a lost shard) does not stop the others.
+public final class Worker: Sendable {
+  /// What the worker runs with.
+  public let options: WorkerOptions
+  let control: any ClusterControl
+  let backend: any AttentionBackend
+  private let sessions = Mutex<[SequenceRef: SequenceSession]>([:])
+  /// One client per memory node, shared by every sequence placed on it.
+  private let nodeClients = Mutex<[MemoryNodeEndpoint: MemoryNodeClient]>([:])
+
+  /// A worker that asks `control` for placements and budgets and computes on `backend`.
+  public init(
+    options: WorkerOptions, control: any ClusterControl,
+    backend: any AttentionBackend = CPUAttentionBackend()
+  ) throws(WorkerError) {
+    try options.validate()
+    self.options = options
+    self.control = control
+    self.backend = backend
+  }
+
+  /// Open sequences.
+  public var sequences: [SequenceRef] { sessions.withLock { Array($0.keys).sorted() } }
+
+  /// Opens a sequence of at most `maxTokens` tokens: the coordinator places it and reserves
+  /// memory-tier room for it.
+  public func createSequence(_ ref: SequenceRef, maxTokens: Int) async throws(WorkerError)
+    -> SequenceInfo
+  {
+    guard maxTokens > 0 else {
+      throw WorkerError(.invalidArgument, "sequence \(ref): max tokens must be positive")
+    }
+    if sessions.withLock({ $0[ref] }) != nil {
+      throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
+    }
+    let placement = try await control.openSequence(ref, worker: options.id, maxTokens: maxTokens)
+    let tier = MemoryTierClient(
+      clients: placement.nodes.map { node in
+        nodeClients.withLock { clients in
+          if let client = clients[node.endpoint] { return client }
+          let client = MemoryNodeClient(
+            endpoint: node.endpoint, defaultTimeout: options.requestTimeout)
+          clients[node.endpoint] = client
+          return client
+        }
+      })
+    let session = SequenceSession(
+      ref: ref, options: options, control: control, backend: backend, tier: tier,
+      placement: placement)
+    let raced = sessions.withLock { open -> Bool in
+      if open[ref] != nil { return true }
+      open[ref] = session
+      return false
+    }
+    if raced { throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker") }
+    return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
+  }
+
+  private func session(_ ref: SequenceRef) throws(WorkerError) -> SequenceSession {
+    guard let session = sessions.withLock({ $0[ref] }) else {
+      throw WorkerError(.unknownSequence, "no open sequence \(ref) on this worker")
+    }
+    return session
+  }
+
+  /// Appends K/V `[tokens][kvHeads][headDim]` to `layer`: a prefill chunk before the first
+  /// `attend`, decode tokens after it. `observation` (prefill only) holds the prefill's last
+  /// queries `[rows][queryHeads][headDim]`, which HeteroCache profiles heads with. Returns the
+  /// layer's length.
+  @discardableResult
+  public func append(
+    _ ref: SequenceRef, layer: Int, tokens: Int, keys: [Float16], values: [Float16],
+    observation: [Float]? = nil
+  ) async throws(WorkerError) -> Int {
+    try await session(ref).append(
+      layer: layer, tokens: tokens, keys: keys, values: values, observation: observation)
+  }
+
+  /// Attention of `queries` `[queryHeads][headDim]` over what `layer` holds. The first call
+  /// ends the prefill.
+  public func attend(
+    _ ref: SequenceRef, layer: Int, queries: [Float], withSelection: Bool = false
+  ) async throws(WorkerError) -> AttendResult {
+    try await session(ref).attend(layer: layer, queries: queries, withSelection: withSelection)
+  }
+
+  /// Drops the sequence here, on the memory nodes and at the coordinator; returns the bytes
+  /// the memory tier released.
+  @discardableResult
+  public func release(_ ref: SequenceRef) async throws(WorkerError) -> Int {
+    let session = try session(ref)
+    defer { _ = sessions.withLock { $0.removeValue(forKey: ref) } }
+    return try await session.release()
+  }
+
+  /// The sequence's footprint and traffic.
+  public func stats(_ ref: SequenceRef) async throws(WorkerError) -> SequenceStats {
+    try await session(ref).stats()
+  }
+
+  /// Waits until every row of the sequence is on the memory tier.
+  public func flush(_ ref: SequenceRef) async throws(WorkerError) {
+    try await session(ref).flush()
+  }
+
+  /// Closes every memory-node connection.
+  public func shutdown() async {
+    let clients = nodeClients.withLock { Array($0.values) }
+    for client in clients { await client.close() }
+  }
+}

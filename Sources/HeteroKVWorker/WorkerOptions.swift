@@ -1,0 +1,109 @@
+import HeteroKVConfig
+import HeteroKVCore
+
+/// How a worker keeps and serves its sequences: the model's geometry, the key codec, the
+/// budget policy and the shipping and fan-out bounds.
+public struct WorkerOptions: Sendable {
+  /// The worker's member id (the coordinator records it as the sequences' owner).
+  public var id: String
+  /// The model served.
+  public var geometry: ModelGeometry
+  /// Key codec, window, sinks and tau (the cluster file's `worker` section).
+  public var settings: WorkerSettings
+  /// The budget policy (must match the coordinator's).
+  public var policy: BudgetPolicyKind
+  /// HeteroCache's thresholds and sizes for profiling and drift checks.
+  public var heteroCache: HeteroCacheConfiguration
+  /// How kept tokens become the context vector: `renormalized` (weights sent to the memory
+  /// nodes; values only on the memory tier for HCAttention) or `exact` (queries sent; the
+  /// memory tier re-scores with its fp16 keys).
+  public var outputMode: HCAttentionOutputMode
+  /// Tokens per shard: a KV head's context is cut into chunks of this many tokens, each
+  /// placed on its own nodes.
+  public var chunkTokens: Int
+  /// Bytes of rows in flight to the memory tier before appends wait.
+  public var shipQueueBytes: Int
+  /// Decode tokens batched into one put per head.
+  public var decodeShipRows: Int
+  /// Deadline of one memory-node request.
+  public var requestTimeout: Duration
+
+  public init(
+    id: String, geometry: ModelGeometry, settings: WorkerSettings = WorkerSettings(),
+    policy: BudgetPolicyKind = .heterocache,
+    heteroCache: HeteroCacheConfiguration = HeteroCacheConfiguration(),
+    outputMode: HCAttentionOutputMode = .renormalized, chunkTokens: Int = 128 << 10,
+    shipQueueBytes: Int = 256 << 20, decodeShipRows: Int = 32,
+    requestTimeout: Duration = .seconds(10)
+  ) {
+    self.id = id
+    self.geometry = geometry
+    self.settings = settings
+    self.policy = policy
+    self.heteroCache = heteroCache
+    self.outputMode = outputMode
+    self.chunkTokens = chunkTokens
+    self.shipQueueBytes = shipQueueBytes
+    self.decodeShipRows = decodeShipRows
+    self.requestTimeout = requestTimeout
+  }
+
+  /// Options for worker `id` from a cluster file: its model, `worker` and `budgets` sections.
+  public init(cluster: ClusterConfiguration, id: String) throws(WorkerError) {
+    guard let model = cluster.model else {
+      throw WorkerError(.invalidArgument, "the cluster file has no model section")
+    }
+    var hetero = HeteroCacheConfiguration()
+    hetero.stabilityThreshold = cluster.budgets.stabilityThreshold
+    hetero.similarityThreshold = cluster.budgets.similarityThreshold
+    self.init(
+      id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
+      heteroCache: hetero)
+  }
+
+  /// Whether the memory tier keeps keys as well as values: for exact re-scoring, and for the
+  /// compressed heads HeteroCache builds and refreshes from it.
+  var shipsKeys: Bool { outputMode == .exact || policy != .hcattention }
+
+  /// Checks what the worker cannot run with.
+  func validate() throws(WorkerError) {
+    guard outputMode != .raw else {
+      throw WorkerError(.invalidArgument, "output mode raw is an evaluation baseline; use renormalized or exact")
+    }
+    guard chunkTokens > 0, shipQueueBytes > 0, decodeShipRows > 0 else {
+      throw WorkerError(.invalidArgument, "chunk tokens, ship queue and decode batch must be positive")
+    }
+    guard settings.tau > 0, settings.tau <= 1 else {
+      throw WorkerError(.invalidArgument, "tau \(settings.tau) is outside (0, 1]")
+    }
+    guard geometry.headDim % settings.groupSize == 0 || settings.keyCodec == .scalar else {
+      throw WorkerError(
+        .invalidArgument,
+        "group size \(settings.groupSize) does not divide head dim \(geometry.headDim)")
+    }
+  }
+
+  /// An empty key store of the configured codec for one head, trained (pq) on `keys`.
+  func keyStore(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> any QuantizedKeyStore {
+    let d = geometry.headDim
+    switch settings.keyCodec {
+    case .scalar:
+      // Scalar codes group tokens (64 per scale and zero point); the exact window is the
+      // index's own.
+      return try ScalarQuantizedKeyStore(
+        headDim: d,
+        configuration: ScalarQuantizerConfiguration(bits: settings.keyBits, groupSize: 64, window: 0))
+    case .pq:
+      let g = d / settings.groupSize
+      let c = 1 << settings.keyBits
+      let configuration = try ProductQuantizerConfiguration(
+        subvectors: g, centroids: c, iterations: 6, batchSize: 4096, seed: 1)
+      let version = CodebookVersion(
+        geometry: geometry.name, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
+        centroids: c, calibration: .ownPrefill)
+      let sample = keys.rows > 32768 ? keys.gather(Array(0..<32768)) : keys
+      return ProductQuantizedKeyStore(
+        codebook: try ProductCodebook.train(keys: sample, configuration: configuration, version: version))
+    }
+  }
+}

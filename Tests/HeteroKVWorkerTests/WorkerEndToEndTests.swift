@@ -1,0 +1,120 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVLocalCluster
+import HeteroKVWire
+import HeteroKVWorker
+import Testing
+
+@Suite("Worker end to end on loopback", .serialized)
+struct WorkerEndToEndTests {
+  @Test("at 100% budget the worker's outputs are full attention, through the library and gRPC")
+  func fullBudgetMatchesFullAttention() async throws {
+    let replay = try tinyWorkload()
+    try await withCluster(fullBudgetOptions(serveEngine: true)) { cluster in
+      let library = SequenceRef(sequence: 1)
+      _ = try await cluster.worker.createSequence(library, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, library, chunk: 700)
+      let direct = try await replay.decode(cluster.worker, library)
+      #expect(direct.steps == 6)
+      #expect(direct.maxRelativeError < 1e-3, "library: \(direct.maxRelativeError)")
+      #expect(direct.meanMassRecall > 0.999)
+
+      let remote = SequenceRef(namespace: 7, sequence: 1)
+      let viaGRPC = try await EngineClient.with(
+        address: cluster.engineAddress!, geometry: tinyModel
+      ) { client in
+        _ = try await client.createSequence(remote, maxTokens: 4096)
+        try await replay.prefill(client, remote, chunk: 700)
+        let report = try await replay.decode(client, remote)
+        let stats = try await client.stats(remote)
+        #expect(stats.tokens == 2048 + 6)
+        #expect(stats.heads.count == 4)
+        return report
+      }
+      #expect(viaGRPC.maxRelativeError < 1e-3, "gRPC: \(viaGRPC.maxRelativeError)")
+      #expect(maxRelativeDifference(viaGRPC.lastOutputs, direct.lastOutputs, headDim: 64) < 1e-6)
+
+      let stats = try await cluster.worker.stats(library)
+      #expect(stats.memoryTierBytes >= 2048 * 4 * 64 * 4, "every prefill row is on the memory tier")
+      #expect(stats.decodeSteps == 6)
+      #expect(try await cluster.worker.release(library) > 0)
+      await #expect(throws: WorkerError.self) { try await cluster.worker.stats(library) }
+    }
+  }
+
+  @Test("HCAttention at a small budget keeps most of the mass and stays close")
+  func hcattentionApproximates() async throws {
+    let replay = try tinyWorkload(steps: 4)
+    var options = fullBudgetOptions(policy: .hcattention)
+    options.budgets.memoryFraction = 0.125
+    options.worker.tau = 0.9
+    options.outputMode = .renormalized
+    try await withCluster(options) { cluster in
+      let ref = SequenceRef(sequence: 3)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref)
+      let report = try await replay.decode(cluster.worker, ref)
+      #expect(report.meanMassRecall > 0.8, "recall \(report.meanMassRecall)")
+      #expect(report.meanRelativeError < 0.3, "error \(report.meanRelativeError)")
+      let stats = try await cluster.worker.stats(ref)
+      #expect(stats.workerBytes < stats.fullKVBytes / 2, "\(stats.workerBytes) of \(stats.fullKVBytes)")
+      #expect(stats.heads.allSatisfy { $0.role == .volatile })
+    }
+  }
+
+  @Test("a memory node stopped mid-decode with replication 2 changes no output")
+  func replicaFailover() async throws {
+    let replay = try tinyWorkload(steps: 6)
+    try await withCluster(fullBudgetOptions(policy: .hcattention, replication: 2)) { cluster in
+      let ref = SequenceRef(sequence: 5)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref)
+      try await cluster.worker.flush(ref)
+      await cluster.stopMemoryNode("mem-0")
+      let report = try await replay.decode(cluster.worker, ref)
+      #expect(report.maxRelativeError < 1e-3, "after failover: \(report.maxRelativeError)")
+      let stats = try await cluster.worker.stats(ref)
+      #expect(stats.failovers > 0)
+    }
+  }
+
+  @Test("without a replica a lost node is a typed error for its sequence; others decode on")
+  func lostShardIsTyped() async throws {
+    let replay = try tinyWorkload(steps: 3)
+    var options = fullBudgetOptions(policy: .hcattention, replication: 1)
+    options.chunkTokens = 1 << 20
+    try await withCluster(options) { cluster in
+      // One sequence wholly on mem-1, one with a shard on mem-0.
+      let placement = RendezvousPlacement(
+        nodes: cluster.nodes.map { PlacementNode(id: $0.id, weight: Double(options.capacityBytes)) },
+        replicas: 1)
+      func homes(_ s: UInt64) -> Set<String> {
+        Set(
+          (0..<2).flatMap { l in
+            (0..<2).flatMap { h in
+              placement.nodes(
+                for: ShardID(sequence: s, layer: UInt16(l), kvHead: UInt16(h), chunk: 0))
+            }
+          })
+      }
+      let safe = SequenceRef(sequence: (100..<400).first { homes($0) == ["mem-1"] }!)
+      let doomed = SequenceRef(sequence: (100..<400).first { homes($0).contains("mem-0") }!)
+      for ref in [safe, doomed] {
+        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+        try await replay.prefill(cluster.worker, ref)
+        try await cluster.worker.flush(ref)
+      }
+      await cluster.stopMemoryNode("mem-0")
+      var kind: WorkerError.Kind?
+      do {
+        _ = try await replay.decode(cluster.worker, doomed, measure: false)
+      } catch let error as WorkerError {
+        kind = error.kind
+        #expect(error.message.contains("mem-0"), "\(error.message)")
+      }
+      #expect(kind == .dataUnavailable)
+      let report = try await replay.decode(cluster.worker, safe)
+      #expect(report.maxRelativeError < 1e-3)
+    }
+  }
+}

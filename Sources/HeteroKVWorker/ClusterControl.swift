@@ -137,16 +137,7 @@ public struct CoordinatorControl: ClusterControl {
     let request = Heterokv_V1_ReportProfilesRequest.with {
       $0.ref = ref.proto
       $0.prefillTokens = UInt64(prefillTokens)
-      $0.heads = profiles.map { p in
-        .with {
-          $0.layer = UInt32(p.layer)
-          $0.kvHead = UInt32(p.kvHead)
-          $0.stability = p.stability
-          $0.similarity = p.similarity
-          $0.role = p.role.name
-          if case .satellite(let pivot) = p.role { $0.pivot = UInt32(pivot) }
-        }
-      }
+      $0.heads = profiles.map(\.report)
     }
     let answer = try await call { client in try await client.reportProfiles(request) }
     guard let policy = BudgetPolicyKind(rawValue: answer.policy) else {
@@ -192,5 +183,19 @@ public struct CoordinatorControl: ClusterControl {
     return SequencePlacement(
       version: p.version, replication: max(1, Int(p.replication)), nodes: nodes,
       departed: p.departed)
+  }
+}
+
+extension HeadProfile {
+  /// The wire form.
+  var report: Heterokv_V1_HeadProfileReport {
+    .with {
+      $0.layer = UInt32(layer)
+      $0.kvHead = UInt32(kvHead)
+      $0.stability = stability
+      $0.similarity = similarity
+      $0.role = role.name
+      if case .satellite(let pivot) = role { $0.pivot = UInt32(pivot) }
+    }
   }
 }

@@ -45,15 +45,16 @@ public struct EngineClient: Sendable {
     }
   }
 
-  /// Opens a sequence.
-  public func createSequence(_ ref: SequenceRef, maxTokens: Int) async throws(WorkerError)
-    -> Heterokv_V1_SequenceInfo
-  {
+  /// Opens a sequence, with calibrated head profiles when given.
+  public func createSequence(
+    _ ref: SequenceRef, maxTokens: Int, profiles: [HeadProfile]? = nil
+  ) async throws(WorkerError) -> Heterokv_V1_SequenceInfo {
     try await call("CreateSequence") {
       try await stub.createSequence(
         .with {
           $0.ref = ref.proto
           $0.maxTokens = UInt64(maxTokens)
+          $0.profiles = (profiles ?? []).map(\.report)
         }, options: $0)
     }
   }

@@ -27,8 +27,13 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     guard request.maxTokens > 0, request.maxTokens <= UInt64(UInt32.max) else {
       throw RPCError(code: .invalidArgument, message: "max_tokens must be in 1...2^32-1")
     }
+    guard request.profiles.count <= 1 << 16 else {
+      throw RPCError(code: .invalidArgument, message: "at most 65536 profiles")
+    }
+    let profiles = try request.profiles.isEmpty ? nil : request.profiles.map(Self.profile)
     let info = try await mapped {
-      try await worker.createSequence(SequenceRef(request.ref), maxTokens: Int(request.maxTokens))
+      try await worker.createSequence(
+        SequenceRef(request.ref), maxTokens: Int(request.maxTokens), profiles: profiles)
     }
     return .with {
       $0.ref = info.ref.proto
@@ -124,6 +129,27 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     return stats.proto
   }
 
+  /// A calibrated profile from the wire.
+  static func profile(_ r: Heterokv_V1_HeadProfileReport) throws -> HeadProfile {
+    let role: HeadRole
+    switch r.role {
+    case "anchor": role = .anchor
+    case "volatile": role = .volatile
+    case "pivot": role = .pivot
+    case "satellite": role = .satellite(pivot: Int(r.pivot))
+    default:
+      throw RPCError(
+        code: .invalidArgument,
+        message: "layer \(r.layer) head \(r.kvHead): unknown role \"\(r.role)\"")
+    }
+    guard r.similarity.count <= 1024 else {
+      throw RPCError(code: .invalidArgument, message: "at most 1024 similarities per head")
+    }
+    return HeadProfile(
+      layer: Int(r.layer), kvHead: Int(r.kvHead), stability: r.stability,
+      similarity: r.similarity, role: role)
+  }
+
   /// Runs a worker call, turning its error into the matching status.
   func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
     do {
@@ -180,6 +206,7 @@ extension SequenceStats {
       $0.refreshes = UInt64(refreshes)
       $0.failovers = UInt64(failovers)
       $0.unshippedRows = UInt64(unshippedRows)
+      $0.storedRows = UInt64(storedRows)
       $0.heads = heads.map { h in
         .with {
           $0.layer = UInt32(h.layer)

@@ -82,6 +82,8 @@ actor SequenceSession {
   let tier: MemoryTierClient
   let writer: ShardWriter
   let placement: SequencePlacement
+  /// Profiles from an offline calibration, when the engine gave them.
+  let calibrated: [HeadProfile]?
   private var layers: [LayerState]
   private(set) var prefillTokens = 0
   private var budgets: SequenceBudgets?
@@ -98,9 +100,11 @@ actor SequenceSession {
 
   init(
     ref: SequenceRef, options: WorkerOptions, control: any ClusterControl,
-    backend: any AttentionBackend, tier: MemoryTierClient, placement: SequencePlacement
+    backend: any AttentionBackend, tier: MemoryTierClient, placement: SequencePlacement,
+    calibrated: [HeadProfile]? = nil
   ) {
     self.ref = ref
+    self.calibrated = calibrated
     self.options = options
     self.control = control
     self.backend = backend
@@ -557,7 +561,7 @@ actor SequenceSession {
     var last: [[[Float]?]] = []
     for (l, layer) in layers.enumerated() {
       let rows = layer.observationRows
-      if options.policy == .heterocache && rows < 2 {
+      if options.policy == .heterocache && rows < 2 && calibrated == nil {
         throw WorkerError(
           .failedPrecondition,
           "sequence \(ref) layer \(l): HeteroCache profiles heads from the prefill's last "
@@ -566,9 +570,13 @@ actor SequenceSession {
       guard rows > 0 else {
         let role: HeadRole = options.policy == .uniform ? .anchor : .volatile
         profiles += (0..<g.kvHeads).map { h in
-          HeadProfile(
-            layer: l, kvHead: h, stability: 1,
-            similarity: (0..<g.kvHeads).map { $0 == h ? 1 : 0 }, role: role)
+          var p =
+            calibrated?.first { $0.layer == l && $0.kvHead == h }
+            ?? HeadProfile(
+              layer: l, kvHead: h, stability: 1,
+              similarity: (0..<g.kvHeads).map { $0 == h ? 1 : 0 }, role: role)
+          if options.policy != .heterocache { p.role = role }
+          return p
         }
         last.append(Array(repeating: nil, count: g.kvHeads))
         continue
@@ -603,7 +611,10 @@ actor SequenceSession {
         try profiler.recordPrefill(perHead.map { $0[0] })
         for r in 1..<max(2, w) where r < w { try profiler.recordDecode(perHead.map { $0[r] }) }
         if w < 2 { try profiler.recordDecode(perHead.map { $0[0] }) }
-        var layerProfiles = try profiler.profiles()
+        var layerProfiles =
+          try calibrated.map { all in
+            all.filter { $0.layer == l }.sorted { $0.kvHead < $1.kvHead }
+          } ?? profiler.profiles()
         switch options.policy {
         case .heterocache: break
         case .hcattention: for i in layerProfiles.indices { layerProfiles[i].role = .volatile }
@@ -730,6 +741,14 @@ actor SequenceSession {
     let tokens = layers.map(\.tokens).max() ?? 0
     var heads: [SequenceStats.Head] = []
     var unshipped = 0
+    var storedRows = 0
+    for l in layers.indices {
+      for h in layers[l].heads.indices {
+        let ack = await writer.acknowledgedTokens(HeadKey(layer: l, kvHead: h))
+        layers[l].heads[h].trimTail(acknowledged: ack)
+        storedRows += ack
+      }
+    }
     for (l, layer) in layers.enumerated() {
       for (h, head) in layer.heads.enumerated() {
         heads.append(
@@ -743,7 +762,8 @@ actor SequenceSession {
       memoryTierBytes: await writer.storedBytes,
       fullKVBytes: layers.reduce(0) { $0 + $1.tokens * g.kvHeads * g.headDim * 4 },
       decodeSteps: decodeSteps, bytesMoved: bytesMoved + (await writer.bytesSent),
-      refreshes: refreshes, failovers: failovers, unshippedRows: unshipped, heads: heads)
+      refreshes: refreshes, failovers: failovers, unshippedRows: unshipped, storedRows: storedRows,
+      heads: heads)
   }
 
   /// Waits until every row is on the memory tier (for tests and benchmarks).
@@ -785,7 +805,9 @@ public struct SequenceStats: Sendable, Hashable, Codable {
   public var refreshes: Int
   /// Requests answered by a replica after the first holder failed.
   public var failovers: Int
-  /// Rows of all heads not yet on the memory tier.
+  /// Rows (tokens x heads) not yet on the memory tier.
   public var unshippedRows: Int
+  /// Rows at least one memory node holds; with `unshippedRows`, every row of every head.
+  public var storedRows: Int
   public var heads: [Head]
 }

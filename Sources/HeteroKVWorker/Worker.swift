@@ -39,13 +39,16 @@ public final class Worker: Sendable {
   public var sequences: [SequenceRef] { sessions.withLock { Array($0.keys).sorted() } }
 
   /// Opens a sequence of at most `maxTokens` tokens: the coordinator places it and reserves
-  /// memory-tier room for it.
-  public func createSequence(_ ref: SequenceRef, maxTokens: Int) async throws(WorkerError)
-    -> SequenceInfo
-  {
+  /// memory-tier room for it. `profiles` (one per KV head of every layer, from an offline
+  /// calibration run) fix the heads' roles; without them the heads are profiled from the
+  /// prefill's observation queries.
+  public func createSequence(
+    _ ref: SequenceRef, maxTokens: Int, profiles: [HeadProfile]? = nil
+  ) async throws(WorkerError) -> SequenceInfo {
     guard maxTokens > 0 else {
       throw WorkerError(.invalidArgument, "sequence \(ref): max tokens must be positive")
     }
+    if let profiles { try Self.check(profiles, geometry: options.geometry) }
     if sessions.withLock({ $0[ref] }) != nil {
       throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
     }
@@ -62,7 +65,7 @@ public final class Worker: Sendable {
       })
     let session = SequenceSession(
       ref: ref, options: options, control: control, backend: backend, tier: tier,
-      placement: placement)
+      placement: placement, calibrated: profiles)
     let raced = sessions.withLock { open -> Bool in
       if open[ref] != nil { return true }
       open[ref] = session
@@ -70,6 +73,37 @@ public final class Worker: Sendable {
     }
     if raced { throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker") }
     return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
+  }
+
+  /// Calibrated profiles must name every KV head of every layer once, with values in range.
+  static func check(_ profiles: [HeadProfile], geometry g: ModelGeometry) throws(WorkerError) {
+    var seen = Set<[Int]>()
+    for p in profiles {
+      guard (0..<g.layers).contains(p.layer), (0..<g.kvHeads).contains(p.kvHead),
+        seen.insert([p.layer, p.kvHead]).inserted
+      else {
+        throw WorkerError(
+          .invalidArgument,
+          "profile of layer \(p.layer) head \(p.kvHead) is out of range or repeated")
+      }
+      guard (0...1).contains(p.stability), p.similarity.count == g.kvHeads,
+        p.similarity.allSatisfy({ (0...1).contains($0) })
+      else {
+        throw WorkerError(
+          .invalidArgument,
+          "profile of layer \(p.layer) head \(p.kvHead): stability and \(g.kvHeads) "
+            + "similarities must lie in [0, 1]")
+      }
+      if case .satellite(let pivot) = p.role, !(0..<g.kvHeads).contains(pivot) {
+        throw WorkerError(
+          .invalidArgument, "profile of layer \(p.layer) head \(p.kvHead): pivot \(pivot)")
+      }
+    }
+    guard seen.count == g.layers * g.kvHeads else {
+      throw WorkerError(
+        .invalidArgument,
+        "\(seen.count) profiles for \(g.layers) layers x \(g.kvHeads) KV heads")
+    }
   }
 
   private func session(_ ref: SequenceRef) throws(WorkerError) -> SequenceSession {

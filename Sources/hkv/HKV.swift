@@ -7,8 +7,9 @@ struct HKV: AsyncParsableCommand {
     commandName: "hkv",
     abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
     subcommands: [
-      EvalCommand.self, MemoryNodeCommand.self, CoordinatorCommand.self, NodesCommand.self,
-      BudgetsCommand.self, HeadsCommand.self, StatusCommand.self,
+      DemoCommand.self, EvalCommand.self, WorkerCommand.self, MemoryNodeCommand.self,
+      CoordinatorCommand.self, NodesCommand.self, BudgetsCommand.self, HeadsCommand.self,
+      StatusCommand.self,
     ]
   )
 }

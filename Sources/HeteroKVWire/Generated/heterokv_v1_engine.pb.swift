@@ -50,6 +50,11 @@ public nonisolated struct Heterokv_V1_CreateSequenceRequest: Sendable {
   /// The longest context the sequence may reach (for the memory-tier reservation).
   public var maxTokens: UInt64 = 0
 
+  /// Optional: head profiles from an offline calibration run (HeteroCache's way), one per
+  /// KV head of every layer. Without them the worker profiles heads from the prefill's
+  /// observation queries.
+  public var profiles: [Heterokv_V1_HeadProfileReport] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -273,8 +278,11 @@ public nonisolated struct Heterokv_V1_SequenceStats: Sendable {
 
   public var heads: [Heterokv_V1_HeadStats] = []
 
-  /// Tokens of all heads still on their way to the memory tier.
+  /// Rows (tokens x heads) still on their way to the memory tier.
   public var unshippedRows: UInt64 = 0
+
+  /// Rows at least one memory node holds; with unshipped_rows, every row of every head.
+  public var storedRows: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -289,7 +297,7 @@ fileprivate nonisolated let _protobuf_package = "heterokv.v1"
 
 nonisolated extension Heterokv_V1_CreateSequenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateSequenceRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}max_tokens\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}max_tokens\0\u{1}profiles\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -299,6 +307,7 @@ nonisolated extension Heterokv_V1_CreateSequenceRequest: SwiftProtobuf.Message, 
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._ref) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.maxTokens) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.profiles) }()
       default: break
       }
     }
@@ -315,12 +324,16 @@ nonisolated extension Heterokv_V1_CreateSequenceRequest: SwiftProtobuf.Message, 
     if self.maxTokens != 0 {
       try visitor.visitSingularUInt64Field(value: self.maxTokens, fieldNumber: 2)
     }
+    if !self.profiles.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.profiles, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Heterokv_V1_CreateSequenceRequest, rhs: Heterokv_V1_CreateSequenceRequest) -> Bool {
     if lhs._ref != rhs._ref {return false}
     if lhs.maxTokens != rhs.maxTokens {return false}
+    if lhs.profiles != rhs.profiles {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -695,7 +708,7 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SequenceStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0\u{3}stored_rows\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -715,6 +728,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.failovers) }()
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.heads) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.unshippedRows) }()
+      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.storedRows) }()
       default: break
       }
     }
@@ -761,6 +775,9 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
     if self.unshippedRows != 0 {
       try visitor.visitSingularUInt64Field(value: self.unshippedRows, fieldNumber: 12)
     }
+    if self.storedRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storedRows, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -777,6 +794,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
     if lhs.failovers != rhs.failovers {return false}
     if lhs.heads != rhs.heads {return false}
     if lhs.unshippedRows != rhs.unshippedRows {return false}
+    if lhs.storedRows != rhs.storedRows {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,378 @@
+import ArgumentParser
+import Foundation
+import HeteroKVConfig
+import HeteroKVCoordinatorClient
+import HeteroKVCore
+import HeteroKVDaemon
+import HeteroKVLocalCluster
+import HeteroKVMemoryClient
+import HeteroKVWire
+import HeteroKVWorker
+import Logging
+
+/// `hkv demo`: a long-context decode workload end to end on a cluster, measured against full
+/// attention. The first thing to run.
+struct DemoCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "demo",
+    abstract: "Run a long-context decode workload end to end and report what it cost.",
+    discussion: """
+      Without --config, starts a cluster on loopback (a coordinator, --memnodes memory nodes
+      and a worker: in this process, or as child processes with --processes), creates one
+      sequence of --tokens tokens of the synthetic workload with Llama-3-8B geometry (the first
+      --layers layers), prefills it through the engine API, runs --steps decode steps, and
+      reports: bytes on the worker and on each memory node against fp16 K/V, output error
+      against full attention, attention-mass recall, decode steps per second, bytes moved per
+      step, and the budget table of the first layers. With --config, runs the same against
+      daemons already started from that file (its model, worker and budget settings).
+      Progress goes to stderr; the report to stdout (--json for scripts).
+      """)
+
+  @Option(help: "Prefill tokens.")
+  var tokens: Int = 200_000
+
+  @Option(help: "Layers of Llama-3-8B geometry (without --config).")
+  var layers: Int = 2
+
+  @Option(help: "Memory nodes to start (without --config).")
+  var memnodes: Int = 2
+
+  @Option(help: "Memory budget: the share of fp16 K/V the worker may hold (without --config).")
+  var budget: Double = 0.125
+
+  @Option(help: "Budget policy: heterocache, hcattention or uniform (without --config).")
+  var policy: String = "heterocache"
+
+  @Option(help: "Copies of each shard on the memory tier (without --config).")
+  var replication: Int = 1
+
+  @Option(help: "Decode steps.")
+  var steps: Int = 16
+
+  @Option(help: "Workload seed.")
+  var seed: UInt64 = 1
+
+  @Flag(
+    inversion: .prefixedNo,
+    help: "Profile heads on a separate calibration sample first (HeteroCache's offline way); without it the worker profiles them from the prefill's last queries."
+  )
+  var calibrate = true
+
+  @Flag(help: "Run the roles as child processes instead of in this process.")
+  var processes = false
+
+  @Option(help: "Run against the daemons of this cluster file (already started).")
+  var config: String?
+
+  @Flag(help: "Print the report as JSON.")
+  var json = false
+
+  func validate() throws {
+    guard (1...4_000_000).contains(tokens) else { throw ValidationError("--tokens must be in 1...4000000") }
+    guard (1...32).contains(layers) else { throw ValidationError("--layers must be in 1...32") }
+    guard (1...16).contains(memnodes) else { throw ValidationError("--memnodes must be in 1...16") }
+    guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+    guard BudgetPolicyKind(rawValue: policy) != nil else {
+      throw ValidationError("bad --policy '\(policy)': expected heterocache, hcattention or uniform")
+    }
+    guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
+    guard (1...memnodes).contains(replication) else {
+      throw ValidationError("--replication must be in 1...--memnodes")
+    }
+    guard !(processes && config != nil) else {
+      throw ValidationError("--processes starts its own cluster; it cannot be used with --config")
+    }
+  }
+
+  func run() async throws {
+    LoggingSystem.bootstrap { label in
+      var handler = StreamLogHandler.standardError(label: label)
+      handler.logLevel = .error
+      return handler
+    }
+    let logger = Logger(label: "hkv.demo")
+    let progress = ProgressLine()
+    let cluster = try config.map { path in
+      do {
+        return try ClusterConfiguration.load(path: path)
+      } catch {
+        throw CommandFailure(description: "\(error)")
+      }
+    }
+    let model = try cluster?.model ?? ModelGeometry.llama3_8B.withLayers(layers)
+    var workload = SyntheticWorkloadConfiguration(geometry: model)
+    workload.layers = model.layers
+    workload.contextLength = tokens
+    workload.decodeSteps = steps
+    workload.observationWindow = 32
+    workload.sampleSeed = seed
+    let replay = try WorkloadReplay(SyntheticWorkload(workload)) { done, total in
+      progress.show("generating the workload: layer \(done)/\(total)")
+    }
+    var profiles: [HeadProfile]?
+    if calibrate {
+      // A shorter sample of the same heads (another token seed), profiled with full attention.
+      var sample = workload
+      sample.contextLength = min(tokens, 8192)
+      sample.observationWindow = min(32, sample.contextLength)
+      sample.sampleSeed = seed &+ 1_000_003
+      progress.show("calibrating head profiles on a \(sample.contextLength)-token sample")
+      profiles = try HeteroCacheCalibration.profile(
+        SyntheticWorkload(sample), configuration: heteroCacheConfiguration(cluster))
+    }
+    let ref = SequenceRef(namespace: 0, sequence: UInt64.random(in: 1...(1 << 40)))
+    let report: DemoReport
+    if let cluster {
+      report = try await runAgainst(
+        cluster, replay: replay, ref: ref, mode: "config", profiles: profiles, progress: progress)
+    } else if processes {
+      let children = try ChildCluster.start(
+        model: model, memoryNodes: memnodes, capacityBytes: capacityPerNode(model),
+        replication: replication, policy: policy, budget: budget)
+      do {
+        report = try await runAgainst(
+          children.configuration, replay: replay, ref: ref, mode: "processes", profiles: profiles,
+          progress: progress)
+        children.stop()
+      } catch {
+        children.stop()
+        throw error
+      }
+    } else {
+      var options = LocalCluster.Options(model: model)
+      options.memoryNodes = memnodes
+      options.capacityBytes = capacityPerNode(model)
+      options.replication = replication
+      options.budgets = BudgetSettings(
+        policy: BudgetPolicyKind(rawValue: policy)!, memoryFraction: budget)
+      let local = try await LocalCluster.start(options, logger: logger)
+      do {
+        report = try await runAgainst(
+          local.configuration, replay: replay, ref: ref, mode: "in-process",
+          profiles: profiles, engine: local.worker, progress: progress)
+        await local.shutdown()
+      } catch {
+        await local.shutdown()
+        throw error
+      }
+    }
+    progress.finish()
+    if json {
+      let encoder = JSONEncoder()
+      encoder.keyEncodingStrategy = .convertToSnakeCase
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+      FileHandle.standardOutput.write(try encoder.encode(report) + Data("\n".utf8))
+    } else {
+      print(report.text, terminator: "")
+    }
+  }
+
+  /// HeteroCache's thresholds as the cluster (or the defaults) set them.
+  func heteroCacheConfiguration(_ cluster: ClusterConfiguration?) -> HeteroCacheConfiguration {
+    let budgets = cluster?.budgets ?? BudgetSettings()
+    var c = HeteroCacheConfiguration()
+    c.stabilityThreshold = budgets.stabilityThreshold
+    c.similarityThreshold = budgets.similarityThreshold
+    return c
+  }
+
+  /// Room for every row of the sequence, with its copies, spread over the nodes, plus slack.
+  func capacityPerNode(_ model: ModelGeometry) -> Int {
+    let rows = (tokens + steps) * model.layers * model.kvHeads * model.headDim * 4 * replication
+    return max(256 << 20, rows / memnodes * 3 / 2 + (64 << 20))
+  }
+
+  /// Creates the sequence, prefills it, decodes, gathers the figures and releases it. The
+  /// engine is the in-process worker when given, else the file's worker over gRPC.
+  func runAgainst(
+    _ cluster: ClusterConfiguration, replay: WorkloadReplay, ref: SequenceRef, mode: String,
+    profiles: [HeadProfile]?, engine: Worker? = nil, progress: ProgressLine
+  ) async throws -> DemoReport {
+    guard let coordinator = cluster.coordinator?.control else {
+      throw CommandFailure(description: "the cluster file has no coordinator section")
+    }
+    let security = try cluster.controlPlaneSecurity()
+    let clock = ContinuousClock()
+    func seconds(_ d: Duration) -> Double {
+      Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
+    func run(_ engine: any KVCacheEngine, stats: () async throws -> SequenceFigures)
+      async throws -> (Double, WorkloadReplay.DecodeReport, SequenceFigures)
+    {
+      let started = clock.now
+      try await replay.prefill(engine, ref) { done, total in
+        progress.show("prefill  \(ProgressLine.bar(done, total)) \(done)/\(total) rows")
+      }
+      let prefill = seconds(clock.now - started)
+      let decode = try await replay.decode(engine, ref) { done, total in
+        progress.show("decode   \(ProgressLine.bar(done, total)) step \(done)/\(total)")
+      }
+      return (prefill, decode, try await stats())
+    }
+    let outcome: (Double, WorkloadReplay.DecodeReport, SequenceFigures)
+    let maxTokens = replay.contextLength + replay.decodeSteps
+    do {
+      if let engine {
+        _ = try await engine.createSequence(ref, maxTokens: maxTokens, profiles: profiles)
+        outcome = try await run(engine) { SequenceFigures(try await engine.stats(ref).proto) }
+      } else {
+        guard let address = cluster.worker.control else {
+          throw CommandFailure(description: "the cluster file has no worker.control address")
+        }
+        outcome = try await EngineClient.with(
+          address: address, geometry: replay.geometry, security: security, timeout: .seconds(600)
+        ) { client in
+          _ = try await client.createSequence(ref, maxTokens: maxTokens, profiles: profiles)
+          return try await run(client) { SequenceFigures(try await client.stats(ref)) }
+        }
+      }
+    } catch let error as WorkerError {
+      throw CommandFailure(description: error.description)
+    }
+    let (prefillSeconds, decode, figures) = outcome
+    // What each memory node holds, and the budgets the coordinator assigned.
+    let (members, budgets) = try await CoordinatorClient.with(
+      address: coordinator, security: security
+    ) { client in
+      (
+        try await client.nodes(),
+        try await client.budgets(namespace: ref.namespace, sequence: ref.sequence, layer: nil)
+      )
+    }
+    var nodeBytes: [String: UInt64] = [:]
+    for member in members.members where member.role == .memoryNode {
+      nodeBytes[member.memberID] = member.usedBytes
+    }
+    let resident = Dictionary(
+      figures.heads.map { ("\($0.layer)/\($0.kvHead)", $0.residentBytes) }, uniquingKeysWith: +)
+    let table = (budgets.sequences.first?.heads ?? []).filter { $0.layer < 2 }.map {
+      DemoReport.HeadBudget(
+        layer: Int($0.layer), kvHead: Int($0.kvHead),
+        role: $0.role == "satellite" ? "satellite(\($0.pivot))" : $0.role, cap: Int($0.cap),
+        stability: $0.stability, residentBytes: resident["\($0.layer)/\($0.kvHead)"] ?? 0)
+    }
+    // The memory nodes' used bytes are read before the sequence is released.
+    do {
+      if let engine {
+        try await engine.release(ref)
+      } else if let address = cluster.worker.control {
+        try await EngineClient.with(address: address, geometry: replay.geometry, security: security) {
+          try await $0.release(ref)
+        }
+      }
+    } catch let error as WorkerError {
+      throw CommandFailure(description: "releasing the sequence: \(error)")
+    }
+    return DemoReport(
+      mode: mode, model: replay.geometry.name, layers: replay.geometry.layers,
+      kvHeads: replay.geometry.kvHeads, headDim: replay.geometry.headDim,
+      tokens: replay.contextLength, decodeSteps: decode.steps, policy: figures.policy,
+      budgetFraction: cluster.budgets.memoryFraction, memoryNodes: nodeBytes.count,
+      workerBytes: figures.workerBytes, memoryTierBytes: figures.memoryTierBytes,
+      memoryNodeBytes: nodeBytes, fullKvBytes: figures.fullKVBytes,
+      workerFraction: Double(figures.workerBytes) / Double(max(1, figures.fullKVBytes)),
+      tokenRows: figures.tokens * replay.geometry.layers * replay.geometry.kvHeads,
+      storedRows: figures.storedRows, unshippedRows: figures.unshippedRows,
+      meanRelativeError: decode.meanRelativeError, maxRelativeError: decode.maxRelativeError,
+      massRecall: decode.meanMassRecall, prefillSeconds: prefillSeconds,
+      decodeStepsPerSecond: Double(decode.steps) / max(decode.engineSeconds, 1e-9),
+      bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps),
+      refreshes: figures.refreshes, budgets: table)
+  }
+}
+
+/// The sequence figures the demo reports, from the worker's stats.
+struct SequenceFigures {
+  var policy: String
+  var tokens, workerBytes, memoryTierBytes, fullKVBytes, storedRows, unshippedRows, refreshes: Int
+  var heads: [(layer: Int, kvHead: Int, residentBytes: Int)]
+
+  init(_ s: Heterokv_V1_SequenceStats) {
+    policy = s.policy
+    tokens = Int(s.tokens)
+    workerBytes = Int(s.workerBytes)
+    memoryTierBytes = Int(s.memoryTierBytes)
+    fullKVBytes = Int(s.fullKvBytes)
+    storedRows = Int(s.storedRows)
+    unshippedRows = Int(s.unshippedRows)
+    refreshes = Int(s.refreshes)
+    heads = s.heads.map { (Int($0.layer), Int($0.kvHead), Int($0.residentBytes)) }
+  }
+}
+
+/// What `hkv demo` reports.
+struct DemoReport: Codable {
+  struct HeadBudget: Codable {
+    var layer, kvHead: Int
+    var role: String
+    var cap: Int
+    var stability: Double
+    var residentBytes: Int
+  }
+  var mode, model: String
+  var layers, kvHeads, headDim, tokens, decodeSteps: Int
+  var policy: String
+  var budgetFraction: Double
+  var memoryNodes: Int
+  var workerBytes, memoryTierBytes: Int
+  var memoryNodeBytes: [String: UInt64]
+  var fullKvBytes: Int
+  var workerFraction: Double
+  /// tokens x layers x KV heads; every row is stored on a memory node or still on the worker.
+  var tokenRows, storedRows, unshippedRows: Int
+  var meanRelativeError, maxRelativeError, massRecall: Double
+  var prefillSeconds, decodeStepsPerSecond: Double
+  var bytesMovedPerStep: Int
+  var refreshes: Int
+  var budgets: [HeadBudget]
+
+  var text: String {
+    func size(_ b: Int) -> String { ByteSize.format(UInt64(b)) }
+    var out = """
+      HeteroKV demo (\(mode)): \(model), \(layers) layers x \(kvHeads) KV heads x \(headDim), \
+      \(tokens) tokens + \(decodeSteps) decode steps, policy \(policy) at \(budgetFraction)
+
+      where the KV cache lives
+        worker            \(size(workerBytes))  (\(String(format: "%.1f%%", workerFraction * 100)) of fp16 K/V)
+
+      """
+    for (id, bytes) in memoryNodeBytes.sorted(by: { $0.key < $1.key }) {
+      out += "  \(id.padding(toLength: 16, withPad: " ", startingAt: 0))  \(size(Int(bytes)))\n"
+    }
+    out += """
+        full fp16 K/V     \(size(fullKvBytes))
+        rows              \(storedRows) on memory nodes + \(unshippedRows) on the worker = \(tokenRows)
+
+      fidelity against full attention
+        output error      mean \(String(format: "%.4f", meanRelativeError)), max \(String(format: "%.4f", maxRelativeError)) (relative L2)
+        mass recall       \(String(format: "%.4f", massRecall))
+
+      speed
+        prefill           \(String(format: "%.1f", prefillSeconds)) s
+        decode            \(String(format: "%.2f", decodeStepsPerSecond)) steps/s (\(layers) layers per step)
+        moved per step    \(size(bytesMovedPerStep))
+        satellite refreshes \(refreshes)
+
+      budgets (first layers)
+
+      """
+    out += TextTable(
+      ["LAYER", "HEAD", "ROLE", "STABILITY", "CAP", "WORKER BYTES"],
+      rows: budgets.map {
+        [
+          "\($0.layer)", "\($0.kvHead)", $0.role, String(format: "%.2f", $0.stability),
+          "\($0.cap)", size($0.residentBytes),
+        ]
+      }
+    ).render()
+    return out
+  }
+}
+
+extension ProgressLine {
+  /// A 24-cell bar for `done` of `total`.
+  static func bar(_ done: Int, _ total: Int) -> String {
+    let filled = total > 0 ? min(24, done * 24 / total) : 0
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: 24 - filled) + "]"
+  }
+}

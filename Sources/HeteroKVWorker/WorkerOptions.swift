@@ -97,7 +97,7 @@ public struct WorkerOptions: Sendable {
       let g = d / settings.groupSize
       let c = 1 << settings.keyBits
       let configuration = try ProductQuantizerConfiguration(
-        subvectors: g, centroids: c, iterations: 6, batchSize: 4096, seed: 1)
+        subvectors: g, centroids: c, iterations: 5, batchSize: 2048, seed: 1)
       let version = CodebookVersion(
         geometry: geometry.name, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
         centroids: c, calibration: .ownPrefill)

@@ -20,7 +20,7 @@ final class ChildCluster: @unchecked Sendable {
 
   static func start(
     model: ModelGeometry, memoryNodes: Int, capacityBytes: Int, replication: Int, policy: String,
-    budget: Double
+    budget: Double, keyCodec: String, keyBits: Int
   ) throws -> ChildCluster {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-demo-\(ProcessInfo.processInfo.processIdentifier)")
@@ -41,6 +41,8 @@ final class ChildCluster: @unchecked Sendable {
         heartbeat: 1s
       worker:
         control: 127.0.0.1:\(try port())
+        key_codec: \(keyCodec)
+        key_bits: \(keyBits)
       budgets:
         policy: \(policy)
         memory_fraction: \(budget)

@@ -43,6 +43,12 @@ struct DemoCommand: AsyncParsableCommand {
   @Option(help: "Budget policy: heterocache, hcattention or uniform (without --config).")
   var policy: String = "heterocache"
 
+  @Option(help: "Key codec on the worker: pq or scalar (without --config).")
+  var keyCodec: String = "pq"
+
+  @Option(help: "Bits per key code: 8 for pq (256 centroids per group of 4 dims), 2, 4 or 8 for scalar.")
+  var keyBits: Int = 8
+
   @Option(help: "Copies of each shard on the memory tier (without --config).")
   var replication: Int = 1
 
@@ -74,6 +80,12 @@ struct DemoCommand: AsyncParsableCommand {
     guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
     guard BudgetPolicyKind(rawValue: policy) != nil else {
       throw ValidationError("bad --policy '\(policy)': expected heterocache, hcattention or uniform")
+    }
+    guard let codec = KeyCodecKind(rawValue: keyCodec) else {
+      throw ValidationError("bad --key-codec '\(keyCodec)': expected pq or scalar")
+    }
+    guard codec == .pq ? [4, 8, 12, 16].contains(keyBits) : [2, 4, 8].contains(keyBits) else {
+      throw ValidationError("--key-bits \(keyBits) does not fit --key-codec \(keyCodec)")
     }
     guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
     guard (1...memnodes).contains(replication) else {
@@ -128,7 +140,8 @@ struct DemoCommand: AsyncParsableCommand {
     } else if processes {
       let children = try ChildCluster.start(
         model: model, memoryNodes: memnodes, capacityBytes: capacityPerNode(model),
-        replication: replication, policy: policy, budget: budget)
+        replication: replication, policy: policy, budget: budget, keyCodec: keyCodec,
+        keyBits: keyBits)
       do {
         report = try await runAgainst(
           children.configuration, replay: replay, ref: ref, mode: "processes", profiles: profiles,
@@ -145,6 +158,8 @@ struct DemoCommand: AsyncParsableCommand {
       options.replication = replication
       options.budgets = BudgetSettings(
         policy: BudgetPolicyKind(rawValue: policy)!, memoryFraction: budget)
+      options.worker.keyCodec = KeyCodecKind(rawValue: keyCodec)!
+      options.worker.keyBits = keyBits
       let local = try await LocalCluster.start(options, logger: logger)
       do {
         report = try await runAgainst(

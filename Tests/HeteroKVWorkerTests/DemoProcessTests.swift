@@ -24,7 +24,10 @@ struct DemoJSON: Decodable {
 struct DemoProcessTests {
   func demo(_ extra: [String]) throws -> DemoJSON {
     let run = try runHKV(
-      ["demo", "--json", "--tokens", "3000", "--layers", "1", "--steps", "3"] + extra)
+      [
+        "demo", "--json", "--tokens", "3000", "--layers", "1", "--steps", "3", "--key-codec",
+        "scalar", "--key-bits", "4",
+      ] + extra)
     #expect(run.status == 0, "stderr: \(run.err)")
     let decoder = JSONDecoder()
     decoder.keyDecodingStrategy = .convertFromSnakeCase

@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
     .library(name: "HeteroKVWorker", targets: ["HeteroKVWorker"]),
+    .library(name: "HeteroKVLocalCluster", targets: ["HeteroKVLocalCluster"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [

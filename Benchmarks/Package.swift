@@ -3,6 +3,7 @@ import PackageDescription
 
 // Benchmarks live in their own package (as swift-nio does it) so the main build stays lean.
 // Run: swift run -c release --package-path Benchmarks hkv-bench [--quick]
+//      swift run -c release --package-path Benchmarks hkv-cluster-bench decode | scale --hkv PATH
 //      swift run -c release --package-path Benchmarks hkv-bench dataplane [--quick]
 let package = Package(
   name: "HeteroKVBenchmarks",
@@ -10,6 +11,7 @@ let package = Package(
   dependencies: [
     .package(name: "HeteroKV", path: "../"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
   ],
   targets: [
     .executableTarget(
@@ -21,7 +23,18 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
-    )
+    ),
+    .executableTarget(
+      name: "hkv-cluster-bench",
+      dependencies: [
+        .product(name: "HeteroKVCore", package: "HeteroKV"),
+        .product(name: "HeteroKVWire", package: "HeteroKV"),
+        .product(name: "HeteroKVConfig", package: "HeteroKV"),
+        .product(name: "HeteroKVWorker", package: "HeteroKV"),
+        .product(name: "HeteroKVLocalCluster", package: "HeteroKV"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -72,7 +72,8 @@ public final class LocalCluster: Sendable {
 
   /// Starts every role and returns once the memory nodes are registered and up.
   public static func start(
-    _ options: Options, logger: Logger, metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance
+    _ options: Options, logger: Logger,
+    metricsFactory: any MetricsFactory = NOOPMetricsHandler.instance
   ) async throws -> LocalCluster {
     let loopback = "127.0.0.1"
     var configuration = ClusterConfiguration(

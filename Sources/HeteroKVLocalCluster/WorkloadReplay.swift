@@ -12,7 +12,8 @@ public struct WorkloadReplay: Sendable {
   public let decodeSteps: Int
 
   /// Generates the workload's layers; `progress(done, total)` after each.
-  public init(_ workload: any AttentionWorkload, progress: (Int, Int) -> Void = { _, _ in }) throws {
+  public init(_ workload: any AttentionWorkload, progress: (Int, Int) -> Void = { _, _ in }) throws
+  {
     geometry = workload.geometry
     decodeSteps = workload.decodeSteps
     var layers: [LayerTrace] = []
@@ -130,9 +131,11 @@ public struct WorkloadReplay: Sendable {
         try await engine.append(
           ref, layer: l, tokens: 1, keys: keys.map { Float16($0) },
           values: values.map { Float16($0) }, observation: nil)
-        let result = try await engine.attend(ref, layer: l, queries: queries, withSelection: measure)
+        let result = try await engine.attend(
+          ref, layer: l, queries: queries, withSelection: measure)
         let elapsed = clock.now - started
-        seconds += Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        seconds +=
+          Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
         moved += result.bytesMoved
         last.append(result.output)
         guard measure else { continue }

@@ -52,7 +52,8 @@ public struct CPUAttentionBackend: AttentionBackend {
       case .select(let index, let queries, let tau, let cap):
         let scores = try index.scores(queries: queries, heads: g, scale: scale)
         let step = try HCAttentionStep(tau: tau, cap: cap)
-        return .selected(scores: scores, selections: try step.select(approximateScores: scores, heads: g))
+        return .selected(
+          scores: scores, selections: try step.select(approximateScores: scores, heads: g))
       case .attend(let cache, let queries):
         return .attended(try cache.attend(queries: queries, heads: g))
       }

@@ -81,7 +81,9 @@ public struct CoordinatorControl: ClusterControl {
   let security: ControlPlaneSecurity
   let timeout: Duration
 
-  public init(address: HostPort, security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(10)) {
+  public init(
+    address: HostPort, security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(10)
+  ) {
     self.address = address
     self.security = security
     self.timeout = timeout
@@ -141,7 +143,8 @@ public struct CoordinatorControl: ClusterControl {
     }
     let answer = try await call { client in try await client.reportProfiles(request) }
     guard let policy = BudgetPolicyKind(rawValue: answer.policy) else {
-      throw WorkerError(.coordinator, "the coordinator answered an unknown policy \"\(answer.policy)\"")
+      throw WorkerError(
+        .coordinator, "the coordinator answered an unknown policy \"\(answer.policy)\"")
     }
     let heads = answer.heads.map { h in
       let role: HeadRole =

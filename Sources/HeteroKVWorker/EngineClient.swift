@@ -26,7 +26,8 @@ public struct EngineClient: Sendable {
   ) async throws -> Result {
     try await ControlPlaneClient.with(address: address, security: security) { grpc in
       try await body(
-        EngineClient(address: address, stub: .init(wrapping: grpc), timeout: timeout, geometry: geometry))
+        EngineClient(
+          address: address, stub: .init(wrapping: grpc), timeout: timeout, geometry: geometry))
     }
   }
 
@@ -70,7 +71,8 @@ public struct EngineClient: Sendable {
     guard keys.count == tokens * width, values.count == tokens * width else {
       throw WorkerError(
         .invalidArgument,
-        "\(tokens) tokens need \(tokens * width) key and value elements, got \(keys.count) and \(values.count)")
+        "\(tokens) tokens need \(tokens * width) key and value elements, got \(keys.count) and \(values.count)"
+      )
     }
     let perPiece = max(1, Self.appendPieceBytes / (width * 2))
     var start = 0
@@ -112,7 +114,8 @@ public struct EngineClient: Sendable {
     guard let output = TensorBytes.floats(answer.output),
       output.count == geometry.queryHeads * geometry.headDim
     else {
-      throw WorkerError(.internal, "worker at \(address) answered \(answer.output.count) output bytes")
+      throw WorkerError(
+        .internal, "worker at \(address) answered \(answer.output.count) output bytes")
     }
     return AttendResult(
       output: output,

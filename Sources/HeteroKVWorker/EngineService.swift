@@ -54,7 +54,8 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     let g = geometry
     let tokens = Int(request.tokens)
     guard tokens > 0, tokens <= Self.maxAppendTokens else {
-      throw RPCError(code: .invalidArgument, message: "tokens must be in 1...\(Self.maxAppendTokens)")
+      throw RPCError(
+        code: .invalidArgument, message: "tokens must be in 1...\(Self.maxAppendTokens)")
     }
     let bytes = tokens * g.kvHeads * g.headDim * 2
     guard request.keys.count == bytes, request.values.count == bytes else {

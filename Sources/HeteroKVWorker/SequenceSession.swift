@@ -11,6 +11,40 @@ public struct AttendResult: Sendable {
   public var selections: [[Int32]]?
   /// Bytes this step moved between the worker and the memory tier.
   public var bytesMoved: Int
+  /// Where the step's time went.
+  public var timings = StepTimings()
+}
+
+/// Where one attention step's time went on the worker, in seconds.
+public struct StepTimings: Sendable, Hashable, Codable {
+  /// Scoring every token from the key codes and tau selection (full heads), and exact
+  /// attention over resident caches (compressed heads): the backend's work.
+  public var compute = 0.0
+  /// Building the near-data requests and the partial over rows still on the worker.
+  public var plan = 0.0
+  /// Waiting for the memory nodes: the network both ways and their partial attention.
+  public var fanOut = 0.0
+  /// Merging the partials.
+  public var merge = 0.0
+
+  public init() {}
+
+  /// The sum.
+  public var total: Double { compute + plan + fanOut + merge }
+
+  /// Adds another step's timings.
+  public static func += (a: inout StepTimings, b: StepTimings) {
+    a.compute += b.compute
+    a.plan += b.plan
+    a.fanOut += b.fanOut
+    a.merge += b.merge
+  }
+}
+
+/// Seconds since `start`.
+func seconds(since start: ContinuousClock.Instant) -> Double {
+  let d = ContinuousClock.now - start
+  return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
 }
 
 /// One KV head of one layer, as the worker holds it.
@@ -146,9 +180,12 @@ actor SequenceSession {
       throw WorkerError(
         .invalidArgument,
         "sequence \(ref) layer \(layer): \(tokens) tokens need \(tokens * width) key and value "
-          + "elements ([tokens][\(g.kvHeads)][\(g.headDim)]), got \(keys.count) and \(values.count)")
+          + "elements ([tokens][\(g.kvHeads)][\(g.headDim)]), got \(keys.count) and \(values.count)"
+      )
     }
-    if let bad = keys.firstIndex(where: { !$0.isFinite }) ?? values.firstIndex(where: { !$0.isFinite }) {
+    if let bad = keys.firstIndex(where: { !$0.isFinite })
+      ?? values.firstIndex(where: { !$0.isFinite })
+    {
       throw WorkerError(
         .invalidArgument, "sequence \(ref) layer \(layer): non-finite K/V at element \(bad)")
     }
@@ -285,9 +322,13 @@ actor SequenceSession {
       let cap = options.policy == .hcattention && head.cap > 0 ? head.cap : nil
       return .select(index: head.index!, queries: q, tau: tau, cap: cap)
     }
+    var timings = StepTimings()
+    var mark = ContinuousClock.now
     let results: [HeadComputationResult]
     do {
       results = try backend.run(computations, groupSize: group, scale: scale)
+      timings.compute = seconds(since: mark)
+      mark = .now
     } catch {
       throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
     }
@@ -317,7 +358,11 @@ actor SequenceSession {
         watchDrift(layer: layer, kvHead: h, scores: scores)
       }
     }
+    timings.plan = seconds(since: mark)
+    mark = .now
     let answers = try await fanOut(plans.flatMap(\.requests))
+    timings.fanOut = seconds(since: mark)
+    mark = .now
     var cursor = 0
     for plan in plans {
       let parts = Array(answers[cursor..<(cursor + plan.requests.count)]) + [plan.local]
@@ -331,11 +376,13 @@ actor SequenceSession {
         throw WorkerError(.internal, "sequence \(ref) layer \(layer): merge failed: \(error)")
       }
     }
+    timings.merge = seconds(since: mark)
     layers[layer].decodeStep += 1
     if layer == 0 { decodeSteps += 1 }
     bytesMoved += moved
     return AttendResult(
-      output: outputs, selections: withSelection ? selections : nil, bytesMoved: moved)
+      output: outputs, selections: withSelection ? selections : nil, bytesMoved: moved,
+      timings: timings)
   }
 
   /// One near-data attention request with the nodes that can answer it, primary first.
@@ -437,7 +484,8 @@ actor SequenceSession {
               WorkerError(
                 .dataUnavailable,
                 "sequence \(ref): shard \(remote.request.shard) is on no reachable memory node"
-                  + (tried.isEmpty ? " (no node holds it)" : "; tried \(tried.joined(separator: ", "))")
+                  + (tried.isEmpty
+                    ? " (no node holds it)" : "; tried \(tried.joined(separator: ", "))")
               ))
           )
         }
@@ -495,7 +543,8 @@ actor SequenceSession {
     var caps: [HeadKey: HeadBudget] = [:]
     for b in budgets.heads { caps[HeadKey(layer: b.layer, kvHead: b.kvHead)] = b }
     let compressedCaps = budgets.heads.filter { !$0.role.keepsFullContext }.map(\.cap)
-    let meanCap = compressedCaps.isEmpty ? max(1, n / 8) : compressedCaps.reduce(0, +) / compressedCaps.count
+    let meanCap =
+      compressedCaps.isEmpty ? max(1, n / 8) : compressedCaps.reduce(0, +) / compressedCaps.count
     for l in 0..<g.layers {
       for h in 0..<g.kvHeads {
         guard let budget = caps[HeadKey(layer: l, kvHead: h)] else {
@@ -623,7 +672,8 @@ actor SequenceSession {
         profiles += layerProfiles
         last.append(perHead.map { $0[w - 1] })
       } catch {
-        throw WorkerError(.invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)")
+        throw WorkerError(
+          .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)")
       }
     }
     return (profiles, last)
@@ -693,7 +743,9 @@ actor SequenceSession {
       refreshes += 1
       refreshTasks.append(
         Task {
-          guard let (keys, values) = try? await self.gatherRows(layer: layer, kvHead: s, positions: positions),
+          guard
+            let (keys, values) = try? await self.gatherRows(
+              layer: layer, kvHead: s, positions: positions),
             let cache = try? CompressedHeadCache(positions: positions, rows: keys, values: values)
           else { return }
           self.refreshed(layer: layer, kvHead: s, prefix: cache)
@@ -752,7 +804,8 @@ actor SequenceSession {
     for (l, layer) in layers.enumerated() {
       for (h, head) in layer.heads.enumerated() {
         heads.append(
-          .init(layer: l, kvHead: h, role: head.role, cap: head.cap, residentBytes: head.residentBytes))
+          .init(
+            layer: l, kvHead: h, role: head.role, cap: head.cap, residentBytes: head.residentBytes))
         unshipped += head.tailValues.rows
       }
     }

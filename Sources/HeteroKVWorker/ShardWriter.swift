@@ -109,7 +109,8 @@ actor ShardWriter {
       let chunkEnd = (chunk(of: token) + 1) * chunkTokens
       let rows = min(batch.rows - offset, chunkEnd - token, maxRowsPerPut)
       let range = Array(offset..<(offset + rows))
-      let shard = ref.shard(layer: batch.head.layer, kvHead: batch.head.kvHead, chunk: chunk(of: token))
+      let shard = ref.shard(
+        layer: batch.head.layer, kvHead: batch.head.kvHead, chunk: chunk(of: token))
       let request = PutRequest(
         shard: shard, startToken: UInt32(token), headDim: batch.values.cols,
         values: batch.values.gather(range).storage, keys: batch.keys?.gather(range).storage)

@@ -7,7 +7,9 @@ public enum TensorBytes {
     guard data.count % 2 == 0 else { return nil }
     return data.withUnsafeBytes { raw in
       (0..<(data.count / 2)).map {
-        Float16(bitPattern: UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))
+        Float16(
+          bitPattern: UInt16(
+            littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)))
       }
     }
   }
@@ -17,7 +19,9 @@ public enum TensorBytes {
     guard data.count % 4 == 0 else { return nil }
     return data.withUnsafeBytes { raw in
       (0..<(data.count / 4)).map {
-        Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+        Float(
+          bitPattern: UInt32(
+            littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
       }
     }
   }

@@ -71,7 +71,9 @@ public final class Worker: Sendable {
       open[ref] = session
       return false
     }
-    if raced { throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker") }
+    if raced {
+      throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
+    }
     return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
   }
 

@@ -68,10 +68,12 @@ public struct WorkerOptions: Sendable {
   /// Checks what the worker cannot run with.
   func validate() throws(WorkerError) {
     guard outputMode != .raw else {
-      throw WorkerError(.invalidArgument, "output mode raw is an evaluation baseline; use renormalized or exact")
+      throw WorkerError(
+        .invalidArgument, "output mode raw is an evaluation baseline; use renormalized or exact")
     }
     guard chunkTokens > 0, shipQueueBytes > 0, decodeShipRows > 0 else {
-      throw WorkerError(.invalidArgument, "chunk tokens, ship queue and decode batch must be positive")
+      throw WorkerError(
+        .invalidArgument, "chunk tokens, ship queue and decode batch must be positive")
     }
     guard settings.tau > 0, settings.tau <= 1 else {
       throw WorkerError(.invalidArgument, "tau \(settings.tau) is outside (0, 1]")
@@ -84,7 +86,8 @@ public struct WorkerOptions: Sendable {
   }
 
   /// An empty key store of the configured codec for one head, trained (pq) on `keys`.
-  func keyStore(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> any QuantizedKeyStore {
+  func keyStore(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> any QuantizedKeyStore
+  {
     let d = geometry.headDim
     switch settings.keyCodec {
     case .scalar:
@@ -92,7 +95,8 @@ public struct WorkerOptions: Sendable {
       // index's own.
       return try ScalarQuantizedKeyStore(
         headDim: d,
-        configuration: ScalarQuantizerConfiguration(bits: settings.keyBits, groupSize: 64, window: 0))
+        configuration: ScalarQuantizerConfiguration(
+          bits: settings.keyBits, groupSize: 64, window: 0))
     case .pq:
       let g = d / settings.groupSize
       let c = 1 << settings.keyBits
@@ -103,7 +107,8 @@ public struct WorkerOptions: Sendable {
         centroids: c, calibration: .ownPrefill)
       let sample = keys.rows > 32768 ? keys.gather(Array(0..<32768)) : keys
       return ProductQuantizedKeyStore(
-        codebook: try ProductCodebook.train(keys: sample, configuration: configuration, version: version))
+        codebook: try ProductCodebook.train(
+          keys: sample, configuration: configuration, version: version))
     }
   }
 }

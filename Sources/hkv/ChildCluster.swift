@@ -71,7 +71,9 @@ final class ChildCluster: @unchecked Sendable {
     do {
       try cluster.spawn(["coordinator", "--config", file.path, "--log-level", "error"])
       for i in 0..<memoryNodes {
-        try cluster.spawn(["memnode", "--config", file.path, "--id", "mem-\(i)", "--log-level", "error"])
+        try cluster.spawn([
+          "memnode", "--config", file.path, "--id", "mem-\(i)", "--log-level", "error",
+        ])
       }
       try cluster.spawn(["worker", "--config", file.path, "--log-level", "error"])
     } catch {
@@ -91,8 +93,10 @@ final class ChildCluster: @unchecked Sendable {
     process.arguments = arguments
     let out = Pipe()
     process.standardOutput = out
-    process.standardError = FileHandle(
-      forWritingAtPath: directory.appendingPathComponent("\(arguments[0])-\(children.count).log").path)
+    process.standardError =
+      FileHandle(
+        forWritingAtPath: directory.appendingPathComponent("\(arguments[0])-\(children.count).log")
+          .path)
       ?? FileHandle.standardError
     try process.run()
     children.append(process)
@@ -101,7 +105,8 @@ final class ChildCluster: @unchecked Sendable {
     while Date() < deadline {
       let chunk = out.fileHandleForReading.availableData
       if chunk.isEmpty {
-        throw CommandFailure(description: "hkv \(arguments.joined(separator: " ")) exited before it was ready")
+        throw CommandFailure(
+          description: "hkv \(arguments.joined(separator: " ")) exited before it was ready")
       }
       seen += chunk
       if String(decoding: seen, as: UTF8.self).contains("ready ") { return }

@@ -46,7 +46,8 @@ struct DemoCommand: AsyncParsableCommand {
   @Option(help: "Key codec on the worker: pq or scalar (without --config).")
   var keyCodec: String = "pq"
 
-  @Option(help: "Bits per key code: 8 for pq (256 centroids per group of 4 dims), 2, 4 or 8 for scalar.")
+  @Option(
+    help: "Bits per key code: 8 for pq (256 centroids per group of 4 dims), 2, 4 or 8 for scalar.")
   var keyBits: Int = 8
 
   @Option(help: "Copies of each shard on the memory tier (without --config).")
@@ -60,7 +61,8 @@ struct DemoCommand: AsyncParsableCommand {
 
   @Flag(
     inversion: .prefixedNo,
-    help: "Profile heads on a separate calibration sample first (HeteroCache's offline way); without it the worker profiles them from the prefill's last queries."
+    help:
+      "Profile heads on a separate calibration sample first (HeteroCache's offline way); without it the worker profiles them from the prefill's last queries."
   )
   var calibrate = true
 
@@ -74,12 +76,15 @@ struct DemoCommand: AsyncParsableCommand {
   var json = false
 
   func validate() throws {
-    guard (1...4_000_000).contains(tokens) else { throw ValidationError("--tokens must be in 1...4000000") }
+    guard (1...4_000_000).contains(tokens) else {
+      throw ValidationError("--tokens must be in 1...4000000")
+    }
     guard (1...32).contains(layers) else { throw ValidationError("--layers must be in 1...32") }
     guard (1...16).contains(memnodes) else { throw ValidationError("--memnodes must be in 1...16") }
     guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
     guard BudgetPolicyKind(rawValue: policy) != nil else {
-      throw ValidationError("bad --policy '\(policy)': expected heterocache, hcattention or uniform")
+      throw ValidationError(
+        "bad --policy '\(policy)': expected heterocache, hcattention or uniform")
     }
     guard let codec = KeyCodecKind(rawValue: keyCodec) else {
       throw ValidationError("bad --key-codec '\(keyCodec)': expected pq or scalar")
@@ -271,7 +276,8 @@ struct DemoCommand: AsyncParsableCommand {
       if let engine {
         try await engine.release(ref)
       } else if let address = cluster.worker.control {
-        try await EngineClient.with(address: address, geometry: replay.geometry, security: security) {
+        try await EngineClient.with(address: address, geometry: replay.geometry, security: security)
+        {
           try await $0.release(ref)
         }
       }
@@ -388,6 +394,7 @@ extension ProgressLine {
   /// A 24-cell bar for `done` of `total`.
   static func bar(_ done: Int, _ total: Int) -> String {
     let filled = total > 0 ? min(24, done * 24 / total) : 0
-    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: 24 - filled) + "]"
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: 24 - filled)
+      + "]"
   }
 }

@@ -55,7 +55,8 @@ func maxRelativeDifference(_ a: [[Float]], _ b: [[Float]], headDim d: Int) -> Do
     for h in 0..<(x.count / d) {
       worst = max(
         worst,
-        Double(FidelityAccumulator.relativeL2(x[(h * d)..<((h + 1) * d)], y[(h * d)..<((h + 1) * d)])))
+        Double(
+          FidelityAccumulator.relativeL2(x[(h * d)..<((h + 1) * d)], y[(h * d)..<((h + 1) * d)])))
     }
   }
   return worst

@@ -57,7 +57,8 @@ struct WorkerEndToEndTests {
       #expect(report.meanMassRecall > 0.8, "recall \(report.meanMassRecall)")
       #expect(report.meanRelativeError < 0.3, "error \(report.meanRelativeError)")
       let stats = try await cluster.worker.stats(ref)
-      #expect(stats.workerBytes < stats.fullKVBytes / 2, "\(stats.workerBytes) of \(stats.fullKVBytes)")
+      #expect(
+        stats.workerBytes < stats.fullKVBytes / 2, "\(stats.workerBytes) of \(stats.fullKVBytes)")
       #expect(stats.heads.allSatisfy { $0.role == .volatile })
     }
   }
@@ -86,7 +87,9 @@ struct WorkerEndToEndTests {
     try await withCluster(options) { cluster in
       // One sequence wholly on mem-1, one with a shard on mem-0.
       let placement = RendezvousPlacement(
-        nodes: cluster.nodes.map { PlacementNode(id: $0.id, weight: Double(options.capacityBytes)) },
+        nodes: cluster.nodes.map {
+          PlacementNode(id: $0.id, weight: Double(options.capacityBytes))
+        },
         replicas: 1)
       func homes(_ s: UInt64) -> Set<String> {
         Set(

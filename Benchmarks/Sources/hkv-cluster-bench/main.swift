@@ -1,0 +1,61 @@
+// hkv-cluster-bench: the worker's decode step on a real cluster.
+//
+//   swift run -c release --package-path Benchmarks hkv-cluster-bench decode [--tokens 131072,1048576]
+//   swift run -c release --package-path Benchmarks hkv-cluster-bench scale --hkv .build/release/hkv \
+//       [--tokens 4194304] [--memnodes 4] [--steps 4]
+//
+// `decode` runs one layer of Llama-3-8B geometry on an in-process cluster (coordinator, two
+// memory nodes, worker) and compares each decode step with full attention computed on the same
+// machine, with the split of the worker's time. `scale` starts a coordinator and memory nodes
+// as `hkv` child processes, keeps the worker in this process, prefills a multi-million-token
+// context, decodes, checks every step against full attention computed in chunks, and reports
+// each process's memory.
+import Foundation
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVLocalCluster
+import HeteroKVWire
+import HeteroKVWorker
+import Logging
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+func option(_ name: String) -> String? {
+  guard let i = arguments.firstIndex(of: "--\(name)"), i + 1 < arguments.count else { return nil }
+  return arguments[i + 1]
+}
+let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+let oneLayer = try ModelGeometry(
+  name: "llama-3-8b-1l", layers: 1, queryHeads: 32, kvHeads: 8, headDim: 128)
+
+func seconds(_ d: Duration) -> Double {
+  Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
+func say(_ line: String) {
+  FileHandle.standardError.write(Data((line + "\n").utf8))
+}
+
+switch arguments.first {
+case "decode":
+  let sizes = (option("tokens") ?? "131072,1048576").split(separator: ",").compactMap { Int($0) }
+  let steps = Int(option("steps") ?? "12") ?? 12
+  print(
+    "| tokens | worker share of fp16 K/V | HeteroKV step | compute | plan | fan-out | merge | full attention | speed-up | rel. error | kept tokens per query head |"
+  )
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for n in sizes { try await DecodeBench(tokens: n, steps: steps).run() }
+case "scale":
+  guard let hkv = option("hkv") else {
+    say("scale needs --hkv PATH (build it with: swift build -c release --product hkv)")
+    exit(2)
+  }
+  try await ScaleBench(
+    hkv: hkv, tokens: Int(option("tokens") ?? "4194304") ?? 4_194_304,
+    memoryNodes: Int(option("memnodes") ?? "4") ?? 4, steps: Int(option("steps") ?? "4") ?? 4
+  ).run()
+default:
+  say(
+    "usage: hkv-cluster-bench decode [--tokens N,M] [--steps S] | scale --hkv PATH [--tokens N] [--memnodes K] [--steps S]"
+  )
+  exit(2)
+}

@@ -89,6 +89,19 @@ struct HeadState: Sendable {
   var isFull: Bool { cache == nil }
 }
 
+/// A head's key index moved out of the session while the cores code keys into it, so the
+/// append happens in place (one owner) and in parallel across heads.
+final class IndexBox: @unchecked Sendable {
+  var index: ApproximateKeyIndex?
+  /// False for a compressed head, which has no index to append to.
+  let full: Bool
+
+  init(_ index: ApproximateKeyIndex?, full: Bool) {
+    self.index = index
+    self.full = full
+  }
+}
+
 /// One layer of a sequence.
 struct LayerState: Sendable {
   var tokens = 0
@@ -128,6 +141,8 @@ actor SequenceSession {
   private var refreshTasks: [Task<Void, Never>] = []
   private var busy = false
   private var gate: [CheckedContinuation<Void, Never>] = []
+  /// Set when a failure left the sequence's state inconsistent; every later call throws it.
+  private var poisoned: WorkerError?
 
   var geometry: ModelGeometry { options.geometry }
   var sealed: Bool { budgets != nil }
@@ -161,6 +176,13 @@ actor SequenceSession {
     }
   }
 
+  /// Whether a box belongs to a head coded into a key index (not a compressed one).
+  nonisolated func isFullHead(_ box: IndexBox) -> Bool { box.full }
+
+  private func checkUsable() throws(WorkerError) {
+    if let poisoned { throw poisoned }
+  }
+
   private func leave() {
     if gate.isEmpty { busy = false } else { gate.removeFirst().resume() }
   }
@@ -173,6 +195,7 @@ actor SequenceSession {
   ) async throws(WorkerError) -> Int {
     await enter()
     defer { leave() }
+    try checkUsable()
     let g = geometry
     try checkLayer(layer)
     let width = g.kvHeads * g.headDim
@@ -209,40 +232,69 @@ actor SequenceSession {
       throw WorkerError(.resourceExhausted, "sequence \(ref) layer \(layer) passes 2^32 tokens")
     }
     var batches: [ShipBatch] = []
+    // What can fail (shapes, codebook training) happens before anything changes; a failure
+    // after that leaves the sequence refusing every call rather than answering from a
+    // half-appended layer.
+    let perHead: [(HalfMatrix, HalfMatrix)]
     do {
-      // Split into per-head rows first, so a bad row changes nothing.
-      let perHead = try (0..<g.kvHeads).map { h in
+      perHead = try (0..<g.kvHeads).map { h in
         try Self.headRows(keys: keys, values: values, tokens: tokens, head: h, geometry: g)
       }
-      for h in 0..<g.kvHeads {
-        var head = layers[layer].heads[h]
-        let (k, v) = perHead[h]
-        if head.index == nil && head.cache == nil {
-          head.index = ApproximateKeyIndex(
+    } catch {
+      throw WorkerError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
+    }
+    // Key indices are coded on all cores, each moved into a box so the append is in place.
+    let boxes = layers[layer].heads.map { IndexBox($0.index, full: $0.cache == nil) }
+    for h in 0..<g.kvHeads where layers[layer].heads[h].cache == nil {
+      layers[layer].heads[h].index = nil
+    }
+    let options = self.options
+    do {
+      _ = try parallelMap(g.kvHeads) { h in
+        guard self.isFullHead(boxes[h]) else { return }
+        let k = perHead[h].0
+        if boxes[h].index == nil {
+          boxes[h].index = ApproximateKeyIndex(
             codes: try options.keyStore(training: k, layer: layer, kvHead: h),
             sinks: options.settings.sinks, window: options.settings.window)
         }
-        if var cache = head.cache {
+        try boxes[h].index!.append(k)
+      }
+    } catch {
+      poisoned = WorkerError(
+        .internal, "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
+      throw poisoned!
+    }
+    for h in 0..<g.kvHeads {
+      var head = layers[layer].heads[h]
+      layers[layer].heads[h] = HeadState(headDim: g.headDim)
+      defer { layers[layer].heads[h] = head }
+      let (k, v) = perHead[h]
+      if var cache = head.cache {
+        head.cache = nil
+        do {
           for r in 0..<tokens {
             try cache.append(key: k.row(r), value: v.row(r), position: start + r)
           }
-          head.cache = cache
-        } else {
-          try head.index!.append(k)
+        } catch {
+          poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
         }
+        head.cache = cache
+      } else {
+        head.index = boxes[h].index
+      }
+      do {
         try head.tailKeys.append(contentsOf: k)
         try head.tailValues.append(contentsOf: v)
-        let pending = start + tokens - head.enqueued
-        if !sealed || pending >= options.decodeShipRows {
-          batches.append(shipBatch(&head, layer: layer, kvHead: h, through: start + tokens))
-        }
-        layers[layer].heads[h] = head
+      } catch {
+        poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
       }
-    } catch let error as HeteroKVError {
-      throw WorkerError(.invalidArgument, "sequence \(ref) layer \(layer): \(error.message)")
-    } catch {
-      throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
+      let pending = start + tokens - head.enqueued
+      if !sealed || pending >= options.decodeShipRows {
+        batches.append(shipBatch(&head, layer: layer, kvHead: h, through: start + tokens))
+      }
     }
+    if let poisoned { throw poisoned }
     layers[layer].tokens = start + tokens
     if let observation {
       layers[layer].observation = observation
@@ -301,6 +353,7 @@ actor SequenceSession {
   {
     await enter()
     defer { leave() }
+    try checkUsable()
     let g = geometry
     try checkLayer(layer)
     guard queries.count == g.queryHeads * g.headDim, queries.allSatisfy(\.isFinite) else {

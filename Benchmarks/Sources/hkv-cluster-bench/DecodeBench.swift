@@ -10,6 +10,10 @@ import HeteroKVWorker
 struct DecodeBench {
   let tokens: Int
   let steps: Int
+  /// `pq` (8-bit codes over groups of 8 dims: 6.25% of fp16 K+V) or `scalar` (2-bit).
+  var codec = "pq"
+  /// Exact outputs: the memory nodes re-score the kept tokens with their fp16 keys.
+  var exact = false
 
   func run() async throws {
     let g = oneLayer
@@ -20,7 +24,9 @@ struct DecodeBench {
     options.capacityBytes = max(1 << 30, tokens * g.kvHeads * g.headDim * 4)
     options.budgets = BudgetSettings(policy: .hcattention, memoryFraction: 0.125)
     options.worker = WorkerSettings(
-      keyCodec: .pq, keyBits: 8, groupSize: 8, window: 64, sinks: 4, tau: 0.9)
+      keyCodec: codec == "scalar" ? .scalar : .pq, keyBits: codec == "scalar" ? 2 : 8,
+      groupSize: Int(option("group") ?? "8") ?? 8, window: 64, sinks: 4, tau: 0.9)
+    options.outputMode = exact ? .exact : .renormalized
     let cluster = try await LocalCluster.start(options, logger: logger)
     let worker = cluster.worker
     let ref = SequenceRef(sequence: UInt64(tokens))

@@ -121,6 +121,7 @@ struct ScaleBench {
     let group = g.groupSize
     var partials = [[AttentionPartial]](repeating: [], count: steps)
     let refBegan = ContinuousClock.now
+    let stepQueries = queries
     start = 0
     while start < tokens + steps {
       let range = start..<min(tokens + steps, start + 65_536)
@@ -134,7 +135,7 @@ struct ScaleBench {
           guard visible > 0 else { return AttentionPartial.empty(heads: group, headDim: d) }
           let rows = Array(0..<visible)
           return try FullAttention.attend(
-            queries: Array(queries[t][(h * group * d)..<((h + 1) * group * d)]), heads: group,
+            queries: Array(stepQueries[t][(h * group * d)..<((h + 1) * group * d)]), heads: group,
             keys: visible == range.count ? keys : keys.gather(rows),
             values: visible == range.count ? values : values.gather(rows))
         }

@@ -1,6 +1,7 @@
 // hkv-cluster-bench: the worker's decode step on a real cluster.
 //
-//   swift run -c release --package-path Benchmarks hkv-cluster-bench decode [--tokens 131072,1048576]
+//   swift run -c release --package-path Benchmarks hkv-cluster-bench decode [--tokens 131072,1048576] \
+//       [--steps 12] [--codec pq|scalar] [--group 8] [--exact]
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench scale --hkv .build/release/hkv \
 //       [--tokens 4194304] [--memnodes 4] [--steps 4]
 //
@@ -43,7 +44,12 @@ case "decode":
     "| tokens | worker share of fp16 K/V | HeteroKV step | compute | plan | fan-out | merge | full attention | speed-up | rel. error | kept tokens per query head |"
   )
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-  for n in sizes { try await DecodeBench(tokens: n, steps: steps).run() }
+  for n in sizes {
+    try await DecodeBench(
+      tokens: n, steps: steps, codec: option("codec") ?? "pq",
+      exact: arguments.contains("--exact")
+    ).run()
+  }
 case "scale":
   guard let hkv = option("hkv") else {
     say("scale needs --hkv PATH (build it with: swift build -c release --product hkv)")

@@ -262,7 +262,8 @@ actor SequenceSession {
       }
     } catch {
       poisoned = WorkerError(
-        .internal, "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
+        .internal,
+        "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
       throw poisoned!
     }
     for h in 0..<g.kvHeads {

@@ -1,5 +1,3 @@
-import HeteroKVWire
-
 /// A memory node as placement sees it: its id and how much it can hold.
 public struct PlacementNode: Sendable, Hashable {
   /// The node's id.

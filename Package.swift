@@ -16,6 +16,7 @@ let package = Package(
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
     .library(name: "HeteroKVWorker", targets: ["HeteroKVWorker"]),
     .library(name: "HeteroKVLocalCluster", targets: ["HeteroKVLocalCluster"]),
+    .library(name: "HeteroKVModel", targets: ["HeteroKVModel"]),
     .executable(name: "hkv", targets: ["hkv"]),
   ],
   dependencies: [
@@ -189,6 +190,12 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
+    // A real model on the cache: the GGUF reader, the byte-level BPE tokenizer and a Llama
+    // forward pass whose attention goes through a cache protocol.
+    .target(
+      name: "HeteroKVModel",
+      dependencies: ["HeteroKVCore", "CHeteroKVKernels"]
+    ),
     .executableTarget(
       name: "hkv",
       dependencies: [
@@ -203,6 +210,7 @@ let package = Package(
         "HeteroKVWorker",
         "HeteroKVMemoryClient",
         "HeteroKVLocalCluster",
+        "HeteroKVModel",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
@@ -243,6 +251,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
+    .testTarget(name: "HeteroKVModelTests", dependencies: ["HeteroKVModel"]),
     .testTarget(
       name: "HeteroKVConfigTests",
       dependencies: ["HeteroKVConfig", "HeteroKVWire"]

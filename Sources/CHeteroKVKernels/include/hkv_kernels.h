@@ -100,6 +100,11 @@ void hkv_gather_rows_f16(const uint16_t *const *rows, size_t n, size_t d, uint16
 /// instruction where the CPU has it.
 uint32_t hkv_crc32c(uint32_t crc, const void *data, size_t n);
 
+/// y[t * y_stride + r] = sum_i x[t * in + i] * w[r * in + i] for t < tokens, r < rows: a
+/// block of rows of a linear layer applied to every token (the model's forward pass).
+void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
+                         float *y, size_t y_stride);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,280 @@
+import CHeteroKVKernels
+import Foundation
+import HeteroKVCore
+
+/// The shape of a Llama-architecture model, from its GGUF metadata.
+public struct LlamaConfiguration: Sendable, Hashable {
+  public var layers: Int
+  public var hidden: Int
+  public var feedForward: Int
+  public var queryHeads: Int
+  public var kvHeads: Int
+  public var headDim: Int
+  public var vocabulary: Int
+  public var ropeBase: Float
+  public var normEpsilon: Float
+  public var contextLength: Int
+
+  /// The attention geometry HeteroKV caches.
+  public var geometry: ModelGeometry {
+    get throws {
+      try ModelGeometry(
+        name: "smollm2-135m", layers: layers, queryHeads: queryHeads, kvHeads: kvHeads,
+        headDim: headDim)
+    }
+  }
+}
+
+/// Where a model's attention keeps its K/V and gets its outputs: the full cache, or HeteroKV.
+public protocol ModelKVCache {
+  /// Appends K/V `[tokens][kvHeads][d]` of `layer`, then returns the causal attention of
+  /// `queries` `[tokens][queryHeads][d]` (the new tokens, in order) over everything the layer
+  /// holds.
+  mutating func appendAndAttend(
+    layer: Int, keys: [Float], values: [Float], queries: [Float], tokens: Int
+  )
+    async throws -> [Float]
+}
+
+/// The uncompressed cache: every K/V row kept in fp32, exact causal attention.
+public struct FullKVCache: ModelKVCache {
+  let kvHeads: Int
+  let queryHeads: Int
+  let headDim: Int
+  var keys: [[Float]]
+  var values: [[Float]]
+
+  public init(configuration c: LlamaConfiguration) {
+    kvHeads = c.kvHeads
+    queryHeads = c.queryHeads
+    headDim = c.headDim
+    keys = Array(repeating: [], count: c.layers)
+    values = Array(repeating: [], count: c.layers)
+  }
+
+  /// Tokens held by layer 0.
+  public var count: Int { keys.first.map { $0.count / (kvHeads * headDim) } ?? 0 }
+
+  public mutating func appendAndAttend(
+    layer: Int, keys k: [Float], values v: [Float], queries: [Float], tokens: Int
+  ) async throws -> [Float] {
+    keys[layer] += k
+    values[layer] += v
+    return Self.causalAttention(
+      queries: queries, tokens: tokens, keys: keys[layer], values: values[layer],
+      kvHeads: kvHeads, queryHeads: queryHeads, headDim: headDim)
+  }
+
+  /// Causal GQA attention of the last `tokens` positions over `keys`/`values`
+  /// `[n][kvHeads][d]`.
+  static func causalAttention(
+    queries: [Float], tokens: Int, keys: [Float], values: [Float], kvHeads: Int, queryHeads: Int,
+    headDim d: Int
+  ) -> [Float] {
+    let n = keys.count / (kvHeads * d)
+    let group = queryHeads / kvHeads
+    let scale = 1 / Float(d).squareRoot()
+    var out = [Float](repeating: 0, count: tokens * queryHeads * d)
+    let result =
+      (try? parallelMap(queryHeads) { h -> [Float] in
+        let kv = h / group
+        var o = [Float](repeating: 0, count: tokens * d)
+        var scores = [Float](repeating: 0, count: n)
+        for t in 0..<tokens {
+          let visible = n - tokens + t + 1
+          let q = (t * queryHeads + h) * d
+          var m = -Float.infinity
+          for j in 0..<visible {
+            var s: Float = 0
+            let k = (j * kvHeads + kv) * d
+            for i in 0..<d { s += queries[q + i] * keys[k + i] }
+            scores[j] = s * scale
+            m = max(m, scores[j])
+          }
+          var sum: Float = 0
+          for j in 0..<visible {
+            scores[j] = exp(scores[j] - m)
+            sum += scores[j]
+          }
+          for j in 0..<visible {
+            let w = scores[j] / sum
+            let v = (j * kvHeads + kv) * d
+            for i in 0..<d { o[t * d + i] += w * values[v + i] }
+          }
+        }
+        return o
+      }) ?? []
+    for h in 0..<queryHeads {
+      for t in 0..<tokens {
+        for i in 0..<d { out[(t * queryHeads + h) * d + i] = result[h][t * d + i] }
+      }
+    }
+    return out
+  }
+}
+
+/// A Llama-architecture causal LM in f32 on the CPU (weights dequantized once at load):
+/// RMSNorm, GQA attention with RoPE on adjacent pairs, SwiGLU feed-forward, tied output.
+/// Attention goes through a `ModelKVCache`, so the same forward pass runs on the full cache
+/// and on HeteroKV.
+public final class LlamaModel: Sendable {
+  public let configuration: LlamaConfiguration
+  let embedding: [Float]
+  let outputNorm: [Float]
+  let output: [Float]
+  let blocks: [Block]
+
+  struct Block: Sendable {
+    var attentionNorm, q, k, v, o, ffnNorm, gate, up, down: [Float]
+  }
+
+  /// Loads `file` (metadata checked, every tensor decoded).
+  public init(file: GGUFFile) throws(ModelFileError) {
+    func int(_ key: String) throws(ModelFileError) -> Int {
+      guard let v = try file.require(key).int, v > 0 else {
+        throw ModelFileError("\(file.path): \(key) is not a positive integer")
+      }
+      return v
+    }
+    guard try file.require("general.architecture").string == "llama" else {
+      throw ModelFileError("\(file.path): only the llama architecture is supported")
+    }
+    let hidden = try int("llama.embedding_length")
+    let heads = try int("llama.attention.head_count")
+    let config = LlamaConfiguration(
+      layers: try int("llama.block_count"), hidden: hidden,
+      feedForward: try int("llama.feed_forward_length"), queryHeads: heads,
+      kvHeads: try int("llama.attention.head_count_kv"), headDim: hidden / heads,
+      vocabulary: file.tensors["token_embd.weight"]?.dimensions.last ?? 0,
+      ropeBase: Float(file.metadata["llama.rope.freq_base"]?.double ?? 10000),
+      normEpsilon: Float(file.metadata["llama.attention.layer_norm_rms_epsilon"]?.double ?? 1e-5),
+      contextLength: file.metadata["llama.context_length"]?.int ?? 2048)
+    guard hidden % heads == 0, heads % config.kvHeads == 0, config.vocabulary > 0 else {
+      throw ModelFileError("\(file.path): inconsistent attention shape")
+    }
+    configuration = config
+    func tensor(_ name: String, _ count: Int) throws(ModelFileError) -> [Float] {
+      let t = try file.floats(name)
+      guard t.count == count else {
+        throw ModelFileError("\(file.path): \(name) has \(t.count) elements, expected \(count)")
+      }
+      return t
+    }
+    let kvWidth = config.kvHeads * config.headDim
+    embedding = try tensor("token_embd.weight", config.vocabulary * hidden)
+    outputNorm = try tensor("output_norm.weight", hidden)
+    output =
+      file.tensors["output.weight"] != nil
+      ? try tensor("output.weight", config.vocabulary * hidden) : embedding
+    var blocks: [Block] = []
+    for l in 0..<config.layers {
+      let p = "blk.\(l)."
+      blocks.append(
+        Block(
+          attentionNorm: try tensor(p + "attn_norm.weight", hidden),
+          q: try tensor(p + "attn_q.weight", hidden * hidden),
+          k: try tensor(p + "attn_k.weight", kvWidth * hidden),
+          v: try tensor(p + "attn_v.weight", kvWidth * hidden),
+          o: try tensor(p + "attn_output.weight", hidden * hidden),
+          ffnNorm: try tensor(p + "ffn_norm.weight", hidden),
+          gate: try tensor(p + "ffn_gate.weight", config.feedForward * hidden),
+          up: try tensor(p + "ffn_up.weight", config.feedForward * hidden),
+          down: try tensor(p + "ffn_down.weight", hidden * config.feedForward)))
+    }
+    self.blocks = blocks
+  }
+
+  /// Logits `[vocabulary]` of the last of `tokens`, which sit at positions
+  /// `start ..< start + tokens.count`; their K/V go into `cache`.
+  public func forward<Cache: ModelKVCache>(
+    _ tokens: [Int], start: Int, cache: inout Cache, allLogits: Bool = false
+  ) async throws -> [Float] {
+    let c = configuration
+    let t = tokens.count
+    let h = c.hidden
+    var x = [Float](repeating: 0, count: t * h)
+    for (i, token) in tokens.enumerated() {
+      guard token >= 0, token < c.vocabulary else {
+        throw ModelFileError("token id \(token) is outside the vocabulary of \(c.vocabulary)")
+      }
+      x.replaceSubrange(i * h..<(i + 1) * h, with: embedding[token * h..<(token + 1) * h])
+    }
+    let kvWidth = c.kvHeads * c.headDim
+    for (l, b) in blocks.enumerated() {
+      let normed = rmsNorm(x, weight: b.attentionNorm, tokens: t)
+      var q = Self.matmul(normed, tokens: t, in: h, weights: b.q, out: h)
+      var k = Self.matmul(normed, tokens: t, in: h, weights: b.k, out: kvWidth)
+      let v = Self.matmul(normed, tokens: t, in: h, weights: b.v, out: kvWidth)
+      rope(&q, heads: c.queryHeads, tokens: t, start: start)
+      rope(&k, heads: c.kvHeads, tokens: t, start: start)
+      let attended = try await cache.appendAndAttend(
+        layer: l, keys: k, values: v, queries: q, tokens: t)
+      let o = Self.matmul(attended, tokens: t, in: h, weights: b.o, out: h)
+      for i in x.indices { x[i] += o[i] }
+      let n2 = rmsNorm(x, weight: b.ffnNorm, tokens: t)
+      let gate = Self.matmul(n2, tokens: t, in: h, weights: b.gate, out: c.feedForward)
+      let up = Self.matmul(n2, tokens: t, in: h, weights: b.up, out: c.feedForward)
+      var act = [Float](repeating: 0, count: gate.count)
+      for i in act.indices { act[i] = gate[i] / (1 + exp(-gate[i])) * up[i] }
+      let down = Self.matmul(act, tokens: t, in: c.feedForward, weights: b.down, out: h)
+      for i in x.indices { x[i] += down[i] }
+    }
+    let rows = allLogits ? t : 1
+    let last = Array(x[((t - rows) * h)...])
+    let normed = rmsNorm(last, weight: outputNorm, tokens: rows)
+    return Self.matmul(normed, tokens: rows, in: h, weights: output, out: c.vocabulary)
+  }
+
+  func rmsNorm(_ x: [Float], weight: [Float], tokens: Int) -> [Float] {
+    let h = configuration.hidden
+    var out = [Float](repeating: 0, count: x.count)
+    for t in 0..<tokens {
+      var ss: Float = 0
+      for i in 0..<h { ss += x[t * h + i] * x[t * h + i] }
+      let r = 1 / (ss / Float(h) + configuration.normEpsilon).squareRoot()
+      for i in 0..<h { out[t * h + i] = x[t * h + i] * r * weight[i] }
+    }
+    return out
+  }
+
+  /// Rotary embedding on adjacent pairs (2i, 2i+1) of each head, as GGUF's llama layout has it.
+  func rope(_ x: inout [Float], heads: Int, tokens: Int, start: Int) {
+    let d = configuration.headDim
+    for t in 0..<tokens {
+      let p = Float(start + t)
+      for i in 0..<(d / 2) {
+        let theta = p * pow(configuration.ropeBase, -Float(2 * i) / Float(d))
+        let (s, c) = (sin(theta), cos(theta))
+        for hd in 0..<heads {
+          let base = (t * heads + hd) * d + 2 * i
+          let a = x[base]
+          let b = x[base + 1]
+          x[base] = a * c - b * s
+          x[base + 1] = a * s + b * c
+        }
+      }
+    }
+  }
+
+  /// `x` `[tokens][in]` times the weights `[out][in]` transposed: `[tokens][out]`, rows split
+  /// over the cores.
+  static func matmul(_ x: [Float], tokens: Int, in n: Int, weights: [Float], out: Int) -> [Float] {
+    var y = [Float](repeating: 0, count: tokens * out)
+    let parts = min(out, ProcessInfo.processInfo.activeProcessorCount * 4)
+    let per = (out + parts - 1) / parts
+    x.withUnsafeBufferPointer { xp in
+      weights.withUnsafeBufferPointer { wp in
+        y.withUnsafeMutableBufferPointer { yp in
+          nonisolated(unsafe) let (xb, wb, yb) = (xp.baseAddress!, wp.baseAddress!, yp.baseAddress!)
+          DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let r0 = part * per
+            let r1 = min(out, r0 + per)
+            guard r0 < r1 else { return }
+            hkv_matmul_rows_f32(xb, tokens, n, wb + r0 * n, r1 - r0, yb + r0, out)
+          }
+        }
+      }
+    }
+    return y
+  }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import HeteroKVModel
+import Testing
+
+/// The SmolLM2 GGUF file: $HKV_SMOLLM2_GGUF, else the cache scripts/fetch-model.sh fills.
+/// The model tests need it; without it they fail saying how to get it (CI fetches it).
+func modelPath() throws -> String {
+  let path =
+    ProcessInfo.processInfo.environment["HKV_SMOLLM2_GGUF"]
+    ?? FileManager.default.homeDirectoryForCurrentUser.path
+    + "/.cache/heterokv/SmolLM2-135M-Instruct.Q4_1.gguf"
+  guard FileManager.default.fileExists(atPath: path) else {
+    throw ModelFileError("no model at \(path): run scripts/fetch-model.sh")
+  }
+  return path
+}
+
+/// Loaded once for all tests (about 0.6 GB of f32 weights).
+let shared: (file: GGUFFile, model: LlamaModel, tokenizer: BPETokenizer) = {
+  let file = try! GGUFFile(path: try! modelPath())
+  return (file, try! LlamaModel(file: file), try! BPETokenizer(gguf: file))
+}()
+
+@Suite("SmolLM2-135M in Swift", .serialized)
+struct ModelTests {
+  @Test("the GGUF header says what the model card says")
+  func header() throws {
+    let file = shared.file
+    #expect(file.version == 3)
+    #expect(file.tensors.count == 272)
+    let c = shared.model.configuration
+    #expect(c.layers == 30 && c.hidden == 576 && c.queryHeads == 9 && c.kvHeads == 3)
+    #expect(c.headDim == 64 && c.feedForward == 1536 && c.vocabulary == 49152)
+    #expect(c.ropeBase == 100_000 && abs(c.normEpsilon - 1e-5) < 1e-9)
+    #expect(file.tensors["blk.0.attn_q.weight"]?.type == .q4_1)
+    #expect(file.tensors["token_embd.weight"]?.type == .q8_0)
+    #expect(file.tensors["output.weight"] == nil, "the output projection is tied")
+  }
+
+  @Test("a truncated or corrupt file is an error that says so")
+  func damagedFiles() throws {
+    let whole = try Data(contentsOf: URL(fileURLWithPath: try modelPath()), options: .alwaysMapped)
+    for (cut, expected) in [(1000, "truncated in its header"), (whole.count - 100, "truncated")] {
+      #expect {
+        _ = try GGUFFile(data: whole.prefix(cut))
+      } throws: { error in
+        "\(error)".contains(expected)
+      }
+    }
+    var bad = Data(whole.prefix(64))
+    bad[0] = 0x58
+    #expect(throws: ModelFileError.self) { _ = try GGUFFile(data: bad) }
+  }
+
+  @Test("text round-trips through the tokenizer; words and control tokens map to single ids")
+  func tokenizer() {
+    let t = shared.tokenizer
+    for text in [
+      "The capital of France is", "Hello, world! It's 2026: 3.14159 and   spaces\n\ttabs.",
+      "<|im_start|>user\nWhat is the passkey?<|im_end|>\n", "naïve café — 東京 😀",
+    ] {
+      let ids = t.encode(text)
+      #expect(t.decode(ids) == text, "\(ids)")
+    }
+    let ids = t.encode("<|im_start|>user The capital of France is Paris")
+    #expect(ids.first == 1, "<|im_start|> is id 1")
+    #expect(t.tokens[t.encode(" Paris")[0]] == "ĠParis")
+    #expect(t.encode(" Paris").count == 1)
+    #expect(t.encode("2026").count == 4, "digits are split one by one")
+  }
+
+  @Test("greedy decoding of \"The capital of France is\" continues with \" Paris\"")
+  func paris() async throws {
+    let (model, tokenizer) = (shared.model, shared.tokenizer)
+    var cache = FullKVCache(configuration: model.configuration)
+    let ids = tokenizer.encode("The capital of France is")
+    let logits = try await model.forward(ids, start: 0, cache: &cache)
+    let next = logits.indices.max { logits[$0] < logits[$1] }!
+    #expect(tokenizer.decode([next]) == " Paris")
+  }
+
+  @Test("prefill then one-token decode gives the logits of one forward over all tokens")
+  func incrementalEqualsFull() async throws {
+    let (model, tokenizer) = (shared.model, shared.tokenizer)
+    let ids = tokenizer.encode("The quick brown fox jumps over the lazy dog because")
+    var whole = FullKVCache(configuration: model.configuration)
+    let reference = try await model.forward(ids, start: 0, cache: &whole)
+    var cache = FullKVCache(configuration: model.configuration)
+    _ = try await model.forward(Array(ids.prefix(5)), start: 0, cache: &cache)
+    var logits: [Float] = []
+    for (i, id) in ids.enumerated().dropFirst(5) {
+      logits = try await model.forward([id], start: i, cache: &cache)
+    }
+    let diff = zip(logits, reference).map { abs($0 - $1) }.max()!
+    let scale = reference.map(abs).max()!
+    #expect(diff / scale < 1e-4, "max difference \(diff) of \(scale)")
+  }
+}

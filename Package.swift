@@ -184,7 +184,7 @@ let package = Package(
       name: "HeteroKVLocalCluster",
       dependencies: [
         "HeteroKVCore", "HeteroKVWire", "HeteroKVConfig", "HeteroKVDaemon", "HeteroKVCoordinator",
-        "HeteroKVCoordinatorClient", "HeteroKVMemoryNode", "HeteroKVWorker",
+        "HeteroKVCoordinatorClient", "HeteroKVMemoryNode", "HeteroKVWorker", "HeteroKVModel",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -251,7 +251,13 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
-    .testTarget(name: "HeteroKVModelTests", dependencies: ["HeteroKVModel"]),
+    .testTarget(
+      name: "HeteroKVModelTests",
+      dependencies: [
+        "HeteroKVModel", "HeteroKVLocalCluster", "HeteroKVWorker", "HeteroKVConfig",
+        "HeteroKVCore", "HeteroKVTestSupport",
+      ]
+    ),
     .testTarget(
       name: "HeteroKVConfigTests",
       dependencies: ["HeteroKVConfig", "HeteroKVWire"]

@@ -36,7 +36,8 @@ public protocol ModelKVCache {
     async throws -> [Float]
 }
 
-/// The uncompressed cache: every K/V row kept in fp32, exact causal attention.
+/// The uncompressed cache: every K/V row kept (rounded to fp16, as llama.cpp's default cache
+/// and HeteroKV's memory tier keep them), exact causal attention.
 public struct FullKVCache: ModelKVCache {
   let kvHeads: Int
   let queryHeads: Int
@@ -58,16 +59,19 @@ public struct FullKVCache: ModelKVCache {
   public mutating func appendAndAttend(
     layer: Int, keys k: [Float], values v: [Float], queries: [Float], tokens: Int
   ) async throws -> [Float] {
-    keys[layer] += k
-    values[layer] += v
+    keys[layer] += Self.roundedToHalf(k)
+    values[layer] += Self.roundedToHalf(v)
     return Self.causalAttention(
       queries: queries, tokens: tokens, keys: keys[layer], values: values[layer],
       kvHeads: kvHeads, queryHeads: queryHeads, headDim: headDim)
   }
 
+  /// `x` through fp16 and back.
+  public static func roundedToHalf(_ x: [Float]) -> [Float] { x.map { Float(Float16($0)) } }
+
   /// Causal GQA attention of the last `tokens` positions over `keys`/`values`
   /// `[n][kvHeads][d]`.
-  static func causalAttention(
+  public static func causalAttention(
     queries: [Float], tokens: Int, keys: [Float], values: [Float], kvHeads: Int, queryHeads: Int,
     headDim d: Int
   ) -> [Float] {

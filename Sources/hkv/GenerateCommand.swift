@@ -1,16 +1,23 @@
 import ArgumentParser
 import Foundation
+import HeteroKVConfig
+import HeteroKVLocalCluster
 import HeteroKVModel
+import HeteroKVWorker
+import Logging
 
 /// `hkv generate`: greedy decoding with SmolLM2-135M, streaming tokens to stdout.
 struct GenerateCommand: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "generate",
-    abstract: "Generate text with SmolLM2-135M (GGUF) running on the full KV cache.",
+    abstract: "Generate text with SmolLM2-135M (GGUF) with its KV cache on HeteroKV.",
     discussion: """
+      By default the cache is a HeteroKV cluster started in this process (coordinator, two
+      memory nodes, worker) with --policy and --budget; --cluster FILE uses the worker of a
+      running cluster (its model must be smollm2-135m); --full uses an uncompressed cache.
       The model file comes from --model, else $HKV_SMOLLM2_GGUF, else
       ~/.cache/heterokv/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh puts it there).
-      Greedy decoding; tokens stream to stdout, timings to stderr.
+      Greedy decoding; tokens stream to stdout, timings and cache figures to stderr.
       """)
 
   @Option(help: "The prompt text.")
@@ -24,6 +31,18 @@ struct GenerateCommand: AsyncParsableCommand {
 
   @Option(help: "The GGUF model file.")
   var model: String?
+
+  @Flag(help: "Use the uncompressed (full) KV cache instead of HeteroKV.")
+  var full = false
+
+  @Option(help: "Budget policy of the embedded cluster: heterocache, hcattention or uniform.")
+  var policy: String = "heterocache"
+
+  @Option(help: "Memory budget of the embedded cluster (share of fp16 K/V on the worker).")
+  var budget: Double = 0.25
+
+  @Option(help: "Run against the worker of this cluster file instead of an embedded cluster.")
+  var cluster: String?
 
   func run() async throws {
     guard (1...8192).contains(maxTokens) else {
@@ -53,7 +72,64 @@ struct GenerateCommand: AsyncParsableCommand {
     }
     let ids = tokenizer.encode(text)
     guard !ids.isEmpty else { throw ValidationError("the prompt is empty") }
-    var cache = FullKVCache(configuration: model.configuration)
+    let maxContext = ids.count + maxTokens
+    if full {
+      var cache = FullKVCache(configuration: model.configuration)
+      try await generate(model, tokenizer, ids, cache: &cache)
+      return
+    }
+    guard let kind = BudgetPolicyKind(rawValue: policy) else {
+      throw ValidationError(
+        "bad --policy '\(policy)': expected heterocache, hcattention or uniform")
+    }
+    guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+    let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
+    do {
+      if let cluster {
+        let file = try ClusterConfiguration.load(path: cluster)
+        guard let address = file.worker.control else {
+          throw CommandFailure(description: "\(cluster) has no worker.control address")
+        }
+        try await EngineClient.with(
+          address: address, geometry: try model.configuration.geometry,
+          security: try file.controlPlaneSecurity(), timeout: .seconds(600)
+        ) { client in
+          _ = try await client.createSequence(ref, maxTokens: maxContext)
+          var cache = EngineKVCache(engine: client, ref: ref, configuration: model.configuration)
+          try await generate(model, tokenizer, ids, cache: &cache)
+          try await client.release(ref)
+        }
+        return
+      }
+      LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+      var options = LocalCluster.Options(model: try model.configuration.geometry)
+      options.capacityBytes = max(256 << 20, maxContext * 30 * 3 * 64 * 4 * 2)
+      options.budgets = BudgetSettings(policy: kind, memoryFraction: budget, minTokens: 16)
+      let local = try await LocalCluster.start(options, logger: Logger(label: "hkv.generate"))
+      do {
+        _ = try await local.worker.createSequence(ref, maxTokens: maxContext)
+        var cache = EngineKVCache(
+          engine: local.worker, ref: ref, configuration: model.configuration)
+        try await generate(model, tokenizer, ids, cache: &cache)
+        let stats = try await local.worker.stats(ref)
+        FileHandle.standardError.write(
+          Data(
+            "HeteroKV (\(kind.rawValue) at \(budget)): worker \(ByteSize.format(stats.workerBytes)) of \(ByteSize.format(stats.fullKVBytes)) fp16 K/V, memory tier \(ByteSize.format(stats.memoryTierBytes))\n"
+              .utf8))
+        await local.shutdown()
+      } catch {
+        await local.shutdown()
+        throw error
+      }
+    } catch let error as WorkerError {
+      throw CommandFailure(description: error.description)
+    }
+  }
+
+  /// Greedy decoding on `cache`, streaming each token.
+  func generate<Cache: ModelKVCache>(
+    _ model: LlamaModel, _ tokenizer: BPETokenizer, _ ids: [Int], cache: inout Cache
+  ) async throws {
     let clock = ContinuousClock()
     let started = clock.now
     var logits = try await model.forward(ids, start: 0, cache: &cache)

@@ -1,5 +1,9 @@
 import Foundation
+import HeteroKVConfig
+import HeteroKVLocalCluster
 import HeteroKVModel
+import HeteroKVTestSupport
+import HeteroKVWorker
 import Testing
 
 /// The SmolLM2 GGUF file: $HKV_SMOLLM2_GGUF, else the cache scripts/fetch-model.sh fills.
@@ -94,5 +98,69 @@ struct ModelTests {
     let diff = zip(logits, reference).map { abs($0 - $1) }.max()!
     let scale = reference.map(abs).max()!
     #expect(diff / scale < 1e-4, "max difference \(diff) of \(scale)")
+  }
+}
+
+@Suite("SmolLM2 on HeteroKV", .serialized)
+struct ModelOnHeteroKVTests {
+  @Test("at 100% budget, decoding on HeteroKV gives the full cache's logits (1e-3)")
+  func fullBudgetLogits() async throws {
+    let (model, tokenizer) = (shared.model, shared.tokenizer)
+    var options = LocalCluster.Options(model: try model.configuration.geometry)
+    options.capacityBytes = 256 << 20
+    options.budgets = BudgetSettings(policy: .heterocache, memoryFraction: 1, minTokens: 16)
+    options.worker = WorkerSettings(
+      keyCodec: .scalar, keyBits: 4, groupSize: 4, window: 16, sinks: 4, tau: 1)
+    options.outputMode = .exact
+    let cluster = try await LocalCluster.start(options, logger: quietLogger)
+    do {
+      let ref = SequenceRef(sequence: 1)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 256)
+      var hetero = EngineKVCache(
+        engine: cluster.worker, ref: ref, configuration: model.configuration)
+      var full = FullKVCache(configuration: model.configuration)
+      let ids = tokenizer.encode(
+        "Alice keeps her bicycle in the garage. Bob keeps his kayak by the lake. Where does Alice keep her bicycle? In the"
+      )
+      var a = try await model.forward(ids, start: 0, cache: &full)
+      var b = try await model.forward(ids, start: 0, cache: &hetero)
+      var position = ids.count
+      for step in 0..<4 {
+        let next = a.indices.max { a[$0] < a[$1] }!
+        a = try await model.forward([next], start: position, cache: &full)
+        b = try await model.forward([next], start: position, cache: &hetero)
+        position += 1
+        let diff = zip(a, b).map { abs($0 - $1) }.max()!
+        let scale = a.map(abs).max()!
+        #expect(diff / scale < 1e-3, "step \(step): \(diff) of \(scale)")
+      }
+      let stats = try await cluster.worker.stats(ref)
+      #expect(stats.tokens == ids.count + 4)
+      #expect(stats.heads.count == 30 * 3)
+      await cluster.shutdown()
+    } catch {
+      await cluster.shutdown()
+      throw error
+    }
+  }
+}
+
+@Suite("hkv generate", .serialized)
+struct GenerateCommandTests {
+  @Test("hkv generate continues the prompt with \" Paris\" on HeteroKV and on the full cache")
+  func generate() throws {
+    for extra in [["--full"], ["--policy", "heterocache", "--budget", "0.5"]] {
+      let run = try runHKV(
+        [
+          "generate", "--prompt", "The capital of France is", "--max-tokens", "2", "--model",
+          try modelPath(),
+        ]
+          + extra)
+      #expect(run.status == 0, "\(run.err)")
+      #expect(String(decoding: run.out, as: UTF8.self).hasPrefix(" Paris"), "\(extra)")
+    }
+    let missing = try runHKV(["generate", "--prompt", "x", "--model", "/nonexistent.gguf"])
+    #expect(missing.status != 0)
+    #expect(missing.err.contains("scripts/fetch-model.sh"), "\(missing.err)")
   }
 }

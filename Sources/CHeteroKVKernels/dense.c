@@ -34,8 +34,8 @@ HKV_AVX2 static inline float hsum8(__m256 v) {
 }
 
 // Four tokens against one row at a time: the row's vector is loaded once for four dots.
-HKV_AVX2 static void matmul_rows_avx2(const float *x, size_t tokens, size_t in, const float *w,
-                                      size_t rows, float *y, size_t y_stride) {
+HKV_AVX2 static void matmul_block_avx2(const float *x, size_t tokens, size_t in, const float *w,
+                                       size_t rows, float *y, size_t y_stride) {
   size_t body = in & ~(size_t)7;
   for (size_t r = 0; r < rows; r++) {
     const float *wr = w + r * in;
@@ -73,6 +73,20 @@ HKV_AVX2 static void matmul_rows_avx2(const float *x, size_t tokens, size_t in, 
     }
   }
 }
+
+// Tiles of 64 rows x 64 tokens, so both stay in cache while every pair is computed (without
+// tiling, each weight row streamed every token from memory and the product was memory-bound).
+HKV_AVX2 static void matmul_rows_avx2(const float *x, size_t tokens, size_t in, const float *w,
+                                      size_t rows, float *y, size_t y_stride) {
+  const size_t tile = 64;
+  for (size_t r0 = 0; r0 < rows; r0 += tile) {
+    size_t nr = rows - r0 < tile ? rows - r0 : tile;
+    for (size_t t0 = 0; t0 < tokens; t0 += tile) {
+      size_t nt = tokens - t0 < tile ? tokens - t0 : tile;
+      matmul_block_avx2(x + t0 * in, nt, in, w + r0 * in, nr, y + t0 * y_stride + r0, y_stride);
+    }
+  }
+}
 #endif
 
 void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
@@ -84,4 +98,18 @@ void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *
   }
 #endif
   matmul_rows_portable(x, tokens, in, w, rows, y, y_stride);
+}
+
+// Row r keeps its first visible[r] scores (softmax-normalised) and zeroes the rest: causal
+// attention's mask and softmax in one pass per row.
+void hkv_causal_softmax_rows(float *scores, size_t rows, size_t n, const size_t *visible) {
+  for (size_t r = 0; r < rows; r++) {
+    float *row = scores + r * n;
+    size_t v = visible[r] < n ? visible[r] : n;
+    float m = 0;
+    float sum = v > 0 ? hkv_softmax_exp(row, v, &m) : 0;
+    float inv = sum > 0 ? 1.0f / sum : 0;
+    for (size_t j = 0; j < v; j++) row[j] *= inv;
+    for (size_t j = v; j < n; j++) row[j] = 0;
+  }
 }

@@ -12,8 +12,8 @@ public struct EngineKVCache: ModelKVCache {
   let ref: SequenceRef
   let configuration: LlamaConfiguration
   /// The prompt's K/V per layer until decoding starts (for prefill attention).
-  var prefillKeys: [[Float]]
-  var prefillValues: [[Float]]
+  var prefillKeys: [[HalfMatrix]]
+  var prefillValues: [[HalfMatrix]]
   /// Query rows kept for profiling from the end of each prefill chunk.
   public var observationRows = 32
 
@@ -21,7 +21,10 @@ public struct EngineKVCache: ModelKVCache {
     self.engine = engine
     self.ref = ref
     self.configuration = configuration
-    prefillKeys = Array(repeating: [], count: configuration.layers)
+    prefillKeys = Array(
+      repeating: Array(
+        repeating: HalfMatrix(cols: configuration.headDim), count: configuration.kvHeads),
+      count: configuration.layers)
     prefillValues = prefillKeys
   }
 
@@ -37,11 +40,12 @@ public struct EngineKVCache: ModelKVCache {
       return try await engine.attend(ref, layer: layer, queries: queries, withSelection: false)
         .output
     }
-    prefillKeys[layer] += FullKVCache.roundedToHalf(keys)
-    prefillValues[layer] += FullKVCache.roundedToHalf(values)
-    let out = FullKVCache.causalAttention(
+    try FullKVCache.append(keys, to: &prefillKeys[layer], kvHeads: c.kvHeads, headDim: c.headDim)
+    try FullKVCache.append(
+      values, to: &prefillValues[layer], kvHeads: c.kvHeads, headDim: c.headDim)
+    let out = try FullKVCache.causalAttention(
       queries: queries, tokens: tokens, keys: prefillKeys[layer], values: prefillValues[layer],
-      kvHeads: c.kvHeads, queryHeads: c.queryHeads, headDim: c.headDim)
+      queryHeads: c.queryHeads)
     let rows = min(observationRows, tokens)
     let width = c.queryHeads * c.headDim
     try await engine.append(

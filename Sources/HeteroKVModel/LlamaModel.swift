@@ -36,81 +36,86 @@ public protocol ModelKVCache {
     async throws -> [Float]
 }
 
-/// The uncompressed cache: every K/V row kept (rounded to fp16, as llama.cpp's default cache
-/// and HeteroKV's memory tier keep them), exact causal attention.
+/// The uncompressed cache: every K/V row kept in fp16 (as llama.cpp's default cache and
+/// HeteroKV's memory tier keep them), exact causal attention on the SIMD kernels.
 public struct FullKVCache: ModelKVCache {
   let kvHeads: Int
   let queryHeads: Int
   let headDim: Int
-  var keys: [[Float]]
-  var values: [[Float]]
+  /// Per layer and KV head.
+  var keys: [[HalfMatrix]]
+  var values: [[HalfMatrix]]
 
   public init(configuration c: LlamaConfiguration) {
     kvHeads = c.kvHeads
     queryHeads = c.queryHeads
     headDim = c.headDim
-    keys = Array(repeating: [], count: c.layers)
-    values = Array(repeating: [], count: c.layers)
+    keys = Array(
+      repeating: Array(repeating: HalfMatrix(cols: c.headDim), count: c.kvHeads), count: c.layers)
+    values = keys
   }
 
   /// Tokens held by layer 0.
-  public var count: Int { keys.first.map { $0.count / (kvHeads * headDim) } ?? 0 }
+  public var count: Int { keys.first?.first?.rows ?? 0 }
 
   public mutating func appendAndAttend(
     layer: Int, keys k: [Float], values v: [Float], queries: [Float], tokens: Int
   ) async throws -> [Float] {
-    keys[layer] += Self.roundedToHalf(k)
-    values[layer] += Self.roundedToHalf(v)
-    return Self.causalAttention(
+    try Self.append(k, to: &keys[layer], kvHeads: kvHeads, headDim: headDim)
+    try Self.append(v, to: &values[layer], kvHeads: kvHeads, headDim: headDim)
+    return try Self.causalAttention(
       queries: queries, tokens: tokens, keys: keys[layer], values: values[layer],
-      kvHeads: kvHeads, queryHeads: queryHeads, headDim: headDim)
+      queryHeads: queryHeads)
   }
 
-  /// `x` through fp16 and back.
-  public static func roundedToHalf(_ x: [Float]) -> [Float] { x.map { Float(Float16($0)) } }
+  /// Appends rows `[tokens][kvHeads][d]` to per-head matrices.
+  public static func append(
+    _ rows: [Float], to heads: inout [HalfMatrix], kvHeads: Int, headDim d: Int
+  )
+    throws
+  {
+    let tokens = rows.count / (kvHeads * d)
+    for h in 0..<kvHeads {
+      var part = [Float](repeating: 0, count: tokens * d)
+      for t in 0..<tokens {
+        part.replaceSubrange(
+          t * d..<(t + 1) * d, with: rows[((t * kvHeads + h) * d)..<((t * kvHeads + h + 1) * d)])
+      }
+      try heads[h].append(contentsOf: HalfMatrix(part, cols: d))
+    }
+  }
 
-  /// Causal GQA attention of the last `tokens` positions over `keys`/`values`
-  /// `[n][kvHeads][d]`.
+  /// Causal GQA attention of the last `tokens` positions over per-KV-head K/V: out
+  /// `[tokens][queryHeads][d]`.
   public static func causalAttention(
-    queries: [Float], tokens: Int, keys: [Float], values: [Float], kvHeads: Int, queryHeads: Int,
-    headDim d: Int
-  ) -> [Float] {
-    let n = keys.count / (kvHeads * d)
+    queries: [Float], tokens: Int, keys: [HalfMatrix], values: [HalfMatrix], queryHeads: Int
+  ) throws -> [Float] {
+    let kvHeads = keys.count
+    let d = keys[0].cols
+    let n = keys[0].rows
     let group = queryHeads / kvHeads
     let scale = 1 / Float(d).squareRoot()
-    var out = [Float](repeating: 0, count: tokens * queryHeads * d)
-    let result =
-      (try? parallelMap(queryHeads) { h -> [Float] in
-        let kv = h / group
-        var o = [Float](repeating: 0, count: tokens * d)
-        var scores = [Float](repeating: 0, count: n)
-        for t in 0..<tokens {
-          let visible = n - tokens + t + 1
-          let q = (t * queryHeads + h) * d
-          var m = -Float.infinity
-          for j in 0..<visible {
-            var s: Float = 0
-            let k = (j * kvHeads + kv) * d
-            for i in 0..<d { s += queries[q + i] * keys[k + i] }
-            scores[j] = s * scale
-            m = max(m, scores[j])
-          }
-          var sum: Float = 0
-          for j in 0..<visible {
-            scores[j] = exp(scores[j] - m)
-            sum += scores[j]
-          }
-          for j in 0..<visible {
-            let w = scores[j] / sum
-            let v = (j * kvHeads + kv) * d
-            for i in 0..<d { o[t * d + i] += w * values[v + i] }
-          }
-        }
-        return o
-      }) ?? []
-    for h in 0..<queryHeads {
+    // One job per KV head: every token's group of queries against every row at once, the
+    // causal mask and softmax per row in C, then one dense weighted sum.
+    let results = try parallelMap(kvHeads) { h -> [Float] in
+      var q = [Float](repeating: 0, count: tokens * group * d)
       for t in 0..<tokens {
-        for i in 0..<d { out[(t * queryHeads + h) * d + i] = result[h][t * d + i] }
+        let from = (t * queryHeads + h * group) * d
+        q.replaceSubrange(
+          (t * group * d)..<((t + 1) * group * d), with: queries[from..<(from + group * d)])
+      }
+      let rows = tokens * group
+      var p = Kernels.scores(queries: q, heads: rows, keys: keys[h], scale: scale)
+      let visible = (0..<rows).map { n - tokens + $0 / group + 1 }
+      p.withUnsafeMutableBufferPointer { hkv_causal_softmax_rows($0.baseAddress, rows, n, visible) }
+      return Kernels.weightedSum(values: values[h], probabilities: p, heads: rows)
+    }
+    var out = [Float](repeating: 0, count: tokens * queryHeads * d)
+    for h in 0..<kvHeads {
+      for t in 0..<tokens {
+        out.replaceSubrange(
+          ((t * queryHeads + h * group) * d)..<((t * queryHeads + (h + 1) * group) * d),
+          with: results[h][(t * group * d)..<((t + 1) * group * d)])
       }
     }
     return out

@@ -97,7 +97,7 @@ struct ModelTests {
     }
     let diff = zip(logits, reference).map { abs($0 - $1) }.max()!
     let scale = reference.map(abs).max()!
-    #expect(diff / scale < 1e-4, "max difference \(diff) of \(scale)")
+    #expect(diff / scale < 1e-3, "max difference \(diff) of \(scale)")
   }
 }
 
@@ -162,5 +162,26 @@ struct GenerateCommandTests {
     let missing = try runHKV(["generate", "--prompt", "x", "--model", "/nonexistent.gguf"])
     #expect(missing.status != 0)
     #expect(missing.err.contains("scripts/fetch-model.sh"), "\(missing.err)")
+  }
+}
+
+@Suite("Passkey retrieval", .serialized)
+struct PasskeyTests {
+  @Test("a passkey hidden mid-way in a 600-token prompt is answered with the full cache")
+  func fullCacheFindsThePasskey() async throws {
+    let (model, tokenizer) = (shared.model, shared.tokenizer)
+    let prompt = PasskeyPrompt(tokens: 600, depth: 0.5, passkey: 58_213, tokenizer: tokenizer)
+    let ids = tokenizer.encode(prompt.text)
+    #expect((560...640).contains(ids.count), "\(ids.count) tokens")
+    var cache = FullKVCache(configuration: model.configuration)
+    var logits = try await model.forward(ids, start: 0, cache: &cache)
+    var out: [Int] = []
+    for step in 0..<7 {
+      let next = logits.indices.max { logits[$0] < logits[$1] }!
+      out.append(next)
+      logits = try await model.forward([next], start: ids.count + step, cache: &cache)
+    }
+    let answer = tokenizer.decode(out)
+    #expect(prompt.isAnswered(by: answer), "answered \"\(answer)\"")
   }
 }

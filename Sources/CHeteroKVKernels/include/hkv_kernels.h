@@ -105,6 +105,10 @@ uint32_t hkv_crc32c(uint32_t crc, const void *data, size_t n);
 void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
                          float *y, size_t y_stride);
 
+/// Causal mask and softmax: row r of `scores` [rows][n] is normalised over its first
+/// visible[r] entries and zero after them.
+void hkv_causal_softmax_rows(float *scores, size_t rows, size_t n, const size_t *visible);
+
 #ifdef __cplusplus
 }
 #endif

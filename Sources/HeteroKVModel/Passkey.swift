@@ -1,0 +1,43 @@
+/// Passkey retrieval prompts: a random number hidden at a chosen depth of filler text, asked
+/// for at the end (the long-context check of the HeteroCache and HCAttention papers).
+public struct PasskeyPrompt: Sendable, Hashable {
+  /// The hidden number.
+  public var passkey: Int
+  /// The whole prompt.
+  public var text: String
+
+  static let intro =
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n"
+  static let filler =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+  static let question = "\nWhat is the pass key? The pass key is"
+
+  /// A prompt of about `tokens` tokens (by `tokenizer`) with `passkey` at `depth` (0...1) of
+  /// the filler.
+  public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer) {
+    let needle = "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
+    let fixed = tokenizer.encode(Self.intro + needle + Self.question).count
+    let per = tokenizer.encode(Self.filler).count
+    let repeats = max(1, (tokens - fixed) / max(1, per))
+    let at = Int((Double(repeats) * min(max(depth, 0), 1)).rounded())
+    self.passkey = passkey
+    text =
+      Self.intro + String(repeating: Self.filler, count: at) + needle
+      + String(repeating: Self.filler, count: repeats - at) + Self.question
+  }
+
+  /// Whether generated text answers with the passkey.
+  public func isAnswered(by output: String) -> Bool {
+    output.trimmingCharacters(in: .whitespaces).hasPrefix(String(passkey))
+  }
+}
+
+extension String {
+  fileprivate func trimmingCharacters(in set: Set<Character>) -> Substring {
+    self.drop { set.contains($0) }
+  }
+}
+
+extension Set where Element == Character {
+  fileprivate static let whitespaces: Set<Character> = [" ", "\t", "\n"]
+}

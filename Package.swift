@@ -260,7 +260,7 @@ let package = Package(
       name: "HeteroKVModelTests",
       dependencies: [
         "HeteroKVModel", "HeteroKVLocalCluster", "HeteroKVWorker", "HeteroKVConfig",
-        "HeteroKVCore", "HeteroKVTestSupport",
+        "HeteroKVCore", "HeteroKVTestSupport", "HeteroKVEval",
       ]
     ),
     .testTarget(

@@ -43,8 +43,8 @@ public struct FullKVCache: ModelKVCache {
   let queryHeads: Int
   let headDim: Int
   /// Per layer and KV head.
-  var keys: [[HalfMatrix]]
-  var values: [[HalfMatrix]]
+  private(set) var keys: [[HalfMatrix]]
+  private(set) var values: [[HalfMatrix]]
 
   public init(configuration c: LlamaConfiguration) {
     kvHeads = c.kvHeads

@@ -1,5 +1,6 @@
 import Foundation
 import HeteroKVConfig
+import HeteroKVEval
 import HeteroKVLocalCluster
 import HeteroKVModel
 import HeteroKVTestSupport
@@ -183,5 +184,34 @@ struct PasskeyTests {
     }
     let answer = tokenizer.decode(out)
     #expect(prompt.isAnswered(by: answer), "answered \"\(answer)\"")
+  }
+}
+
+@Suite("hkv trace")
+struct TraceCommandTests {
+  @Test("hkv trace writes the model's attention in the trace format hkv eval reads")
+  func trace() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-trace-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let prompt = dir.appendingPathExtension("txt")
+    defer { try? FileManager.default.removeItem(at: prompt) }
+    try "The quick brown fox jumps over the lazy dog. The capital of France is".write(
+      to: prompt, atomically: true, encoding: .utf8)
+    let run = try runHKV([
+      "trace", "--prompt-file", prompt.path, "--out", dir.path, "--steps", "3", "--model",
+      try modelPath(),
+    ])
+    #expect(run.status == 0, "\(run.err)")
+    let trace = try TraceWorkload(directory: dir)
+    #expect(trace.geometry.layers == 30 && trace.geometry.kvHeads == 3)
+    #expect(trace.decodeSteps == 3)
+    #expect(
+      trace.contextLength
+        == shared.tokenizer.encode(
+          "The quick brown fox jumps over the lazy dog. The capital of France is"
+        ).count)
+    let layer = try trace.layer(29)
+    #expect(layer.heads.count == 3 && layer.heads[0].decodeQueries.count == 3)
+    #expect(layer.heads[0].decodeQueries[0].count == 3 * 64)
   }
 }

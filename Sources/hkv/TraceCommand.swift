@@ -1,0 +1,62 @@
+import ArgumentParser
+import Foundation
+import HeteroKVEval
+import HeteroKVModel
+
+/// `hkv trace`: runs SmolLM2-135M on a prompt and dumps its real Q/K/V in the trace format.
+struct TraceCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "trace",
+    abstract: "Dump SmolLM2-135M's real attention (Q/K/V after RoPE) for hkv eval --trace.",
+    discussion: """
+      Prefills the prompt on the full cache, decodes --steps greedy tokens, and writes every
+      layer's prefill keys and values, the last 32 prefill queries and each decode step's
+      q, k, v in the trace format (docs/trace-format.md), fp16.
+      Then: hkv eval --trace DIR
+      """)
+
+  @Option(help: "A file holding the prompt.")
+  var promptFile: String
+
+  @Option(help: "Directory to write the trace to.")
+  var out: String
+
+  @Option(help: "Decode steps to record.")
+  var steps: Int = 16
+
+  @Option(help: "The GGUF model file.")
+  var model: String?
+
+  func run() async throws {
+    guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
+    let text: String
+    do {
+      text = try String(contentsOfFile: promptFile, encoding: .utf8)
+    } catch {
+      throw CommandFailure(
+        description: "cannot read --prompt-file \(promptFile): \(error.localizedDescription)")
+    }
+    let (llama, tokenizer): (LlamaModel, BPETokenizer)
+    do {
+      let file = try GGUFFile(path: ModelLocation.resolve(model))
+      llama = try LlamaModel(file: file)
+      tokenizer = try BPETokenizer(gguf: file)
+    } catch {
+      throw CommandFailure(description: "\(error)\n\(ModelLocation.help)")
+    }
+    let ids = tokenizer.encode(text)
+    guard ids.count >= 2 else { throw ValidationError("the prompt needs at least 2 tokens") }
+    var cache = RecordingKVCache(configuration: llama.configuration)
+    var logits = try await llama.forward(ids, start: 0, cache: &cache)
+    for step in 0..<steps {
+      let next = logits.indices.max { logits[$0] < logits[$1] }!
+      logits = try await llama.forward([next], start: ids.count + step, cache: &cache)
+    }
+    let workload = try cache.workload(name: "SmolLM2-135M-Instruct")
+    try TraceWorkload.write(workload, to: URL(fileURLWithPath: out), dtype: .float16)
+    FileHandle.standardError.write(
+      Data(
+        "wrote \(out): \(llama.configuration.layers) layers, \(ids.count) prefill tokens, \(steps) decode steps\n"
+          .utf8))
+  }
+}

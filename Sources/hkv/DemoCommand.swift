@@ -259,9 +259,21 @@ struct DemoCommand: AsyncParsableCommand {
         try await client.budgets(namespace: ref.namespace, sequence: ref.sequence, layer: nil)
       )
     }
+    // Asked of each node over its data plane: heartbeats report use only every few seconds.
     var nodeBytes: [String: UInt64] = [:]
     for member in members.members where member.role == .memoryNode {
-      nodeBytes[member.memberID] = member.usedBytes
+      guard let data = HostPort(member.dataAddress) else { continue }
+      let client = MemoryNodeClient(
+        endpoint: MemoryNodeEndpoint(
+          id: member.memberID, data: data,
+          transport: DataPlaneTransportKind(rawValue: member.transport) ?? .tcp),
+        connections: 1)
+      do {
+        nodeBytes[member.memberID] = try await client.stats().usedBytes
+      } catch {
+        nodeBytes[member.memberID] = member.usedBytes
+      }
+      await client.close()
     }
     let resident = Dictionary(
       figures.heads.map { ("\($0.layer)/\($0.kvHead)", $0.residentBytes) }, uniquingKeysWith: +)

@@ -63,6 +63,7 @@ let package = Package(
       name: "HeteroKVWire",
       dependencies: [
         "CHeteroKVKernels",
+        "HeteroKVCore",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

@@ -28,16 +28,6 @@ public struct PasskeyPrompt: Sendable, Hashable {
 
   /// Whether generated text answers with the passkey.
   public func isAnswered(by output: String) -> Bool {
-    output.trimmingCharacters(in: .whitespaces).hasPrefix(String(passkey))
+    output.drop(while: \.isWhitespace).hasPrefix(String(passkey))
   }
-}
-
-extension String {
-  fileprivate func trimmingCharacters(in set: Set<Character>) -> Substring {
-    self.drop { set.contains($0) }
-  }
-}
-
-extension Set where Element == Character {
-  fileprivate static let whitespaces: Set<Character> = [" ", "\t", "\n"]
 }

@@ -5,21 +5,29 @@ import HeteroKVDaemon
 import HeteroKVMemoryClient
 import HeteroKVWire
 
+/// A memory node of a sequence's placement: how to reach it and its placement weight.
+public struct PlacedNode: Sendable, Hashable {
+  public var endpoint: MemoryNodeEndpoint
+  public var weight: Double
+
+  public init(endpoint: MemoryNodeEndpoint, weight: Double) {
+    self.endpoint = endpoint
+    self.weight = weight
+  }
+}
+
 /// Where a sequence's shards live, as the coordinator placed them.
 public struct SequencePlacement: Sendable, Hashable {
   /// Changes whenever the node set changes.
   public var version: UInt64
   /// Copies of each shard.
   public var replication: Int
-  /// The nodes placed onto, with their data-plane endpoints and placement weights.
-  public var nodes: [(endpoint: MemoryNodeEndpoint, weight: Double)]
+  /// The nodes placed onto.
+  public var nodes: [PlacedNode]
   /// Nodes that left the set since the sequence opened.
   public var departed: [String]
 
-  public init(
-    version: UInt64, replication: Int, nodes: [(endpoint: MemoryNodeEndpoint, weight: Double)],
-    departed: [String] = []
-  ) {
+  public init(version: UInt64, replication: Int, nodes: [PlacedNode], departed: [String] = []) {
     self.version = version
     self.replication = replication
     self.nodes = nodes
@@ -31,17 +39,6 @@ public struct SequencePlacement: Sendable, Hashable {
     RendezvousPlacement(
       nodes: nodes.map { PlacementNode(id: $0.endpoint.id, weight: $0.weight) },
       replicas: replication)
-  }
-
-  public static func == (a: SequencePlacement, b: SequencePlacement) -> Bool {
-    a.version == b.version && a.replication == b.replication && a.departed == b.departed
-      && a.nodes.map(\.endpoint) == b.nodes.map(\.endpoint)
-      && a.nodes.map(\.weight) == b.nodes.map(\.weight)
-  }
-
-  public func hash(into hasher: inout Hasher) {
-    hasher.combine(version)
-    hasher.combine(nodes.map(\.endpoint))
   }
 }
 
@@ -146,17 +143,15 @@ public struct CoordinatorControl: ClusterControl {
       throw WorkerError(
         .coordinator, "the coordinator answered an unknown policy \"\(answer.policy)\"")
     }
-    let heads = answer.heads.map { h in
-      let role: HeadRole =
-        switch h.role {
-        case "anchor": .anchor
-        case "pivot": .pivot
-        case "satellite": .satellite(pivot: Int(h.pivot))
-        default: .volatile
-        }
-      return HeadBudget(
-        layer: Int(h.layer), kvHead: Int(h.kvHead), role: role, stability: h.stability,
-        ratio: 0, cap: Int(h.cap))
+    var heads: [HeadBudget] = []
+    for h in answer.heads {
+      guard let role = HeadRole(name: h.role, pivot: Int(h.pivot)) else {
+        throw WorkerError(.coordinator, "the coordinator answered an unknown role \"\(h.role)\"")
+      }
+      heads.append(
+        HeadBudget(
+          layer: Int(h.layer), kvHead: Int(h.kvHead), role: role, stability: h.stability,
+          ratio: 0, cap: Int(h.cap)))
     }
     return SequenceBudgets(policy: policy, heads: heads)
   }
@@ -170,7 +165,7 @@ public struct CoordinatorControl: ClusterControl {
   static func placement(_ p: Heterokv_V1_SequencePlacement) throws(WorkerError)
     -> SequencePlacement
   {
-    var nodes: [(endpoint: MemoryNodeEndpoint, weight: Double)] = []
+    var nodes: [PlacedNode] = []
     for node in p.nodes {
       guard let address = HostPort(node.dataAddress) else {
         throw WorkerError(
@@ -178,7 +173,9 @@ public struct CoordinatorControl: ClusterControl {
       }
       let transport = DataPlaneTransportKind(rawValue: node.transport) ?? .tcp
       nodes.append(
-        (MemoryNodeEndpoint(id: node.nodeID, data: address, transport: transport), node.weight))
+        PlacedNode(
+          endpoint: MemoryNodeEndpoint(id: node.nodeID, data: address, transport: transport),
+          weight: node.weight))
     }
     guard !nodes.isEmpty else {
       throw WorkerError(.resourceExhausted, "the coordinator placed the sequence on no memory node")
@@ -186,19 +183,5 @@ public struct CoordinatorControl: ClusterControl {
     return SequencePlacement(
       version: p.version, replication: max(1, Int(p.replication)), nodes: nodes,
       departed: p.departed)
-  }
-}
-
-extension HeadProfile {
-  /// The wire form.
-  var report: Heterokv_V1_HeadProfileReport {
-    .with {
-      $0.layer = UInt32(layer)
-      $0.kvHead = UInt32(kvHead)
-      $0.stability = stability
-      $0.similarity = similarity
-      $0.role = role.name
-      if case .satellite(let pivot) = role { $0.pivot = UInt32(pivot) }
-    }
   }
 }

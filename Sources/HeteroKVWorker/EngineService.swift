@@ -30,7 +30,7 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     guard request.profiles.count <= 1 << 16 else {
       throw RPCError(code: .invalidArgument, message: "at most 65536 profiles")
     }
-    let profiles = try request.profiles.isEmpty ? nil : request.profiles.map(Self.profile)
+    let profiles = try request.profiles.isEmpty ? nil : request.profiles.map(HeadProfile.init)
     let info = try await mapped {
       try await worker.createSequence(
         SequenceRef(request.ref), maxTokens: Int(request.maxTokens), profiles: profiles)
@@ -128,27 +128,6 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
   {
     let stats = try await mapped { try await worker.stats(SequenceRef(request)) }
     return stats.proto
-  }
-
-  /// A calibrated profile from the wire.
-  static func profile(_ r: Heterokv_V1_HeadProfileReport) throws -> HeadProfile {
-    let role: HeadRole
-    switch r.role {
-    case "anchor": role = .anchor
-    case "volatile": role = .volatile
-    case "pivot": role = .pivot
-    case "satellite": role = .satellite(pivot: Int(r.pivot))
-    default:
-      throw RPCError(
-        code: .invalidArgument,
-        message: "layer \(r.layer) head \(r.kvHead): unknown role \"\(r.role)\"")
-    }
-    guard r.similarity.count <= 1024 else {
-      throw RPCError(code: .invalidArgument, message: "at most 1024 similarities per head")
-    }
-    return HeadProfile(
-      layer: Int(r.layer), kvHead: Int(r.kvHead), stability: r.stability,
-      similarity: r.similarity, role: role)
   }
 
   /// Runs a worker call, turning its error into the matching status.

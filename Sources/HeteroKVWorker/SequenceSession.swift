@@ -176,9 +176,6 @@ actor SequenceSession {
     }
   }
 
-  /// Whether a box belongs to a head coded into a key index (not a compressed one).
-  nonisolated func isFullHead(_ box: IndexBox) -> Bool { box.full }
-
   private func checkUsable() throws(WorkerError) {
     if let poisoned { throw poisoned }
   }
@@ -251,7 +248,7 @@ actor SequenceSession {
     let options = self.options
     do {
       _ = try parallelMap(g.kvHeads) { h in
-        guard self.isFullHead(boxes[h]) else { return }
+        guard boxes[h].full else { return }
         let k = perHead[h].0
         if boxes[h].index == nil {
           boxes[h].index = ApproximateKeyIndex(

@@ -55,10 +55,7 @@ struct AdminOptions: ParsableArguments {
   /// Prints `value` as JSON (snake_case keys, sorted) or `table()` as text.
   func emit<T: Encodable>(_ value: T, table: () -> String) throws {
     if json {
-      let encoder = JSONEncoder()
-      encoder.keyEncodingStrategy = .convertToSnakeCase
-      encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-      FileHandle.standardOutput.write(try encoder.encode(value) + Data("\n".utf8))
+      try writeJSON(value)
     } else {
       print(table(), terminator: "")
     }
@@ -286,6 +283,14 @@ struct StatusView: Codable {
         placementVersion: $0.placementVersion, reservedBytes: $0.reservedBytes, heads: $0.headCount)
     }
   }
+}
+
+/// Prints `value` as JSON on stdout: snake_case keys, sorted, indented.
+func writeJSON<T: Encodable>(_ value: T) throws {
+  let encoder = JSONEncoder()
+  encoder.keyEncodingStrategy = .convertToSnakeCase
+  encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+  FileHandle.standardOutput.write(try encoder.encode(value) + Data("\n".utf8))
 }
 
 /// Columns padded to their widest cell.

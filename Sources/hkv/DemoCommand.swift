@@ -178,10 +178,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
     progress.finish()
     if json {
-      let encoder = JSONEncoder()
-      encoder.keyEncodingStrategy = .convertToSnakeCase
-      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-      FileHandle.standardOutput.write(try encoder.encode(report) + Data("\n".utf8))
+      try writeJSON(report)
     } else {
       print(report.text, terminator: "")
     }

@@ -61,15 +61,7 @@ struct GenerateCommand: AsyncParsableCommand {
     } else {
       throw ValidationError("give --prompt or --prompt-file")
     }
-    let path = ModelLocation.resolve(model)
-    let (model, tokenizer): (LlamaModel, BPETokenizer)
-    do {
-      let file = try GGUFFile(path: path)
-      model = try LlamaModel(file: file)
-      tokenizer = try BPETokenizer(gguf: file)
-    } catch {
-      throw CommandFailure(description: "\(error)\n\(ModelLocation.help)")
-    }
+    let (model, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)
     guard !ids.isEmpty else { throw ValidationError("the prompt is empty") }
     let maxContext = ids.count + maxTokens
@@ -162,6 +154,17 @@ enum ModelLocation {
     if let env = ProcessInfo.processInfo.environment["HKV_SMOLLM2_GGUF"] { return env }
     let home = FileManager.default.homeDirectoryForCurrentUser.path
     return "\(home)/.cache/heterokv/\(fileName)"
+  }
+
+  /// The model and its tokenizer from `explicit` or the usual places; a missing or damaged
+  /// file is one clear error that says how to fetch the model.
+  static func load(_ explicit: String?) throws -> (LlamaModel, BPETokenizer) {
+    do {
+      let file = try GGUFFile(path: resolve(explicit))
+      return (try LlamaModel(file: file), try BPETokenizer(gguf: file))
+    } catch {
+      throw CommandFailure(description: "\(error)\n\(help)")
+    }
   }
 
   static let help =

@@ -67,15 +67,7 @@ struct NeedleCommand: AsyncParsableCommand {
     for p in policyList where p != "full" && BudgetPolicyKind(rawValue: p) == nil {
       throw ValidationError("bad policy '\(p)': expected full, heterocache, hcattention or uniform")
     }
-    let path = ModelLocation.resolve(model)
-    let (llama, tokenizer): (LlamaModel, BPETokenizer)
-    do {
-      let file = try GGUFFile(path: path)
-      llama = try LlamaModel(file: file)
-      tokenizer = try BPETokenizer(gguf: file)
-    } catch {
-      throw CommandFailure(description: "\(error)\n\(ModelLocation.help)")
-    }
+    let (llama, tokenizer) = try ModelLocation.load(model)
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let progress = ProgressLine()
     var rng = SplitMix(seed: seed)
@@ -132,10 +124,7 @@ struct NeedleCommand: AsyncParsableCommand {
     }
     progress.finish()
     if json {
-      let encoder = JSONEncoder()
-      encoder.keyEncodingStrategy = .convertToSnakeCase
-      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-      FileHandle.standardOutput.write(try encoder.encode(rows) + Data("\n".utf8))
+      try writeJSON(rows)
       return
     }
     print(

@@ -36,14 +36,7 @@ struct TraceCommand: AsyncParsableCommand {
       throw CommandFailure(
         description: "cannot read --prompt-file \(promptFile): \(error.localizedDescription)")
     }
-    let (llama, tokenizer): (LlamaModel, BPETokenizer)
-    do {
-      let file = try GGUFFile(path: ModelLocation.resolve(model))
-      llama = try LlamaModel(file: file)
-      tokenizer = try BPETokenizer(gguf: file)
-    } catch {
-      throw CommandFailure(description: "\(error)\n\(ModelLocation.help)")
-    }
+    let (llama, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)
     guard ids.count >= 2 else { throw ValidationError("the prompt needs at least 2 tokens") }
     var cache = RecordingKVCache(configuration: llama.configuration)

@@ -221,31 +221,6 @@ extension Heterokv_V1_SequencePlacement {
   }
 }
 
-extension HeadProfile {
-  /// A reported profile; an unknown role is an invalid argument.
-  init(_ report: Heterokv_V1_HeadProfileReport) throws {
-    let role: HeadRole
-    switch report.role {
-    case "anchor": role = .anchor
-    case "volatile": role = .volatile
-    case "pivot": role = .pivot
-    case "satellite": role = .satellite(pivot: Int(report.pivot))
-    default:
-      throw RPCError(
-        code: .invalidArgument,
-        message:
-          "layer \(report.layer) head \(report.kvHead): role must be anchor, volatile, pivot or satellite, got \"\(report.role)\""
-      )
-    }
-    guard report.similarity.count <= 1024 else {
-      throw RPCError(code: .invalidArgument, message: "a similarity row has at most 1024 values")
-    }
-    self.init(
-      layer: Int(report.layer), kvHead: Int(report.kvHead), stability: report.stability,
-      similarity: report.similarity, role: role)
-  }
-}
-
 extension Heterokv_V1_SequenceBudgets {
   init(_ record: SequenceRecord, layer: Int?) {
     self = .with {

@@ -27,6 +27,18 @@ public enum HeadRole: Sendable, Hashable, Codable, CustomStringConvertible {
     }
   }
 
+  /// The role a `name` stands for (`pivot` gives a satellite its pivot); nil for an
+  /// unknown name. The inverse of `name`, as roles travel between processes.
+  public init?(name: String, pivot: Int) {
+    switch name {
+    case "anchor": self = .anchor
+    case "volatile": self = .volatile
+    case "pivot": self = .pivot
+    case "satellite": self = .satellite(pivot: pivot)
+    default: return nil
+    }
+  }
+
   public var description: String {
     if case .satellite(let p) = self { return "satellite(of \(p))" }
     return name

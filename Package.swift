@@ -262,7 +262,8 @@ let package = Package(
       dependencies: [
         "HeteroKVModel", "HeteroKVLocalCluster", "HeteroKVWorker", "HeteroKVConfig",
         "HeteroKVCore", "HeteroKVTestSupport", "HeteroKVEval",
-      ]
+      ],
+      resources: [.copy("Fixtures")]
     ),
     .testTarget(
       name: "HeteroKVConfigTests",

@@ -16,6 +16,8 @@ public struct EngineKVCache: ModelKVCache {
   var prefillValues: [[HalfMatrix]]
   /// Query rows kept for profiling from the end of each prefill chunk.
   public var observationRows = 32
+  /// Set once a `SharedPrefillCache` fed this cache the prompt without its attention.
+  var prefilledElsewhere = false
 
   public init(engine: any KVCacheEngine, ref: SequenceRef, configuration: LlamaConfiguration) {
     self.engine = engine
@@ -43,14 +45,62 @@ public struct EngineKVCache: ModelKVCache {
     try FullKVCache.append(keys, to: &prefillKeys[layer], kvHeads: c.kvHeads, headDim: c.headDim)
     try FullKVCache.append(
       values, to: &prefillValues[layer], kvHeads: c.kvHeads, headDim: c.headDim)
+    guard !prefilledElsewhere else {
+      throw WorkerError(
+        .failedPrecondition, "a prompt chunk after a prefill attended by another cache")
+    }
     let out = try FullKVCache.causalAttention(
       queries: queries, tokens: tokens, keys: prefillKeys[layer], values: prefillValues[layer],
       queryHeads: c.queryHeads)
+    try await appendPrompt(
+      layer: layer, keys: halfKeys, values: halfValues, queries: queries, tokens: tokens)
+    return out
+  }
+
+  /// Appends a prompt chunk whose attention another cache computes (`SharedPrefillCache`):
+  /// the K/V and the chunk's last queries go to the engine, nothing is attended here.
+  public mutating func appendPromptOnly(
+    layer: Int, keys: [Float], values: [Float], queries: [Float], tokens: Int
+  ) async throws {
+    prefilledElsewhere = true
+    try await appendPrompt(
+      layer: layer, keys: keys.map { Float16($0) }, values: values.map { Float16($0) },
+      queries: queries, tokens: tokens)
+  }
+
+  private func appendPrompt(
+    layer: Int, keys: [Float16], values: [Float16], queries: [Float], tokens: Int
+  ) async throws {
     let rows = min(observationRows, tokens)
-    let width = c.queryHeads * c.headDim
+    let width = configuration.queryHeads * configuration.headDim
     try await engine.append(
-      ref, layer: layer, tokens: tokens, keys: halfKeys, values: halfValues,
+      ref, layer: layer, tokens: tokens, keys: keys, values: values,
       observation: Array(queries[((tokens - rows) * width)...]))
+  }
+}
+
+/// One prefill for several caches: `primary` (usually the full cache) attends the prompt, and
+/// every follower, a HeteroKV sequence, receives the same K/V. The prompt's attention is exact
+/// on every engine cache anyway, so the K/V are identical and comparing policies costs one
+/// prefill instead of one per policy. Decode each cache on its own afterwards.
+public struct SharedPrefillCache<Primary: ModelKVCache>: ModelKVCache {
+  public var primary: Primary
+  public var followers: [EngineKVCache]
+
+  public init(primary: Primary, followers: [EngineKVCache]) {
+    self.primary = primary
+    self.followers = followers
+  }
+
+  public mutating func appendAndAttend(
+    layer: Int, keys: [Float], values: [Float], queries: [Float], tokens: Int
+  ) async throws -> [Float] {
+    let out = try await primary.appendAndAttend(
+      layer: layer, keys: keys, values: values, queries: queries, tokens: tokens)
+    for i in followers.indices {
+      try await followers[i].appendPromptOnly(
+        layer: layer, keys: keys, values: values, queries: queries, tokens: tokens)
+    }
     return out
   }
 }

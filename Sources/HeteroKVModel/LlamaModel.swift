@@ -193,10 +193,39 @@ public final class LlamaModel: Sendable {
     self.blocks = blocks
   }
 
+  /// Logits `[vocabulary]` of the last of `tokens` (positions `0 ..< tokens.count`), the
+  /// prompt run through the model `chunk` tokens at a time so the attention scores of a long
+  /// prompt stay `chunk x context` per head.
+  public func prefill<Cache: ModelKVCache>(
+    _ tokens: [Int], cache: inout Cache, chunk: Int = 512
+  ) async throws -> [Float] {
+    precondition(chunk > 0 && !tokens.isEmpty)
+    var logits: [Float] = []
+    for start in stride(from: 0, to: tokens.count, by: chunk) {
+      let part = Array(tokens[start..<min(tokens.count, start + chunk)])
+      logits = try await forward(part, start: start, cache: &cache)
+    }
+    return logits
+  }
+
   /// Logits `[vocabulary]` of the last of `tokens`, which sit at positions
   /// `start ..< start + tokens.count`; their K/V go into `cache`.
   public func forward<Cache: ModelKVCache>(
     _ tokens: [Int], start: Int, cache: inout Cache, allLogits: Bool = false
+  ) async throws -> [Float] {
+    let h = configuration.hidden
+    let t = tokens.count
+    let x = try await hiddenStates(tokens, start: start, cache: &cache)
+    let rows = allLogits ? t : 1
+    let last = Array(x[((t - rows) * h)...])
+    let normed = rmsNorm(last, weight: outputNorm, tokens: rows)
+    return Self.matmul(normed, tokens: rows, in: h, weights: output, out: configuration.vocabulary)
+  }
+
+  /// The residual stream `[tokens][hidden]` after the first `layers` blocks (all by default):
+  /// what the output head reads, and what a single layer is checked by against a reference.
+  public func hiddenStates<Cache: ModelKVCache>(
+    _ tokens: [Int], start: Int, cache: inout Cache, layers: Int? = nil
   ) async throws -> [Float] {
     let c = configuration
     let t = tokens.count
@@ -209,7 +238,7 @@ public final class LlamaModel: Sendable {
       x.replaceSubrange(i * h..<(i + 1) * h, with: embedding[token * h..<(token + 1) * h])
     }
     let kvWidth = c.kvHeads * c.headDim
-    for (l, b) in blocks.enumerated() {
+    for (l, b) in blocks.prefix(layers ?? blocks.count).enumerated() {
       let normed = rmsNorm(x, weight: b.attentionNorm, tokens: t)
       var q = Self.matmul(normed, tokens: t, in: h, weights: b.q, out: h)
       var k = Self.matmul(normed, tokens: t, in: h, weights: b.k, out: kvWidth)
@@ -228,10 +257,7 @@ public final class LlamaModel: Sendable {
       let down = Self.matmul(act, tokens: t, in: c.feedForward, weights: b.down, out: h)
       for i in x.indices { x[i] += down[i] }
     }
-    let rows = allLogits ? t : 1
-    let last = Array(x[((t - rows) * h)...])
-    let normed = rmsNorm(last, weight: outputNorm, tokens: rows)
-    return Self.matmul(normed, tokens: rows, in: h, weights: output, out: c.vocabulary)
+    return x
   }
 
   func rmsNorm(_ x: [Float], weight: [Float], tokens: Int) -> [Float] {

@@ -7,7 +7,8 @@ struct HKV: AsyncParsableCommand {
     commandName: "hkv",
     abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
     subcommands: [
-      DemoCommand.self, GenerateCommand.self, NeedleCommand.self, TraceCommand.self,
+      DemoCommand.self, GenerateCommand.self, NeedleCommand.self, FidelityCommand.self,
+      TraceCommand.self,
       EvalCommand.self,
       WorkerCommand.self, MemoryNodeCommand.self,
       CoordinatorCommand.self, NodesCommand.self, BudgetsCommand.self, HeadsCommand.self,

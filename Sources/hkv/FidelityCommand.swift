@@ -1,0 +1,111 @@
+import ArgumentParser
+import Foundation
+import HeteroKVConfig
+import HeteroKVLocalCluster
+import HeteroKVModel
+import Logging
+
+/// `hkv fidelity`: next-token fidelity of SmolLM2-135M on HeteroKV policies against the full
+/// cache, on real text.
+struct FidelityCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "fidelity",
+    abstract: "KL divergence and top-1 agreement of each cache policy on real text.",
+    discussion: """
+      The text files are joined and tokenized; the first --context tokens are the prompt
+      (one prefill, exact on every cache) and the next --steps tokens are fed one at a time
+      (teacher forcing) to the full cache and to each HeteroKV policy, each on its own cluster
+      started in this process. At every step the policy's next-token distribution is compared
+      with the full cache's: mean and largest KL divergence (nats) and the share of steps with
+      the same top choice. Debian's /usr/share/common-licenses holds long real texts.
+      """)
+
+  @Option(name: .customLong("text-file"), help: "A text file; repeat to join several.")
+  var textFiles: [String] = []
+
+  @Option(help: "Prompt tokens.")
+  var context: Int = 8000
+
+  @Option(help: "Tokens fed after the prompt, each one a compared step.")
+  var steps: Int = 64
+
+  @OptionGroup var cache: ComparisonOptions
+
+  @Option(help: "The GGUF model file.")
+  var model: String?
+
+  @Flag(help: "Print JSON.")
+  var json = false
+
+  struct Report: Codable {
+    var context, steps: Int
+    var prefillSeconds: Double
+    var runs: [Run]
+  }
+
+  struct Run: Codable {
+    var policy: String
+    var meanKL, maxKL, top1Agreement: Double
+    var workerBytes, fullKVBytes: Int
+    var workerShare, decodeTokensPerSecond: Double
+  }
+
+  func run() async throws {
+    guard !textFiles.isEmpty else { throw ValidationError("give --text-file (repeatable)") }
+    guard (16...8192).contains(context) else { throw ValidationError("--context in 16...8192") }
+    guard (1...1024).contains(steps) else { throw ValidationError("--steps in 1...1024") }
+    let (_, policies) = try cache.resolved()
+    var text = ""
+    for path in textFiles {
+      do {
+        text += try String(contentsOfFile: path, encoding: .utf8) + "\n"
+      } catch {
+        throw CommandFailure(
+          description: "cannot read --text-file \(path): \(error.localizedDescription)")
+      }
+    }
+    let (llama, tokenizer) = try ModelLocation.load(model)
+    let ids = tokenizer.encode(text)
+    guard ids.count >= context + steps else {
+      throw CommandFailure(
+        description:
+          "the text has \(ids.count) tokens; --context \(context) + --steps \(steps) needs \(context + steps): add --text-file"
+      )
+    }
+    LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+    let progress = ProgressLine()
+    progress.show("\(context)-token prefill, then \(steps) steps on each cache")
+    let result = try await CachePolicyComparison(model: llama).run(
+      prompt: Array(ids[..<context]),
+      continuation: .forced(Array(ids[context..<(context + steps)])), policies: policies)
+    progress.finish()
+    let report = Report(
+      context: context, steps: steps, prefillSeconds: result.prefillSeconds,
+      runs: result.runs.map {
+        Run(
+          policy: $0.policy, meanKL: $0.meanKL, maxKL: $0.maxKL, top1Agreement: $0.top1Agreement,
+          workerBytes: $0.workerBytes, fullKVBytes: $0.fullKVBytes,
+          workerShare: Double($0.workerBytes) / Double(max(1, $0.fullKVBytes)),
+          decodeTokensPerSecond: $0.decodeTokensPerSecond)
+      })
+    if json {
+      try writeJSON(report)
+      return
+    }
+    print(
+      "\(context)-token prompt, \(steps) teacher-forced steps, prefill "
+        + String(format: "%.1f s", result.prefillSeconds))
+    print(
+      TextTable(
+        ["POLICY", "MEAN KL", "MAX KL", "TOP-1", "WORKER", "SHARE", "DECODE TOK/S"],
+        rows: report.runs.map {
+          [
+            $0.policy, String(format: "%.4f", $0.meanKL), String(format: "%.4f", $0.maxKL),
+            String(format: "%.3f", $0.top1Agreement), ByteSize.format($0.workerBytes),
+            String(format: "%.2f%%", $0.workerShare * 100),
+            String(format: "%.2f", $0.decodeTokensPerSecond),
+          ]
+        }
+      ).render(), terminator: "")
+  }
+}

@@ -5,6 +5,7 @@ import PackageDescription
 // Run: swift run -c release --package-path Benchmarks hkv-bench [--quick]
 //      swift run -c release --package-path Benchmarks hkv-cluster-bench decode | scale --hkv PATH
 //      swift run -c release --package-path Benchmarks hkv-bench dataplane [--quick]
+//      swift run -c release --package-path Benchmarks hkv-model-bench [--python PATH]
 let package = Package(
   name: "HeteroKVBenchmarks",
   platforms: [.macOS(.v15)],
@@ -32,6 +33,17 @@ let package = Package(
         .product(name: "HeteroKVConfig", package: "HeteroKV"),
         .product(name: "HeteroKVWorker", package: "HeteroKV"),
         .product(name: "HeteroKVLocalCluster", package: "HeteroKV"),
+        .product(name: "Logging", package: "swift-log"),
+      ]
+    ),
+    .executableTarget(
+      name: "hkv-model-bench",
+      dependencies: [
+        .product(name: "HeteroKVCore", package: "HeteroKV"),
+        .product(name: "HeteroKVConfig", package: "HeteroKV"),
+        .product(name: "HeteroKVWorker", package: "HeteroKV"),
+        .product(name: "HeteroKVLocalCluster", package: "HeteroKV"),
+        .product(name: "HeteroKVModel", package: "HeteroKV"),
         .product(name: "Logging", package: "swift-log"),
       ]
     ),

@@ -56,10 +56,15 @@ public struct WorkerSettings: Sendable, Hashable {
   public var sinks: Int
   /// Share of the approximate softmax mass the kept tokens must hold.
   public var tau: Double
+  /// hcattention: also bound the tokens a step keeps by the head's budget cap. HCAttention
+  /// keeps the whole tau-mass set (its memory budget is the key codes); the cap bounds what a
+  /// step moves at the price of fidelity.
+  public var capSelection: Bool
 
   public init(
     control: HostPort? = nil, metrics: HostPort? = nil, keyCodec: KeyCodecKind = .pq,
-    keyBits: Int = 8, groupSize: Int = 4, window: Int = 64, sinks: Int = 4, tau: Double = 0.9
+    keyBits: Int = 8, groupSize: Int = 4, window: Int = 64, sinks: Int = 4, tau: Double = 0.9,
+    capSelection: Bool = false
   ) {
     self.control = control
     self.metrics = metrics
@@ -69,6 +74,7 @@ public struct WorkerSettings: Sendable, Hashable {
     self.window = window
     self.sinks = sinks
     self.tau = tau
+    self.capSelection = capSelection
   }
 }
 

@@ -55,6 +55,7 @@ extension ClusterConfiguration {
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
+      "cap_selection",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count
@@ -80,7 +81,8 @@ extension ClusterConfiguration {
       keyCodec: codec ?? defaults.keyCodec, keyBits: bits, groupSize: group,
       window: r.int("window", range: 0...1 << 20) ?? defaults.window,
       sinks: r.int("sinks", range: 0...1 << 16) ?? defaults.sinks,
-      tau: r.double("tau", range: 0.5...1) ?? defaults.tau)
+      tau: r.double("tau", range: 0.5...1) ?? defaults.tau,
+      capSelection: r.bool("cap_selection") ?? defaults.capSelection)
     return r.log.problems.count == start ? settings : nil
   }
 

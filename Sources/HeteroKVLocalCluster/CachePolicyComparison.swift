@@ -10,25 +10,34 @@ import Logging
 /// all), then each cache decodes the same tokens and every step's logits are compared with the
 /// full cache's. This is what `hkv needle` and `hkv fidelity` measure.
 public struct CachePolicyComparison: Sendable {
-  /// One HeteroKV configuration to compare, run on its own in-process cluster.
+  /// One HeteroKV configuration to compare: a cluster started in this process for the run,
+  /// or the worker of a running cluster.
   public struct Policy: Sendable {
     /// The name in reports.
     public var name: String
-    /// The budget rule and memory fraction.
-    public var budgets: BudgetSettings
-    /// Key codec, window, sinks and tau of the worker.
-    public var worker: WorkerSettings
-    /// How memory nodes weight the kept tokens.
-    public var outputMode: HCAttentionOutputMode
+    /// Where the sequence lives.
+    public var target: Target
 
+    public enum Target: Sendable {
+      /// An in-process cluster with these budgets, worker settings and output mode.
+      case local(BudgetSettings, WorkerSettings, HCAttentionOutputMode)
+      /// A running worker's engine API (its cluster file sets the policy).
+      case remote(EngineClient)
+    }
+
+    /// A policy on its own in-process cluster.
     public init(
       name: String, budgets: BudgetSettings, worker: WorkerSettings = WorkerSettings(),
       outputMode: HCAttentionOutputMode = .exact
     ) {
       self.name = name
-      self.budgets = budgets
-      self.worker = worker
-      self.outputMode = outputMode
+      target = .local(budgets, worker, outputMode)
+    }
+
+    /// The policy of a running cluster, through its worker's engine API.
+    public init(name: String, engine: EngineClient) {
+      self.name = name
+      target = .remote(engine)
     }
   }
 
@@ -81,38 +90,75 @@ public struct CachePolicyComparison: Sendable {
     case .forced(let tokens): steps = tokens.count
     }
     precondition(steps > 0 && !prompt.isEmpty)
-    var clusters: [LocalCluster] = []
+    var opened: [OpenedSequence] = []
     do {
       let result = try await compare(
         prompt: prompt, continuation: continuation, steps: steps, policies: policies,
-        clusters: &clusters, logger: logger)
-      for cluster in clusters { await cluster.shutdown() }
+        opened: &opened, logger: logger)
+      for sequence in opened { await sequence.close() }
       return result
     } catch {
-      for cluster in clusters { await cluster.shutdown() }
+      for sequence in opened { await sequence.close() }
       throw error
+    }
+  }
+
+  /// A sequence opened for one policy: its cache, its figures and how to let it go.
+  struct OpenedSequence {
+    var cache: EngineKVCache
+    /// Worker-resident bytes and the fp16 K/V they stand for.
+    var stats: @Sendable () async throws -> (worker: Int, full: Int)
+    var close: @Sendable () async -> Void
+  }
+
+  private func open(_ policy: Policy, maxTokens: Int, logger: Logger) async throws
+    -> OpenedSequence
+  {
+    let c = model.configuration
+    switch policy.target {
+    case .local(let budgets, let worker, let outputMode):
+      var options = LocalCluster.Options(model: try c.geometry)
+      options.capacityBytes = max(256 << 20, maxTokens * c.layers * c.kvHeads * c.headDim * 8)
+      options.budgets = budgets
+      options.worker = worker
+      options.outputMode = outputMode
+      let cluster = try await LocalCluster.start(options, logger: logger)
+      let ref = SequenceRef(sequence: 1)
+      do {
+        _ = try await cluster.worker.createSequence(ref, maxTokens: maxTokens)
+      } catch {
+        await cluster.shutdown()
+        throw error
+      }
+      return OpenedSequence(
+        cache: EngineKVCache(engine: cluster.worker, ref: ref, configuration: c),
+        stats: {
+          let s = try await cluster.worker.stats(ref)
+          return (s.workerBytes, s.fullKVBytes)
+        },
+        close: { await cluster.shutdown() })
+    case .remote(let engine):
+      let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
+      _ = try await engine.createSequence(ref, maxTokens: maxTokens)
+      return OpenedSequence(
+        cache: EngineKVCache(engine: engine, ref: ref, configuration: c),
+        stats: {
+          let s = try await engine.stats(ref)
+          return (Int(s.workerBytes), Int(s.fullKvBytes))
+        },
+        close: { _ = try? await engine.release(ref) })
     }
   }
 
   private func compare(
     prompt: [Int], continuation: Continuation, steps: Int, policies: [Policy],
-    clusters: inout [LocalCluster], logger: Logger
+    opened: inout [OpenedSequence], logger: Logger
   ) async throws -> Result {
     let c = model.configuration
-    var followers: [EngineKVCache] = []
-    let ref = SequenceRef(sequence: 1)
     for policy in policies {
-      var options = LocalCluster.Options(model: try c.geometry)
-      let tokens = prompt.count + steps + 1
-      options.capacityBytes = max(256 << 20, tokens * c.layers * c.kvHeads * c.headDim * 4 * 2)
-      options.budgets = policy.budgets
-      options.worker = policy.worker
-      options.outputMode = policy.outputMode
-      let cluster = try await LocalCluster.start(options, logger: logger)
-      clusters.append(cluster)
-      _ = try await cluster.worker.createSequence(ref, maxTokens: tokens)
-      followers.append(EngineKVCache(engine: cluster.worker, ref: ref, configuration: c))
+      opened.append(try await open(policy, maxTokens: prompt.count + steps + 1, logger: logger))
     }
+    let followers = opened.map(\.cache)
     let clock = ContinuousClock()
     var shared = SharedPrefillCache(primary: FullKVCache(configuration: c), followers: followers)
     var started = clock.now
@@ -156,14 +202,14 @@ public struct CachePolicyComparison: Sendable {
         }
       }
       let seconds = (clock.now - started).seconds
-      let stats = try await clusters[i].worker.stats(ref)
+      let stats = try await opened[i].stats()
       runs.append(
         Run(
           policy: policy.name, topTokens: top, meanKL: kl.reduce(0, +) / Double(steps),
           maxKL: kl.max() ?? 0,
           top1Agreement: Double(zip(top, runs[0].topTokens).filter { $0 == $1 }.count)
             / Double(steps),
-          workerBytes: stats.workerBytes, fullKVBytes: stats.fullKVBytes,
+          workerBytes: stats.worker, fullKVBytes: stats.full,
           decodeTokensPerSecond: Double(steps - 1) / max(1e-9, seconds)))
     }
     return Result(runs: runs, fedTokens: fed, prefillSeconds: prefillSeconds)

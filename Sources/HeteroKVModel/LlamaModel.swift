@@ -95,30 +95,73 @@ public struct FullKVCache: ModelKVCache {
     let n = keys[0].rows
     let group = queryHeads / kvHeads
     let scale = 1 / Float(d).squareRoot()
-    // One job per KV head: every token's group of queries against every row at once, the
-    // causal mask and softmax per row in C, then one dense weighted sum.
-    let results = try parallelMap(kvHeads) { h -> [Float] in
-      var q = [Float](repeating: 0, count: tokens * group * d)
-      for t in 0..<tokens {
-        let from = (t * queryHeads + h * group) * d
-        q.replaceSubrange(
-          (t * group * d)..<((t + 1) * group * d), with: queries[from..<(from + group * d)])
+    let rows = tokens * group
+    // Query rows of KV head h, row r = token r / group, query head h * group + r % group.
+    @Sendable func headQueries(_ h: Int, _ r0: Int, _ r1: Int) -> [Float] {
+      var q = [Float](repeating: 0, count: (r1 - r0) * d)
+      for r in r0..<r1 {
+        let from = ((r / group) * queryHeads + h * group + r % group) * d
+        for i in 0..<d { q[(r - r0) * d + i] = queries[from + i] * scale }
       }
-      let rows = tokens * group
-      var p = Kernels.scores(queries: q, heads: rows, keys: keys[h], scale: scale)
-      let visible = (0..<rows).map { n - tokens + $0 / group + 1 }
-      p.withUnsafeMutableBufferPointer { hkv_causal_softmax_rows($0.baseAddress, rows, n, visible) }
-      return Kernels.weightedSum(values: values[h], probabilities: p, heads: rows)
+      return q
     }
     var out = [Float](repeating: 0, count: tokens * queryHeads * d)
-    for h in 0..<kvHeads {
-      for t in 0..<tokens {
-        out.replaceSubrange(
-          ((t * queryHeads + h * group) * d)..<((t * queryHeads + (h + 1) * group) * d),
-          with: results[h][(t * group * d)..<((t + 1) * group * d)])
+    if rows < 64 {
+      // Decode: one pass over the fp16 rows per head is cheaper than converting them.
+      let results = try parallelMap(kvHeads) { h -> [Float] in
+        var p = Kernels.scores(
+          queries: headQueries(h, 0, rows), heads: rows, keys: keys[h], scale: 1)
+        let visible = (0..<rows).map { n - tokens + $0 / group + 1 }
+        p.withUnsafeMutableBufferPointer {
+          hkv_causal_softmax_rows($0.baseAddress, rows, n, visible)
+        }
+        return Kernels.weightedSum(values: values[h], probabilities: p, heads: rows)
       }
+      for h in 0..<kvHeads { scatter(results[h], rows: 0..<rows, head: h) }
+      return out
+    }
+    // Prefill: keys [n][d] and values transposed [d][n] in f32, then blocks of query rows of
+    // every head as two tiled matrix products (scores, then weights x values), spread over
+    // the cores.
+    let keyFloats = try parallelMap(kvHeads) { keys[$0].floats() }
+    let valuesT = try parallelMap(kvHeads) { h -> [Float] in
+      let v = values[h].floats()
+      var t = [Float](repeating: 0, count: n * d)
+      for j in 0..<n { for i in 0..<d { t[i * n + j] = v[j * d + i] } }
+      return t
+    }
+    let block = 64
+    let blocks = (rows + block - 1) / block
+    let parts = try parallelMap(kvHeads * blocks) { job -> [Float] in
+      let h = job / blocks
+      let r0 = (job % blocks) * block
+      let r1 = min(rows, r0 + block)
+      let q = headQueries(h, r0, r1)
+      var p = [Float](repeating: 0, count: (r1 - r0) * n)
+      hkv_matmul_rows_f32(q, r1 - r0, d, keyFloats[h], n, &p, n)
+      let visible = (r0..<r1).map { n - tokens + $0 / group + 1 }
+      p.withUnsafeMutableBufferPointer {
+        hkv_causal_softmax_rows($0.baseAddress, r1 - r0, n, visible)
+      }
+      var o = [Float](repeating: 0, count: (r1 - r0) * d)
+      hkv_matmul_rows_f32(p, r1 - r0, n, valuesT[h], d, &o, d)
+      return o
+    }
+    for job in parts.indices {
+      let r0 = (job % blocks) * block
+      scatter(parts[job], rows: r0..<min(rows, r0 + block), head: job / blocks)
     }
     return out
+
+    /// Puts per-head rows back in token-major order.
+    func scatter(_ part: [Float], rows range: Range<Int>, head h: Int) {
+      for r in range {
+        let to = ((r / group) * queryHeads + h * group + r % group) * d
+        out.replaceSubrange(
+          to..<(to + d), with: part[((r - range.lowerBound) * d)..<((r - range.lowerBound + 1) * d)]
+        )
+      }
+    }
   }
 }
 

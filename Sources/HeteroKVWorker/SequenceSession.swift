@@ -54,6 +54,10 @@ struct HeadState: Sendable {
   var cap = 0
   /// Key codes with exact sinks and window: every head during prefill, full heads after.
   var index: ApproximateKeyIndex?
+  /// Prefill keys waiting for the index: its codebook is trained on the first
+  /// `WorkerOptions.codebookTrainingKeys` keys, or on the whole prefill at the first attend
+  /// when it is shorter, not on whichever chunk happened to come first.
+  var untrainedKeys: HalfMatrix?
   /// The resident cache of a compressed head (after prefill).
   var cache: CompressedHeadCache?
   /// A pivot's drift watch.
@@ -80,8 +84,8 @@ struct HeadState: Sendable {
   }
 
   var residentBytes: Int {
-    (index?.residentBytes ?? 0) + (cache?.residentBytes ?? 0) + tailKeys.byteCount
-      + tailValues.byteCount
+    (index?.residentBytes ?? 0) + (untrainedKeys?.byteCount ?? 0) + (cache?.residentBytes ?? 0)
+      + tailKeys.byteCount + tailValues.byteCount
   }
 
   /// Whether the head goes through the HCAttention path (scores from codes, context from the
@@ -93,12 +97,50 @@ struct HeadState: Sendable {
 /// append happens in place (one owner) and in parallel across heads.
 final class IndexBox: @unchecked Sendable {
   var index: ApproximateKeyIndex?
+  var untrained: HalfMatrix?
   /// False for a compressed head, which has no index to append to.
   let full: Bool
 
-  init(_ index: ApproximateKeyIndex?, full: Bool) {
+  init(_ head: HeadState) {
+    index = head.index
+    untrained = head.untrainedKeys
+    full = head.cache == nil
+  }
+
+  /// Appends `keys`: coded when the index exists; else held until `trainingKeys` keys (or
+  /// `now`), then the codebook is trained on all held keys and they are coded.
+  func append(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, now: Bool)
+    throws
+  {
+    if var index {
+      try index.append(keys)
+      self.index = index
+      return
+    }
+    var held = untrained ?? HalfMatrix(cols: keys.cols)
+    try held.append(contentsOf: keys)
+    guard now || held.rows >= options.codebookTrainingKeys else {
+      untrained = held
+      return
+    }
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+  }
+
+  /// Trains the index on the held keys (if any) and codes them.
+  func trainHeld(options: WorkerOptions, layer: Int, kvHead: Int) throws {
+    guard index == nil, let held = untrained else { return }
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+  }
+
+  private func trainIndex(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int)
+    throws
+  {
+    var index = ApproximateKeyIndex(
+      codes: try options.keyStore(training: keys, layer: layer, kvHead: kvHead),
+      sinks: options.settings.sinks, window: options.settings.window)
+    try index.append(keys)
     self.index = index
-    self.full = full
+    untrained = nil
   }
 }
 
@@ -241,21 +283,17 @@ actor SequenceSession {
       throw WorkerError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
     }
     // Key indices are coded on all cores, each moved into a box so the append is in place.
-    let boxes = layers[layer].heads.map { IndexBox($0.index, full: $0.cache == nil) }
+    let boxes = layers[layer].heads.map(IndexBox.init)
     for h in 0..<g.kvHeads where layers[layer].heads[h].cache == nil {
       layers[layer].heads[h].index = nil
+      layers[layer].heads[h].untrainedKeys = nil
     }
     let options = self.options
+    let sealed = self.sealed
     do {
       _ = try parallelMap(g.kvHeads) { h in
         guard boxes[h].full else { return }
-        let k = perHead[h].0
-        if boxes[h].index == nil {
-          boxes[h].index = ApproximateKeyIndex(
-            codes: try options.keyStore(training: k, layer: layer, kvHead: h),
-            sinks: options.settings.sinks, window: options.settings.window)
-        }
-        try boxes[h].index!.append(k)
+        try boxes[h].append(perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed)
       }
     } catch {
       poisoned = WorkerError(
@@ -280,6 +318,7 @@ actor SequenceSession {
         head.cache = cache
       } else {
         head.index = boxes[h].index
+        head.untrainedKeys = boxes[h].untrained
       }
       do {
         try head.tailKeys.append(contentsOf: k)
@@ -370,7 +409,9 @@ actor SequenceSession {
     let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
       if let cache = head.cache { return .attend(cache: cache, queries: q) }
-      let cap = options.policy == .hcattention && head.cap > 0 ? head.cap : nil
+      let cap =
+        options.policy == .hcattention && options.settings.capSelection && head.cap > 0
+        ? head.cap : nil
       return .select(index: head.index!, queries: q, tau: tau, cap: cap)
     }
     var timings = StepTimings()
@@ -583,6 +624,7 @@ actor SequenceSession {
         layers[l].heads[h].trimTail(acknowledged: await writer.acknowledgedTokens(key))
       }
     }
+    try trainHeldKeys()
     let (profiles, lastQuery) = try profileHeads(prefillTokens: n)
     let budgets = try await control.reportProfiles(ref, prefillTokens: n, profiles: profiles)
     guard budgets.policy == options.policy else {
@@ -645,6 +687,27 @@ actor SequenceSession {
     }
     prefillTokens = n
     self.budgets = budgets
+  }
+
+  /// Trains the codebooks of heads whose prefill was shorter than
+  /// `WorkerOptions.codebookTrainingKeys`, on all of it, every head on its own core.
+  private func trainHeldKeys() throws(WorkerError) {
+    let g = geometry
+    let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
+    let options = self.options
+    do {
+      _ = try parallelMap(boxes.count) { i in
+        try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+      }
+    } catch {
+      poisoned = WorkerError(
+        .internal, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)")
+      throw poisoned!
+    }
+    for (i, box) in boxes.enumerated() {
+      layers[i / g.kvHeads].heads[i % g.kvHeads].index = box.index
+      layers[i / g.kvHeads].heads[i % g.kvHeads].untrainedKeys = box.untrained
+    }
   }
 
   /// Profiles of every head from each layer's observation queries (HeteroCache; the first

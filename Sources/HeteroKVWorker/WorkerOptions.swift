@@ -21,6 +21,9 @@ public struct WorkerOptions: Sendable {
   /// Tokens per shard: a KV head's context is cut into chunks of this many tokens, each
   /// placed on its own nodes.
   public var chunkTokens: Int
+  /// Prefill keys a head's codebook is trained on: held until this many arrive (spread evenly
+  /// when one chunk brings more), or all of a shorter prefill at the first attend.
+  public var codebookTrainingKeys = 32768
   /// Bytes of rows in flight to the memory tier before appends wait.
   public var shipQueueBytes: Int
   /// Decode tokens batched into one put per head.
@@ -105,7 +108,10 @@ public struct WorkerOptions: Sendable {
       let version = CodebookVersion(
         geometry: geometry.name, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
         centroids: c, calibration: .ownPrefill)
-      let sample = keys.rows > 32768 ? keys.gather(Array(0..<32768)) : keys
+      let limit = codebookTrainingKeys
+      let sample =
+        keys.rows > limit
+        ? keys.gather((0..<limit).map { $0 * keys.rows / limit }) : keys
       return ProductQuantizedKeyStore(
         codebook: try ProductCodebook.train(
           keys: sample, configuration: configuration, version: version))

@@ -2,6 +2,8 @@ import ArgumentParser
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVLocalCluster
+import HeteroKVModel
+import HeteroKVWorker
 
 /// The cache policies `hkv needle` and `hkv fidelity` compare, and the knobs of the HeteroKV
 /// clusters they start in this process.
@@ -15,7 +17,7 @@ struct ComparisonOptions: ParsableArguments {
   var budget: Double = 0.125
 
   @Option(help: "Share of the approximate attention mass the kept tokens must hold.")
-  var tau: Double = WorkerSettings().tau
+  var tau: Double = 0.99
 
   @Option(help: "Most recent tokens every head keeps exactly.")
   var window: Int = WorkerSettings().window
@@ -29,13 +31,46 @@ struct ComparisonOptions: ParsableArguments {
   @Option(help: "Bits per key code: 8 for pq, 2, 4 or 8 for scalar.")
   var keyBits: Int = 8
 
-  @Option(help: "Head dimensions per key code (pq: one 8-bit code per group).")
-  var groupSize: Int = WorkerSettings().groupSize
+  @Option(
+    help:
+      "Head dimensions per pq code (8: 8 codes of 16 bits per 64-dim key, 6.25% of fp16 K/V).")
+  var groupSize: Int = 8
+
+  @Flag(help: "hcattention: bound the tokens a step keeps by the head's budget cap.")
+  var capSelection = false
 
   @Option(
     help:
       "How memory nodes weight kept tokens: exact (re-scored with full keys) or renormalized.")
   var outputMode: String = "exact"
+
+  @Option(
+    help:
+      "Compare against the worker of this running cluster (its cluster file sets the policy) instead of clusters started here."
+  )
+  var cluster: String?
+
+  /// Runs `body` with the policies to compare: the in-process ones from the flags, or the
+  /// worker of --cluster (connected for the duration of `body`).
+  func withPolicies<R: Sendable>(
+    model: LlamaConfiguration,
+    _ body: (_ includeFull: Bool, [CachePolicyComparison.Policy]) async throws -> R
+  ) async throws -> R {
+    let (includeFull, local) = try resolved()
+    guard let cluster else { return try await body(includeFull, local) }
+    let file = try ClusterConfiguration.load(path: cluster)
+    guard let address = file.worker.control else {
+      throw CommandFailure(description: "\(cluster) has no worker.control address")
+    }
+    return try await EngineClient.with(
+      address: address, geometry: try model.geometry,
+      security: try file.controlPlaneSecurity(), timeout: .seconds(600)
+    ) { client in
+      try await body(
+        true,
+        [.init(name: "cluster:\(file.budgets.policy.rawValue)", engine: client)])
+    }
+  }
 
   /// Whether the full cache is reported, and the HeteroKV policies to run.
   func resolved() throws -> (includeFull: Bool, [CachePolicyComparison.Policy]) {
@@ -54,7 +89,7 @@ struct ComparisonOptions: ParsableArguments {
     }
     let worker = WorkerSettings(
       keyCodec: codec, keyBits: keyBits, groupSize: groupSize, window: window, sinks: sinks,
-      tau: tau)
+      tau: tau, capSelection: capSelection)
     var chosen: [CachePolicyComparison.Policy] = []
     for name in names where name != "full" {
       guard let kind = BudgetPolicyKind(rawValue: name) else {

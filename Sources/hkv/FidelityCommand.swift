@@ -54,7 +54,6 @@ struct FidelityCommand: AsyncParsableCommand {
     guard !textFiles.isEmpty else { throw ValidationError("give --text-file (repeatable)") }
     guard (16...8192).contains(context) else { throw ValidationError("--context in 16...8192") }
     guard (1...1024).contains(steps) else { throw ValidationError("--steps in 1...1024") }
-    let (_, policies) = try cache.resolved()
     var text = ""
     for path in textFiles {
       do {
@@ -64,6 +63,7 @@ struct FidelityCommand: AsyncParsableCommand {
           description: "cannot read --text-file \(path): \(error.localizedDescription)")
       }
     }
+    _ = try cache.resolved()  // bad flags fail before the model loads
     let (llama, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)
     guard ids.count >= context + steps else {
@@ -75,9 +75,11 @@ struct FidelityCommand: AsyncParsableCommand {
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let progress = ProgressLine()
     progress.show("\(context)-token prefill, then \(steps) steps on each cache")
-    let result = try await CachePolicyComparison(model: llama).run(
-      prompt: Array(ids[..<context]),
-      continuation: .forced(Array(ids[context..<(context + steps)])), policies: policies)
+    let result = try await cache.withPolicies(model: llama.configuration) { _, policies in
+      try await CachePolicyComparison(model: llama).run(
+        prompt: Array(ids[..<context]),
+        continuation: .forced(Array(ids[context..<(context + steps)])), policies: policies)
+    }
     progress.finish()
     let report = Report(
       context: context, steps: steps, prefillSeconds: result.prefillSeconds,

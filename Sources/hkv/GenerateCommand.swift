@@ -124,7 +124,7 @@ struct GenerateCommand: AsyncParsableCommand {
   ) async throws {
     let clock = ContinuousClock()
     let started = clock.now
-    var logits = try await model.forward(ids, start: 0, cache: &cache)
+    var logits = try await model.prefill(ids, cache: &cache)
     let prefill = clock.now - started
     var generated: [Int] = []
     let decodeStart = clock.now
@@ -136,7 +136,7 @@ struct GenerateCommand: AsyncParsableCommand {
       if step + 1 == maxTokens { break }
       logits = try await model.forward([next], start: ids.count + step, cache: &cache)
     }
-    print("")
+    FileHandle.standardOutput.write(Data("\n".utf8))
     let decode = clock.now - decodeStart
     FileHandle.standardError.write(
       Data(

@@ -62,15 +62,18 @@ struct NeedleCommand: AsyncParsableCommand {
     guard (1...256).contains(answerTokens) else {
       throw ValidationError("--answer-tokens must be in 1...256")
     }
-    let (includeFull, policyList) = try cache.resolved()
+    _ = try cache.resolved()  // bad flags fail before the model loads
     let (llama, tokenizer) = try ModelLocation.load(model)
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let progress = ProgressLine()
     var rng = SplitMix(seed: seed)
-    var rows: [Row] = []
-    for n in contexts {
-      for depth in depthList {
-        let passkey = 10_000 + Int(rng.next() % 90_000)
+    let cases = contexts.flatMap { n in depthList.map { (n, $0) } }.map { n, depth in
+      (n, depth, 10_000 + Int(rng.next() % 90_000))
+    }
+    let (rows, names) = try await cache.withPolicies(model: llama.configuration) {
+      includeFull, policyList in
+      var rows: [Row] = []
+      for (n, depth, passkey) in cases {
         let prompt = PasskeyPrompt(tokens: n, depth: depth, passkey: passkey, tokenizer: tokenizer)
         let ids = tokenizer.encode(prompt.text)
         progress.show("context \(ids.count), depth \(depth): one prefill, then each cache decodes")
@@ -87,6 +90,7 @@ struct NeedleCommand: AsyncParsableCommand {
               meanKL: run.meanKL, top1Agreement: run.top1Agreement))
         }
       }
+      return (rows, (includeFull ? ["full"] : []) + policyList.map(\.name))
     }
     progress.finish()
     if json {
@@ -104,7 +108,7 @@ struct NeedleCommand: AsyncParsableCommand {
           ]
         }
       ).render(), terminator: "")
-    for policy in (includeFull ? ["full"] : []) + policyList.map(\.name) {
+    for policy in names {
       let mine = rows.filter { $0.policy == policy }
       print(
         "\(policy): found \(mine.filter(\.found).count)/\(mine.count), mean KL "

@@ -138,6 +138,7 @@ struct ClusterSectionsTests {
       key_bits: 4
       group_size: 32
       window: 128
+      cap_selection: true
     budgets:
       policy: uniform
       memory_fraction: 0.25
@@ -160,6 +161,7 @@ struct ClusterSectionsTests {
     #expect(c.worker.keyBits == 4)
     #expect(c.worker.window == 128)
     #expect(c.worker.sinks == 4)
+    #expect(c.worker.capSelection)
     #expect(c.budgets.policy == .uniform)
     #expect(c.budgets.maxTokens == 4096)
     #expect(c.replication == 2)
@@ -172,6 +174,7 @@ struct ClusterSectionsTests {
         """)
     #expect(custom.model?.kvHeads == 2)
     #expect(custom.coordinator == nil)
+    #expect(custom.worker.capSelection == false, "off by default")
   }
 
   @Test(

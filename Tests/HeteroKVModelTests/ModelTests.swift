@@ -84,16 +84,19 @@ struct ModelTests {
     #expect(tokenizer.decode([next]) == " Paris")
   }
 
-  @Test("prefill then one-token decode gives the logits of one forward over all tokens")
+  @Test("a chunked prefill then one-token decode gives the logits of one forward over all tokens")
   func incrementalEqualsFull() async throws {
     let (model, tokenizer) = (shared.model, shared.tokenizer)
-    let ids = tokenizer.encode("The quick brown fox jumps over the lazy dog because")
+    let ids = tokenizer.encode(
+      String(repeating: "The quick brown fox jumps over the lazy dog because it can. ", count: 8))
+    #expect(ids.count > 90)
     var whole = FullKVCache(configuration: model.configuration)
     let reference = try await model.forward(ids, start: 0, cache: &whole)
+    // Chunks of 24 tokens (72 query rows: the blocked prefill path), then the decode path.
     var cache = FullKVCache(configuration: model.configuration)
-    _ = try await model.forward(Array(ids.prefix(5)), start: 0, cache: &cache)
+    _ = try await model.prefill(Array(ids.prefix(80)), cache: &cache, chunk: 24)
     var logits: [Float] = []
-    for (i, id) in ids.enumerated().dropFirst(5) {
+    for (i, id) in ids.enumerated().dropFirst(80) {
       logits = try await model.forward([id], start: i, cache: &cache)
     }
     let diff = zip(logits, reference).map { abs($0 - $1) }.max()!
@@ -213,5 +216,65 @@ struct TraceCommandTests {
     let layer = try trace.layer(29)
     #expect(layer.heads.count == 3 && layer.heads[0].decodeQueries.count == 3)
     #expect(layer.heads[0].decodeQueries[0].count == 3 * 64)
+  }
+}
+
+@Suite("Comparing cache policies", .serialized)
+struct ComparisonTests {
+  static let text =
+    "Alice keeps her bicycle in the garage. Bob keeps his kayak by the lake. Carol keeps her violin under the bed. Where does Alice keep her bicycle? In the"
+
+  @Test(
+    "one shared prefill: HeteroKV at 100% budget and tau 1 matches the full cache at every step")
+  func sharedPrefillAtFullBudget() async throws {
+    let ids = shared.tokenizer.encode(Self.text)
+    let exact = CachePolicyComparison.Policy(
+      name: "hcattention-exact",
+      budgets: BudgetSettings(policy: .hcattention, memoryFraction: 1, minTokens: 16),
+      worker: WorkerSettings(window: 8, sinks: 4, tau: 1), outputMode: .exact)
+    let lossy = CachePolicyComparison.Policy(
+      name: "uniform-tiny",
+      budgets: BudgetSettings(policy: .uniform, memoryFraction: 0.05, minTokens: 2),
+      worker: WorkerSettings(window: 0, sinks: 0, tau: 1), outputMode: .exact)
+    var comparison = CachePolicyComparison(model: shared.model)
+    comparison.prefillChunk = 16  // several prompt chunks before the codebook is trained
+    let result = try await comparison.run(
+      prompt: ids, continuation: .greedy(steps: 4), policies: [exact, lossy],
+      logger: quietLogger)
+    #expect(result.runs.map(\.policy) == ["full", "hcattention-exact", "uniform-tiny"])
+    #expect(result.fedTokens == result.runs[0].topTokens, "greedy: the full cache's choices")
+    let full = result.runs[0]
+    #expect(full.meanKL == 0 && full.top1Agreement == 1)
+    let run = result.runs[1]
+    #expect(run.maxKL < 1e-4, "max KL \(run.maxKL)")
+    #expect(run.top1Agreement == 1)
+    #expect(run.workerBytes > 0 && run.fullKVBytes == (ids.count + 3) * 30 * 3 * 64 * 4)
+    // A cache of 2 tokens per head must drift from the full cache: the comparison sees it.
+    #expect(result.runs[2].meanKL > run.meanKL * 10 + 1e-3, "\(result.runs[2].meanKL)")
+  }
+
+  @Test("hkv fidelity reports KL and top-1 per policy on a text file, and refuses a short one")
+  func fidelityCommand() throws {
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "hkv-fidelity-\(getpid()).txt")
+    defer { try? FileManager.default.removeItem(at: file) }
+    try String(repeating: Self.text + " garage.\n", count: 4).write(
+      to: file, atomically: true, encoding: .utf8)
+    let run = try runHKV([
+      "fidelity", "--text-file", file.path, "--context", "96", "--steps", "3", "--policies",
+      "full,hcattention", "--budget", "0.5", "--json", "--model", try modelPath(),
+    ])
+    #expect(run.status == 0, "\(run.err)")
+    let report = try JSONSerialization.jsonObject(with: run.out) as? [String: Any]
+    let runs = try #require(report?["runs"] as? [[String: Any]])
+    #expect(runs.map { $0["policy"] as? String } == ["full", "hcattention"])
+    #expect(runs[0]["mean_kl"] as? Double == 0)
+    let kl = try #require(runs[1]["mean_kl"] as? Double)
+    #expect(kl >= 0 && kl < 1, "\(kl)")
+    let short = try runHKV([
+      "fidelity", "--text-file", file.path, "--context", "4000", "--model", try modelPath(),
+    ])
+    #expect(short.status != 0)
+    #expect(short.err.contains("add --text-file"), "\(short.err)")
   }
 }

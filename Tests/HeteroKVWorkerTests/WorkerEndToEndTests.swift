@@ -121,3 +121,54 @@ struct WorkerEndToEndTests {
     }
   }
 }
+
+@Suite("Worker key codebooks and selection caps", .serialized)
+struct WorkerSelectionTests {
+  @Test("a prefill appended in chunks is coded like one appended at once (codebook on all of it)")
+  func codebookSeesTheWholePrefill() async throws {
+    let replay = try tinyWorkload(steps: 3)
+    var options = fullBudgetOptions(policy: .hcattention)
+    options.worker.tau = 0.9
+    options.outputMode = .renormalized
+    try await withCluster(options) { cluster in
+      let whole = SequenceRef(sequence: 1)
+      let chunked = SequenceRef(sequence: 2)
+      for ref in [whole, chunked] {
+        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      }
+      try await replay.prefill(cluster.worker, whole, chunk: 2048)
+      try await replay.prefill(cluster.worker, chunked, chunk: 300)
+      let a = try await replay.decode(cluster.worker, whole)
+      let b = try await replay.decode(cluster.worker, chunked)
+      // Trained on the first 300 keys, the chunked sequence's codes (and so its kept tokens
+      // and renormalised weights) would differ.
+      #expect(maxRelativeDifference(a.lastOutputs, b.lastOutputs, headDim: 64) < 1e-6)
+      #expect(a.meanMassRecall == b.meanMassRecall)
+    }
+  }
+
+  @Test("hcattention keeps its whole tau-mass set unless cap_selection bounds it by the budget")
+  func capSelection() async throws {
+    let replay = try tinyWorkload(steps: 3)
+    var moved: [Bool: (bytes: Int, recall: Double)] = [:]
+    for cap in [false, true] {
+      var options = fullBudgetOptions(policy: .hcattention)
+      options.budgets.memoryFraction = 0.02
+      options.worker.tau = 0.99
+      options.worker.capSelection = cap
+      options.outputMode = .exact
+      moved[cap] = try await withCluster(options) { cluster in
+        let ref = SequenceRef(sequence: 1)
+        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+        try await replay.prefill(cluster.worker, ref)
+        let report = try await replay.decode(cluster.worker, ref)
+        return (report.bytesMoved, report.meanMassRecall)
+      }
+    }
+    let free = try #require(moved[false])
+    let capped = try #require(moved[true])
+    #expect(free.recall > 0.97, "uncapped recall \(free.recall)")
+    #expect(capped.recall < free.recall, "capped \(capped.recall) vs \(free.recall)")
+    #expect(capped.bytes < free.bytes, "capped \(capped.bytes) vs \(free.bytes) bytes moved")
+  }
+}

@@ -1,3 +1,4 @@
+import CHeteroKVKernels
 import Foundation
 
 /// A problem with a model file: what was wrong and where, never a crash.
@@ -166,6 +167,22 @@ public struct GGUFFile: Sendable {
     }
   }
 
+  /// The tensor `name`, a matrix `[rows][cols]`, in its own block format (no dequantization):
+  /// what the quantized matrix products read.
+  public func matrix(_ name: String, rows: Int, cols: Int) throws(ModelFileError) -> WeightMatrix {
+    guard let info = tensors[name] else {
+      throw ModelFileError("\(path) has no tensor \(name)")
+    }
+    guard info.dimensions.first == cols, info.count == rows * cols else {
+      throw ModelFileError(
+        "\(path): \(name) has dimensions \(info.dimensions), expected [\(cols), \(rows)]")
+    }
+    let bytes = data.withUnsafeBytes { raw in
+      Array(UnsafeRawBufferPointer(rebasing: raw[info.offset..<(info.offset + info.byteCount)]))
+    }
+    return WeightMatrix(type: info.type, rows: rows, cols: cols, bytes: bytes)
+  }
+
   /// A metadata value, or an error naming the missing key.
   public func require(_ key: String) throws(ModelFileError) -> GGUFValue {
     guard let v = metadata[key] else { throw ModelFileError("\(path) has no metadata \(key)") }
@@ -279,6 +296,29 @@ enum Dequantize {
         let o = out + b * 32
         for j in 0..<32 { o[j] = d * Float(q[j]) }
       }
+    }
+  }
+}
+
+/// A linear layer's weights `[rows][cols]` kept in their GGUF block format (Q4_1 is 5 bits a
+/// weight where f32 is 32): decode reads every weight once per token, so fewer bytes is
+/// faster decode, and the model takes about its file's size in memory.
+public struct WeightMatrix: Sendable {
+  public let type: GGMLType
+  public let rows: Int
+  public let cols: Int
+  let bytes: [UInt8]
+
+  /// Bytes of one row.
+  var rowBytes: Int { bytes.count / rows }
+
+  /// Row `index` in f32 (an embedding lookup).
+  func row(_ index: Int) -> [Float] {
+    [Float](unsafeUninitializedCapacity: cols) { out, count in
+      bytes.withUnsafeBytes {
+        hkv_dequantize_row($0.baseAddress, Int32(type.rawValue), cols, index, out.baseAddress)
+      }
+      count = cols
     }
   }
 }

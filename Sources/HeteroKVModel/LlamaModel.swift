@@ -165,19 +165,21 @@ public struct FullKVCache: ModelKVCache {
   }
 }
 
-/// A Llama-architecture causal LM in f32 on the CPU (weights dequantized once at load):
-/// RMSNorm, GQA attention with RoPE on adjacent pairs, SwiGLU feed-forward, tied output.
+/// A Llama-architecture causal LM on the CPU, its matrices kept in the file's block formats
+/// (Q4_1, Q8_0) and dequantized as products read them; activations in f32. RMSNorm, GQA
+/// attention with RoPE on adjacent pairs, SwiGLU feed-forward, tied output.
 /// Attention goes through a `ModelKVCache`, so the same forward pass runs on the full cache
 /// and on HeteroKV.
 public final class LlamaModel: Sendable {
   public let configuration: LlamaConfiguration
-  let embedding: [Float]
+  let embedding: WeightMatrix
   let outputNorm: [Float]
-  let output: [Float]
+  let output: WeightMatrix
   let blocks: [Block]
 
   struct Block: Sendable {
-    var attentionNorm, q, k, v, o, ffnNorm, gate, up, down: [Float]
+    var attentionNorm, ffnNorm: [Float]
+    var q, k, v, o, gate, up, down: WeightMatrix
   }
 
   /// Loads `file` (metadata checked, every tensor decoded).
@@ -213,25 +215,26 @@ public final class LlamaModel: Sendable {
       return t
     }
     let kvWidth = config.kvHeads * config.headDim
-    embedding = try tensor("token_embd.weight", config.vocabulary * hidden)
+    let ffn = config.feedForward
+    embedding = try file.matrix("token_embd.weight", rows: config.vocabulary, cols: hidden)
     outputNorm = try tensor("output_norm.weight", hidden)
     output =
       file.tensors["output.weight"] != nil
-      ? try tensor("output.weight", config.vocabulary * hidden) : embedding
+      ? try file.matrix("output.weight", rows: config.vocabulary, cols: hidden) : embedding
     var blocks: [Block] = []
     for l in 0..<config.layers {
       let p = "blk.\(l)."
       blocks.append(
         Block(
           attentionNorm: try tensor(p + "attn_norm.weight", hidden),
-          q: try tensor(p + "attn_q.weight", hidden * hidden),
-          k: try tensor(p + "attn_k.weight", kvWidth * hidden),
-          v: try tensor(p + "attn_v.weight", kvWidth * hidden),
-          o: try tensor(p + "attn_output.weight", hidden * hidden),
           ffnNorm: try tensor(p + "ffn_norm.weight", hidden),
-          gate: try tensor(p + "ffn_gate.weight", config.feedForward * hidden),
-          up: try tensor(p + "ffn_up.weight", config.feedForward * hidden),
-          down: try tensor(p + "ffn_down.weight", hidden * config.feedForward)))
+          q: try file.matrix(p + "attn_q.weight", rows: hidden, cols: hidden),
+          k: try file.matrix(p + "attn_k.weight", rows: kvWidth, cols: hidden),
+          v: try file.matrix(p + "attn_v.weight", rows: kvWidth, cols: hidden),
+          o: try file.matrix(p + "attn_output.weight", rows: hidden, cols: hidden),
+          gate: try file.matrix(p + "ffn_gate.weight", rows: ffn, cols: hidden),
+          up: try file.matrix(p + "ffn_up.weight", rows: ffn, cols: hidden),
+          down: try file.matrix(p + "ffn_down.weight", rows: hidden, cols: ffn)))
     }
     self.blocks = blocks
   }
@@ -278,7 +281,7 @@ public final class LlamaModel: Sendable {
       guard token >= 0, token < c.vocabulary else {
         throw ModelFileError("token id \(token) is outside the vocabulary of \(c.vocabulary)")
       }
-      x.replaceSubrange(i * h..<(i + 1) * h, with: embedding[token * h..<(token + 1) * h])
+      x.replaceSubrange(i * h..<(i + 1) * h, with: embedding.row(token))
     }
     let kvWidth = c.kvHeads * c.headDim
     for (l, b) in blocks.prefix(layers ?? blocks.count).enumerated() {
@@ -335,20 +338,26 @@ public final class LlamaModel: Sendable {
   }
 
   /// `x` `[tokens][in]` times the weights `[out][in]` transposed: `[tokens][out]`, rows split
-  /// over the cores.
-  static func matmul(_ x: [Float], tokens: Int, in n: Int, weights: [Float], out: Int) -> [Float] {
+  /// over the cores, each part reading its rows in their block format.
+  static func matmul(_ x: [Float], tokens: Int, in n: Int, weights: WeightMatrix, out: Int)
+    -> [Float]
+  {
+    precondition(weights.cols == n && weights.rows == out)
     var y = [Float](repeating: 0, count: tokens * out)
     let parts = min(out, ProcessInfo.processInfo.activeProcessorCount * 4)
     let per = (out + parts - 1) / parts
+    let rowBytes = weights.rowBytes
+    let type = Int32(weights.type.rawValue)
     x.withUnsafeBufferPointer { xp in
-      weights.withUnsafeBufferPointer { wp in
+      weights.bytes.withUnsafeBytes { wp in
         y.withUnsafeMutableBufferPointer { yp in
           nonisolated(unsafe) let (xb, wb, yb) = (xp.baseAddress!, wp.baseAddress!, yp.baseAddress!)
           DispatchQueue.concurrentPerform(iterations: parts) { part in
             let r0 = part * per
             let r1 = min(out, r0 + per)
             guard r0 < r1 else { return }
-            hkv_matmul_rows_f32(xb, tokens, n, wb + r0 * n, r1 - r0, yb + r0, out)
+            hkv_matmul_rows_quantized(
+              xb, tokens, n, wb + r0 * rowBytes, type, r1 - r0, yb + r0, out)
           }
         }
       }

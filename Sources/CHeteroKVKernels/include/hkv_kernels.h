@@ -105,6 +105,23 @@ uint32_t hkv_crc32c(uint32_t crc, const void *data, size_t n);
 void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
                          float *y, size_t y_stride);
 
+/// Block formats of GGUF weights the quantized product reads (ggml's type numbers).
+enum { HKV_WEIGHTS_F32 = 0, HKV_WEIGHTS_F16 = 1, HKV_WEIGHTS_Q4_1 = 3, HKV_WEIGHTS_Q8_0 = 8 };
+
+/// Bytes of one weight row of `in` elements in `type` (0 for an unknown type or a row that
+/// does not split into 32-element blocks).
+size_t hkv_weight_row_bytes(int type, size_t in);
+
+/// hkv_matmul_rows_f32 on weights kept in their GGUF block format (`rows` rows of
+/// hkv_weight_row_bytes(type, in) bytes each): few tokens read each block once and
+/// dequantize in registers (decode is bound by the bytes read, so 4-bit weights are ~6x
+/// fewer than f32); many tokens dequantize a tile of 64 rows once and run the f32 tiles.
+void hkv_matmul_rows_quantized(const float *x, size_t tokens, size_t in, const void *w,
+                               int type, size_t rows, float *y, size_t y_stride);
+
+/// Dequantizes row `row` of block-format weights into out[in].
+void hkv_dequantize_row(const void *w, int type, size_t in, size_t row, float *out);
+
 /// Causal mask and softmax: row r of `scores` [rows][n] is normalised over its first
 /// visible[r] entries and zero after them.
 void hkv_causal_softmax_rows(float *scores, size_t rows, size_t n, const size_t *visible);

@@ -77,24 +77,28 @@ static void weighted_sum_sparse_multi_portable(const uint16_t *values, size_t d,
   }
 }
 
-static void pq_scores_x4_portable(const float *lut, size_t g, size_t c, const uint16_t *codes,
-                                  size_t n, float *scores) {
-  for (size_t j = 0; j < n; j++) {
-    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const uint16_t *cj = codes + j * g;
-    for (size_t i = 0; i < g; i++) {
-      const float *e = lut + (i * c + cj[i]) * 4;
-      a0 += e[0];
-      a1 += e[1];
-      a2 += e[2];
-      a3 += e[3];
-    }
-    scores[j] = a0;
-    scores[n + j] = a1;
-    scores[2 * n + j] = a2;
-    scores[3 * n + j] = a3;
+// Generated for 16-bit codes and for 8-bit codes (codebooks of at most 256 centroids).
+#define PQ_SCORES_X4_PORTABLE(NAME, CODE_T)                                                  \
+  static void NAME(const float *lut, size_t g, size_t c, const CODE_T *codes, size_t n,      \
+                   float *scores) {                                                          \
+    for (size_t j = 0; j < n; j++) {                                                         \
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                  \
+      const CODE_T *cj = codes + j * g;                                                      \
+      for (size_t i = 0; i < g; i++) {                                                       \
+        const float *e = lut + (i * c + cj[i]) * 4;                                          \
+        a0 += e[0];                                                                          \
+        a1 += e[1];                                                                          \
+        a2 += e[2];                                                                          \
+        a3 += e[3];                                                                          \
+      }                                                                                      \
+      scores[j] = a0;                                                                        \
+      scores[n + j] = a1;                                                                    \
+      scores[2 * n + j] = a2;                                                                \
+      scores[3 * n + j] = a3;                                                                \
+    }                                                                                        \
   }
-}
+PQ_SCORES_X4_PORTABLE(pq_scores_x4_portable, uint16_t)
+PQ_SCORES_X4_PORTABLE(pq_scores_x4_u8_portable, uint8_t)
 
 static void pq_lut_x4_portable(const uint16_t *centroids, size_t g, size_t c, size_t s,
                                const float *q, size_t heads, float *lut) {
@@ -414,49 +418,54 @@ HKV_AVX2 static void weighted_sum_sparse_multi_avx2(const uint16_t *values, size
 // Eight tokens at a time: each code selects a 16-byte entry holding the four heads' partial
 // scores, so one load serves the whole query group; eight independent accumulators hide the
 // add latency, and two 4x4 transposes write head-major rows.
-HKV_AVX2 static void pq_scores_x4_avx2(const float *lut, size_t g, size_t c,
-                                       const uint16_t *codes, size_t n, float *scores) {
-  size_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const uint16_t *cj = codes + j * g;
-    if (j + 40 <= n) prefetch_lines(cj + 32 * g, 8 * g * 2);
-    __m128 a[8];
-    for (int t = 0; t < 8; t++) a[t] = _mm_setzero_ps();
-    size_t i = 0;
-    // Four codes per 64-bit load; the shifts run on the ALUs, not the load ports.
-    for (; i + 4 <= g; i += 4) {
-      const float *b0 = lut + i * c * 4, *b1 = b0 + c * 4, *b2 = b1 + c * 4, *b3 = b2 + c * 4;
-      for (int t = 0; t < 8; t++) {
-        uint64_t w;
-        memcpy(&w, cj + t * g + i, sizeof w);
-        __m128 x = _mm_add_ps(_mm_loadu_ps(b0 + (size_t)(w & 0xFFFF) * 4),
-                              _mm_loadu_ps(b1 + (size_t)((w >> 16) & 0xFFFF) * 4));
-        __m128 y = _mm_add_ps(_mm_loadu_ps(b2 + (size_t)((w >> 32) & 0xFFFF) * 4),
-                              _mm_loadu_ps(b3 + (size_t)(w >> 48) * 4));
-        a[t] = _mm_add_ps(a[t], _mm_add_ps(x, y));
-      }
-    }
-    for (; i < g; i++) {
-      const float *base = lut + i * c * 4;
-      for (int t = 0; t < 8; t++)
-        a[t] = _mm_add_ps(a[t], _mm_loadu_ps(base + (size_t)cj[t * g + i] * 4));
-    }
-    _MM_TRANSPOSE4_PS(a[0], a[1], a[2], a[3]);
-    _MM_TRANSPOSE4_PS(a[4], a[5], a[6], a[7]);
-    for (int h = 0; h < 4; h++) {
-      _mm_storeu_ps(scores + h * n + j, a[h]);
-      _mm_storeu_ps(scores + h * n + j + 4, a[4 + h]);
-    }
+// Four codes per load (64 bits of 16-bit codes, 32 bits of 8-bit codes); the shifts run on
+// the ALUs, not the load ports. WORD_T is the load, BITS the code width.
+#define PQ_SCORES_X4_AVX2(NAME, CODE_T, WORD_T, BITS)                                        \
+  HKV_AVX2 static void NAME(const float *lut, size_t g, size_t c, const CODE_T *codes,       \
+                            size_t n, float *scores) {                                       \
+    const WORD_T mask = ((WORD_T)1 << BITS) - 1;                                             \
+    size_t j = 0;                                                                            \
+    for (; j + 8 <= n; j += 8) {                                                             \
+      const CODE_T *cj = codes + j * g;                                                      \
+      if (j + 40 <= n) prefetch_lines(cj + 32 * g, 8 * g * sizeof(CODE_T));                  \
+      __m128 a[8];                                                                           \
+      for (int t = 0; t < 8; t++) a[t] = _mm_setzero_ps();                                   \
+      size_t i = 0;                                                                          \
+      for (; i + 4 <= g; i += 4) {                                                           \
+        const float *b0 = lut + i * c * 4, *b1 = b0 + c * 4, *b2 = b1 + c * 4,               \
+                    *b3 = b2 + c * 4;                                                        \
+        for (int t = 0; t < 8; t++) {                                                        \
+          WORD_T w;                                                                          \
+          memcpy(&w, cj + t * g + i, sizeof w);                                              \
+          __m128 x = _mm_add_ps(_mm_loadu_ps(b0 + (size_t)(w & mask) * 4),                   \
+                                _mm_loadu_ps(b1 + (size_t)((w >> BITS) & mask) * 4));        \
+          __m128 y = _mm_add_ps(_mm_loadu_ps(b2 + (size_t)((w >> (2 * BITS)) & mask) * 4),   \
+                                _mm_loadu_ps(b3 + (size_t)(w >> (3 * BITS)) * 4));           \
+          a[t] = _mm_add_ps(a[t], _mm_add_ps(x, y));                                         \
+        }                                                                                    \
+      }                                                                                      \
+      for (; i < g; i++) {                                                                   \
+        const float *base = lut + i * c * 4;                                                 \
+        for (int t = 0; t < 8; t++)                                                          \
+          a[t] = _mm_add_ps(a[t], _mm_loadu_ps(base + (size_t)cj[t * g + i] * 4));           \
+      }                                                                                      \
+      _MM_TRANSPOSE4_PS(a[0], a[1], a[2], a[3]);                                             \
+      _MM_TRANSPOSE4_PS(a[4], a[5], a[6], a[7]);                                             \
+      for (int h = 0; h < 4; h++) {                                                          \
+        _mm_storeu_ps(scores + h * n + j, a[h]);                                             \
+        _mm_storeu_ps(scores + h * n + j + 4, a[4 + h]);                                     \
+      }                                                                                      \
+    }                                                                                        \
+    for (size_t t = j; t < n; t++) {                                                         \
+      float acc[4] = {0, 0, 0, 0};                                                           \
+      const CODE_T *ct = codes + t * g;                                                      \
+      for (size_t i = 0; i < g; i++)                                                         \
+        for (int h = 0; h < 4; h++) acc[h] += lut[(i * c + ct[i]) * 4 + h];                  \
+      for (int h = 0; h < 4; h++) scores[h * n + t] = acc[h];                                \
+    }                                                                                        \
   }
-  // Tail of fewer than eight tokens.
-  for (size_t t = j; t < n; t++) {
-    float acc[4] = {0, 0, 0, 0};
-    const uint16_t *ct = codes + t * g;
-    for (size_t i = 0; i < g; i++)
-      for (int h = 0; h < 4; h++) acc[h] += lut[(i * c + ct[i]) * 4 + h];
-    for (int h = 0; h < 4; h++) scores[h * n + t] = acc[h];
-  }
-}
+PQ_SCORES_X4_AVX2(pq_scores_x4_avx2, uint16_t, uint64_t, 16)
+PQ_SCORES_X4_AVX2(pq_scores_x4_u8_avx2, uint8_t, uint32_t, 8)
 
 // Per sub-space, the four heads' query slices form s column vectors of 4 lanes; each centroid
 // entry is the sum over its s coordinates of coordinate x column.
@@ -806,6 +815,11 @@ void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const i
 void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
                       float *scores) {
   DISPATCH(pq_scores_x4_avx2, pq_scores_x4_portable, lut, g, c, codes, n, scores);
+}
+
+void hkv_pq_scores_x4_u8(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n,
+                         float *scores) {
+  DISPATCH(pq_scores_x4_u8_avx2, pq_scores_x4_u8_portable, lut, g, c, codes, n, scores);
 }
 
 void hkv_pq_lut_x4(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,

@@ -17,7 +17,7 @@ struct ComparisonOptions: ParsableArguments {
   var budget: Double = 0.125
 
   @Option(help: "Share of the approximate attention mass the kept tokens must hold.")
-  var tau: Double = 0.99
+  var tau: Double = 0.999
 
   @Option(help: "Most recent tokens every head keeps exactly.")
   var window: Int = WorkerSettings().window
@@ -33,8 +33,8 @@ struct ComparisonOptions: ParsableArguments {
 
   @Option(
     help:
-      "Head dimensions per pq code (8: 8 codes of 16 bits per 64-dim key, 6.25% of fp16 K/V).")
-  var groupSize: Int = 8
+      "Head dimensions per pq code (4: 16 one-byte codes per 64-dim key, 6.25% of fp16 K/V).")
+  var groupSize: Int = WorkerSettings().groupSize
 
   @Flag(help: "hcattention: bound the tokens a step keeps by the head's budget cap.")
   var capSelection = false

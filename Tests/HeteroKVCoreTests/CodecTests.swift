@@ -124,6 +124,26 @@ import Testing
     }
   }
 
+  @Test("codes of a codebook of at most 256 centroids take a byte each, more take two; both score alike")
+  func productCodeWidths() throws {
+    let keys = try outlierKeys(rows: 600, seed: 8)
+    let q = randomFloats(4 * d, seed: 9)
+    for (c, width) in [(256, 1), (512, 2)] {
+      let book = try codebook(keys: keys, g: 16, c: c)
+      var store = ProductQuantizedKeyStore(codebook: book)
+      try store.append(keys)
+      #expect(store.residentBytes - book.byteCount == 600 * 16 * width, "c=\(c)")
+      // The same codes through the other constructor, and scores against decoded keys.
+      let again = try ProductQuantizedKeyStore(codebook: book, codes: store.codes)
+      #expect(again.codes == store.codes)
+      let scores = try store.scores(queries: q, heads: 4, scale: 1)
+      for j in stride(from: 0, to: 600, by: 7) {
+        let expected = dot(Array(q[0..<d]), store.decodedKey(at: j))
+        #expect(abs(scores[j] - expected) < 1e-3 * max(1, abs(expected)), "c=\(c) j=\(j)")
+      }
+    }
+  }
+
   @Test func productScoresMatchDotWithDecodedKeys() throws {
     let keys = try outlierKeys(rows: 500, seed: 6)
     var store = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 32, c: 64))

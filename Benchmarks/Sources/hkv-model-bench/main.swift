@@ -110,7 +110,7 @@ for n in args.contexts {
     options.capacityBytes = max(
       256 << 20, (n + args.decode + 1) * c.layers * c.kvHeads * c.headDim * 8)
     options.budgets = BudgetSettings(policy: policy, memoryFraction: args.budget, minTokens: 16)
-    options.worker = WorkerSettings(groupSize: 8, tau: 0.99)
+    options.worker = WorkerSettings(tau: 0.999)
     options.outputMode = .exact
     let cluster = try await LocalCluster.start(options, logger: Logger(label: "bench"))
     let ref = SequenceRef(sequence: 1)

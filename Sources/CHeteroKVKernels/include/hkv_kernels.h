@@ -41,6 +41,10 @@ void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const i
 void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
                       float *scores);
 
+/// hkv_pq_scores_x4 on one-byte codes (codebooks of at most 256 centroids).
+void hkv_pq_scores_x4_u8(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n,
+                         float *scores);
+
 /// Builds the lookup table for hkv_pq_scores_x4: lut[i][m][h] = q[h][i*s:(i+1)*s] · C[i][m]
 /// for heads h < `heads` (<= 4; the other lanes are set to 0). centroids are fp16 [g][c][s],
 /// q is [heads][g*s] fp32.

@@ -230,16 +230,40 @@ public struct ProductCodebook: Sendable {
   }
 }
 
-/// Keys of one head as product-quantization codes (g x 16 bits per key), scored through a
-/// per-query lookup table T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i].
+/// Keys of one head as product-quantization codes (g codes per key: one byte each for
+/// codebooks of at most 256 centroids, else two), scored through a per-query lookup table
+/// T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i].
 public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   /// The codebook the codes index.
   public let codebook: ProductCodebook
+  private var storage: CodeStorage
+
+  /// Codes as they are kept: a byte each when they fit (half the memory), else 16 bits.
+  enum CodeStorage: Sendable {
+    case narrow([UInt8])
+    case wide([UInt16])
+
+    var count: Int {
+      switch self {
+      case .narrow(let c): c.count
+      case .wide(let c): c.count
+      }
+    }
+  }
+
   /// Codes, `[count][g]`.
-  public private(set) var codes: [UInt16] = []
+  public var codes: [UInt16] {
+    switch storage {
+    case .narrow(let c): c.map(UInt16.init)
+    case .wide(let c): c
+    }
+  }
 
   /// An empty store over a trained codebook.
-  public init(codebook: ProductCodebook) { self.codebook = codebook }
+  public init(codebook: ProductCodebook) {
+    self.codebook = codebook
+    storage = codebook.version.centroids <= 256 ? .narrow([]) : .wide([])
+  }
 
   /// A store over existing codes (`[count][g]`), each below the codebook's centroid count.
   public init(codebook: ProductCodebook, codes: [UInt16]) throws {
@@ -251,25 +275,42 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       throw HeteroKVError.invalid(
         "code \(bad) is outside the \(codebook.version.centroids) centroids")
     }
-    self.codebook = codebook
-    self.codes = codes
+    self.init(codebook: codebook)
+    append(codes: codes)
+  }
+
+  private mutating func append(codes new: [UInt16]) {
+    switch storage {
+    case .narrow(var c):
+      storage = .narrow([])
+      c.append(contentsOf: new.map { UInt8(truncatingIfNeeded: $0) })
+      storage = .narrow(c)
+    case .wide(var c):
+      storage = .wide([])
+      c.append(contentsOf: new)
+      storage = .wide(c)
+    }
   }
 
   public var headDim: Int { codebook.version.headDim }
-  public var count: Int { codes.count / codebook.version.subvectors }
+  public var count: Int { storage.count / codebook.version.subvectors }
   /// Codes, plus the codebook when it was trained on this sequence's own prefill (then it is
   /// this sequence's cost; a calibration-set codebook is shared by every sequence).
   public var residentBytes: Int {
-    codes.count * 2 + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
+    storage.count * (codebook.version.centroids <= 256 ? 1 : 2)
+      + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
   }
 
   public mutating func append(_ keys: HalfMatrix) throws {
-    codes.append(contentsOf: try codebook.encode(keys))
+    append(codes: try codebook.encode(keys))
   }
 
   public func decodedKey(at index: Int) -> [Float] {
     let g = codebook.version.subvectors
-    return codebook.decode(codes[index * g..<(index + 1) * g])
+    return switch storage {
+    case .narrow(let c): codebook.decode(c[index * g..<(index + 1) * g].map(UInt16.init)[...])
+    case .wide(let c): codebook.decode(c[index * g..<(index + 1) * g])
+    }
   }
 
   public func scores(queries: [Float], heads: Int, scale: Float) throws -> [Float] {
@@ -290,7 +331,10 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
           hkv_pq_lut_x4(cb16.baseAddress, g, c, codebook.subDim, q, group, &lut)
         }
       }
-      hkv_pq_scores_x4(lut, g, c, codes, n, &block)
+      switch storage {
+      case .narrow(let codes): hkv_pq_scores_x4_u8(lut, g, c, codes, n, &block)
+      case .wide(let codes): hkv_pq_scores_x4(lut, g, c, codes, n, &block)
+      }
       out.replaceSubrange(first * n..<(first + group) * n, with: block[0..<group * n])
     }
     return out

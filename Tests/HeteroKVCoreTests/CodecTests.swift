@@ -124,7 +124,9 @@ import Testing
     }
   }
 
-  @Test("codes of a codebook of at most 256 centroids take a byte each, more take two; both score alike")
+  @Test(
+    "codes of a codebook of at most 256 centroids take a byte each, more take two; both score alike"
+  )
   func productCodeWidths() throws {
     let keys = try outlierKeys(rows: 600, seed: 8)
     let q = randomFloats(4 * d, seed: 9)

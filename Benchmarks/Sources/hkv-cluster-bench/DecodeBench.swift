@@ -25,7 +25,8 @@ struct DecodeBench {
     options.budgets = BudgetSettings(policy: .hcattention, memoryFraction: 0.125)
     options.worker = WorkerSettings(
       keyCodec: codec == "scalar" ? .scalar : .pq, keyBits: codec == "scalar" ? 2 : 8,
-      groupSize: Int(option("group") ?? "8") ?? 8, window: 64, sinks: 4, tau: 0.9)
+      groupSize: Int(option("group") ?? "8") ?? 8, window: 64, sinks: 4, tau: 0.9,
+      capSelection: true)  // a step keeps at most the budget's tokens, as measured in issue 5
     options.outputMode = exact ? .exact : .renormalized
     let cluster = try await LocalCluster.start(options, logger: logger)
     let worker = cluster.worker

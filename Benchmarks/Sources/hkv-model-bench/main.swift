@@ -98,6 +98,8 @@ guard let longest = args.contexts.max(), ids.count >= longest + args.decode else
   fatalError("the texts have \(ids.count) tokens; give more --text files")
 }
 let c = model.configuration
+/// The tau `hkv needle` and `hkv fidelity` default to.
+let tau = 0.999
 var rows: [Speed] = []
 for n in args.contexts {
   let prompt = Array(ids[..<n])
@@ -110,7 +112,7 @@ for n in args.contexts {
     options.capacityBytes = max(
       256 << 20, (n + args.decode + 1) * c.layers * c.kvHeads * c.headDim * 8)
     options.budgets = BudgetSettings(policy: policy, memoryFraction: args.budget, minTokens: 16)
-    options.worker = WorkerSettings(tau: 0.999)
+    options.worker = WorkerSettings(tau: tau)
     options.outputMode = .exact
     let cluster = try await LocalCluster.start(options, logger: Logger(label: "bench"))
     let ref = SequenceRef(sequence: 1)
@@ -168,7 +170,7 @@ if let python = args.python {
 }
 
 print(
-  "SmolLM2-135M, \(ProcessInfo.processInfo.activeProcessorCount) cores; decode \(args.decode) greedy steps; HeteroKV at budget \(args.budget), pq codes of 8 dims, tau 0.99, exact outputs"
+  "SmolLM2-135M, \(ProcessInfo.processInfo.activeProcessorCount) cores; decode \(args.decode) greedy steps; HeteroKV at budget \(args.budget), one-byte pq codes per \(WorkerSettings().groupSize) dims, tau \(tau), exact outputs"
 )
 print("cache        context  prefill tok/s  decode tok/s  vs full (prefill, decode)  worker share")
 for row in rows {

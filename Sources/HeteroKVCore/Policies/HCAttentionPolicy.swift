@@ -1,5 +1,6 @@
-/// HCAttention: product-quantized keys on the worker (g = budget x 2d sub-vectors: 25% -> 64,
-/// 12.5% -> 32 for d = 128), values offloaded; each step scores every token from the codes,
+/// HCAttention: product-quantized keys on the worker (g sub-vectors whose codes fill the
+/// budget: 2-byte codes (over 256 centroids) give g = budget x 2d, 25% -> 64 and 12.5% -> 32
+/// for d = 128 as in the paper; 1-byte codes twice as many), values offloaded; each step scores every token from the codes,
 /// keeps the tau-mass prefix per query head, and the memory tier returns the context vector
 /// from the kept indices and weights. Codebooks are trained on the sequence's own prefill
 /// (HCAttention's default) or on a calibration sample shared by all sequences.
@@ -36,9 +37,13 @@ public struct HCAttentionPolicy: AttentionPolicy {
     }
   }
 
-  /// Sub-vectors that give a budget on the worker: codes take 2g bytes of the 4d of fp16 K+V.
-  public static func subvectors(forBudget budget: Double, headDim d: Int) throws -> Int {
-    let g = Int((budget * Double(2 * d)).rounded())
+  /// Sub-vectors that give a budget on the worker: codes take g bytes (at most 256 centroids)
+  /// or 2g bytes of the 4d of fp16 K+V.
+  public static func subvectors(forBudget budget: Double, headDim d: Int, centroids: Int) throws
+    -> Int
+  {
+    let bytesPerCode = centroids <= 256 ? 1 : 2
+    let g = Int((budget * Double(4 * d) / Double(bytesPerCode)).rounded())
     guard g > 0, g <= d, d % g == 0 else {
       throw HeteroKVError.unsupported(
         "hcattention: budget \(budget) needs \(g) sub-vectors, which do not divide head dim \(d)")
@@ -75,7 +80,8 @@ public struct HCAttentionPolicy: AttentionPolicy {
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
     -> any PolicyLayerState
   {
-    let g = try Self.subvectors(forBudget: budget, headDim: geometry.headDim)
+    let g = try Self.subvectors(
+      forBudget: budget, headDim: geometry.headDim, centroids: centroids)
     let config = try ProductQuantizerConfiguration(
       subvectors: g, centroids: centroids, iterations: iterations, batchSize: 4096, seed: seed)
     let step = try HCAttentionStep(tau: tau, mode: mode)

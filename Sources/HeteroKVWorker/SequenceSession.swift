@@ -497,19 +497,28 @@ actor SequenceSession {
     var localWeights = [[Float]](repeating: [], count: group)
     let head = layers[layer].heads[kvHead]
     for (q, sel) in selections.enumerated() {
-      for (k, index) in sel.indices.enumerated() {
-        let token = Int(index)
+      // Indices ascend, so each chunk's tokens are one run: one dictionary visit per run.
+      let indices = sel.indices
+      var k = 0
+      while k < indices.count {
+        let token = Int(indices[k])
         if token >= acknowledged {
           localTokens[q].append(token - head.tailStart)
           localWeights[q].append(sel.weights[k])
-        } else {
-          let c = writer.chunk(of: token)
-          if byChunk[c] == nil {
-            byChunk[c] = Array(repeating: (tokens: [], weights: []), count: group)
-          }
-          byChunk[c]![q].tokens.append(UInt32(token))
-          byChunk[c]![q].weights.append(sel.weights[k])
+          k += 1
+          continue
         }
+        let c = writer.chunk(of: token)
+        var end = k + 1
+        while end < indices.count, Int(indices[end]) < acknowledged,
+          writer.chunk(of: Int(indices[end])) == c
+        {
+          end += 1
+        }
+        byChunk[c, default: Array(repeating: (tokens: [], weights: []), count: group)][q].tokens
+          .append(contentsOf: indices[k..<end].map { UInt32($0) })
+        byChunk[c]![q].weights.append(contentsOf: sel.weights[k..<end])
+        k = end
       }
     }
     var requests: [RemoteRequest] = []

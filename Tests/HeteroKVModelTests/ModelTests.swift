@@ -278,3 +278,52 @@ struct ComparisonTests {
     #expect(short.err.contains("add --text-file"), "\(short.err)")
   }
 }
+
+@Suite("Comparing against a running worker", .serialized)
+struct RemoteComparisonTests {
+  @Test("a policy on a worker's gRPC engine API compares like one in process")
+  func remoteEngine() async throws {
+    let model = shared.model
+    var options = LocalCluster.Options(model: try model.configuration.geometry)
+    options.capacityBytes = 256 << 20
+    options.serveEngine = true
+    options.budgets = BudgetSettings(policy: .hcattention, memoryFraction: 1, minTokens: 16)
+    options.worker = WorkerSettings(window: 8, sinks: 4, tau: 1)
+    options.outputMode = .exact
+    let cluster = try await LocalCluster.start(options, logger: quietLogger)
+    do {
+      let ids = shared.tokenizer.encode(ComparisonTests.text)
+      let result = try await EngineClient.with(
+        address: cluster.engineAddress!, geometry: try model.configuration.geometry
+      ) { client in
+        try await CachePolicyComparison(model: model).run(
+          prompt: ids, continuation: .greedy(steps: 3),
+          policies: [.init(name: "remote", engine: client)], logger: quietLogger)
+      }
+      #expect(result.runs.map(\.policy) == ["full", "remote"])
+      #expect(result.runs[1].maxKL < 1e-4, "\(result.runs[1].maxKL)")
+      #expect(result.runs[1].fullKVBytes == (ids.count + 2) * 30 * 3 * 64 * 4)
+      await cluster.shutdown()
+    } catch {
+      await cluster.shutdown()
+      throw error
+    }
+  }
+
+  @Test("hkv needle reports each policy's answer per context and depth as JSON")
+  func needleCommand() throws {
+    let run = try runHKV([
+      "needle", "--context", "160", "--depths", "0.5", "--policies", "full,hcattention",
+      "--budget", "0.5", "--answer-tokens", "3", "--json", "--model", try modelPath(),
+    ])
+    #expect(run.status == 0, "\(run.err)")
+    let rows = try #require(try JSONSerialization.jsonObject(with: run.out) as? [[String: Any]])
+    #expect(rows.map { $0["policy"] as? String } == ["full", "hcattention"])
+    #expect(
+      rows.allSatisfy { ($0["context"] as? Int ?? 0) > 100 && $0["depth_percent"] as? Int == 50 })
+    #expect(rows[0]["mean_kl"] as? Double == 0)
+    let bad = try runHKV(["needle", "--policies", "full,lru", "--model", try modelPath()])
+    #expect(bad.status != 0)
+    #expect(bad.err.contains("bad policy 'lru'"), "\(bad.err)")
+  }
+}

@@ -17,6 +17,9 @@ public struct CachePolicyComparison: Sendable {
     public var name: String
     /// Where the sequence lives.
     public var target: Target
+    /// Head profiles calibrated offline (`calibrateProfiles`), given at CreateSequence; nil
+    /// lets the worker profile heads from the prompt's last queries.
+    public var profiles: [HeadProfile]?
 
     public enum Target: Sendable {
       /// An in-process cluster with these budgets, worker settings and output mode.
@@ -79,6 +82,23 @@ public struct CachePolicyComparison: Sendable {
 
   public init(model: LlamaModel) { self.model = model }
 
+  /// Head profiles the way HeteroCache calibrates them offline: the model runs `prompt` on a
+  /// recording cache and is fed `decode` (the text's next tokens); full attention of the
+  /// prompt's last query and of each decode query gives every head's stability and its
+  /// similarity to the others of its layer.
+  public func calibrateProfiles(
+    prompt: [Int], decode: [Int], configuration: HeteroCacheConfiguration
+  ) async throws -> [HeadProfile] {
+    precondition(!prompt.isEmpty && !decode.isEmpty)
+    var recording = RecordingKVCache(configuration: model.configuration)
+    _ = try await model.prefill(prompt, cache: &recording, chunk: prefillChunk)
+    for (i, token) in decode.enumerated() {
+      _ = try await model.forward([token], start: prompt.count + i, cache: &recording)
+    }
+    return try HeteroCacheCalibration.profile(
+      try recording.workload(name: "calibration"), configuration: configuration)
+  }
+
   /// Runs `prompt` then `continuation` on the full cache and on each of `policies`.
   public func run(
     prompt: [Int], continuation: Continuation, policies: [Policy],
@@ -125,7 +145,8 @@ public struct CachePolicyComparison: Sendable {
       let cluster = try await LocalCluster.start(options, logger: logger)
       let ref = SequenceRef(sequence: 1)
       do {
-        _ = try await cluster.worker.createSequence(ref, maxTokens: maxTokens)
+        _ = try await cluster.worker.createSequence(
+          ref, maxTokens: maxTokens, profiles: policy.profiles)
       } catch {
         await cluster.shutdown()
         throw error
@@ -139,7 +160,7 @@ public struct CachePolicyComparison: Sendable {
         close: { await cluster.shutdown() })
     case .remote(let engine):
       let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
-      _ = try await engine.createSequence(ref, maxTokens: maxTokens)
+      _ = try await engine.createSequence(ref, maxTokens: maxTokens, profiles: policy.profiles)
       return OpenedSequence(
         cache: EngineKVCache(engine: engine, ref: ref, configuration: c),
         stats: {

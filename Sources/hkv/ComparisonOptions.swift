@@ -46,6 +46,15 @@ struct ComparisonOptions: ParsableArguments {
 
   @Option(
     help:
+      "Calibrate head profiles on this text first (HeteroCache's offline profiling: its first --calibration-tokens tokens, then 32 more fed one by one); without it the worker profiles heads from the prompt's last queries."
+  )
+  var calibrationFile: String?
+
+  @Option(help: "Prompt tokens of the calibration run.")
+  var calibrationTokens: Int = 2048
+
+  @Option(
+    help:
       "Compare against the worker of this running cluster (its cluster file sets the policy) instead of clusters started here."
   )
   var cluster: String?
@@ -53,23 +62,60 @@ struct ComparisonOptions: ParsableArguments {
   /// Runs `body` with the policies to compare: the in-process ones from the flags, or the
   /// worker of --cluster (connected for the duration of `body`).
   func withPolicies<R: Sendable>(
-    model: LlamaConfiguration,
+    model: LlamaModel, tokenizer: BPETokenizer,
     _ body: (_ includeFull: Bool, [CachePolicyComparison.Policy]) async throws -> R
   ) async throws -> R {
-    let (includeFull, local) = try resolved()
+    var (includeFull, local) = try resolved()
+    let profiles = try await calibratedProfiles(model: model, tokenizer: tokenizer)
+    for i in local.indices { local[i].profiles = profiles }
     guard let cluster else { return try await body(includeFull, local) }
     let file = try ClusterConfiguration.load(path: cluster)
     guard let address = file.worker.control else {
       throw CommandFailure(description: "\(cluster) has no worker.control address")
     }
     return try await EngineClient.with(
-      address: address, geometry: try model.geometry,
+      address: address, geometry: try model.configuration.geometry,
       security: try file.controlPlaneSecurity(), timeout: .seconds(600)
     ) { client in
-      try await body(
-        true,
-        [.init(name: "cluster:\(file.budgets.policy.rawValue)", engine: client)])
+      var remote = CachePolicyComparison.Policy(
+        name: "cluster:\(file.budgets.policy.rawValue)", engine: client)
+      remote.profiles = profiles
+      return try await body(true, [remote])
     }
+  }
+
+  /// Profiles from --calibration-file, or nil.
+  func calibratedProfiles(model: LlamaModel, tokenizer: BPETokenizer) async throws
+    -> [HeadProfile]?
+  {
+    guard let calibrationFile else { return nil }
+    guard (64...8192).contains(calibrationTokens) else {
+      throw ValidationError("--calibration-tokens in 64...8192")
+    }
+    let text: String
+    do {
+      text = try String(contentsOfFile: calibrationFile, encoding: .utf8)
+    } catch {
+      throw CommandFailure(
+        description:
+          "cannot read --calibration-file \(calibrationFile): \(error.localizedDescription)")
+    }
+    let ids = tokenizer.encode(text)
+    let steps = 32
+    guard ids.count >= calibrationTokens + steps else {
+      throw CommandFailure(
+        description:
+          "--calibration-file \(calibrationFile) has \(ids.count) tokens; \(calibrationTokens + steps) are needed"
+      )
+    }
+    var configuration = HeteroCacheConfiguration()
+    let budgets = BudgetSettings()
+    configuration.stabilityThreshold = budgets.stabilityThreshold
+    configuration.similarityThreshold = budgets.similarityThreshold
+    return try await CachePolicyComparison(model: model).calibrateProfiles(
+      prompt: Array(ids[..<calibrationTokens]),
+      decode: Array(ids[calibrationTokens..<(calibrationTokens + steps)]),
+      configuration: configuration)
   }
 
   /// Whether the full cache is reported, and the HeteroKV policies to run.

@@ -75,7 +75,7 @@ struct FidelityCommand: AsyncParsableCommand {
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let progress = ProgressLine()
     progress.show("\(context)-token prefill, then \(steps) steps on each cache")
-    let result = try await cache.withPolicies(model: llama.configuration) { _, policies in
+    let result = try await cache.withPolicies(model: llama, tokenizer: tokenizer) { _, policies in
       try await CachePolicyComparison(model: llama).run(
         prompt: Array(ids[..<context]),
         continuation: .forced(Array(ids[context..<(context + steps)])), policies: policies)

@@ -70,7 +70,7 @@ struct NeedleCommand: AsyncParsableCommand {
     let cases = contexts.flatMap { n in depthList.map { (n, $0) } }.map { n, depth in
       (n, depth, 10_000 + Int(rng.next() % 90_000))
     }
-    let (rows, names) = try await cache.withPolicies(model: llama.configuration) {
+    let (rows, names) = try await cache.withPolicies(model: llama, tokenizer: tokenizer) {
       includeFull, policyList in
       var rows: [Row] = []
       for (n, depth, passkey) in cases {

@@ -1,5 +1,6 @@
 import Foundation
 import HeteroKVConfig
+import HeteroKVCore
 import HeteroKVEval
 import HeteroKVLocalCluster
 import HeteroKVModel
@@ -251,6 +252,25 @@ struct ComparisonTests {
     #expect(run.workerBytes > 0 && run.fullKVBytes == (ids.count + 3) * 30 * 3 * 64 * 4)
     // A cache of 2 tokens per head must drift from the full cache: the comparison sees it.
     #expect(result.runs[2].meanKL > run.meanKL * 10 + 1e-3, "\(result.runs[2].meanKL)")
+  }
+
+  @Test("offline calibration profiles every head of the model, and a sequence accepts them")
+  func calibration() async throws {
+    let ids = shared.tokenizer.encode(Self.text)
+    let comparison = CachePolicyComparison(model: shared.model)
+    let profiles = try await comparison.calibrateProfiles(
+      prompt: Array(ids.dropLast(4)), decode: Array(ids.suffix(4)),
+      configuration: HeteroCacheConfiguration())
+    #expect(profiles.count == 30 * 3)
+    #expect(Set(profiles.map { "\($0.layer)/\($0.kvHead)" }).count == 90)
+    #expect(profiles.allSatisfy { (0...1).contains($0.stability) })
+    var policy = CachePolicyComparison.Policy(
+      name: "heterocache",
+      budgets: BudgetSettings(policy: .heterocache, memoryFraction: 0.5, minTokens: 4))
+    policy.profiles = profiles
+    let result = try await comparison.run(
+      prompt: ids, continuation: .greedy(steps: 2), policies: [policy], logger: quietLogger)
+    #expect(result.runs.count == 2 && result.runs[1].meanKL.isFinite)
   }
 
   @Test("hkv fidelity reports KL and top-1 per policy on a text file, and refuses a short one")

@@ -238,6 +238,16 @@ HKV_AVX2 static inline float half_f16c(const unsigned char *p) {
   return _cvtsh_ss(h);
 }
 
+// Σ x[i] * q[i] over one block of 32 activations, the 32 quantized values widened to four
+// vectors of eight 32-bit integers.
+HKV_AVX2 static inline __m256 dot32(__m256i q0, __m256i q1, __m256i q2, __m256i q3,
+                                   const float *x) {
+  __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), _mm256_loadu_ps(x));
+  part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), _mm256_loadu_ps(x + 8), part);
+  part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q2), _mm256_loadu_ps(x + 16), part);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q3), _mm256_loadu_ps(x + 24), part);
+}
+
 // Few tokens: each block's quantized values are widened to f32 in registers and multiplied
 // with the tokens' activations; Q4_1's offset m adds m * (sum of the block's activations).
 HKV_AVX2 static void gemv_q4_1_avx2(const float *x, size_t tokens, size_t in,
@@ -264,15 +274,9 @@ HKV_AVX2 static void gemv_q4_1_avx2(const float *x, size_t tokens, size_t in,
         __m128i q = _mm_loadu_si128((const __m128i *)(blk + 4));
         __m128i lo = _mm_and_si128(q, low);
         __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-        const float *xb = xt + b * 32;
-        __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
-                                    _mm256_loadu_ps(xb));
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
-                               _mm256_loadu_ps(xb + 8), part);
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
-                               _mm256_loadu_ps(xb + 16), part);
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
-                               _mm256_loadu_ps(xb + 24), part);
+        __m256 part = dot32(_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                            _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+                            xt + b * 32);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), part, acc);
         offset += m * xsum[t * blocks + b];
       }
@@ -294,17 +298,11 @@ HKV_AVX2 static void gemv_q8_0_avx2(const float *x, size_t tokens, size_t in,
       for (size_t b = 0; b < blocks; b++) {
         const unsigned char *blk = p + b * 34;
         float d = half_f16c(blk);
-        const float *xb = xt + b * 32;
         __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2));
         __m128i q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
-        __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)),
-                                    _mm256_loadu_ps(xb));
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))),
-                               _mm256_loadu_ps(xb + 8), part);
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)),
-                               _mm256_loadu_ps(xb + 16), part);
-        part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))),
-                               _mm256_loadu_ps(xb + 24), part);
+        __m256 part = dot32(_mm256_cvtepi8_epi32(q0), _mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)),
+                            _mm256_cvtepi8_epi32(q1), _mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)),
+                            xt + b * 32);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), part, acc);
       }
       y[t * y_stride + r] = hsum8(acc);

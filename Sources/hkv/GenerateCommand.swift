@@ -65,6 +65,12 @@ struct GenerateCommand: AsyncParsableCommand {
     let ids = tokenizer.encode(text)
     guard !ids.isEmpty else { throw ValidationError("the prompt is empty") }
     let maxContext = ids.count + maxTokens
+    if maxContext > model.configuration.contextLength {
+      FileHandle.standardError.write(
+        Data(
+          "warning: \(ids.count) prompt + \(maxTokens) new tokens pass the model's training context of \(model.configuration.contextLength); expect worse text past it\n"
+            .utf8))
+    }
     if full {
       var cache = FullKVCache(configuration: model.configuration)
       try await generate(model, tokenizer, ids, cache: &cache)

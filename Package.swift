@@ -230,7 +230,7 @@ let package = Package(
       dependencies: ["HeteroKVWire", .product(name: "Logging", package: "swift-log")],
       path: "Tests/HeteroKVTestSupport"
     ),
-    .testTarget(name: "HeteroKVCoreTests", dependencies: ["HeteroKVCore"]),
+    .testTarget(name: "HeteroKVCoreTests", dependencies: ["HeteroKVCore", "CHeteroKVKernels"]),
     .testTarget(name: "HeteroKVEvalTests", dependencies: ["HeteroKVEval", "HeteroKVCore"]),
     .testTarget(
       name: "HeteroKVWireTests",

@@ -124,6 +124,17 @@ public struct BudgetSettings: Sendable, Hashable {
   }
 }
 
+extension BudgetSettings {
+  /// The head profiler's thresholds from these settings: what the worker profiles with and
+  /// what an offline calibration must use to agree with it.
+  public var heteroCache: HeteroCacheConfiguration {
+    var c = HeteroCacheConfiguration()
+    c.stabilityThreshold = stabilityThreshold
+    c.similarityThreshold = similarityThreshold
+    return c
+  }
+}
+
 /// TLS files for the gRPC control plane.
 public struct TLSSettings: Sendable, Hashable {
   /// PEM certificate chain the server presents.

@@ -79,8 +79,7 @@ public actor Coordinator {
 
   /// Seconds since an arbitrary fixed point, from the monotonic clock.
   @Sendable public static func monotonicSeconds() -> Double {
-    let d = ContinuousClock.now - start
-    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    (ContinuousClock.now - start).inSeconds
   }
   private static let start = ContinuousClock.now
 

@@ -137,8 +137,7 @@ public struct CachePolicyComparison: Sendable {
     let c = model.configuration
     switch policy.target {
     case .local(let budgets, let worker, let outputMode):
-      var options = LocalCluster.Options(model: try c.geometry)
-      options.capacityBytes = max(256 << 20, maxTokens * c.layers * c.kvHeads * c.headDim * 8)
+      var options = LocalCluster.Options(model: try c.geometry, sequenceTokens: maxTokens)
       options.budgets = budgets
       options.worker = worker
       options.outputMode = outputMode
@@ -184,7 +183,7 @@ public struct CachePolicyComparison: Sendable {
     var shared = SharedPrefillCache(primary: FullKVCache(configuration: c), followers: followers)
     var started = clock.now
     let first = try await model.prefill(prompt, cache: &shared, chunk: prefillChunk)
-    let prefillSeconds = (clock.now - started).seconds
+    let prefillSeconds = (clock.now - started).inSeconds
 
     // The full cache: its logits at every step are the reference.
     var full = shared.primary
@@ -207,7 +206,7 @@ public struct CachePolicyComparison: Sendable {
       Run(
         policy: "full", topTokens: reference.map(NextTokenDistance.argmax), meanKL: 0, maxKL: 0,
         top1Agreement: 1, workerBytes: fullBytes, fullKVBytes: fullBytes,
-        decodeTokensPerSecond: Double(steps - 1) / max(1e-9, (clock.now - started).seconds))
+        decodeTokensPerSecond: Double(steps - 1) / max(1e-9, (clock.now - started).inSeconds))
     ]
     for (i, policy) in policies.enumerated() {
       var cache = shared.followers[i]
@@ -222,7 +221,7 @@ public struct CachePolicyComparison: Sendable {
           logits = try await model.forward([fed[step]], start: prompt.count + step, cache: &cache)
         }
       }
-      let seconds = (clock.now - started).seconds
+      let seconds = (clock.now - started).inSeconds
       let stats = try await opened[i].stats()
       runs.append(
         Run(
@@ -234,12 +233,5 @@ public struct CachePolicyComparison: Sendable {
           decodeTokensPerSecond: Double(steps - 1) / max(1e-9, seconds)))
     }
     return Result(runs: runs, fedTokens: fed, prefillSeconds: prefillSeconds)
-  }
-}
-
-extension Duration {
-  var seconds: Double {
-    let (s, atto) = components
-    return Double(s) + Double(atto) * 1e-18
   }
 }

@@ -31,6 +31,13 @@ public final class LocalCluster: Sendable {
     public var leaseSeconds: Double = 5
 
     public init(model: ModelGeometry) { self.model = model }
+
+    /// Options whose every memory node can hold all of a `tokens`-token sequence (fp16 keys
+    /// and values of every layer and KV head), at least 256 MiB.
+    public init(model: ModelGeometry, sequenceTokens tokens: Int) {
+      self.model = model
+      capacityBytes = max(256 << 20, tokens * model.layers * model.kvHeads * model.headDim * 4)
+    }
   }
 
   /// A memory node of the cluster.

@@ -134,8 +134,7 @@ public struct WorkloadReplay: Sendable {
         let result = try await engine.attend(
           ref, layer: l, queries: queries, withSelection: measure)
         let elapsed = clock.now - started
-        seconds +=
-          Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        seconds += elapsed.inSeconds
         moved += result.bytesMoved
         last.append(result.output)
         guard measure else { continue }

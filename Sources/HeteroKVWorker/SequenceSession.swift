@@ -43,8 +43,7 @@ public struct StepTimings: Sendable, Hashable, Codable {
 
 /// Seconds since `start`.
 func seconds(since start: ContinuousClock.Instant) -> Double {
-  let d = ContinuousClock.now - start
-  return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+  (ContinuousClock.now - start).inSeconds
 }
 
 /// One KV head of one layer, as the worker holds it.

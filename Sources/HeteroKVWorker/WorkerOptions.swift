@@ -56,12 +56,9 @@ public struct WorkerOptions: Sendable {
     guard let model = cluster.model else {
       throw WorkerError(.invalidArgument, "the cluster file has no model section")
     }
-    var hetero = HeteroCacheConfiguration()
-    hetero.stabilityThreshold = cluster.budgets.stabilityThreshold
-    hetero.similarityThreshold = cluster.budgets.similarityThreshold
     self.init(
       id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
-      heteroCache: hetero)
+      heteroCache: cluster.budgets.heteroCache)
   }
 
   /// Whether the memory tier keeps keys as well as values: for exact re-scoring, and for the

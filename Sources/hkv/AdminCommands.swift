@@ -286,6 +286,15 @@ struct StatusView: Codable {
 }
 
 /// Prints `value` as JSON on stdout: snake_case keys, sorted, indented.
+/// The UTF-8 text of `path`, given by option `flag`; an unreadable file is one error naming both.
+func readTextFile(_ path: String, flag: String) throws -> String {
+  do {
+    return try String(contentsOfFile: path, encoding: .utf8)
+  } catch {
+    throw CommandFailure(description: "cannot read \(flag) \(path): \(error.localizedDescription)")
+  }
+}
+
 func writeJSON<T: Encodable>(_ value: T) throws {
   let encoder = JSONEncoder()
   encoder.keyEncodingStrategy = .convertToSnakeCase

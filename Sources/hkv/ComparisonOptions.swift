@@ -92,15 +92,7 @@ struct ComparisonOptions: ParsableArguments {
     guard (64...8192).contains(calibrationTokens) else {
       throw ValidationError("--calibration-tokens in 64...8192")
     }
-    let text: String
-    do {
-      text = try String(contentsOfFile: calibrationFile, encoding: .utf8)
-    } catch {
-      throw CommandFailure(
-        description:
-          "cannot read --calibration-file \(calibrationFile): \(error.localizedDescription)")
-    }
-    let ids = tokenizer.encode(text)
+    let ids = tokenizer.encode(try readTextFile(calibrationFile, flag: "--calibration-file"))
     let steps = 32
     guard ids.count >= calibrationTokens + steps else {
       throw CommandFailure(
@@ -108,14 +100,10 @@ struct ComparisonOptions: ParsableArguments {
           "--calibration-file \(calibrationFile) has \(ids.count) tokens; \(calibrationTokens + steps) are needed"
       )
     }
-    var configuration = HeteroCacheConfiguration()
-    let budgets = BudgetSettings()
-    configuration.stabilityThreshold = budgets.stabilityThreshold
-    configuration.similarityThreshold = budgets.similarityThreshold
     return try await CachePolicyComparison(model: model).calibrateProfiles(
       prompt: Array(ids[..<calibrationTokens]),
       decode: Array(ids[calibrationTokens..<(calibrationTokens + steps)]),
-      configuration: configuration)
+      configuration: BudgetSettings().heteroCache)
   }
 
   /// Whether the full cache is reported, and the HeteroKV policies to run.

@@ -135,7 +135,8 @@ struct DemoCommand: AsyncParsableCommand {
       sample.sampleSeed = seed &+ 1_000_003
       progress.show("calibrating head profiles on a \(sample.contextLength)-token sample")
       profiles = try HeteroCacheCalibration.profile(
-        SyntheticWorkload(sample), configuration: heteroCacheConfiguration(cluster))
+        SyntheticWorkload(sample), configuration: (cluster?.budgets ?? BudgetSettings()).heteroCache
+      )
     }
     let ref = SequenceRef(namespace: 0, sequence: UInt64.random(in: 1...(1 << 40)))
     let report: DemoReport
@@ -184,15 +185,6 @@ struct DemoCommand: AsyncParsableCommand {
     }
   }
 
-  /// HeteroCache's thresholds as the cluster (or the defaults) set them.
-  func heteroCacheConfiguration(_ cluster: ClusterConfiguration?) -> HeteroCacheConfiguration {
-    let budgets = cluster?.budgets ?? BudgetSettings()
-    var c = HeteroCacheConfiguration()
-    c.stabilityThreshold = budgets.stabilityThreshold
-    c.similarityThreshold = budgets.similarityThreshold
-    return c
-  }
-
   /// Room for every row of the sequence, with its copies, spread over the nodes, plus slack.
   func capacityPerNode(_ model: ModelGeometry) -> Int {
     let rows = (tokens + steps) * model.layers * model.kvHeads * model.headDim * 4 * replication
@@ -210,9 +202,6 @@ struct DemoCommand: AsyncParsableCommand {
     }
     let security = try cluster.controlPlaneSecurity()
     let clock = ContinuousClock()
-    func seconds(_ d: Duration) -> Double {
-      Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-    }
     func run(_ engine: any KVCacheEngine, stats: () async throws -> SequenceFigures)
       async throws -> (Double, WorkloadReplay.DecodeReport, SequenceFigures)
     {
@@ -220,7 +209,7 @@ struct DemoCommand: AsyncParsableCommand {
       try await replay.prefill(engine, ref) { done, total in
         progress.show("prefill  \(ProgressLine.bar(done, total)) \(done)/\(total) rows")
       }
-      let prefill = seconds(clock.now - started)
+      let prefill = (clock.now - started).inSeconds
       let decode = try await replay.decode(engine, ref) { done, total in
         progress.show("decode   \(ProgressLine.bar(done, total)) step \(done)/\(total)")
       }

@@ -55,14 +55,7 @@ struct FidelityCommand: AsyncParsableCommand {
     guard (16...8192).contains(context) else { throw ValidationError("--context in 16...8192") }
     guard (1...1024).contains(steps) else { throw ValidationError("--steps in 1...1024") }
     var text = ""
-    for path in textFiles {
-      do {
-        text += try String(contentsOfFile: path, encoding: .utf8) + "\n"
-      } catch {
-        throw CommandFailure(
-          description: "cannot read --text-file \(path): \(error.localizedDescription)")
-      }
-    }
+    for path in textFiles { text += try readTextFile(path, flag: "--text-file") + "\n" }
     _ = try cache.resolved()  // bad flags fail before the model loads
     let (llama, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)

@@ -50,12 +50,7 @@ struct GenerateCommand: AsyncParsableCommand {
     }
     let text: String
     if let promptFile {
-      do {
-        text = try String(contentsOfFile: promptFile, encoding: .utf8)
-      } catch {
-        throw CommandFailure(
-          description: "cannot read --prompt-file \(promptFile): \(error.localizedDescription)")
-      }
+      text = try readTextFile(promptFile, flag: "--prompt-file")
     } else if let prompt {
       text = prompt
     } else {
@@ -100,8 +95,8 @@ struct GenerateCommand: AsyncParsableCommand {
         return
       }
       LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
-      var options = LocalCluster.Options(model: try model.configuration.geometry)
-      options.capacityBytes = max(256 << 20, maxContext * 30 * 3 * 64 * 4 * 2)
+      var options = LocalCluster.Options(
+        model: try model.configuration.geometry, sequenceTokens: maxContext)
       options.budgets = BudgetSettings(policy: kind, memoryFraction: budget, minTokens: 16)
       let local = try await LocalCluster.start(options, logger: Logger(label: "hkv.generate"))
       do {
@@ -135,7 +130,7 @@ struct GenerateCommand: AsyncParsableCommand {
     var generated: [Int] = []
     let decodeStart = clock.now
     for step in 0..<maxTokens {
-      let next = logits.indices.max { logits[$0] < logits[$1] }!
+      let next = NextTokenDistance.argmax(logits)
       if next == tokenizer.eosID { break }
       generated.append(next)
       FileHandle.standardOutput.write(Data(tokenizer.decode([next]).utf8))

@@ -29,20 +29,14 @@ struct TraceCommand: AsyncParsableCommand {
 
   func run() async throws {
     guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
-    let text: String
-    do {
-      text = try String(contentsOfFile: promptFile, encoding: .utf8)
-    } catch {
-      throw CommandFailure(
-        description: "cannot read --prompt-file \(promptFile): \(error.localizedDescription)")
-    }
+    let text = try readTextFile(promptFile, flag: "--prompt-file")
     let (llama, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)
     guard ids.count >= 2 else { throw ValidationError("the prompt needs at least 2 tokens") }
     var cache = RecordingKVCache(configuration: llama.configuration)
     var logits = try await llama.forward(ids, start: 0, cache: &cache)
     for step in 0..<steps {
-      let next = logits.indices.max { logits[$0] < logits[$1] }!
+      let next = NextTokenDistance.argmax(logits)
       logits = try await llama.forward([next], start: ids.count + step, cache: &cache)
     }
     let workload = try cache.workload(name: "SmolLM2-135M-Instruct")

@@ -50,7 +50,7 @@ struct DecodeBench {
     }
     try await worker.flush(ref)
     say(
-      "\(tokens) tokens prefilled in \(String(format: "%.1f", seconds(ContinuousClock.now - began))) s"
+      "\(tokens) tokens prefilled in \(String(format: "%.1f", (ContinuousClock.now - began).inSeconds)) s"
     )
     var heteroSeconds: [Double] = []
     var fullSeconds: [Double] = []
@@ -70,7 +70,7 @@ struct DecodeBench {
       let clock = ContinuousClock.now
       try await worker.append(ref, layer: 0, tokens: 1, keys: k, values: v)
       let result = try await worker.attend(ref, layer: 0, queries: q, withSelection: true)
-      let hetero = seconds(ContinuousClock.now - clock)
+      let hetero = (ContinuousClock.now - clock).inSeconds
       let fullStart = ContinuousClock.now
       let d = g.headDim
       let group = g.groupSize
@@ -82,7 +82,7 @@ struct DecodeBench {
           keys: snapshotKeys[h], values: snapshotValues[h]
         ).outputs
       }.flatMap { $0 }
-      let full = seconds(ContinuousClock.now - fullStart)
+      let full = (ContinuousClock.now - fullStart).inSeconds
       guard t >= 2 else { continue }  // warm-up
       heteroSeconds.append(hetero)
       fullSeconds.append(full)

@@ -89,12 +89,12 @@ struct ScaleBench {
       start = range.upperBound
       if start % (512 << 10) == 0 {
         say(
-          "prefill \(start)/\(tokens) tokens, \(String(format: "%.0f", seconds(ContinuousClock.now - began))) s"
+          "prefill \(start)/\(tokens) tokens, \(String(format: "%.0f", (ContinuousClock.now - began).inSeconds)) s"
         )
       }
     }
     try await worker.flush(ref)
-    let prefill = seconds(ContinuousClock.now - began)
+    let prefill = (ContinuousClock.now - began).inSeconds
     // Decode: each step appends its token, then attends.
     var outputs: [[Float]] = []
     var queries: [[Float]] = []
@@ -107,7 +107,7 @@ struct ScaleBench {
       let clock = ContinuousClock.now
       try await worker.append(ref, layer: 0, tokens: 1, keys: k, values: v)
       let result = try await worker.attend(ref, layer: 0, queries: q)
-      latencies.append(seconds(ContinuousClock.now - clock))
+      latencies.append((ContinuousClock.now - clock).inSeconds)
       split += result.timings
       outputs.append(result.output)
       queries.append(q)
@@ -163,7 +163,7 @@ struct ScaleBench {
               outputs[t][(a * d)..<((a + 1) * d)], reference[(a * d)..<((a + 1) * d)])))
       }
     }
-    let refSeconds = seconds(ContinuousClock.now - refBegan)
+    let refSeconds = (ContinuousClock.now - refBegan).inSeconds
     try await worker.release(ref)
     await worker.shutdown()
     func ms(_ x: Double) -> String { String(format: "%.0f ms", x * 1000) }

@@ -28,10 +28,6 @@ let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 let oneLayer = try ModelGeometry(
   name: "llama-3-8b-1l", layers: 1, queryHeads: 32, kvHeads: 8, headDim: 128)
 
-func seconds(_ d: Duration) -> Double {
-  Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}
-
 func say(_ line: String) {
   FileHandle.standardError.write(Data((line + "\n").utf8))
 }

@@ -58,10 +58,6 @@ struct Speed {
   var workerShare: Double?
 }
 
-func seconds(_ d: Duration) -> Double {
-  Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-}
-
 /// Prefill tokens/s and decode tokens/s of `cache` (greedy decode; `afterPrefill` runs before
 /// the decode clock starts, and the first decode step, which seals a HeteroKV sequence, is
 /// timed apart).
@@ -71,18 +67,18 @@ func measure<Cache: ModelKVCache>(
   let clock = ContinuousClock()
   var start = clock.now
   var logits = try await model.prefill(prompt, cache: &cache)
-  let prefill = seconds(clock.now - start)
+  let prefill = (clock.now - start).inSeconds
   start = clock.now
   logits = try await model.forward(
     [NextTokenDistance.argmax(logits)], start: prompt.count, cache: &cache)
-  let first = seconds(clock.now - start)
+  let first = (clock.now - start).inSeconds
   start = clock.now
   for step in 1..<decode {
     logits = try await model.forward(
       [NextTokenDistance.argmax(logits)], start: prompt.count + step, cache: &cache)
   }
   return (
-    Double(prompt.count) / prefill, first, Double(decode - 1) / seconds(clock.now - start)
+    Double(prompt.count) / prefill, first, Double(decode - 1) / (clock.now - start).inSeconds
   )
 }
 
@@ -108,9 +104,8 @@ for n in args.contexts {
   rows.append(Speed(cache: "full", context: n, prefill: f.prefill, decode: f.decode))
   print("full n=\(n): prefill \(f.prefill) tok/s, decode \(f.decode) tok/s", to: &standardError)
   for policy in args.policies {
-    var options = LocalCluster.Options(model: try c.geometry)
-    options.capacityBytes = max(
-      256 << 20, (n + args.decode + 1) * c.layers * c.kvHeads * c.headDim * 8)
+    var options = LocalCluster.Options(
+      model: try c.geometry, sequenceTokens: n + args.decode + 1)
     options.budgets = BudgetSettings(policy: policy, memoryFraction: args.budget, minTokens: 16)
     options.worker = WorkerSettings(tau: tau)
     options.outputMode = .exact

@@ -41,10 +41,11 @@ let package = Package(
       name: "CHeteroKVKernels",
       cSettings: [.unsafeFlags(["-O2"], .when(configuration: .debug))]
     ),
-    // librdmacm's rsockets and libibverbs' device list, for the RDMA data-plane transport.
-    .systemLibrary(
+    // librdmacm's rsockets and libibverbs' device list, for the RDMA data-plane transport,
+    // loaded at run time (dlopen): the build needs no RDMA headers or libraries.
+    .target(
       name: "CRDMA",
-      providers: [.apt(["librdmacm-dev", "libibverbs-dev"])]
+      linkerSettings: [.linkedLibrary("dl")]
     ),
     // The numeric core: geometry, codecs, attention, HeteroCache, baselines, metrics,
     // workloads. No I/O.

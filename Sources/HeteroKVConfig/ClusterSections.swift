@@ -60,6 +60,10 @@ public struct WorkerSettings: Sendable, Hashable {
   /// keeps the whole tau-mass set (its memory budget is the key codes); the cap bounds what a
   /// step moves at the price of fidelity.
   public var capSelection: Bool
+  /// How kept tokens become the context vector: `renormalized` (the approximate weights go
+  /// to the memory nodes) or `exact` (the query goes; the nodes re-score the kept tokens with
+  /// their fp16 keys, so the output is exact attention over the kept set).
+  public var outputMode: HCAttentionOutputMode = .renormalized
 
   public init(
     control: HostPort? = nil, metrics: HostPort? = nil, keyCodec: KeyCodecKind = .pq,
@@ -200,7 +204,18 @@ public struct SecuritySettings: Sendable, Hashable {
       guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
         let data = FileManager.default.contents(atPath: path)
       else { throw fail("security.token_file", "cannot read \(path)") }
-      if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
+      // systemd's credentials (LoadCredential=) are 0400 files that the service user may
+      // read through an ACL, whose mask shows as group bits: there, only "other" bits and
+      // write bits are refused. Elsewhere the file must be the owner's alone.
+      let credentials = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"]
+      let inCredentials =
+        credentials.map {
+          !$0.isEmpty
+            && URL(fileURLWithPath: path).deletingLastPathComponent().standardizedFileURL.path
+              == URL(fileURLWithPath: $0).standardizedFileURL.path
+        } ?? false
+      let refused = inCredentials ? 0o027 : 0o077
+      if let mode = attributes[.posixPermissions] as? Int, mode & refused != 0 {
         throw fail(
           "security.token_file",
           "\(path) is readable by group or others (mode \(String(mode, radix: 8))); chmod 600 it")

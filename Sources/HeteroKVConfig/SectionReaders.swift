@@ -55,7 +55,7 @@ extension ClusterConfiguration {
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
-      "cap_selection",
+      "cap_selection", "output_mode",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count
@@ -76,13 +76,20 @@ extension ClusterConfiguration {
         "group_size",
         "must divide the head dimension \(model.headDim) of \(model.name), got \(group)")
     }
-    let settings = WorkerSettings(
+    var settings = WorkerSettings(
       control: r.hostPort("control"), metrics: r.hostPort("metrics"),
       keyCodec: codec ?? defaults.keyCodec, keyBits: bits, groupSize: group,
       window: r.int("window", range: 0...1 << 20) ?? defaults.window,
       sinks: r.int("sinks", range: 0...1 << 16) ?? defaults.sinks,
       tau: r.double("tau", range: 0.5...1) ?? defaults.tau,
       capSelection: r.bool("cap_selection") ?? defaults.capSelection)
+    if let mode = r.string("output_mode") {
+      if let parsed = HCAttentionOutputMode(rawValue: mode), parsed != .raw {
+        settings.outputMode = parsed
+      } else {
+        r.problem("output_mode", "expected renormalized or exact, got '\(mode)'")
+      }
+    }
     return r.log.problems.count == start ? settings : nil
   }
 

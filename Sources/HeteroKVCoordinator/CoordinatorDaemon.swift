@@ -14,6 +14,8 @@ public final class CoordinatorDaemon: Service, Sendable {
   private let server: GRPCServerService
   private let leaseSeconds: Double
   private let logger: Logger
+  /// Ready once the store is open (the coordinator has read its state from it).
+  public let health = DaemonHealth(conditions: ["store"])
 
   /// A daemon for `configuration` (which must have a coordinator section) over `store`.
   public init(
@@ -30,7 +32,10 @@ public final class CoordinatorDaemon: Service, Sendable {
       now: now)
     server = GRPCServerService(
       host: settings.control.host, port: settings.control.port,
-      services: [CoordinatorService(coordinator: coordinator)], security: security)
+      services: [CoordinatorService(coordinator: coordinator)],
+      serviceNames: [Heterokv_V1_Coordinator.descriptor.fullyQualifiedService], health: health,
+      security: security)
+    health.set("store", met: true, detail: "state loaded from its store")
     leaseSeconds = settings.leaseSeconds
     self.logger = logger
   }

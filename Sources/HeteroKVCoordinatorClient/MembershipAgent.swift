@@ -25,13 +25,17 @@ public final class MembershipAgent: Service, Sendable {
   private let registration: @Sendable () async throws -> Registration
   private let logger: Logger
   private let retry: Duration
+  private let health: DaemonHealth?
 
   /// An agent that registers what `registration` gives (asked once the member listens).
+  /// When `health` is given, its `coordinator` condition holds while the member is
+  /// registered and its heartbeats are accepted.
   public init(
     coordinator: HostPort, security: ControlPlaneSecurity, logger: Logger,
-    retry: Duration = .seconds(1),
+    retry: Duration = .seconds(1), health: DaemonHealth? = nil,
     registration: @escaping @Sendable () async throws -> Registration
   ) {
+    self.health = health
     self.coordinator = coordinator
     self.security = security
     self.registration = registration
@@ -55,6 +59,9 @@ public final class MembershipAgent: Service, Sendable {
               guard let current = joined.withLock({ $0 }) else {
                 let answer = try await client.register(registration.request)
                 joined.withLock { $0 = answer }
+                self.health?.set(
+                  "coordinator", met: true,
+                  detail: "registered with \(self.coordinator) (incarnation \(answer.incarnation))")
                 self.logger.info(
                   "registered with the coordinator",
                   metadata: [
@@ -73,6 +80,8 @@ public final class MembershipAgent: Service, Sendable {
                 })
               if !answer.accepted {
                 self.logger.warning("heartbeat refused; registering again: \(answer.reason)")
+                self.health?.set(
+                  "coordinator", met: false, detail: "heartbeat refused: \(answer.reason)")
                 joined.withLock { $0 = nil }
               }
             }
@@ -81,6 +90,8 @@ public final class MembershipAgent: Service, Sendable {
           return
         } catch {
           self.logger.warning("coordinator unavailable; retrying: \(error)")
+          self.health?.set(
+            "coordinator", met: false, detail: "coordinator \(self.coordinator) unavailable")
           try? await Task.sleep(for: self.retry)
         }
       }

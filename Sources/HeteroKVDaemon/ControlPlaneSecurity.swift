@@ -56,7 +56,8 @@ public struct ControlPlaneSecurity: Sendable, Hashable {
   }
 }
 
-/// Refuses every call whose `authorization` metadata is not `Bearer <token>`.
+/// Refuses every call whose `authorization` metadata is not `Bearer <token>`, but for the
+/// health service's: liveness probes carry no credential, and it reveals only up or down.
 struct BearerTokenCheck: ServerInterceptor {
   let expected: [UInt8]
 
@@ -68,6 +69,9 @@ struct BearerTokenCheck: ServerInterceptor {
       @Sendable (StreamingServerRequest<Input>, ServerContext) async throws
       -> StreamingServerResponse<Output>
   ) async throws -> StreamingServerResponse<Output> {
+    if context.descriptor.service.fullyQualifiedService == HealthService.serviceName {
+      return try await next(request, context)
+    }
     let presented = request.metadata[stringValues: "authorization"].first(where: { _ in true })
     guard let presented, constantTimeEqual(Array(presented.utf8), expected) else {
       throw RPCError(

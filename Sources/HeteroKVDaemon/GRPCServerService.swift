@@ -5,15 +5,19 @@ import ServiceLifecycle
 
 /// A gRPC server (HTTP/2 over NIO, plaintext or TLS, with the cluster token checked when one
 /// is set) run as a lifecycle `Service`: it serves until a graceful shutdown begins, then stops
-/// accepting RPCs and lets running ones finish.
+/// accepting RPCs and lets running ones finish. Every server also carries the standard gRPC
+/// health service (``HealthService``) over the daemon's ``DaemonHealth``.
 public struct GRPCServerService: Service {
   /// The server; its transport reports the listening address once bound.
   public let server: GRPCServer<HTTP2ServerTransport.Posix>
 
-  /// A server on `host:port` (0 picks a free port) serving `services`. `maxPayloadBytes`
-  /// raises gRPC's 4 MiB default message limit where an RPC may carry more.
+  /// A server on `host:port` (0 picks a free port) serving `services` (whose full names
+  /// `serviceNames` gives, for the health service) and health from `health` (ready at once
+  /// when none is given). `maxPayloadBytes` raises gRPC's 4 MiB default message limit where
+  /// an RPC may carry more.
   public init(
-    host: String, port: Int, services: [any RegistrableRPCService],
+    host: String, port: Int, services: [any RegistrableRPCService], serviceNames: [String] = [],
+    health: DaemonHealth = DaemonHealth(conditions: []),
     security: ControlPlaneSecurity = .none, maxPayloadBytes: Int = 16 << 20
   ) {
     let transport = HTTP2ServerTransport.Posix(
@@ -21,7 +25,9 @@ public struct GRPCServerService: Service {
       transportSecurity: security.serverTransportSecurity,
       config: .defaults { $0.rpc.maxRequestPayloadSize = maxPayloadBytes })
     server = GRPCServer(
-      transport: transport, services: services, interceptors: security.serverInterceptors)
+      transport: transport,
+      services: services + [HealthService(health: health, services: serviceNames)],
+      interceptors: security.serverInterceptors)
   }
 
   /// The bound address, once the server listens.

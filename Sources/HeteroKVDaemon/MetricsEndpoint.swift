@@ -6,17 +6,25 @@ import Prometheus
 import ServiceLifecycle
 
 /// Serves a Prometheus registry as text at `GET /metrics` over HTTP/1.1, as a lifecycle
-/// `Service`. Any other path is a 404.
+/// `Service`, with the probes operators and orchestrators expect: `GET /healthz` (200 while
+/// the process answers) and `GET /readyz` (200 when the daemon serves, 503 with the unmet
+/// conditions otherwise). Any other path is a 404.
 public final class MetricsEndpoint: Service, Sendable {
   private let registry: PrometheusCollectorRegistry
+  private let health: DaemonHealth
   private let host: String
   private let port: Int
   private let logger: Logger
   private let bound = AsyncValue<Int>()
 
-  /// An endpoint for `registry` on `host:port` (0 picks a free port).
-  public init(registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) {
+  /// An endpoint for `registry` and `health` on `host:port` (0 picks a free port). Without
+  /// `health`, `/readyz` answers ready as soon as the endpoint listens.
+  public init(
+    registry: PrometheusCollectorRegistry, health: DaemonHealth = DaemonHealth(conditions: []),
+    host: String, port: Int, logger: Logger
+  ) {
     self.registry = registry
+    self.health = health
     self.host = host
     self.port = port
     self.logger = logger
@@ -27,13 +35,14 @@ public final class MetricsEndpoint: Service, Sendable {
 
   public func run() async throws {
     let registry = self.registry
+    let health = self.health
     let channel: any Channel
     do {
       channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
         .childChannelInitializer { channel in
           channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
-            try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
+            try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, health: health))
           }
         }
         .bind(host: host, port: port).get()
@@ -57,10 +66,30 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
   typealias OutboundOut = HTTPServerResponsePart
 
   private let registry: PrometheusCollectorRegistry
+  private let health: DaemonHealth
   private var path: String?
   private var keepAlive = true
 
-  init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+  init(registry: PrometheusCollectorRegistry, health: DaemonHealth) {
+    self.registry = registry
+    self.health = health
+  }
+
+  /// The status, content type and body for `path`.
+  private func respond(to path: String?) -> (HTTPResponseStatus, String, [UInt8]) {
+    let route = path.map { String($0.split(separator: "?", maxSplits: 1).first ?? "") }
+    let plain = "text/plain; charset=utf-8"
+    switch route {
+    case "/metrics":
+      return (.ok, "text/plain; version=0.0.4; charset=utf-8", registry.emitToBuffer())
+    case "/healthz":
+      return (.ok, plain, Array("ok\n".utf8))
+    case "/readyz":
+      return (health.isReady ? .ok : .serviceUnavailable, plain, Array(health.readinessText.utf8))
+    default:
+      return (.notFound, plain, Array("not found: try /metrics, /healthz or /readyz\n".utf8))
+    }
+  }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     switch unwrapInboundIn(data) {
@@ -70,16 +99,12 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
     case .body:
       break
     case .end:
-      let found = path == "/metrics" || path?.hasPrefix("/metrics?") == true
-      let body = found ? registry.emitToBuffer() : Array("not found: try /metrics\n".utf8)
+      let (status, contentType, body) = respond(to: path)
       var headers = HTTPHeaders()
-      headers.add(
-        name: "Content-Type",
-        value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8")
+      headers.add(name: "Content-Type", value: contentType)
       headers.add(name: "Content-Length", value: "\(body.count)")
       if !keepAlive { headers.add(name: "Connection", value: "close") }
-      let head = HTTPResponseHead(
-        version: .http1_1, status: found ? .ok : .notFound, headers: headers)
+      let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
       context.write(wrapOutboundOut(.head(head)), promise: nil)
       context.write(
         wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))),

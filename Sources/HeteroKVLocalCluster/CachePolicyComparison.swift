@@ -68,6 +68,11 @@ public struct CachePolicyComparison: Sendable {
     public var fullKVBytes: Int
     /// Decode tokens per second of this cache.
     public var decodeTokensPerSecond: Double
+    /// Mean share of the context a query head's decode step attended (1 for the full cache).
+    public var keptShare: Double
+    /// Mean bytes a decode step moved between the worker and the memory nodes (0 for the
+    /// full cache, which moves nothing).
+    public var decodeBytesPerStep: Double
   }
 
   /// The full cache's run (first) and each policy's, with the shared prefill's time.
@@ -123,11 +128,17 @@ public struct CachePolicyComparison: Sendable {
     }
   }
 
+  /// What a policy's sequence reports after decoding.
+  struct Figures: Sendable {
+    var worker, full: Int
+    var keptShare, decodeBytesPerStep: Double
+  }
+
   /// A sequence opened for one policy: its cache, its figures and how to let it go.
   struct OpenedSequence {
     var cache: EngineKVCache
-    /// Worker-resident bytes and the fp16 K/V they stand for.
-    var stats: @Sendable () async throws -> (worker: Int, full: Int)
+    /// Worker-resident bytes, the fp16 K/V they stand for, the kept share and decode bytes.
+    var stats: @Sendable () async throws -> Figures
     var close: @Sendable () async -> Void
   }
 
@@ -154,7 +165,9 @@ public struct CachePolicyComparison: Sendable {
         cache: EngineKVCache(engine: cluster.worker, ref: ref, configuration: c),
         stats: {
           let s = try await cluster.worker.stats(ref)
-          return (s.workerBytes, s.fullKVBytes)
+          return Figures(
+            worker: s.workerBytes, full: s.fullKVBytes, keptShare: s.keptShare,
+            decodeBytesPerStep: s.decodeBytesPerStep)
         },
         close: { await cluster.shutdown() })
     case .remote(let engine):
@@ -164,7 +177,11 @@ public struct CachePolicyComparison: Sendable {
         cache: EngineKVCache(engine: engine, ref: ref, configuration: c),
         stats: {
           let s = try await engine.stats(ref)
-          return (Int(s.workerBytes), Int(s.fullKvBytes))
+          return Figures(
+            worker: Int(s.workerBytes), full: Int(s.fullKvBytes),
+            keptShare: s.contextTokens > 0 ? Double(s.keptTokens) / Double(s.contextTokens) : 0,
+            decodeBytesPerStep: s.decodeSteps > 0
+              ? Double(s.decodeBytesMoved) / Double(s.decodeSteps) : 0)
         },
         close: { _ = try? await engine.release(ref) })
     }
@@ -206,7 +223,8 @@ public struct CachePolicyComparison: Sendable {
       Run(
         policy: "full", topTokens: reference.map(NextTokenDistance.argmax), meanKL: 0, maxKL: 0,
         top1Agreement: 1, workerBytes: fullBytes, fullKVBytes: fullBytes,
-        decodeTokensPerSecond: Double(steps - 1) / max(1e-9, (clock.now - started).inSeconds))
+        decodeTokensPerSecond: Double(steps - 1) / max(1e-9, (clock.now - started).inSeconds),
+        keptShare: 1, decodeBytesPerStep: 0)
     ]
     for (i, policy) in policies.enumerated() {
       var cache = shared.followers[i]
@@ -230,7 +248,8 @@ public struct CachePolicyComparison: Sendable {
           top1Agreement: Double(zip(top, runs[0].topTokens).filter { $0 == $1 }.count)
             / Double(steps),
           workerBytes: stats.worker, fullKVBytes: stats.full,
-          decodeTokensPerSecond: Double(steps - 1) / max(1e-9, seconds)))
+          decodeTokensPerSecond: Double(steps - 1) / max(1e-9, seconds),
+          keptShare: stats.keptShare, decodeBytesPerStep: stats.decodeBytesPerStep))
     }
     return Result(runs: runs, fedTokens: fed, prefillSeconds: prefillSeconds)
   }

@@ -27,6 +27,9 @@ public struct WorkloadReplay: Sendable {
   /// Prefill tokens.
   public var contextLength: Int { layers.first?.heads.first?.keys.rows ?? 0 }
 
+  /// The same tensors as a workload, for the evaluation harness (no calibration sample).
+  public var workload: any AttentionWorkload { ReplayedWorkload(replay: self) }
+
   /// Token-major K or V rows `[tokens][kvHeads][d]` of tokens `range` of a layer.
   func interleave(_ layer: LayerTrace, _ range: Range<Int>, values: Bool) -> [Float16] {
     let d = geometry.headDim
@@ -170,4 +173,22 @@ public struct WorkloadReplay: Sendable {
       meanMassRecall: samples > 0 ? recallSum / Double(samples) : 0, steps: steps,
       engineSeconds: seconds, bytesMoved: moved, lastOutputs: last)
   }
+}
+
+/// A replay's layers as an ``AttentionWorkload``: what was generated once is evaluated again
+/// without regenerating it.
+struct ReplayedWorkload: AttentionWorkload {
+  let replay: WorkloadReplay
+
+  var geometry: ModelGeometry { replay.geometry }
+  var contextLength: Int { replay.contextLength }
+  var decodeSteps: Int { replay.decodeSteps }
+  var observationWindow: Int {
+    let g = replay.geometry
+    return (replay.layers.first?.heads.first?.observationQueries.count ?? 0)
+      / max(1, g.groupSize * g.headDim)
+  }
+  var summary: String { "the replayed workload (\(contextLength) tokens)" }
+  func layer(_ index: Int) throws -> LayerTrace { replay.layers[index] }
+  func calibrationSample() throws -> (any AttentionWorkload)? { nil }
 }

@@ -19,6 +19,8 @@ public final class MemoryNode: Service, Sendable {
   private let logger: Logger
   private let addresses = AsyncValue<MemoryNodeAddresses>()
   private let security: ControlPlaneSecurity
+  /// Ready once the data plane listens.
+  public let health = DaemonHealth(conditions: ["data_plane"])
 
   /// A node; `metricsFactory` receives its metrics (pass a Prometheus factory in the daemon).
   /// `security` guards the gRPC control service (token, TLS).
@@ -81,7 +83,10 @@ public final class MemoryNode: Service, Sendable {
       store: store, metrics: metrics)
     let grpc = GRPCServerService(
       host: config.control.host, port: config.control.port, services: [control],
-      security: security)
+      serviceNames: [Heterokv_V1_MemoryNodeControl.descriptor.fullyQualifiedService],
+      health: health, security: security)
+    health.set(
+      "data_plane", met: true, detail: "\(served.rawValue) data plane listening on \(dataAddress)")
 
     try await withThrowingDiscardingTaskGroup { group in
       group.addTask { try await grpc.run() }
@@ -103,6 +108,7 @@ public final class MemoryNode: Service, Sendable {
       }
       try? await gracefulShutdown()
       logger.info("memory node shutting down")
+      health.set("data_plane", met: false, detail: "shutting down")
       await tcp?.close()
       rdma?.close()
     }

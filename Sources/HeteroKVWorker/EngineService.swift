@@ -187,6 +187,10 @@ extension SequenceStats {
       $0.failovers = UInt64(failovers)
       $0.unshippedRows = UInt64(unshippedRows)
       $0.storedRows = UInt64(storedRows)
+      $0.keptTokens = UInt64(keptTokens)
+      $0.contextTokens = UInt64(contextTokens)
+      $0.decodeBytesMoved = UInt64(decodeBytesMoved)
+      $0.underReplicatedShards = UInt64(underReplicatedShards)
       $0.heads = heads.map { h in
         .with {
           $0.layer = UInt32(h.layer)

@@ -11,6 +11,13 @@ public struct AttendResult: Sendable {
   public var selections: [[Int32]]?
   /// Bytes this step moved between the worker and the memory tier.
   public var bytesMoved: Int
+  /// Tokens attended, summed over the query heads: the tau-mass set (with sinks and window)
+  /// of a full head, the resident cache of a compressed head.
+  public var keptTokens = 0
+  /// The layer's context length times the query heads: what full attention would attend.
+  public var contextTokens = 0
+  /// Worker-resident bytes the step read: key codes of full heads, caches of compressed ones.
+  public var workerBytesRead = 0
   /// Where the step's time went.
   public var timings = StepTimings()
 }
@@ -172,11 +179,20 @@ actor SequenceSession {
   let placement: SequencePlacement
   /// Profiles from an offline calibration, when the engine gave them.
   let calibrated: [HeadProfile]?
+  let metrics: WorkerMetrics
   private var layers: [LayerState]
+  /// Worker-resident bytes per layer as last reported to the metrics.
+  private var layerResident: [Int]
   private(set) var prefillTokens = 0
   private var budgets: SequenceBudgets?
   private var decodeSteps = 0
   private var bytesMoved = 0
+  private var decodeBytesMoved = 0
+  /// Bytes the writer had sent when the prefill ended.
+  private var prefillBytesSent = 0
+  private var released = false
+  private var keptTokens = 0
+  private var contextTokens = 0
   private var refreshes = 0
   private var failovers = 0
   private var refreshTasks: [Task<Void, Never>] = []
@@ -191,9 +207,10 @@ actor SequenceSession {
   init(
     ref: SequenceRef, options: WorkerOptions, control: any ClusterControl,
     backend: any AttentionBackend, tier: MemoryTierClient, placement: SequencePlacement,
-    calibrated: [HeadProfile]? = nil
+    calibrated: [HeadProfile]? = nil, metrics: WorkerMetrics
   ) {
     self.ref = ref
+    self.metrics = metrics
     self.calibrated = calibrated
     self.options = options
     self.control = control
@@ -202,10 +219,20 @@ actor SequenceSession {
     self.placement = placement
     self.writer = ShardWriter(
       ref: ref, tier: tier, placement: placement.rendezvous, chunkTokens: options.chunkTokens,
-      limitBytes: options.shipQueueBytes)
+      limitBytes: options.shipQueueBytes, metrics: metrics)
     let g = options.geometry
     layers = (0..<g.layers).map { _ in
       LayerState(heads: (0..<g.kvHeads).map { _ in HeadState(headDim: g.headDim) })
+    }
+    layerResident = Array(repeating: 0, count: g.layers)
+  }
+
+  /// Reports the change of `layer`'s worker-resident bytes to the metrics.
+  private func noteResident(layer: Int) {
+    let now = layers[layer].heads.reduce(0) { $0 + $1.residentBytes }
+    if now != layerResident[layer] {
+      metrics.adjust(resident: now - layerResident[layer])
+      layerResident[layer] = now
     }
   }
 
@@ -342,6 +369,7 @@ actor SequenceSession {
       let ack = await writer.acknowledgedTokens(HeadKey(layer: layer, kvHead: h))
       layers[layer].heads[h].trimTail(acknowledged: ack)
     }
+    noteResident(layer: layer)
     return layers[layer].tokens
   }
 
@@ -426,6 +454,8 @@ actor SequenceSession {
     var outputs = [Float](repeating: 0, count: queries.count)
     var selections: [[Int32]] = []
     var moved = 0
+    var kept = 0
+    var workerRead = 0
     // Remote work of every full head, fanned out together.
     var plans: [(head: Int, requests: [RemoteRequest], local: AttentionPartial)] = []
     for (h, result) in results.enumerated() {
@@ -433,9 +463,12 @@ actor SequenceSession {
       switch result {
       case .attended(let partial):
         outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+        let cache = state.heads[h].cache!
+        kept += cache.positions.count * group
+        workerRead += cache.residentBytes
         if withSelection {
-          let kept = state.heads[h].cache!.positions.map(Int32.init)
-          selections += Array(repeating: kept, count: group)
+          let positions = cache.positions.map(Int32.init)
+          selections += Array(repeating: positions, count: group)
         }
       case .selected(let scores, let chosen):
         let key = HeadKey(layer: layer, kvHead: h)
@@ -445,6 +478,8 @@ actor SequenceSession {
         let plan = try await plan(
           layer: layer, kvHead: h, selections: chosen, queries: q, acknowledged: ack)
         plans.append((h, plan.requests, plan.local))
+        kept += chosen.reduce(0) { $0 + $1.indices.count }
+        workerRead += state.heads[h].index?.residentBytes ?? 0
         if withSelection { selections += chosen.map(\.indices) }
         watchDrift(layer: layer, kvHead: h, scores: scores)
       }
@@ -471,9 +506,14 @@ actor SequenceSession {
     layers[layer].decodeStep += 1
     if layer == 0 { decodeSteps += 1 }
     bytesMoved += moved
+    decodeBytesMoved += moved
+    let context = state.tokens * g.queryHeads
+    keptTokens += kept
+    contextTokens += context
+    noteResident(layer: layer)
     return AttendResult(
       output: outputs, selections: withSelection ? selections : nil, bytesMoved: moved,
-      timings: timings)
+      keptTokens: kept, contextTokens: context, workerBytesRead: workerRead, timings: timings)
   }
 
   /// One near-data attention request with the nodes that can answer it, primary first.
@@ -603,7 +643,9 @@ actor SequenceSession {
     }
     switch outcome {
     case .success(let answers):
-      failovers += answers.filter { $0.1 > 0 }.count
+      let failed = answers.filter { $0.1 > 0 }.count
+      failovers += failed
+      metrics.failedOver(failed)
       return answers.map(\.0)
     case .failure(let error):
       throw error
@@ -625,6 +667,7 @@ actor SequenceSession {
         "sequence \(ref): layer \(l) has no prefill; append every layer before attention")
     }
     await writer.flush()
+    prefillBytesSent = await writer.bytesSent
     for l in 0..<g.layers {
       for h in 0..<g.kvHeads {
         let key = HeadKey(layer: l, kvHead: h)
@@ -863,6 +906,7 @@ actor SequenceSession {
       }
       let positions = AttentionPattern.top(Array(drift.ranking[0..<prefill]), k: head.cap).sorted()
       refreshes += 1
+      metrics.refreshed()
       refreshTasks.append(
         Task {
           guard
@@ -893,20 +937,26 @@ actor SequenceSession {
   // MARK: Release and stats
 
   /// Flushes, drops the rows from every node and closes the sequence at the coordinator.
-  func release() async throws(WorkerError) -> Int {
+  ///
+  /// A node that cannot be reached (dead, or cut off) does not fail the release: its rows
+  /// are gone with it, or will be dropped when the coordinator reclaims the sequence. Such
+  /// nodes are logged by the caller (``ReleaseOutcome/unreachableNodes``) and counted in
+  /// `hkv_worker_release_unreachable_nodes_total`; the coordinator's reservation is freed
+  /// either way. Only a failure to close the sequence at the coordinator is an error.
+  func release() async throws(WorkerError) -> ReleaseOutcome {
     await enter()
     defer { leave() }
     for task in refreshTasks { task.cancel() }
-    let released = await writer.storedBytes
+    let storedBytes = await writer.storedBytes
     let unreachable = await writer.dropAll()
-    try await control.closeSequence(ref)
-    if !unreachable.isEmpty {
-      throw WorkerError(
-        .dataUnavailable,
-        "sequence \(ref) closed, but nodes \(unreachable.joined(separator: ", ")) could not be "
-          + "told to drop its rows")
+    metrics.releaseMissed(nodes: unreachable.count)
+    if !released {
+      released = true
+      metrics.adjust(resident: -layerResident.reduce(0, +))
+      layerResident = layerResident.map { _ in 0 }
     }
-    return released
+    try await control.closeSequence(ref)
+    return ReleaseOutcome(releasedBytes: storedBytes, unreachableNodes: unreachable)
   }
 
   /// Where the sequence's bytes are and what its steps moved.
@@ -938,7 +988,9 @@ actor SequenceSession {
       fullKVBytes: layers.reduce(0) { $0 + $1.tokens * g.kvHeads * g.headDim * 4 },
       decodeSteps: decodeSteps, bytesMoved: bytesMoved + (await writer.bytesSent),
       refreshes: refreshes, failovers: failovers, unshippedRows: unshipped, storedRows: storedRows,
-      heads: heads)
+      keptTokens: keptTokens, contextTokens: contextTokens,
+      decodeBytesMoved: sealed ? decodeBytesMoved + (await writer.bytesSent) - prefillBytesSent : 0,
+      underReplicatedShards: await writer.underReplicatedShards, heads: heads)
   }
 
   /// Waits until every row is on the memory tier (for tests and benchmarks).
@@ -984,5 +1036,31 @@ public struct SequenceStats: Sendable, Hashable, Codable {
   public var unshippedRows: Int
   /// Rows at least one memory node holds; with `unshippedRows`, every row of every head.
   public var storedRows: Int
+  /// Over every query head of every decode step: tokens attended, and tokens the context
+  /// held. `keptTokens / contextTokens` is the share a step keeps (1 for full attention).
+  public var keptTokens: Int
+  public var contextTokens: Int
+  /// Bytes moved by decode steps alone: near-data attention, decode rows shipped, refreshes.
+  public var decodeBytesMoved: Int
+  /// Shards that fewer nodes hold in full than their placement names.
+  public var underReplicatedShards: Int
   public var heads: [Head]
+
+  /// The share of the context a query head's decode step attends, on average.
+  public var keptShare: Double {
+    contextTokens > 0 ? Double(keptTokens) / Double(contextTokens) : 0
+  }
+
+  /// Bytes moved per decode step, on average.
+  public var decodeBytesPerStep: Double {
+    decodeSteps > 0 ? Double(decodeBytesMoved) / Double(decodeSteps) : 0
+  }
+}
+
+/// What releasing a sequence did.
+public struct ReleaseOutcome: Sendable, Hashable {
+  /// Bytes the memory tier held for the sequence, all copies.
+  public var releasedBytes: Int
+  /// Nodes that could not be told to drop their rows (dead or cut off).
+  public var unreachableNodes: [String]
 }

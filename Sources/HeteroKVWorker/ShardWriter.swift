@@ -35,6 +35,7 @@ actor ShardWriter {
   let limitBytes: Int
   /// Rows per put request.
   let maxRowsPerPut: Int
+  let metrics: WorkerMetrics
 
   private var inFlightBytes = 0
   private var waiters: [CheckedContinuation<Void, Never>] = []
@@ -43,14 +44,17 @@ actor ShardWriter {
   /// Per shard and node, the end (exclusive) of the rows that node holds.
   private var stored: [ShardID: [String: Int]] = [:]
   private var lost: [HeadKey: WorkerError] = [:]
+  /// Shards some replica of which missed rows: fewer copies than the placement asks for.
+  private var degraded: Set<ShardID> = []
   private(set) var bytesSent = 0
   /// Bytes the memory tier holds for the sequence, all copies.
   private(set) var storedBytes = 0
 
   init(
     ref: SequenceRef, tier: MemoryTierClient, placement: RendezvousPlacement, chunkTokens: Int,
-    limitBytes: Int, maxRowsPerPut: Int = 8192
+    limitBytes: Int, maxRowsPerPut: Int = 8192, metrics: WorkerMetrics
   ) {
+    self.metrics = metrics
     self.ref = ref
     self.tier = tier
     self.placement = placement
@@ -98,6 +102,9 @@ actor ShardWriter {
     return placement.nodes(for: shard).filter { (ends[$0] ?? 0) > last }
   }
 
+  /// Shards held in full by fewer nodes than their placement names.
+  var underReplicatedShards: Int { degraded.count }
+
   /// The shard chunk of a token.
   nonisolated func chunk(of token: Int) -> Int { token / chunkTokens }
 
@@ -143,6 +150,9 @@ actor ShardWriter {
           }
         }
       }
+      if holders < placement.nodes(for: shard).count, degraded.insert(shard).inserted {
+        metrics.adjust(underReplicated: 1)
+      }
       let bytes = rows * batch.values.cols * 2 * (batch.keys == nil ? 1 : 2)
       bytesSent += bytes * targets.count
       storedBytes += bytes * holders
@@ -171,6 +181,11 @@ actor ShardWriter {
       } catch {
         unreachable.append(node)
       }
+    }
+    // The sequence's shards are gone (or will be reclaimed): none is under-replicated now.
+    if !degraded.isEmpty {
+      metrics.adjust(underReplicated: -degraded.count)
+      degraded = []
     }
     return unreachable
   }

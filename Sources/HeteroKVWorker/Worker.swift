@@ -1,6 +1,7 @@
 import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVWire
+import Logging
 import Synchronization
 
 /// A sequence as created: its geometry and where its shards go.
@@ -20,19 +21,23 @@ public final class Worker: Sendable {
   public let options: WorkerOptions
   let control: any ClusterControl
   let backend: any AttentionBackend
+  /// What the worker reports to its metrics system.
+  public let metrics: WorkerMetrics
   private let sessions = Mutex<[SequenceRef: SequenceSession]>([:])
   /// One client per memory node, shared by every sequence placed on it.
   private let nodeClients = Mutex<[MemoryNodeEndpoint: MemoryNodeClient]>([:])
 
-  /// A worker that asks `control` for placements and budgets and computes on `backend`.
+  /// A worker that asks `control` for placements and budgets and computes on `backend`,
+  /// reporting to `metrics` (none by default).
   public init(
     options: WorkerOptions, control: any ClusterControl,
-    backend: any AttentionBackend = CPUAttentionBackend()
+    backend: any AttentionBackend = CPUAttentionBackend(), metrics: WorkerMetrics? = nil
   ) throws(WorkerError) {
     try options.validate()
     self.options = options
     self.control = control
     self.backend = backend
+    self.metrics = metrics ?? .none(workerID: options.id)
   }
 
   /// Open sequences.
@@ -65,7 +70,7 @@ public final class Worker: Sendable {
       })
     let session = SequenceSession(
       ref: ref, options: options, control: control, backend: backend, tier: tier,
-      placement: placement, calibrated: profiles)
+      placement: placement, calibrated: profiles, metrics: metrics)
     let raced = sessions.withLock { open -> Bool in
       if open[ref] != nil { return true }
       open[ref] = session
@@ -74,6 +79,7 @@ public final class Worker: Sendable {
     if raced {
       throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
     }
+    metrics.adjust(open: 1)
     return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
   }
 
@@ -124,8 +130,16 @@ public final class Worker: Sendable {
     _ ref: SequenceRef, layer: Int, tokens: Int, keys: [Float16], values: [Float16],
     observation: [Float]? = nil
   ) async throws(WorkerError) -> Int {
-    try await session(ref).append(
-      layer: layer, tokens: tokens, keys: keys, values: values, observation: observation)
+    let started = ContinuousClock.now
+    do {
+      let length = try await session(ref).append(
+        layer: layer, tokens: tokens, keys: keys, values: values, observation: observation)
+      metrics.appended(nanoseconds: (ContinuousClock.now - started).nanoseconds)
+      return length
+    } catch {
+      metrics.failed("append")
+      throw error
+    }
   }
 
   /// Attention of `queries` `[queryHeads][headDim]` over what `layer` holds. The first call
@@ -133,16 +147,48 @@ public final class Worker: Sendable {
   public func attend(
     _ ref: SequenceRef, layer: Int, queries: [Float], withSelection: Bool = false
   ) async throws(WorkerError) -> AttendResult {
-    try await session(ref).attend(layer: layer, queries: queries, withSelection: withSelection)
+    let started = ContinuousClock.now
+    do {
+      let result = try await session(ref).attend(
+        layer: layer, queries: queries, withSelection: withSelection)
+      metrics.attended(
+        nanoseconds: (ContinuousClock.now - started).nanoseconds, keptTokens: result.keptTokens,
+        contextTokens: result.contextTokens, workerBytes: result.workerBytesRead,
+        memoryNodeBytes: result.bytesMoved)
+      return result
+    } catch {
+      metrics.failed("attend")
+      throw error
+    }
   }
 
   /// Drops the sequence here, on the memory nodes and at the coordinator; returns the bytes
-  /// the memory tier released.
+  /// the memory tier released. Nodes that cannot be reached do not fail it (their rows are
+  /// gone with them); they are logged by `WorkerDaemon`'s caller through ``releaseDetailed(_:)``
+  /// and counted in the metrics.
   @discardableResult
   public func release(_ ref: SequenceRef) async throws(WorkerError) -> Int {
+    try await releaseDetailed(ref).releasedBytes
+  }
+
+  /// ``release(_:)``, also naming the nodes that could not be told to drop their rows.
+  public func releaseDetailed(_ ref: SequenceRef) async throws(WorkerError) -> ReleaseOutcome {
     let session = try session(ref)
-    defer { _ = sessions.withLock { $0.removeValue(forKey: ref) } }
-    return try await session.release()
+    defer {
+      if sessions.withLock({ $0.removeValue(forKey: ref) }) != nil { metrics.adjust(open: -1) }
+    }
+    let outcome = try await session.release()
+    if !outcome.unreachableNodes.isEmpty {
+      Logger(label: "hkv.worker").warning(
+        """
+        released a sequence without reaching every node; their rows are gone with them or \
+        are reclaimed by the coordinator
+        """,
+        metadata: [
+          "sequence": "\(ref)", "nodes": "\(outcome.unreachableNodes.joined(separator: ","))",
+        ])
+    }
+    return outcome
   }
 
   /// The sequence's footprint and traffic.

@@ -1,4 +1,5 @@
 import HeteroKVDaemon
+import HeteroKVWire
 import Logging
 import ServiceLifecycle
 
@@ -9,13 +10,16 @@ public final class WorkerDaemon: Service, Sendable {
   /// The worker it serves.
   public let worker: Worker
   private let server: GRPCServerService
+  /// Ready while the worker is registered with the coordinator (its membership agent says).
+  public let health = DaemonHealth(conditions: ["coordinator"])
 
   /// A daemon serving `worker` on `host:port` (0 picks a port).
   public init(worker: Worker, host: String, port: Int, security: ControlPlaneSecurity) {
     self.worker = worker
     server = GRPCServerService(
-      host: host, port: port, services: [EngineService(worker: worker)], security: security,
-      maxPayloadBytes: EngineService.maxMessageBytes)
+      host: host, port: port, services: [EngineService(worker: worker)],
+      serviceNames: [Heterokv_V1_Engine.descriptor.fullyQualifiedService], health: health,
+      security: security, maxPayloadBytes: EngineService.maxMessageBytes)
   }
 
   /// The gRPC port, once listening.

@@ -58,7 +58,7 @@ public struct WorkerOptions: Sendable {
     }
     self.init(
       id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
-      heteroCache: cluster.budgets.heteroCache)
+      heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
   }
 
   /// Whether the memory tier keeps keys as well as values: for exact re-scoring, and for the

@@ -20,7 +20,7 @@ final class ChildCluster: @unchecked Sendable {
 
   static func start(
     model: ModelGeometry, memoryNodes: Int, capacityBytes: Int, replication: Int, policy: String,
-    budget: Double, keyCodec: String, keyBits: Int
+    budget: Double, keyCodec: String, keyBits: Int, tau: Double, outputMode: String
   ) throws -> ChildCluster {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-demo-\(ProcessInfo.processInfo.processIdentifier)")
@@ -43,6 +43,8 @@ final class ChildCluster: @unchecked Sendable {
         control: 127.0.0.1:\(try port())
         key_codec: \(keyCodec)
         key_bits: \(keyBits)
+        tau: \(tau)
+        output_mode: \(outputMode)
       budgets:
         policy: \(policy)
         memory_fraction: \(budget)

@@ -51,7 +51,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
       logger.warning("no security.token_env or token_file: control calls are not authenticated")
     }
     try await runDaemon(
-      [daemon], metrics: settings.metrics, registry: registry, logger: logger
+      role: "coordinator", [daemon], metrics: settings.metrics, registry: registry,
+      health: daemon.health, logger: logger
     ) {
       let port = try await daemon.listeningPort()
       let revision = await daemon.coordinator.snapshot().revision

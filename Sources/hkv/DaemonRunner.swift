@@ -5,15 +5,20 @@ import Logging
 import Prometheus
 import ServiceLifecycle
 
-/// Runs a daemon's services, plus a Prometheus `/metrics` endpoint at `metrics` when given,
-/// in one `ServiceGroup` that owns SIGTERM and SIGINT. Once everything listens it prints
-/// `ready <fields> metrics=HOST:PORT|none` on stdout, where `fields` returns the rest.
+/// Runs a daemon's services, plus a Prometheus endpoint at `metrics` when given (`/metrics`,
+/// `/healthz`, `/readyz` from `health`), in one `ServiceGroup` that owns SIGTERM and SIGINT.
+/// Registers `hkv_build_info` for `role`. Once everything listens it prints
+/// `ready <fields> version=V build=B metrics=HOST:PORT|none` on stdout, where `fields`
+/// returns the role's own.
 func runDaemon(
-  _ services: [any Service], metrics: HostPort?, registry: PrometheusCollectorRegistry,
-  logger: Logger, readyFields: @escaping @Sendable () async throws -> String
+  role: String, _ services: [any Service], metrics: HostPort?,
+  registry: PrometheusCollectorRegistry, health: DaemonHealth, logger: Logger,
+  readyFields: @escaping @Sendable () async throws -> String
 ) async throws {
+  HeteroKVBuild.register(role: role, in: registry)
   let endpoint = metrics.map {
-    MetricsEndpoint(registry: registry, host: $0.host, port: $0.port, logger: logger)
+    MetricsEndpoint(
+      registry: registry, health: health, host: $0.host, port: $0.port, logger: logger)
   }
   let group = ServiceGroup(
     configuration: .init(
@@ -27,7 +32,11 @@ func runDaemon(
         if let endpoint, let metrics {
           "\(HostPort(host: metrics.host, port: try await endpoint.listeningPort()))"
         } else { "none" }
-      FileHandle.standardOutput.write(Data("ready \(fields) metrics=\(metricsAddress)\n".utf8))
+      let build = HeteroKVBuild.build.replacingOccurrences(of: " ", with: "/")
+      FileHandle.standardOutput.write(
+        Data(
+          "ready \(fields) version=\(HeteroKVBuild.version) build=\(build) metrics=\(metricsAddress)\n"
+            .utf8))
     }
     try await tasks.waitForAll()
   }

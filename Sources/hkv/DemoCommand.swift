@@ -4,6 +4,7 @@ import HeteroKVConfig
 import HeteroKVCoordinatorClient
 import HeteroKVCore
 import HeteroKVDaemon
+import HeteroKVEval
 import HeteroKVLocalCluster
 import HeteroKVMemoryClient
 import HeteroKVWire
@@ -25,7 +26,9 @@ struct DemoCommand: AsyncParsableCommand {
       against full attention, attention-mass recall, decode steps per second, bytes moved per
       step, and the budget table of the first layers. With --config, runs the same against
       daemons already started from that file (its model, worker and budget settings).
-      Progress goes to stderr; the report to stdout (--json for scripts).
+      Beside the run's own figures it prints, on the same workload, StreamingLLM (sinks and
+      a recent window) at the same worker memory and full attention (--no-baselines skips
+      them). Progress goes to stderr; the report to stdout (--json for scripts).
       """)
 
   @Option(help: "Prefill tokens.")
@@ -41,7 +44,21 @@ struct DemoCommand: AsyncParsableCommand {
   var budget: Double = 0.125
 
   @Option(help: "Budget policy: heterocache, hcattention or uniform (without --config).")
-  var policy: String = "heterocache"
+  var policy: String = DemoDefaults.policy
+
+  @Option(help: "Share of the approximate attention mass each step keeps (without --config).")
+  var tau: Double = DemoDefaults.tau
+
+  @Option(
+    help:
+      "How kept tokens become the output: exact (memory nodes re-score them with fp16 keys) or renormalized (approximate weights); without --config."
+  )
+  var outputMode: String = DemoDefaults.outputMode
+
+  @Flag(
+    inversion: .prefixedNo,
+    help: "Also run StreamingLLM at the same worker memory and full attention on the workload.")
+  var baselines = true
 
   @Option(help: "Key codec on the worker: pq or scalar (without --config).")
   var keyCodec: String = "pq"
@@ -93,6 +110,10 @@ struct DemoCommand: AsyncParsableCommand {
       throw ValidationError("--key-bits \(keyBits) does not fit --key-codec \(keyCodec)")
     }
     guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
+    guard tau >= 0.5, tau <= 1 else { throw ValidationError("--tau must be in [0.5, 1]") }
+    guard HCAttentionOutputModeArgument(rawValue: outputMode) != nil else {
+      throw ValidationError("bad --output-mode '\(outputMode)': expected exact or renormalized")
+    }
     guard (1...memnodes).contains(replication) else {
       throw ValidationError("--replication must be in 1...--memnodes")
     }
@@ -139,7 +160,7 @@ struct DemoCommand: AsyncParsableCommand {
       )
     }
     let ref = SequenceRef(namespace: 0, sequence: UInt64.random(in: 1...(1 << 40)))
-    let report: DemoReport
+    var report: DemoReport
     if let cluster {
       report = try await runAgainst(
         cluster, replay: replay, ref: ref, mode: "config", profiles: profiles, progress: progress)
@@ -147,7 +168,7 @@ struct DemoCommand: AsyncParsableCommand {
       let children = try ChildCluster.start(
         model: model, memoryNodes: memnodes, capacityBytes: capacityPerNode(model),
         replication: replication, policy: policy, budget: budget, keyCodec: keyCodec,
-        keyBits: keyBits)
+        keyBits: keyBits, tau: tau, outputMode: outputMode)
       do {
         report = try await runAgainst(
           children.configuration, replay: replay, ref: ref, mode: "processes", profiles: profiles,
@@ -166,6 +187,8 @@ struct DemoCommand: AsyncParsableCommand {
         policy: BudgetPolicyKind(rawValue: policy)!, memoryFraction: budget)
       options.worker.keyCodec = KeyCodecKind(rawValue: keyCodec)!
       options.worker.keyBits = keyBits
+      options.worker.tau = tau
+      options.outputMode = HCAttentionOutputModeArgument(rawValue: outputMode)!.mode
       let local = try await LocalCluster.start(options, logger: logger)
       do {
         report = try await runAgainst(
@@ -177,11 +200,40 @@ struct DemoCommand: AsyncParsableCommand {
         throw error
       }
     }
+    if baselines {
+      report.comparison += try Self.baselineRows(
+        replay, workerFraction: report.workerFraction, progress: progress)
+    }
     progress.finish()
     if json {
       try writeJSON(report)
     } else {
       print(report.text, terminator: "")
+    }
+    // The figures are printed whatever happened at release; a real failure follows them.
+    if let failure = report.releaseFailure {
+      throw CommandFailure(description: "releasing the sequence: \(failure)")
+    }
+  }
+
+  /// StreamingLLM at the run's worker share and full attention, on the same workload, in
+  /// this process (the harness of `hkv eval`): what the budget buys, and what it costs.
+  static func baselineRows(
+    _ replay: WorkloadReplay, workerFraction: Double, progress: ProgressLine
+  ) throws -> [DemoReport.Comparison] {
+    let budget = min(1, max(1e-4, workerFraction))
+    let options = try EvalOptions(policies: ["streamingllm", "full"], budgets: [budget])
+    let eval = try EvalHarness.run(replay.workload, options: options) {
+      progress.show("baselines: \($0)")
+    }
+    return eval.rows.filter { $0.status == "ok" }.map { row in
+      let steps = Double(replay.decodeSteps)
+      return DemoReport.Comparison(
+        name: row.policy == "full" ? "full attention" : "\(row.policy) (same worker memory)",
+        workerFraction: row.residentFraction ?? (row.policy == "full" ? 1 : budget),
+        meanRelativeError: row.relativeL2Error ?? 0, massRecall: row.massRecall ?? 1,
+        keptShare: row.keptFraction ?? 1, bytesMovedPerStep: Int(row.bytesMovedPerStep ?? 0),
+        decodeStepsPerSecond: row.seconds.map { $0 > 0 ? steps / $0 : 0 })
     }
   }
 
@@ -270,6 +322,9 @@ struct DemoCommand: AsyncParsableCommand {
         stability: $0.stability, residentBytes: resident["\($0.layer)/\($0.kvHead)"] ?? 0)
     }
     // The memory nodes' used bytes are read before the sequence is released.
+    // A node that died mid-run does not fail the release (its rows went with it); what does
+    // fail it is reported after the figures.
+    var releaseFailure: String?
     do {
       if let engine {
         try await engine.release(ref)
@@ -279,9 +334,13 @@ struct DemoCommand: AsyncParsableCommand {
           try await $0.release(ref)
         }
       }
-    } catch let error as WorkerError {
-      throw CommandFailure(description: "releasing the sequence: \(error)")
+    } catch {
+      releaseFailure = "\(error)"
     }
+    let keptShare =
+      figures.contextTokens > 0 ? Double(figures.keptTokens) / Double(figures.contextTokens) : 0
+    let workerFraction = Double(figures.workerBytes) / Double(max(1, figures.fullKVBytes))
+    let stepsPerSecond = Double(decode.steps) / max(decode.engineSeconds, 1e-9)
     return DemoReport(
       mode: mode, model: replay.geometry.name, layers: replay.geometry.layers,
       kvHeads: replay.geometry.kvHeads, headDim: replay.geometry.headDim,
@@ -289,14 +348,21 @@ struct DemoCommand: AsyncParsableCommand {
       budgetFraction: cluster.budgets.memoryFraction, memoryNodes: nodeBytes.count,
       workerBytes: figures.workerBytes, memoryTierBytes: figures.memoryTierBytes,
       memoryNodeBytes: nodeBytes, fullKvBytes: figures.fullKVBytes,
-      workerFraction: Double(figures.workerBytes) / Double(max(1, figures.fullKVBytes)),
+      workerFraction: workerFraction,
       tokenRows: figures.tokens * replay.geometry.layers * replay.geometry.kvHeads,
       storedRows: figures.storedRows, unshippedRows: figures.unshippedRows,
       meanRelativeError: decode.meanRelativeError, maxRelativeError: decode.maxRelativeError,
       massRecall: decode.meanMassRecall, prefillSeconds: prefillSeconds,
-      decodeStepsPerSecond: Double(decode.steps) / max(decode.engineSeconds, 1e-9),
-      bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps),
-      refreshes: figures.refreshes, budgets: table)
+      decodeStepsPerSecond: stepsPerSecond,
+      bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps), keptShare: keptShare,
+      failovers: figures.failovers, refreshes: figures.refreshes, budgets: table,
+      comparison: [
+        .init(
+          name: "\(figures.policy) (this run)", workerFraction: workerFraction,
+          meanRelativeError: decode.meanRelativeError, massRecall: decode.meanMassRecall,
+          keptShare: keptShare, bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps),
+          decodeStepsPerSecond: stepsPerSecond)
+      ], releaseFailure: releaseFailure)
   }
 }
 
@@ -304,6 +370,7 @@ struct DemoCommand: AsyncParsableCommand {
 struct SequenceFigures {
   var policy: String
   var tokens, workerBytes, memoryTierBytes, fullKVBytes, storedRows, unshippedRows, refreshes: Int
+  var keptTokens, contextTokens, failovers: Int
   var heads: [(layer: Int, kvHead: Int, residentBytes: Int)]
 
   init(_ s: Heterokv_V1_SequenceStats) {
@@ -315,6 +382,9 @@ struct SequenceFigures {
     storedRows = Int(s.storedRows)
     unshippedRows = Int(s.unshippedRows)
     refreshes = Int(s.refreshes)
+    keptTokens = Int(s.keptTokens)
+    contextTokens = Int(s.contextTokens)
+    failovers = Int(s.failovers)
     heads = s.heads.map { (Int($0.layer), Int($0.kvHead), Int($0.residentBytes)) }
   }
 }
@@ -327,6 +397,15 @@ struct DemoReport: Codable {
     var cap: Int
     var stability: Double
     var residentBytes: Int
+  }
+  /// One way of attending the workload, for the comparison table.
+  struct Comparison: Codable {
+    var name: String
+    var workerFraction, meanRelativeError, massRecall, keptShare: Double
+    var bytesMovedPerStep: Int
+    /// Decode steps per second where measured (the baselines run in this process, on the
+    /// harness: not a cluster's speed).
+    var decodeStepsPerSecond: Double?
   }
   var mode, model: String
   var layers, kvHeads, headDim, tokens, decodeSteps: Int
@@ -342,8 +421,15 @@ struct DemoReport: Codable {
   var meanRelativeError, maxRelativeError, massRecall: Double
   var prefillSeconds, decodeStepsPerSecond: Double
   var bytesMovedPerStep: Int
+  /// Mean share of the context a query head's decode step attended.
+  var keptShare: Double
+  var failovers: Int
   var refreshes: Int
   var budgets: [HeadBudget]
+  /// This run, then StreamingLLM at the same worker memory and full attention.
+  var comparison: [Comparison]
+  /// Why releasing the sequence failed, if it did (the report is printed first).
+  var releaseFailure: String?
 
   var text: String {
     func size(_ b: Int) -> String { ByteSize.format(UInt64(b)) }
@@ -365,12 +451,13 @@ struct DemoReport: Codable {
       fidelity against full attention
         output error      mean \(String(format: "%.4f", meanRelativeError)), max \(String(format: "%.4f", maxRelativeError)) (relative L2)
         mass recall       \(String(format: "%.4f", massRecall))
+        kept per step     \(String(format: "%.2f%%", keptShare * 100)) of the context per query head
 
       speed
         prefill           \(String(format: "%.1f", prefillSeconds)) s
         decode            \(String(format: "%.2f", decodeStepsPerSecond)) steps/s (\(layers) layers per step)
         moved per step    \(size(bytesMovedPerStep))
-        satellite refreshes \(refreshes)
+        satellite refreshes \(refreshes), failovers \(failovers)
 
       budgets (first layers)
 
@@ -384,8 +471,35 @@ struct DemoReport: Codable {
         ]
       }
     ).render()
+    if comparison.count > 1 {
+      out += """
+
+        what the budget buys (same workload; output error is the relative L2 distance of each
+        attention output from full attention's, mass recall the share of full attention's
+        weight on the tokens a step attended)
+
+        """
+      out += TextTable(
+        ["", "WORKER", "OUTPUT ERROR", "MASS RECALL", "KEPT", "MOVED/STEP"],
+        rows: comparison.map {
+          [
+            $0.name, String(format: "%.1f%%", $0.workerFraction * 100),
+            String(format: "%.4f", $0.meanRelativeError), String(format: "%.4f", $0.massRecall),
+            String(format: "%.2f%%", $0.keptShare * 100), size($0.bytesMovedPerStep),
+          ]
+        }
+      ).render()
+    }
     return out
   }
+}
+
+/// The configuration the demo runs by default: the one this project recommends at a 12.5%
+/// budget (docs/benchmarks.md, "hkv demo": the best output error on this workload).
+enum DemoDefaults {
+  static let policy = "hcattention"
+  static let tau = 0.99
+  static let outputMode = "exact"
 }
 
 extension ProgressLine {

@@ -48,6 +48,10 @@ struct FidelityCommand: AsyncParsableCommand {
     var meanKL, maxKL, top1Agreement: Double
     var workerBytes, fullKVBytes: Int
     var workerShare, decodeTokensPerSecond: Double
+    /// Mean share of the context tokens a query head's decode step kept.
+    var keptShare: Double
+    /// Mean bytes a decode step moved between worker and memory nodes.
+    var decodeBytesPerStep: Double
   }
 
   func run() async throws {
@@ -81,7 +85,8 @@ struct FidelityCommand: AsyncParsableCommand {
           policy: $0.policy, meanKL: $0.meanKL, maxKL: $0.maxKL, top1Agreement: $0.top1Agreement,
           workerBytes: $0.workerBytes, fullKVBytes: $0.fullKVBytes,
           workerShare: Double($0.workerBytes) / Double(max(1, $0.fullKVBytes)),
-          decodeTokensPerSecond: $0.decodeTokensPerSecond)
+          decodeTokensPerSecond: $0.decodeTokensPerSecond, keptShare: $0.keptShare,
+          decodeBytesPerStep: $0.decodeBytesPerStep)
       })
     if json {
       try writeJSON(report)
@@ -92,12 +97,17 @@ struct FidelityCommand: AsyncParsableCommand {
         + String(format: "%.1f s", result.prefillSeconds))
     print(
       TextTable(
-        ["POLICY", "MEAN KL", "MAX KL", "TOP-1", "WORKER", "SHARE", "DECODE TOK/S"],
+        [
+          "POLICY", "MEAN KL", "MAX KL", "TOP-1", "WORKER", "SHARE", "KEPT", "MOVED/STEP",
+          "DECODE TOK/S",
+        ],
         rows: report.runs.map {
           [
             $0.policy, String(format: "%.4f", $0.meanKL), String(format: "%.4f", $0.maxKL),
             String(format: "%.3f", $0.top1Agreement), ByteSize.format($0.workerBytes),
             String(format: "%.2f%%", $0.workerShare * 100),
+            String(format: "%.1f%%", $0.keptShare * 100),
+            ByteSize.format(UInt64($0.decodeBytesPerStep)),
             String(format: "%.2f", $0.decodeTokensPerSecond),
           ]
         }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import HeteroKVDaemon
 
 /// The HeteroKV command: one executable, a subcommand per job.
 @main
@@ -6,6 +7,7 @@ struct HKV: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "hkv",
     abstract: "HeteroKV: a distributed KV cache for long-context LLM inference.",
+    version: HeteroKVBuild.description,
     subcommands: [
       DemoCommand.self, GenerateCommand.self, NeedleCommand.self, FidelityCommand.self,
       TraceCommand.self,

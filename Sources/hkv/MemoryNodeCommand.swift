@@ -99,7 +99,8 @@ struct MemoryNodeCommand: AsyncParsableCommand {
         })
     }
     try await runDaemon(
-      services, metrics: settings.metrics, registry: registry, logger: logger
+      role: "memnode", services, metrics: settings.metrics, registry: registry,
+      health: node.health, logger: logger
     ) {
       let addresses = try await node.listeningAddresses()
       return

@@ -48,6 +48,10 @@ struct NeedleCommand: AsyncParsableCommand {
     var answer: String
     var found: Bool
     var meanKL, top1Agreement: Double
+    /// Mean share of the context tokens a query head's decode step kept.
+    var keptShare: Double
+    /// Mean bytes a decode step moved between worker and memory nodes.
+    var decodeBytesPerStep: Double
   }
 
   func run() async throws {
@@ -87,7 +91,8 @@ struct NeedleCommand: AsyncParsableCommand {
             Row(
               policy: run.policy, context: ids.count, depthPercent: Int(depth * 100),
               passkey: passkey, answer: text, found: prompt.isAnswered(by: text),
-              meanKL: run.meanKL, top1Agreement: run.top1Agreement))
+              meanKL: run.meanKL, top1Agreement: run.top1Agreement, keptShare: run.keptShare,
+              decodeBytesPerStep: run.decodeBytesPerStep))
         }
       }
       return (rows, (includeFull ? ["full"] : []) + policyList.map(\.name))
@@ -99,12 +104,17 @@ struct NeedleCommand: AsyncParsableCommand {
     }
     print(
       TextTable(
-        ["POLICY", "CONTEXT", "DEPTH", "PASSKEY", "ANSWER", "FOUND", "MEAN KL", "TOP-1"],
+        [
+          "POLICY", "CONTEXT", "DEPTH", "PASSKEY", "ANSWER", "FOUND", "MEAN KL", "TOP-1", "KEPT",
+          "MOVED/STEP",
+        ],
         rows: rows.map {
           [
             $0.policy, "\($0.context)", "\($0.depthPercent)%", "\($0.passkey)",
             $0.answer.replacingOccurrences(of: "\n", with: " "), $0.found ? "yes" : "no",
             String(format: "%.4f", $0.meanKL), String(format: "%.3f", $0.top1Agreement),
+            String(format: "%.1f%%", $0.keptShare * 100),
+            ByteSize.format(UInt64($0.decodeBytesPerStep)),
           ]
         }
       ).render(), terminator: "")
@@ -115,7 +125,11 @@ struct NeedleCommand: AsyncParsableCommand {
           + String(format: "%.4f", mine.map(\.meanKL).reduce(0, +) / Double(max(1, mine.count)))
           + ", top-1 "
           + String(
-            format: "%.3f", mine.map(\.top1Agreement).reduce(0, +) / Double(max(1, mine.count))))
+            format: "%.3f", mine.map(\.top1Agreement).reduce(0, +) / Double(max(1, mine.count)))
+          + ", kept "
+          + String(
+            format: "%.1f%%",
+            100 * mine.map(\.keptShare).reduce(0, +) / Double(max(1, mine.count))))
     }
   }
 }

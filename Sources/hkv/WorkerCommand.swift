@@ -35,8 +35,11 @@ struct WorkerCommand: AsyncParsableCommand {
   @Option(help: "Prometheus /metrics listen address host:port; 'none' disables it.")
   var metrics: String?
 
-  @Option(help: "Output mode: renormalized (weights to the memory nodes) or exact (queries).")
-  var outputMode: String = "renormalized"
+  @Option(
+    help:
+      "Output mode: renormalized (weights to the memory nodes) or exact (queries); default: worker.output_mode of the file."
+  )
+  var outputMode: String?
 
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel: String = "info"
@@ -51,26 +54,34 @@ struct WorkerCommand: AsyncParsableCommand {
     }
     let metricsAddress: HostPort? =
       metrics == "none" ? nil : try metrics.map(parseAddress) ?? cluster.worker.metrics
-    guard let mode = HCAttentionOutputModeArgument(rawValue: outputMode) else {
-      throw ValidationError("bad --output-mode '\(outputMode)': expected renormalized or exact")
+    let mode = try outputMode.map { value in
+      guard let mode = HCAttentionOutputModeArgument(rawValue: value) else {
+        throw ValidationError("bad --output-mode '\(value)': expected renormalized or exact")
+      }
+      return mode
     }
     let security = try cluster.controlPlaneSecurity()
     _ = try bootstrapLogging(logLevel)
     let logger = Logger(label: "hkv.worker")
     let registry = PrometheusCollectorRegistry()
+    var factory = PrometheusMetricsFactory(registry: registry)
+    factory.valueHistogramBuckets = WorkerMetrics.valueHistogramBuckets
     let worker: Worker
     do {
       var options = try WorkerOptions(cluster: cluster, id: id)
-      options.outputMode = mode.mode
+      if let mode { options.outputMode = mode.mode }
       worker = try Worker(
-        options: options, control: CoordinatorControl(address: coordinator, security: security))
+        options: options, control: CoordinatorControl(address: coordinator, security: security),
+        metrics: WorkerMetrics(workerID: id, factory: factory))
     } catch {
       throw CommandFailure(description: error.message)
     }
     let daemon = WorkerDaemon(
       worker: worker, host: address.host, port: address.port, security: security)
     let id = self.id
-    let agent = MembershipAgent(coordinator: coordinator, security: security, logger: logger) {
+    let agent = MembershipAgent(
+      coordinator: coordinator, security: security, logger: logger, health: daemon.health
+    ) {
       let port = try await daemon.listeningPort()
       return .init(
         request: .with {
@@ -81,7 +92,8 @@ struct WorkerCommand: AsyncParsableCommand {
         usedBytes: { 0 })
     }
     try await runDaemon(
-      [daemon, agent], metrics: metricsAddress, registry: registry, logger: logger
+      role: "worker", [daemon, agent], metrics: metricsAddress, registry: registry,
+      health: daemon.health, logger: logger
     ) {
       let port = try await daemon.listeningPort()
       return

@@ -17,19 +17,19 @@ struct RSocket: Sendable {
     -> RSocket
   {
     let address = try resolve(host: host, port: port)
-    let fd = rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
+    let fd = hkv_rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw failure("rsocket") }
     var one: Int32 = 1
-    _ = rsetsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-    let bound = address.withSockAddr { rbind(fd, $0, socklen_t($1)) }
+    _ = hkv_rsetsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    let bound = address.withSockAddr { hkv_rbind(fd, $0, socklen_t($1)) }
     guard bound == 0 else {
       let error = failure("rbind \(host):\(port)")
-      rclose(fd)
+      hkv_rclose(fd)
       throw error
     }
-    guard rlisten(fd, backlog) == 0 else {
+    guard hkv_rlisten(fd, backlog) == 0 else {
       let error = failure("rlisten")
-      rclose(fd)
+      hkv_rclose(fd)
       throw error
     }
     return RSocket(fd: fd)
@@ -38,14 +38,14 @@ struct RSocket: Sendable {
   /// A socket connected to `host:port`.
   static func connect(host: String, port: Int) throws(DataPlaneError) -> RSocket {
     let address = try resolve(host: host, port: port)
-    let fd = rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
+    let fd = hkv_rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw failure("rsocket") }
     var one: Int32 = 1
-    _ = rsetsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    let connected = address.withSockAddr { rconnect(fd, $0, socklen_t($1)) }
+    _ = hkv_rsetsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    let connected = address.withSockAddr { hkv_rconnect(fd, $0, socklen_t($1)) }
     guard connected == 0 else {
       let error = failure("rconnect \(host):\(port)", code: .nodeUnreachable)
-      rclose(fd)
+      hkv_rclose(fd)
       throw error
     }
     return RSocket(fd: fd)
@@ -56,7 +56,7 @@ struct RSocket: Sendable {
     var storage = sockaddr_storage()
     var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
     let ok = withUnsafeMutablePointer(to: &storage) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rgetsockname(fd, $0, &length) }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { hkv_rgetsockname(fd, $0, &length) }
     }
     guard ok == 0 else { return 0 }
     return withUnsafePointer(to: &storage) {
@@ -68,7 +68,7 @@ struct RSocket: Sendable {
 
   /// Accepts one connection; nil once the listening socket is shut down.
   func accept() -> RSocket? {
-    let client = raccept(fd, nil, nil)
+    let client = hkv_raccept(fd, nil, nil)
     return client >= 0 ? RSocket(fd: client) : nil
   }
 
@@ -77,7 +77,7 @@ struct RSocket: Sendable {
     var remaining = count
     while remaining > 0 {
       let got = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: remaining) { out in
-        let n = rrecv(fd, out.baseAddress, remaining, 0)
+        let n = hkv_rrecv(fd, out.baseAddress, remaining, 0)
         return n > 0 ? n : 0
       }
       if got == 0 { return false }
@@ -91,7 +91,7 @@ struct RSocket: Sendable {
     buffer.withUnsafeReadableBytes { raw in
       var offset = 0
       while offset < raw.count {
-        let n = rsend(fd, raw.baseAddress! + offset, raw.count - offset, 0)
+        let n = hkv_rsend(fd, raw.baseAddress! + offset, raw.count - offset, 0)
         if n <= 0 { return false }
         offset += n
       }
@@ -99,8 +99,8 @@ struct RSocket: Sendable {
     }
   }
 
-  func shutdown() { _ = rshutdown(fd, Int32(SHUT_RDWR)) }
-  func close() { _ = rclose(fd) }
+  func shutdown() { _ = hkv_rshutdown(fd, Int32(SHUT_RDWR)) }
+  func close() { _ = hkv_rclose(fd) }
 
   private static func resolve(host: String, port: Int) throws(DataPlaneError) -> SocketAddress {
     do {

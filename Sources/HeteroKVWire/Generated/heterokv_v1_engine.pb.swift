@@ -241,54 +241,114 @@ public nonisolated struct Heterokv_V1_HeadStats: Sendable {
   public init() {}
 }
 
-public nonisolated struct Heterokv_V1_SequenceStats: Sendable {
+public nonisolated struct Heterokv_V1_SequenceStats: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var ref: Heterokv_V1_SequenceRef {
-    get {_ref ?? Heterokv_V1_SequenceRef()}
-    set {_ref = newValue}
+    get {_storage._ref ?? Heterokv_V1_SequenceRef()}
+    set {_uniqueStorage()._ref = newValue}
   }
   /// Returns true if `ref` has been explicitly set.
-  public var hasRef: Bool {self._ref != nil}
+  public var hasRef: Bool {_storage._ref != nil}
   /// Clears the value of `ref`. Subsequent reads from it will return its default value.
-  public mutating func clearRef() {self._ref = nil}
+  public mutating func clearRef() {_uniqueStorage()._ref = nil}
 
-  public var tokens: UInt64 = 0
+  public var tokens: UInt64 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
 
-  public var policy: String = String()
+  public var policy: String {
+    get {_storage._policy}
+    set {_uniqueStorage()._policy = newValue}
+  }
 
   /// Bytes resident on the worker for this sequence.
-  public var workerBytes: UInt64 = 0
+  public var workerBytes: UInt64 {
+    get {_storage._workerBytes}
+    set {_uniqueStorage()._workerBytes = newValue}
+  }
 
   /// Bytes the memory tier holds for it, all copies.
-  public var memoryTierBytes: UInt64 = 0
+  public var memoryTierBytes: UInt64 {
+    get {_storage._memoryTierBytes}
+    set {_uniqueStorage()._memoryTierBytes = newValue}
+  }
 
   /// What fp16 K/V of every token of every layer would take.
-  public var fullKvBytes: UInt64 = 0
+  public var fullKvBytes: UInt64 {
+    get {_storage._fullKvBytes}
+    set {_uniqueStorage()._fullKvBytes = newValue}
+  }
 
-  public var decodeSteps: UInt64 = 0
+  public var decodeSteps: UInt64 {
+    get {_storage._decodeSteps}
+    set {_uniqueStorage()._decodeSteps = newValue}
+  }
 
-  public var bytesMoved: UInt64 = 0
+  public var bytesMoved: UInt64 {
+    get {_storage._bytesMoved}
+    set {_uniqueStorage()._bytesMoved = newValue}
+  }
 
-  public var refreshes: UInt64 = 0
+  public var refreshes: UInt64 {
+    get {_storage._refreshes}
+    set {_uniqueStorage()._refreshes = newValue}
+  }
 
-  public var failovers: UInt64 = 0
+  public var failovers: UInt64 {
+    get {_storage._failovers}
+    set {_uniqueStorage()._failovers = newValue}
+  }
 
-  public var heads: [Heterokv_V1_HeadStats] = []
+  public var heads: [Heterokv_V1_HeadStats] {
+    get {_storage._heads}
+    set {_uniqueStorage()._heads = newValue}
+  }
 
   /// Rows (tokens x heads) still on their way to the memory tier.
-  public var unshippedRows: UInt64 = 0
+  public var unshippedRows: UInt64 {
+    get {_storage._unshippedRows}
+    set {_uniqueStorage()._unshippedRows = newValue}
+  }
 
   /// Rows at least one memory node holds; with unshipped_rows, every row of every head.
-  public var storedRows: UInt64 = 0
+  public var storedRows: UInt64 {
+    get {_storage._storedRows}
+    set {_uniqueStorage()._storedRows = newValue}
+  }
+
+  /// Over every query head of every decode step: the tokens attended (kept) and the tokens
+  /// the context held; their ratio is the share a step keeps.
+  public var keptTokens: UInt64 {
+    get {_storage._keptTokens}
+    set {_uniqueStorage()._keptTokens = newValue}
+  }
+
+  public var contextTokens: UInt64 {
+    get {_storage._contextTokens}
+    set {_uniqueStorage()._contextTokens = newValue}
+  }
+
+  /// Bytes moved by decode steps alone (near-data attention, decode rows, refreshes).
+  public var decodeBytesMoved: UInt64 {
+    get {_storage._decodeBytesMoved}
+    set {_uniqueStorage()._decodeBytesMoved = newValue}
+  }
+
+  /// Shards whose rows fewer live replicas hold than the placement asks for.
+  public var underReplicatedShards: UInt64 {
+    get {_storage._underReplicatedShards}
+    set {_uniqueStorage()._underReplicatedShards = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _ref: Heterokv_V1_SequenceRef? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -708,93 +768,181 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SequenceStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0\u{3}stored_rows\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0\u{3}stored_rows\0\u{3}kept_tokens\0\u{3}context_tokens\0\u{3}decode_bytes_moved\0\u{3}under_replicated_shards\0")
+
+  fileprivate class _StorageClass {
+    var _ref: Heterokv_V1_SequenceRef? = nil
+    var _tokens: UInt64 = 0
+    var _policy: String = String()
+    var _workerBytes: UInt64 = 0
+    var _memoryTierBytes: UInt64 = 0
+    var _fullKvBytes: UInt64 = 0
+    var _decodeSteps: UInt64 = 0
+    var _bytesMoved: UInt64 = 0
+    var _refreshes: UInt64 = 0
+    var _failovers: UInt64 = 0
+    var _heads: [Heterokv_V1_HeadStats] = []
+    var _unshippedRows: UInt64 = 0
+    var _storedRows: UInt64 = 0
+    var _keptTokens: UInt64 = 0
+    var _contextTokens: UInt64 = 0
+    var _decodeBytesMoved: UInt64 = 0
+    var _underReplicatedShards: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _ref = source._ref
+      _tokens = source._tokens
+      _policy = source._policy
+      _workerBytes = source._workerBytes
+      _memoryTierBytes = source._memoryTierBytes
+      _fullKvBytes = source._fullKvBytes
+      _decodeSteps = source._decodeSteps
+      _bytesMoved = source._bytesMoved
+      _refreshes = source._refreshes
+      _failovers = source._failovers
+      _heads = source._heads
+      _unshippedRows = source._unshippedRows
+      _storedRows = source._storedRows
+      _keptTokens = source._keptTokens
+      _contextTokens = source._contextTokens
+      _decodeBytesMoved = source._decodeBytesMoved
+      _underReplicatedShards = source._underReplicatedShards
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._ref) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.tokens) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.policy) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.workerBytes) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.memoryTierBytes) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.fullKvBytes) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.decodeSteps) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.bytesMoved) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.refreshes) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.failovers) }()
-      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.heads) }()
-      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.unshippedRows) }()
-      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.storedRows) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._ref) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._tokens) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._policy) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._workerBytes) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryTierBytes) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._fullKvBytes) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._decodeSteps) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytesMoved) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._refreshes) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._failovers) }()
+        case 11: try { try decoder.decodeRepeatedMessageField(value: &_storage._heads) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._unshippedRows) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._storedRows) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._keptTokens) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._contextTokens) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._decodeBytesMoved) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._underReplicatedShards) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._ref {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.tokens != 0 {
-      try visitor.visitSingularUInt64Field(value: self.tokens, fieldNumber: 2)
-    }
-    if !self.policy.isEmpty {
-      try visitor.visitSingularStringField(value: self.policy, fieldNumber: 3)
-    }
-    if self.workerBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.workerBytes, fieldNumber: 4)
-    }
-    if self.memoryTierBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.memoryTierBytes, fieldNumber: 5)
-    }
-    if self.fullKvBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.fullKvBytes, fieldNumber: 6)
-    }
-    if self.decodeSteps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.decodeSteps, fieldNumber: 7)
-    }
-    if self.bytesMoved != 0 {
-      try visitor.visitSingularUInt64Field(value: self.bytesMoved, fieldNumber: 8)
-    }
-    if self.refreshes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.refreshes, fieldNumber: 9)
-    }
-    if self.failovers != 0 {
-      try visitor.visitSingularUInt64Field(value: self.failovers, fieldNumber: 10)
-    }
-    if !self.heads.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.heads, fieldNumber: 11)
-    }
-    if self.unshippedRows != 0 {
-      try visitor.visitSingularUInt64Field(value: self.unshippedRows, fieldNumber: 12)
-    }
-    if self.storedRows != 0 {
-      try visitor.visitSingularUInt64Field(value: self.storedRows, fieldNumber: 13)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._ref {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._tokens, fieldNumber: 2)
+      }
+      if !_storage._policy.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._policy, fieldNumber: 3)
+      }
+      if _storage._workerBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._workerBytes, fieldNumber: 4)
+      }
+      if _storage._memoryTierBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryTierBytes, fieldNumber: 5)
+      }
+      if _storage._fullKvBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._fullKvBytes, fieldNumber: 6)
+      }
+      if _storage._decodeSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._decodeSteps, fieldNumber: 7)
+      }
+      if _storage._bytesMoved != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytesMoved, fieldNumber: 8)
+      }
+      if _storage._refreshes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._refreshes, fieldNumber: 9)
+      }
+      if _storage._failovers != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._failovers, fieldNumber: 10)
+      }
+      if !_storage._heads.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._heads, fieldNumber: 11)
+      }
+      if _storage._unshippedRows != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._unshippedRows, fieldNumber: 12)
+      }
+      if _storage._storedRows != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._storedRows, fieldNumber: 13)
+      }
+      if _storage._keptTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._keptTokens, fieldNumber: 14)
+      }
+      if _storage._contextTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._contextTokens, fieldNumber: 15)
+      }
+      if _storage._decodeBytesMoved != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._decodeBytesMoved, fieldNumber: 16)
+      }
+      if _storage._underReplicatedShards != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._underReplicatedShards, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Heterokv_V1_SequenceStats, rhs: Heterokv_V1_SequenceStats) -> Bool {
-    if lhs._ref != rhs._ref {return false}
-    if lhs.tokens != rhs.tokens {return false}
-    if lhs.policy != rhs.policy {return false}
-    if lhs.workerBytes != rhs.workerBytes {return false}
-    if lhs.memoryTierBytes != rhs.memoryTierBytes {return false}
-    if lhs.fullKvBytes != rhs.fullKvBytes {return false}
-    if lhs.decodeSteps != rhs.decodeSteps {return false}
-    if lhs.bytesMoved != rhs.bytesMoved {return false}
-    if lhs.refreshes != rhs.refreshes {return false}
-    if lhs.failovers != rhs.failovers {return false}
-    if lhs.heads != rhs.heads {return false}
-    if lhs.unshippedRows != rhs.unshippedRows {return false}
-    if lhs.storedRows != rhs.storedRows {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._ref != rhs_storage._ref {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._policy != rhs_storage._policy {return false}
+        if _storage._workerBytes != rhs_storage._workerBytes {return false}
+        if _storage._memoryTierBytes != rhs_storage._memoryTierBytes {return false}
+        if _storage._fullKvBytes != rhs_storage._fullKvBytes {return false}
+        if _storage._decodeSteps != rhs_storage._decodeSteps {return false}
+        if _storage._bytesMoved != rhs_storage._bytesMoved {return false}
+        if _storage._refreshes != rhs_storage._refreshes {return false}
+        if _storage._failovers != rhs_storage._failovers {return false}
+        if _storage._heads != rhs_storage._heads {return false}
+        if _storage._unshippedRows != rhs_storage._unshippedRows {return false}
+        if _storage._storedRows != rhs_storage._storedRows {return false}
+        if _storage._keptTokens != rhs_storage._keptTokens {return false}
+        if _storage._contextTokens != rhs_storage._contextTokens {return false}
+        if _storage._decodeBytesMoved != rhs_storage._decodeBytesMoved {return false}
+        if _storage._underReplicatedShards != rhs_storage._underReplicatedShards {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

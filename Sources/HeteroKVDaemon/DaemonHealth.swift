@@ -1,0 +1,57 @@
+import Synchronization
+
+/// Whether a daemon is alive and serving, as its probes report it: `/healthz` and `/readyz`
+/// on the metrics port and the gRPC health service on its gRPC server. Liveness is the
+/// process answering at all; readiness is every registered condition holding (the memory
+/// node's data plane listening, the worker registered with the coordinator, the
+/// coordinator's store open). Conditions start unmet and the daemon's parts flip them.
+public final class DaemonHealth: Sendable {
+  /// One condition of readiness and why it holds or not.
+  public struct Condition: Sendable, Hashable {
+    /// A short name (`data_plane`, `coordinator`, `store`).
+    public var name: String
+    /// Whether it holds.
+    public var met: Bool
+    /// A line for operators: what is listening, or what is missing.
+    public var detail: String
+  }
+
+  private let conditions: Mutex<[String: Condition]>
+  private let version = Atomic<UInt64>(0)
+
+  /// Health whose readiness needs each of `conditions` (all unmet at first).
+  public init(conditions: [String]) {
+    self.conditions = Mutex(
+      Dictionary(
+        uniqueKeysWithValues: conditions.map {
+          ($0, Condition(name: $0, met: false, detail: "not yet"))
+        }))
+  }
+
+  /// Records whether `condition` holds; a name not given at creation is added.
+  public func set(_ condition: String, met: Bool, detail: String) {
+    let changed = conditions.withLock { all in
+      let before = all[condition]?.met
+      all[condition] = Condition(name: condition, met: met, detail: detail)
+      return before != met
+    }
+    if changed { version.add(1, ordering: .releasing) }
+  }
+
+  /// Every condition, sorted by name.
+  public var report: [Condition] {
+    conditions.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+  }
+
+  /// True when every condition holds.
+  public var isReady: Bool { conditions.withLock { $0.values.allSatisfy(\.met) } }
+
+  /// Increases whenever readiness of some condition flips; watchers compare it to see a change.
+  public var generation: UInt64 { version.load(ordering: .acquiring) }
+
+  /// The `/readyz` body: `ready` or `not ready`, then one line per condition.
+  public var readinessText: String {
+    let lines = report.map { "\($0.met ? "ok" : "waiting") \($0.name): \($0.detail)" }
+    return ([isReady ? "ready" : "not ready"] + lines).joined(separator: "\n") + "\n"
+  }
+}

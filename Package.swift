@@ -256,6 +256,7 @@ let package = Package(
         "HeteroKVWorker", "HeteroKVLocalCluster", "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
         "HeteroKVTestSupport", "HeteroKVMemoryClient",
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "MetricsTestKit", package: "swift-metrics"),
       ]
     ),
     .testTarget(

@@ -207,7 +207,7 @@ public struct SecuritySettings: Sendable, Hashable {
       // systemd's credentials (LoadCredential=) are 0400 files that the service user may
       // read through an ACL, whose mask shows as group bits: there, only "other" bits and
       // write bits are refused. Elsewhere the file must be the owner's alone.
-      let credentials = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"]
+      let credentials = environment["CREDENTIALS_DIRECTORY"]
       let inCredentials =
         credentials.map {
           !$0.isEmpty

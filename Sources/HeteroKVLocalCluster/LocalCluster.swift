@@ -148,7 +148,8 @@ public final class LocalCluster: Sendable {
         o.chunkTokens = options.chunkTokens
         return o
       }(),
-      control: CoordinatorControl(address: coordinatorAddress))
+      control: CoordinatorControl(address: coordinatorAddress),
+      metrics: WorkerMetrics(workerID: "worker-0", factory: metricsFactory))
     var engineAddress: HostPort?
     if options.serveEngine {
       let daemon = WorkerDaemon(worker: worker, host: loopback, port: 0, security: .none)

@@ -498,7 +498,7 @@ struct DemoReport: Codable {
 /// budget (docs/benchmarks.md, "hkv demo": the best output error on this workload).
 enum DemoDefaults {
   static let policy = "hcattention"
-  static let tau = 0.99
+  static let tau = 0.9
   static let outputMode = "exact"
 }
 

@@ -274,4 +274,42 @@ struct ClusterSectionsTests {
     } throws: { "\($0)".contains("T is not set") }
     #expect(try SecuritySettings().resolveToken(environment: [:]) == nil)
   }
+
+  @Test(
+    "a systemd credential (0400 plus an ACL that shows as group read) is accepted in $CREDENTIALS_DIRECTORY only"
+  )
+  func systemdCredential() throws {
+    let directory = NSTemporaryDirectory() + "hkv-credentials-\(UInt64.random(in: 0...UInt64.max))"
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let path = directory + "/token"
+    try "from-systemd\n".write(toFile: path, atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o440], ofItemAtPath: path)
+    let settings = SecuritySettings(tokenFile: path)
+    #expect(
+      try settings.resolveToken(environment: ["CREDENTIALS_DIRECTORY": directory])
+        == "from-systemd")
+    // The same mode elsewhere is refused, and "other" bits are refused even there.
+    #expect {
+      try settings.resolveToken(environment: [:])
+    } throws: { "\($0)".contains("readable by group or others") }
+    try FileManager.default.setAttributes([.posixPermissions: 0o444], ofItemAtPath: path)
+    #expect {
+      try settings.resolveToken(environment: ["CREDENTIALS_DIRECTORY": directory])
+    } throws: { "\($0)".contains("readable by group or others") }
+  }
+
+  @Test("worker.output_mode reads exact or renormalized and names anything else")
+  func outputMode() throws {
+    let nodes = "memory_nodes: [{id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}]\n"
+    let exact = try ClusterConfiguration.parse(
+      yaml: "cluster: c\nworker: {output_mode: exact}\n" + nodes, file: "m.yaml")
+    #expect(exact.worker.outputMode == .exact)
+    let plain = try ClusterConfiguration.parse(yaml: "cluster: c\n" + nodes, file: "m.yaml")
+    #expect(plain.worker.outputMode == .renormalized)
+    #expect {
+      try ClusterConfiguration.parse(
+        yaml: "cluster: c\nworker: {output_mode: raw}\n" + nodes, file: "m.yaml")
+    } throws: { "\($0)".contains("m.yaml:2: worker.output_mode: expected renormalized or exact") }
+  }
 }

@@ -291,6 +291,13 @@ struct ComparisonTests {
     #expect(runs[0]["mean_kl"] as? Double == 0)
     let kl = try #require(runs[1]["mean_kl"] as? Double)
     #expect(kl >= 0 && kl < 1, "\(kl)")
+    // Sparsity beside fidelity: the full cache attends everything and moves nothing; the
+    // policy keeps a share of the context and moves bytes to and from the memory nodes.
+    #expect(runs[0]["kept_share"] as? Double == 1)
+    #expect(runs[0]["decode_bytes_per_step"] as? Double == 0)
+    let kept = try #require(runs[1]["kept_share"] as? Double)
+    #expect(kept > 0 && kept <= 1, "\(kept)")
+    #expect((runs[1]["decode_bytes_per_step"] as? Double ?? 0) > 0)
     let short = try runHKV([
       "fidelity", "--text-file", file.path, "--context", "4000", "--model", try modelPath(),
     ])
@@ -323,6 +330,10 @@ struct RemoteComparisonTests {
       #expect(result.runs.map(\.policy) == ["full", "remote"])
       #expect(result.runs[1].maxKL < 1e-4, "\(result.runs[1].maxKL)")
       #expect(result.runs[1].fullKVBytes == (ids.count + 2) * 30 * 3 * 64 * 4)
+      // tau 1 keeps all but the tokens whose weight rounds to nothing in f32; the figures come
+      // over gRPC.
+      #expect(result.runs[1].keptShare > 0.95, "\(result.runs[1].keptShare)")
+      #expect(result.runs[1].decodeBytesPerStep > 0)
       await cluster.shutdown()
     } catch {
       await cluster.shutdown()
@@ -342,6 +353,9 @@ struct RemoteComparisonTests {
     #expect(
       rows.allSatisfy { ($0["context"] as? Int ?? 0) > 100 && $0["depth_percent"] as? Int == 50 })
     #expect(rows[0]["mean_kl"] as? Double == 0)
+    #expect(rows[0]["kept_share"] as? Double == 1)
+    #expect((rows[1]["kept_share"] as? Double ?? 0) > 0)
+    #expect((rows[1]["decode_bytes_per_step"] as? Double ?? 0) > 0)
     let bad = try runHKV(["needle", "--policies", "full,lru", "--model", try modelPath()])
     #expect(bad.status != 0)
     #expect(bad.err.contains("bad policy 'lru'"), "\(bad.err)")

@@ -12,12 +12,39 @@ struct DemoJSON: Decodable {
   var tokenRows, storedRows, unshippedRows: Int
   var meanRelativeError, massRecall, decodeStepsPerSecond: Double
   var bytesMovedPerStep: Int
+  var keptShare: Double
+  var failovers: Int
   var budgets: [Budget]
+  var comparison: [Comparison]
+  var releaseFailure: String?
+
+  struct Comparison: Decodable {
+    var name: String
+    var workerFraction, meanRelativeError, massRecall, keptShare: Double
+  }
 
   struct Budget: Decodable {
     var layer, kvHead, cap: Int
     var role: String
   }
+}
+
+/// A TCP port free at the time of asking, on 127.0.0.1.
+func freeTestPort() throws -> Int {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_addr.s_addr = inet_addr("127.0.0.1")
+  address.sin_port = 0
+  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+  let bound = withUnsafeMutablePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+      bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+    }
+  }
+  guard bound else { throw CocoaError(.fileWriteUnknown) }
+  return Int(UInt16(bigEndian: address.sin_port))
 }
 
 @Suite("hkv demo", .serialized)
@@ -56,11 +83,112 @@ struct DemoProcessTests {
       })
   }
 
-  @Test("in process: --json parses and its bytes and rows account for every token")
+  @Test(
+    "in process: --json parses, its bytes and rows account for every token, and StreamingLLM and full attention stand beside it"
+  )
   func inProcess() throws {
-    let report = try demo(["--memnodes", "2"])
+    let report = try demo(["--memnodes", "2", "--policy", "heterocache"])
     #expect(report.mode == "in-process")
     checkConsistent(report, nodes: 2)
+    #expect(report.keptShare > 0 && report.keptShare <= 1)
+    #expect(report.releaseFailure == nil)
+    // This run, StreamingLLM at the same worker memory, full attention.
+    try #require(report.comparison.count == 3)
+    #expect(report.comparison[0].meanRelativeError == report.meanRelativeError)
+    let streaming = report.comparison[1]
+    #expect(streaming.name.hasPrefix("streamingllm"))
+    #expect(abs(streaming.workerFraction - report.workerFraction) < 0.02)
+    #expect(streaming.meanRelativeError > 0 && streaming.keptShare < 0.5)
+    let full = report.comparison[2]
+    #expect(full.name == "full attention")
+    #expect(full.meanRelativeError < 1e-5 && full.keptShare == 1 && full.workerFraction == 1)
+  }
+
+  @Test(
+    "--config with replication 2: a memory node SIGKILLed mid-decode costs failovers, not the run; the report is printed and the exit is 0"
+  )
+  func memoryNodeKilledMidDecode() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-kill-\(UUID())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    func clusterFile(coordinatorPort: Int) -> String {
+      var text = """
+        cluster: kill
+        model: {name: llama-1layer, layers: 1, query_heads: 32, kv_heads: 8, head_dim: 128}
+        coordinator:
+          control: 127.0.0.1:\(coordinatorPort)
+          state_dir: \(dir.path)/state
+          lease: 30s
+          heartbeat: 1s
+        worker:
+          control: 127.0.0.1:\(try! freeTestPort())
+          key_codec: scalar
+          key_bits: 4
+          tau: 0.99
+          output_mode: exact
+        budgets: {policy: hcattention, memory_fraction: 0.125}
+        replication: 2
+        memory_nodes:
+
+        """
+      for i in 0..<3 {
+        text += "  - {id: mem-\(i), data: 127.0.0.1:0, control: 127.0.0.1:0, capacity: 256MiB}\n"
+      }
+      return text
+    }
+    let first = dir.appendingPathComponent("coordinator.yaml").path
+    try clusterFile(coordinatorPort: 0).write(toFile: first, atomically: true, encoding: .utf8)
+    let coordinator = try HKVDaemonProcess(["coordinator", "--config", first])
+    try coordinator.waitUntilReady()
+    let port = try #require(coordinator.address("coordinator")).port
+    let file = dir.appendingPathComponent("cluster.yaml").path
+    try clusterFile(coordinatorPort: port).write(toFile: file, atomically: true, encoding: .utf8)
+    let nodes = try (0..<3).map { i in
+      let node = try HKVDaemonProcess(["memnode", "--config", file, "--id", "mem-\(i)"])
+      try node.waitUntilReady()
+      return node
+    }
+    let worker = try HKVDaemonProcess(["worker", "--config", file])
+    try worker.waitUntilReady()
+    defer {
+      worker.kill()
+      for node in nodes { node.kill() }
+      coordinator.kill()
+    }
+    // Both memory nodes must have registered before the sequence is placed.
+    try await Task.sleep(for: .seconds(2))
+
+    let demo = Process()
+    demo.executableURL = try hkvExecutable()
+    demo.arguments = [
+      "demo", "--config", file, "--json", "--tokens", "6000", "--steps", "40",
+      "--no-calibrate", "--no-baselines",
+    ]
+    let out = Pipe()
+    let err = Pipe()
+    demo.standardOutput = out
+    demo.standardError = err
+    try demo.run()
+    // Progress lines go to stderr; the node dies once decoding has begun.
+    var progress = ""
+    while !progress.contains("decode ") {
+      let chunk = err.fileHandleForReading.availableData
+      if chunk.isEmpty { break }
+      progress += String(decoding: chunk, as: UTF8.self)
+    }
+    nodes[1].kill()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    progress += String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    demo.waitUntilExit()
+    #expect(demo.terminationStatus == 0, "stderr: \(progress)")
+    let decoder = JSONDecoder()
+    decoder.keyDecodingStrategy = .convertFromSnakeCase
+    let report = try decoder.decode(DemoJSON.self, from: stdout)
+    #expect(report.decodeSteps == 40)
+    #expect(report.releaseFailure == nil)
+    // Steps after the kill were answered by the surviving replicas.
+    #expect(report.failovers > 0, "the node died after decoding: \(progress)")
+    #expect(report.meanRelativeError < 0.2)
   }
 
   @Test("--processes runs the coordinator, memory nodes and worker as child processes")

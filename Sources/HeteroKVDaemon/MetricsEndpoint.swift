@@ -42,7 +42,8 @@ public final class MetricsEndpoint: Service, Sendable {
         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
         .childChannelInitializer { channel in
           channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
-            try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, health: health))
+            try channel.pipeline.syncOperations.addHandler(
+              MetricsHTTPHandler(registry: registry, health: health))
           }
         }
         .bind(host: host, port: port).get()

@@ -301,7 +301,8 @@ struct ClusterSectionsTests {
 
   @Test("worker.output_mode reads exact or renormalized and names anything else")
   func outputMode() throws {
-    let nodes = "memory_nodes: [{id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}]\n"
+    let nodes =
+      "memory_nodes: [{id: m0, data: 127.0.0.1:1, control: 127.0.0.1:2, capacity: 1GiB}]\n"
     let exact = try ClusterConfiguration.parse(
       yaml: "cluster: c\nworker: {output_mode: exact}\n" + nodes, file: "m.yaml")
     #expect(exact.worker.outputMode == .exact)

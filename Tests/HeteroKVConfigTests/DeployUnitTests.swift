@@ -16,13 +16,15 @@ struct DeployUnitTests {
     .enabled(if: analyzer != nil, "systemd-analyze is not installed on this host"))
   func verify() throws {
     let units = ["hkv-coordinator.service", "hkv-memnode@.service", "hkv-worker.service"]
-    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-units-\(UUID())")
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "hkv-units-\(UUID())")
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: scratch) }
     var checked: [String] = []
     for unit in units {
       let text = try String(
-        contentsOf: repositoryRoot.appendingPathComponent("deploy/systemd/\(unit)"), encoding: .utf8)
+        contentsOf: repositoryRoot.appendingPathComponent("deploy/systemd/\(unit)"), encoding: .utf8
+      )
       #expect(text.contains("ExecStart=/usr/local/bin/hkv "), "\(unit)")
       #expect(text.contains("KillSignal=SIGTERM"), "\(unit)")
       #expect(text.contains("Restart=on-failure"), "\(unit)")

@@ -113,7 +113,8 @@ struct DaemonProbeTests {
       }
     }
     // The worker's metrics are histograms and counters of its own.
-    let workerMetrics = try await httpGet(daemons[2].metrics.host, daemons[2].metrics.port, "/metrics")
+    let workerMetrics = try await httpGet(
+      daemons[2].metrics.host, daemons[2].metrics.port, "/metrics")
     for name in [
       "hkv_worker_resident_bytes", "hkv_worker_under_replicated_shards",
       "hkv_worker_failed_calls_total",

@@ -6,8 +6,11 @@ import Testing
 struct RDMALoaderTests {
   /// Whether the shared library `name` is where Debian's runtime package puts it.
   func installed(_ name: String) -> Bool {
-    ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib"]
-      .contains { FileManager.default.fileExists(atPath: "\($0)/\(name)") }
+    [
+      "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib/x86_64-linux-gnu",
+      "/usr/lib",
+    ]
+    .contains { FileManager.default.fileExists(atPath: "\($0)/\(name)") }
   }
 
   @Test(

@@ -17,7 +17,8 @@ struct WorkerMetricsTests {
     var options = fullBudgetOptions(policy: .hcattention)
     options.budgets.memoryFraction = 0.125
     options.worker.tau = 0.9
-    let cluster = try await LocalCluster.start(options, logger: quietLogger, metricsFactory: metrics)
+    let cluster = try await LocalCluster.start(
+      options, logger: quietLogger, metricsFactory: metrics)
     let worker = ["worker", "worker-0"]
     func gauge(_ label: String) throws -> Double? {
       try metrics.expectGauge(label, [(worker[0], worker[1])]).lastValue
@@ -42,9 +43,11 @@ struct WorkerMetricsTests {
       #expect(stats.keptShare > 0.01 && stats.keptShare < 0.9, "\(stats.keptShare)")
       #expect(try counter("hkv_worker_kept_tokens_total") == Int64(stats.keptTokens))
       #expect(try counter("hkv_worker_context_tokens_total") == Int64(stats.contextTokens))
-      let attends = try metrics.expectTimer("hkv_worker_attend_duration_seconds", [
-        (worker[0], worker[1])
-      ])
+      let attends = try metrics.expectTimer(
+        "hkv_worker_attend_duration_seconds",
+        [
+          (worker[0], worker[1])
+        ])
       #expect(attends.values.count == 4 * g.layers)
       let moved = try metrics.expectRecorder(
         "hkv_worker_step_bytes", [(worker[0], worker[1]), ("tier", "memory_nodes")])
@@ -71,7 +74,8 @@ struct WorkerMetricsTests {
     let replay = try tinyWorkload(steps: 34)
     var options = fullBudgetOptions(policy: .hcattention, replication: 2)
     options.memoryNodes = 3
-    let cluster = try await LocalCluster.start(options, logger: quietLogger, metricsFactory: metrics)
+    let cluster = try await LocalCluster.start(
+      options, logger: quietLogger, metricsFactory: metrics)
     do {
       let ref = SequenceRef(sequence: 11)
       let info = try await cluster.worker.createSequence(ref, maxTokens: 4096)

@@ -41,7 +41,8 @@ struct RSocket: Sendable {
     let fd = hkv_rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw failure("rsocket") }
     var one: Int32 = 1
-    _ = hkv_rsetsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    _ = hkv_rsetsockopt(
+      fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     let connected = address.withSockAddr { hkv_rconnect(fd, $0, socklen_t($1)) }
     guard connected == 0 else {
       let error = failure("rconnect \(host):\(port)", code: .nodeUnreachable)

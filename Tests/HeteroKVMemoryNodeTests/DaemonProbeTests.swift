@@ -58,15 +58,10 @@ struct DaemonProbeTests {
         - {id: m0, data: 127.0.0.1:0, control: 127.0.0.1:0, metrics: 127.0.0.1:0, capacity: 64MiB}
       """
     }
-    let first = dir.appendingPathComponent("coordinator.yaml").path
-    try clusterFile(coordinatorPort: 0).write(toFile: first, atomically: true, encoding: .utf8)
-    let coordinator = try HKVDaemonProcess(["coordinator", "--config", first])
-    try coordinator.waitUntilReady()
-    let control = try #require(coordinator.address("coordinator"))
-    // The members need the coordinator's real port.
-    let file = dir.appendingPathComponent("cluster.yaml").path
-    try clusterFile(coordinatorPort: control.port).write(
-      toFile: file, atomically: true, encoding: .utf8)
+    let started = try startCoordinator(in: dir, clusterFile: clusterFile)
+    let coordinator = started.process
+    let control = started.address
+    let file = started.clusterFile
     let node = try HKVDaemonProcess(["memnode", "--config", file, "--id", "m0"])
     try node.waitUntilReady()
     let worker = try HKVDaemonProcess(["worker", "--config", file])

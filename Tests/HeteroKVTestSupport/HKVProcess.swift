@@ -102,3 +102,32 @@ public final class HKVDaemonProcess {
     process.waitUntilExit()
   }
 }
+
+/// A coordinator process started on a free port, and the cluster file its members use.
+public struct StartedCoordinator {
+  /// The coordinator process.
+  public let process: HKVDaemonProcess
+  /// Its gRPC address.
+  public let address: HostPort
+  /// `cluster.yaml` in the test's folder, naming the coordinator's real port.
+  public let clusterFile: String
+}
+
+/// Starts `hkv coordinator` from `clusterFile(0)` (port 0: the kernel picks one), then writes
+/// `clusterFile(port)` with the port it got to `directory/cluster.yaml`, for the members.
+public func startCoordinator(
+  in directory: URL, clusterFile: (_ coordinatorPort: Int) -> String
+) throws -> StartedCoordinator {
+  let first = directory.appendingPathComponent("coordinator.yaml").path
+  try clusterFile(0).write(toFile: first, atomically: true, encoding: .utf8)
+  let coordinator = try HKVDaemonProcess(["coordinator", "--config", first])
+  try coordinator.waitUntilReady()
+  guard let address = coordinator.address("coordinator") else {
+    throw CocoaError(
+      .fileReadUnknown,
+      userInfo: [NSLocalizedDescriptionKey: "the coordinator's ready line has no address"])
+  }
+  let file = directory.appendingPathComponent("cluster.yaml").path
+  try clusterFile(address.port).write(toFile: file, atomically: true, encoding: .utf8)
+  return StartedCoordinator(process: coordinator, address: address, clusterFile: file)
+}

@@ -136,13 +136,9 @@ struct DemoProcessTests {
       }
       return text
     }
-    let first = dir.appendingPathComponent("coordinator.yaml").path
-    try clusterFile(coordinatorPort: 0).write(toFile: first, atomically: true, encoding: .utf8)
-    let coordinator = try HKVDaemonProcess(["coordinator", "--config", first])
-    try coordinator.waitUntilReady()
-    let port = try #require(coordinator.address("coordinator")).port
-    let file = dir.appendingPathComponent("cluster.yaml").path
-    try clusterFile(coordinatorPort: port).write(toFile: file, atomically: true, encoding: .utf8)
+    let started = try startCoordinator(in: dir, clusterFile: clusterFile)
+    let coordinator = started.process
+    let file = started.clusterFile
     let nodes = try (0..<3).map { i in
       let node = try HKVDaemonProcess(["memnode", "--config", file, "--id", "mem-\(i)"])
       try node.waitUntilReady()

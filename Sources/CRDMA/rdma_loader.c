@@ -41,16 +41,19 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static int load_status = -1;
 static char load_reason[512];
 
-// Opens the first of `names` that loads; records dlerror() of the last try otherwise.
+// Opens the first of `names` that loads; otherwise records why the first (the soname, the
+// one a runtime package installs) failed: a missing dependency or a wrong architecture shows
+// there, not in the development symlink tried after it.
 static void *open_first(const char *const *names, size_t count) {
+  char first_error[256] = "not found";
   for (size_t i = 0; i < count; i++) {
     void *handle = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
     if (handle != NULL) return handle;
+    const char *why = dlerror();
+    if (i == 0 && why != NULL) snprintf(first_error, sizeof first_error, "%s", why);
   }
-  const char *why = dlerror();
   snprintf(load_reason, sizeof load_reason, "%s cannot be loaded (%s); install %s", names[0],
-           why != NULL ? why : "not found",
-           strstr(names[0], "rdmacm") != NULL ? "librdmacm1" : "libibverbs1");
+           first_error, strstr(names[0], "rdmacm") != NULL ? "librdmacm1" : "libibverbs1");
   return NULL;
 }
 

@@ -83,6 +83,12 @@ public final class MembershipAgent: Service, Sendable {
                 self.health?.set(
                   "coordinator", met: false, detail: "heartbeat refused: \(answer.reason)")
                 joined.withLock { $0 = nil }
+              } else {
+                // After an outage the member resumes heartbeats without registering again.
+                self.health?.set(
+                  "coordinator", met: true,
+                  detail: "registered with \(self.coordinator) (incarnation \(current.incarnation))"
+                )
               }
             }
           }

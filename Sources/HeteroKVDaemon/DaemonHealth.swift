@@ -18,6 +18,7 @@ public final class DaemonHealth: Sendable {
 
   private let conditions: Mutex<[String: Condition]>
   private let version = Atomic<UInt64>(0)
+  private let stopping = Atomic<Bool>(false)
 
   /// Health whose readiness needs each of `conditions` (all unmet at first).
   public init(conditions: [String]) {
@@ -38,20 +39,37 @@ public final class DaemonHealth: Sendable {
     if changed { version.add(1, ordering: .releasing) }
   }
 
-  /// Every condition, sorted by name.
-  public var report: [Condition] {
-    conditions.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+  /// Marks the daemon as stopping: it is not ready from now on, and health watchers end.
+  public func beginShutdown() {
+    if !stopping.exchange(true, ordering: .acquiringAndReleasing) {
+      version.add(1, ordering: .releasing)
+    }
   }
 
-  /// True when every condition holds.
-  public var isReady: Bool { conditions.withLock { $0.values.allSatisfy(\.met) } }
+  /// True once a graceful shutdown began.
+  public var isShuttingDown: Bool { stopping.load(ordering: .acquiring) }
+
+  /// Every condition, sorted by name (with `shutdown` unmet once the daemon is stopping).
+  public var report: [Condition] {
+    var all = conditions.withLock { Array($0.values) }
+    if isShuttingDown {
+      all.append(Condition(name: "shutdown", met: false, detail: "stopping"))
+    }
+    return all.sorted { $0.name < $1.name }
+  }
+
+  /// True when every condition holds and the daemon is not stopping.
+  public var isReady: Bool { report.allSatisfy(\.met) }
 
   /// Increases whenever readiness of some condition flips; watchers compare it to see a change.
   public var generation: UInt64 { version.load(ordering: .acquiring) }
 
-  /// The `/readyz` body: `ready` or `not ready`, then one line per condition.
-  public var readinessText: String {
-    let lines = report.map { "\($0.met ? "ok" : "waiting") \($0.name): \($0.detail)" }
-    return ([isReady ? "ready" : "not ready"] + lines).joined(separator: "\n") + "\n"
+  /// Readiness and the `/readyz` body (`ready` or `not ready`, then one line per
+  /// condition), from one reading of the conditions.
+  public var readiness: (ready: Bool, text: String) {
+    let all = report
+    let ready = all.allSatisfy(\.met)
+    let lines = all.map { "\($0.met ? "ok" : "waiting") \($0.name): \($0.detail)" }
+    return (ready, ([ready ? "ready" : "not ready"] + lines).joined(separator: "\n") + "\n")
   }
 }

@@ -10,6 +10,7 @@ import ServiceLifecycle
 public struct GRPCServerService: Service {
   /// The server; its transport reports the listening address once bound.
   public let server: GRPCServer<HTTP2ServerTransport.Posix>
+  private let health: DaemonHealth
 
   /// A server on `host:port` (0 picks a free port) serving `services` (whose full names
   /// `serviceNames` gives, for the health service) and health from `health` (ready at once
@@ -20,6 +21,8 @@ public struct GRPCServerService: Service {
     health: DaemonHealth = DaemonHealth(conditions: []),
     security: ControlPlaneSecurity = .none, maxPayloadBytes: Int = 16 << 20
   ) {
+    self.health = health
+    health.set("grpc", met: false, detail: "not listening yet")
     let transport = HTTP2ServerTransport.Posix(
       address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
       transportSecurity: security.serverTransportSecurity,
@@ -40,9 +43,20 @@ public struct GRPCServerService: Service {
   }
 
   public func run() async throws {
+    let server = self.server
+    let health = self.health
     try await withGracefulShutdownHandler {
-      try await server.serve()
+      try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { try await server.serve() }
+        group.addTask {
+          if let address = try? await server.listeningAddress {
+            health.set("grpc", met: true, detail: "gRPC listening on \(address)")
+          }
+        }
+      }
     } onGracefulShutdown: {
+      // Not ready from here on; health watchers end so that running RPCs can finish.
+      health.beginShutdown()
       server.beginGracefulShutdown()
     }
   }

@@ -39,23 +39,26 @@ public struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     request: Grpc_Health_V1_HealthCheckRequest,
     response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>, context: ServerContext
   ) async throws {
-    guard services.contains(request.service) else {
-      try await response.write(.with { $0.status = .serviceUnknown })
-      return
-    }
-    var last = status
+    // An unknown service stays SERVICE_UNKNOWN (the call stays open, as the protocol asks).
+    let known = services.contains(request.service)
     var seen = health.generation
+    var last: Grpc_Health_V1_HealthCheckResponse.ServingStatus = known ? status : .serviceUnknown
     try await response.write(.with { $0.status = last })
-    while !Task.isCancelled {
+    // Ends when the caller cancels or the daemon begins to stop (NOT_SERVING is sent first),
+    // so a watcher never holds up a graceful shutdown.
+    while !Task.isCancelled && !health.isShuttingDown {
       try await Task.sleep(for: pollInterval)
       let generation = health.generation
-      guard generation != seen else { continue }
+      guard known, generation != seen else { continue }
       seen = generation
       let now = status
       if now != last {
         last = now
         try await response.write(.with { $0.status = now })
       }
+    }
+    if known && last != .notServing {
+      try await response.write(.with { $0.status = .notServing })
     }
   }
 }

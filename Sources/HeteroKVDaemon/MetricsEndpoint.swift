@@ -78,7 +78,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
 
   /// The status, content type and body for `path`.
   private func respond(to path: String?) -> (HTTPResponseStatus, String, [UInt8]) {
-    let route = path.map { String($0.split(separator: "?", maxSplits: 1).first ?? "") }
+    let route = path.map { String($0[..<($0.firstIndex(of: "?") ?? $0.endIndex)]) }
     let plain = "text/plain; charset=utf-8"
     switch route {
     case "/metrics":
@@ -86,7 +86,8 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
     case "/healthz":
       return (.ok, plain, Array("ok\n".utf8))
     case "/readyz":
-      return (health.isReady ? .ok : .serviceUnavailable, plain, Array(health.readinessText.utf8))
+      let (ready, text) = health.readiness
+      return (ready ? .ok : .serviceUnavailable, plain, Array(text.utf8))
     default:
       return (.notFound, plain, Array("not found: try /metrics, /healthz or /readyz\n".utf8))
     }

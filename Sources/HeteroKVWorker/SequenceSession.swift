@@ -229,6 +229,7 @@ actor SequenceSession {
 
   /// Reports the change of `layer`'s worker-resident bytes to the metrics.
   private func noteResident(layer: Int) {
+    guard !released else { return }
     let now = layers[layer].heads.reduce(0) { $0 + $1.residentBytes }
     if now != layerResident[layer] {
       metrics.adjust(resident: now - layerResident[layer])
@@ -674,6 +675,7 @@ actor SequenceSession {
         if let failure = await writer.failure(key) { throw failure }
         layers[l].heads[h].trimTail(acknowledged: await writer.acknowledgedTokens(key))
       }
+      noteResident(layer: l)
     }
     try trainHeldKeys()
     let (profiles, lastQuery) = try profileHeads(prefillTokens: n)
@@ -956,6 +958,8 @@ actor SequenceSession {
       layerResident = layerResident.map { _ in 0 }
     }
     try await control.closeSequence(ref)
+    // Calls queued behind the release find the sequence gone.
+    poisoned = WorkerError(.unknownSequence, "sequence \(ref) was released")
     return ReleaseOutcome(releasedBytes: storedBytes, unreachableNodes: unreachable)
   }
 
@@ -1001,6 +1005,7 @@ actor SequenceSession {
         let ack = await writer.acknowledgedTokens(HeadKey(layer: l, kvHead: h))
         layers[l].heads[h].trimTail(acknowledged: ack)
       }
+      noteResident(layer: l)
     }
   }
 }
@@ -1040,7 +1045,7 @@ public struct SequenceStats: Sendable, Hashable, Codable {
   /// held. `keptTokens / contextTokens` is the share a step keeps (1 for full attention).
   public var keptTokens: Int
   public var contextTokens: Int
-  /// Bytes moved by decode steps alone: near-data attention, decode rows shipped, refreshes.
+  /// Bytes moved by decode steps alone: near-data attention and decode rows shipped.
   public var decodeBytesMoved: Int
   /// Shards that fewer nodes hold in full than their placement names.
   public var underReplicatedShards: Int

@@ -46,6 +46,8 @@ actor ShardWriter {
   private var lost: [HeadKey: WorkerError] = [:]
   /// Shards some replica of which missed rows: fewer copies than the placement asks for.
   private var degraded: Set<ShardID> = []
+  /// Set by `dropAll`: the sequence's rows are gone and no more are shipped.
+  private var dropped = false
   private(set) var bytesSent = 0
   /// Bytes the memory tier holds for the sequence, all copies.
   private(set) var storedBytes = 0
@@ -63,8 +65,9 @@ actor ShardWriter {
     self.maxRowsPerPut = maxRowsPerPut
   }
 
-  /// Queues `batch`, waiting while the queue is full.
+  /// Queues `batch`, waiting while the queue is full; nothing once the sequence was dropped.
   func enqueue(_ batch: ShipBatch) async {
+    guard !dropped else { return }
     let bytes = batch.byteCount
     while inFlightBytes > 0 && inFlightBytes + bytes > limitBytes {
       await withCheckedContinuation { waiters.append($0) }
@@ -109,7 +112,7 @@ actor ShardWriter {
   nonisolated func chunk(of token: Int) -> Int { token / chunkTokens }
 
   private func ship(_ batch: ShipBatch) async {
-    if lost[batch.head] != nil { return }
+    if lost[batch.head] != nil || dropped { return }
     var offset = 0
     while offset < batch.rows {
       let token = batch.start + offset
@@ -173,6 +176,7 @@ actor ShardWriter {
   /// could not be reached.
   func dropAll() async -> [String] {
     await flush()
+    dropped = true
     var unreachable: [String] = []
     for node in placement.nodes.map(\.id) {
       do {

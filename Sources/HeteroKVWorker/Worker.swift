@@ -174,10 +174,10 @@ public final class Worker: Sendable {
   /// ``release(_:)``, also naming the nodes that could not be told to drop their rows.
   public func releaseDetailed(_ ref: SequenceRef) async throws(WorkerError) -> ReleaseOutcome {
     let session = try session(ref)
-    defer {
-      if sessions.withLock({ $0.removeValue(forKey: ref) }) != nil { metrics.adjust(open: -1) }
-    }
+    // A release the coordinator did not take stays open here, so that it can be retried
+    // (dropping rows again is harmless); one that succeeded removes the session.
     let outcome = try await session.release()
+    if sessions.withLock({ $0.removeValue(forKey: ref) }) != nil { metrics.adjust(open: -1) }
     if !outcome.unreachableNodes.isEmpty {
       Logger(label: "hkv.worker").warning(
         """

@@ -105,15 +105,15 @@ public final class WorkerMetrics: Sendable {
 
   /// Applies changes to the totals behind the three gauges.
   func adjust(open: Int = 0, resident: Int = 0, underReplicated delta: Int = 0) {
-    let now = totals.withLock { t in
+    // Recorded under the lock, so concurrent changes reach the gauges in the order applied.
+    totals.withLock { t in
       t.open += open
       t.resident += resident
       t.underReplicated += delta
-      return t
+      if open != 0 { openSequences.record(t.open) }
+      if resident != 0 { residentBytes.record(t.resident) }
+      if delta != 0 { underReplicated.record(t.underReplicated) }
     }
-    if open != 0 { openSequences.record(now.open) }
-    if resident != 0 { residentBytes.record(now.resident) }
-    if delta != 0 { underReplicated.record(now.underReplicated) }
   }
 }
 

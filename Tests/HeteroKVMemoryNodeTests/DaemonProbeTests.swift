@@ -37,15 +37,19 @@ func waitForHTTP(
 @Suite("Every daemon's probes: /healthz, /readyz, /metrics and gRPC health", .serialized)
 struct DaemonProbeTests {
   @Test(
-    "coordinator, memory node and worker processes answer /healthz, /readyz, their own /metrics and gRPC health; the worker goes unready when the coordinator dies"
+    "coordinator, memory node and worker processes answer /healthz, /readyz, their own /metrics and gRPC health (no token needed where one guards the rest); the worker is unready while its coordinator is down and ready again when it is back"
   )
   func probes() async throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-probes-\(UUID())")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
+    let token = dir.appendingPathComponent("token").path
+    try "probe-secret\n".write(toFile: token, atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: token)
     func clusterFile(coordinatorPort: Int) -> String {
       """
       cluster: probes
+      security: {token_file: \(token)}
       model: {name: tiny, layers: 1, query_heads: 4, kv_heads: 2, head_dim: 64}
       coordinator:
         control: 127.0.0.1:\(coordinatorPort)
@@ -107,6 +111,10 @@ struct DaemonProbeTests {
         _ = try await healthStatus(d.grpc, service: "no.such.Service")
       }
     }
+    // The token guards everything but health.
+    await #expect(throws: RPCError.self) {
+      try await withControlClient(daemons[1].grpc) { _ = try await $0.describe(.init()) }
+    }
     // The worker's metrics are histograms and counters of its own.
     let workerMetrics = try await httpGet(
       daemons[2].metrics.host, daemons[2].metrics.port, "/metrics")
@@ -126,6 +134,14 @@ struct DaemonProbeTests {
     // The memory node still serves its data plane.
     let nodeReady = try await httpGet(daemons[1].metrics.host, daemons[1].metrics.port, "/readyz")
     #expect(nodeReady.hasPrefix("HTTP/1.1 200"), "\(nodeReady)")
+    // The coordinator back on its port (its state on disk): the worker's heartbeats are
+    // accepted again and it is ready without registering anew.
+    let restarted = try HKVDaemonProcess(["coordinator", "--config", file])
+    try restarted.waitUntilReady()
+    defer { restarted.kill() }
+    let again = try await waitForHTTP(daemons[2].metrics, "/readyz", toContain: "HTTP/1.1 200")
+    #expect(again.contains("HTTP/1.1 200"), "\(again)")
+    #expect(try await healthStatus(daemons[2].grpc) == .serving)
     #expect(try await worker.terminate() == 0)
     #expect(try await node.terminate() == 0)
   }

@@ -332,7 +332,7 @@ public nonisolated struct Heterokv_V1_SequenceStats: @unchecked Sendable {
     set {_uniqueStorage()._contextTokens = newValue}
   }
 
-  /// Bytes moved by decode steps alone (near-data attention, decode rows, refreshes).
+  /// Bytes moved by decode steps alone (near-data attention, decode rows shipped).
   public var decodeBytesMoved: UInt64 {
     get {_storage._decodeBytesMoved}
     set {_uniqueStorage()._decodeBytesMoved = newValue}

@@ -1,0 +1,116 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+/// One KV head of one layer, as the worker holds it.
+struct HeadState: Sendable {
+  var role: HeadRole = .volatile
+  /// Tokens a compressed head keeps, or the most a full head's step may keep.
+  var cap = 0
+  /// Key codes with exact sinks and window: every head during prefill, full heads after.
+  var index: ApproximateKeyIndex?
+  /// Prefill keys waiting for the index: its codebook is trained on the first
+  /// `WorkerOptions.codebookTrainingKeys` keys, or on the whole prefill at the first attend
+  /// when it is shorter, not on whichever chunk happened to come first.
+  var untrainedKeys: HalfMatrix?
+  /// The resident cache of a compressed head (after prefill).
+  var cache: CompressedHeadCache?
+  /// A pivot's drift watch.
+  var monitor: PivotDriftMonitor?
+  /// Rows not yet known to be on a memory node: tokens `tailStart ..< tailStart + rows`.
+  var tailStart = 0
+  var tailKeys: HalfMatrix
+  var tailValues: HalfMatrix
+  /// Tokens handed to the shard writer.
+  var enqueued = 0
+
+  init(headDim: Int) {
+    tailKeys = HalfMatrix(cols: headDim)
+    tailValues = HalfMatrix(cols: headDim)
+  }
+
+  /// Drops tail rows the memory tier now holds.
+  mutating func trimTail(acknowledged: Int) {
+    let drop = min(max(0, acknowledged - tailStart), tailValues.rows)
+    guard drop > 0 else { return }
+    tailKeys.removeFirst(drop)
+    tailValues.removeFirst(drop)
+    tailStart += drop
+  }
+
+  var residentBytes: Int {
+    (index?.residentBytes ?? 0) + (untrainedKeys?.byteCount ?? 0) + (cache?.residentBytes ?? 0)
+      + tailKeys.byteCount + tailValues.byteCount
+  }
+
+  /// Whether the head goes through the HCAttention path (scores from codes, context from the
+  /// memory tier).
+  var isFull: Bool { cache == nil }
+}
+
+/// A head's key index moved out of the session while the cores code keys into it, so the
+/// append happens in place (one owner) and in parallel across heads.
+final class IndexBox: @unchecked Sendable {
+  var index: ApproximateKeyIndex?
+  var untrained: HalfMatrix?
+  /// False for a compressed head, which has no index to append to.
+  let full: Bool
+
+  init(_ head: HeadState) {
+    index = head.index
+    untrained = head.untrainedKeys
+    full = head.cache == nil
+  }
+
+  /// Appends `keys`: coded when the index exists; else held until `trainingKeys` keys (or
+  /// `now`), then the codebook is trained on all held keys and they are coded.
+  func append(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, now: Bool)
+    throws
+  {
+    if var index {
+      try index.append(keys)
+      self.index = index
+      return
+    }
+    var held = untrained ?? HalfMatrix(cols: keys.cols)
+    try held.append(contentsOf: keys)
+    guard now || held.rows >= options.codebookTrainingKeys else {
+      untrained = held
+      return
+    }
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+  }
+
+  /// Trains the index on the held keys (if any) and codes them.
+  func trainHeld(options: WorkerOptions, layer: Int, kvHead: Int) throws {
+    guard index == nil, let held = untrained else { return }
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+  }
+
+  func trainIndex(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int)
+    throws
+  {
+    var index = ApproximateKeyIndex(
+      codes: try options.keyStore(training: keys, layer: layer, kvHead: kvHead),
+      sinks: options.settings.sinks, window: options.settings.window)
+    try index.append(keys)
+    self.index = index
+    untrained = nil
+  }
+}
+
+/// One layer of a sequence.
+struct LayerState: Sendable {
+  var tokens = 0
+  var heads: [HeadState]
+  /// The prefill's last queries `[rows][queryHeads][d]`, for profiling.
+  var observation: [Float] = []
+  var observationRows = 0
+  /// The layer's length when the observation queries came (the last of them sits just before).
+  var observationEnd = 0
+  /// Decode steps attended so far.
+  var decodeStep = 0
+  /// Refreshed prefill parts of satellite caches, ready to apply at the next step.
+  var readyRefresh: [Int: CompressedHeadCache] = [:]
+}

@@ -1,0 +1,157 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+// Appending a layer's K/V: coding keys, caching, queueing rows for the memory tier.
+extension SequenceSession {
+  // MARK: Append
+
+  /// Appends `tokens` rows of K/V `[tokens][kvHeads][d]` to `layer`.
+  func append(
+    layer: Int, tokens: Int, keys: [Float16], values: [Float16], observation: [Float]?
+  ) async throws(WorkerError) -> Int {
+    await enter()
+    defer { leave() }
+    try checkUsable()
+    let g = geometry
+    try checkLayer(layer)
+    let width = g.kvHeads * g.headDim
+    guard tokens > 0, keys.count == tokens * width, values.count == tokens * width else {
+      throw WorkerError(
+        .invalidArgument,
+        "sequence \(ref) layer \(layer): \(tokens) tokens need \(tokens * width) key and value "
+          + "elements ([tokens][\(g.kvHeads)][\(g.headDim)]), got \(keys.count) and \(values.count)"
+      )
+    }
+    if let bad = keys.firstIndex(where: { !$0.isFinite })
+      ?? values.firstIndex(where: { !$0.isFinite })
+    {
+      throw WorkerError(
+        .invalidArgument, "sequence \(ref) layer \(layer): non-finite K/V at element \(bad)")
+    }
+    if let observation {
+      guard !sealed else {
+        throw WorkerError(
+          .failedPrecondition, "sequence \(ref): observation queries belong to the prefill")
+      }
+      let row = g.queryHeads * g.headDim
+      guard !observation.isEmpty, observation.count % row == 0,
+        observation.allSatisfy(\.isFinite)
+      else {
+        throw WorkerError(
+          .invalidArgument,
+          "sequence \(ref) layer \(layer): observation queries must be finite rows of "
+            + "[\(g.queryHeads)][\(g.headDim)], got \(observation.count) values")
+      }
+    }
+    let start = layers[layer].tokens
+    guard start + tokens <= Int(UInt32.max) else {
+      throw WorkerError(.resourceExhausted, "sequence \(ref) layer \(layer) passes 2^32 tokens")
+    }
+    var batches: [ShipBatch] = []
+    // What can fail (shapes, codebook training) happens before anything changes; a failure
+    // after that leaves the sequence refusing every call rather than answering from a
+    // half-appended layer.
+    let perHead: [(HalfMatrix, HalfMatrix)]
+    do {
+      perHead = try (0..<g.kvHeads).map { h in
+        try Self.headRows(keys: keys, values: values, tokens: tokens, head: h, geometry: g)
+      }
+    } catch {
+      throw WorkerError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
+    }
+    // Key indices are coded on all cores, each moved into a box so the append is in place.
+    let boxes = layers[layer].heads.map(IndexBox.init)
+    for h in 0..<g.kvHeads where layers[layer].heads[h].cache == nil {
+      layers[layer].heads[h].index = nil
+      layers[layer].heads[h].untrainedKeys = nil
+    }
+    let options = self.options
+    let sealed = self.sealed
+    do {
+      _ = try parallelMap(g.kvHeads) { h in
+        guard boxes[h].full else { return }
+        try boxes[h].append(perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed)
+      }
+    } catch {
+      poisoned = WorkerError(
+        .internal,
+        "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
+      throw poisoned!
+    }
+    for h in 0..<g.kvHeads {
+      var head = layers[layer].heads[h]
+      layers[layer].heads[h] = HeadState(headDim: g.headDim)
+      defer { layers[layer].heads[h] = head }
+      let (k, v) = perHead[h]
+      if var cache = head.cache {
+        head.cache = nil
+        do {
+          for r in 0..<tokens {
+            try cache.append(key: k.row(r), value: v.row(r), position: start + r)
+          }
+        } catch {
+          poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
+        }
+        head.cache = cache
+      } else {
+        head.index = boxes[h].index
+        head.untrainedKeys = boxes[h].untrained
+      }
+      do {
+        try head.tailKeys.append(contentsOf: k)
+        try head.tailValues.append(contentsOf: v)
+      } catch {
+        poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
+      }
+      let pending = start + tokens - head.enqueued
+      if !sealed || pending >= options.decodeShipRows {
+        batches.append(shipBatch(&head, layer: layer, kvHead: h, through: start + tokens))
+      }
+    }
+    if let poisoned { throw poisoned }
+    layers[layer].tokens = start + tokens
+    if let observation {
+      layers[layer].observation = observation
+      layers[layer].observationRows = observation.count / (g.queryHeads * g.headDim)
+      layers[layer].observationEnd = start + tokens
+    }
+    for batch in batches { await writer.enqueue(batch) }
+    for h in 0..<g.kvHeads {
+      let ack = await writer.acknowledgedTokens(HeadKey(layer: layer, kvHead: h))
+      layers[layer].heads[h].trimTail(acknowledged: ack)
+    }
+    noteResident(layer: layer)
+    return layers[layer].tokens
+  }
+
+  /// The next batch of a head's tail for the writer, through token `end`.
+  func shipBatch(_ head: inout HeadState, layer: Int, kvHead: Int, through end: Int)
+    -> ShipBatch
+  {
+    let rows = Array((head.enqueued - head.tailStart)..<(end - head.tailStart))
+    let batch = ShipBatch(
+      head: HeadKey(layer: layer, kvHead: kvHead), start: head.enqueued,
+      values: head.tailValues.gather(rows),
+      keys: options.shipsKeys ? head.tailKeys.gather(rows) : nil)
+    head.enqueued = end
+    return batch
+  }
+
+  static func headRows(
+    keys: [Float16], values: [Float16], tokens: Int, head: Int, geometry g: ModelGeometry
+  ) throws -> (HalfMatrix, HalfMatrix) {
+    let d = g.headDim
+    var k = [Float16](repeating: 0, count: tokens * d)
+    var v = [Float16](repeating: 0, count: tokens * d)
+    for t in 0..<tokens {
+      let from = (t * g.kvHeads + head) * d
+      for i in 0..<d {
+        k[t * d + i] = keys[from + i]
+        v[t * d + i] = values[from + i]
+      }
+    }
+    return (try HalfMatrix(halves: k, cols: d), try HalfMatrix(halves: v, cols: d))
+  }
+}

@@ -1,0 +1,250 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+// One layer's decode step: local scoring and caches, near-data attention, the merge.
+extension SequenceSession {
+  // MARK: Attend
+
+  /// Attention of `queries` `[queryHeads][d]` over everything `layer` holds.
+  func attend(layer: Int, queries: [Float], withSelection: Bool) async throws(WorkerError)
+    -> AttendResult
+  {
+    await enter()
+    defer { leave() }
+    try checkUsable()
+    let g = geometry
+    try checkLayer(layer)
+    guard queries.count == g.queryHeads * g.headDim, queries.allSatisfy(\.isFinite) else {
+      throw WorkerError(
+        .invalidArgument,
+        "sequence \(ref) layer \(layer): queries must be \(g.queryHeads)x\(g.headDim) finite "
+          + "values, got \(queries.count)")
+    }
+    if !sealed { try await seal() }
+    applyRefreshes(layer: layer)
+    let group = g.groupSize
+    let d = g.headDim
+    let scale = FullAttention.scale(headDim: d)
+    let tau = Float(options.settings.tau)
+    let state = layers[layer]
+    let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
+      let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
+      if let cache = head.cache { return .attend(cache: cache, queries: q) }
+      let cap =
+        options.policy == .hcattention && options.settings.capSelection && head.cap > 0
+        ? head.cap : nil
+      return .select(index: head.index!, queries: q, tau: tau, cap: cap)
+    }
+    var timings = StepTimings()
+    var mark = ContinuousClock.now
+    let results: [HeadComputationResult]
+    do {
+      results = try backend.run(computations, groupSize: group, scale: scale)
+      timings.compute = seconds(since: mark)
+      mark = .now
+    } catch {
+      throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
+    }
+    var outputs = [Float](repeating: 0, count: queries.count)
+    var selections: [[Int32]] = []
+    var moved = 0
+    var kept = 0
+    var workerRead = 0
+    // Remote work of every full head, fanned out together.
+    var plans: [(head: Int, requests: [RemoteRequest], local: AttentionPartial)] = []
+    for (h, result) in results.enumerated() {
+      let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
+      switch result {
+      case .attended(let partial):
+        outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+        let cache = state.heads[h].cache!
+        kept += cache.positions.count * group
+        workerRead += cache.residentBytes
+        if withSelection {
+          let positions = cache.positions.map(Int32.init)
+          selections += Array(repeating: positions, count: group)
+        }
+      case .selected(let scores, let chosen):
+        let key = HeadKey(layer: layer, kvHead: h)
+        if let failure = await writer.failure(key) { throw failure }
+        let ack = await writer.acknowledgedTokens(key)
+        layers[layer].heads[h].trimTail(acknowledged: ack)
+        let plan = try await plan(
+          layer: layer, kvHead: h, selections: chosen, queries: q, acknowledged: ack)
+        plans.append((h, plan.requests, plan.local))
+        kept += chosen.reduce(0) { $0 + $1.indices.count }
+        workerRead += state.heads[h].index?.residentBytes ?? 0
+        if withSelection { selections += chosen.map(\.indices) }
+        watchDrift(layer: layer, kvHead: h, scores: scores)
+      }
+    }
+    timings.plan = seconds(since: mark)
+    mark = .now
+    let answers = try await fanOut(plans.flatMap(\.requests))
+    timings.fanOut = seconds(since: mark)
+    mark = .now
+    var cursor = 0
+    for plan in plans {
+      let parts = Array(answers[cursor..<(cursor + plan.requests.count)]) + [plan.local]
+      cursor += plan.requests.count
+      moved += plan.requests.reduce(0) { $0 + $1.bytes }
+      do {
+        let merged = try AttentionPartial.merge(parts)
+        outputs.replaceSubrange(
+          plan.head * group * d..<(plan.head + 1) * group * d, with: merged.outputs)
+      } catch {
+        throw WorkerError(.internal, "sequence \(ref) layer \(layer): merge failed: \(error)")
+      }
+    }
+    timings.merge = seconds(since: mark)
+    layers[layer].decodeStep += 1
+    if layer == 0 { decodeSteps += 1 }
+    bytesMoved += moved
+    decodeBytesMoved += moved
+    let context = state.tokens * g.queryHeads
+    keptTokens += kept
+    contextTokens += context
+    noteResident(layer: layer)
+    return AttendResult(
+      output: outputs, selections: withSelection ? selections : nil, bytesMoved: moved,
+      keptTokens: kept, contextTokens: context, workerBytesRead: workerRead, timings: timings)
+  }
+
+  /// One near-data attention request with the nodes that can answer it, primary first.
+  struct RemoteRequest: Sendable {
+    var request: PartialAttentionRequest
+    var holders: [String]
+    var bytes: Int
+  }
+
+  /// Splits a head's kept tokens into requests per shard chunk (tokens the memory tier
+  /// holds) and a partial over the rows still on the worker.
+  func plan(
+    layer: Int, kvHead: Int, selections: [TauMassSelection], queries: [Float], acknowledged: Int
+  ) async throws(WorkerError) -> (requests: [RemoteRequest], local: AttentionPartial) {
+    let group = selections.count
+    let d = geometry.headDim
+    let exact = options.outputMode == .exact
+    var byChunk: [Int: [(tokens: [UInt32], weights: [Float])]] = [:]
+    var localTokens = [[Int]](repeating: [], count: group)
+    var localWeights = [[Float]](repeating: [], count: group)
+    let head = layers[layer].heads[kvHead]
+    for (q, sel) in selections.enumerated() {
+      // Indices ascend, so each chunk's tokens are one run: one dictionary visit per run.
+      let indices = sel.indices
+      var k = 0
+      while k < indices.count {
+        let token = Int(indices[k])
+        if token >= acknowledged {
+          localTokens[q].append(token - head.tailStart)
+          localWeights[q].append(sel.weights[k])
+          k += 1
+          continue
+        }
+        let c = writer.chunk(of: token)
+        var end = k + 1
+        while end < indices.count, Int(indices[end]) < acknowledged,
+          writer.chunk(of: Int(indices[end])) == c
+        {
+          end += 1
+        }
+        byChunk[c, default: Array(repeating: (tokens: [], weights: []), count: group)][q].tokens
+          .append(contentsOf: indices[k..<end].map { UInt32($0) })
+        byChunk[c]![q].weights.append(contentsOf: sel.weights[k..<end])
+        k = end
+      }
+    }
+    var requests: [RemoteRequest] = []
+    for (c, heads) in byChunk.sorted(by: { $0.key < $1.key }) {
+      let shard = ref.shard(layer: layer, kvHead: kvHead, chunk: c)
+      let last = Int(heads.compactMap { $0.tokens.last }.max() ?? 0)
+      let holders = await writer.holders(shard, through: last)
+      let request = PartialAttentionRequest(
+        shard: shard, mode: exact ? .exact : .weights, headDim: d,
+        scale: FullAttention.scale(headDim: d),
+        heads: heads.enumerated().map { q, part in
+          exact
+            ? .exact(tokens: part.tokens, query: Array(queries[q * d..<(q + 1) * d]))
+            : .weighted(tokens: part.tokens, weights: part.weights)
+        })
+      let tokens = heads.reduce(0) { $0 + $1.tokens.count }
+      let up = 32 + tokens * (exact ? 4 : 8) + (exact ? group * d * 4 : 0)
+      requests.append(
+        RemoteRequest(request: request, holders: holders, bytes: up + 4 + group * (8 + d * 4)))
+    }
+    do {
+      let local = try backend.localPartial(
+        queries: queries, heads: group, keys: exact ? head.tailKeys : nil, values: head.tailValues,
+        tokens: localTokens, weights: localWeights)
+      return (requests, local)
+    } catch {
+      throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
+    }
+  }
+
+  /// Sends every request at once; each goes to its first holder and, when that node cannot
+  /// answer, to the next replica. Partials come back in request order.
+  func fanOut(_ requests: [RemoteRequest]) async throws(WorkerError) -> [AttentionPartial] {
+    guard !requests.isEmpty else { return [] }
+    let tier = self.tier
+    let timeout = options.requestTimeout
+    let ref = self.ref
+    let outcome: Result<[(AttentionPartial, Int)], WorkerError> = await withTaskGroup(
+      of: (Int, Result<(AttentionPartial, Int), WorkerError>).self
+    ) { group in
+      for (i, remote) in requests.enumerated() {
+        group.addTask {
+          var tried: [String] = []
+          for (attempt, node) in remote.holders.enumerated() {
+            do {
+              let partial = try await tier.node(node).partialAttention(
+                remote.request, timeout: timeout)
+              return (i, .success((partial, attempt)))
+            } catch {
+              let error = error as? DataPlaneError ?? DataPlaneError(.internalError, "\(error)")
+              tried.append("\(node) (\(error.code))")
+              let failover: Set<DataPlaneError.Code> = [
+                .nodeUnreachable, .connectionClosed, .deadlineExceeded, .unknownShard,
+                .unknownSequence, .indexOutOfRange,
+              ]
+              if !failover.contains(error.code) {
+                return (i, .failure(WorkerError(.internal, "sequence \(ref): \(error)")))
+              }
+            }
+          }
+          return (
+            i,
+            .failure(
+              WorkerError(
+                .dataUnavailable,
+                "sequence \(ref): shard \(remote.request.shard) is on no reachable memory node"
+                  + (tried.isEmpty
+                    ? " (no node holds it)" : "; tried \(tried.joined(separator: ", "))")
+              ))
+          )
+        }
+      }
+      var slots = [(AttentionPartial, Int)?](repeating: nil, count: requests.count)
+      for await (i, result) in group {
+        switch result {
+        case .success(let value): slots[i] = value
+        case .failure(let error):
+          group.cancelAll()
+          return .failure(error)
+        }
+      }
+      return .success(slots.map { $0! })
+    }
+    switch outcome {
+    case .success(let answers):
+      let failed = answers.filter { $0.1 > 0 }.count
+      failovers += failed
+      metrics.failedOver(failed)
+      return answers.map(\.0)
+    case .failure(let error):
+      throw error
+    }
+  }
+}

@@ -1,0 +1,80 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+// Releasing the sequence, its figures, and waiting for its rows to land.
+extension SequenceSession {
+  // MARK: Release and stats
+
+  /// Flushes, drops the rows from every node and closes the sequence at the coordinator.
+  ///
+  /// A node that cannot be reached (dead, or cut off) does not fail the release: its rows
+  /// are gone with it, or will be dropped when the coordinator reclaims the sequence. Such
+  /// nodes are logged by the caller (``ReleaseOutcome/unreachableNodes``) and counted in
+  /// `hkv_worker_release_unreachable_nodes_total`; the coordinator's reservation is freed
+  /// either way. Only a failure to close the sequence at the coordinator is an error.
+  func release() async throws(WorkerError) -> ReleaseOutcome {
+    await enter()
+    defer { leave() }
+    for task in refreshTasks { task.cancel() }
+    let storedBytes = await writer.storedBytes
+    let unreachable = await writer.dropAll()
+    metrics.releaseMissed(nodes: unreachable.count)
+    if !released {
+      released = true
+      metrics.adjust(resident: -layerResident.reduce(0, +))
+      layerResident = layerResident.map { _ in 0 }
+    }
+    try await control.closeSequence(ref)
+    // Calls queued behind the release find the sequence gone.
+    poisoned = WorkerError(.unknownSequence, "sequence \(ref) was released")
+    return ReleaseOutcome(releasedBytes: storedBytes, unreachableNodes: unreachable)
+  }
+
+  /// Where the sequence's bytes are and what its steps moved.
+  func stats() async -> SequenceStats {
+    let g = geometry
+    let tokens = layers.map(\.tokens).max() ?? 0
+    var heads: [SequenceStats.Head] = []
+    var unshipped = 0
+    var storedRows = 0
+    for l in layers.indices {
+      for h in layers[l].heads.indices {
+        let ack = await writer.acknowledgedTokens(HeadKey(layer: l, kvHead: h))
+        layers[l].heads[h].trimTail(acknowledged: ack)
+        storedRows += ack
+      }
+    }
+    for (l, layer) in layers.enumerated() {
+      for (h, head) in layer.heads.enumerated() {
+        heads.append(
+          .init(
+            layer: l, kvHead: h, role: head.role, cap: head.cap, residentBytes: head.residentBytes))
+        unshipped += head.tailValues.rows
+      }
+    }
+    return SequenceStats(
+      ref: ref, tokens: tokens, prefillTokens: prefillTokens, policy: options.policy,
+      workerBytes: heads.reduce(0) { $0 + $1.residentBytes },
+      memoryTierBytes: await writer.storedBytes,
+      fullKVBytes: layers.reduce(0) { $0 + $1.tokens * g.kvHeads * g.headDim * 4 },
+      decodeSteps: decodeSteps, bytesMoved: bytesMoved + (await writer.bytesSent),
+      refreshes: refreshes, failovers: failovers, unshippedRows: unshipped, storedRows: storedRows,
+      keptTokens: keptTokens, contextTokens: contextTokens,
+      decodeBytesMoved: sealed ? decodeBytesMoved + (await writer.bytesSent) - prefillBytesSent : 0,
+      underReplicatedShards: await writer.underReplicatedShards, heads: heads)
+  }
+
+  /// Waits until every row is on the memory tier (for tests and benchmarks).
+  func flush() async {
+    await writer.flush()
+    for l in layers.indices {
+      for h in layers[l].heads.indices {
+        let ack = await writer.acknowledgedTokens(HeadKey(layer: l, kvHead: h))
+        layers[l].heads[h].trimTail(acknowledged: ack)
+      }
+      noteResident(layer: l)
+    }
+  }
+}

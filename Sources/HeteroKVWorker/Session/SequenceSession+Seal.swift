@@ -1,0 +1,240 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+// The end of the prefill: profiles, the coordinator's budgets, each head's decode state.
+extension SequenceSession {
+  // MARK: Prefill end: profiles, budgets, caches
+
+  /// Ends the prefill, whose length is the shortest layer's (an engine appends a layer's
+  /// first decode token just before attending it, so earlier layers may be a token ahead).
+  /// Waits for the rows to reach the memory tier, profiles the heads, reports to the
+  /// coordinator, and builds each head's decode state from its budget.
+  func seal() async throws(WorkerError) {
+    let g = geometry
+    let n = layers.map(\.tokens).min() ?? 0
+    if let l = layers.firstIndex(where: { $0.tokens == 0 }) {
+      throw WorkerError(
+        .failedPrecondition,
+        "sequence \(ref): layer \(l) has no prefill; append every layer before attention")
+    }
+    await writer.flush()
+    prefillBytesSent = await writer.bytesSent
+    for l in 0..<g.layers {
+      for h in 0..<g.kvHeads {
+        let key = HeadKey(layer: l, kvHead: h)
+        if let failure = await writer.failure(key) { throw failure }
+        layers[l].heads[h].trimTail(acknowledged: await writer.acknowledgedTokens(key))
+      }
+      noteResident(layer: l)
+    }
+    try trainHeldKeys()
+    let (profiles, lastQuery) = try profileHeads(prefillTokens: n)
+    let budgets = try await control.reportProfiles(ref, prefillTokens: n, profiles: profiles)
+    guard budgets.policy == options.policy else {
+      throw WorkerError(
+        .failedPrecondition,
+        "the coordinator budgets with policy \(budgets.policy.rawValue), this worker runs "
+          + "\(options.policy.rawValue): give both the same cluster file")
+    }
+    var caps: [HeadKey: HeadBudget] = [:]
+    for b in budgets.heads { caps[HeadKey(layer: b.layer, kvHead: b.kvHead)] = b }
+    let compressedCaps = budgets.heads.filter { !$0.role.keepsFullContext }.map(\.cap)
+    let meanCap =
+      compressedCaps.isEmpty ? max(1, n / 8) : compressedCaps.reduce(0, +) / compressedCaps.count
+    for l in 0..<g.layers {
+      for h in 0..<g.kvHeads {
+        guard let budget = caps[HeadKey(layer: l, kvHead: h)] else {
+          throw WorkerError(.coordinator, "the coordinator sent no budget for layer \(l) head \(h)")
+        }
+        var head = layers[l].heads[h]
+        head.role = budget.role
+        head.cap = min(max(1, budget.cap), n)
+        let compressed =
+          switch options.policy {
+          case .hcattention: false
+          case .uniform: true
+          case .heterocache: !budget.role.keepsFullContext
+          }
+        let probabilities = lastQuery[l][h]
+        let length = layers[l].tokens
+        if compressed {
+          var positions: [Int]
+          if let p = probabilities {
+            let smoothed = (0..<g.groupSize).flatMap {
+              AttentionPattern.smooth(
+                p[$0 * length..<($0 + 1) * length], width: options.heteroCache.poolWidth)
+            }
+            let ranking = AttentionPattern.maxOfRows(smoothed, rows: g.groupSize)
+            positions = AttentionPattern.top(Array(ranking[0..<n]), k: head.cap).sorted()
+          } else {
+            // No queries to rank by: the sinks and the most recent tokens.
+            let sinks = min(options.settings.sinks, head.cap)
+            positions = Array(0..<sinks) + Array(max(sinks, n - (head.cap - sinks))..<n)
+          }
+          // Tokens appended after the prefill (a decode token ahead of the first attend).
+          positions += Array(n..<length)
+          let (keys, values) = try await gatherRows(layer: l, kvHead: h, positions: positions)
+          do {
+            head.cache = try CompressedHeadCache(positions: positions, rows: keys, values: values)
+          } catch {
+            throw WorkerError(.internal, "sequence \(ref) layer \(l) head \(h): \(error)")
+          }
+          head.index = nil
+        } else if budget.role == .pivot, options.policy == .heterocache, let p = probabilities {
+          head.monitor = PivotDriftMonitor(
+            prefillProbabilities: p, heads: g.groupSize, budget: meanCap,
+            configuration: options.heteroCache)
+        }
+        layers[l].heads[h] = head
+      }
+    }
+    prefillTokens = n
+    self.budgets = budgets
+  }
+
+  /// Trains the codebooks of heads whose prefill was shorter than
+  /// `WorkerOptions.codebookTrainingKeys`, on all of it, every head on its own core.
+  func trainHeldKeys() throws(WorkerError) {
+    let g = geometry
+    let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
+    let options = self.options
+    do {
+      _ = try parallelMap(boxes.count) { i in
+        try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+      }
+    } catch {
+      poisoned = WorkerError(
+        .internal, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)")
+      throw poisoned!
+    }
+    for (i, box) in boxes.enumerated() {
+      layers[i / g.kvHeads].heads[i % g.kvHeads].index = box.index
+      layers[i / g.kvHeads].heads[i % g.kvHeads].untrainedKeys = box.untrained
+    }
+  }
+
+  /// Profiles of every head from each layer's observation queries (HeteroCache; the first
+  /// row stands for the prefill, the later rows for decode steps), and the last row's
+  /// approximate probabilities per head `[groupSize][n]` where queries were given. Without
+  /// queries (other policies) every head reports as the policy treats it.
+  func profileHeads(prefillTokens n: Int) throws(WorkerError)
+    -> ([HeadProfile], [[[Float]?]])
+  {
+    let g = geometry
+    let group = g.groupSize
+    let d = g.headDim
+    var profiles: [HeadProfile] = []
+    var last: [[[Float]?]] = []
+    for (l, layer) in layers.enumerated() {
+      let rows = layer.observationRows
+      if options.policy == .heterocache && rows < 2 && calibrated == nil {
+        throw WorkerError(
+          .failedPrecondition,
+          "sequence \(ref) layer \(l): HeteroCache profiles heads from the prefill's last "
+            + "queries; append at least 2 observation rows with the prefill (got \(rows))")
+      }
+      guard rows > 0 else {
+        let role: HeadRole = options.policy == .uniform ? .anchor : .volatile
+        profiles += (0..<g.kvHeads).map { h in
+          var p =
+            calibrated?.first { $0.layer == l && $0.kvHead == h }
+            ?? HeadProfile(
+              layer: l, kvHead: h, stability: 1,
+              similarity: (0..<g.kvHeads).map { $0 == h ? 1 : 0 }, role: role)
+          if options.policy != .heterocache { p.role = role }
+          return p
+        }
+        last.append(Array(repeating: nil, count: g.kvHeads))
+        continue
+      }
+      let length = layer.tokens
+      let end = layer.observationEnd
+      let w = min(rows, end)
+      let observation = layer.observation
+      let heads = layer.heads
+      let scale = FullAttention.scale(headDim: d)
+      // Per head and row: causal probabilities of the row's query group.
+      let perHead: [[[Float]]]
+      do {
+        perHead = try parallelMap(g.kvHeads) { h in
+          try (0..<w).map { r in
+            let row = rows - w + r
+            let position = end - w + r
+            var q = [Float]()
+            q.reserveCapacity(group * d)
+            let base = row * g.queryHeads * d + h * group * d
+            q += observation[base..<(base + group * d)]
+            var s = try heads[h].index!.scores(queries: q, heads: group, scale: scale)
+            for a in 0..<group {
+              for j in (position + 1)..<max(position + 1, length) { s[a * length + j] = -.infinity }
+            }
+            _ = Softmax.normalizeRows(&s, heads: group, n: length)
+            return s
+          }
+        }
+        var profiler = HeadProfiler(
+          layer: l, kvHeads: g.kvHeads, groupSize: group, configuration: options.heteroCache)
+        try profiler.recordPrefill(perHead.map { $0[0] })
+        for r in 1..<max(2, w) where r < w { try profiler.recordDecode(perHead.map { $0[r] }) }
+        if w < 2 { try profiler.recordDecode(perHead.map { $0[0] }) }
+        var layerProfiles =
+          try calibrated.map { all in
+            all.filter { $0.layer == l }.sorted { $0.kvHead < $1.kvHead }
+          } ?? profiler.profiles()
+        switch options.policy {
+        case .heterocache: break
+        case .hcattention: for i in layerProfiles.indices { layerProfiles[i].role = .volatile }
+        case .uniform: for i in layerProfiles.indices { layerProfiles[i].role = .anchor }
+        }
+        profiles += layerProfiles
+        last.append(perHead.map { $0[w - 1] })
+      } catch {
+        throw WorkerError(
+          .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)")
+      }
+    }
+    return (profiles, last)
+  }
+
+  /// K/V rows of `positions` (ascending, all stored on the memory tier) of one head.
+  func gatherRows(layer: Int, kvHead: Int, positions: [Int]) async throws(WorkerError)
+    -> (HalfMatrix, HalfMatrix)
+  {
+    let d = geometry.headDim
+    var keys = HalfMatrix(cols: d)
+    var values = HalfMatrix(cols: d)
+    var byChunk: [Int: [UInt32]] = [:]
+    for p in positions { byChunk[writer.chunk(of: p), default: []].append(UInt32(p)) }
+    for (c, tokens) in byChunk.sorted(by: { $0.key < $1.key }) {
+      let shard = ref.shard(layer: layer, kvHead: kvHead, chunk: c)
+      let holders = await writer.holders(shard, through: Int(tokens.last!))
+      var answer: GatherResponse?
+      var tried: [String] = []
+      for node in holders {
+        do {
+          answer = try await tier.node(node).gather(
+            GatherRequest(shard: shard, tokens: tokens, includeKeys: true),
+            timeout: options.requestTimeout)
+          break
+        } catch {
+          tried.append("\(node) (\(error.code))")
+        }
+      }
+      guard let answer, let k = answer.keyArray else {
+        throw WorkerError(
+          .dataUnavailable,
+          "sequence \(ref): rows of shard \(shard) are on no reachable memory node"
+            + (tried.isEmpty ? "" : "; tried \(tried.joined(separator: ", "))"))
+      }
+      do {
+        try keys.append(contentsOf: HalfMatrix(halves: k, cols: d))
+        try values.append(contentsOf: HalfMatrix(halves: answer.valueArray, cols: d))
+      } catch {
+        throw WorkerError(.internal, "sequence \(ref): gathered rows do not fit: \(error)")
+      }
+    }
+    return (keys, values)
+  }
+}

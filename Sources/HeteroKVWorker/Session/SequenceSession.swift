@@ -1,0 +1,100 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVMemoryClient
+import HeteroKVWire
+
+/// A sequence on the worker: its layers' key indices, caches and unshipped rows, its shard
+/// writer, placement and budgets. An actor, so each sequence's calls run one at a time while
+/// different sequences proceed side by side; a FIFO gate keeps calls in arrival order across
+/// the suspensions of network work.
+actor SequenceSession {
+  let ref: SequenceRef
+  let options: WorkerOptions
+  let control: any ClusterControl
+  let backend: any AttentionBackend
+  let tier: MemoryTierClient
+  let writer: ShardWriter
+  let placement: SequencePlacement
+  /// Profiles from an offline calibration, when the engine gave them.
+  let calibrated: [HeadProfile]?
+  let metrics: WorkerMetrics
+  var layers: [LayerState]
+  /// Worker-resident bytes per layer as last reported to the metrics.
+  var layerResident: [Int]
+  var prefillTokens = 0
+  var budgets: SequenceBudgets?
+  var decodeSteps = 0
+  var bytesMoved = 0
+  var decodeBytesMoved = 0
+  /// Bytes the writer had sent when the prefill ended.
+  var prefillBytesSent = 0
+  var released = false
+  var keptTokens = 0
+  var contextTokens = 0
+  var refreshes = 0
+  var failovers = 0
+  var refreshTasks: [Task<Void, Never>] = []
+  var busy = false
+  var gate: [CheckedContinuation<Void, Never>] = []
+  /// Set when a failure left the sequence's state inconsistent; every later call throws it.
+  var poisoned: WorkerError?
+
+  var geometry: ModelGeometry { options.geometry }
+  var sealed: Bool { budgets != nil }
+
+  init(
+    ref: SequenceRef, options: WorkerOptions, control: any ClusterControl,
+    backend: any AttentionBackend, tier: MemoryTierClient, placement: SequencePlacement,
+    calibrated: [HeadProfile]? = nil, metrics: WorkerMetrics
+  ) {
+    self.ref = ref
+    self.metrics = metrics
+    self.calibrated = calibrated
+    self.options = options
+    self.control = control
+    self.backend = backend
+    self.tier = tier
+    self.placement = placement
+    self.writer = ShardWriter(
+      ref: ref, tier: tier, placement: placement.rendezvous, chunkTokens: options.chunkTokens,
+      limitBytes: options.shipQueueBytes, metrics: metrics)
+    let g = options.geometry
+    layers = (0..<g.layers).map { _ in
+      LayerState(heads: (0..<g.kvHeads).map { _ in HeadState(headDim: g.headDim) })
+    }
+    layerResident = Array(repeating: 0, count: g.layers)
+  }
+
+  /// Reports the change of `layer`'s worker-resident bytes to the metrics.
+  func noteResident(layer: Int) {
+    guard !released else { return }
+    let now = layers[layer].heads.reduce(0) { $0 + $1.residentBytes }
+    if now != layerResident[layer] {
+      metrics.adjust(resident: now - layerResident[layer])
+      layerResident[layer] = now
+    }
+  }
+
+  func enter() async {
+    if busy {
+      await withCheckedContinuation { gate.append($0) }
+    } else {
+      busy = true
+    }
+  }
+
+  func checkUsable() throws(WorkerError) {
+    if let poisoned { throw poisoned }
+  }
+
+  func leave() {
+    if gate.isEmpty { busy = false } else { gate.removeFirst().resume() }
+  }
+
+  func checkLayer(_ layer: Int) throws(WorkerError) {
+    guard (0..<geometry.layers).contains(layer) else {
+      throw WorkerError(
+        .invalidArgument, "layer \(layer) is outside 0..<\(geometry.layers) of \(geometry.name)")
+    }
+  }
+}

@@ -21,16 +21,23 @@ func modelPath() throws -> String {
   return path
 }
 
-/// Loaded once for all tests (about 0.6 GB of f32 weights).
-let shared: (file: GGUFFile, model: LlamaModel, tokenizer: BPETokenizer) = {
-  let file = try! GGUFFile(path: try! modelPath())
-  return (file, try! LlamaModel(file: file), try! BPETokenizer(gguf: file))
-}()
+/// The model, loaded once for all tests; without the file every model test fails (rather
+/// than the process crashing) with the reason and how to fetch it.
+let sharedModel = Result<(file: GGUFFile, model: LlamaModel, tokenizer: BPETokenizer), any Error> {
+  let file = try GGUFFile(path: try modelPath())
+  return (file, try LlamaModel(file: file), try BPETokenizer(gguf: file))
+}
+
+/// The shared model, or the error that kept it from loading.
+func loadedModel() throws -> (file: GGUFFile, model: LlamaModel, tokenizer: BPETokenizer) {
+  try sharedModel.get()
+}
 
 @Suite("SmolLM2-135M in Swift", .serialized)
 struct ModelTests {
   @Test("the GGUF header says what the model card says")
   func header() throws {
+    let shared = try loadedModel()
     let file = shared.file
     #expect(file.version == 3)
     #expect(file.tensors.count == 272)
@@ -59,7 +66,8 @@ struct ModelTests {
   }
 
   @Test("text round-trips through the tokenizer; words and control tokens map to single ids")
-  func tokenizer() {
+  func tokenizer() throws {
+    let shared = try loadedModel()
     let t = shared.tokenizer
     for text in [
       "The capital of France is", "Hello, world! It's 2026: 3.14159 and   spaces\n\ttabs.",
@@ -77,6 +85,7 @@ struct ModelTests {
 
   @Test("greedy decoding of \"The capital of France is\" continues with \" Paris\"")
   func paris() async throws {
+    let shared = try loadedModel()
     let (model, tokenizer) = (shared.model, shared.tokenizer)
     var cache = FullKVCache(configuration: model.configuration)
     let ids = tokenizer.encode("The capital of France is")
@@ -87,6 +96,7 @@ struct ModelTests {
 
   @Test("a chunked prefill then one-token decode gives the logits of one forward over all tokens")
   func incrementalEqualsFull() async throws {
+    let shared = try loadedModel()
     let (model, tokenizer) = (shared.model, shared.tokenizer)
     let ids = tokenizer.encode(
       String(repeating: "The quick brown fox jumps over the lazy dog because it can. ", count: 8))
@@ -110,6 +120,7 @@ struct ModelTests {
 struct ModelOnHeteroKVTests {
   @Test("at 100% budget, decoding on HeteroKV gives the full cache's logits (1e-3)")
   func fullBudgetLogits() async throws {
+    let shared = try loadedModel()
     let (model, tokenizer) = (shared.model, shared.tokenizer)
     var options = LocalCluster.Options(model: try model.configuration.geometry)
     options.capacityBytes = 256 << 20
@@ -174,6 +185,7 @@ struct GenerateCommandTests {
 struct PasskeyTests {
   @Test("a passkey hidden mid-way in a 600-token prompt is answered with the full cache")
   func fullCacheFindsThePasskey() async throws {
+    let shared = try loadedModel()
     let (model, tokenizer) = (shared.model, shared.tokenizer)
     let prompt = PasskeyPrompt(tokens: 600, depth: 0.5, passkey: 58_213, tokenizer: tokenizer)
     let ids = tokenizer.encode(prompt.text)
@@ -195,6 +207,7 @@ struct PasskeyTests {
 struct TraceCommandTests {
   @Test("hkv trace writes the model's attention in the trace format hkv eval reads")
   func trace() throws {
+    let shared = try loadedModel()
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-trace-\(getpid())")
     defer { try? FileManager.default.removeItem(at: dir) }
     let prompt = dir.appendingPathExtension("txt")
@@ -228,6 +241,7 @@ struct ComparisonTests {
   @Test(
     "one shared prefill: HeteroKV at 100% budget and tau 1 matches the full cache at every step")
   func sharedPrefillAtFullBudget() async throws {
+    let shared = try loadedModel()
     let ids = shared.tokenizer.encode(Self.text)
     let exact = CachePolicyComparison.Policy(
       name: "hcattention-exact",
@@ -256,6 +270,7 @@ struct ComparisonTests {
 
   @Test("offline calibration profiles every head of the model, and a sequence accepts them")
   func calibration() async throws {
+    let shared = try loadedModel()
     let ids = shared.tokenizer.encode(Self.text)
     let comparison = CachePolicyComparison(model: shared.model)
     let profiles = try await comparison.calibrateProfiles(
@@ -270,7 +285,11 @@ struct ComparisonTests {
     policy.profiles = profiles
     let result = try await comparison.run(
       prompt: ids, continuation: .greedy(steps: 2), policies: [policy], logger: quietLogger)
-    #expect(result.runs.count == 2 && result.runs[1].meanKL.isFinite)
+    // Half the budget with calibrated roles stays close to the full cache (measured: KL 0.019,
+    // top-1 1.0 over these 2 steps).
+    #expect(result.runs.count == 2)
+    #expect(result.runs[1].meanKL < 0.1, "\(result.runs[1].meanKL)")
+    #expect(result.runs[1].top1Agreement >= 0.5)
   }
 
   @Test("hkv fidelity reports KL and top-1 per policy on a text file, and refuses a short one")
@@ -290,7 +309,9 @@ struct ComparisonTests {
     #expect(runs.map { $0["policy"] as? String } == ["full", "hcattention"])
     #expect(runs[0]["mean_kl"] as? Double == 0)
     let kl = try #require(runs[1]["mean_kl"] as? Double)
-    #expect(kl >= 0 && kl < 1, "\(kl)")
+    // At half the budget and tau 0.999 the policy is all but exact (measured: KL 1e-8).
+    #expect(kl >= 0 && kl < 0.01, "\(kl)")
+    #expect((runs[1]["top1_agreement"] as? Double ?? 0) >= 2.0 / 3)
     // Sparsity beside fidelity: the full cache attends everything and moves nothing; the
     // policy keeps a share of the context and moves bytes to and from the memory nodes.
     #expect(runs[0]["kept_share"] as? Double == 1)
@@ -310,6 +331,7 @@ struct ComparisonTests {
 struct RemoteComparisonTests {
   @Test("a policy on a worker's gRPC engine API compares like one in process")
   func remoteEngine() async throws {
+    let shared = try loadedModel()
     let model = shared.model
     var options = LocalCluster.Options(model: try model.configuration.geometry)
     options.capacityBytes = 256 << 20

@@ -28,6 +28,7 @@ struct ReferenceFixture: Decodable {
 struct ReferenceTests {
   @Test("the tokenizer gives llama.cpp's token ids")
   func tokenIDs() throws {
+    let shared = try loadedModel()
     let fixture = try ReferenceFixture.load()
     #expect(fixture.tokenIDs.count == 4)
     for case let (text, ids) in fixture.tokenIDs.map({ ($0.text, $0.ids) }) {
@@ -37,6 +38,7 @@ struct ReferenceTests {
 
   @Test("layer 0's output matches numpy's on a fixed input")
   func firstLayer() async throws {
+    let shared = try loadedModel()
     let fixture = try ReferenceFixture.load()
     var cache = FullKVCache(configuration: shared.model.configuration)
     let x = try await shared.model.hiddenStates(fixture.tokens, start: 0, cache: &cache, layers: 1)
@@ -53,6 +55,7 @@ struct ReferenceTests {
 
   @Test("the whole model's top logits match numpy's")
   func wholeModel() async throws {
+    let shared = try loadedModel()
     let fixture = try ReferenceFixture.load()
     var cache = FullKVCache(configuration: shared.model.configuration)
     let logits = try await shared.model.forward(fixture.tokens, start: 0, cache: &cache)

@@ -73,8 +73,10 @@ struct DemoProcessTests {
     #expect(report.memoryNodeBytes.count == nodes)
     #expect(report.memoryNodeBytes.values.reduce(0, +) >= UInt64(report.memoryTierBytes))
     #expect(report.workerBytes > 0 && report.workerFraction < 0.5)
-    #expect(report.massRecall > 0.3 && report.massRecall <= 1.0001)
-    #expect(report.meanRelativeError < 0.6)
+    // Measured on this 3,000-token run: hcattention (tau 0.9, exact) error 0.049, recall 0.91;
+    // heterocache error 0.130, recall 0.81. A broken selection or merge lands far outside.
+    #expect(report.massRecall > 0.7 && report.massRecall <= 1.0001, "\(report.massRecall)")
+    #expect(report.meanRelativeError < 0.25, "\(report.meanRelativeError)")
     #expect(report.decodeStepsPerSecond > 0 && report.bytesMovedPerStep > 0)
     #expect(report.budgets.count == 8)
     #expect(

@@ -193,6 +193,7 @@ let package = Package(
       dependencies: [
         "HeteroKVCore", "HeteroKVWire", "HeteroKVConfig", "HeteroKVDaemon", "HeteroKVCoordinator",
         "HeteroKVCoordinatorClient", "HeteroKVMemoryNode", "HeteroKVWorker", "HeteroKVModel",
+        "HeteroKVEval", "HeteroKVMemoryClient",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

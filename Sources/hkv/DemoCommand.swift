@@ -130,6 +130,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
     let logger = Logger(label: "hkv.demo")
     let progress = ProgressLine()
+    let show: @Sendable (String) -> Void = { progress.show($0) }
     let cluster = try config.map { path in
       do {
         return try ClusterConfiguration.load(path: path)
@@ -161,18 +162,22 @@ struct DemoCommand: AsyncParsableCommand {
     }
     let ref = SequenceRef(namespace: 0, sequence: UInt64.random(in: 1...(1 << 40)))
     var report: DemoReport
+    let capacity = ClusterDemo.capacityPerNode(
+      model: model, tokens: tokens, steps: steps, replication: replication, memoryNodes: memnodes)
     if let cluster {
-      report = try await runAgainst(
-        cluster, replay: replay, ref: ref, mode: "config", profiles: profiles, progress: progress)
+      report = try await ClusterDemo.run(
+        cluster, security: try cluster.controlPlaneSecurity(), replay: replay, ref: ref,
+        mode: "config", profiles: profiles, progress: show)
     } else if processes {
       let children = try ChildCluster.start(
-        model: model, memoryNodes: memnodes, capacityBytes: capacityPerNode(model),
+        model: model, memoryNodes: memnodes, capacityBytes: capacity,
         replication: replication, policy: policy, budget: budget, keyCodec: keyCodec,
         keyBits: keyBits, tau: tau, outputMode: outputMode)
       do {
-        report = try await runAgainst(
-          children.configuration, replay: replay, ref: ref, mode: "processes", profiles: profiles,
-          progress: progress)
+        report = try await ClusterDemo.run(
+          children.configuration, security: .none, replay: replay, ref: ref, mode: "processes",
+          profiles: profiles,
+          progress: show)
         children.stop()
       } catch {
         children.stop()
@@ -181,7 +186,7 @@ struct DemoCommand: AsyncParsableCommand {
     } else {
       var options = LocalCluster.Options(model: model)
       options.memoryNodes = memnodes
-      options.capacityBytes = capacityPerNode(model)
+      options.capacityBytes = capacity
       options.replication = replication
       options.budgets = BudgetSettings(
         policy: BudgetPolicyKind(rawValue: policy)!, memoryFraction: budget)
@@ -191,9 +196,9 @@ struct DemoCommand: AsyncParsableCommand {
       options.outputMode = HCAttentionOutputModeArgument(rawValue: outputMode)!.mode
       let local = try await LocalCluster.start(options, logger: logger)
       do {
-        report = try await runAgainst(
-          local.configuration, replay: replay, ref: ref, mode: "in-process",
-          profiles: profiles, engine: local.worker, progress: progress)
+        report = try await ClusterDemo.run(
+          local.configuration, security: .none, replay: replay, ref: ref, mode: "in-process",
+          profiles: profiles, engine: local.worker, progress: show)
         await local.shutdown()
       } catch {
         await local.shutdown()
@@ -201,8 +206,8 @@ struct DemoCommand: AsyncParsableCommand {
       }
     }
     if baselines {
-      report.comparison += try Self.baselineRows(
-        replay, workerFraction: report.workerFraction, progress: progress)
+      report.comparison += try ClusterDemo.baselines(
+        replay, workerFraction: report.workerFraction, progress: show)
     }
     progress.finish()
     if json {
@@ -216,221 +221,9 @@ struct DemoCommand: AsyncParsableCommand {
     }
   }
 
-  /// StreamingLLM at the run's worker share and full attention, on the same workload, in
-  /// this process (the harness of `hkv eval`): what the budget buys, and what it costs.
-  static func baselineRows(
-    _ replay: WorkloadReplay, workerFraction: Double, progress: ProgressLine
-  ) throws -> [DemoReport.Comparison] {
-    let budget = min(1, max(1e-4, workerFraction))
-    let options = try EvalOptions(policies: ["streamingllm", "full"], budgets: [budget])
-    let eval = try EvalHarness.run(replay.workload, options: options) {
-      progress.show("baselines: \($0)")
-    }
-    return eval.rows.filter { $0.status == "ok" }.map { row in
-      let steps = Double(replay.decodeSteps)
-      return DemoReport.Comparison(
-        name: row.policy == "full" ? "full attention" : "\(row.policy) (same worker memory)",
-        workerFraction: row.residentFraction ?? (row.policy == "full" ? 1 : budget),
-        meanRelativeError: row.relativeL2Error ?? 0, massRecall: row.massRecall ?? 1,
-        keptShare: row.keptFraction ?? 1, bytesMovedPerStep: Int(row.bytesMovedPerStep ?? 0),
-        decodeStepsPerSecond: row.seconds.map { $0 > 0 ? steps / $0 : 0 })
-    }
-  }
-
-  /// Room for every row of the sequence, with its copies, spread over the nodes, plus slack.
-  func capacityPerNode(_ model: ModelGeometry) -> Int {
-    let rows = (tokens + steps) * model.layers * model.kvHeads * model.headDim * 4 * replication
-    return max(256 << 20, rows / memnodes * 3 / 2 + (64 << 20))
-  }
-
-  /// Creates the sequence, prefills it, decodes, gathers the figures and releases it. The
-  /// engine is the in-process worker when given, else the file's worker over gRPC.
-  func runAgainst(
-    _ cluster: ClusterConfiguration, replay: WorkloadReplay, ref: SequenceRef, mode: String,
-    profiles: [HeadProfile]?, engine: Worker? = nil, progress: ProgressLine
-  ) async throws -> DemoReport {
-    guard let coordinator = cluster.coordinator?.control else {
-      throw CommandFailure(description: "the cluster file has no coordinator section")
-    }
-    let security = try cluster.controlPlaneSecurity()
-    let clock = ContinuousClock()
-    func run(_ engine: any KVCacheEngine, stats: () async throws -> SequenceFigures)
-      async throws -> (Double, WorkloadReplay.DecodeReport, SequenceFigures)
-    {
-      let started = clock.now
-      try await replay.prefill(engine, ref) { done, total in
-        progress.show("prefill  \(ProgressLine.bar(done, total)) \(done)/\(total) rows")
-      }
-      let prefill = (clock.now - started).inSeconds
-      let decode = try await replay.decode(engine, ref) { done, total in
-        progress.show("decode   \(ProgressLine.bar(done, total)) step \(done)/\(total)")
-      }
-      return (prefill, decode, try await stats())
-    }
-    let outcome: (Double, WorkloadReplay.DecodeReport, SequenceFigures)
-    let maxTokens = replay.contextLength + replay.decodeSteps
-    do {
-      if let engine {
-        _ = try await engine.createSequence(ref, maxTokens: maxTokens, profiles: profiles)
-        outcome = try await run(engine) { SequenceFigures(try await engine.stats(ref).proto) }
-      } else {
-        guard let address = cluster.worker.control else {
-          throw CommandFailure(description: "the cluster file has no worker.control address")
-        }
-        outcome = try await EngineClient.with(
-          address: address, geometry: replay.geometry, security: security, timeout: .seconds(600)
-        ) { client in
-          _ = try await client.createSequence(ref, maxTokens: maxTokens, profiles: profiles)
-          return try await run(client) { SequenceFigures(try await client.stats(ref)) }
-        }
-      }
-    } catch let error as WorkerError {
-      throw CommandFailure(description: error.description)
-    }
-    let (prefillSeconds, decode, figures) = outcome
-    // What each memory node holds, and the budgets the coordinator assigned.
-    let (members, budgets) = try await CoordinatorClient.with(
-      address: coordinator, security: security
-    ) { client in
-      (
-        try await client.nodes(),
-        try await client.budgets(namespace: ref.namespace, sequence: ref.sequence, layer: nil)
-      )
-    }
-    // Asked of each node over its data plane: heartbeats report use only every few seconds.
-    var nodeBytes: [String: UInt64] = [:]
-    for member in members.members where member.role == .memoryNode {
-      guard let data = HostPort(member.dataAddress) else { continue }
-      let client = MemoryNodeClient(
-        endpoint: MemoryNodeEndpoint(
-          id: member.memberID, data: data,
-          transport: DataPlaneTransportKind(rawValue: member.transport) ?? .tcp),
-        connections: 1)
-      do {
-        nodeBytes[member.memberID] = try await client.stats().usedBytes
-      } catch {
-        nodeBytes[member.memberID] = member.usedBytes
-      }
-      await client.close()
-    }
-    let resident = Dictionary(
-      figures.heads.map { ("\($0.layer)/\($0.kvHead)", $0.residentBytes) }, uniquingKeysWith: +)
-    let table = (budgets.sequences.first?.heads ?? []).filter { $0.layer < 2 }.map {
-      DemoReport.HeadBudget(
-        layer: Int($0.layer), kvHead: Int($0.kvHead),
-        role: $0.role == "satellite" ? "satellite(\($0.pivot))" : $0.role, cap: Int($0.cap),
-        stability: $0.stability, residentBytes: resident["\($0.layer)/\($0.kvHead)"] ?? 0)
-    }
-    // The memory nodes' used bytes are read before the sequence is released.
-    // A node that died mid-run does not fail the release (its rows went with it); what does
-    // fail it is reported after the figures.
-    var releaseFailure: String?
-    do {
-      if let engine {
-        try await engine.release(ref)
-      } else if let address = cluster.worker.control {
-        try await EngineClient.with(address: address, geometry: replay.geometry, security: security)
-        {
-          try await $0.release(ref)
-        }
-      }
-    } catch {
-      releaseFailure = "\(error)"
-    }
-    let keptShare =
-      figures.contextTokens > 0 ? Double(figures.keptTokens) / Double(figures.contextTokens) : 0
-    let workerFraction = Double(figures.workerBytes) / Double(max(1, figures.fullKVBytes))
-    let stepsPerSecond = Double(decode.steps) / max(decode.engineSeconds, 1e-9)
-    return DemoReport(
-      mode: mode, model: replay.geometry.name, layers: replay.geometry.layers,
-      kvHeads: replay.geometry.kvHeads, headDim: replay.geometry.headDim,
-      tokens: replay.contextLength, decodeSteps: decode.steps, policy: figures.policy,
-      budgetFraction: cluster.budgets.memoryFraction, memoryNodes: nodeBytes.count,
-      workerBytes: figures.workerBytes, memoryTierBytes: figures.memoryTierBytes,
-      memoryNodeBytes: nodeBytes, fullKvBytes: figures.fullKVBytes,
-      workerFraction: workerFraction,
-      tokenRows: figures.tokens * replay.geometry.layers * replay.geometry.kvHeads,
-      storedRows: figures.storedRows, unshippedRows: figures.unshippedRows,
-      meanRelativeError: decode.meanRelativeError, maxRelativeError: decode.maxRelativeError,
-      massRecall: decode.meanMassRecall, prefillSeconds: prefillSeconds,
-      decodeStepsPerSecond: stepsPerSecond,
-      bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps), keptShare: keptShare,
-      failovers: figures.failovers, refreshes: figures.refreshes, budgets: table,
-      comparison: [
-        .init(
-          name: "\(figures.policy) (this run)", workerFraction: workerFraction,
-          meanRelativeError: decode.meanRelativeError, massRecall: decode.meanMassRecall,
-          keptShare: keptShare, bytesMovedPerStep: decode.bytesMoved / max(1, decode.steps),
-          decodeStepsPerSecond: stepsPerSecond)
-      ], releaseFailure: releaseFailure)
-  }
 }
 
-/// The sequence figures the demo reports, from the worker's stats.
-struct SequenceFigures {
-  var policy: String
-  var tokens, workerBytes, memoryTierBytes, fullKVBytes, storedRows, unshippedRows, refreshes: Int
-  var keptTokens, contextTokens, failovers: Int
-  var heads: [(layer: Int, kvHead: Int, residentBytes: Int)]
-
-  init(_ s: Heterokv_V1_SequenceStats) {
-    policy = s.policy
-    tokens = Int(s.tokens)
-    workerBytes = Int(s.workerBytes)
-    memoryTierBytes = Int(s.memoryTierBytes)
-    fullKVBytes = Int(s.fullKvBytes)
-    storedRows = Int(s.storedRows)
-    unshippedRows = Int(s.unshippedRows)
-    refreshes = Int(s.refreshes)
-    keptTokens = Int(s.keptTokens)
-    contextTokens = Int(s.contextTokens)
-    failovers = Int(s.failovers)
-    heads = s.heads.map { (Int($0.layer), Int($0.kvHead), Int($0.residentBytes)) }
-  }
-}
-
-/// What `hkv demo` reports.
-struct DemoReport: Codable {
-  struct HeadBudget: Codable {
-    var layer, kvHead: Int
-    var role: String
-    var cap: Int
-    var stability: Double
-    var residentBytes: Int
-  }
-  /// One way of attending the workload, for the comparison table.
-  struct Comparison: Codable {
-    var name: String
-    var workerFraction, meanRelativeError, massRecall, keptShare: Double
-    var bytesMovedPerStep: Int
-    /// Decode steps per second where measured (the baselines run in this process, on the
-    /// harness: not a cluster's speed).
-    var decodeStepsPerSecond: Double?
-  }
-  var mode, model: String
-  var layers, kvHeads, headDim, tokens, decodeSteps: Int
-  var policy: String
-  var budgetFraction: Double
-  var memoryNodes: Int
-  var workerBytes, memoryTierBytes: Int
-  var memoryNodeBytes: [String: UInt64]
-  var fullKvBytes: Int
-  var workerFraction: Double
-  /// tokens x layers x KV heads; every row is stored on a memory node or still on the worker.
-  var tokenRows, storedRows, unshippedRows: Int
-  var meanRelativeError, maxRelativeError, massRecall: Double
-  var prefillSeconds, decodeStepsPerSecond: Double
-  var bytesMovedPerStep: Int
-  /// Mean share of the context a query head's decode step attended.
-  var keptShare: Double
-  var failovers: Int
-  var refreshes: Int
-  var budgets: [HeadBudget]
-  /// This run, then StreamingLLM at the same worker memory and full attention.
-  var comparison: [Comparison]
-  /// Why releasing the sequence failed, if it did (the report is printed first).
-  var releaseFailure: String?
-
+extension DemoReport {
   var text: String {
     func size(_ b: Int) -> String { ByteSize.format(UInt64(b)) }
     var out = """
@@ -500,13 +293,4 @@ enum DemoDefaults {
   static let policy = "hcattention"
   static let tau = 0.9
   static let outputMode = "exact"
-}
-
-extension ProgressLine {
-  /// A 24-cell bar for `done` of `total`.
-  static func bar(_ done: Int, _ total: Int) -> String {
-    let filled = total > 0 ? min(24, done * 24 / total) : 0
-    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: 24 - filled)
-      + "]"
-  }
 }

@@ -18,6 +18,24 @@ public final class MembershipAgent: Service, Sendable {
       self.request = request
       self.usedBytes = usedBytes
     }
+
+    /// A memory node's registration: where its data plane and control service listen, over
+    /// which transport, its capacity, and its used bytes read at each heartbeat.
+    public static func memoryNode(
+      id: String, data: HostPort, control: HostPort, transport: DataPlaneTransportKind,
+      capacityBytes: Int, usedBytes: @escaping @Sendable () -> UInt64
+    ) -> Registration {
+      Registration(
+        request: .with {
+          $0.memberID = id
+          $0.role = .memoryNode
+          $0.dataAddress = data.description
+          $0.controlAddress = control.description
+          $0.capacityBytes = UInt64(capacityBytes)
+          $0.transport = transport.rawValue
+        },
+        usedBytes: usedBytes)
+    }
   }
 
   private let coordinator: HostPort

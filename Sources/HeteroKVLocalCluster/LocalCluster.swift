@@ -123,16 +123,9 @@ public final class LocalCluster: Sendable {
       ) {
         let bound = try await node.listeningAddresses()
         let store = node.store
-        return .init(
-          request: .with {
-            $0.memberID = id
-            $0.role = .memoryNode
-            $0.dataAddress = bound.data.description
-            $0.controlAddress = bound.control.description
-            $0.capacityBytes = UInt64(capacity)
-            $0.transport = bound.transport.rawValue
-          },
-          usedBytes: { store.stats().usedBytes })
+        return .memoryNode(
+          id: id, data: bound.data, control: bound.control, transport: bound.transport,
+          capacityBytes: capacity, usedBytes: { store.stats().usedBytes })
       }
       launch(id, [node, agent])
       let bound = try await node.listeningAddresses()

@@ -93,15 +93,11 @@ public struct CoordinatorControl: ClusterControl {
       return try await CoordinatorClient.with(
         address: address, security: security, timeout: timeout, body)
     } catch let error as CoordinatorClientError {
-      let kind: WorkerError.Kind =
-        switch error.error.code {
-        case .resourceExhausted: .resourceExhausted
-        case .notFound: .unknownSequence
-        case .invalidArgument: .invalidArgument
-        case .failedPrecondition: .failedPrecondition
-        default: .coordinator
-        }
-      throw WorkerError(kind, error.description)
+      // The one status-to-kind map (EngineService's); what it cannot place is the
+      // coordinator's failure.
+      let kind = WorkerError.Kind(statusCode: error.error.code)
+      throw WorkerError(
+        kind == .internal || kind == .unreachable ? .coordinator : kind, error.description)
     } catch let error as WorkerError {
       throw error
     } catch {

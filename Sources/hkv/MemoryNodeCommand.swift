@@ -86,16 +86,9 @@ struct MemoryNodeCommand: AsyncParsableCommand {
         MembershipAgent(coordinator: coordinatorAddress, security: security, logger: logger) {
           let bound = try await node.listeningAddresses()
           let store = node.store
-          return .init(
-            request: .with {
-              $0.memberID = settings.id
-              $0.role = .memoryNode
-              $0.dataAddress = bound.data.description
-              $0.controlAddress = bound.control.description
-              $0.capacityBytes = UInt64(settings.capacityBytes)
-              $0.transport = bound.transport.rawValue
-            },
-            usedBytes: { store.stats().usedBytes })
+          return .memoryNode(
+            id: settings.id, data: bound.data, control: bound.control, transport: bound.transport,
+            capacityBytes: settings.capacityBytes, usedBytes: { store.stats().usedBytes })
         })
     }
     try await runDaemon(

@@ -14,6 +14,7 @@ let package = Package(
     .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
     .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
+    .library(name: "HeteroKVEngineClient", targets: ["HeteroKVEngineClient"]),
     .library(name: "HeteroKVWorker", targets: ["HeteroKVWorker"]),
     .library(name: "HeteroKVLocalCluster", targets: ["HeteroKVLocalCluster"]),
     .library(name: "HeteroKVModel", targets: ["HeteroKVModel"]),
@@ -167,6 +168,19 @@ let package = Package(
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
     ),
+    // What an inference engine links to call a worker: the engine API's client over gRPC, its
+    // value types (sequence refs, attention results, errors) and the engine protocol that the
+    // worker library also implements. No worker code.
+    .target(
+      name: "HeteroKVEngineClient",
+      dependencies: [
+        "HeteroKVCore",
+        "HeteroKVWire",
+        "HeteroKVDaemon",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+      ]
+    ),
     // The worker role: key codes and compressed caches per sequence, rows shipped to the
     // memory tier, decode steps answered from resident caches and near-data attention; the
     // engine API as a library, a gRPC service and its client.
@@ -179,6 +193,7 @@ let package = Package(
         "HeteroKVDaemon",
         "HeteroKVMemoryClient",
         "HeteroKVCoordinatorClient",
+        "HeteroKVEngineClient",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

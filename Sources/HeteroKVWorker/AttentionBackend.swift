@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import HeteroKVCore
 
 /// One KV head's share of a decode step's compute on the worker.

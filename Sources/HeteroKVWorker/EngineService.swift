@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import Foundation
 import GRPCCore
 import HeteroKVCore
@@ -137,37 +138,6 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     } catch let error as WorkerError {
       throw RPCError(code: error.kind.statusCode, message: error.message)
     }
-  }
-}
-
-extension WorkerError.Kind {
-  /// The gRPC status a worker error travels as.
-  var statusCode: RPCError.Code {
-    switch self {
-    case .unknownSequence: .notFound
-    case .sequenceExists: .alreadyExists
-    case .invalidArgument: .invalidArgument
-    case .failedPrecondition: .failedPrecondition
-    case .dataUnavailable: .dataLoss
-    case .resourceExhausted: .resourceExhausted
-    case .coordinator, .unreachable: .unavailable
-    case .internal: .internalError
-    }
-  }
-
-  /// The kind a gRPC status stands for.
-  init(statusCode: RPCError.Code) {
-    self =
-      switch statusCode {
-      case .notFound: .unknownSequence
-      case .alreadyExists: .sequenceExists
-      case .invalidArgument, .outOfRange: .invalidArgument
-      case .failedPrecondition: .failedPrecondition
-      case .dataLoss: .dataUnavailable
-      case .resourceExhausted: .resourceExhausted
-      case .unavailable, .deadlineExceeded: .unreachable
-      default: .internal
-      }
   }
 }
 

@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVWire

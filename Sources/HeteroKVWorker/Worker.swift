@@ -1,3 +1,4 @@
+@_exported import HeteroKVEngineClient
 import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVWire

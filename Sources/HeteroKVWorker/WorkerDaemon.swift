@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import HeteroKVDaemon
 import HeteroKVWire
 import Logging

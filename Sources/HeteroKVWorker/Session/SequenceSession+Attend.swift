@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVMemoryClient
@@ -247,4 +248,9 @@ extension SequenceSession {
       throw error
     }
   }
+}
+
+/// Seconds since `start`.
+func seconds(since start: ContinuousClock.Instant) -> Double {
+  (ContinuousClock.now - start).inSeconds
 }

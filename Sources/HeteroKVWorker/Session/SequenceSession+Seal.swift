@@ -1,3 +1,4 @@
+import HeteroKVEngineClient
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVMemoryClient

@@ -1,8 +1,3 @@
-import HeteroKVConfig
-import HeteroKVCore
-import HeteroKVMemoryClient
-import HeteroKVWire
-
 /// What one attention call returned.
 public struct AttendResult: Sendable {
   /// Outputs `[queryHeads][headDim]`.
@@ -20,6 +15,21 @@ public struct AttendResult: Sendable {
   public var workerBytesRead = 0
   /// Where the step's time went.
   public var timings = StepTimings()
+
+  /// A result; the counts default to zero where the caller does not know them (a remote
+  /// worker's step reports its output, selections and bytes).
+  public init(
+    output: [Float], selections: [[Int32]]?, bytesMoved: Int, keptTokens: Int = 0,
+    contextTokens: Int = 0, workerBytesRead: Int = 0, timings: StepTimings = StepTimings()
+  ) {
+    self.output = output
+    self.selections = selections
+    self.bytesMoved = bytesMoved
+    self.keptTokens = keptTokens
+    self.contextTokens = contextTokens
+    self.workerBytesRead = workerBytesRead
+    self.timings = timings
+  }
 }
 
 /// Where one attention step's time went on the worker, in seconds.
@@ -46,9 +56,4 @@ public struct StepTimings: Sendable, Hashable, Codable {
     a.fanOut += b.fanOut
     a.merge += b.merge
   }
-}
-
-/// Seconds since `start`.
-func seconds(since start: ContinuousClock.Instant) -> Double {
-  (ContinuousClock.now - start).inSeconds
 }

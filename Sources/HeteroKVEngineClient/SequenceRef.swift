@@ -19,7 +19,7 @@ public struct SequenceRef: Sendable, Hashable, Comparable, Codable, CustomString
   }
 
   /// The shard holding tokens of `chunk` of one KV head of one layer.
-  func shard(layer: Int, kvHead: Int, chunk: Int) -> ShardID {
+  package func shard(layer: Int, kvHead: Int, chunk: Int) -> ShardID {
     ShardID(
       namespace: namespace, sequence: sequence, layer: UInt16(layer), kvHead: UInt16(kvHead),
       chunk: UInt32(chunk))

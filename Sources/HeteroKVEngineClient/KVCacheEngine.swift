@@ -12,5 +12,4 @@ public protocol KVCacheEngine: Sendable {
     async throws(WorkerError) -> AttendResult
 }
 
-extension Worker: KVCacheEngine {}
 extension EngineClient: KVCacheEngine {}

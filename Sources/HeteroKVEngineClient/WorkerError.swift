@@ -1,3 +1,5 @@
+import GRPCCore
+
 /// An error of the worker's engine API: a kind callers switch on (and that maps to a gRPC
 /// status), and a message that names the sequence, layer or node concerned.
 public struct WorkerError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -37,4 +39,35 @@ public struct WorkerError: Error, Sendable, Hashable, CustomStringConvertible {
   }
 
   public var description: String { "\(kind.rawValue): \(message)" }
+}
+
+extension WorkerError.Kind {
+  /// The gRPC status a worker error travels as.
+  package var statusCode: RPCError.Code {
+    switch self {
+    case .unknownSequence: .notFound
+    case .sequenceExists: .alreadyExists
+    case .invalidArgument: .invalidArgument
+    case .failedPrecondition: .failedPrecondition
+    case .dataUnavailable: .dataLoss
+    case .resourceExhausted: .resourceExhausted
+    case .coordinator, .unreachable: .unavailable
+    case .internal: .internalError
+    }
+  }
+
+  /// The kind a gRPC status stands for.
+  package init(statusCode: RPCError.Code) {
+    self =
+      switch statusCode {
+      case .notFound: .unknownSequence
+      case .alreadyExists: .sequenceExists
+      case .invalidArgument, .outOfRange: .invalidArgument
+      case .failedPrecondition: .failedPrecondition
+      case .dataLoss: .dataUnavailable
+      case .resourceExhausted: .resourceExhausted
+      case .unavailable, .deadlineExceeded: .unreachable
+      default: .internal
+      }
+  }
 }

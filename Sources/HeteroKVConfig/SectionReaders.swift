@@ -83,12 +83,9 @@ extension ClusterConfiguration {
       sinks: r.int("sinks", range: 0...1 << 16) ?? defaults.sinks,
       tau: r.double("tau", range: 0.5...1) ?? defaults.tau,
       capSelection: r.bool("cap_selection") ?? defaults.capSelection)
-    if let mode = r.string("output_mode") {
-      if let parsed = HCAttentionOutputMode(rawValue: mode), parsed != .raw {
-        settings.outputMode = parsed
-      } else {
-        r.problem("output_mode", "expected renormalized or exact, got '\(mode)'")
-      }
+    // `raw` is an evaluation baseline, not a mode a worker serves.
+    if let mode: HCAttentionOutputMode = r.choice("output_mode", among: [.renormalized, .exact]) {
+      settings.outputMode = mode
     }
     return r.log.problems.count == start ? settings : nil
   }

@@ -162,11 +162,14 @@ struct YAMLReader {
     return value
   }
 
-  func choice<T: RawRepresentable & CaseIterable>(_ key: String, required: Bool = false) -> T?
-  where T.RawValue == String {
+  /// The value under `key` as one of `allowed` (every case by default); anything else is a
+  /// problem naming the allowed values.
+  func choice<T: RawRepresentable & CaseIterable & Equatable>(
+    _ key: String, required: Bool = false, among allowed: [T] = Array(T.allCases)
+  ) -> T? where T.RawValue == String {
     guard let (text, node) = scalar(key, required: required) else { return nil }
-    guard let value = T(rawValue: text) else {
-      let options = T.allCases.map(\.rawValue).joined(separator: " | ")
+    guard let value = T(rawValue: text), allowed.contains(value) else {
+      let options = allowed.map(\.rawValue).joined(separator: " | ")
       log.add(keyPath(key), node, "expected one of \(options), got \"\(text)\"")
       return nil
     }

@@ -179,9 +179,7 @@ public struct CachePolicyComparison: Sendable {
           let s = try await engine.stats(ref)
           return Figures(
             worker: Int(s.workerBytes), full: Int(s.fullKvBytes),
-            keptShare: s.contextTokens > 0 ? Double(s.keptTokens) / Double(s.contextTokens) : 0,
-            decodeBytesPerStep: s.decodeSteps > 0
-              ? Double(s.decodeBytesMoved) / Double(s.decodeSteps) : 0)
+            keptShare: s.keptShare, decodeBytesPerStep: s.decodeBytesPerStep)
         },
         close: { _ = try? await engine.release(ref) })
     }

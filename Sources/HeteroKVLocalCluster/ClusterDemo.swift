@@ -144,8 +144,7 @@ public enum ClusterDemo {
     } catch {
       releaseFailure = "\(error)"
     }
-    let keptShare =
-      figures.contextTokens > 0 ? Double(figures.keptTokens) / Double(figures.contextTokens) : 0
+    let keptShare = figures.keptShare
     let workerFraction = Double(figures.workerBytes) / Double(max(1, figures.fullKVBytes))
     let stepsPerSecond = Double(decode.steps) / max(decode.engineSeconds, 1e-9)
     return DemoReport(
@@ -177,7 +176,9 @@ public enum ClusterDemo {
 struct SequenceFigures {
   var policy: String
   var tokens, workerBytes, memoryTierBytes, fullKVBytes, storedRows, unshippedRows, refreshes: Int
-  var keptTokens, contextTokens, failovers: Int
+  var failovers: Int
+  /// Mean share of the context a query head's decode step attended.
+  var keptShare: Double
   var heads: [(layer: Int, kvHead: Int, residentBytes: Int)]
 
   init(_ s: Heterokv_V1_SequenceStats) {
@@ -189,8 +190,7 @@ struct SequenceFigures {
     storedRows = Int(s.storedRows)
     unshippedRows = Int(s.unshippedRows)
     refreshes = Int(s.refreshes)
-    keptTokens = Int(s.keptTokens)
-    contextTokens = Int(s.contextTokens)
+    keptShare = s.keptShare
     failovers = Int(s.failovers)
     heads = s.heads.map { (Int($0.layer), Int($0.kvHead), Int($0.residentBytes)) }
   }
@@ -205,8 +205,7 @@ struct SequenceFigures {
     storedRows = s.storedRows
     unshippedRows = s.unshippedRows
     refreshes = s.refreshes
-    keptTokens = s.keptTokens
-    contextTokens = s.contextTokens
+    keptShare = s.keptShare
     failovers = s.failovers
     heads = s.heads.map { ($0.layer, $0.kvHead, $0.residentBytes) }
   }

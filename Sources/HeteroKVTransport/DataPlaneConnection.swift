@@ -27,12 +27,3 @@ extension DataPlaneConnection {
     return try Request.Response(payload: payload, limits: limits)
   }
 }
-
-extension Duration {
-  /// Whole nanoseconds, saturating.
-  var nanoseconds: Int64 {
-    let (s, a) = components
-    let ns = s.multipliedReportingOverflow(by: 1_000_000_000)
-    return ns.overflow ? .max : ns.partialValue &+ a / 1_000_000_000
-  }
-}

@@ -117,11 +117,3 @@ public final class WorkerMetrics: Sendable {
     }
   }
 }
-
-extension Duration {
-  /// The duration in whole nanoseconds, for metrics timers.
-  var nanoseconds: Int64 {
-    let (seconds, attoseconds) = components
-    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-  }
-}

@@ -311,6 +311,9 @@ struct ClusterSectionsTests {
     #expect {
       try ClusterConfiguration.parse(
         yaml: "cluster: c\nworker: {output_mode: raw}\n" + nodes, file: "m.yaml")
-    } throws: { "\($0)".contains("m.yaml:2: worker.output_mode: expected renormalized or exact") }
+    } throws: {
+      "\($0)".contains(
+        "m.yaml:2: worker.output_mode: expected one of renormalized | exact, got \"raw\"")
+    }
   }
 }

@@ -27,7 +27,7 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
     let response = try? result.get()
     metrics.record(
       opcode, success: response != nil,
-      nanoseconds: Int64((ContinuousClock.now - started) / .nanoseconds(1)),
+      nanoseconds: (ContinuousClock.now - started).nanoseconds,
       bytesIn: payload.readableBytes, bytesOut: response?.readableBytes ?? 0)
     if opcode == .put || opcode == .drop {
       let usage = store.usage()

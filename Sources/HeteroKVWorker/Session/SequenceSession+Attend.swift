@@ -103,7 +103,6 @@ extension SequenceSession {
     layers[layer].decodeStep += 1
     if layer == 0 { decodeSteps += 1 }
     bytesMoved += moved
-    decodeBytesMoved += moved
     let context = state.tokens * g.queryHeads
     keptTokens += kept
     contextTokens += context

@@ -55,15 +55,16 @@ extension SequenceSession {
         unshipped += head.tailValues.rows
       }
     }
+    let sent = await writer.bytesSent
     return SequenceStats(
       ref: ref, tokens: tokens, prefillTokens: prefillTokens, policy: options.policy,
       workerBytes: heads.reduce(0) { $0 + $1.residentBytes },
       memoryTierBytes: await writer.storedBytes,
       fullKVBytes: layers.reduce(0) { $0 + $1.tokens * g.kvHeads * g.headDim * 4 },
-      decodeSteps: decodeSteps, bytesMoved: bytesMoved + (await writer.bytesSent),
+      decodeSteps: decodeSteps, bytesMoved: bytesMoved + sent,
       refreshes: refreshes, failovers: failovers, unshippedRows: unshipped, storedRows: storedRows,
       keptTokens: keptTokens, contextTokens: contextTokens,
-      decodeBytesMoved: sealed ? decodeBytesMoved + (await writer.bytesSent) - prefillBytesSent : 0,
+      decodeBytesMoved: sealed ? bytesMoved + sent - prefillBytesSent : 0,
       underReplicatedShards: await writer.underReplicatedShards, heads: heads)
   }
 

@@ -25,8 +25,8 @@ actor SequenceSession {
   var prefillTokens = 0
   var budgets: SequenceBudgets?
   var decodeSteps = 0
+  /// Bytes near-data attention moved (decode steps only; puts are the writer's).
   var bytesMoved = 0
-  var decodeBytesMoved = 0
   /// Bytes the writer had sent when the prefill ended.
   var prefillBytesSent = 0
   var released = false

@@ -50,7 +50,7 @@ public actor Coordinator {
     configuration: ClusterConfiguration, store: any CoordinatorStore,
     metricsFactory: any MetricsFactory, logger: Logger,
     now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
-  ) throws(CoordinatorError) {
+  ) throws(HeteroKVError) {
     guard let model = configuration.model else {
       throw .failedPrecondition(
         "the cluster file has no model; the coordinator sizes budgets from it")
@@ -89,7 +89,7 @@ public actor Coordinator {
   public func register(
     id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
     capacityBytes: UInt64, transport: String
-  ) throws(CoordinatorError) -> UInt64 {
+  ) throws(HeteroKVError) -> UInt64 {
     guard !id.isEmpty, id.utf8.count <= 128 else {
       throw .invalidArgument("member_id must be 1 to 128 bytes")
     }
@@ -131,7 +131,7 @@ public actor Coordinator {
 
   /// Marks down every member whose lease lapsed; returns their ids.
   @discardableResult
-  public func expireLeases() throws(CoordinatorError) -> [String] {
+  public func expireLeases() throws(HeteroKVError) -> [String] {
     let lapsed = state.membership.lapsed(now: now())
     guard !lapsed.isEmpty else { return [] }
     try commit(.markedDown(lapsed))
@@ -140,7 +140,7 @@ public actor Coordinator {
   }
 
   /// Every member with its lease and reported use, sorted by id.
-  public func members() throws(CoordinatorError) -> [MemberView] {
+  public func members() throws(HeteroKVError) -> [MemberView] {
     try expireLeases()
     let t = now()
     return state.membership.members.values.sorted { $0.id < $1.id }.map {
@@ -154,7 +154,7 @@ public actor Coordinator {
 
   /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
   public func openSequence(key: SequenceKey, worker: String, maxTokens: Int)
-    throws(CoordinatorError)
+    throws(HeteroKVError)
     -> SequenceRecord
   {
     try expireLeases()
@@ -191,7 +191,7 @@ public actor Coordinator {
   }
 
   /// The record of `key`, or a not-found error naming it.
-  public func sequence(_ key: SequenceKey) throws(CoordinatorError) -> SequenceRecord {
+  public func sequence(_ key: SequenceKey) throws(HeteroKVError) -> SequenceRecord {
     try expireLeases()
     guard let record = state.sequences[key] else {
       throw .notFound("no open sequence \(key)")
@@ -201,7 +201,7 @@ public actor Coordinator {
 
   /// Stores `profiles` for `key`, computes its budgets and reserves the memory tier they imply.
   public func reportProfiles(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
-    throws(CoordinatorError) -> SequenceRecord
+    throws(HeteroKVError) -> SequenceRecord
   {
     let record = try sequence(key)
     guard prefillTokens > 0, prefillTokens <= record.maxTokens else {
@@ -232,20 +232,20 @@ public actor Coordinator {
 
   /// Records with budgets: of `key` when given (not found is an error), else of every open
   /// sequence, in key order.
-  public func budgets(of key: SequenceKey?) throws(CoordinatorError) -> [SequenceRecord] {
+  public func budgets(of key: SequenceKey?) throws(HeteroKVError) -> [SequenceRecord] {
     if let key { return [try sequence(key)] }
     return state.sequences.values.sorted { $0.key < $1.key }
   }
 
   /// Closes `key`; returns the bytes released.
-  public func closeSequence(_ key: SequenceKey) throws(CoordinatorError) -> UInt64 {
+  public func closeSequence(_ key: SequenceKey) throws(HeteroKVError) -> UInt64 {
     let record = try sequence(key)
     try commit(.sequenceClosed(key))
     return record.reservedBytes
   }
 
   /// Capacity, use, members and sequences.
-  public func status() throws(CoordinatorError) -> ClusterStatusView {
+  public func status() throws(HeteroKVError) -> ClusterStatusView {
     try expireLeases()
     let nodes = state.membership.members.values.filter { $0.role == .memoryNode }
     let up = nodes.filter { $0.status == .up }
@@ -264,7 +264,7 @@ public actor Coordinator {
 
   // MARK: Internals
 
-  private func commit(_ change: StateChange) throws(CoordinatorError) {
+  private func commit(_ change: StateChange) throws(HeteroKVError) {
     var next = state
     next.apply(change)
     try store.append(change, state: next)
@@ -280,7 +280,7 @@ public actor Coordinator {
     return UInt64(values + keys) * UInt64(tokens) * UInt64(replicas)
   }
 
-  private func checkFree(_ bytes: UInt64, for key: SequenceKey) throws(CoordinatorError) {
+  private func checkFree(_ bytes: UInt64, for key: SequenceKey) throws(HeteroKVError) {
     let capacity = state.membership.up(.memoryNode).reduce(UInt64(0)) { $0 + $1.capacityBytes }
     let reserved = state.reservedBytes
     let free = capacity > reserved ? capacity - reserved : 0
@@ -291,7 +291,7 @@ public actor Coordinator {
     }
   }
 
-  private func validate(_ profiles: [HeadProfile]) throws(CoordinatorError) {
+  private func validate(_ profiles: [HeadProfile]) throws(HeteroKVError) {
     let expected = model.layers * model.kvHeads
     guard profiles.count == expected else {
       throw .invalidArgument(

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import CoreMetrics
 import HeteroKVConfig
 import HeteroKVDaemon
@@ -23,7 +24,7 @@ public final class CoordinatorDaemon: Service, Sendable {
     security: ControlPlaneSecurity,
     metricsFactory: any MetricsFactory, logger: Logger,
     now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
-  ) throws(CoordinatorError) {
+  ) throws(HeteroKVError) {
     guard let settings = configuration.coordinator else {
       throw .failedPrecondition("the cluster file has no coordinator section")
     }

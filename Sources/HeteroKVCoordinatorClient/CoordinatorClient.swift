@@ -1,3 +1,4 @@
+import HeteroKVCore
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import HeteroKVDaemon
@@ -5,7 +6,7 @@ import HeteroKVWire
 
 /// A connection to the coordinator for members and the admin CLI. Every call has a deadline,
 /// and a coordinator that cannot be reached or that refuses a call surfaces as a
-/// `CoordinatorClientError` that names the address and says what happened.
+/// `HeteroKVError` that names the address and says what happened.
 public struct CoordinatorClient: Sendable {
   /// The coordinator's gRPC address.
   public let address: HostPort
@@ -29,14 +30,14 @@ public struct CoordinatorClient: Sendable {
     return options
   }
 
-  /// Performs one call, mapping gRPC failures to `CoordinatorClientError`.
+  /// Performs one call, mapping gRPC failures to `HeteroKVError`s.
   func perform<T: Sendable>(_ what: String, _ body: (CallOptions) async throws -> T) async throws
     -> T
   {
     do {
       return try await body(options)
     } catch let error as RPCError {
-      throw CoordinatorClientError(address: address, operation: what, error: error)
+      throw HeteroKVError(error, peer: "the coordinator at \(address)", operation: what)
     }
   }
 
@@ -104,24 +105,5 @@ public struct CoordinatorClient: Sendable {
       $0.namespace = namespace
       $0.sequence = sequence
     }
-  }
-}
-
-/// A coordinator call that failed: where, which call, the gRPC code and the reason.
-public struct CoordinatorClientError: Error, Sendable, CustomStringConvertible {
-  public let address: HostPort
-  public let operation: String
-  public let error: RPCError
-
-  /// Whether the coordinator could not be reached at all (rather than refusing the call).
-  public var isUnreachable: Bool {
-    error.code == .unavailable || error.code == .deadlineExceeded
-  }
-
-  public var description: String {
-    if isUnreachable {
-      return "cannot reach the coordinator at \(address) (\(operation): \(error.message))"
-    }
-    return "coordinator \(address) refused \(operation) [\(error.code)]: \(error.message)"
   }
 }

@@ -7,7 +7,7 @@ import HeteroKVWire
 
 /// An inference engine's connection to a worker over gRPC: the same calls as `Worker`, with
 /// deadlines, long prefills split into messages under the service's limit, and failures as
-/// `WorkerError`s (a worker that cannot be reached is `.unreachable`).
+/// `HeteroKVError`s (a worker that cannot be reached is `.unavailable`).
 public struct EngineClient: Sendable {
   /// The worker's gRPC address.
   public let address: HostPort
@@ -32,24 +32,23 @@ public struct EngineClient: Sendable {
   }
 
   private func call<T: Sendable>(_ what: String, _ body: (CallOptions) async throws -> T)
-    async throws(WorkerError) -> T
+    async throws(HeteroKVError) -> T
   {
     var options = CallOptions.defaults
     options.timeout = timeout
     do {
       return try await body(options)
     } catch let error as RPCError {
-      throw WorkerError(
-        WorkerError.Kind(statusCode: error.code), "worker at \(address), \(what): \(error.message)")
+      throw HeteroKVError(error, peer: "the worker at \(address)", operation: what)
     } catch {
-      throw WorkerError(.unreachable, "worker at \(address), \(what): \(error)")
+      throw HeteroKVError(.unavailable, "the worker at \(address), \(what): \(error)", cause: error)
     }
   }
 
   /// Opens a sequence, with calibrated head profiles when given.
   public func createSequence(
     _ ref: SequenceRef, maxTokens: Int, profiles: [HeadProfile]? = nil
-  ) async throws(WorkerError) -> Heterokv_V1_SequenceInfo {
+  ) async throws(HeteroKVError) -> Heterokv_V1_SequenceInfo {
     try await call("CreateSequence") {
       try await stub.createSequence(
         .with {
@@ -66,10 +65,10 @@ public struct EngineClient: Sendable {
   public func append(
     _ ref: SequenceRef, layer: Int, tokens: Int, keys: [Float16], values: [Float16],
     observation: [Float]? = nil
-  ) async throws(WorkerError) -> Int {
+  ) async throws(HeteroKVError) -> Int {
     let width = geometry.kvHeads * geometry.headDim
     guard keys.count == tokens * width, values.count == tokens * width else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument,
         "\(tokens) tokens need \(tokens * width) key and value elements, got \(keys.count) and \(values.count)"
       )
@@ -101,7 +100,7 @@ public struct EngineClient: Sendable {
   /// Attention of `queries` `[queryHeads][headDim]` over `layer`.
   public func attend(
     _ ref: SequenceRef, layer: Int, queries: [Float], withSelection: Bool = false
-  ) async throws(WorkerError) -> AttendResult {
+  ) async throws(HeteroKVError) -> AttendResult {
     let answer = try await call("Attend") {
       try await stub.attend(
         .with {
@@ -114,8 +113,8 @@ public struct EngineClient: Sendable {
     guard let output = TensorBytes.floats(answer.output),
       output.count == geometry.queryHeads * geometry.headDim
     else {
-      throw WorkerError(
-        .internal, "worker at \(address) answered \(answer.output.count) output bytes")
+      throw HeteroKVError(
+        .internalError, "worker at \(address) answered \(answer.output.count) output bytes")
     }
     return AttendResult(
       output: output,
@@ -125,12 +124,12 @@ public struct EngineClient: Sendable {
 
   /// Releases a sequence; returns the memory-tier bytes freed.
   @discardableResult
-  public func release(_ ref: SequenceRef) async throws(WorkerError) -> Int {
+  public func release(_ ref: SequenceRef) async throws(HeteroKVError) -> Int {
     Int(try await call("Release") { try await stub.release(ref.proto, options: $0) }.releasedBytes)
   }
 
   /// A sequence's footprint and traffic.
-  public func stats(_ ref: SequenceRef) async throws(WorkerError) -> Heterokv_V1_SequenceStats {
+  public func stats(_ ref: SequenceRef) async throws(HeteroKVError) -> Heterokv_V1_SequenceStats {
     try await call("GetSequenceStats") { try await stub.getSequenceStats(ref.proto, options: $0) }
   }
 }

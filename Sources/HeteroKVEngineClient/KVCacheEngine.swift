@@ -1,3 +1,5 @@
+import HeteroKVCore
+
 /// The calls an inference engine makes per layer, the same in process (`Worker`) and over
 /// gRPC (`EngineClient`), so a driver can run against either.
 public protocol KVCacheEngine: Sendable {
@@ -6,10 +8,10 @@ public protocol KVCacheEngine: Sendable {
   func append(
     _ ref: SequenceRef, layer: Int, tokens: Int, keys: [Float16], values: [Float16],
     observation: [Float]?
-  ) async throws(WorkerError) -> Int
+  ) async throws(HeteroKVError) -> Int
   /// Attention of `queries` `[queryHeads][headDim]` over `layer`.
   func attend(_ ref: SequenceRef, layer: Int, queries: [Float], withSelection: Bool)
-    async throws(WorkerError) -> AttendResult
+    async throws(HeteroKVError) -> AttendResult
 }
 
 extension EngineClient: KVCacheEngine {}

@@ -46,7 +46,7 @@ public struct EngineKVCache: ModelKVCache {
     try FullKVCache.append(
       values, to: &prefillValues[layer], kvHeads: c.kvHeads, headDim: c.headDim)
     guard !prefilledElsewhere else {
-      throw WorkerError(
+      throw HeteroKVError(
         .failedPrecondition, "a prompt chunk after a prefill attended by another cache")
     }
     let out = try FullKVCache.causalAttention(

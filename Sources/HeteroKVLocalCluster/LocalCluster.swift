@@ -160,7 +160,7 @@ public final class LocalCluster: Sendable {
     }).count < options.memoryNodes {
       guard ContinuousClock.now < deadline else {
         await cluster.shutdown()
-        throw WorkerError(.unreachable, "memory nodes did not register within 20 s")
+        throw HeteroKVError(.unavailable, "memory nodes did not register within 20 s")
       }
       try await Task.sleep(for: .milliseconds(20))
     }

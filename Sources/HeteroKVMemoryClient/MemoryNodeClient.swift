@@ -28,14 +28,14 @@ public final class MemoryNodeClient: Sendable {
   }
 
   /// Appends rows to a shard (all or none).
-  public func put(_ request: PutRequest, timeout: Duration? = nil) async throws(DataPlaneError)
+  public func put(_ request: PutRequest, timeout: Duration? = nil) async throws(HeteroKVError)
     -> PutResponse
   {
     try await send(request, timeout: timeout, retry: false)
   }
 
   /// Drops a shard, sequence or namespace.
-  public func drop(_ request: DropRequest, timeout: Duration? = nil) async throws(DataPlaneError)
+  public func drop(_ request: DropRequest, timeout: Duration? = nil) async throws(HeteroKVError)
     -> DropResponse
   {
     try await send(request, timeout: timeout, retry: false)
@@ -43,19 +43,19 @@ public final class MemoryNodeClient: Sendable {
 
   /// Rows by token position.
   public func gather(_ request: GatherRequest, timeout: Duration? = nil)
-    async throws(DataPlaneError) -> GatherResponse
+    async throws(HeteroKVError) -> GatherResponse
   {
     try await send(request, timeout: timeout, retry: true)
   }
 
   /// Near-data attention over chosen rows, as a partial ready for an exact merge.
   public func partialAttention(_ request: PartialAttentionRequest, timeout: Duration? = nil)
-    async throws(DataPlaneError) -> AttentionPartial
+    async throws(HeteroKVError) -> AttentionPartial
   {
     let response = try await send(request, timeout: timeout, retry: true)
     guard response.maxScores.count == request.heads.count, response.headDim == request.headDim
     else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .malformedFrame,
         "node \(endpoint.id) answered \(response.maxScores.count) heads of \(response.headDim) for \(request.heads.count) of \(request.headDim)"
       )
@@ -66,12 +66,12 @@ public final class MemoryNodeClient: Sendable {
   }
 
   /// The node's capacity and use.
-  public func stats(timeout: Duration? = nil) async throws(DataPlaneError) -> StatsResponse {
+  public func stats(timeout: Duration? = nil) async throws(HeteroKVError) -> StatsResponse {
     try await send(StatsRequest(), timeout: timeout, retry: true)
   }
 
   /// An empty round trip.
-  public func ping(timeout: Duration? = nil) async throws(DataPlaneError) {
+  public func ping(timeout: Duration? = nil) async throws(HeteroKVError) {
     _ = try await send(PingRequest(), timeout: timeout, retry: true)
   }
 
@@ -80,7 +80,7 @@ public final class MemoryNodeClient: Sendable {
 
   private func send<Request: DataPlaneRequest>(
     _ request: Request, timeout: Duration?, retry: Bool
-  ) async throws(DataPlaneError) -> Request.Response {
+  ) async throws(HeteroKVError) -> Request.Response {
     let payload = request.encoded()
     var attempt = 0
     while true {
@@ -91,9 +91,9 @@ public final class MemoryNodeClient: Sendable {
           opcode: Request.opcode, payload: payload, timeout: timeout ?? defaultTimeout)
         return try Request.Response(payload: response, limits: limits)
       } catch {
-        let lost = error.code == .connectionClosed || error.code == .nodeUnreachable
+        let lost = error.code == .connectionClosed || error.code == .unavailable
         if lost && retry && attempt == 1 { continue }
-        throw DataPlaneError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
+        throw HeteroKVError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
       }
     }
   }
@@ -115,7 +115,7 @@ actor ConnectionPool {
     self.useRDMA = endpoint.transport == .rdma && RDMAAvailability.probe().isAvailable
   }
 
-  func connection() async throws(DataPlaneError) -> any DataPlaneConnection {
+  func connection() async throws(HeteroKVError) -> any DataPlaneConnection {
     let slot = next
     next = (next + 1) % slots.count
     if let task = slots[slot] {
@@ -138,8 +138,8 @@ actor ConnectionPool {
       return try await task.value
     } catch {
       slots[slot] = nil
-      if let error = error as? DataPlaneError { throw error }
-      throw DataPlaneError(.nodeUnreachable, "\(error)")
+      if let error = error as? HeteroKVError { throw error }
+      throw HeteroKVError(.unavailable, "\(error)")
     }
   }
 

@@ -29,9 +29,9 @@ public final class MemoryTierClient: Sendable {
   }
 
   /// The client of node `id`, or an error naming the unknown node.
-  public func node(_ id: String) throws(DataPlaneError) -> MemoryNodeClient {
+  public func node(_ id: String) throws(HeteroKVError) -> MemoryNodeClient {
     guard let client = nodes[id] else {
-      throw DataPlaneError(.nodeUnreachable, "no memory node \"\(id)\" is configured")
+      throw HeteroKVError(.unavailable, "no memory node \"\(id)\" is configured")
     }
     return client
   }
@@ -40,8 +40,8 @@ public final class MemoryTierClient: Sendable {
   /// The first failure is thrown (the others are cancelled).
   public func partialAttention(
     _ requests: [(node: String, request: PartialAttentionRequest)], timeout: Duration? = nil
-  ) async throws(DataPlaneError) -> [AttentionPartial] {
-    let clients = try requests.map { (r) throws(DataPlaneError) in try node(r.node) }
+  ) async throws(HeteroKVError) -> [AttentionPartial] {
+    let clients = try requests.map { (r) throws(HeteroKVError) in try node(r.node) }
     do {
       return try await withThrowingTaskGroup(of: (Int, AttentionPartial).self) { group in
         for (i, entry) in requests.enumerated() {
@@ -52,10 +52,10 @@ public final class MemoryTierClient: Sendable {
         for try await (i, partial) in group { results[i] = partial }
         return results.map { $0! }
       }
-    } catch let error as DataPlaneError {
+    } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw DataPlaneError(.internalError, "\(error)")
+      throw HeteroKVError(.internalError, "\(error)")
     }
   }
 

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import CoreMetrics
 import HeteroKVDaemon
 import HeteroKVTransport
@@ -27,7 +28,7 @@ public final class MemoryNode: Service, Sendable {
   public init(
     configuration: MemoryNodeConfiguration, security: ControlPlaneSecurity = .none,
     metricsFactory: any MetricsFactory, logger: Logger
-  ) throws(DataPlaneError) {
+  ) throws(HeteroKVError) {
     try configuration.validate()
     self.security = security
     self.configuration = configuration

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVTransport
 import HeteroKVWire
 
@@ -35,7 +36,7 @@ public struct MemoryNodeConfiguration: Sendable, Hashable {
   }
 
   /// Checks the values; the error lists every problem.
-  public func validate() throws(DataPlaneError) {
+  public func validate() throws(HeteroKVError) {
     var problems: [String] = []
     if id.isEmpty { problems.append("id is empty") }
     if capacityBytes <= 0 { problems.append("capacity must be positive, got \(capacityBytes)") }
@@ -46,7 +47,7 @@ public struct MemoryNodeConfiguration: Sendable, Hashable {
       problems.append("capacity \(capacityBytes) is smaller than one page (\(pageBytes))")
     }
     guard problems.isEmpty else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .invalidArgument, "memory node \(id): " + problems.joined(separator: "; "))
     }
   }

@@ -1,3 +1,5 @@
+import HeteroKVCore
+
 /// GPT-2-style byte-level BPE, as SmolLM2's GGUF stores it (`tokenizer.ggml.model` gpt2,
 /// pre-tokenizer `smollm`): text is cut into pieces (control tokens whole, each digit alone,
 /// then contractions, letter runs, digit runs, punctuation runs and whitespace), each piece's
@@ -21,13 +23,17 @@ public struct BPETokenizer: Sendable {
   }
 
   /// From a GGUF file's tokenizer metadata.
-  public init(gguf: GGUFFile) throws(ModelFileError) {
+  public init(gguf: GGUFFile) throws(HeteroKVError) {
     guard try gguf.require("tokenizer.ggml.model").string == "gpt2" else {
-      throw ModelFileError("\(gguf.path): only gpt2 (byte-level BPE) tokenizers are supported")
+      throw HeteroKVError(
+        .malformedInput, "\(gguf.path): only gpt2 (byte-level BPE) tokenizers are supported")
     }
     guard let list = try gguf.require("tokenizer.ggml.tokens").array?.compactMap(\.string),
       let merges = try gguf.require("tokenizer.ggml.merges").array?.compactMap(\.string)
-    else { throw ModelFileError("\(gguf.path): tokenizer tokens or merges are not strings") }
+    else {
+      throw HeteroKVError(
+        .malformedInput, "\(gguf.path): tokenizer tokens or merges are not strings")
+    }
     let types = gguf.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) ?? []
     try self.init(
       tokens: list, merges: merges, types: types,
@@ -37,7 +43,7 @@ public struct BPETokenizer: Sendable {
 
   /// From a vocabulary, merges ("a b", best first) and token types (3: control).
   public init(tokens: [String], merges: [String], types: [Int], bos: Int, eos: Int)
-    throws(ModelFileError)
+    throws(HeteroKVError)
   {
     self.tokens = tokens
     var ids: [String: Int] = [:]
@@ -47,7 +53,7 @@ public struct BPETokenizer: Sendable {
     for (rank, merge) in merges.enumerated() {
       let parts = merge.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
       guard parts.count == 2 else {
-        throw ModelFileError("merge \(rank) \"\(merge)\" is not two symbols")
+        throw HeteroKVError(.malformedInput, "merge \(rank) \"\(merge)\" is not two symbols")
       }
       ranks[Pair(a: String(parts[0]), b: String(parts[1]))] = rank
     }

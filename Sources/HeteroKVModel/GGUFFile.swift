@@ -1,12 +1,6 @@
+import HeteroKVCore
 import CHeteroKVKernels
 import Foundation
-
-/// A problem with a model file: what was wrong and where, never a crash.
-public struct ModelFileError: Error, Sendable, CustomStringConvertible {
-  public var message: String
-  public init(_ message: String) { self.message = message }
-  public var description: String { message }
-}
 
 /// One metadata value of a GGUF file.
 public enum GGUFValue: Sendable {
@@ -74,7 +68,7 @@ public struct GGUFTensorInfo: Sendable {
 
 /// A GGUF (v2 or v3) model file, memory-mapped: its metadata and tensor index, checked against
 /// the file's size before anything is read, and tensors decoded to f32 on request. A truncated
-/// or corrupt file is a `ModelFileError` naming what is wrong.
+/// or corrupt file is a `HeteroKVError` naming what is wrong.
 public struct GGUFFile: Sendable {
   public let path: String
   public let version: UInt32
@@ -83,27 +77,29 @@ public struct GGUFFile: Sendable {
   let data: Data
 
   /// Opens and indexes `path`.
-  public init(path: String) throws(ModelFileError) {
+  public init(path: String) throws(HeteroKVError) {
     let data: Data
     do {
       data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
     } catch {
-      throw ModelFileError("cannot read the model file \(path): \(error.localizedDescription)")
+      throw HeteroKVError(
+        .malformedInput, "cannot read the model file \(path): \(error.localizedDescription)")
     }
     try self.init(data: data, path: path)
   }
 
   /// Indexes a GGUF image held in memory.
-  public init(data: Data, path: String = "(memory)") throws(ModelFileError) {
+  public init(data: Data, path: String = "(memory)") throws(HeteroKVError) {
     self.path = path
     self.data = data
     var r = ByteReader(data: data, path: path)
     guard try r.bytes(4, "magic") == Array("GGUF".utf8) else {
-      throw ModelFileError("\(path) is not a GGUF file (bad magic)")
+      throw HeteroKVError(.malformedInput, "\(path) is not a GGUF file (bad magic)")
     }
     version = try r.u32("version")
     guard version == 2 || version == 3 else {
-      throw ModelFileError("\(path): GGUF version \(version) is not supported (2 or 3)")
+      throw HeteroKVError(
+        .malformedInput, "\(path): GGUF version \(version) is not supported (2 or 3)")
     }
     let tensorCount = try r.count("tensor count", limit: 1 << 20)
     let kvCount = try r.count("metadata count", limit: 1 << 20)
@@ -119,31 +115,35 @@ public struct GGUFFile: Sendable {
       let name = try r.string("tensor name")
       let rank = Int(try r.u32("rank of \(name)"))
       guard (1...4).contains(rank) else {
-        throw ModelFileError("\(path): tensor \(name) has rank \(rank)")
+        throw HeteroKVError(.malformedInput, "\(path): tensor \(name) has rank \(rank)")
       }
       var dims: [Int] = []
       for _ in 0..<rank { dims.append(try r.count("dimension of \(name)", limit: 1 << 31)) }
       let rawType = try r.u32("type of \(name)")
       guard let type = GGMLType(rawValue: rawType) else {
-        throw ModelFileError(
+        throw HeteroKVError(
+          .malformedInput,
           "\(path): tensor \(name) has ggml type \(rawType), not F32, F16, Q4_1 or Q8_0")
       }
       let offset = try r.count("offset of \(name)", limit: Int.max / 2)
       guard dims[0] % type.block.elements == 0 else {
-        throw ModelFileError("\(path): tensor \(name) rows of \(dims[0]) do not split into blocks")
+        throw HeteroKVError(
+          .malformedInput, "\(path): tensor \(name) rows of \(dims[0]) do not split into blocks")
       }
       infos.append(GGUFTensorInfo(name: name, dimensions: dims, type: type, offset: offset))
     }
     let alignment = metadata["general.alignment"]?.int ?? 32
     guard alignment > 0, alignment % 8 == 0 else {
-      throw ModelFileError("\(path): alignment \(alignment) is not a positive multiple of 8")
+      throw HeteroKVError(
+        .malformedInput, "\(path): alignment \(alignment) is not a positive multiple of 8")
     }
     let start = (r.position + alignment - 1) / alignment * alignment
     var tensors: [String: GGUFTensorInfo] = [:]
     for var info in infos {
       info.offset += start
       guard info.offset + info.byteCount <= data.count else {
-        throw ModelFileError(
+        throw HeteroKVError(
+          .malformedInput,
           "\(path) is truncated: tensor \(info.name) needs bytes \(info.offset)..<\(info.offset + info.byteCount), the file has \(data.count)"
         )
       }
@@ -153,9 +153,9 @@ public struct GGUFFile: Sendable {
   }
 
   /// The tensor `name` decoded to f32, row-major `[rows][ne0]`.
-  public func floats(_ name: String) throws(ModelFileError) -> [Float] {
+  public func floats(_ name: String) throws(HeteroKVError) -> [Float] {
     guard let info = tensors[name] else {
-      throw ModelFileError("\(path) has no tensor \(name)")
+      throw HeteroKVError(.malformedInput, "\(path) has no tensor \(name)")
     }
     let n = info.count
     return data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [Float] in
@@ -169,12 +169,13 @@ public struct GGUFFile: Sendable {
 
   /// The tensor `name`, a matrix `[rows][cols]`, in its own block format (no dequantization):
   /// what the quantized matrix products read.
-  public func matrix(_ name: String, rows: Int, cols: Int) throws(ModelFileError) -> WeightMatrix {
+  public func matrix(_ name: String, rows: Int, cols: Int) throws(HeteroKVError) -> WeightMatrix {
     guard let info = tensors[name] else {
-      throw ModelFileError("\(path) has no tensor \(name)")
+      throw HeteroKVError(.malformedInput, "\(path) has no tensor \(name)")
     }
     guard info.dimensions.first == cols, info.count == rows * cols else {
-      throw ModelFileError(
+      throw HeteroKVError(
+        .malformedInput,
         "\(path): \(name) has dimensions \(info.dimensions), expected [\(cols), \(rows)]")
     }
     let bytes = data.withUnsafeBytes { raw in
@@ -184,8 +185,10 @@ public struct GGUFFile: Sendable {
   }
 
   /// A metadata value, or an error naming the missing key.
-  public func require(_ key: String) throws(ModelFileError) -> GGUFValue {
-    guard let v = metadata[key] else { throw ModelFileError("\(path) has no metadata \(key)") }
+  public func require(_ key: String) throws(HeteroKVError) -> GGUFValue {
+    guard let v = metadata[key] else {
+      throw HeteroKVError(.malformedInput, "\(path) has no metadata \(key)")
+    }
     return v
   }
 }
@@ -201,16 +204,17 @@ struct ByteReader {
     self.path = path
   }
 
-  mutating func bytes(_ n: Int, _ what: String) throws(ModelFileError) -> [UInt8] {
+  mutating func bytes(_ n: Int, _ what: String) throws(HeteroKVError) -> [UInt8] {
     guard n >= 0, position + n <= data.count else {
-      throw ModelFileError(
+      throw HeteroKVError(
+        .malformedInput,
         "\(path) is truncated in its header (reading \(what) at byte \(position))")
     }
     defer { position += n }
     return [UInt8](data[(data.startIndex + position)..<(data.startIndex + position + n)])
   }
 
-  mutating func integer<T: FixedWidthInteger>(_ what: String, _: T.Type) throws(ModelFileError) -> T
+  mutating func integer<T: FixedWidthInteger>(_ what: String, _: T.Type) throws(HeteroKVError) -> T
   {
     let b = try bytes(MemoryLayout<T>.size, what)
     var v: T = 0
@@ -218,22 +222,24 @@ struct ByteReader {
     return v
   }
 
-  mutating func u32(_ what: String) throws(ModelFileError) -> UInt32 {
+  mutating func u32(_ what: String) throws(HeteroKVError) -> UInt32 {
     try integer(what, UInt32.self)
   }
 
-  mutating func count(_ what: String, limit: Int) throws(ModelFileError) -> Int {
+  mutating func count(_ what: String, limit: Int) throws(HeteroKVError) -> Int {
     let v = try integer(what, UInt64.self)
-    guard v <= UInt64(limit) else { throw ModelFileError("\(path): \(what) \(v) is out of range") }
+    guard v <= UInt64(limit) else {
+      throw HeteroKVError(.malformedInput, "\(path): \(what) \(v) is out of range")
+    }
     return Int(v)
   }
 
-  mutating func string(_ what: String) throws(ModelFileError) -> String {
+  mutating func string(_ what: String) throws(HeteroKVError) -> String {
     let n = try count("length of \(what)", limit: data.count - position)
     return String(decoding: try bytes(n, what), as: UTF8.self)
   }
 
-  mutating func value(type: UInt32, what: String, depth: Int) throws(ModelFileError) -> GGUFValue {
+  mutating func value(type: UInt32, what: String, depth: Int) throws(HeteroKVError) -> GGUFValue {
     switch type {
     case 0: return .unsigned(UInt64(try integer(what, UInt8.self)))
     case 1: return .integer(Int64(try integer(what, Int8.self)))
@@ -245,7 +251,9 @@ struct ByteReader {
     case 7: return .bool(try integer(what, UInt8.self) != 0)
     case 8: return .string(try string(what))
     case 9:
-      guard depth < 2 else { throw ModelFileError("\(path): \(what) nests arrays too deep") }
+      guard depth < 2 else {
+        throw HeteroKVError(.malformedInput, "\(path): \(what) nests arrays too deep")
+      }
       let elementType = try u32("element type of \(what)")
       let n = try count("length of \(what)", limit: data.count - position)
       var items: [GGUFValue] = []
@@ -255,7 +263,8 @@ struct ByteReader {
     case 10: return .unsigned(try integer(what, UInt64.self))
     case 11: return .integer(try integer(what, Int64.self))
     case 12: return .float(Double(bitPattern: try integer(what, UInt64.self)))
-    default: throw ModelFileError("\(path): metadata \(what) has unknown type \(type)")
+    default:
+      throw HeteroKVError(.malformedInput, "\(path): metadata \(what) has unknown type \(type)")
     }
   }
 }

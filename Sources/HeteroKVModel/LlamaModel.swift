@@ -183,15 +183,15 @@ public final class LlamaModel: Sendable {
   }
 
   /// Loads `file` (metadata checked, every tensor decoded).
-  public init(file: GGUFFile) throws(ModelFileError) {
-    func int(_ key: String) throws(ModelFileError) -> Int {
+  public init(file: GGUFFile) throws(HeteroKVError) {
+    func int(_ key: String) throws(HeteroKVError) -> Int {
       guard let v = try file.require(key).int, v > 0 else {
-        throw ModelFileError("\(file.path): \(key) is not a positive integer")
+        throw HeteroKVError(.malformedInput, "\(file.path): \(key) is not a positive integer")
       }
       return v
     }
     guard try file.require("general.architecture").string == "llama" else {
-      throw ModelFileError("\(file.path): only the llama architecture is supported")
+      throw HeteroKVError(.malformedInput, "\(file.path): only the llama architecture is supported")
     }
     let hidden = try int("llama.embedding_length")
     let heads = try int("llama.attention.head_count")
@@ -204,13 +204,14 @@ public final class LlamaModel: Sendable {
       normEpsilon: Float(file.metadata["llama.attention.layer_norm_rms_epsilon"]?.double ?? 1e-5),
       contextLength: file.metadata["llama.context_length"]?.int ?? 2048)
     guard hidden % heads == 0, heads % config.kvHeads == 0, config.vocabulary > 0 else {
-      throw ModelFileError("\(file.path): inconsistent attention shape")
+      throw HeteroKVError(.malformedInput, "\(file.path): inconsistent attention shape")
     }
     configuration = config
-    func tensor(_ name: String, _ count: Int) throws(ModelFileError) -> [Float] {
+    func tensor(_ name: String, _ count: Int) throws(HeteroKVError) -> [Float] {
       let t = try file.floats(name)
       guard t.count == count else {
-        throw ModelFileError("\(file.path): \(name) has \(t.count) elements, expected \(count)")
+        throw HeteroKVError(
+          .malformedInput, "\(file.path): \(name) has \(t.count) elements, expected \(count)")
       }
       return t
     }
@@ -279,7 +280,8 @@ public final class LlamaModel: Sendable {
     var x = [Float](repeating: 0, count: t * h)
     for (i, token) in tokens.enumerated() {
       guard token >= 0, token < c.vocabulary else {
-        throw ModelFileError("token id \(token) is outside the vocabulary of \(c.vocabulary)")
+        throw HeteroKVError(
+          .malformedInput, "token id \(token) is outside the vocabulary of \(c.vocabulary)")
       }
       x.replaceSubrange(i * h..<(i + 1) * h, with: embedding.row(token))
     }

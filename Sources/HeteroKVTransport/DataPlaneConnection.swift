@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVWire
 import NIOCore
 
@@ -5,9 +6,9 @@ import NIOCore
 /// pipelined (many in flight, answered by request id), each with an optional deadline.
 public protocol DataPlaneConnection: Sendable {
   /// Sends one request and waits for its response payload. An error response is thrown as
-  /// the node's ``DataPlaneError``; a lost connection as `.connectionClosed`; a missed
+  /// the node's ``HeteroKVError``; a lost connection as `.connectionClosed`; a missed
   /// deadline as `.deadlineExceeded`.
-  func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(DataPlaneError)
+  func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(HeteroKVError)
     -> ByteBuffer
 
   /// Whether the connection can still carry requests.
@@ -21,7 +22,7 @@ extension DataPlaneConnection {
   /// Sends a typed request and decodes its typed response.
   public func send<Request: DataPlaneRequest>(
     _ request: Request, timeout: Duration? = nil, limits: DataPlaneLimits = .standard
-  ) async throws(DataPlaneError) -> Request.Response {
+  ) async throws(HeteroKVError) -> Request.Response {
     let payload = try await call(
       opcode: Request.opcode, payload: request.encoded(), timeout: timeout)
     return try Request.Response(payload: payload, limits: limits)

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVWire
 import NIOCore
 
@@ -7,12 +8,12 @@ public protocol DataPlaneRequestHandler: Sendable {
   /// Serves one request whose frame was already read and checksummed. Runs on an I/O thread
   /// and must not block for long.
   func handle(opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator) -> Result<
-    ByteBuffer, DataPlaneError
+    ByteBuffer, HeteroKVError
   >
 
   /// Told about each frame rejected before it reached `handle` (bad checksum, garbage,
   /// unknown opcode), so the node can count them.
-  func rejected(_ error: DataPlaneError)
+  func rejected(_ error: HeteroKVError)
 }
 
 /// The server-side steps every transport shares: validating a decoded frame and producing the
@@ -23,12 +24,12 @@ enum RequestDispatch {
   ) -> Frame {
     let header = frame.header
     if header.flags.contains(.response) {
-      let error = DataPlaneError(.invalidArgument, "a response frame was sent to a server")
+      let error = HeteroKVError(.invalidArgument, "a response frame was sent to a server")
       handler.rejected(error)
       return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
     }
     guard let opcode = Opcode(rawValue: header.opcode) else {
-      let error = DataPlaneError(.unknownOpcode, "opcode \(header.opcode) is not served")
+      let error = HeteroKVError(.unknownOpcode, "opcode \(header.opcode) is not served")
       handler.rejected(error)
       return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
     }

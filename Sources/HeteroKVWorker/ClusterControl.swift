@@ -61,15 +61,15 @@ public struct SequenceBudgets: Sendable, Hashable {
 /// cluster, anything else in tests.
 public protocol ClusterControl: Sendable {
   /// Opens (or reopens) a sequence and returns its placement.
-  func openSequence(_ ref: SequenceRef, worker: String, maxTokens: Int) async throws(WorkerError)
+  func openSequence(_ ref: SequenceRef, worker: String, maxTokens: Int) async throws(HeteroKVError)
     -> SequencePlacement
   /// The sequence's current placement.
-  func placement(_ ref: SequenceRef) async throws(WorkerError) -> SequencePlacement
+  func placement(_ ref: SequenceRef) async throws(HeteroKVError) -> SequencePlacement
   /// Reports head profiles after a prefill of `prefillTokens`; returns the budgets.
   func reportProfiles(_ ref: SequenceRef, prefillTokens: Int, profiles: [HeadProfile])
-    async throws(WorkerError) -> SequenceBudgets
+    async throws(HeteroKVError) -> SequenceBudgets
   /// Closes the sequence, releasing its reservation.
-  func closeSequence(_ ref: SequenceRef) async throws(WorkerError)
+  func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError)
 }
 
 /// `ClusterControl` through the coordinator's gRPC service, one connection per call.
@@ -88,26 +88,20 @@ public struct CoordinatorControl: ClusterControl {
   }
 
   func call<T: Sendable>(_ body: @Sendable (CoordinatorClient) async throws -> T)
-    async throws(WorkerError) -> T
+    async throws(HeteroKVError) -> T
   {
     do {
       return try await CoordinatorClient.with(
         address: address, security: security, timeout: timeout, body)
-    } catch let error as CoordinatorClientError {
-      // The one status-to-kind map (EngineService's); what it cannot place is the
-      // coordinator's failure.
-      let kind = WorkerError.Kind(statusCode: error.error.code)
-      throw WorkerError(
-        kind == .internal || kind == .unreachable ? .coordinator : kind, error.description)
-    } catch let error as WorkerError {
+    } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw WorkerError(.coordinator, "coordinator at \(address): \(error)")
+      throw HeteroKVError(.unavailable, "the coordinator at \(address): \(error)", cause: error)
     }
   }
 
   public func openSequence(_ ref: SequenceRef, worker: String, maxTokens: Int)
-    async throws(WorkerError) -> SequencePlacement
+    async throws(HeteroKVError) -> SequencePlacement
   {
     let answer = try await call { client in
       try await client.openSequence(
@@ -120,7 +114,7 @@ public struct CoordinatorControl: ClusterControl {
     return try Self.placement(answer)
   }
 
-  public func placement(_ ref: SequenceRef) async throws(WorkerError) -> SequencePlacement {
+  public func placement(_ ref: SequenceRef) async throws(HeteroKVError) -> SequencePlacement {
     let answer = try await call { client in
       try await client.placement(namespace: ref.namespace, sequence: ref.sequence)
     }
@@ -128,7 +122,7 @@ public struct CoordinatorControl: ClusterControl {
   }
 
   public func reportProfiles(_ ref: SequenceRef, prefillTokens: Int, profiles: [HeadProfile])
-    async throws(WorkerError) -> SequenceBudgets
+    async throws(HeteroKVError) -> SequenceBudgets
   {
     let request = Heterokv_V1_ReportProfilesRequest.with {
       $0.ref = ref.proto
@@ -137,13 +131,13 @@ public struct CoordinatorControl: ClusterControl {
     }
     let answer = try await call { client in try await client.reportProfiles(request) }
     guard let policy = BudgetPolicyKind(rawValue: answer.policy) else {
-      throw WorkerError(
-        .coordinator, "the coordinator answered an unknown policy \"\(answer.policy)\"")
+      throw HeteroKVError(
+        .internalError, "the coordinator answered an unknown policy \"\(answer.policy)\"")
     }
     var heads: [HeadBudget] = []
     for h in answer.heads {
       guard let role = HeadRole(name: h.role, pivot: Int(h.pivot)) else {
-        throw WorkerError(.coordinator, "the coordinator answered an unknown role \"\(h.role)\"")
+        throw HeteroKVError(.unavailable, "the coordinator answered an unknown role \"\(h.role)\"")
       }
       heads.append(
         HeadBudget(
@@ -153,20 +147,20 @@ public struct CoordinatorControl: ClusterControl {
     return SequenceBudgets(policy: policy, heads: heads)
   }
 
-  public func closeSequence(_ ref: SequenceRef) async throws(WorkerError) {
+  public func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError) {
     _ = try await call { client in
       try await client.closeSequence(namespace: ref.namespace, sequence: ref.sequence)
     }
   }
 
-  static func placement(_ p: Heterokv_V1_SequencePlacement) throws(WorkerError)
+  static func placement(_ p: Heterokv_V1_SequencePlacement) throws(HeteroKVError)
     -> SequencePlacement
   {
     var nodes: [PlacedNode] = []
     for node in p.nodes {
       guard let address = HostPort(node.dataAddress) else {
-        throw WorkerError(
-          .coordinator, "node \(node.nodeID) has a bad data address \"\(node.dataAddress)\"")
+        throw HeteroKVError(
+          .unavailable, "node \(node.nodeID) has a bad data address \"\(node.dataAddress)\"")
       }
       let transport = DataPlaneTransportKind(rawValue: node.transport) ?? .tcp
       nodes.append(
@@ -175,7 +169,8 @@ public struct CoordinatorControl: ClusterControl {
           weight: node.weight))
     }
     guard !nodes.isEmpty else {
-      throw WorkerError(.resourceExhausted, "the coordinator placed the sequence on no memory node")
+      throw HeteroKVError(
+        .resourceExhausted, "the coordinator placed the sequence on no memory node")
     }
     return SequencePlacement(
       version: p.version, replication: max(1, Int(p.replication)), nodes: nodes,

@@ -135,8 +135,8 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
   func mapped<T: Sendable>(_ body: () async throws -> T) async throws -> T {
     do {
       return try await body()
-    } catch let error as WorkerError {
-      throw RPCError(code: error.kind.statusCode, message: error.message)
+    } catch let error as HeteroKVError {
+      throw error.rpcError
     }
   }
 }

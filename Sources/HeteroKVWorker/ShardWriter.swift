@@ -44,7 +44,7 @@ actor ShardWriter {
   private var acknowledged: [HeadKey: Int] = [:]
   /// Per shard and node, the end (exclusive) of the rows that node holds.
   private var stored: [ShardID: [String: Int]] = [:]
-  private var lost: [HeadKey: WorkerError] = [:]
+  private var lost: [HeadKey: HeteroKVError] = [:]
   /// Shards some replica of which missed rows: fewer copies than the placement asks for.
   private var degraded: Set<ShardID> = []
   /// Set by `dropAll`: the sequence's rows are gone and no more are shipped.
@@ -98,7 +98,7 @@ actor ShardWriter {
   func acknowledgedTokens(_ head: HeadKey) -> Int { acknowledged[head] ?? 0 }
 
   /// The failure that left `head` with rows on no node, if any.
-  func failure(_ head: HeadKey) -> WorkerError? { lost[head] }
+  func failure(_ head: HeadKey) -> HeteroKVError? { lost[head] }
 
   /// Nodes holding rows of `shard` through token `last` (inclusive), primary first.
   func holders(_ shard: ShardID, through last: Int) -> [String] {
@@ -133,7 +133,7 @@ actor ShardWriter {
       }
       var errors: [String] = []
       var holders = 0
-      await withTaskGroup(of: (String, DataPlaneError?).self) { group in
+      await withTaskGroup(of: (String, HeteroKVError?).self) { group in
         for node in targets {
           let tier = self.tier
           group.addTask {
@@ -141,7 +141,7 @@ actor ShardWriter {
               _ = try await tier.node(node).put(request)
               return (node, nil)
             } catch {
-              return (node, error as? DataPlaneError ?? DataPlaneError(.internalError, "\(error)"))
+              return (node, error as? HeteroKVError ?? HeteroKVError(.internalError, "\(error)"))
             }
           }
         }
@@ -161,7 +161,7 @@ actor ShardWriter {
       bytesSent += bytes * targets.count
       storedBytes += bytes * holders
       guard holders > 0 else {
-        lost[batch.head] = WorkerError(
+        lost[batch.head] = HeteroKVError(
           .dataUnavailable,
           "sequence \(ref) layer \(batch.head.layer) head \(batch.head.kvHead): tokens "
             + "\(token)..<\(token + rows) reached no memory node"

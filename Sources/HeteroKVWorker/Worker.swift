@@ -33,7 +33,7 @@ public final class Worker: Sendable {
   public init(
     options: WorkerOptions, control: any ClusterControl,
     backend: any AttentionBackend = CPUAttentionBackend(), metrics: WorkerMetrics? = nil
-  ) throws(WorkerError) {
+  ) throws(HeteroKVError) {
     try options.validate()
     self.options = options
     self.control = control
@@ -50,13 +50,13 @@ public final class Worker: Sendable {
   /// prefill's observation queries.
   public func createSequence(
     _ ref: SequenceRef, maxTokens: Int, profiles: [HeadProfile]? = nil
-  ) async throws(WorkerError) -> SequenceInfo {
+  ) async throws(HeteroKVError) -> SequenceInfo {
     guard maxTokens > 0 else {
-      throw WorkerError(.invalidArgument, "sequence \(ref): max tokens must be positive")
+      throw HeteroKVError(.invalidArgument, "sequence \(ref): max tokens must be positive")
     }
     if let profiles { try Self.check(profiles, geometry: options.geometry) }
     if sessions.withLock({ $0[ref] }) != nil {
-      throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
+      throw HeteroKVError(.alreadyExists, "sequence \(ref) is already open on this worker")
     }
     let placement = try await control.openSequence(ref, worker: options.id, maxTokens: maxTokens)
     let tier = MemoryTierClient(
@@ -78,46 +78,46 @@ public final class Worker: Sendable {
       return false
     }
     if raced {
-      throw WorkerError(.sequenceExists, "sequence \(ref) is already open on this worker")
+      throw HeteroKVError(.alreadyExists, "sequence \(ref) is already open on this worker")
     }
     metrics.adjust(open: 1)
     return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
   }
 
   /// Calibrated profiles must name every KV head of every layer once, with values in range.
-  static func check(_ profiles: [HeadProfile], geometry g: ModelGeometry) throws(WorkerError) {
+  static func check(_ profiles: [HeadProfile], geometry g: ModelGeometry) throws(HeteroKVError) {
     var seen = Set<[Int]>()
     for p in profiles {
       guard (0..<g.layers).contains(p.layer), (0..<g.kvHeads).contains(p.kvHead),
         seen.insert([p.layer, p.kvHead]).inserted
       else {
-        throw WorkerError(
+        throw HeteroKVError(
           .invalidArgument,
           "profile of layer \(p.layer) head \(p.kvHead) is out of range or repeated")
       }
       guard (0...1).contains(p.stability), p.similarity.count == g.kvHeads,
         p.similarity.allSatisfy({ (0...1).contains($0) })
       else {
-        throw WorkerError(
+        throw HeteroKVError(
           .invalidArgument,
           "profile of layer \(p.layer) head \(p.kvHead): stability and \(g.kvHeads) "
             + "similarities must lie in [0, 1]")
       }
       if case .satellite(let pivot) = p.role, !(0..<g.kvHeads).contains(pivot) {
-        throw WorkerError(
+        throw HeteroKVError(
           .invalidArgument, "profile of layer \(p.layer) head \(p.kvHead): pivot \(pivot)")
       }
     }
     guard seen.count == g.layers * g.kvHeads else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument,
         "\(seen.count) profiles for \(g.layers) layers x \(g.kvHeads) KV heads")
     }
   }
 
-  private func session(_ ref: SequenceRef) throws(WorkerError) -> SequenceSession {
+  private func session(_ ref: SequenceRef) throws(HeteroKVError) -> SequenceSession {
     guard let session = sessions.withLock({ $0[ref] }) else {
-      throw WorkerError(.unknownSequence, "no open sequence \(ref) on this worker")
+      throw HeteroKVError(.unknownSequence, "no open sequence \(ref) on this worker")
     }
     return session
   }
@@ -130,7 +130,7 @@ public final class Worker: Sendable {
   public func append(
     _ ref: SequenceRef, layer: Int, tokens: Int, keys: [Float16], values: [Float16],
     observation: [Float]? = nil
-  ) async throws(WorkerError) -> Int {
+  ) async throws(HeteroKVError) -> Int {
     let started = ContinuousClock.now
     do {
       let length = try await session(ref).append(
@@ -147,7 +147,7 @@ public final class Worker: Sendable {
   /// ends the prefill.
   public func attend(
     _ ref: SequenceRef, layer: Int, queries: [Float], withSelection: Bool = false
-  ) async throws(WorkerError) -> AttendResult {
+  ) async throws(HeteroKVError) -> AttendResult {
     let started = ContinuousClock.now
     do {
       let result = try await session(ref).attend(
@@ -168,12 +168,12 @@ public final class Worker: Sendable {
   /// gone with them); they are logged by `WorkerDaemon`'s caller through ``releaseDetailed(_:)``
   /// and counted in the metrics.
   @discardableResult
-  public func release(_ ref: SequenceRef) async throws(WorkerError) -> Int {
+  public func release(_ ref: SequenceRef) async throws(HeteroKVError) -> Int {
     try await releaseDetailed(ref).releasedBytes
   }
 
   /// ``release(_:)``, also naming the nodes that could not be told to drop their rows.
-  public func releaseDetailed(_ ref: SequenceRef) async throws(WorkerError) -> ReleaseOutcome {
+  public func releaseDetailed(_ ref: SequenceRef) async throws(HeteroKVError) -> ReleaseOutcome {
     let session = try session(ref)
     // A release the coordinator did not take stays open here, so that it can be retried
     // (dropping rows again is harmless); one that succeeded removes the session.
@@ -193,12 +193,12 @@ public final class Worker: Sendable {
   }
 
   /// The sequence's footprint and traffic.
-  public func stats(_ ref: SequenceRef) async throws(WorkerError) -> SequenceStats {
+  public func stats(_ ref: SequenceRef) async throws(HeteroKVError) -> SequenceStats {
     try await session(ref).stats()
   }
 
   /// Waits until every row of the sequence is on the memory tier.
-  public func flush(_ ref: SequenceRef) async throws(WorkerError) {
+  public func flush(_ ref: SequenceRef) async throws(HeteroKVError) {
     try await session(ref).flush()
   }
 

@@ -53,9 +53,9 @@ public struct WorkerOptions: Sendable {
   }
 
   /// Options for worker `id` from a cluster file: its model, `worker` and `budgets` sections.
-  public init(cluster: ClusterConfiguration, id: String) throws(WorkerError) {
+  public init(cluster: ClusterConfiguration, id: String) throws(HeteroKVError) {
     guard let model = cluster.model else {
-      throw WorkerError(.invalidArgument, "the cluster file has no model section")
+      throw HeteroKVError(.invalidArgument, "the cluster file has no model section")
     }
     self.init(
       id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
@@ -67,20 +67,20 @@ public struct WorkerOptions: Sendable {
   var shipsKeys: Bool { outputMode == .exact || policy != .hcattention }
 
   /// Checks what the worker cannot run with.
-  func validate() throws(WorkerError) {
+  func validate() throws(HeteroKVError) {
     guard outputMode != .raw else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument, "output mode raw is an evaluation baseline; use renormalized or exact")
     }
     guard chunkTokens > 0, shipQueueBytes > 0, decodeShipRows > 0 else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument, "chunk tokens, ship queue and decode batch must be positive")
     }
     guard settings.tau > 0, settings.tau <= 1 else {
-      throw WorkerError(.invalidArgument, "tau \(settings.tau) is outside (0, 1]")
+      throw HeteroKVError(.invalidArgument, "tau \(settings.tau) is outside (0, 1]")
     }
     guard geometry.headDim % settings.groupSize == 0 || settings.keyCodec == .scalar else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument,
         "group size \(settings.groupSize) does not divide head dim \(geometry.headDim)")
     }

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import ArgumentParser
 import Foundation
 import HeteroKVConfig
@@ -43,8 +44,8 @@ struct AdminOptions: ParsableArguments {
     do {
       return try await CoordinatorClient.with(
         address: address, security: security, timeout: .milliseconds(Int64(timeout * 1000)), body)
-    } catch let error as CoordinatorClientError {
-      throw CommandFailure(description: error.description)
+    } catch let error as HeteroKVError {
+      throw CommandFailure(description: error.message)
     } catch let error as CommandFailure {
       throw error
     } catch {

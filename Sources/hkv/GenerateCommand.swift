@@ -1,3 +1,4 @@
+import HeteroKVCore
 import ArgumentParser
 import Foundation
 import HeteroKVConfig
@@ -114,7 +115,7 @@ struct GenerateCommand: AsyncParsableCommand {
         await local.shutdown()
         throw error
       }
-    } catch let error as WorkerError {
+    } catch let error as HeteroKVError {
       throw CommandFailure(description: error.description)
     }
   }

@@ -65,7 +65,7 @@ struct BudgetPlannerTests {
         profiles: testProfiles(), prefillTokens: 100,
         settings: BudgetSettings(policy: .heterocache, memoryFraction: 0.05, fullHeadCost: 0.5))
     } throws: { error in
-      (error as? CoordinatorError)?.kind == .failedPrecondition
+      (error as? HeteroKVError)?.code == .failedPrecondition
         && "\(error)".contains("memory_fraction 0.05")
     }
   }

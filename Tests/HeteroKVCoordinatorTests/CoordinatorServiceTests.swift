@@ -107,8 +107,9 @@ struct CoordinatorServiceTests {
           do {
             _ = try await client.budgets(sequence: 78, layer: nil)
             Issue.record("budgets of a sequence never opened")
-          } catch let error as CoordinatorClientError {
-            #expect(error.error.code == .notFound)
+          } catch let error as HeteroKVError {
+            #expect(error.code == .notFound)
+            #expect((error.cause as? RPCError)?.code == .notFound)
             #expect(error.description.contains("no open sequence 0/78"))
           }
         }
@@ -119,8 +120,8 @@ struct CoordinatorServiceTests {
               address: address, security: ControlPlaneSecurity(token: wrong)
             ) { try await $0.status() }
             Issue.record("status answered without the right token")
-          } catch let error as CoordinatorClientError {
-            #expect(error.error.code == .unauthenticated)
+          } catch let error as HeteroKVError {
+            #expect(error.code == .unauthenticated)
           }
         }
       }
@@ -200,8 +201,8 @@ struct ControlPlaneTLSTests {
             address: address, security: client, timeout: .seconds(3)
           ) { try await $0.status() }
           Issue.record("served a client that should not have connected: \(client)")
-        } catch let error as CoordinatorClientError {
-          #expect(error.isUnreachable)
+        } catch let error as HeteroKVError {
+          #expect(error.code.isUnreachable, "\(error)")
         }
       }
     }

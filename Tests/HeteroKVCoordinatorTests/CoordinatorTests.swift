@@ -79,7 +79,7 @@ struct CoordinatorTests {
   func refusals() async throws {
     let coordinator = try make(testCluster(replication: 2))
     let key = SequenceKey(namespace: 0, sequence: 9)
-    await #expect(throws: CoordinatorError.self) {
+    await #expect(throws: HeteroKVError.self) {
       try await coordinator.openSequence(key: key, worker: "w", maxTokens: 10)
     }
     try await coordinator.addMemoryNodes(2, capacity: 64 << 20)
@@ -121,11 +121,11 @@ struct CoordinatorTests {
     } throws: { error in
       "\(error)".contains("layer 1 head 1") && "\(error)".contains("not a pivot")
     }
-    await #expect(throws: CoordinatorError.self) {
+    await #expect(throws: HeteroKVError.self) {
       try await coordinator.reportProfiles(
         key: key, prefillTokens: 10, profiles: Array(testProfiles().dropLast()))
     }
-    await #expect(throws: CoordinatorError.self) {
+    await #expect(throws: HeteroKVError.self) {
       try await coordinator.reportProfiles(key: key, prefillTokens: 9000, profiles: testProfiles())
     }
     #expect(try await coordinator.closeSequence(key) == record.reservedBytes)
@@ -160,7 +160,7 @@ struct CoordinatorTests {
     // A second coordinator on the same directory is refused while the first holds it: here
     // the first is gone (its store was released), so this one opens.
     let store = try FileCoordinatorStore(directory: dir, snapshotEvery: 4)
-    #expect(throws: CoordinatorError.self) { try FileCoordinatorStore(directory: dir) }
+    #expect(throws: HeteroKVError.self) { try FileCoordinatorStore(directory: dir) }
     let restored = try make(config, store: store)
     let after = await restored.snapshot()
     #expect(after.sequences == before.sequences)
@@ -175,7 +175,7 @@ struct CoordinatorTests {
 
 /// Expects `body` to fail with a coordinator refusal of `kind` whose message has `text`.
 func expectRefusal(
-  _ kind: CoordinatorError.Kind, mentioning text: String,
+  _ kind: HeteroKVError.Code, mentioning text: String,
   sourceLocation: SourceLocation = #_sourceLocation,
   _ body: () async throws -> Void
 ) async {
@@ -183,8 +183,8 @@ func expectRefusal(
     try await body()
     Issue.record("expected a \(kind) refusal", sourceLocation: sourceLocation)
   } catch {
-    let refusal = error as? CoordinatorError
-    #expect(refusal?.kind == kind, "\(error)", sourceLocation: sourceLocation)
+    let refusal = error as? HeteroKVError
+    #expect(refusal?.code == kind, "\(error)", sourceLocation: sourceLocation)
     #expect(refusal?.message.contains(text) == true, "\(error)", sourceLocation: sourceLocation)
   }
 }

@@ -201,7 +201,7 @@ struct MemoryNodeServerTests {
             heads: [.exact(tokens: [0], query: .init(repeating: 1, count: 64))]))
       }
       // 8 pages of 32 rows: 100 rows hold 4; 200 more rows need 7 more.
-      await expectDataPlaneError(.capacityExhausted) {
+      await expectDataPlaneError(.resourceExhausted) {
         _ = try await client.put(
           PutRequest(
             shard: shard, startToken: 100, headDim: 64, values: .init(repeating: 1, count: 200 * 64)
@@ -261,7 +261,7 @@ struct MemoryNodeServerTests {
     }
     let client = MemoryNodeClient(
       endpoint: MemoryNodeEndpoint(id: "gone", data: closed), defaultTimeout: .seconds(2))
-    let error = await expectDataPlaneError(.nodeUnreachable) { try await client.ping() }
+    let error = await expectDataPlaneError(.unavailable) { try await client.ping() }
     #expect(error?.message.contains("gone") == true)
 
     try await withRunningNodes([nodeConfiguration("slow")]) { nodes in

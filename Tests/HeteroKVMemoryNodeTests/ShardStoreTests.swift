@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVMemoryNode
 import HeteroKVWire
 import NIOCore
@@ -77,7 +78,7 @@ struct ShardStoreTests {
           keys: random.halves(40 * d)))
       Issue.record("expected capacity exhaustion")
     } catch {
-      #expect(error.code == .capacityExhausted)
+      #expect(error.code == .resourceExhausted)
       #expect(error.message.contains("need 4 more pages"))
     }
     #expect(store.stats() == before)
@@ -92,7 +93,7 @@ struct ShardStoreTests {
     let store = ShardStore(pool: PagePool(capacityBytes: 1 << 20, pageBytes: 4096))
     _ = try store.put(
       PutRequest(shard: shard, startToken: 10, headDim: 8, values: .init(repeating: 1, count: 16)))
-    let cases: [(PutRequest, DataPlaneError.Code, String)] = [
+    let cases: [(PutRequest, HeteroKVError.Code, String)] = [
       (
         PutRequest(shard: shard, startToken: 13, headDim: 8, values: .init(repeating: 1, count: 8)),
         .invalidArgument, "must start at 12"

@@ -73,16 +73,16 @@ struct TestRandom {
   mutating func int(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }
 
-/// Expects `body` to throw a ``DataPlaneError`` of `code`; returns it.
+/// Expects `body` to throw a ``HeteroKVError`` of `code`; returns it.
 @discardableResult
 func expectDataPlaneError(
-  _ code: DataPlaneError.Code, _ body: () async throws -> Void,
+  _ code: HeteroKVError.Code, _ body: () async throws -> Void,
   sourceLocation: SourceLocation = #_sourceLocation
-) async -> DataPlaneError? {
+) async -> HeteroKVError? {
   do {
     try await body()
     Issue.record("expected \(code)", sourceLocation: sourceLocation)
-  } catch let error as DataPlaneError {
+  } catch let error as HeteroKVError {
     #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
     return error
   } catch {

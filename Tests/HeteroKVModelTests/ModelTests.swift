@@ -16,7 +16,7 @@ func modelPath() throws -> String {
     ?? FileManager.default.homeDirectoryForCurrentUser.path
     + "/.cache/heterokv/SmolLM2-135M-Instruct.Q4_1.gguf"
   guard FileManager.default.fileExists(atPath: path) else {
-    throw ModelFileError("no model at \(path): run scripts/fetch-model.sh")
+    throw HeteroKVError(.malformedInput, "no model at \(path): run scripts/fetch-model.sh")
   }
   return path
 }
@@ -62,7 +62,7 @@ struct ModelTests {
     }
     var bad = Data(whole.prefix(64))
     bad[0] = 0x58
-    #expect(throws: ModelFileError.self) { _ = try GGUFFile(data: bad) }
+    #expect(throws: HeteroKVError.self) { _ = try GGUFFile(data: bad) }
   }
 
   @Test("text round-trips through the tokenizer; words and control tokens map to single ids")

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import CHeteroKVKernels
 import HeteroKVWire
 import NIOCore
@@ -103,7 +104,7 @@ struct FrameCodecTests {
 
   @Test("error frames carry code and message")
   func errorFrames() {
-    let error = DataPlaneError(.indexOutOfRange, "token 9 is outside 0..<4")
+    let error = HeteroKVError(.indexOutOfRange, "token 9 is outside 0..<4")
     let frame = Frame.error(error, opcode: 3, requestID: 1, allocator: ByteBufferAllocator())
     #expect(frame.header.flags == [.response, .error])
     #expect(frame.decodedError() == error)
@@ -118,7 +119,7 @@ struct FrameCodecTests {
   }
 
   private func expectRejection(
-    _ buffer: inout ByteBuffer, _ code: DataPlaneError.Code, fatal: Bool, header: Bool
+    _ buffer: inout ByteBuffer, _ code: HeteroKVError.Code, fatal: Bool, header: Bool
   ) {
     do {
       _ = try FrameCodec.readFrame(from: &buffer, limits: limits)

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVWire
 import NIOCore
 import Testing
@@ -142,14 +143,14 @@ struct MessageTests {
   }
 
   private func expect(
-    _ code: DataPlaneError.Code, containing text: String,
+    _ code: HeteroKVError.Code, containing text: String,
     _ body: () throws -> Void
   ) {
     do {
       try body()
       Issue.record("expected \(code)")
     } catch {
-      guard let error = error as? DataPlaneError else {
+      guard let error = error as? HeteroKVError else {
         Issue.record("unexpected error \(error)")
         return
       }

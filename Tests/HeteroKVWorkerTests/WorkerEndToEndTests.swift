@@ -38,7 +38,7 @@ struct WorkerEndToEndTests {
       #expect(stats.memoryTierBytes >= 2048 * 4 * 64 * 4, "every prefill row is on the memory tier")
       #expect(stats.decodeSteps == 6)
       #expect(try await cluster.worker.release(library) > 0)
-      await #expect(throws: WorkerError.self) { try await cluster.worker.stats(library) }
+      await #expect(throws: HeteroKVError.self) { try await cluster.worker.stats(library) }
     }
   }
 
@@ -108,11 +108,11 @@ struct WorkerEndToEndTests {
         try await cluster.worker.flush(ref)
       }
       await cluster.stopMemoryNode("mem-0")
-      var kind: WorkerError.Kind?
+      var kind: HeteroKVError.Code?
       do {
         _ = try await replay.decode(cluster.worker, doomed, measure: false)
-      } catch let error as WorkerError {
-        kind = error.kind
+      } catch let error as HeteroKVError {
+        kind = error.code
         #expect(error.message.contains("mem-0"), "\(error.message)")
       }
       #expect(kind == .dataUnavailable)

@@ -97,7 +97,7 @@ struct WorkerMetricsTests {
           .lastValue == 0)
       // The coordinator no longer holds the sequence, and the worker refuses it.
       #expect(await cluster.coordinator.snapshot().sequences.isEmpty)
-      await #expect(throws: WorkerError.self) { _ = try await cluster.worker.stats(ref) }
+      await #expect(throws: HeteroKVError.self) { _ = try await cluster.worker.stats(ref) }
       await cluster.shutdown()
     } catch {
       await cluster.shutdown()

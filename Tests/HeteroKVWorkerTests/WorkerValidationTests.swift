@@ -4,15 +4,15 @@ import HeteroKVLocalCluster
 import HeteroKVWorker
 import Testing
 
-/// The kind of a `WorkerError` thrown by `body`, nil when it did not throw one.
-func refusal(_ body: () async throws -> Void) async -> WorkerError? {
+/// The kind of a `HeteroKVError` thrown by `body`, nil when it did not throw one.
+func refusal(_ body: () async throws -> Void) async -> HeteroKVError? {
   do {
     try await body()
     return nil
-  } catch let error as WorkerError {
+  } catch let error as HeteroKVError {
     return error
   } catch {
-    return WorkerError(.internal, "not a WorkerError: \(error)")
+    return HeteroKVError(.internalError, "not a HeteroKVError: \(error)")
   }
 }
 
@@ -31,20 +31,20 @@ struct WorkerValidationTests {
           ref, layer: 0, tokens: 2, keys: Array(repeating: 0, count: width),
           values: Array(repeating: 0, count: 2 * width))
       }
-      #expect(short?.kind == .invalidArgument)
+      #expect(short?.code == .invalidArgument)
       #expect(short?.message.contains("[tokens][2][64]") == true, "\(short?.message ?? "")")
       let layer = await refusal {
         try await worker.append(
           ref, layer: 5, tokens: 1, keys: Array(repeating: 0, count: width),
           values: Array(repeating: 0, count: width))
       }
-      #expect(layer?.kind == .invalidArgument)
+      #expect(layer?.code == .invalidArgument)
       let nan = await refusal {
         try await worker.append(
           ref, layer: 0, tokens: 1, keys: [Float16.nan] + Array(repeating: 0, count: width - 1),
           values: Array(repeating: 0, count: width))
       }
-      #expect(nan?.kind == .invalidArgument)
+      #expect(nan?.code == .invalidArgument)
       #expect(try await worker.stats(ref).tokens == 0, "nothing was appended")
       // Attention before every layer has a prefill.
       try await worker.append(
@@ -54,12 +54,12 @@ struct WorkerValidationTests {
         _ = try await worker.attend(
           ref, layer: 0, queries: Array(repeating: 0, count: 8 * 64), withSelection: false)
       }
-      #expect(early?.kind == .failedPrecondition)
+      #expect(early?.code == .failedPrecondition)
       #expect(early?.message.contains("layer 1 has no prefill") == true, "\(early?.message ?? "")")
       let unknown = await refusal { _ = try await worker.stats(SequenceRef(sequence: 404)) }
-      #expect(unknown?.kind == .unknownSequence)
+      #expect(unknown?.code == .unknownSequence)
       let twice = await refusal { _ = try await worker.createSequence(ref, maxTokens: 1024) }
-      #expect(twice?.kind == .sequenceExists)
+      #expect(twice?.code == .alreadyExists)
 
       // HeteroCache needs profiles or the prefill's last queries.
       let bare = SequenceRef(sequence: 10)
@@ -74,7 +74,7 @@ struct WorkerValidationTests {
         _ = try await worker.attend(
           bare, layer: 0, queries: Array(repeating: 0.1, count: 8 * 64), withSelection: false)
       }
-      #expect(noProfiles?.kind == .failedPrecondition)
+      #expect(noProfiles?.code == .failedPrecondition)
       #expect(noProfiles?.message.contains("observation rows") == true)
 
       // Over gRPC, sizes are checked before anything is decoded.
@@ -83,9 +83,9 @@ struct WorkerValidationTests {
           _ = try await client.attend(
             ref, layer: 0, queries: Array(repeating: 0, count: 7), withSelection: false)
         }
-        #expect(wrong?.kind == .invalidArgument)
+        #expect(wrong?.code == .invalidArgument)
         let missing = await refusal { _ = try await client.release(SequenceRef(sequence: 77)) }
-        #expect(missing?.kind == .unknownSequence)
+        #expect(missing?.code == .unknownSequence)
       }
     }
   }

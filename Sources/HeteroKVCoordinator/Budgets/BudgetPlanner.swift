@@ -24,7 +24,7 @@ public enum BudgetPlanner {
   /// The plan for `profiles` after a prefill of `prefillTokens`.
   public static func plan(
     profiles: [HeadProfile], prefillTokens n: Int, settings: BudgetSettings
-  ) throws(CoordinatorError) -> SequenceBudgetPlan {
+  ) throws(HeteroKVError) -> SequenceBudgetPlan {
     guard n > 0 else { throw .invalidArgument("prefill_tokens must be positive") }
     guard !profiles.isEmpty else { throw .invalidArgument("no head profiles were reported") }
     let fullHeads =

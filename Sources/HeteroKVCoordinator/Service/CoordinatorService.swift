@@ -158,31 +158,13 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
     }
   }
 
-  /// Runs `body`, turning a `CoordinatorError` into the matching gRPC status.
+  /// Runs `body`, turning a `HeteroKVError` into the matching gRPC status.
   private func call<T: Sendable>(_ body: () async throws -> T) async throws -> T {
     do {
       return try await body()
-    } catch let error as CoordinatorError {
-      throw RPCError(error)
+    } catch let error as HeteroKVError {
+      throw error.rpcError
     }
-  }
-}
-
-extension RPCError {
-  /// The gRPC status for a coordinator refusal.
-  init(_ error: CoordinatorError) {
-    let code: RPCError.Code =
-      switch error.kind {
-      case .invalidArgument: .invalidArgument
-      case .notFound: .notFound
-      case .alreadyExists: .alreadyExists
-      case .failedPrecondition: .failedPrecondition
-      case .resourceExhausted: .resourceExhausted
-      case .unavailable: .unavailable
-      case .unauthenticated: .unauthenticated
-      case .storage: .internalError
-      }
-    self.init(code: code, message: error.message)
   }
 }
 

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import Foundation
 import HeteroKVWire
 import Synchronization
@@ -11,9 +12,9 @@ import Synchronization
 /// at start. A file store ships here; a replicated one (etcd) fits the same seam.
 public protocol CoordinatorStore: Sendable {
   /// The state as last stored, or nil when nothing was ever stored.
-  func load() throws(CoordinatorError) -> CoordinatorState?
+  func load() throws(HeteroKVError) -> CoordinatorState?
   /// Makes `change` durable. `state` is the state with it applied, for stores that snapshot.
-  func append(_ change: StateChange, state: CoordinatorState) throws(CoordinatorError)
+  func append(_ change: StateChange, state: CoordinatorState) throws(HeteroKVError)
 }
 
 /// A store that keeps nothing across processes, for tests and `hkv demo`.
@@ -22,10 +23,10 @@ public final class InMemoryCoordinatorStore: CoordinatorStore {
 
   public init() {}
 
-  public func load() throws(CoordinatorError) -> CoordinatorState? { state.withLock { $0 } }
+  public func load() throws(HeteroKVError) -> CoordinatorState? { state.withLock { $0 } }
 
   public func append(_ change: StateChange, state newState: CoordinatorState)
-    throws(CoordinatorError)
+    throws(HeteroKVError)
   {
     state.withLock { $0 = newState }
   }
@@ -60,7 +61,7 @@ public final class FileCoordinatorStore: CoordinatorStore {
   private var logPath: String { directory + "/state.log" }
 
   /// Opens (creating) the directory and takes its lock.
-  public init(directory: String, snapshotEvery: Int = 1024) throws(CoordinatorError) {
+  public init(directory: String, snapshotEvery: Int = 1024) throws(HeteroKVError) {
     self.directory = directory
     self.snapshotEvery = max(1, snapshotEvery)
     do {
@@ -68,14 +69,16 @@ public final class FileCoordinatorStore: CoordinatorStore {
         atPath: directory, withIntermediateDirectories: true)
     } catch {
       throw .init(
-        .storage, "cannot create the state directory \(directory): \(error.localizedDescription)")
+        .storageFailure,
+        "cannot create the state directory \(directory): \(error.localizedDescription)")
     }
     let lock = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
     guard lock >= 0 else { throw Self.posixError("open \(directory)/LOCK") }
     guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
       close(lock)
       throw .init(
-        .storage, "the state directory \(directory) is locked by another coordinator process")
+        .storageFailure, "the state directory \(directory) is locked by another coordinator process"
+      )
     }
     let log = open(directory + "/state.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
     guard log >= 0 else {
@@ -91,13 +94,13 @@ public final class FileCoordinatorStore: CoordinatorStore {
     close(lockDescriptor)
   }
 
-  public func load() throws(CoordinatorError) -> CoordinatorState? {
+  public func load() throws(HeteroKVError) -> CoordinatorState? {
     var state: CoordinatorState?
     if let data = FileManager.default.contents(atPath: snapshotPath) {
       do {
         state = try JSONDecoder().decode(CoordinatorState.self, from: data)
       } catch {
-        throw .init(.storage, "\(snapshotPath) cannot be read: \(error)")
+        throw .init(.storageFailure, "\(snapshotPath) cannot be read: \(error)")
       }
     }
     guard let bytes = FileManager.default.contents(atPath: logPath).map(Array.init) else {
@@ -115,13 +118,14 @@ public final class FileCoordinatorStore: CoordinatorStore {
       let isLast = offset + 8 + length == bytes.count
       guard CRC32C.checksum(payload) == crc else {
         if isLast { break }
-        throw .init(.storage, "\(logPath) is damaged at byte \(offset) (checksum mismatch)")
+        throw .init(.storageFailure, "\(logPath) is damaged at byte \(offset) (checksum mismatch)")
       }
       let entry: Entry
       do {
         entry = try decoder.decode(Entry.self, from: Data(payload))
       } catch {
-        throw .init(.storage, "\(logPath) record at byte \(offset) cannot be decoded: \(error)")
+        throw .init(
+          .storageFailure, "\(logPath) record at byte \(offset) cannot be decoded: \(error)")
       }
       offset += 8 + length
       // Without a snapshot the log starts from the empty state (revision 0); the lease
@@ -130,7 +134,7 @@ public final class FileCoordinatorStore: CoordinatorStore {
       if entry.revision <= current.revision { continue }
       guard entry.revision == current.revision + 1 else {
         throw .init(
-          .storage,
+          .storageFailure,
           "\(logPath) skips from revision \(current.revision) to \(entry.revision) at byte \(offset)"
         )
       }
@@ -148,19 +152,19 @@ public final class FileCoordinatorStore: CoordinatorStore {
     return state
   }
 
-  public func append(_ change: StateChange, state: CoordinatorState) throws(CoordinatorError) {
+  public func append(_ change: StateChange, state: CoordinatorState) throws(HeteroKVError) {
     let payload: [UInt8]
     do {
       payload = Array(try JSONEncoder().encode(Entry(revision: state.revision, change: change)))
     } catch {
-      throw .init(.storage, "cannot encode a state change: \(error)")
+      throw .init(.storageFailure, "cannot encode a state change: \(error)")
     }
     var record = [UInt8]()
     record.reserveCapacity(payload.count + 8)
     Self.appendU32(&record, UInt32(payload.count))
     Self.appendU32(&record, CRC32C.checksum(payload))
     record += payload
-    try files.withLock { (files: inout Files) throws(CoordinatorError) in
+    try files.withLock { (files: inout Files) throws(HeteroKVError) in
       try Self.writeAll(files.log, record, path: logPath)
       guard fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
       files.entriesSinceSnapshot += 1
@@ -175,14 +179,14 @@ public final class FileCoordinatorStore: CoordinatorStore {
   }
 
   /// Writes `state` to the snapshot atomically.
-  private func writeSnapshot(_ state: CoordinatorState) throws(CoordinatorError) {
+  private func writeSnapshot(_ state: CoordinatorState) throws(HeteroKVError) {
     let data: Data
     do {
       let encoder = JSONEncoder()
       encoder.outputFormatting = [.sortedKeys]
       data = try encoder.encode(state)
     } catch {
-      throw .init(.storage, "cannot encode the state: \(error)")
+      throw .init(.storageFailure, "cannot encode the state: \(error)")
     }
     let temporary = snapshotPath + ".tmp"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -197,8 +201,7 @@ public final class FileCoordinatorStore: CoordinatorStore {
     guard fsync(dir) == 0 else { throw Self.posixError("fsync \(directory)") }
   }
 
-  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(CoordinatorError)
-  {
+  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(HeteroKVError) {
     var written = 0
     while written < bytes.count {
       let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
@@ -208,8 +211,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
     }
   }
 
-  private static func posixError(_ what: String) -> CoordinatorError {
-    .init(.storage, "\(what): \(String(cString: strerror(errno)))")
+  private static func posixError(_ what: String) -> HeteroKVError {
+    .init(.storageFailure, "\(what): \(String(cString: strerror(errno)))")
   }
 
   private static func readU32(_ bytes: [UInt8], _ at: Int) -> UInt32 {

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVTransport
 import HeteroKVWire
 import NIOCore
@@ -18,10 +19,10 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
   }
 
   public func handle(opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator)
-    -> Result<ByteBuffer, DataPlaneError>
+    -> Result<ByteBuffer, HeteroKVError>
   {
     let started = ContinuousClock.now
-    let result = Result { () throws(DataPlaneError) -> ByteBuffer in
+    let result = Result { () throws(HeteroKVError) -> ByteBuffer in
       try serve(opcode, payload, allocator)
     }
     let response = try? result.get()
@@ -38,10 +39,10 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
     return result
   }
 
-  public func rejected(_ error: DataPlaneError) { metrics.rejected() }
+  public func rejected(_ error: HeteroKVError) { metrics.rejected() }
 
   private func serve(_ opcode: Opcode, _ payload: ByteBuffer, _ allocator: ByteBufferAllocator)
-    throws(DataPlaneError) -> ByteBuffer
+    throws(HeteroKVError) -> ByteBuffer
   {
     let limits = store.limits
     switch opcode {

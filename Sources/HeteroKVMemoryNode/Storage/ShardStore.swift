@@ -1,3 +1,4 @@
+import HeteroKVCore
 import CHeteroKVKernels
 import HeteroKVWire
 import NIOCore
@@ -89,15 +90,15 @@ public final class ShardStore: @unchecked Sendable {
   // MARK: Put and drop
 
   /// Appends a batch of rows to a shard, all or none.
-  public func put(_ request: PutRequest) throws(DataPlaneError) -> PutResponse {
+  public func put(_ request: PutRequest) throws(HeteroKVError) -> PutResponse {
     let d = request.headDim
     let hasKeys = request.keys != nil
     guard d * 2 <= pool.pageBytes else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .invalidArgument,
         "put: rows of \(d * 2) bytes do not fit pages of \(pool.pageBytes) bytes")
     }
-    return try lock.withWriteLock { () throws(DataPlaneError) -> PutResponse in
+    return try lock.withWriteLock { () throws(HeteroKVError) -> PutResponse in
       let existing = shards[request.shard]
       let target =
         existing
@@ -106,18 +107,18 @@ public final class ShardStore: @unchecked Sendable {
           rowsPerPage: pool.pageBytes / (d * 2))
       if let existing {
         guard existing.headDim == d else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .dimensionMismatch,
             "put: \(request.shard) has head dimension \(existing.headDim), the batch \(d)")
         }
         guard existing.hasKeys == hasKeys else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .dimensionMismatch,
             "put: \(request.shard) \(existing.hasKeys ? "stores" : "does not store") keys; the batch \(hasKeys ? "has" : "has no") keys"
           )
         }
         guard UInt64(request.startToken) == existing.endToken else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .invalidArgument,
             "put: \(request.shard) holds tokens \(existing.startToken)..<\(existing.endToken); a batch must start at \(existing.endToken), not \(request.startToken)"
           )
@@ -127,8 +128,8 @@ public final class ShardStore: @unchecked Sendable {
       let perKind = target.pagesNeeded(forRows: total) - target.valuePages.count
       let needed = perKind * (hasKeys ? 2 : 1)
       guard let pages = pool.allocate(needed) else {
-        throw DataPlaneError(
-          .capacityExhausted,
+        throw HeteroKVError(
+          .resourceExhausted,
           "put: \(request.rowCount) rows for \(request.shard) need \(needed) more pages of \(pool.pageBytes) bytes; \(pool.maxPages - pool.pagesInUse) of \(pool.maxPages) are free (capacity \(pool.capacityBytes) bytes)"
         )
       }
@@ -154,9 +155,9 @@ public final class ShardStore: @unchecked Sendable {
   }
 
   /// Drops a shard, a sequence or a namespace and returns its pages to the pool.
-  public func drop(_ request: DropRequest) throws(DataPlaneError) -> DropResponse {
+  public func drop(_ request: DropRequest) throws(HeteroKVError) -> DropResponse {
     let id = request.shard
-    return try lock.withWriteLock { () throws(DataPlaneError) -> DropResponse in
+    return try lock.withWriteLock { () throws(HeteroKVError) -> DropResponse in
       let victims: [ShardID]
       switch request.scope {
       case .shard:
@@ -165,7 +166,7 @@ public final class ShardStore: @unchecked Sendable {
       case .sequence:
         victims = shards.keys.filter { $0.namespace == id.namespace && $0.sequence == id.sequence }
         guard !victims.isEmpty else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .unknownSequence,
             "drop: no shard of sequence \(id.sequence) in namespace \(id.namespace)")
         }
@@ -189,20 +190,20 @@ public final class ShardStore: @unchecked Sendable {
   /// The encoded response to a gather: the chosen rows, copied from their pages straight into
   /// the response buffer.
   public func gather(_ request: GatherRequest, allocator: ByteBufferAllocator)
-    throws(DataPlaneError)
+    throws(HeteroKVError)
     -> ByteBuffer
   {
-    try lock.withReadLock { () throws(DataPlaneError) -> ByteBuffer in
+    try lock.withReadLock { () throws(HeteroKVError) -> ByteBuffer in
       guard let shard = shards[request.shard] else { throw unknown(request.shard) }
       if request.includeKeys && !shard.hasKeys {
-        throw DataPlaneError(
+        throw HeteroKVError(
           .invalidArgument, "gather: \(request.shard) stores values only; keys were asked for")
       }
       let n = request.tokens.count
       let kinds = request.includeKeys ? 2 : 1
       let bytes = n * shard.rowBytes * kinds
       guard bytes + 8 <= limits.maxPayloadBytes else {
-        throw DataPlaneError(
+        throw HeteroKVError(
           .invalidArgument,
           "gather: \(n) rows (\(bytes) bytes) exceed the frame limit of \(limits.maxPayloadBytes) bytes"
         )
@@ -230,20 +231,20 @@ public final class ShardStore: @unchecked Sendable {
 
   /// Attention over chosen rows, per query head, as a mergeable partial (see
   /// ``PartialAttentionRequest``).
-  public func partialAttention(_ request: PartialAttentionRequest) throws(DataPlaneError)
+  public func partialAttention(_ request: PartialAttentionRequest) throws(HeteroKVError)
     -> PartialAttentionResponse
   {
-    try lock.withReadLock { () throws(DataPlaneError) -> PartialAttentionResponse in
+    try lock.withReadLock { () throws(HeteroKVError) -> PartialAttentionResponse in
       guard let shard = shards[request.shard] else { throw unknown(request.shard) }
       let d = shard.headDim
       guard request.headDim == d else {
-        throw DataPlaneError(
+        throw HeteroKVError(
           .dimensionMismatch,
           "partial attention: \(request.shard) has head dimension \(d), the request \(request.headDim)"
         )
       }
       if request.mode == .exact && !shard.hasKeys {
-        throw DataPlaneError(
+        throw HeteroKVError(
           .invalidArgument,
           "partial attention: exact mode needs keys, and \(request.shard) stores values only")
       }
@@ -255,7 +256,7 @@ public final class ShardStore: @unchecked Sendable {
       var tokenLists: [[UInt32]] = []
       for (h, head) in request.heads.enumerated() {
         if request.mode == .weights && head.weights.count != head.tokens.count {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .dimensionMismatch,
             "partial attention: head \(h) has \(head.tokens.count) tokens and \(head.weights.count) weights"
           )
@@ -356,7 +357,7 @@ public final class ShardStore: @unchecked Sendable {
   // MARK: Helpers
 
   private func localRows(_ tokens: [UInt32], in shard: ShardRows, _ id: ShardID, what: String)
-    throws(DataPlaneError) -> [Int]
+    throws(HeteroKVError) -> [Int]
   {
     var locals = [Int](repeating: 0, count: tokens.count)
     let start = UInt64(shard.startToken)
@@ -364,7 +365,7 @@ public final class ShardStore: @unchecked Sendable {
     for (i, t) in tokens.enumerated() {
       let token = UInt64(t)
       guard token >= start && token < end else {
-        throw DataPlaneError(
+        throw HeteroKVError(
           .indexOutOfRange,
           "\(what): token \(t) is outside the rows of \(id) (tokens \(start)..<\(end))")
       }
@@ -373,13 +374,13 @@ public final class ShardStore: @unchecked Sendable {
     return locals
   }
 
-  private func unknown(_ id: ShardID) -> DataPlaneError {
+  private func unknown(_ id: ShardID) -> HeteroKVError {
     let sequenceKnown = shards.keys.contains {
       $0.namespace == id.namespace && $0.sequence == id.sequence
     }
     return sequenceKnown
-      ? DataPlaneError(.unknownShard, "no shard \(id) on this node")
-      : DataPlaneError(
+      ? HeteroKVError(.unknownShard, "no shard \(id) on this node")
+      : HeteroKVError(
         .unknownSequence,
         "no shard of sequence \(id.sequence) in namespace \(id.namespace) on this node")
   }

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import Foundation
 import HeteroKVWire
 import NIOCore
@@ -20,7 +21,7 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
 
   /// Connects to a node's RDMA data plane.
   public static func connect(host: String, port: Int, limits: DataPlaneLimits = .standard)
-    throws(DataPlaneError) -> RDMADataPlaneConnection
+    throws(HeteroKVError) -> RDMADataPlaneConnection
   {
     let socket = try RSocket.connect(host: host, port: port)
     let connection = RDMADataPlaneConnection(
@@ -40,7 +41,7 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
   public var isActive: Bool { !state.withLock { $0.closed } }
 
   public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
-    async throws(DataPlaneError) -> ByteBuffer
+    async throws(HeteroKVError) -> ByteBuffer
   {
     let frame: Frame
     do {
@@ -54,7 +55,7 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
         }
         guard let id else {
           continuation.resume(
-            throwing: DataPlaneError(.connectionClosed, "connection to \(description) is closed"))
+            throwing: HeteroKVError(.connectionClosed, "connection to \(description) is closed"))
           return
         }
         if let timeout {
@@ -62,26 +63,26 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
             try? await Task.sleep(for: timeout)
             self.complete(
               id,
-              with: .failure(DataPlaneError(.deadlineExceeded, "no response before the deadline")))
+              with: .failure(HeteroKVError(.deadlineExceeded, "no response before the deadline")))
           }
         }
         let request = Frame(opcode: opcode.rawValue, flags: [], requestID: id, payload: payload)
         let sent = writeLock.withLock { _ in socket.writeAll(request.serialized()) }
         if !sent {
           complete(
-            id, with: .failure(DataPlaneError(.connectionClosed, "write to \(description) failed")))
+            id, with: .failure(HeteroKVError(.connectionClosed, "write to \(description) failed")))
         }
       }
-    } catch let error as DataPlaneError {
+    } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw DataPlaneError(.internalError, "\(error)")
+      throw HeteroKVError(.internalError, "\(error)")
     }
     if let error = frame.decodedError(limits: limits) { throw error }
     return frame.payload
   }
 
-  private func complete(_ id: UInt64, with result: Result<Frame, DataPlaneError>) {
+  private func complete(_ id: UInt64, with result: Result<Frame, HeteroKVError>) {
     let continuation = state.withLock { $0.pending.removeValue(forKey: id) }
     continuation?.resume(with: result.mapError { $0 as any Error })
   }
@@ -107,7 +108,7 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
       return all
     }
     for continuation in waiting.values {
-      continuation.resume(throwing: DataPlaneError(.connectionClosed, reason))
+      continuation.resume(throwing: HeteroKVError(.connectionClosed, reason))
     }
     socket.close()
   }

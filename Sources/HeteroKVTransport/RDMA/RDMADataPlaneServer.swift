@@ -1,3 +1,4 @@
+import HeteroKVCore
 import Foundation
 import HeteroKVWire
 import Logging
@@ -18,7 +19,7 @@ public final class RDMADataPlaneServer: Sendable {
   public static func start(
     host: String, port: Int, handler: any DataPlaneRequestHandler,
     limits: DataPlaneLimits = .standard, logger: Logger
-  ) throws(DataPlaneError) -> RDMADataPlaneServer {
+  ) throws(HeteroKVError) -> RDMADataPlaneServer {
     let listener = try RSocket.listen(host: host, port: port)
     let server = RDMADataPlaneServer(listener: listener, port: listener.localPort())
     let acceptor = Thread { server.acceptLoop(handler: handler, limits: limits, logger: logger) }

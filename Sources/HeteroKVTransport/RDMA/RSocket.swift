@@ -1,3 +1,4 @@
+import HeteroKVCore
 import CRDMA
 import HeteroKVWire
 import NIOCore
@@ -13,7 +14,7 @@ struct RSocket: Sendable {
   let fd: Int32
 
   /// A socket listening on `host:port` (IPv4 or IPv6 literal or name).
-  static func listen(host: String, port: Int, backlog: Int32 = 128) throws(DataPlaneError)
+  static func listen(host: String, port: Int, backlog: Int32 = 128) throws(HeteroKVError)
     -> RSocket
   {
     let address = try resolve(host: host, port: port)
@@ -36,7 +37,7 @@ struct RSocket: Sendable {
   }
 
   /// A socket connected to `host:port`.
-  static func connect(host: String, port: Int) throws(DataPlaneError) -> RSocket {
+  static func connect(host: String, port: Int) throws(HeteroKVError) -> RSocket {
     let address = try resolve(host: host, port: port)
     let fd = hkv_rsocket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw failure("rsocket") }
@@ -45,7 +46,7 @@ struct RSocket: Sendable {
       fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     let connected = address.withSockAddr { hkv_rconnect(fd, $0, socklen_t($1)) }
     guard connected == 0 else {
-      let error = failure("rconnect \(host):\(port)", code: .nodeUnreachable)
+      let error = failure("rconnect \(host):\(port)", code: .unavailable)
       hkv_rclose(fd)
       throw error
     }
@@ -103,18 +104,18 @@ struct RSocket: Sendable {
   func shutdown() { _ = hkv_rshutdown(fd, Int32(SHUT_RDWR)) }
   func close() { _ = hkv_rclose(fd) }
 
-  private static func resolve(host: String, port: Int) throws(DataPlaneError) -> SocketAddress {
+  private static func resolve(host: String, port: Int) throws(HeteroKVError) -> SocketAddress {
     do {
       return try SocketAddress.makeAddressResolvingHost(host, port: port)
     } catch {
-      throw DataPlaneError(.invalidArgument, "cannot resolve \(host):\(port): \(error)")
+      throw HeteroKVError(.invalidArgument, "cannot resolve \(host):\(port): \(error)")
     }
   }
 
-  private static func failure(_ what: String, code: DataPlaneError.Code = .internalError)
-    -> DataPlaneError
+  private static func failure(_ what: String, code: HeteroKVError.Code = .internalError)
+    -> HeteroKVError
   {
-    DataPlaneError(code, "\(what) failed: \(String(cString: strerror(errno)))")
+    HeteroKVError(code, "\(what) failed: \(String(cString: strerror(errno)))")
   }
 }
 

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVWire
 import NIOCore
 import NIOPosix
@@ -8,13 +9,13 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
   /// The server's address.
   public let remoteAddress: SocketAddress
 
-  /// Connects to `host:port`. Fails with `.nodeUnreachable` naming the address when the
+  /// Connects to `host:port`. Fails with `.unavailable` naming the address when the
   /// connection cannot be made within `connectTimeout`.
   public static func connect(
     host: String, port: Int, limits: DataPlaneLimits = .standard,
     connectTimeout: Duration = .seconds(5),
     group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
-  ) async throws(DataPlaneError) -> TCPDataPlaneConnection {
+  ) async throws(HeteroKVError) -> TCPDataPlaneConnection {
     do {
       let channel = try await ClientBootstrap(group: group)
         .connectTimeout(.nanoseconds(connectTimeout.nanoseconds))
@@ -33,7 +34,7 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
         try channel.remoteAddress ?? SocketAddress.makeAddressResolvingHost(host, port: port)
       return TCPDataPlaneConnection(channel: channel, remoteAddress: address)
     } catch {
-      throw DataPlaneError(.nodeUnreachable, "cannot connect to \(host):\(port): \(error)")
+      throw HeteroKVError(.unavailable, "cannot connect to \(host):\(port): \(error)")
     }
   }
 
@@ -45,7 +46,7 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
   public var isActive: Bool { channel.isActive }
 
   public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
-    async throws(DataPlaneError) -> ByteBuffer
+    async throws(HeteroKVError) -> ByteBuffer
   {
     let promise = channel.eventLoop.makePromise(of: Frame.self)
     let deadline = timeout.map { NIODeadline.now() + .nanoseconds($0.nanoseconds) }
@@ -55,10 +56,10 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
     let frame: Frame
     do {
       frame = try await promise.futureResult.get()
-    } catch let error as DataPlaneError {
+    } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw DataPlaneError(.connectionClosed, "connection to \(remoteAddress) failed: \(error)")
+      throw HeteroKVError(.connectionClosed, "connection to \(remoteAddress) failed: \(error)")
     }
     if let error = frame.decodedError() { throw error }
     return frame.payload
@@ -99,7 +100,7 @@ final class ClientFrameHandler: ChannelDuplexHandler {
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
     let request = unwrapOutboundIn(data)
     if closed {
-      request.promise.fail(DataPlaneError(.connectionClosed, "connection is closed"))
+      request.promise.fail(HeteroKVError(.connectionClosed, "connection is closed"))
       promise?.fail(ChannelError.ioOnClosedChannel)
       return
     }
@@ -118,7 +119,7 @@ final class ClientFrameHandler: ChannelDuplexHandler {
     let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
     let writePromise = context.eventLoop.makePromise(of: Void.self)
     writePromise.futureResult.whenFailure { error in
-      bound.value.fail(id, DataPlaneError(.connectionClosed, "write failed: \(error)"))
+      bound.value.fail(id, HeteroKVError(.connectionClosed, "write failed: \(error)"))
     }
     if let promise { writePromise.futureResult.cascade(to: promise) }
     context.write(wrapOutboundOut(frame), promise: writePromise)
@@ -136,7 +137,7 @@ final class ClientFrameHandler: ChannelDuplexHandler {
   }
 
   func channelInactive(context: ChannelHandlerContext) {
-    failAll(DataPlaneError(.connectionClosed, "connection closed by the server"))
+    failAll(HeteroKVError(.connectionClosed, "connection closed by the server"))
     context.fireChannelInactive()
   }
 
@@ -147,22 +148,22 @@ final class ClientFrameHandler: ChannelDuplexHandler {
     } else {
       message = "connection error: \(error)"
     }
-    failAll(DataPlaneError(.connectionClosed, message))
+    failAll(HeteroKVError(.connectionClosed, message))
     context.close(promise: nil)
   }
 
   private func expire(_ id: UInt64) {
     guard let entry = pending.removeValue(forKey: id) else { return }
-    entry.promise.fail(DataPlaneError(.deadlineExceeded, "no response before the deadline"))
+    entry.promise.fail(HeteroKVError(.deadlineExceeded, "no response before the deadline"))
   }
 
-  private func fail(_ id: UInt64, _ error: DataPlaneError) {
+  private func fail(_ id: UInt64, _ error: HeteroKVError) {
     guard let entry = pending.removeValue(forKey: id) else { return }
     entry.timer?.cancel()
     entry.promise.fail(error)
   }
 
-  private func failAll(_ error: DataPlaneError) {
+  private func failAll(_ error: HeteroKVError) {
     closed = true
     let entries = pending
     pending.removeAll()

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVWire
 import Logging
 import NIOCore
@@ -39,7 +40,7 @@ public final class TCPDataPlaneServer: Sendable {
       }
       .bind(host: host, port: port).get()
     guard let address = channel.localAddress else {
-      throw DataPlaneError(.internalError, "listening socket has no local address")
+      throw HeteroKVError(.internalError, "listening socket has no local address")
     }
     return TCPDataPlaneServer(channel: channel, localAddress: address, connections: connections)
   }

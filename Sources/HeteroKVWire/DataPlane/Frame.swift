@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// The fixed header that starts every data-plane frame (24 bytes, little-endian):
@@ -63,7 +64,7 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
   public init(rawValue: UInt16) { self.rawValue = rawValue }
   /// The frame answers a request.
   public static let response = FrameFlags(rawValue: 1)
-  /// The response is an error; its payload is an encoded ``DataPlaneError``.
+  /// The response is an error; its payload is an encoded ``HeteroKVError``.
   public static let error = FrameFlags(rawValue: 2)
 }
 
@@ -93,7 +94,7 @@ public struct Frame: Sendable {
 
   /// An error response to `requestID`.
   public static func error(
-    _ error: DataPlaneError, opcode: UInt8, requestID: UInt64, allocator: ByteBufferAllocator
+    _ error: HeteroKVError, opcode: UInt8, requestID: UInt64, allocator: ByteBufferAllocator
   ) -> Frame {
     var payload = allocator.buffer(capacity: 4 + error.message.utf8.count)
     ErrorPayload(error).encode(into: &payload)
@@ -113,35 +114,35 @@ public struct Frame: Sendable {
 
 /// The payload of an error frame: code (u16), message length (u16), UTF-8 message.
 struct ErrorPayload {
-  var error: DataPlaneError
+  var error: HeteroKVError
 
-  init(_ error: DataPlaneError) { self.error = error }
+  init(_ error: HeteroKVError) { self.error = error }
 
   func encode(into buffer: inout ByteBuffer) {
     let bytes = Array(error.message.utf8.prefix(Int(UInt16.max)))
-    buffer.writeInteger(error.code.rawValue, endianness: .little)
+    buffer.writeInteger(error.code.wireValue, endianness: .little)
     buffer.writeInteger(UInt16(bytes.count), endianness: .little)
     buffer.writeBytes(bytes)
   }
 
-  static func decode(_ buffer: inout ByteBuffer, limits: DataPlaneLimits) -> DataPlaneError {
+  static func decode(_ buffer: inout ByteBuffer, limits: DataPlaneLimits) -> HeteroKVError {
     guard let raw = buffer.readInteger(endianness: .little, as: UInt16.self),
       let length = buffer.readInteger(endianness: .little, as: UInt16.self),
       Int(length) <= buffer.readableBytes
-    else { return DataPlaneError(.malformedFrame, "truncated error frame") }
+    else { return HeteroKVError(.malformedFrame, "truncated error frame") }
     let kept = min(Int(length), limits.maxErrorMessageBytes)
     let message = buffer.readString(length: kept) ?? "(message not UTF-8)"
     buffer.moveReaderIndex(forwardBy: Int(length) - kept)
-    guard let code = DataPlaneError.Code(rawValue: raw) else {
-      return DataPlaneError(.internalError, "peer sent unknown error code \(raw): \(message)")
+    guard let code = HeteroKVError.Code(wireValue: raw) else {
+      return HeteroKVError(.internalError, "peer sent unknown error code \(raw): \(message)")
     }
-    return DataPlaneError(code, message)
+    return HeteroKVError(code, message)
   }
 }
 
 extension Frame {
   /// The error carried by an error response, or nil for a success.
-  public func decodedError(limits: DataPlaneLimits = .standard) -> DataPlaneError? {
+  public func decodedError(limits: DataPlaneLimits = .standard) -> HeteroKVError? {
     guard header.flags.contains(.error) else { return nil }
     var copy = payload
     return ErrorPayload.decode(&copy, limits: limits)

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// A frame was rejected while it was being read. `isFatal` frames leave the stream
@@ -6,7 +7,7 @@ import NIOCore
 /// frame's bounds are known and the next frame can be read.
 public struct FrameRejection: Error, Sendable {
   /// Why the frame was rejected.
-  public var error: DataPlaneError
+  public var error: HeteroKVError
   /// The header, when it could be read (so the error can answer the right request).
   public var header: FrameHeader?
   /// Whether the stream can no longer be trusted.
@@ -17,7 +18,7 @@ public struct FrameRejection: Error, Sendable {
 /// checksum (reported to the peer without closing the connection).
 public enum InboundFrame: Sendable {
   case frame(Frame)
-  case corrupt(FrameHeader, DataPlaneError)
+  case corrupt(FrameHeader, HeteroKVError)
 }
 
 /// Reads frames from a byte stream, checking magic, version, length bound and checksum before
@@ -35,7 +36,7 @@ public enum FrameCodec {
     let magic = buffer.getInteger(at: start, endianness: .little, as: UInt32.self)!
     guard magic == FrameHeader.magic else {
       throw FrameRejection(
-        error: DataPlaneError(
+        error: HeteroKVError(
           .malformedFrame,
           "bad magic 0x\(String(magic, radix: 16)) (expected 0x\(String(FrameHeader.magic, radix: 16)))"
         ), header: nil, isFatal: true)
@@ -50,14 +51,14 @@ public enum FrameCodec {
       checksum: buffer.getInteger(at: start + 20, endianness: .little)!)
     guard header.version == FrameHeader.currentVersion else {
       throw FrameRejection(
-        error: DataPlaneError(
+        error: HeteroKVError(
           .unsupportedVersion,
           "protocol version \(header.version) is not supported (this node speaks \(FrameHeader.currentVersion))"
         ), header: header, isFatal: true)
     }
     guard Int(header.payloadLength) <= limits.maxPayloadBytes else {
       throw FrameRejection(
-        error: DataPlaneError(
+        error: HeteroKVError(
           .frameTooLarge,
           "payload of \(header.payloadLength) bytes exceeds the limit of \(limits.maxPayloadBytes)"
         ), header: header, isFatal: true)
@@ -70,7 +71,7 @@ public enum FrameCodec {
     guard crc == header.checksum else {
       return .corrupt(
         header,
-        DataPlaneError(
+        HeteroKVError(
           .checksumMismatch,
           "payload CRC32C 0x\(String(crc, radix: 16)) does not match header 0x\(String(header.checksum, radix: 16))"
         ))

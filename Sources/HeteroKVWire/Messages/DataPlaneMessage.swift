@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// A message of the data plane: encodes to a frame payload and decodes from one, checking
@@ -8,7 +9,7 @@ public protocol DataPlaneMessage: Sendable {
   /// Appends the encoded message.
   func encode(into buffer: inout ByteBuffer)
   /// Decodes a whole payload; trailing bytes are an error.
-  init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError)
+  init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError)
 }
 
 /// A request, tied to the type of its response.
@@ -28,9 +29,9 @@ extension DataPlaneMessage {
 /// Bit 0 of a put's or gather's flags: keys accompany the values.
 let keysFlag: UInt16 = 1
 
-func checkHeadDim(_ headDim: Int, _ what: String, limits: DataPlaneLimits) throws(DataPlaneError) {
+func checkHeadDim(_ headDim: Int, _ what: String, limits: DataPlaneLimits) throws(HeteroKVError) {
   guard headDim > 0, headDim <= limits.maxHeadDim else {
-    throw DataPlaneError(
+    throw HeteroKVError(
       .invalidArgument, "\(what): head dimension \(headDim) outside 1...\(limits.maxHeadDim)")
   }
 }

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Drops stored rows: one shard, every shard of a sequence, or every shard of a namespace.
@@ -48,11 +49,11 @@ public struct DropRequest: DataPlaneRequest, Hashable {
     shard.encode(into: &buffer)
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "drop")
     let raw: UInt8 = try r.integer("scope")
     guard let scope = Scope(rawValue: raw) else {
-      throw DataPlaneError(.invalidArgument, "drop: unknown scope \(raw)")
+      throw HeteroKVError(.invalidArgument, "drop: unknown scope \(raw)")
     }
     self.scope = scope
     shard = try ShardID.decode(&r)
@@ -80,7 +81,7 @@ public struct DropResponse: DataPlaneMessage, Hashable {
     buffer.writeInteger(bytesFreed, endianness: .little)
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "drop response")
     shardsDropped = try r.integer("shardsDropped")
     bytesFreed = try r.integer("bytesFreed")

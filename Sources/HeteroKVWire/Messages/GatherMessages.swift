@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Asks for rows of a shard by token position: only the chosen rows cross the wire.
@@ -27,12 +28,12 @@ public struct GatherRequest: DataPlaneRequest, Hashable {
     buffer.writeUInt32Array(tokens)
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "gather")
     shard = try ShardID.decode(&r)
     let flags: UInt16 = try r.integer("flags")
     guard flags & ~keysFlag == 0 else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .invalidArgument, "gather: unknown flag bits 0x\(String(flags, radix: 16))")
     }
     includeKeys = flags & keysFlag != 0
@@ -77,7 +78,7 @@ public struct GatherResponse: DataPlaneMessage, Hashable {
     if let keys { buffer.writeImmutableBuffer(keys) }
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "gather response")
     rowCount = Int(try r.integer("count", as: UInt32.self))
     headDim = Int(try r.integer("headDim", as: UInt16.self))

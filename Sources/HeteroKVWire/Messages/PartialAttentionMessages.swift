@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Near-data attention over chosen rows of one shard, for a group of query heads that share
@@ -94,17 +95,17 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     }
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "partial attention")
     shard = try ShardID.decode(&r)
     let rawMode: UInt8 = try r.integer("mode")
     guard let mode = Mode(rawValue: rawMode) else {
-      throw DataPlaneError(.invalidArgument, "partial attention: unknown mode \(rawMode)")
+      throw HeteroKVError(.invalidArgument, "partial attention: unknown mode \(rawMode)")
     }
     self.mode = mode
     let flags: UInt8 = try r.integer("flags")
     guard flags & ~sharedTokensFlag == 0 else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .invalidArgument, "partial attention: unknown flag bits 0x\(String(flags, radix: 16))")
     }
     let headCount = Int(try r.integer("queryHeads", as: UInt16.self))
@@ -112,12 +113,12 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     scale = try r.float("scale")
     try checkHeadDim(headDim, "partial attention", limits: limits)
     guard headCount > 0, headCount <= limits.maxQueryHeads else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .invalidArgument,
         "partial attention: \(headCount) query heads outside 1...\(limits.maxQueryHeads)")
     }
     guard scale.isFinite else {
-      throw DataPlaneError(.invalidArgument, "partial attention: scale \(scale) is not finite")
+      throw HeteroKVError(.invalidArgument, "partial attention: scale \(scale) is not finite")
     }
     var heads: [Head] = []
     heads.reserveCapacity(headCount)
@@ -139,14 +140,14 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
       case .weights:
         let weights = try r.slice("head \(h) weights", count: count, stride: 4).readFloatArray()
         guard weights.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .invalidArgument, "partial attention: head \(h) has a negative or non-finite weight")
         }
         heads.append(.weighted(tokens: tokens, weights: weights))
       case .exact:
         let query = try r.slice("head \(h) query", count: headDim, stride: 4).readFloatArray()
         guard query.allSatisfy(\.isFinite) else {
-          throw DataPlaneError(
+          throw HeteroKVError(
             .invalidArgument, "partial attention: head \(h) query is not finite")
         }
         heads.append(.exact(tokens: tokens, query: query))
@@ -201,13 +202,13 @@ public struct PartialAttentionResponse: DataPlaneMessage, Hashable {
     }
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "partial attention response")
     let heads = Int(try r.integer("queryHeads", as: UInt16.self))
     headDim = Int(try r.integer("headDim", as: UInt16.self))
     try checkHeadDim(headDim, "partial attention response", limits: limits)
     guard heads <= limits.maxQueryHeads else {
-      throw DataPlaneError(.malformedFrame, "partial attention response: \(heads) heads")
+      throw HeteroKVError(.malformedFrame, "partial attention response: \(heads) heads")
     }
     maxScores = []
     sumExps = []

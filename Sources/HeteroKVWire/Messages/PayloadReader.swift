@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Reads the fields of a payload, failing with a message that names the field when the
@@ -13,25 +14,25 @@ struct PayloadReader {
   }
 
   mutating func integer<T: FixedWidthInteger>(_ field: String, as: T.Type = T.self)
-    throws(DataPlaneError) -> T
+    throws(HeteroKVError) -> T
   {
     guard let v = buffer.readInteger(endianness: .little, as: T.self) else {
-      throw DataPlaneError(.malformedFrame, "\(what): payload ends before \(field)")
+      throw HeteroKVError(.malformedFrame, "\(what): payload ends before \(field)")
     }
     return v
   }
 
-  mutating func float(_ field: String) throws(DataPlaneError) -> Float {
+  mutating func float(_ field: String) throws(HeteroKVError) -> Float {
     Float(bitPattern: try integer(field, as: UInt32.self))
   }
 
   /// A slice of `count` elements of `stride` bytes, after checking that they are present.
-  mutating func slice(_ field: String, count: Int, stride: Int) throws(DataPlaneError)
+  mutating func slice(_ field: String, count: Int, stride: Int) throws(HeteroKVError)
     -> ByteBuffer
   {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: stride)
     guard !overflow, count >= 0, bytes <= buffer.readableBytes else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .malformedFrame,
         "\(what): \(field) declares \(count) elements (\(count &* stride) bytes) but \(buffer.readableBytes) bytes remain"
       )
@@ -39,9 +40,9 @@ struct PayloadReader {
     return buffer.readSlice(length: bytes)!
   }
 
-  func finish() throws(DataPlaneError) {
+  func finish() throws(HeteroKVError) {
     guard buffer.readableBytes == 0 else {
-      throw DataPlaneError(
+      throw HeteroKVError(
         .malformedFrame, "\(what): \(buffer.readableBytes) unexpected bytes after the last field")
     }
   }

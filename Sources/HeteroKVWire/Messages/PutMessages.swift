@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Appends `rowCount` rows, tokens `startToken ..< startToken + rowCount`, to a shard: fp16
@@ -56,7 +57,7 @@ public struct PutRequest: DataPlaneRequest, Hashable {
     if let keys { buffer.writeImmutableBuffer(keys) }
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "put")
     shard = try ShardID.decode(&r)
     startToken = try r.integer("startToken")
@@ -64,12 +65,12 @@ public struct PutRequest: DataPlaneRequest, Hashable {
     headDim = Int(try r.integer("headDim", as: UInt16.self))
     let flags: UInt16 = try r.integer("flags")
     try checkHeadDim(headDim, "put", limits: limits)
-    guard rowCount > 0 else { throw DataPlaneError(.invalidArgument, "put: zero rows") }
+    guard rowCount > 0 else { throw HeteroKVError(.invalidArgument, "put: zero rows") }
     guard flags & ~keysFlag == 0 else {
-      throw DataPlaneError(.invalidArgument, "put: unknown flag bits 0x\(String(flags, radix: 16))")
+      throw HeteroKVError(.invalidArgument, "put: unknown flag bits 0x\(String(flags, radix: 16))")
     }
     guard UInt64(startToken) + UInt64(rowCount) <= UInt64(UInt32.max) else {
-      throw DataPlaneError(.invalidArgument, "put: token range passes 2^32")
+      throw HeteroKVError(.invalidArgument, "put: token range passes 2^32")
     }
     values = try r.slice("values", count: rowCount * headDim, stride: 2)
     keys = flags & keysFlag != 0 ? try r.slice("keys", count: rowCount * headDim, stride: 2) : nil
@@ -101,7 +102,7 @@ public struct PutResponse: DataPlaneMessage, Hashable {
     buffer.writeInteger(capacityBytes, endianness: .little)
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "put response")
     shardRows = try r.integer("shardRows")
     usedBytes = try r.integer("usedBytes")

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// One shard of the memory tier: the rows of one KV head of one layer of one sequence over one
@@ -46,7 +47,7 @@ public struct ShardID: Sendable, Hashable, Comparable, CustomStringConvertible {
     buffer.writeInteger(chunk, endianness: .little)
   }
 
-  static func decode(_ r: inout PayloadReader) throws(DataPlaneError) -> ShardID {
+  static func decode(_ r: inout PayloadReader) throws(HeteroKVError) -> ShardID {
     ShardID(
       namespace: try r.integer("shard.namespace"), sequence: try r.integer("shard.sequence"),
       layer: try r.integer("shard.layer"), kvHead: try r.integer("shard.kvHead"),

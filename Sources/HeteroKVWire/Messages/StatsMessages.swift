@@ -1,3 +1,4 @@
+import HeteroKVCore
 import NIOCore
 
 /// Asks a node for its capacity, use and counts. Empty payload.
@@ -7,7 +8,7 @@ public struct StatsRequest: DataPlaneRequest, Hashable {
 
   public init() {}
   public func encode(into buffer: inout ByteBuffer) {}
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     try PayloadReader(payload, what: "stats").finish()
   }
 }
@@ -52,7 +53,7 @@ public struct StatsResponse: DataPlaneMessage, Hashable {
     buffer.writeInteger(rowCount, endianness: .little)
   }
 
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     var r = PayloadReader(payload, what: "stats response")
     capacityBytes = try r.integer("capacityBytes")
     usedBytes = try r.integer("usedBytes")
@@ -70,7 +71,7 @@ public struct PingRequest: DataPlaneRequest, Hashable {
   public static let opcode = Opcode.ping
   public init() {}
   public func encode(into buffer: inout ByteBuffer) {}
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     try PayloadReader(payload, what: "ping").finish()
   }
 }
@@ -80,7 +81,7 @@ public struct PingResponse: DataPlaneMessage, Hashable {
   public static let opcode = Opcode.ping
   public init() {}
   public func encode(into buffer: inout ByteBuffer) {}
-  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(DataPlaneError) {
+  public init(payload: ByteBuffer, limits: DataPlaneLimits) throws(HeteroKVError) {
     try PayloadReader(payload, what: "ping response").finish()
   }
 }

@@ -11,7 +11,7 @@ extension SequenceSession {
   /// Appends `tokens` rows of K/V `[tokens][kvHeads][d]` to `layer`.
   func append(
     layer: Int, tokens: Int, keys: [Float16], values: [Float16], observation: [Float]?
-  ) async throws(WorkerError) -> Int {
+  ) async throws(HeteroKVError) -> Int {
     await enter()
     defer { leave() }
     try checkUsable()
@@ -19,7 +19,7 @@ extension SequenceSession {
     try checkLayer(layer)
     let width = g.kvHeads * g.headDim
     guard tokens > 0, keys.count == tokens * width, values.count == tokens * width else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument,
         "sequence \(ref) layer \(layer): \(tokens) tokens need \(tokens * width) key and value "
           + "elements ([tokens][\(g.kvHeads)][\(g.headDim)]), got \(keys.count) and \(values.count)"
@@ -28,19 +28,19 @@ extension SequenceSession {
     if let bad = keys.firstIndex(where: { !$0.isFinite })
       ?? values.firstIndex(where: { !$0.isFinite })
     {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument, "sequence \(ref) layer \(layer): non-finite K/V at element \(bad)")
     }
     if let observation {
       guard !sealed else {
-        throw WorkerError(
+        throw HeteroKVError(
           .failedPrecondition, "sequence \(ref): observation queries belong to the prefill")
       }
       let row = g.queryHeads * g.headDim
       guard !observation.isEmpty, observation.count % row == 0,
         observation.allSatisfy(\.isFinite)
       else {
-        throw WorkerError(
+        throw HeteroKVError(
           .invalidArgument,
           "sequence \(ref) layer \(layer): observation queries must be finite rows of "
             + "[\(g.queryHeads)][\(g.headDim)], got \(observation.count) values")
@@ -48,7 +48,7 @@ extension SequenceSession {
     }
     let start = layers[layer].tokens
     guard start + tokens <= Int(UInt32.max) else {
-      throw WorkerError(.resourceExhausted, "sequence \(ref) layer \(layer) passes 2^32 tokens")
+      throw HeteroKVError(.resourceExhausted, "sequence \(ref) layer \(layer) passes 2^32 tokens")
     }
     var batches: [ShipBatch] = []
     // What can fail (shapes, codebook training) happens before anything changes; a failure
@@ -60,7 +60,7 @@ extension SequenceSession {
         try Self.headRows(keys: keys, values: values, tokens: tokens, head: h, geometry: g)
       }
     } catch {
-      throw WorkerError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
     }
     // Key indices are coded on all cores, each moved into a box so the append is in place.
     let boxes = layers[layer].heads.map(IndexBox.init)
@@ -76,8 +76,8 @@ extension SequenceSession {
         try boxes[h].append(perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed)
       }
     } catch {
-      poisoned = WorkerError(
-        .internal,
+      poisoned = HeteroKVError(
+        .internalError,
         "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
       throw poisoned!
     }
@@ -93,7 +93,8 @@ extension SequenceSession {
             try cache.append(key: k.row(r), value: v.row(r), position: start + r)
           }
         } catch {
-          poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
+          poisoned = HeteroKVError(
+            .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)")
         }
         head.cache = cache
       } else {
@@ -104,7 +105,8 @@ extension SequenceSession {
         try head.tailKeys.append(contentsOf: k)
         try head.tailValues.append(contentsOf: v)
       } catch {
-        poisoned = WorkerError(.internal, "sequence \(ref) layer \(layer) head \(h): \(error)")
+        poisoned = HeteroKVError(
+          .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)")
       }
       let pending = start + tokens - head.enqueued
       if !sealed || pending >= options.decodeShipRows {

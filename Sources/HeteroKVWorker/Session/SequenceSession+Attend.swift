@@ -9,7 +9,7 @@ extension SequenceSession {
   // MARK: Attend
 
   /// Attention of `queries` `[queryHeads][d]` over everything `layer` holds.
-  func attend(layer: Int, queries: [Float], withSelection: Bool) async throws(WorkerError)
+  func attend(layer: Int, queries: [Float], withSelection: Bool) async throws(HeteroKVError)
     -> AttendResult
   {
     await enter()
@@ -18,7 +18,7 @@ extension SequenceSession {
     let g = geometry
     try checkLayer(layer)
     guard queries.count == g.queryHeads * g.headDim, queries.allSatisfy(\.isFinite) else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument,
         "sequence \(ref) layer \(layer): queries must be \(g.queryHeads)x\(g.headDim) finite "
           + "values, got \(queries.count)")
@@ -46,7 +46,7 @@ extension SequenceSession {
       timings.compute = seconds(since: mark)
       mark = .now
     } catch {
-      throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)")
     }
     var outputs = [Float](repeating: 0, count: queries.count)
     var selections: [[Int32]] = []
@@ -96,7 +96,8 @@ extension SequenceSession {
         outputs.replaceSubrange(
           plan.head * group * d..<(plan.head + 1) * group * d, with: merged.outputs)
       } catch {
-        throw WorkerError(.internal, "sequence \(ref) layer \(layer): merge failed: \(error)")
+        throw HeteroKVError(
+          .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)")
       }
     }
     timings.merge = seconds(since: mark)
@@ -123,7 +124,7 @@ extension SequenceSession {
   /// holds) and a partial over the rows still on the worker.
   func plan(
     layer: Int, kvHead: Int, selections: [TauMassSelection], queries: [Float], acknowledged: Int
-  ) async throws(WorkerError) -> (requests: [RemoteRequest], local: AttentionPartial) {
+  ) async throws(HeteroKVError) -> (requests: [RemoteRequest], local: AttentionPartial) {
     let group = selections.count
     let d = geometry.headDim
     let exact = options.outputMode == .exact
@@ -180,19 +181,19 @@ extension SequenceSession {
         tokens: localTokens, weights: localWeights)
       return (requests, local)
     } catch {
-      throw WorkerError(.internal, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)")
     }
   }
 
   /// Sends every request at once; each goes to its first holder and, when that node cannot
   /// answer, to the next replica. Partials come back in request order.
-  func fanOut(_ requests: [RemoteRequest]) async throws(WorkerError) -> [AttentionPartial] {
+  func fanOut(_ requests: [RemoteRequest]) async throws(HeteroKVError) -> [AttentionPartial] {
     guard !requests.isEmpty else { return [] }
     let tier = self.tier
     let timeout = options.requestTimeout
     let ref = self.ref
-    let outcome: Result<[(AttentionPartial, Int)], WorkerError> = await withTaskGroup(
-      of: (Int, Result<(AttentionPartial, Int), WorkerError>).self
+    let outcome: Result<[(AttentionPartial, Int)], HeteroKVError> = await withTaskGroup(
+      of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
     ) { group in
       for (i, remote) in requests.enumerated() {
         group.addTask {
@@ -203,21 +204,21 @@ extension SequenceSession {
                 remote.request, timeout: timeout)
               return (i, .success((partial, attempt)))
             } catch {
-              let error = error as? DataPlaneError ?? DataPlaneError(.internalError, "\(error)")
+              let error = error as? HeteroKVError ?? HeteroKVError(.internalError, "\(error)")
               tried.append("\(node) (\(error.code))")
-              let failover: Set<DataPlaneError.Code> = [
-                .nodeUnreachable, .connectionClosed, .deadlineExceeded, .unknownShard,
+              let failover: Set<HeteroKVError.Code> = [
+                .unavailable, .connectionClosed, .deadlineExceeded, .unknownShard,
                 .unknownSequence, .indexOutOfRange,
               ]
               if !failover.contains(error.code) {
-                return (i, .failure(WorkerError(.internal, "sequence \(ref): \(error)")))
+                return (i, .failure(HeteroKVError(.internalError, "sequence \(ref): \(error)")))
               }
             }
           }
           return (
             i,
             .failure(
-              WorkerError(
+              HeteroKVError(
                 .dataUnavailable,
                 "sequence \(ref): shard \(remote.request.shard) is on no reachable memory node"
                   + (tried.isEmpty

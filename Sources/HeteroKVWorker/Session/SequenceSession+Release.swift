@@ -15,7 +15,7 @@ extension SequenceSession {
   /// nodes are logged by the caller (``ReleaseOutcome/unreachableNodes``) and counted in
   /// `hkv_worker_release_unreachable_nodes_total`; the coordinator's reservation is freed
   /// either way. Only a failure to close the sequence at the coordinator is an error.
-  func release() async throws(WorkerError) -> ReleaseOutcome {
+  func release() async throws(HeteroKVError) -> ReleaseOutcome {
     await enter()
     defer { leave() }
     for task in refreshTasks { task.cancel() }
@@ -29,7 +29,7 @@ extension SequenceSession {
     }
     try await control.closeSequence(ref)
     // Calls queued behind the release find the sequence gone.
-    poisoned = WorkerError(.unknownSequence, "sequence \(ref) was released")
+    poisoned = HeteroKVError(.unknownSequence, "sequence \(ref) was released")
     return ReleaseOutcome(releasedBytes: storedBytes, unreachableNodes: unreachable)
   }
 

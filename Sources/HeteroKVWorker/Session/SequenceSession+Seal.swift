@@ -12,11 +12,11 @@ extension SequenceSession {
   /// first decode token just before attending it, so earlier layers may be a token ahead).
   /// Waits for the rows to reach the memory tier, profiles the heads, reports to the
   /// coordinator, and builds each head's decode state from its budget.
-  func seal() async throws(WorkerError) {
+  func seal() async throws(HeteroKVError) {
     let g = geometry
     let n = layers.map(\.tokens).min() ?? 0
     if let l = layers.firstIndex(where: { $0.tokens == 0 }) {
-      throw WorkerError(
+      throw HeteroKVError(
         .failedPrecondition,
         "sequence \(ref): layer \(l) has no prefill; append every layer before attention")
     }
@@ -34,7 +34,7 @@ extension SequenceSession {
     let (profiles, lastQuery) = try profileHeads(prefillTokens: n)
     let budgets = try await control.reportProfiles(ref, prefillTokens: n, profiles: profiles)
     guard budgets.policy == options.policy else {
-      throw WorkerError(
+      throw HeteroKVError(
         .failedPrecondition,
         "the coordinator budgets with policy \(budgets.policy.rawValue), this worker runs "
           + "\(options.policy.rawValue): give both the same cluster file")
@@ -47,7 +47,8 @@ extension SequenceSession {
     for l in 0..<g.layers {
       for h in 0..<g.kvHeads {
         guard let budget = caps[HeadKey(layer: l, kvHead: h)] else {
-          throw WorkerError(.coordinator, "the coordinator sent no budget for layer \(l) head \(h)")
+          throw HeteroKVError(
+            .unavailable, "the coordinator sent no budget for layer \(l) head \(h)")
         }
         var head = layers[l].heads[h]
         head.role = budget.role
@@ -80,7 +81,7 @@ extension SequenceSession {
           do {
             head.cache = try CompressedHeadCache(positions: positions, rows: keys, values: values)
           } catch {
-            throw WorkerError(.internal, "sequence \(ref) layer \(l) head \(h): \(error)")
+            throw HeteroKVError(.internalError, "sequence \(ref) layer \(l) head \(h): \(error)")
           }
           head.index = nil
         } else if budget.role == .pivot, options.policy == .heterocache, let p = probabilities {
@@ -97,7 +98,7 @@ extension SequenceSession {
 
   /// Trains the codebooks of heads whose prefill was shorter than
   /// `WorkerOptions.codebookTrainingKeys`, on all of it, every head on its own core.
-  func trainHeldKeys() throws(WorkerError) {
+  func trainHeldKeys() throws(HeteroKVError) {
     let g = geometry
     let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
     let options = self.options
@@ -106,8 +107,8 @@ extension SequenceSession {
         try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
       }
     } catch {
-      poisoned = WorkerError(
-        .internal, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)")
+      poisoned = HeteroKVError(
+        .internalError, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)")
       throw poisoned!
     }
     for (i, box) in boxes.enumerated() {
@@ -120,7 +121,7 @@ extension SequenceSession {
   /// row stands for the prefill, the later rows for decode steps), and the last row's
   /// approximate probabilities per head `[groupSize][n]` where queries were given. Without
   /// queries (other policies) every head reports as the policy treats it.
-  func profileHeads(prefillTokens n: Int) throws(WorkerError)
+  func profileHeads(prefillTokens n: Int) throws(HeteroKVError)
     -> ([HeadProfile], [[[Float]?]])
   {
     let g = geometry
@@ -131,7 +132,7 @@ extension SequenceSession {
     for (l, layer) in layers.enumerated() {
       let rows = layer.observationRows
       if options.policy == .heterocache && rows < 2 && calibrated == nil {
-        throw WorkerError(
+        throw HeteroKVError(
           .failedPrecondition,
           "sequence \(ref) layer \(l): HeteroCache profiles heads from the prefill's last "
             + "queries; append at least 2 observation rows with the prefill (got \(rows))")
@@ -192,7 +193,7 @@ extension SequenceSession {
         profiles += layerProfiles
         last.append(perHead.map { $0[w - 1] })
       } catch {
-        throw WorkerError(
+        throw HeteroKVError(
           .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)")
       }
     }
@@ -200,7 +201,7 @@ extension SequenceSession {
   }
 
   /// K/V rows of `positions` (ascending, all stored on the memory tier) of one head.
-  func gatherRows(layer: Int, kvHead: Int, positions: [Int]) async throws(WorkerError)
+  func gatherRows(layer: Int, kvHead: Int, positions: [Int]) async throws(HeteroKVError)
     -> (HalfMatrix, HalfMatrix)
   {
     let d = geometry.headDim
@@ -224,7 +225,7 @@ extension SequenceSession {
         }
       }
       guard let answer, let k = answer.keyArray else {
-        throw WorkerError(
+        throw HeteroKVError(
           .dataUnavailable,
           "sequence \(ref): rows of shard \(shard) are on no reachable memory node"
             + (tried.isEmpty ? "" : "; tried \(tried.joined(separator: ", "))"))
@@ -233,7 +234,7 @@ extension SequenceSession {
         try keys.append(contentsOf: HalfMatrix(halves: k, cols: d))
         try values.append(contentsOf: HalfMatrix(halves: answer.valueArray, cols: d))
       } catch {
-        throw WorkerError(.internal, "sequence \(ref): gathered rows do not fit: \(error)")
+        throw HeteroKVError(.internalError, "sequence \(ref): gathered rows do not fit: \(error)")
       }
     }
     return (keys, values)

@@ -38,7 +38,7 @@ actor SequenceSession {
   var busy = false
   var gate: [CheckedContinuation<Void, Never>] = []
   /// Set when a failure left the sequence's state inconsistent; every later call throws it.
-  var poisoned: WorkerError?
+  var poisoned: HeteroKVError?
 
   var geometry: ModelGeometry { options.geometry }
   var sealed: Bool { budgets != nil }
@@ -84,7 +84,7 @@ actor SequenceSession {
     }
   }
 
-  func checkUsable() throws(WorkerError) {
+  func checkUsable() throws(HeteroKVError) {
     if let poisoned { throw poisoned }
   }
 
@@ -92,9 +92,9 @@ actor SequenceSession {
     if gate.isEmpty { busy = false } else { gate.removeFirst().resume() }
   }
 
-  func checkLayer(_ layer: Int) throws(WorkerError) {
+  func checkLayer(_ layer: Int) throws(HeteroKVError) {
     guard (0..<geometry.layers).contains(layer) else {
-      throw WorkerError(
+      throw HeteroKVError(
         .invalidArgument, "layer \(layer) is outside 0..<\(geometry.layers) of \(geometry.name)")
     }
   }

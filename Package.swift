@@ -119,7 +119,6 @@ let package = Package(
         "HeteroKVWire",
         "HeteroKVTransport",
         "HeteroKVDaemon",
-        "CHeteroKVKernels",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

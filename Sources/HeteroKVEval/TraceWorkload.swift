@@ -74,7 +74,7 @@ public struct TraceWorkload: AttentionWorkload {
     } catch let DecodingError.dataCorrupted(context) {
       throw HeteroKVError(.malformedInput, "\(url.path): \(context.debugDescription)")
     } catch {
-      throw HeteroKVError(.malformedInput, "\(url.path): \(error)")
+      throw HeteroKVError(.malformedInput, "\(url.path): \(error)", cause: error)
     }
     func bad(_ why: String) -> HeteroKVError {
       HeteroKVError(.malformedInput, "\(url.path): \(why)")

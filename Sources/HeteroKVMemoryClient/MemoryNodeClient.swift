@@ -139,7 +139,7 @@ actor ConnectionPool {
     } catch {
       slots[slot] = nil
       if let error = error as? HeteroKVError { throw error }
-      throw HeteroKVError(.unavailable, "\(error)")
+      throw HeteroKVError(.unavailable, "\(error)", cause: error)
     }
   }
 

@@ -36,39 +36,106 @@ public final class MemoryTierClient: Sendable {
     return client
   }
 
-  /// Sends each request to its node, all at once, and returns the partials in request order.
-  /// The first failure is thrown (the others are cancelled).
-  public func partialAttention(
-    _ requests: [(node: String, request: PartialAttentionRequest)], timeout: Duration? = nil
-  ) async throws(HeteroKVError) -> [AttentionPartial] {
-    let clients = try requests.map { (r) throws(HeteroKVError) in try node(r.node) }
-    do {
-      return try await withThrowingTaskGroup(of: (Int, AttentionPartial).self) { group in
-        for (i, entry) in requests.enumerated() {
-          let client = clients[i]
-          group.addTask { (i, try await client.partialAttention(entry.request, timeout: timeout)) }
-        }
-        var results = [AttentionPartial?](repeating: nil, count: requests.count)
-        for try await (i, partial) in group { results[i] = partial }
-        return results.map { $0! }
+  /// Codes after which a request is tried on the next replica: the node is gone or does not
+  /// hold the rows (it restarted, or the shard was never written there).
+  public static let failoverCodes: Set<HeteroKVError.Code> = [
+    .unavailable, .connectionClosed, .deadlineExceeded, .unknownShard, .unknownSequence,
+    .indexOutOfRange,
+  ]
+
+  /// Sends every request at once; each goes to its first holder and, when that node cannot
+  /// answer (``failoverCodes``), to the next. Partials come back in request order with the
+  /// number answered by a replica. A request no holder answers is `dataUnavailable`, naming
+  /// the nodes tried; any other failure is thrown as the node raised it. The first failure
+  /// cancels the rest.
+  public func partialAttention(_ requests: [ReplicatedRequest], timeout: Duration? = nil)
+    async throws(HeteroKVError) -> FanOutAnswer
+  {
+    guard !requests.isEmpty else { return FanOutAnswer(partials: [], failovers: 0) }
+    let outcome: Result<[(AttentionPartial, Int)], HeteroKVError> = await withTaskGroup(
+      of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
+    ) { group in
+      for (i, remote) in requests.enumerated() {
+        group.addTask { (i, await self.answer(remote, timeout: timeout)) }
       }
-    } catch let error as HeteroKVError {
-      throw error
-    } catch {
-      throw HeteroKVError(.internalError, "\(error)")
+      var slots = [(AttentionPartial, Int)?](repeating: nil, count: requests.count)
+      for await (i, result) in group {
+        switch result {
+        case .success(let value): slots[i] = value
+        case .failure(let error):
+          group.cancelAll()
+          return .failure(error)
+        }
+      }
+      return .success(slots.map { $0! })
     }
+    let answers = try outcome.get()
+    return FanOutAnswer(
+      partials: answers.map(\.0), failovers: answers.filter { $0.1 > 0 }.count)
+  }
+
+  /// One request, holder by holder: the partial and the index of the holder that answered.
+  private func answer(_ remote: ReplicatedRequest, timeout: Duration?) async
+    -> Result<(AttentionPartial, Int), HeteroKVError>
+  {
+    var tried: [String] = []
+    for (attempt, node) in remote.holders.enumerated() {
+      do {
+        let partial = try await self.node(node).partialAttention(remote.request, timeout: timeout)
+        return .success((partial, attempt))
+      } catch {
+        tried.append("\(node) (\(error.code))")
+        if !Self.failoverCodes.contains(error.code) { return .failure(error) }
+      }
+    }
+    return .failure(
+      HeteroKVError(
+        .dataUnavailable,
+        "shard \(remote.request.shard) is on no reachable memory node"
+          + (tried.isEmpty ? " (no node holds it)" : "; tried \(tried.joined(separator: ", "))")))
   }
 
   /// Fans the requests out and merges the partials exactly (log-sum-exp) into the attention
   /// over the union of the rows they name. All requests must be for the same query heads.
+  public func mergedAttention(_ requests: [ReplicatedRequest], timeout: Duration? = nil)
+    async throws -> AttentionPartial
+  {
+    try AttentionPartial.merge(await partialAttention(requests, timeout: timeout).partials)
+  }
+
+  /// ``mergedAttention(_:timeout:)`` with one holder per request.
   public func mergedAttention(
     _ requests: [(node: String, request: PartialAttentionRequest)], timeout: Duration? = nil
   ) async throws -> AttentionPartial {
-    try AttentionPartial.merge(await partialAttention(requests, timeout: timeout))
+    try await mergedAttention(
+      requests.map { ReplicatedRequest($0.request, holders: [$0.node]) }, timeout: timeout)
   }
 
   /// Closes every connection to every node.
   public func close() async {
     for client in nodes.values { await client.close() }
   }
+}
+
+/// A near-data attention request and the nodes that hold its rows, primary first.
+public struct ReplicatedRequest: Sendable {
+  /// The request.
+  public var request: PartialAttentionRequest
+  /// Node ids to try, in order.
+  public var holders: [String]
+
+  /// `request` for `holders`.
+  public init(_ request: PartialAttentionRequest, holders: [String]) {
+    self.request = request
+    self.holders = holders
+  }
+}
+
+/// What a fan-out returns: partials in request order, and how many came from a replica
+/// because the primary could not answer.
+public struct FanOutAnswer: Sendable {
+  /// One partial per request.
+  public var partials: [AttentionPartial]
+  /// Requests answered by a holder other than the first.
+  public var failovers: Int
 }

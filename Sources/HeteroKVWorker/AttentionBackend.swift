@@ -67,25 +67,20 @@ public struct CPUAttentionBackend: AttentionBackend {
   ) throws -> AttentionPartial {
     let d = values.cols
     var result = AttentionPartial.empty(heads: heads, headDim: d)
+    let scale = FullAttention.scale(headDim: d)
     for h in 0..<heads where !tokens[h].isEmpty {
-      let rows = tokens[h]
-      if let keys {
-        let part = try FullAttention.attend(
-          queries: Array(queries[h * d..<(h + 1) * d]), heads: 1, keys: keys.gather(rows),
-          values: values.gather(rows))
-        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.outputs)
-        result.maxScores[h] = part.maxScores[0]
-        result.sumExps[h] = part.sumExps[0]
-      } else {
-        let sum = weights[h].reduce(0, +)
-        guard sum > 0 else { continue }
-        let out = Kernels.weightedSum(
-          values: values, indices: rows.map(Int32.init), weights: weights[h].map { $0 / sum },
-          heads: 1)
-        result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: out)
-        result.maxScores[h] = 0
-        result.sumExps[h] = sum
-      }
+      let rows = values.gather(tokens[h])
+      let part =
+        if let keys {
+          try AttentionPartial.exact(
+            queries: Array(queries[h * d..<(h + 1) * d]), heads: 1, keys: keys.gather(tokens[h]),
+            values: rows, scale: scale)
+        } else {
+          try AttentionPartial.weighted(weights[h], heads: 1, values: rows)
+        }
+      result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.outputs)
+      result.maxScores[h] = part.maxScores[0]
+      result.sumExps[h] = part.sumExps[0]
     }
     return result
   }

@@ -141,7 +141,10 @@ actor ShardWriter {
               _ = try await tier.node(node).put(request)
               return (node, nil)
             } catch {
-              return (node, error as? HeteroKVError ?? HeteroKVError(.internalError, "\(error)"))
+              return (
+                node,
+                error as? HeteroKVError ?? HeteroKVError(.internalError, "\(error)", cause: error)
+              )
             }
           }
         }

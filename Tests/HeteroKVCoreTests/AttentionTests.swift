@@ -146,3 +146,51 @@ import Testing
     #expect(throws: HeteroKVError.self) { try HCAttentionStep(tau: 1.5) }
   }
 }
+
+@Suite("Near-data partial attention") struct NearDataAttentionTests {
+  @Test("exact partials equal full attention, and split parts merge back to it")
+  func exactMatchesFullAttention() throws {
+    let (n, d, heads) = (97, 64, 3)
+    let keys = try randomMatrix(rows: n, cols: d, seed: 11)
+    let values = try randomMatrix(rows: n, cols: d, seed: 12)
+    let q = randomFloats(heads * d, seed: 13)
+    let full = try FullAttention.attend(queries: q, heads: heads, keys: keys, values: values)
+    let scale = FullAttention.scale(headDim: d)
+    let whole = try AttentionPartial.exact(
+      queries: q, heads: heads, keys: keys, values: values, scale: scale)
+    #expect(relativeError(whole.outputs, full.outputs) < 1e-5)
+    let front = Array(0..<40)
+    let back = Array(40..<n)
+    let merged = try AttentionPartial.merge([
+      try .exact(
+        queries: q, heads: heads, keys: keys.gather(front), values: values.gather(front),
+        scale: scale),
+      try .exact(
+        queries: q, heads: heads, keys: keys.gather(back), values: values.gather(back),
+        scale: scale),
+    ])
+    #expect(relativeError(merged.outputs, full.outputs) < 1e-5)
+    #expect(throws: HeteroKVError.self) {
+      try AttentionPartial.exact(
+        queries: q, heads: heads + 1, keys: keys, values: values, scale: scale)
+    }
+  }
+
+  @Test("weighted partials are the weight-normalised sum; a zero-weight head stays empty")
+  func weightedIsNormalised() throws {
+    let (n, d) = (10, 8)
+    let values = try randomMatrix(rows: n, cols: d, seed: 21)
+    let w = (0..<n).map { Float($0 + 1) }
+    let part = try AttentionPartial.weighted(
+      w + [Float](repeating: 0, count: n), heads: 2, values: values)
+    let total = w.reduce(0, +)
+    var expected = [Float](repeating: 0, count: d)
+    for j in 0..<n {
+      for (c, v) in values.row(j).enumerated() { expected[c] += w[j] / total * v }
+    }
+    #expect(relativeError(Array(part.output(head: 0)), expected) < 1e-5)
+    #expect(part.sumExps == [total, 0])
+    #expect(part.maxScores[1] == -.infinity)
+    #expect(part.output(head: 1).allSatisfy { $0 == 0 })
+  }
+}

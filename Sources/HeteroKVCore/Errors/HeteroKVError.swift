@@ -130,11 +130,9 @@ public struct HeteroKVError: Error, Sendable, CustomStringConvertible {
     self.cause = cause
   }
 
-  /// The message, then the cause's own description where there is a cause.
-  public var description: String {
-    guard let cause else { return "\(code): \(message)" }
-    return "\(code): \(message) (cause: \(cause))"
-  }
+  /// The code and the message (which names the cause in words where there is one; the
+  /// cause itself stays available to code through ``cause``).
+  public var description: String { "\(code): \(message)" }
 
   /// The message prefixed by `context`: the same code and cause.
   public func prefixed(_ context: String) -> HeteroKVError {

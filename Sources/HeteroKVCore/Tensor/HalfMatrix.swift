@@ -36,6 +36,14 @@ public struct HalfMatrix: Sendable, Hashable {
     self.storage = halves
   }
 
+  /// A matrix over `halves`, whose count the caller made a multiple of `cols` (> 0).
+  init(exactly halves: [Float16], cols: Int) {
+    precondition(cols > 0 && halves.count % cols == 0)
+    self.cols = cols
+    self.rows = halves.count / cols
+    self.storage = halves
+  }
+
   /// Bytes held by the elements.
   public var byteCount: Int { storage.count * 2 }
 

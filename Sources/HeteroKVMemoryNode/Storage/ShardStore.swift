@@ -1,5 +1,4 @@
 import HeteroKVCore
-import CHeteroKVKernels
 import HeteroKVWire
 import NIOCore
 
@@ -216,12 +215,9 @@ public final class ShardStore: @unchecked Sendable {
       for pages in request.includeKeys ? [shard.valuePages, shard.keyPages] : [shard.valuePages] {
         let pointers = locals.map { shard.row(pages, $0) }
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: n * shard.rowBytes) { raw in
-          pointers.withUnsafeBufferPointer { p in
-            p.baseAddress!.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: n) {
-              hkv_gather_rows_f16(
-                $0, n, shard.headDim, raw.baseAddress!.assumingMemoryBound(to: UInt16.self))
-            }
-          }
+          Kernels.gatherRows(
+            pointers, cols: shard.headDim,
+            into: raw.baseAddress!.assumingMemoryBound(to: UInt16.self))
           return n * shard.rowBytes
         }
       }
@@ -275,47 +271,36 @@ public final class ShardStore: @unchecked Sendable {
             members
           ))
       }
-      var maxScores = [Float](repeating: -.infinity, count: request.heads.count)
-      var sumExps = [Float](repeating: 0, count: request.heads.count)
-      var outputs = [Float](repeating: 0, count: request.heads.count * d)
+      var result = AttentionPartial.empty(heads: request.heads.count, headDim: d)
       for (rows, members) in order {
         let n = rows.count
-        let hc = members.count
-        let valueRows: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.valuePages, $0) }
-        var values = [UInt16](repeating: 0, count: n * d)
-        hkv_gather_rows_f16(valueRows, n, d, &values)
-        var weights = [Float](repeating: 0, count: hc * n)
-        switch request.mode {
-        case .weights:
-          for (g, h) in members.enumerated() {
-            let w = request.heads[h].weights
-            let total = w.reduce(0, +)
-            guard total > 0 else { continue }
-            weights.replaceSubrange(g * n..<(g + 1) * n, with: w)
-            maxScores[h] = 0
-            sumExps[h] = total
+        let values = Kernels.gatherRows(rows.map { shard.row(shard.valuePages, $0) }, cols: d)
+        let part: AttentionPartial
+        do {
+          switch request.mode {
+          case .weights:
+            part = try .weighted(
+              members.flatMap { request.heads[$0].weights }, heads: members.count, values: values)
+          case .exact:
+            let keys = Kernels.gatherRows(rows.map { shard.row(shard.keyPages, $0) }, cols: d)
+            part = try .exact(
+              queries: members.flatMap { request.heads[$0].query }, heads: members.count,
+              keys: keys, values: values, scale: request.scale)
           }
-        case .exact:
-          let keyRows: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.keyPages, $0) }
-          var keys = [UInt16](repeating: 0, count: n * d)
-          hkv_gather_rows_f16(keyRows, n, d, &keys)
-          let queries = members.flatMap { request.heads[$0].query }
-          hkv_scores_f16(queries, hc, keys, n, d, request.scale, &weights)
-          weights.withUnsafeMutableBufferPointer { w in
-            for (g, h) in members.enumerated() {
-              var m: Float = 0
-              sumExps[h] = hkv_softmax_exp(w.baseAddress! + g * n, n, &m)
-              maxScores[h] = m
-            }
-          }
+        } catch {
+          throw HeteroKVError(
+            .internalError, "partial attention over \(n) rows of \(request.shard): \(error)",
+            cause: error)
         }
-        var groupOut = [Float](repeating: 0, count: hc * d)
-        hkv_weighted_sum_dense_f16(values, n, d, weights, hc, &groupOut)
-        for (g, h) in members.enumerated() where sumExps[h] > 0 {
-          let inverse = 1 / sumExps[h]
-          for c in 0..<d { outputs[h * d + c] = groupOut[g * d + c] * inverse }
+        for (g, h) in members.enumerated() {
+          result.maxScores[h] = part.maxScores[g]
+          result.sumExps[h] = part.sumExps[g]
+          result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.output(head: g))
         }
       }
+      let maxScores = result.maxScores
+      let sumExps = result.sumExps
+      let outputs = result.outputs
       return PartialAttentionResponse(
         headDim: d, maxScores: maxScores, sumExps: sumExps, outputs: outputs)
     }

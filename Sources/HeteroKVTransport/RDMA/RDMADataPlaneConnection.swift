@@ -76,7 +76,7 @@ public final class RDMADataPlaneConnection: DataPlaneConnection {
     } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw HeteroKVError(.internalError, "\(error)")
+      throw HeteroKVError(.internalError, "\(error)", cause: error)
     }
     if let error = frame.decodedError(limits: limits) { throw error }
     return frame.payload

@@ -108,7 +108,8 @@ struct RSocket: Sendable {
     do {
       return try SocketAddress.makeAddressResolvingHost(host, port: port)
     } catch {
-      throw HeteroKVError(.invalidArgument, "cannot resolve \(host):\(port): \(error)")
+      throw HeteroKVError(
+        .invalidArgument, "cannot resolve \(host):\(port): \(error)", cause: error)
     }
   }
 

@@ -34,7 +34,7 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
         try channel.remoteAddress ?? SocketAddress.makeAddressResolvingHost(host, port: port)
       return TCPDataPlaneConnection(channel: channel, remoteAddress: address)
     } catch {
-      throw HeteroKVError(.unavailable, "cannot connect to \(host):\(port): \(error)")
+      throw HeteroKVError(.unavailable, "cannot connect to \(host):\(port): \(error)", cause: error)
     }
   }
 
@@ -59,7 +59,8 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
     } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw HeteroKVError(.connectionClosed, "connection to \(remoteAddress) failed: \(error)")
+      throw HeteroKVError(
+        .connectionClosed, "connection to \(remoteAddress) failed: \(error)", cause: error)
     }
     if let error = frame.decodedError() { throw error }
     return frame.payload
@@ -119,7 +120,7 @@ final class ClientFrameHandler: ChannelDuplexHandler {
     let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
     let writePromise = context.eventLoop.makePromise(of: Void.self)
     writePromise.futureResult.whenFailure { error in
-      bound.value.fail(id, HeteroKVError(.connectionClosed, "write failed: \(error)"))
+      bound.value.fail(id, HeteroKVError(.connectionClosed, "write failed: \(error)", cause: error))
     }
     if let promise { writePromise.futureResult.cascade(to: promise) }
     context.write(wrapOutboundOut(frame), promise: writePromise)

@@ -60,7 +60,8 @@ extension SequenceSession {
         try Self.headRows(keys: keys, values: values, tokens: tokens, head: h, geometry: g)
       }
     } catch {
-      throw HeteroKVError(.invalidArgument, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(
+        .invalidArgument, "sequence \(ref) layer \(layer): \(error)", cause: error)
     }
     // Key indices are coded on all cores, each moved into a box so the append is in place.
     let boxes = layers[layer].heads.map(IndexBox.init)
@@ -78,7 +79,8 @@ extension SequenceSession {
     } catch {
       poisoned = HeteroKVError(
         .internalError,
-        "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)")
+        "sequence \(ref) layer \(layer): coding keys failed, the sequence is unusable: \(error)",
+        cause: error)
       throw poisoned!
     }
     for h in 0..<g.kvHeads {
@@ -94,7 +96,7 @@ extension SequenceSession {
           }
         } catch {
           poisoned = HeteroKVError(
-            .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)")
+            .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)", cause: error)
         }
         head.cache = cache
       } else {
@@ -106,7 +108,7 @@ extension SequenceSession {
         try head.tailValues.append(contentsOf: v)
       } catch {
         poisoned = HeteroKVError(
-          .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)")
+          .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)", cause: error)
       }
       let pending = start + tokens - head.enqueued
       if !sealed || pending >= options.decodeShipRows {

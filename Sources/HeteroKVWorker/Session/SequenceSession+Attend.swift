@@ -46,7 +46,7 @@ extension SequenceSession {
       timings.compute = seconds(since: mark)
       mark = .now
     } catch {
-      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
     }
     var outputs = [Float](repeating: 0, count: queries.count)
     var selections: [[Int32]] = []
@@ -97,7 +97,7 @@ extension SequenceSession {
           plan.head * group * d..<(plan.head + 1) * group * d, with: merged.outputs)
       } catch {
         throw HeteroKVError(
-          .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)")
+          .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)", cause: error)
       }
     }
     timings.merge = seconds(since: mark)
@@ -181,71 +181,23 @@ extension SequenceSession {
         tokens: localTokens, weights: localWeights)
       return (requests, local)
     } catch {
-      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)")
+      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
     }
   }
 
-  /// Sends every request at once; each goes to its first holder and, when that node cannot
-  /// answer, to the next replica. Partials come back in request order.
+  /// The tier's fan-out with failover, its failovers counted, its errors named by sequence.
   func fanOut(_ requests: [RemoteRequest]) async throws(HeteroKVError) -> [AttentionPartial] {
-    guard !requests.isEmpty else { return [] }
-    let tier = self.tier
-    let timeout = options.requestTimeout
-    let ref = self.ref
-    let outcome: Result<[(AttentionPartial, Int)], HeteroKVError> = await withTaskGroup(
-      of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
-    ) { group in
-      for (i, remote) in requests.enumerated() {
-        group.addTask {
-          var tried: [String] = []
-          for (attempt, node) in remote.holders.enumerated() {
-            do {
-              let partial = try await tier.node(node).partialAttention(
-                remote.request, timeout: timeout)
-              return (i, .success((partial, attempt)))
-            } catch {
-              let error = error as? HeteroKVError ?? HeteroKVError(.internalError, "\(error)")
-              tried.append("\(node) (\(error.code))")
-              let failover: Set<HeteroKVError.Code> = [
-                .unavailable, .connectionClosed, .deadlineExceeded, .unknownShard,
-                .unknownSequence, .indexOutOfRange,
-              ]
-              if !failover.contains(error.code) {
-                return (i, .failure(HeteroKVError(.internalError, "sequence \(ref): \(error)")))
-              }
-            }
-          }
-          return (
-            i,
-            .failure(
-              HeteroKVError(
-                .dataUnavailable,
-                "sequence \(ref): shard \(remote.request.shard) is on no reachable memory node"
-                  + (tried.isEmpty
-                    ? " (no node holds it)" : "; tried \(tried.joined(separator: ", "))")
-              ))
-          )
-        }
-      }
-      var slots = [(AttentionPartial, Int)?](repeating: nil, count: requests.count)
-      for await (i, result) in group {
-        switch result {
-        case .success(let value): slots[i] = value
-        case .failure(let error):
-          group.cancelAll()
-          return .failure(error)
-        }
-      }
-      return .success(slots.map { $0! })
-    }
-    switch outcome {
-    case .success(let answers):
-      let failed = answers.filter { $0.1 > 0 }.count
-      failovers += failed
-      metrics.failedOver(failed)
-      return answers.map(\.0)
-    case .failure(let error):
-      throw error
+    do {
+      let answer = try await tier.partialAttention(
+        requests.map { ReplicatedRequest($0.request, holders: $0.holders) },
+        timeout: options.requestTimeout)
+      failovers += answer.failovers
+      metrics.failedOver(answer.failovers)
+      return answer.partials
+    } catch  where error.code == .dataUnavailable {
+      throw error.prefixed("sequence \(ref)")
+    } catch {
+      throw HeteroKVError(.internalError, "sequence \(ref): \(error)", cause: error)
     }
   }
 }

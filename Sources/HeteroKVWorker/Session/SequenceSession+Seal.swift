@@ -81,7 +81,8 @@ extension SequenceSession {
           do {
             head.cache = try CompressedHeadCache(positions: positions, rows: keys, values: values)
           } catch {
-            throw HeteroKVError(.internalError, "sequence \(ref) layer \(l) head \(h): \(error)")
+            throw HeteroKVError(
+              .internalError, "sequence \(ref) layer \(l) head \(h): \(error)", cause: error)
           }
           head.index = nil
         } else if budget.role == .pivot, options.policy == .heterocache, let p = probabilities {
@@ -108,7 +109,8 @@ extension SequenceSession {
       }
     } catch {
       poisoned = HeteroKVError(
-        .internalError, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)")
+        .internalError, "sequence \(ref): coding keys failed, the sequence is unusable: \(error)",
+        cause: error)
       throw poisoned!
     }
     for (i, box) in boxes.enumerated() {
@@ -194,7 +196,7 @@ extension SequenceSession {
         last.append(perHead.map { $0[w - 1] })
       } catch {
         throw HeteroKVError(
-          .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)")
+          .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)", cause: error)
       }
     }
     return (profiles, last)
@@ -234,7 +236,8 @@ extension SequenceSession {
         try keys.append(contentsOf: HalfMatrix(halves: k, cols: d))
         try values.append(contentsOf: HalfMatrix(halves: answer.valueArray, cols: d))
       } catch {
-        throw HeteroKVError(.internalError, "sequence \(ref): gathered rows do not fit: \(error)")
+        throw HeteroKVError(
+          .internalError, "sequence \(ref): gathered rows do not fit: \(error)", cause: error)
       }
     }
     return (keys, values)

@@ -129,10 +129,8 @@ public struct PivotDriftMonitor: Sendable {
     let overlap = median(zip(current, reference).map { AttentionPattern.overlap($0, $1) })
     guard overlap < threshold else { return nil }
     reference = current
-    let n = probabilities.count / heads
-    let smoothed = (0..<heads).flatMap {
-      AttentionPattern.smooth(probabilities[$0 * n..<($0 + 1) * n], width: poolWidth)
-    }
-    return Drift(medianOverlap: overlap, ranking: AttentionPattern.maxOfRows(smoothed, rows: heads))
+    return Drift(
+      medianOverlap: overlap,
+      ranking: AttentionPattern.groupRanking(probabilities, rows: heads, poolWidth: poolWidth))
   }
 }

@@ -88,7 +88,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
               bytesMoved: upload))
         case .full(var store, var monitor):
           try store.append(input.keys.gather([newest]))
-          var scores = try store.scores(
+          let scores = try store.scores(
             queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
           let selections = try step.select(approximateScores: scores, heads: groupSize)
           let out = try step.contextVectors(
@@ -96,18 +96,16 @@ public struct HeteroCachePolicy: AttentionPolicy {
           var moved =
             selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
           // Pivots turn their approximate scores into probabilities on check steps only.
-          if var watch = monitor, watch.checks(step: input.step) {
-            _ = Softmax.normalizeRows(&scores, heads: groupSize, n: store.count)
+          if var watch = monitor {
             defer { monitor = watch }
-            if let drift = watch.observe(
-              step: input.step, probabilities: scores, heads: groupSize)
-            {
+            if let drift = watch.check(step: input.step, scores: scores, heads: groupSize) {
               drifted = true
               for (s, role) in roles.enumerated() {
                 guard case .satellite(let pivot) = role, pivot == h else { continue }
                 let decoded = Array(prefillTokens..<store.count)
-                let top = AttentionPattern.top(Array(drift.ranking[0..<prefillTokens]), k: caps[s])
-                pendingRefresh[s] = top + decoded
+                pendingRefresh[s] =
+                  HeteroCacheDecodeState.refreshedPrefix(
+                    drift: drift, prefillTokens: prefillTokens, cap: caps[s]) + decoded
                 moved += kvBytes(tokens: caps[s], headDim: d)
               }
             }
@@ -149,9 +147,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
     let budgets = try BudgetAllocator.allocate(
       profiles: profiles, memoryRatio: budget, prefillTokens: n, fullHeadCost: cost,
       minimumCap: minimumCap)
-    let compressedCaps = budgets.filter { !$0.role.keepsFullContext }.map(\.cap)
-    let uniform =
-      compressedCaps.isEmpty ? n / 8 : compressedCaps.reduce(0, +) / compressedCaps.count
+    let driftBudget = HeteroCacheDecodeState.driftBudget(
+      compressedCaps: budgets.filter { !$0.role.keepsFullContext }.map(\.cap), prefillTokens: n)
     let caps = mine.map { p in budgets.first { $0.layer == p.layer && $0.kvHead == p.kvHead }!.cap }
     let g = geometry.groupSize
     let heads: [State.Head] = try parallelMap(layer.heads.count) { h in
@@ -160,23 +157,19 @@ public struct HeteroCachePolicy: AttentionPolicy {
         queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
       switch mine[h].role {
       case .anchor, .satellite:
-        let smoothed = (0..<g).flatMap {
-          AttentionPattern.smooth(p[$0 * n..<($0 + 1) * n], width: configuration.poolWidth)
-        }
-        let ranking = AttentionPattern.maxOfRows(smoothed, rows: g)
+        let positions = HeteroCacheDecodeState.compressedPrefix(
+          probabilities: p, groupSize: g, prefillTokens: n, cap: caps[h],
+          poolWidth: configuration.poolWidth)
         return .compressed(
-          try CompressedHeadCache(
-            positions: AttentionPattern.top(ranking, k: caps[h]), keys: head.keys,
-            values: head.values))
+          try CompressedHeadCache(positions: positions, keys: head.keys, values: head.values))
       case .pivot, .volatile:
         var store = try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: keys)
         try store.append(head.keys)
-        let monitor: PivotDriftMonitor? =
-          mine[h].role == .pivot
-          ? PivotDriftMonitor(
-            prefillProbabilities: p, heads: g, budget: uniform, configuration: configuration)
-          : nil
-        return .full(store, monitor)
+        return .full(
+          store,
+          HeteroCacheDecodeState.driftMonitor(
+            role: mine[h].role, probabilities: p, groupSize: g, budget: driftBudget,
+            configuration: configuration))
       }
     }
     return State(

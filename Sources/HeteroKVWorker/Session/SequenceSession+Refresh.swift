@@ -12,13 +12,8 @@ extension SequenceSession {
   /// refreshing its satellites' caches from the memory tier in the background.
   func watchDrift(layer: Int, kvHead: Int, scores: [Float]) {
     guard var monitor = layers[layer].heads[kvHead].monitor else { return }
-    let step = layers[layer].decodeStep
-    guard monitor.checks(step: step) else { return }
-    let group = geometry.groupSize
-    var p = scores
-    let n = p.count / group
-    _ = Softmax.normalizeRows(&p, heads: group, n: n)
-    let drift = monitor.observe(step: step, probabilities: p, heads: group)
+    let drift = monitor.check(
+      step: layers[layer].decodeStep, scores: scores, heads: geometry.groupSize)
     layers[layer].heads[kvHead].monitor = monitor
     guard let drift else { return }
     let prefill = prefillTokens
@@ -26,7 +21,8 @@ extension SequenceSession {
       guard case .satellite(let pivot) = head.role, pivot == kvHead, head.cache != nil else {
         continue
       }
-      let positions = AttentionPattern.top(Array(drift.ranking[0..<prefill]), k: head.cap).sorted()
+      let positions = HeteroCacheDecodeState.refreshedPrefix(
+        drift: drift, prefillTokens: prefill, cap: head.cap)
       refreshes += 1
       metrics.refreshed()
       refreshTasks.append(

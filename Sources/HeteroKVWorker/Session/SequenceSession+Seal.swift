@@ -41,9 +41,9 @@ extension SequenceSession {
     }
     var caps: [HeadKey: HeadBudget] = [:]
     for b in budgets.heads { caps[HeadKey(layer: b.layer, kvHead: b.kvHead)] = b }
-    let compressedCaps = budgets.heads.filter { !$0.role.keepsFullContext }.map(\.cap)
-    let meanCap =
-      compressedCaps.isEmpty ? max(1, n / 8) : compressedCaps.reduce(0, +) / compressedCaps.count
+    let driftBudget = HeteroCacheDecodeState.driftBudget(
+      compressedCaps: budgets.heads.filter { !$0.role.keepsFullContext }.map(\.cap),
+      prefillTokens: n)
     for l in 0..<g.layers {
       for h in 0..<g.kvHeads {
         guard let budget = caps[HeadKey(layer: l, kvHead: h)] else {
@@ -64,12 +64,9 @@ extension SequenceSession {
         if compressed {
           var positions: [Int]
           if let p = probabilities {
-            let smoothed = (0..<g.groupSize).flatMap {
-              AttentionPattern.smooth(
-                p[$0 * length..<($0 + 1) * length], width: options.heteroCache.poolWidth)
-            }
-            let ranking = AttentionPattern.maxOfRows(smoothed, rows: g.groupSize)
-            positions = AttentionPattern.top(Array(ranking[0..<n]), k: head.cap).sorted()
+            positions = HeteroCacheDecodeState.compressedPrefix(
+              probabilities: p, groupSize: g.groupSize, prefillTokens: n, cap: head.cap,
+              poolWidth: options.heteroCache.poolWidth)
           } else {
             // No queries to rank by: the sinks and the most recent tokens.
             let sinks = min(options.settings.sinks, head.cap)
@@ -85,9 +82,9 @@ extension SequenceSession {
               .internalError, "sequence \(ref) layer \(l) head \(h): \(error)", cause: error)
           }
           head.index = nil
-        } else if budget.role == .pivot, options.policy == .heterocache, let p = probabilities {
-          head.monitor = PivotDriftMonitor(
-            prefillProbabilities: p, heads: g.groupSize, budget: meanCap,
+        } else if options.policy == .heterocache, let p = probabilities {
+          head.monitor = HeteroCacheDecodeState.driftMonitor(
+            role: budget.role, probabilities: p, groupSize: g.groupSize, budget: driftBudget,
             configuration: options.heteroCache)
         }
         layers[l].heads[h] = head

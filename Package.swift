@@ -11,7 +11,9 @@ let package = Package(
     .library(name: "HeteroKVTransport", targets: ["HeteroKVTransport"]),
     .library(name: "HeteroKVMemoryNode", targets: ["HeteroKVMemoryNode"]),
     .library(name: "HeteroKVMemoryClient", targets: ["HeteroKVMemoryClient"]),
+    .library(name: "HeteroKVSettings", targets: ["HeteroKVSettings"]),
     .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
+    .library(name: "HeteroKVControlPlane", targets: ["HeteroKVControlPlane"]),
     .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
     .library(name: "HeteroKVEngineClient", targets: ["HeteroKVEngineClient"]),
@@ -85,20 +87,40 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]
     ),
-    // The cluster file: YAML read into typed settings, every problem reported with its line.
+    // The typed settings of every role (coordinator, memory nodes, worker, budgets, security)
+    // as plain values: what the roles take, whoever read them. No YAML.
+    .target(
+      name: "HeteroKVSettings",
+      dependencies: ["HeteroKVCore", "HeteroKVWire"]
+    ),
+    // The cluster file: YAML read into the typed settings, every problem reported with its line.
     .target(
       name: "HeteroKVConfig",
       dependencies: [
         "HeteroKVCore",
         "HeteroKVWire",
+        "HeteroKVSettings",
         .product(name: "Yams", package: "Yams"),
       ]
     ),
-    // Plumbing every daemon shares: the Prometheus endpoint and gRPC servers as services.
+    // How gRPC control planes are secured and reached: the shared token on both sides, TLS
+    // for servers and clients, and the client connection every role's client uses.
+    .target(
+      name: "HeteroKVControlPlane",
+      dependencies: [
+        "HeteroKVWire",
+        "HeteroKVSettings",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+      ]
+    ),
+    // Plumbing every daemon shares: the Prometheus endpoint, health and readiness, and gRPC
+    // servers as services. No client code, no file reading.
     .target(
       name: "HeteroKVDaemon",
       dependencies: [
-        "HeteroKVConfig",
+        "HeteroKVControlPlane",
+        "HeteroKVSettings",
         "HeteroKVWire",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
@@ -145,7 +167,7 @@ let package = Package(
       dependencies: [
         "HeteroKVCore",
         "HeteroKVWire",
-        "HeteroKVConfig",
+        "HeteroKVSettings",
         "HeteroKVDaemon",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
@@ -161,6 +183,7 @@ let package = Package(
       dependencies: [
         "HeteroKVWire",
         "HeteroKVDaemon",
+        "HeteroKVControlPlane",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
@@ -175,7 +198,7 @@ let package = Package(
       dependencies: [
         "HeteroKVCore",
         "HeteroKVWire",
-        "HeteroKVDaemon",
+        "HeteroKVControlPlane",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
       ]
@@ -188,7 +211,7 @@ let package = Package(
       dependencies: [
         "HeteroKVCore",
         "HeteroKVWire",
-        "HeteroKVConfig",
+        "HeteroKVSettings",
         "HeteroKVDaemon",
         "HeteroKVMemoryClient",
         "HeteroKVCoordinatorClient",

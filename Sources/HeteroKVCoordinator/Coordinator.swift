@@ -1,5 +1,5 @@
 import CoreMetrics
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVCore
 import Logging
 

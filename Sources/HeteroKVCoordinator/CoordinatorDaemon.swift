@@ -1,6 +1,6 @@
 import HeteroKVCore
 import CoreMetrics
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVDaemon
 import HeteroKVWire
 import Logging

@@ -1,5 +1,5 @@
 import HeteroKVEngineClient
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVCoordinatorClient
 import HeteroKVCore
 import HeteroKVDaemon

@@ -1,5 +1,5 @@
 import HeteroKVEngineClient
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVCore
 
 /// How a worker keeps and serves its sequences: the model's geometry, the key codec, the

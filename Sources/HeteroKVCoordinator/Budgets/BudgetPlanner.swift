@@ -1,4 +1,4 @@
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVCore
 
 /// The budgets of one sequence: a token cap per KV head and what the policy allowed in all.

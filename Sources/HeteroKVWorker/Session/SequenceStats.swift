@@ -1,5 +1,5 @@
 import HeteroKVEngineClient
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVWire

@@ -1,6 +1,6 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
-import HeteroKVConfig
+import HeteroKVSettings
 import HeteroKVWire
 
 /// How a gRPC control plane is secured: the cluster's shared token (sent as
@@ -21,7 +21,7 @@ public struct ControlPlaneSecurity: Sendable, Hashable {
   public static let none = ControlPlaneSecurity()
 
   /// The server side of the TLS settings.
-  var serverTransportSecurity: HTTP2ServerTransport.Posix.TransportSecurity {
+  package var serverTransportSecurity: HTTP2ServerTransport.Posix.TransportSecurity {
     guard let tls else { return .plaintext }
     let chain: [TLSConfig.CertificateSource] = [.file(path: tls.certificate, format: .pem)]
     let key: TLSConfig.PrivateKeySource = .file(path: tls.key, format: .pem)
@@ -46,7 +46,7 @@ public struct ControlPlaneSecurity: Sendable, Hashable {
   }
 
   /// Interceptors a server installs: the token check when there is a token.
-  var serverInterceptors: [any ServerInterceptor] {
+  package var serverInterceptors: [any ServerInterceptor] {
     token.map { [BearerTokenCheck(token: $0)] } ?? []
   }
 
@@ -69,7 +69,7 @@ struct BearerTokenCheck: ServerInterceptor {
       @Sendable (StreamingServerRequest<Input>, ServerContext) async throws
       -> StreamingServerResponse<Output>
   ) async throws -> StreamingServerResponse<Output> {
-    if context.descriptor.service.fullyQualifiedService == HealthService.serviceName {
+    if context.descriptor.service == Grpc_Health_V1_Health.descriptor {
       return try await next(request, context)
     }
     let presented = request.metadata[stringValues: "authorization"].first(where: { _ in true })

@@ -1,0 +1,2 @@
+// Daemons serve with the control plane's security.
+@_exported import HeteroKVControlPlane

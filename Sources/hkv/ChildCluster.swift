@@ -25,46 +25,32 @@ final class ChildCluster: @unchecked Sendable {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-demo-\(ProcessInfo.processInfo.processIdentifier)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    func port() throws -> Int { try freePort() }
-    var yaml = """
-      cluster: demo
-      model:
-        name: \(model.name)
-        layers: \(model.layers)
-        query_heads: \(model.queryHeads)
-        kv_heads: \(model.kvHeads)
-        head_dim: \(model.headDim)
-      coordinator:
-        control: 127.0.0.1:\(try port())
-        state_dir: \(directory.path)/coordinator
-        lease: 5s
-        heartbeat: 1s
-      worker:
-        control: 127.0.0.1:\(try port())
-        key_codec: \(keyCodec)
-        key_bits: \(keyBits)
-        tau: \(tau)
-        output_mode: \(outputMode)
-      budgets:
-        policy: \(policy)
-        memory_fraction: \(budget)
-      replication: \(replication)
-      memory_nodes:
-
-      """
-    for i in 0..<memoryNodes {
-      yaml += """
-          - id: mem-\(i)
-            data: 127.0.0.1:\(try port())
-            control: 127.0.0.1:\(try port())
-            capacity: \(capacityBytes)
-
-        """
+    func port() throws -> HostPort { HostPort(host: "127.0.0.1", port: try freePort()) }
+    guard let policy = BudgetPolicyKind(rawValue: policy),
+      let keyCodec = KeyCodecKind(rawValue: keyCodec),
+      let outputMode = HCAttentionOutputMode(rawValue: outputMode)
+    else {
+      throw CommandFailure(
+        description: "the demo's cluster: unknown policy, key codec or output mode")
     }
+    var worker = WorkerSettings(
+      control: try port(), keyCodec: keyCodec, keyBits: keyBits, tau: tau)
+    worker.outputMode = outputMode
+    let planned = ClusterConfiguration(
+      name: "demo", model: model,
+      coordinator: CoordinatorSettings(
+        control: try port(), stateDirectory: directory.appendingPathComponent("coordinator").path,
+        leaseSeconds: 5, heartbeatSeconds: 1),
+      memoryNodes: try (0..<memoryNodes).map { i in
+        MemoryNodeSettings(
+          id: "mem-\(i)", data: try port(), control: try port(), capacityBytes: capacityBytes)
+      },
+      worker: worker, budgets: BudgetSettings(policy: policy, memoryFraction: budget),
+      replication: replication)
     let file = directory.appendingPathComponent("cluster.yaml")
-    try yaml.write(to: file, atomically: true, encoding: .utf8)
     let configuration: ClusterConfiguration
     do {
+      try planned.yaml().write(to: file, atomically: true, encoding: .utf8)
       configuration = try ClusterConfiguration.load(path: file.path)
     } catch {
       throw CommandFailure(description: "the demo's cluster file: \(error)")

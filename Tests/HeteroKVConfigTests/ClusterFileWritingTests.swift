@@ -1,0 +1,53 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVWire
+import Testing
+
+@Suite("Cluster file writing") struct ClusterFileWritingTests {
+  @Test("settings written as YAML read back equal, every section and optional key included")
+  func roundTrip() throws {
+    var worker = WorkerSettings(
+      control: HostPort(host: "::1", port: 7300), metrics: HostPort(host: "127.0.0.1", port: 0),
+      keyCodec: .scalar, keyBits: 4, groupSize: 8, window: 32, sinks: 2, tau: 0.95,
+      capSelection: true)
+    worker.outputMode = .exact
+    let full = ClusterConfiguration(
+      name: "true",  // a name YAML would read as a boolean if it were not quoted
+      model: try ModelGeometry.preset(named: "smollm2-135m"),
+      coordinator: CoordinatorSettings(
+        control: HostPort(host: "10.0.0.1", port: 7000),
+        metrics: HostPort(host: "10.0.0.1", port: 9000), stateDirectory: "/var/lib/hkv: state",
+        leaseSeconds: 7.5, heartbeatSeconds: 0.25, snapshotEvery: 64),
+      memoryNodes: [
+        MemoryNodeSettings(
+          id: "0012", data: HostPort(host: "h1", port: 7100),
+          control: HostPort(host: "h1", port: 7101), metrics: HostPort(host: "h1", port: 9101),
+          capacityBytes: 3 << 30, pageBytes: 1 << 16, transport: .rdma),
+        MemoryNodeSettings(
+          id: "b", data: HostPort(host: "h2", port: 7100),
+          control: HostPort(host: "h2", port: 7101), capacityBytes: 1 << 20),
+      ],
+      worker: worker,
+      budgets: BudgetSettings(
+        policy: .hcattention, memoryFraction: 0.125, minTokens: 16, maxTokens: 1 << 20,
+        fullHeadCost: 0.2, stabilityThreshold: 0.4, similarityThreshold: 0.7,
+        profileIntervalSteps: 32),
+      replication: 2,
+      security: SecuritySettings(
+        tokenEnvironmentVariable: "HKV_TOKEN", tokenFile: "/etc/hkv/token",
+        tls: TLSSettings(
+          certificate: "/etc/hkv/cert.pem", key: "/etc/hkv/key.pem", ca: "/etc/hkv/ca.pem",
+          requireClientCertificates: true, serverName: "hkv.internal")))
+    let text = try full.yaml()
+    #expect(try ClusterConfiguration.parse(yaml: text) == full, "\(text)")
+
+    let minimal = ClusterConfiguration(
+      name: "m",
+      memoryNodes: [
+        MemoryNodeSettings(
+          id: "n", data: HostPort(host: "127.0.0.1", port: 1),
+          control: HostPort(host: "127.0.0.1", port: 2), capacityBytes: 1 << 16)
+      ])
+    #expect(try ClusterConfiguration.parse(yaml: minimal.yaml()) == minimal)
+  }
+}

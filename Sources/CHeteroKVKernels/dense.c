@@ -3,13 +3,7 @@
 // split the rows across cores; each call runs every token against its rows so a weight row is
 // read from memory once per call and reused from cache for every token.
 
-#include "hkv_kernels.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define HKV_X86 1
-#include <immintrin.h>
-#define HKV_AVX2 __attribute__((target("avx2,fma,f16c")))
-#endif
+#include "kernels_internal.h"
 
 static void matmul_rows_portable(const float *x, size_t tokens, size_t in, const float *w,
                                  size_t rows, float *y, size_t y_stride) {
@@ -137,15 +131,18 @@ HKV_AVX2 static void matmul_rows_avx2(const float *x, size_t tokens, size_t in, 
 }
 #endif
 
-void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
-                         float *y, size_t y_stride) {
-#ifdef HKV_X86
-  if (hkv_kernels_vectorized()) {
-    matmul_rows_avx2(x, tokens, in, w, rows, y, y_stride);
-    return;
-  }
-#endif
+void matmul_rows_f32_portable(const float *x, size_t tokens, size_t in, const float *w,
+                              size_t rows, float *y, size_t y_stride) {
   matmul_rows_portable(x, tokens, in, w, rows, y, y_stride);
+}
+
+void matmul_rows_f32_vectorized(const float *x, size_t tokens, size_t in, const float *w,
+                                size_t rows, float *y, size_t y_stride) {
+#ifdef HKV_X86
+  matmul_rows_avx2(x, tokens, in, w, rows, y, y_stride);
+#else
+  matmul_rows_portable(x, tokens, in, w, rows, y, y_stride);
+#endif
 }
 
 // Row r keeps its first visible[r] scores (softmax-normalised) and zeroes the rest: causal
@@ -170,7 +167,7 @@ void hkv_causal_softmax_rows(float *scores, size_t rows, size_t n, const size_t 
 #include <stdlib.h>
 #include <string.h>
 
-static inline float half_to_float(const unsigned char *p) {
+static inline float half_at(const unsigned char *p) {
   _Float16 h;
   memcpy(&h, p, 2);
   return (float)h;
@@ -191,11 +188,11 @@ void hkv_dequantize_row(const void *w, int type, size_t in, size_t row, float *o
   switch (type) {
   case HKV_WEIGHTS_F32: memcpy(out, p, in * 4); break;
   case HKV_WEIGHTS_F16:
-    for (size_t i = 0; i < in; i++) out[i] = half_to_float(p + 2 * i);
+    for (size_t i = 0; i < in; i++) out[i] = half_at(p + 2 * i);
     break;
   case HKV_WEIGHTS_Q4_1:
     for (size_t b = 0; b < in / 32; b++, p += 20, out += 32) {
-      float d = half_to_float(p), m = half_to_float(p + 2);
+      float d = half_at(p), m = half_at(p + 2);
       for (int j = 0; j < 16; j++) {
         out[j] = d * (float)(p[4 + j] & 15) + m;
         out[j + 16] = d * (float)(p[4 + j] >> 4) + m;
@@ -204,7 +201,7 @@ void hkv_dequantize_row(const void *w, int type, size_t in, size_t row, float *o
     break;
   case HKV_WEIGHTS_Q8_0:
     for (size_t b = 0; b < in / 32; b++, p += 34, out += 32) {
-      float d = half_to_float(p);
+      float d = half_at(p);
       for (int j = 0; j < 32; j++) out[j] = d * (float)(signed char)p[2 + j];
     }
     break;
@@ -231,7 +228,7 @@ static float dot_row_portable(const float *x, const unsigned char *p, int type, 
 }
 
 #ifdef HKV_X86
-// The block scales in hardware (F16C); the portable half_to_float is a library call.
+// The block scales in hardware (F16C); the portable half_at is a library call.
 HKV_AVX2 static inline float half_f16c(const unsigned char *p) {
   unsigned short h;
   memcpy(&h, p, 2);
@@ -311,22 +308,25 @@ HKV_AVX2 static void gemv_q8_0_avx2(const float *x, size_t tokens, size_t in,
 }
 #endif
 
-void hkv_matmul_rows_quantized(const float *x, size_t tokens, size_t in, const void *w,
-                               int type, size_t rows, float *y, size_t y_stride) {
+static void matmul_rows_quantized_with(int vectorized, const float *x, size_t tokens,
+                                       size_t in, const void *w, int type, size_t rows,
+                                       float *y, size_t y_stride) {
+  void (*f32)(const float *, size_t, size_t, const float *, size_t, float *, size_t) =
+      vectorized ? matmul_rows_f32_vectorized : matmul_rows_f32_portable;
   size_t row_bytes = hkv_weight_row_bytes(type, in);
   if (row_bytes == 0) return;
   const unsigned char *wb = (const unsigned char *)w;
   if (type == HKV_WEIGHTS_F32) {
-    hkv_matmul_rows_f32(x, tokens, in, (const float *)w, rows, y, y_stride);
+    f32(x, tokens, in, (const float *)w, rows, y, y_stride);
     return;
   }
   if (tokens < 8) {
 #ifdef HKV_X86
-    if (hkv_kernels_vectorized() && type == HKV_WEIGHTS_Q4_1) {
+    if (vectorized && type == HKV_WEIGHTS_Q4_1) {
       gemv_q4_1_avx2(x, tokens, in, wb, rows, y, y_stride);
       return;
     }
-    if (hkv_kernels_vectorized() && type == HKV_WEIGHTS_Q8_0) {
+    if (vectorized && type == HKV_WEIGHTS_Q8_0) {
       gemv_q8_0_avx2(x, tokens, in, wb, rows, y, y_stride);
       return;
     }
@@ -342,7 +342,17 @@ void hkv_matmul_rows_quantized(const float *x, size_t tokens, size_t in, const v
   for (size_t r0 = 0; r0 < rows; r0 += tile) {
     size_t nr = rows - r0 < tile ? rows - r0 : tile;
     for (size_t r = 0; r < nr; r++) hkv_dequantize_row(wb, type, in, r0 + r, buffer + r * in);
-    hkv_matmul_rows_f32(x, tokens, in, buffer, nr, y + r0, y_stride);
+    f32(x, tokens, in, buffer, nr, y + r0, y_stride);
   }
   free(buffer);
+}
+
+void matmul_rows_quantized_portable(const float *x, size_t tokens, size_t in, const void *w,
+                                    int type, size_t rows, float *y, size_t y_stride) {
+  matmul_rows_quantized_with(0, x, tokens, in, w, type, rows, y, y_stride);
+}
+
+void matmul_rows_quantized_vectorized(const float *x, size_t tokens, size_t in, const void *w,
+                                      int type, size_t rows, float *y, size_t y_stride) {
+  matmul_rows_quantized_with(1, x, tokens, in, w, type, rows, y, y_stride);
 }

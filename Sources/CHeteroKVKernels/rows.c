@@ -3,13 +3,9 @@
 // hkv_gather_rows_f16 (once per request, whatever the number of heads). Also CRC-32C for the
 // data plane's frames.
 
-#include "hkv_kernels.h"
+#include "kernels_internal.h"
 
-#include <string.h>
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define HKV_X86 1
-#include <immintrin.h>
+#ifdef HKV_X86
 #define HKV_SSE42 __attribute__((target("sse4.2")))
 #endif
 
@@ -57,25 +53,20 @@ HKV_SSE42 static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t n)
   return ~c32;
 }
 
-static int sse42_state = -1;
-static int has_sse42(void) {
-  int s = __atomic_load_n(&sse42_state, __ATOMIC_RELAXED);
-  if (s >= 0) return s;
-  __builtin_cpu_init();
-  s = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-  __atomic_store_n(&sse42_state, s, __ATOMIC_RELAXED);
-  return s;
-}
-
 #endif
 
 void hkv_gather_rows_f16(const uint16_t *const *rows, size_t n, size_t d, uint16_t *dst) {
   gather_rows_portable(rows, n, d, dst);
 }
 
-uint32_t hkv_crc32c(uint32_t crc, const void *data, size_t n) {
-#ifdef HKV_X86
-  if (hkv_kernels_vectorized() && has_sse42()) return crc32c_sse42(crc, data, n);
-#endif
+uint32_t crc32c_table_driven(uint32_t crc, const void *data, size_t n) {
   return crc32c_portable(crc, data, n);
+}
+
+uint32_t crc32c_hardware(uint32_t crc, const void *data, size_t n) {
+#ifdef HKV_X86
+  return crc32c_sse42(crc, data, n);
+#else
+  return crc32c_portable(crc, data, n);
+#endif
 }

@@ -1,66 +1,193 @@
+import CHeteroKVKernels
 import Testing
 
 @testable import HeteroKVCore
 
-/// The portable C kernels must agree with the vectorized ones: CI machines without AVX2 run
-/// only the portable path. Serialized so that forcing the portable path does not race.
-@Suite(.serialized) struct KernelParityTests {
-  func bothPaths<T>(_ body: () throws -> T) rethrows -> (vector: T, portable: T) {
-    let v = try body()
-    let p = try Kernels.withPortableKernels(body)
-    return (v, p)
+/// The vectorized kernels must agree with the portable ones (CI machines without AVX2 run
+/// only the portable set). Each check calls both kernel tables directly, per call, so no
+/// other suite running at the same time can change which set a check measures.
+@Suite struct KernelParityTests {
+  let portable = hkv_kernels_portable().pointee
+
+  /// The AVX2 set; this suite is only meaningful where the CPU has it, which it requires.
+  func vectorized() throws -> hkv_kernel_table {
+    try #require(hkv_kernels_avx2(), "this CPU has no AVX2 + FMA + F16C kernels to compare").pointee
   }
 
-  @Test func everyKernelAgreesWithItsPortableVersion() throws {
-    let d = 128
-    let n = 203
-    let keys = try randomMatrix(rows: n, cols: d, seed: 1)
-    let values = try randomMatrix(rows: n, cols: d, seed: 2)
-    let q = randomFloats(4 * d, seed: 3)
+  func halves(_ count: Int, seed: UInt64, scale: Float = 1) -> [UInt16] {
+    Kernels.toHalf(randomFloats(count, seed: seed, scale: scale)).map(\.bitPattern)
+  }
 
-    let conversions = bothPaths { Kernels.toHalf(randomFloats(1001, seed: 4, scale: 100)) }
-    #expect(conversions.vector == conversions.portable)
+  /// `body` run with each table, its outputs side by side.
+  func both<T>(_ body: (hkv_kernel_table) -> T) throws -> (portable: T, vector: T) {
+    (body(portable), body(try vectorized()))
+  }
 
-    let scores = bothPaths { Kernels.scores(queries: q, heads: 4, keys: keys, scale: 0.3) }
+  @Test func conversionsAndFP16Kernels() throws {
+    let (d, n, heads) = (128, 203, 4)
+    let source = randomFloats(1001, seed: 4, scale: 100)
+    let toHalf = try both { t in
+      var out = [UInt16](repeating: 0, count: source.count)
+      t.f32_to_f16(source, &out, source.count)
+      return out
+    }
+    #expect(toHalf.portable == toHalf.vector)
+    let toFloat = try both { t in
+      var out = [Float](repeating: 0, count: source.count)
+      t.f16_to_f32(toHalf.portable, &out, source.count)
+      return out
+    }
+    #expect(toFloat.portable == toFloat.vector)
+
+    let keys = halves(n * d, seed: 1)
+    let values = halves(n * d, seed: 2)
+    let q = randomFloats(heads * d, seed: 3)
+    let scores = try both { t in
+      var out = [Float](repeating: 0, count: heads * n)
+      t.scores_f16(q, heads, keys, n, d, 0.3, &out)
+      return out
+    }
     #expect(relativeError(scores.portable, scores.vector) < 1e-5)
-
-    let full = try bothPaths {
-      try FullAttention.attend(queries: q, heads: 4, keys: keys, values: values)
-    }
-    #expect(relativeError(full.portable.outputs, full.vector.outputs) < 1e-5)
-
-    let sel = try bothPaths {
-      try TauMassSelection.select(scores: Array(scores.vector[0..<n])[...], tau: 0.9)
-    }
-    #expect(sel.vector.indices == sel.portable.indices)
-
-    let step = try HCAttentionStep()
-    let sparse = try bothPaths {
-      try step.contextVectors(
-        selections: try step.select(approximateScores: scores.vector, heads: 4), queries: q,
-        keys: nil, values: values)
-    }
-    #expect(relativeError(sparse.portable.outputs, sparse.vector.outputs) < 1e-5)
-
-    for bits in [2, 4, 8] {
-      let config = try ScalarQuantizerConfiguration(bits: bits, groupSize: 32, window: 8)
-      var store = try ScalarQuantizedKeyStore(headDim: d, configuration: config)
-      try store.append(keys)
-      let s = try bothPaths { try store.scores(queries: q, heads: 4, scale: 0.5) }
-      // 4 bits use an int16 query on the vector path: 1 part in 32767 of the largest channel.
-      #expect(relativeError(s.portable, s.vector) < 1e-4, "bits \(bits)")
+    // Against a plain dot product too, so that both cannot be wrong together.
+    let reference = try HalfMatrix(halves: keys.map(Float16.init(bitPattern:)), cols: d)
+    for j in [0, 101, n - 1] {
+      let expected = 0.3 * dot(Array(q[0..<d]), reference.row(j))
+      #expect(abs(scores.portable[j] - expected) < 1e-3 * max(1, abs(expected)))
     }
 
-    let version = CodebookVersion(
-      geometry: "t", layer: 0, kvHead: 0, headDim: d, subvectors: 32, centroids: 64,
-      calibration: .ownPrefill)
-    let book = try ProductCodebook.train(
-      keys: keys, configuration: try ProductQuantizerConfiguration(subvectors: 32, centroids: 64),
-      version: version)
-    let codes = try bothPaths { try book.encode(keys) }
-    #expect(codes.vector == codes.portable)
-    let store = try ProductQuantizedKeyStore(codebook: book, codes: codes.vector)
-    let pq = try bothPaths { try store.scores(queries: q, heads: 4, scale: 0.5) }
-    #expect(relativeError(pq.portable, pq.vector) < 1e-5)
+    let probabilities = randomFloats(heads * n, seed: 5).map { abs($0) }
+    let dense = try both { t in
+      var out = [Float](repeating: 0, count: heads * d)
+      t.weighted_sum_dense_f16(values, n, d, probabilities, heads, &out)
+      return out
+    }
+    #expect(relativeError(dense.portable, dense.vector) < 1e-5)
+
+    let indices: [Int32] = [0, 3, 4, 17, 90, 91, 92, 150, 202]
+    let weights = randomFloats(heads * indices.count, seed: 6).map { abs($0) }
+    let sparse = try both { t in
+      var out = [Float](repeating: 0, count: heads * d)
+      t.weighted_sum_sparse_multi_f16(values, d, indices, weights, indices.count, heads, &out)
+      return out
+    }
+    #expect(relativeError(sparse.portable, sparse.vector) < 1e-5)
+
+    let logits = randomFloats(n, seed: 7, scale: 4)
+    let softmax = try both { t in
+      var x = logits
+      var m: Float = 0
+      let sum = t.softmax_exp(&x, n, &m)
+      return (x, m, sum)
+    }
+    #expect(softmax.portable.1 == softmax.vector.1)
+    #expect(relativeError(softmax.portable.0, softmax.vector.0) < 1e-5)
+    #expect(abs(softmax.portable.2 - softmax.vector.2) < 1e-4 * softmax.portable.2)
+
+    let scan = randomFloats(4099, seed: 8)
+    let sums = try both { t in t.scan_sum_f32(scan, scan.count) }
+    #expect(abs(sums.portable - sums.vector) < 1e-3)
+  }
+
+  @Test func productQuantizationKernels() throws {
+    let (g, c, s, n, heads) = (32, 64, 4, 203, 4)
+    let centroids = halves(g * c * s, seed: 11)
+    let q = randomFloats(heads * g * s, seed: 12)
+    let lut = try both { t in
+      var out = [Float](repeating: 0, count: g * c * 4)
+      t.pq_lut_x4(centroids, g, c, s, q, heads, &out)
+      return out
+    }
+    #expect(relativeError(lut.portable, lut.vector) < 1e-5)
+
+    var rng = SeededGenerator(seed: 13)
+    let codes16 = (0..<(n * g)).map { _ in UInt16(rng.next() % UInt64(c)) }
+    let codes8 = codes16.map { UInt8($0) }
+    let wide = try both { t in
+      var out = [Float](repeating: 0, count: 4 * n)
+      t.pq_scores_x4(lut.portable, g, c, codes16, n, &out)
+      return out
+    }
+    #expect(relativeError(wide.portable, wide.vector) < 1e-5)
+    let narrow = try both { t in
+      var out = [Float](repeating: 0, count: 4 * n)
+      t.pq_scores_x4_u8(lut.portable, g, c, codes8, n, &out)
+      return out
+    }
+    #expect(relativeError(narrow.portable, narrow.vector) < 1e-5)
+    #expect(relativeError(narrow.portable, wide.portable) < 1e-6)
+
+    // Nearest centroids of one sub-space: the same code for every point.
+    let points = randomFloats(n * s, seed: 14)
+    let soa = randomFloats(s * c, seed: 15)
+    let norms = (0..<c).map { m in
+      (0..<s).reduce(Float(0)) { $0 + soa[$1 * c + m] * soa[$1 * c + m] }
+    }
+    let nearest = try both { t in
+      var out = [UInt16](repeating: 0, count: n)
+      t.nearest_centroids(points, n, s, s, soa, norms, c, &out, 1)
+      return out
+    }
+    #expect(nearest.portable == nearest.vector)
+  }
+
+  @Test(arguments: [2, 4, 8])
+  func scalarQuantizedScores(bits: Int) throws {
+    let (d, heads, groupSize, groups) = (128, 4, 32, 3)
+    var rng = SeededGenerator(seed: UInt64(20 + bits))
+    let codes = (0..<(groups * groupSize * d * bits / 8)).map { _ in
+      UInt8(truncatingIfNeeded: rng.next())
+    }
+    let scales = Kernels.toHalf(randomFloats(groups * d, seed: 21).map { abs($0) / 8 + 0.01 })
+      .map(\.bitPattern)
+    let zeros = halves(groups * d, seed: 22)
+    let q = randomFloats(heads * d, seed: 23)
+    let n = groups * groupSize
+    let scores = try both { t in
+      var out = [Float](repeating: 0, count: heads * n)
+      t.sq_group_scores(q, heads, codes, scales, zeros, groups, groupSize, d, bits, 0.5, &out, n)
+      return out
+    }
+    // 4 bits use an int16 query on the vector path: 1 part in 32767 of the largest channel.
+    #expect(relativeError(scores.portable, scores.vector) < 1e-4, "bits \(bits)")
+    #expect(scores.portable.contains { $0 != 0 })
+  }
+
+  @Test(
+    "the two tables hold different code for every kernel, so no check compares a set with itself")
+  func tablesAreDistinct() throws {
+    let v = try vectorized()
+    func address<F>(_ f: F) -> UnsafeRawPointer { unsafeBitCast(f, to: UnsafeRawPointer.self) }
+    let pairs: [(String, UnsafeRawPointer, UnsafeRawPointer)] = [
+      ("f16_to_f32", address(portable.f16_to_f32), address(v.f16_to_f32)),
+      ("f32_to_f16", address(portable.f32_to_f16), address(v.f32_to_f16)),
+      ("scores_f16", address(portable.scores_f16), address(v.scores_f16)),
+      ("dense", address(portable.weighted_sum_dense_f16), address(v.weighted_sum_dense_f16)),
+      (
+        "sparse", address(portable.weighted_sum_sparse_multi_f16),
+        address(v.weighted_sum_sparse_multi_f16)
+      ),
+      ("pq_scores_x4", address(portable.pq_scores_x4), address(v.pq_scores_x4)),
+      ("pq_scores_x4_u8", address(portable.pq_scores_x4_u8), address(v.pq_scores_x4_u8)),
+      ("pq_lut_x4", address(portable.pq_lut_x4), address(v.pq_lut_x4)),
+      ("sq4_scores", address(portable.sq4_scores), address(v.sq4_scores)),
+      ("sq_group_scores", address(portable.sq_group_scores), address(v.sq_group_scores)),
+      ("nearest_centroids", address(portable.nearest_centroids), address(v.nearest_centroids)),
+      ("softmax_exp", address(portable.softmax_exp), address(v.softmax_exp)),
+      ("scan_sum_f32", address(portable.scan_sum_f32), address(v.scan_sum_f32)),
+      ("crc32c", address(portable.crc32c), address(v.crc32c)),
+      ("matmul_rows_f32", address(portable.matmul_rows_f32), address(v.matmul_rows_f32)),
+      (
+        "matmul_rows_quantized", address(portable.matmul_rows_quantized),
+        address(v.matmul_rows_quantized)
+      ),
+    ]
+    for (name, p, vec) in pairs { #expect(p != vec, "\(name)") }
+    #expect(portable.vectorized == 0 && v.vectorized == 1)
+  }
+
+  @Test func theActiveTableIsTheBestTheCPUHas() {
+    let active = hkv_kernels_vectorized() != 0
+    #expect(active == (hkv_kernels_avx2() != nil))
+    #expect(Kernels.isVectorized == active)
   }
 }

@@ -11,9 +11,53 @@ extern "C" {
 /// 1 when the AVX2 + FMA + F16C kernels are in use, 0 for the portable fallback.
 int hkv_kernels_vectorized(void);
 
-/// Forces the portable kernels (1) or returns to detection (0); tests use it to check that
-/// both paths agree. Process-wide.
-void hkv_kernels_force_portable(int force);
+/// One complete set of kernel implementations. The hkv_* functions below call the set in use;
+/// a caller that wants a particular one (a parity check, a benchmark of both) calls through
+/// its table, per call, without changing what anyone else runs. Same contracts as the hkv_*
+/// function of the same name.
+#pragma clang assume_nonnull begin
+typedef struct hkv_kernel_table {
+  /// 1 for the AVX2 + FMA + F16C set, 0 for the portable one.
+  int vectorized;
+  void (*f16_to_f32)(const uint16_t *src, float *dst, size_t n);
+  void (*f32_to_f16)(const float *src, uint16_t *dst, size_t n);
+  void (*scores_f16)(const float *q, size_t heads, const uint16_t *keys, size_t n, size_t d,
+                     float scale, float *scores);
+  void (*weighted_sum_dense_f16)(const uint16_t *values, size_t n, size_t d, const float *probs,
+                                 size_t heads, float *out);
+  void (*weighted_sum_sparse_multi_f16)(const uint16_t *values, size_t d, const int32_t *indices,
+                                        const float *weights, size_t count, size_t heads,
+                                        float *out);
+  void (*pq_scores_x4)(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
+                       float *scores);
+  void (*pq_scores_x4_u8)(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n,
+                          float *scores);
+  void (*pq_lut_x4)(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                    size_t heads, float *lut);
+  void (*sq4_scores)(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                     size_t n, size_t d, float scale, float *scores, size_t stride);
+  void (*sq_group_scores)(const float *q, size_t heads, const uint8_t *codes,
+                          const uint16_t *scales, const uint16_t *zeros, size_t groups,
+                          size_t group_size, size_t d, size_t bits, float scale, float *scores,
+                          size_t stride);
+  void (*nearest_centroids)(const float *points, size_t n, size_t stride, size_t s,
+                            const float *centroids, const float *norms, size_t c,
+                            uint16_t *codes, size_t code_stride);
+  float (*softmax_exp)(float *x, size_t n, float *max_out);
+  double (*scan_sum_f32)(const float *x, size_t n);
+  uint32_t (*crc32c)(uint32_t crc, const void *data, size_t n);
+  void (*matmul_rows_f32)(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
+                          float *y, size_t y_stride);
+  void (*matmul_rows_quantized)(const float *x, size_t tokens, size_t in, const void *w,
+                                int type, size_t rows, float *y, size_t y_stride);
+} hkv_kernel_table;
+#pragma clang assume_nonnull end
+
+/// The portable C kernels: available everywhere.
+const hkv_kernel_table *_Nonnull hkv_kernels_portable(void);
+
+/// The AVX2 + FMA + F16C kernels, or NULL where the CPU (or the build) lacks them.
+const hkv_kernel_table *_Nullable hkv_kernels_avx2(void);
 
 /// Converts IEEE half-precision bit patterns to single precision.
 void hkv_f16_to_f32(const uint16_t *src, float *dst, size_t n);

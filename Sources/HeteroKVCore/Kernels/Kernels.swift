@@ -6,14 +6,6 @@ public enum Kernels {
   /// Whether the AVX2 + FMA + F16C kernels are in use on this CPU.
   public static var isVectorized: Bool { hkv_kernels_vectorized() != 0 }
 
-  /// Runs `body` with the portable kernels forced (process-wide), for checking that both
-  /// paths agree; restores detection afterwards.
-  public static func withPortableKernels<T>(_ body: () throws -> T) rethrows -> T {
-    hkv_kernels_force_portable(1)
-    defer { hkv_kernels_force_portable(0) }
-    return try body()
-  }
-
   /// Σ values: a plain streaming read, the memory bandwidth reference for benchmarks.
   public static func scanSum(_ values: [Float]) -> Double {
     hkv_scan_sum_f32(values, values.count)

@@ -1,0 +1,348 @@
+// AVX2 + FMA + F16C kernels over codes: product-quantization lookups, scalar 4-bit scores,
+// softmax exponentials, nearest centroids and the bandwidth scan. Chosen at run time by
+// dispatch.c.
+
+#include "kernels_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef HKV_X86
+
+// Eight tokens at a time: each code selects a 16-byte entry holding the four heads' partial
+// scores, so one load serves the whole query group; eight independent accumulators hide the
+// add latency, and two 4x4 transposes write head-major rows.
+// Four codes per load (64 bits of 16-bit codes, 32 bits of 8-bit codes); the shifts run on
+// the ALUs, not the load ports. WORD_T is the load, BITS the code width.
+#define PQ_SCORES_X4_AVX2(NAME, CODE_T, WORD_T, BITS)                                        \
+  HKV_AVX2 HKV_INTERNAL void NAME(const float *lut, size_t g, size_t c, const CODE_T *codes,       \
+                            size_t n, float *scores) {                                       \
+    const WORD_T mask = ((WORD_T)1 << BITS) - 1;                                             \
+    size_t j = 0;                                                                            \
+    for (; j + 8 <= n; j += 8) {                                                             \
+      const CODE_T *cj = codes + j * g;                                                      \
+      if (j + 40 <= n) prefetch_lines(cj + 32 * g, 8 * g * sizeof(CODE_T));                  \
+      __m128 a[8];                                                                           \
+      for (int t = 0; t < 8; t++) a[t] = _mm_setzero_ps();                                   \
+      size_t i = 0;                                                                          \
+      for (; i + 4 <= g; i += 4) {                                                           \
+        const float *b0 = lut + i * c * 4, *b1 = b0 + c * 4, *b2 = b1 + c * 4,               \
+                    *b3 = b2 + c * 4;                                                        \
+        for (int t = 0; t < 8; t++) {                                                        \
+          WORD_T w;                                                                          \
+          memcpy(&w, cj + t * g + i, sizeof w);                                              \
+          __m128 x = _mm_add_ps(_mm_loadu_ps(b0 + (size_t)(w & mask) * 4),                   \
+                                _mm_loadu_ps(b1 + (size_t)((w >> BITS) & mask) * 4));        \
+          __m128 y = _mm_add_ps(_mm_loadu_ps(b2 + (size_t)((w >> (2 * BITS)) & mask) * 4),   \
+                                _mm_loadu_ps(b3 + (size_t)(w >> (3 * BITS)) * 4));           \
+          a[t] = _mm_add_ps(a[t], _mm_add_ps(x, y));                                         \
+        }                                                                                    \
+      }                                                                                      \
+      for (; i < g; i++) {                                                                   \
+        const float *base = lut + i * c * 4;                                                 \
+        for (int t = 0; t < 8; t++)                                                          \
+          a[t] = _mm_add_ps(a[t], _mm_loadu_ps(base + (size_t)cj[t * g + i] * 4));           \
+      }                                                                                      \
+      _MM_TRANSPOSE4_PS(a[0], a[1], a[2], a[3]);                                             \
+      _MM_TRANSPOSE4_PS(a[4], a[5], a[6], a[7]);                                             \
+      for (int h = 0; h < 4; h++) {                                                          \
+        _mm_storeu_ps(scores + h * n + j, a[h]);                                             \
+        _mm_storeu_ps(scores + h * n + j + 4, a[4 + h]);                                     \
+      }                                                                                      \
+    }                                                                                        \
+    for (size_t t = j; t < n; t++) {                                                         \
+      float acc[4] = {0, 0, 0, 0};                                                           \
+      const CODE_T *ct = codes + t * g;                                                      \
+      for (size_t i = 0; i < g; i++)                                                         \
+        for (int h = 0; h < 4; h++) acc[h] += lut[(i * c + ct[i]) * 4 + h];                  \
+      for (int h = 0; h < 4; h++) scores[h * n + t] = acc[h];                                \
+    }                                                                                        \
+  }
+PQ_SCORES_X4_AVX2(pq_scores_x4_avx2, uint16_t, uint64_t, 16)
+PQ_SCORES_X4_AVX2(pq_scores_x4_u8_avx2, uint8_t, uint32_t, 8)
+
+// Per sub-space, the four heads' query slices form s column vectors of 4 lanes; each centroid
+// entry is the sum over its s coordinates of coordinate x column.
+HKV_AVX2 HKV_INTERNAL void pq_lut_x4_avx2(const uint16_t *centroids, size_t g, size_t c, size_t s,
+                                    const float *q, size_t heads, float *lut) {
+  if (s > 16) {
+    pq_lut_x4_portable(centroids, g, c, s, q, heads, lut);
+    return;
+  }
+  size_t d = g * s;
+  __m128 cols[16];
+  float tmp[16];
+  for (size_t i = 0; i < g; i++) {
+    for (size_t t = 0; t < s; t++) {
+      float lane[4];
+      for (size_t h = 0; h < 4; h++) lane[h] = h < heads ? q[h * d + i * s + t] : 0.0f;
+      cols[t] = _mm_loadu_ps(lane);
+    }
+    const uint16_t *ci = centroids + i * c * s;
+    float *li = lut + i * c * 4;
+    size_t m = 0;
+    // Two (s = 4) or four (s = 2) centroids per 8-wide conversion.
+    for (; (m + 1) * s <= c * s && m * s + 8 <= c * s && 8 % s == 0; m += 8 / s) {
+      _mm256_storeu_ps(tmp, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ci + m * s))));
+      for (size_t u = 0; u < 8 / s; u++) {
+        __m128 acc = _mm_mul_ps(_mm_set1_ps(tmp[u * s]), cols[0]);
+        for (size_t t = 1; t < s; t++) acc = _mm_fmadd_ps(_mm_set1_ps(tmp[u * s + t]), cols[t], acc);
+        _mm_storeu_ps(li + (m + u) * 4, acc);
+      }
+    }
+    for (; m < c; m++) {
+      const uint16_t *cm = ci + m * s;
+      for (size_t t = 0; t < s; t++) tmp[t] = half_to_float(cm[t]);
+      __m128 acc = _mm_mul_ps(_mm_set1_ps(tmp[0]), cols[0]);
+      for (size_t t = 1; t < s; t++) acc = _mm_fmadd_ps(_mm_set1_ps(tmp[t]), cols[t], acc);
+      _mm_storeu_ps(li + m * 4, acc);
+    }
+  }
+}
+
+// Chunk-outer, heads-inner: each 8-byte slice of codes unpacks into two vectors (low and high
+// nibbles) that every head uses at once, so nothing spills; four heads reduce together.
+HKV_AVX2 HKV_INTERNAL void sq4_scores_avx2(const float *qs, const float *bias, size_t heads,
+                                     const uint8_t *codes, size_t n, size_t d, float scale,
+                                     float *scores, size_t stride) {
+  if (d % 16 != 0 || heads % 4 != 0) {
+    sq4_scores_portable(qs, bias, heads, codes, n, d, scale, scores, stride);
+    return;
+  }
+  size_t half = d / 2;
+  const __m256i mask = _mm256_set1_epi32(0x0F);
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *cj = codes + j * half;
+    if ((j & 3) == 0 && j + 20 <= n) prefetch_lines(cj + 16 * half, 4 * half);
+    for (size_t h = 0; h < heads; h += 4) {
+      const float *q0 = qs + h * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+             a3 = _mm256_setzero_ps();
+      for (size_t b = 0; b < half; b += 8) {
+        __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(cj + b)));
+        __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(w, mask));
+        __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4));
+        a0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q0 + b), a0);
+        a1 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q1 + b), a1);
+        a2 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q2 + b), a2);
+        a3 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q3 + b), a3);
+        a0 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q0 + half + b), a0);
+        a1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q1 + half + b), a1);
+        a2 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q2 + half + b), a2);
+        a3 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q3 + half + b), a3);
+      }
+      __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      float r[4];
+      _mm_storeu_ps(r, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+      for (int u = 0; u < 4; u++) scores[(h + u) * stride + j] = (bias[h + u] + r[u]) * scale;
+    }
+  }
+}
+
+// exp(x) for x <= 0: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^k by
+// building the exponent bits. Relative error about 2e-7; inputs below -87 flush to 0.
+HKV_AVX2 static inline __m256 exp256_nonpositive(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 r2 = _mm256_mul_ps(r, r);
+  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  __m256 out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, out);
+}
+
+HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out) {
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+  float tmp[8];
+  _mm256_storeu_ps(tmp, vm);
+  float m = -INFINITY;
+  for (int t = 0; t < 8; t++)
+    if (tmp[t] > m) m = tmp[t];
+  for (; i < n; i++)
+    if (x[i] > m) m = x[i];
+  *max_out = m;
+  if (!(m > -INFINITY)) return 0;
+  __m256 bm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 e = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), bm));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float s = hsum256(acc);
+  for (; i < n; i++) {
+    x[i] = expf(x[i] - m);
+    s += x[i];
+  }
+  return s;
+}
+
+// Four points per pass over the centroids, so each centroid load serves four distance
+// computations; per lane the running minimum and its index.
+HKV_AVX2 HKV_INTERNAL void nearest_centroids_avx2(const float *points, size_t n, size_t stride,
+                                            size_t s, const float *centroids,
+                                            const float *norms, size_t c, uint16_t *codes,
+                                            size_t code_stride) {
+  if (c % 8 != 0 || s > 16) {
+    nearest_centroids_portable(points, n, stride, s, centroids, norms, c, codes, code_stride);
+    return;
+  }
+  enum { P = 4 };
+  __m256 xs[P][16];
+  const __m256i step = _mm256_set1_epi32(8);
+  for (size_t j0 = 0; j0 < n; j0 += P) {
+    size_t count = n - j0 < P ? n - j0 : P;
+    for (size_t p = 0; p < P; p++) {
+      const float *x = points + (j0 + (p < count ? p : 0)) * stride;
+      for (size_t t = 0; t < s; t++) xs[p][t] = _mm256_set1_ps(-2.0f * x[t]);
+    }
+    __m256 best[P];
+    __m256i bestIdx[P];
+    for (size_t p = 0; p < P; p++) {
+      best[p] = _mm256_set1_ps(INFINITY);
+      bestIdx[p] = _mm256_setzero_si256();
+    }
+    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (size_t m = 0; m < c; m += 8) {
+      __m256 nm = _mm256_loadu_ps(norms + m);
+      __m256 dist[P] = {nm, nm, nm, nm};
+      for (size_t t = 0; t < s; t++) {
+        __m256 ct = _mm256_loadu_ps(centroids + t * c + m);
+        for (size_t p = 0; p < P; p++) dist[p] = _mm256_fmadd_ps(xs[p][t], ct, dist[p]);
+      }
+      for (size_t p = 0; p < P; p++) {
+        __m256 lt = _mm256_cmp_ps(dist[p], best[p], _CMP_LT_OQ);
+        best[p] = _mm256_min_ps(dist[p], best[p]);
+        bestIdx[p] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(bestIdx[p]),
+                                                          _mm256_castsi256_ps(idx), lt));
+      }
+      idx = _mm256_add_epi32(idx, step);
+    }
+    for (size_t p = 0; p < count; p++) {
+      float bv[8];
+      int32_t bi[8];
+      _mm256_storeu_ps(bv, best[p]);
+      _mm256_storeu_si256((__m256i *)bi, bestIdx[p]);
+      float b = bv[0];
+      int32_t a = bi[0];
+      for (int t = 1; t < 8; t++)
+        if (bv[t] < b || (bv[t] == b && bi[t] < a)) {
+          b = bv[t];
+          a = bi[t];
+        }
+      codes[(j0 + p) * code_stride] = (uint16_t)a;
+    }
+  }
+}
+
+// Folds one group's fp16 scales and zero points into the query (qs = q * s, bias = q . z)
+// and quantizes each head's folded query to int16 with a per-head step alpha. d % 16 == 0.
+HKV_AVX2 HKV_INTERNAL void fold_group_i16_avx2(const float *q, size_t heads, size_t d,
+                                         const uint16_t *scales, const uint16_t *zeros,
+                                         float *qs, float *bias, int16_t *q16, float *alpha) {
+  for (size_t h = 0; h < heads; h++) {
+    const float *qh = q + h * d;
+    float *out = qs + h * d;
+    __m256 b = _mm256_setzero_ps(), m = _mm256_setzero_ps();
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (size_t c = 0; c < d; c += 8) {
+      __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scales + c)));
+      __m256 zp = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zeros + c)));
+      __m256 x = _mm256_loadu_ps(qh + c);
+      __m256 f = _mm256_mul_ps(x, sc);
+      _mm256_storeu_ps(out + c, f);
+      b = _mm256_fmadd_ps(x, zp, b);
+      m = _mm256_max_ps(m, _mm256_and_ps(f, abs_mask));
+    }
+    bias[h] = hsum256(b);
+    float mm[8];
+    _mm256_storeu_ps(mm, m);
+    float mx = 0;
+    for (int t = 0; t < 8; t++) mx = mx > mm[t] ? mx : mm[t];
+    float a = mx > 0 ? mx / 32767.0f : 1.0f;
+    alpha[h] = a;
+    __m256 inv = _mm256_set1_ps(1.0f / a);
+    for (size_t c = 0; c < d; c += 16) {
+      __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(out + c), inv));
+      __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(out + c + 8), inv));
+      // packs works per 128-bit lane; the permute restores channel order.
+      __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+      _mm256_storeu_si256((__m256i *)(q16 + h * d + c), p);
+    }
+  }
+}
+
+// 4-bit codes against an int16 query (`q16[h] * alpha[h]` approximates the folded query to 1
+// part in 32767 of its largest channel): nibbles widen to 16-bit lanes and vpmaddwd does two
+// multiplies and an add per lane, half the instructions of the float path. Four heads reduce
+// together. d a multiple of 64, heads a multiple of 4.
+HKV_AVX2 HKV_INTERNAL void sq4_scores_i16_avx2(const int16_t *q16, const float *alpha,
+                                         const float *bias, size_t heads, const uint8_t *codes,
+                                         size_t n, size_t d, float scale, float *scores,
+                                         size_t stride) {
+  size_t half = d / 2;
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *cj = codes + j * half;
+    if ((j & 3) == 0 && j + 20 <= n) prefetch_lines(cj + 16 * half, 4 * half);
+    for (size_t h = 0; h < heads; h += 4) {
+      const int16_t *q0 = q16 + h * d;
+      __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256(),
+              a2 = _mm256_setzero_si256(), a3 = _mm256_setzero_si256();
+      for (size_t b = 0; b < half; b += 32) {
+        __m256i packed = _mm256_loadu_si256((const __m256i *)(cj + b));
+        __m256i lo = _mm256_and_si256(packed, mask);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+        // Channels b .. b+31 (low nibbles) and half+b .. half+b+31 (high nibbles).
+        __m256i c[4] = {_mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)),
+                        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1)),
+                        _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi)),
+                        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1))};
+        const size_t off[4] = {b, b + 16, half + b, half + b + 16};
+        for (int k = 0; k < 4; k++) {
+          a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(c[k], _mm256_loadu_si256((const __m256i *)(q0 + off[k]))));
+          a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(c[k], _mm256_loadu_si256((const __m256i *)(q0 + d + off[k]))));
+          a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(c[k], _mm256_loadu_si256((const __m256i *)(q0 + 2 * d + off[k]))));
+          a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(c[k], _mm256_loadu_si256((const __m256i *)(q0 + 3 * d + off[k]))));
+        }
+      }
+      __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+      __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+      __m128 r = _mm_fmadd_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(alpha + h), _mm_loadu_ps(bias + h));
+      r = _mm_mul_ps(r, _mm_set1_ps(scale));
+      float out[4];
+      _mm_storeu_ps(out, r);
+      for (int u = 0; u < 4; u++) scores[(h + u) * stride + j] = out[u];
+    }
+  }
+}
+
+HKV_AVX2 HKV_INTERNAL double scan_sum_avx2(const float *x, size_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+         s3 = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
+    s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
+    s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + i + 24));
+  }
+  double total = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (; i < n; i++) total += x[i];
+  return total;
+}
+
+#endif

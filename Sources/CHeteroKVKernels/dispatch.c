@@ -1,0 +1,334 @@
+// The two kernel tables, the choice between them (once, by CPU features), the hkv_* entry
+// points that call the table in use, and the kernels built from others (grouped scalar
+// scores, tau-mass selection).
+
+#include "kernels_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static void sq_scores_with(const hkv_kernel_table *t, const float *qs, const float *bias,
+                           size_t heads, const uint8_t *codes, size_t n, size_t d, size_t bits,
+                           float scale, float *scores, size_t stride) {
+  if (bits == 4) {
+    t->sq4_scores(qs, bias, heads, codes, n, d, scale, scores, stride);
+  } else if (d <= 1024) {
+    sq_scores_generic(qs, bias, heads, codes, n, d, bits, scale, scores, stride);
+  }
+}
+
+static void sq_group_scores_with(const hkv_kernel_table *t, const float *q, size_t heads,
+                                 const uint8_t *codes, const uint16_t *scales,
+                                 const uint16_t *zeros, size_t groups, size_t group_size,
+                                 size_t d, size_t bits, float scale, float *scores,
+                                 size_t stride) {
+  if (groups == 0 || heads == 0) return;
+  float *buf = malloc(sizeof(float) * (heads * d + heads + 2 * d));
+  if (!buf) return;
+  float *qs = buf, *bias = buf + heads * d, *sc = bias + heads, *zp = sc + d;
+  // The integer path: 4-bit codes, whole groups of four heads, d a multiple of 64.
+  int16_t *q16 = NULL;
+  float alpha[1024];
+#ifdef HKV_X86
+  if (bits == 4 && d % 64 == 0 && heads % 4 == 0 && heads <= 1024 && t->vectorized)
+    q16 = malloc(sizeof(int16_t) * heads * d);
+#endif
+  size_t code_bytes = group_size * d * bits / 8;
+  for (size_t g = 0; g < groups; g++) {
+#ifdef HKV_X86
+    if (q16) {
+      fold_group_i16_avx2(q, heads, d, scales + g * d, zeros + g * d, qs, bias, q16, alpha);
+      sq4_scores_i16_avx2(q16, alpha, bias, heads, codes + g * code_bytes, group_size, d, scale,
+                          scores + g * group_size, stride);
+      continue;
+    }
+#endif
+    t->f16_to_f32(scales + g * d, sc, d);
+    t->f16_to_f32(zeros + g * d, zp, d);
+    for (size_t h = 0; h < heads; h++) {
+      float b = 0;
+      for (size_t c = 0; c < d; c++) {
+        qs[h * d + c] = q[h * d + c] * sc[c];
+        b += q[h * d + c] * zp[c];
+      }
+      bias[h] = b;
+    }
+    sq_scores_with(t, qs, bias, heads, codes + g * code_bytes, group_size, d, bits, scale,
+                   scores + g * group_size, stride);
+  }
+  free(q16);
+  free(buf);
+}
+
+static void sq_group_scores_portable(const float *q, size_t heads, const uint8_t *codes,
+                                     const uint16_t *scales, const uint16_t *zeros,
+                                     size_t groups, size_t group_size, size_t d, size_t bits,
+                                     float scale, float *scores, size_t stride) {
+  sq_group_scores_with(hkv_kernels_portable(), q, heads, codes, scales, zeros, groups,
+                       group_size, d, bits, scale, scores, stride);
+}
+
+static const hkv_kernel_table portable_table = {
+    .vectorized = 0,
+    .f16_to_f32 = f16_to_f32_portable,
+    .f32_to_f16 = f32_to_f16_portable,
+    .scores_f16 = scores_f16_portable,
+    .weighted_sum_dense_f16 = weighted_sum_dense_portable,
+    .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_portable,
+    .pq_scores_x4 = pq_scores_x4_portable,
+    .pq_scores_x4_u8 = pq_scores_x4_u8_portable,
+    .pq_lut_x4 = pq_lut_x4_portable,
+    .sq4_scores = sq4_scores_portable,
+    .sq_group_scores = sq_group_scores_portable,
+    .nearest_centroids = nearest_centroids_portable,
+    .softmax_exp = softmax_exp_portable,
+    .scan_sum_f32 = scan_sum_portable,
+    .crc32c = crc32c_table_driven,
+    .matmul_rows_f32 = matmul_rows_f32_portable,
+    .matmul_rows_quantized = matmul_rows_quantized_portable,
+};
+
+const hkv_kernel_table *_Nonnull hkv_kernels_portable(void) { return &portable_table; }
+
+#ifdef HKV_X86
+
+static void sq_group_scores_avx2(const float *q, size_t heads, const uint8_t *codes,
+                                 const uint16_t *scales, const uint16_t *zeros, size_t groups,
+                                 size_t group_size, size_t d, size_t bits, float scale,
+                                 float *scores, size_t stride) {
+  sq_group_scores_with(hkv_kernels_avx2(), q, heads, codes, scales, zeros, groups, group_size,
+                       d, bits, scale, scores, stride);
+}
+
+static const hkv_kernel_table avx2_table = {
+    .vectorized = 1,
+    .f16_to_f32 = f16_to_f32_avx2,
+    .f32_to_f16 = f32_to_f16_avx2,
+    .scores_f16 = scores_f16_avx2,
+    .weighted_sum_dense_f16 = weighted_sum_dense_avx2,
+    .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_avx2,
+    .pq_scores_x4 = pq_scores_x4_avx2,
+    .pq_scores_x4_u8 = pq_scores_x4_u8_avx2,
+    .pq_lut_x4 = pq_lut_x4_avx2,
+    .sq4_scores = sq4_scores_avx2,
+    .sq_group_scores = sq_group_scores_avx2,
+    .nearest_centroids = nearest_centroids_avx2,
+    .softmax_exp = softmax_exp_avx2,
+    .scan_sum_f32 = scan_sum_avx2,
+    .crc32c = crc32c_hardware,
+    .matmul_rows_f32 = matmul_rows_f32_vectorized,
+    .matmul_rows_quantized = matmul_rows_quantized_vectorized,
+};
+
+static int avx2_state = -1;
+
+const hkv_kernel_table *_Nullable hkv_kernels_avx2(void) {
+  int state = __atomic_load_n(&avx2_state, __ATOMIC_RELAXED);
+  if (state < 0) {
+    __builtin_cpu_init();
+    // SSE4.2 (the CRC instruction) comes with every AVX2 CPU.
+    state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c") && __builtin_cpu_supports("sse4.2");
+    __atomic_store_n(&avx2_state, state, __ATOMIC_RELAXED);
+  }
+  return state ? &avx2_table : NULL;
+}
+
+#else
+
+const hkv_kernel_table *_Nullable hkv_kernels_avx2(void) { return NULL; }
+
+#endif
+
+const hkv_kernel_table *hkv_active_kernels(void) {
+  const hkv_kernel_table *t = hkv_kernels_avx2();
+  return t ? t : &portable_table;
+}
+
+int hkv_kernels_vectorized(void) { return hkv_active_kernels()->vectorized; }
+
+void hkv_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
+  hkv_active_kernels()->f16_to_f32(src, dst, n);
+}
+
+void hkv_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
+  hkv_active_kernels()->f32_to_f16(src, dst, n);
+}
+
+void hkv_scores_f16(const float *q, size_t heads, const uint16_t *keys, size_t n, size_t d,
+                    float scale, float *scores) {
+  hkv_active_kernels()->scores_f16(q, heads, keys, n, d, scale, scores);
+}
+
+void hkv_weighted_sum_dense_f16(const uint16_t *values, size_t n, size_t d, const float *probs,
+                                size_t heads, float *out) {
+  hkv_active_kernels()->weighted_sum_dense_f16(values, n, d, probs, heads, out);
+}
+
+void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const int32_t *indices,
+                                       const float *weights, size_t count, size_t heads,
+                                       float *out) {
+  hkv_active_kernels()->weighted_sum_sparse_multi_f16(values, d, indices, weights, count, heads,
+                                                      out);
+}
+
+void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
+                      float *scores) {
+  hkv_active_kernels()->pq_scores_x4(lut, g, c, codes, n, scores);
+}
+
+void hkv_pq_scores_x4_u8(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n,
+                         float *scores) {
+  hkv_active_kernels()->pq_scores_x4_u8(lut, g, c, codes, n, scores);
+}
+
+void hkv_pq_lut_x4(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                   size_t heads, float *lut) {
+  hkv_active_kernels()->pq_lut_x4(centroids, g, c, s, q, heads, lut);
+}
+
+void hkv_sq4_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                    size_t n, size_t d, float scale, float *scores, size_t stride) {
+  hkv_active_kernels()->sq4_scores(qs, bias, heads, codes, n, d, scale, scores, stride);
+}
+
+void hkv_sq_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
+                   size_t n, size_t d, size_t bits, float scale, float *scores, size_t stride) {
+  sq_scores_with(hkv_active_kernels(), qs, bias, heads, codes, n, d, bits, scale, scores, stride);
+}
+
+void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
+                         const uint16_t *scales, const uint16_t *zeros, size_t groups,
+                         size_t group_size, size_t d, size_t bits, float scale, float *scores,
+                         size_t stride) {
+  hkv_active_kernels()->sq_group_scores(q, heads, codes, scales, zeros, groups, group_size, d,
+                                        bits, scale, scores, stride);
+}
+
+void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t s,
+                           const float *centroids, const float *norms, size_t c,
+                           uint16_t *codes, size_t code_stride) {
+  hkv_active_kernels()->nearest_centroids(points, n, stride, s, centroids, norms, c, codes,
+                                          code_stride);
+}
+
+float hkv_softmax_exp(float *x, size_t n, float *max_out) {
+  return hkv_active_kernels()->softmax_exp(x, n, max_out);
+}
+
+double hkv_scan_sum_f32(const float *x, size_t n) {
+  return hkv_active_kernels()->scan_sum_f32(x, n);
+}
+
+uint32_t hkv_crc32c(uint32_t crc, const void *data, size_t n) {
+  return hkv_active_kernels()->crc32c(crc, data, n);
+}
+
+void hkv_matmul_rows_f32(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
+                         float *y, size_t y_stride) {
+  hkv_active_kernels()->matmul_rows_f32(x, tokens, in, w, rows, y, y_stride);
+}
+
+void hkv_matmul_rows_quantized(const float *x, size_t tokens, size_t in, const void *w,
+                               int type, size_t rows, float *y, size_t y_stride) {
+  hkv_active_kernels()->matmul_rows_quantized(x, tokens, in, w, type, rows, y, y_stride);
+}
+
+// Candidates of the boundary bucket sort by descending weight, ties to the lower index.
+static _Thread_local const float *tau_sort_weights;
+static int by_weight_desc(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  float wx = tau_sort_weights[x], wy = tau_sort_weights[y];
+  if (wx > wy) return -1;
+  if (wx < wy) return 1;
+  return (x > y) - (x < y);
+}
+static int by_index(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
+                      float *weights, float *kept_mass) {
+  // 1/64 nat per bucket over 64 nats: the boundary bucket that must be sorted stays small.
+  enum { BUCKETS = 4096 };
+  const float per_nat = 64.0f;
+  *kept_mass = 0;
+  if (n == 0) return 0;
+  float *w = malloc(sizeof(float) * n);
+  uint16_t *bucket = malloc(sizeof(uint16_t) * n);
+  int32_t *cand = malloc(sizeof(int32_t) * n);
+  if (!w || !bucket || !cand) {
+    free(w);
+    free(bucket);
+    free(cand);
+    return 0;
+  }
+  memcpy(w, scores, sizeof(float) * n);
+  float m;
+  float total = hkv_active_kernels()->softmax_exp(w, n, &m);
+  if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
+    free(w);
+    free(bucket);
+    free(cand);
+    return 0;
+  }
+  // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
+  // other's read-modify-write.
+  static _Thread_local float mass4[4][BUCKETS];
+  memset(mass4, 0, sizeof mass4);
+  for (size_t j = 0; j < n; j++) {
+    float gap = (m - scores[j]) * per_nat;
+    int b = gap < (float)(BUCKETS - 1) ? (int)gap : BUCKETS - 1;
+    bucket[j] = (uint16_t)b;
+    mass4[j & 3][b] += w[j];
+  }
+  double mass[BUCKETS];
+  for (int b = 0; b < BUCKETS; b++)
+    mass[b] = (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
+  double target = (double)tau * (double)total, cumulative = 0;
+  int boundary = BUCKETS - 1;
+  for (int b = 0; b < BUCKETS; b++) {
+    if (cumulative + mass[b] >= target) {
+      boundary = b;
+      break;
+    }
+    cumulative += mass[b];
+  }
+  size_t kept = 0, candidates = 0;
+  for (size_t j = 0; j < n; j++) {
+    if (bucket[j] < boundary)
+      indices[kept++] = (int32_t)j;
+    else if (bucket[j] == boundary)
+      cand[candidates++] = (int32_t)j;
+  }
+  tau_sort_weights = w;
+  qsort(cand, candidates, sizeof(int32_t), by_weight_desc);
+  size_t taken = 0;
+  while (taken < candidates && cumulative < target) cumulative += w[cand[taken++]];
+  qsort(cand, taken, sizeof(int32_t), by_index);
+  // Merge the two ascending lists from the back, in place in `indices`.
+  size_t i = kept, k = taken, out = kept + taken;
+  while (k > 0) {
+    if (i > 0 && indices[i - 1] > cand[k - 1])
+      indices[--out] = indices[--i];
+    else
+      indices[--out] = cand[--k];
+  }
+  kept += taken;
+  if (cap > 0 && kept > cap) {
+    qsort(indices, kept, sizeof(int32_t), by_weight_desc);
+    kept = cap;
+    qsort(indices, kept, sizeof(int32_t), by_index);
+  }
+  float inv = 1.0f / total, sum = 0;
+  for (size_t t = 0; t < kept; t++) {
+    weights[t] = w[indices[t]] * inv;
+    sum += weights[t];
+  }
+  *kept_mass = sum;
+  free(w);
+  free(bucket);
+  free(cand);
+  return kept;
+}

@@ -1,0 +1,178 @@
+// The portable C version of every kernel: what runs where the CPU lacks AVX2 + FMA + F16C,
+// and the reference the vectorized versions are checked against.
+
+#include "kernels_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+HKV_INTERNAL void f16_to_f32_portable(const uint16_t *src, float *dst, size_t n) {
+  for (size_t i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+
+HKV_INTERNAL void f32_to_f16_portable(const float *src, uint16_t *dst, size_t n) {
+  for (size_t i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+
+HKV_INTERNAL void scores_f16_portable(const float *q, size_t heads, const uint16_t *keys, size_t n,
+                                size_t d, float scale, float *scores) {
+  for (size_t j = 0; j < n; j++) {
+    const uint16_t *k = keys + j * d;
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = q + h * d;
+      float acc = 0;
+      for (size_t c = 0; c < d; c++) acc += qh[c] * half_to_float(k[c]);
+      scores[h * n + j] = acc * scale;
+    }
+  }
+}
+
+HKV_INTERNAL void weighted_sum_dense_portable(const uint16_t *values, size_t n, size_t d,
+                                        const float *probs, size_t heads, float *out) {
+  for (size_t j = 0; j < n; j++) {
+    const uint16_t *v = values + j * d;
+    for (size_t h = 0; h < heads; h++) {
+      float p = probs[h * n + j];
+      if (p == 0) continue;
+      float *o = out + h * d;
+      for (size_t c = 0; c < d; c++) o[c] += p * half_to_float(v[c]);
+    }
+  }
+}
+
+HKV_INTERNAL void weighted_sum_sparse_multi_portable(const uint16_t *values, size_t d,
+                                               const int32_t *idx, const float *w, size_t count,
+                                               size_t heads, float *out) {
+  for (size_t k = 0; k < count; k++) {
+    const uint16_t *v = values + (size_t)idx[k] * d;
+    for (size_t h = 0; h < heads; h++) {
+      float p = w[h * count + k];
+      if (p == 0) continue;
+      for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+    }
+  }
+}
+
+// Generated for 16-bit codes and for 8-bit codes (codebooks of at most 256 centroids).
+#define PQ_SCORES_X4_PORTABLE(NAME, CODE_T)                                                  \
+  HKV_INTERNAL void NAME(const float *lut, size_t g, size_t c, const CODE_T *codes, size_t n,      \
+                   float *scores) {                                                          \
+    for (size_t j = 0; j < n; j++) {                                                         \
+      float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                  \
+      const CODE_T *cj = codes + j * g;                                                      \
+      for (size_t i = 0; i < g; i++) {                                                       \
+        const float *e = lut + (i * c + cj[i]) * 4;                                          \
+        a0 += e[0];                                                                          \
+        a1 += e[1];                                                                          \
+        a2 += e[2];                                                                          \
+        a3 += e[3];                                                                          \
+      }                                                                                      \
+      scores[j] = a0;                                                                        \
+      scores[n + j] = a1;                                                                    \
+      scores[2 * n + j] = a2;                                                                \
+      scores[3 * n + j] = a3;                                                                \
+    }                                                                                        \
+  }
+PQ_SCORES_X4_PORTABLE(pq_scores_x4_portable, uint16_t)
+PQ_SCORES_X4_PORTABLE(pq_scores_x4_u8_portable, uint8_t)
+
+HKV_INTERNAL void pq_lut_x4_portable(const uint16_t *centroids, size_t g, size_t c, size_t s,
+                               const float *q, size_t heads, float *lut) {
+  size_t d = g * s;
+  for (size_t i = 0; i < g; i++) {
+    for (size_t m = 0; m < c; m++) {
+      const uint16_t *cm = centroids + (i * c + m) * s;
+      float *e = lut + (i * c + m) * 4;
+      for (size_t h = 0; h < 4; h++) {
+        float acc = 0;
+        if (h < heads)
+          for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
+        e[h] = acc;
+      }
+    }
+  }
+}
+
+HKV_INTERNAL void sq4_scores_portable(const float *qs, const float *bias, size_t heads,
+                                const uint8_t *codes, size_t n, size_t d, float scale,
+                                float *scores, size_t stride) {
+  size_t half = d / 2;
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *cj = codes + j * half;
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = qs + h * d;
+      float acc = bias[h];
+      for (size_t b = 0; b < half; b++) {
+        acc += qh[b] * (float)(cj[b] & 0x0F) + qh[b + half] * (float)(cj[b] >> 4);
+      }
+      scores[h * stride + j] = acc * scale;
+    }
+  }
+}
+
+HKV_INTERNAL float softmax_exp_portable(float *x, size_t n, float *max_out) {
+  float m = -INFINITY;
+  for (size_t i = 0; i < n; i++)
+    if (x[i] > m) m = x[i];
+  *max_out = m;
+  if (!(m > -INFINITY)) return 0;
+  float s = 0;
+  for (size_t i = 0; i < n; i++) {
+    x[i] = expf(x[i] - m);
+    s += x[i];
+  }
+  return s;
+}
+
+HKV_INTERNAL void nearest_centroids_portable(const float *points, size_t n, size_t stride, size_t s,
+                                       const float *centroids, const float *norms, size_t c,
+                                       uint16_t *codes, size_t code_stride) {
+  for (size_t j = 0; j < n; j++) {
+    const float *x = points + j * stride;
+    float best = INFINITY;
+    size_t arg = 0;
+    for (size_t m = 0; m < c; m++) {
+      float dist = norms[m];
+      for (size_t t = 0; t < s; t++) dist -= 2 * x[t] * centroids[t * c + m];
+      if (dist < best) {
+        best = dist;
+        arg = m;
+      }
+    }
+    codes[j * code_stride] = (uint16_t)arg;
+  }
+}
+
+HKV_INTERNAL void sq_scores_generic(const float *qs, const float *bias, size_t heads,
+                              const uint8_t *codes, size_t n, size_t d, size_t bits, float scale,
+                              float *scores, size_t stride) {
+  size_t per = 8 / bits, width = d / per;
+  unsigned mask = (1u << bits) - 1;
+  float unpacked[1024];
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *cj = codes + j * width;
+    for (size_t k = 0; k < per; k++)
+      for (size_t b = 0; b < width; b++)
+        unpacked[k * width + b] = (float)((cj[b] >> (k * bits)) & mask);
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = qs + h * d;
+      float acc = 0;
+      for (size_t c = 0; c < d; c++) acc += qh[c] * unpacked[c];
+      scores[h * stride + j] = (bias[h] + acc) * scale;
+    }
+  }
+}
+
+HKV_INTERNAL double scan_sum_portable(const float *x, size_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i];
+    s1 += x[i + 1];
+    s2 += x[i + 2];
+    s3 += x[i + 3];
+  }
+  for (; i < n; i++) s0 += x[i];
+  return s0 + s1 + s2 + s3;
+}

@@ -71,6 +71,32 @@ final class RawPeer: Sendable {
   }
 
   func close() async { try? await channel.close() }
+
+  /// Whether, for `duration`, nothing arrived and the connection stayed open.
+  func staysSilent(for duration: Duration) async throws -> Bool {
+    try await Task.sleep(for: duration)
+    return state.received.withLock { $0.readableBytes == 0 } && !state.closed.withLock { $0 }
+  }
+}
+
+/// A frame cut short is not answered (the node waits for the rest); when the rest arrives,
+/// the whole frame is answered under its request id.
+func expectTruncatedFrameWaits(
+  _ peer: RawPeer, frame: ByteBuffer, cut: Int, completes: Bool,
+  sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
+  try await peer.write(frame.getSlice(at: 0, length: cut)!)
+  #expect(
+    try await peer.staysSilent(for: .milliseconds(20)),
+    "a partial frame was answered or closed", sourceLocation: sourceLocation)
+  guard completes else { return }
+  try await peer.write(frame.getSlice(at: cut, length: frame.readableBytes - cut)!)
+  let reply = try await peer.nextFrame()
+  guard case .frame(let answer) = reply else {
+    Issue.record("the completed frame was not answered", sourceLocation: sourceLocation)
+    return
+  }
+  #expect(answer.header.requestID == 8, sourceLocation: sourceLocation)
 }
 
 @Suite("Data-plane fuzzing")
@@ -193,11 +219,12 @@ struct FuzzTests {
           let (op, payload) = validRequest(&random)
           let frame = Frame(opcode: op.rawValue, flags: [], requestID: 8, payload: payload)
             .serialized()
-          try await peer.write(
-            frame.getSlice(
-              at: 0, length: max(1, frame.readableBytes - 1 - random.int(frame.readableBytes - 1)))!
-          )
-          outcomes["truncated", default: 0] += 1
+          let completes = random.int(2) == 0
+          try await expectTruncatedFrameWaits(
+            peer, frame: frame,
+            cut: max(1, frame.readableBytes - 1 - random.int(frame.readableBytes - 1)),
+            completes: completes)
+          outcomes[completes ? "truncated, completed" : "truncated", default: 0] += 1
         default:  // A response frame sent to the server.
           let frame = Frame(
             opcode: Opcode.stats.rawValue, flags: .response, requestID: 3, payload: ByteBuffer())

@@ -199,6 +199,7 @@ let package = Package(
         "HeteroKVCore",
         "HeteroKVWire",
         "HeteroKVControlPlane",
+        "HeteroKVSettings",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
       ]

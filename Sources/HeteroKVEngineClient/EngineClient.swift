@@ -48,14 +48,19 @@ public struct EngineClient: Sendable {
   /// Opens a sequence, with calibrated head profiles when given.
   public func createSequence(
     _ ref: SequenceRef, maxTokens: Int, profiles: [HeadProfile]? = nil
-  ) async throws(HeteroKVError) -> Heterokv_V1_SequenceInfo {
-    try await call("CreateSequence") {
+  ) async throws(HeteroKVError) -> OpenedSequence {
+    let answer = try await call("CreateSequence") {
       try await stub.createSequence(
         .with {
           $0.ref = ref.proto
           $0.maxTokens = UInt64(maxTokens)
           $0.profiles = (profiles ?? []).map(\.report)
         }, options: $0)
+    }
+    do {
+      return try OpenedSequence(answer)
+    } catch {
+      throw error.prefixed("the worker at \(address)")
     }
   }
 
@@ -129,7 +134,14 @@ public struct EngineClient: Sendable {
   }
 
   /// A sequence's footprint and traffic.
-  public func stats(_ ref: SequenceRef) async throws(HeteroKVError) -> Heterokv_V1_SequenceStats {
-    try await call("GetSequenceStats") { try await stub.getSequenceStats(ref.proto, options: $0) }
+  public func stats(_ ref: SequenceRef) async throws(HeteroKVError) -> SequenceStats {
+    let answer = try await call("GetSequenceStats") {
+      try await stub.getSequenceStats(ref.proto, options: $0)
+    }
+    do {
+      return try SequenceStats(answer)
+    } catch {
+      throw error.prefixed("the worker at \(address)")
+    }
   }
 }

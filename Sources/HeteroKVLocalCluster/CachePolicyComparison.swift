@@ -115,7 +115,7 @@ public struct CachePolicyComparison: Sendable {
     case .forced(let tokens): steps = tokens.count
     }
     precondition(steps > 0 && !prompt.isEmpty)
-    var opened: [OpenedSequence] = []
+    var opened: [OpenCache] = []
     do {
       let result = try await compare(
         prompt: prompt, continuation: continuation, steps: steps, policies: policies,
@@ -135,7 +135,7 @@ public struct CachePolicyComparison: Sendable {
   }
 
   /// A sequence opened for one policy: its cache, its figures and how to let it go.
-  struct OpenedSequence {
+  struct OpenCache {
     var cache: EngineKVCache
     /// Worker-resident bytes, the fp16 K/V they stand for, the kept share and decode bytes.
     var stats: @Sendable () async throws -> Figures
@@ -143,7 +143,7 @@ public struct CachePolicyComparison: Sendable {
   }
 
   private func open(_ policy: Policy, maxTokens: Int, logger: Logger) async throws
-    -> OpenedSequence
+    -> OpenCache
   {
     let c = model.configuration
     switch policy.target {
@@ -161,7 +161,7 @@ public struct CachePolicyComparison: Sendable {
         await cluster.shutdown()
         throw error
       }
-      return OpenedSequence(
+      return OpenCache(
         cache: EngineKVCache(engine: cluster.worker, ref: ref, configuration: c),
         stats: {
           let s = try await cluster.worker.stats(ref)
@@ -173,12 +173,12 @@ public struct CachePolicyComparison: Sendable {
     case .remote(let engine):
       let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
       _ = try await engine.createSequence(ref, maxTokens: maxTokens, profiles: policy.profiles)
-      return OpenedSequence(
+      return OpenCache(
         cache: EngineKVCache(engine: engine, ref: ref, configuration: c),
         stats: {
           let s = try await engine.stats(ref)
           return Figures(
-            worker: Int(s.workerBytes), full: Int(s.fullKvBytes),
+            worker: s.workerBytes, full: s.fullKVBytes,
             keptShare: s.keptShare, decodeBytesPerStep: s.decodeBytesPerStep)
         },
         close: { _ = try? await engine.release(ref) })
@@ -187,7 +187,7 @@ public struct CachePolicyComparison: Sendable {
 
   private func compare(
     prompt: [Int], continuation: Continuation, steps: Int, policies: [Policy],
-    opened: inout [OpenedSequence], logger: Logger
+    opened: inout [OpenCache], logger: Logger
   ) async throws -> Result {
     let c = model.configuration
     for policy in policies {

@@ -36,17 +36,10 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
       try await worker.createSequence(
         SequenceRef(request.ref), maxTokens: Int(request.maxTokens), profiles: profiles)
     }
-    return .with {
-      $0.ref = info.ref.proto
-      $0.model = info.geometry.name
-      $0.layers = UInt32(info.geometry.layers)
-      $0.queryHeads = UInt32(info.geometry.queryHeads)
-      $0.kvHeads = UInt32(info.geometry.kvHeads)
-      $0.headDim = UInt32(info.geometry.headDim)
-      $0.placementVersion = info.placement.version
-      $0.nodes = info.placement.nodes.map(\.endpoint.id)
-      $0.replication = UInt32(info.placement.replication)
-    }
+    return OpenedSequence(
+      ref: info.ref, geometry: info.geometry, placementVersion: info.placement.version,
+      nodes: info.placement.nodes.map(\.endpoint.id), replication: info.placement.replication
+    ).proto
   }
 
   public func append(request: Heterokv_V1_AppendRequest, context: ServerContext) async throws
@@ -137,39 +130,6 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
       return try await body()
     } catch let error as HeteroKVError {
       throw error.rpcError
-    }
-  }
-}
-
-extension SequenceStats {
-  /// The wire form.
-  public var proto: Heterokv_V1_SequenceStats {
-    .with {
-      $0.ref = ref.proto
-      $0.tokens = UInt64(tokens)
-      $0.policy = policy.rawValue
-      $0.workerBytes = UInt64(workerBytes)
-      $0.memoryTierBytes = UInt64(memoryTierBytes)
-      $0.fullKvBytes = UInt64(fullKVBytes)
-      $0.decodeSteps = UInt64(decodeSteps)
-      $0.bytesMoved = UInt64(bytesMoved)
-      $0.refreshes = UInt64(refreshes)
-      $0.failovers = UInt64(failovers)
-      $0.unshippedRows = UInt64(unshippedRows)
-      $0.storedRows = UInt64(storedRows)
-      $0.keptTokens = UInt64(keptTokens)
-      $0.contextTokens = UInt64(contextTokens)
-      $0.decodeBytesMoved = UInt64(decodeBytesMoved)
-      $0.underReplicatedShards = UInt64(underReplicatedShards)
-      $0.heads = heads.map { h in
-        .with {
-          $0.layer = UInt32(h.layer)
-          $0.kvHead = UInt32(h.kvHead)
-          $0.role = h.role.name
-          $0.cap = UInt64(h.cap)
-          $0.residentBytes = UInt64(h.residentBytes)
-        }
-      }
     }
   }
 }

@@ -23,12 +23,16 @@ struct WorkerEndToEndTests {
       let viaGRPC = try await EngineClient.with(
         address: cluster.engineAddress!, geometry: tinyModel
       ) { client in
-        _ = try await client.createSequence(remote, maxTokens: 4096)
+        let opened = try await client.createSequence(remote, maxTokens: 4096)
+        #expect(opened.ref == remote && opened.geometry == tinyModel && !opened.nodes.isEmpty)
         try await replay.prefill(client, remote, chunk: 700)
         let report = try await replay.decode(client, remote)
         let stats = try await client.stats(remote)
         #expect(stats.tokens == 2048 + 6)
+        #expect(stats.prefillTokens == 2048)
         #expect(stats.heads.count == 4)
+        // The same native stats over gRPC as in process: every field and head role.
+        #expect(try await cluster.worker.stats(remote) == stats)
         return report
       }
       #expect(viaGRPC.maxRelativeError < 1e-3, "gRPC: \(viaGRPC.maxRelativeError)")

@@ -236,6 +236,9 @@ public nonisolated struct Heterokv_V1_HeadStats: Sendable {
 
   public var residentBytes: UInt64 = 0
 
+  /// A satellite's pivot (the KV head of the same layer it follows); 0 for other roles.
+  public var pivot: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -342,6 +345,12 @@ public nonisolated struct Heterokv_V1_SequenceStats: @unchecked Sendable {
   public var underReplicatedShards: UInt64 {
     get {_storage._underReplicatedShards}
     set {_uniqueStorage()._underReplicatedShards = newValue}
+  }
+
+  /// Tokens of the prefill (the decode steps' context starts after them).
+  public var prefillTokens: UInt64 {
+    get {_storage._prefillTokens}
+    set {_uniqueStorage()._prefillTokens = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -718,7 +727,7 @@ nonisolated extension Heterokv_V1_ReleaseResponse: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeadStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layer\0\u{3}kv_head\0\u{1}role\0\u{1}cap\0\u{3}resident_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layer\0\u{3}kv_head\0\u{1}role\0\u{1}cap\0\u{3}resident_bytes\0\u{1}pivot\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -731,6 +740,7 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
       case 3: try { try decoder.decodeSingularStringField(value: &self.role) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.cap) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.pivot) }()
       default: break
       }
     }
@@ -752,6 +762,9 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
     if self.residentBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 5)
     }
+    if self.pivot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pivot, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -761,6 +774,7 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
     if lhs.role != rhs.role {return false}
     if lhs.cap != rhs.cap {return false}
     if lhs.residentBytes != rhs.residentBytes {return false}
+    if lhs.pivot != rhs.pivot {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -768,7 +782,7 @@ nonisolated extension Heterokv_V1_HeadStats: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SequenceStats"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0\u{3}stored_rows\0\u{3}kept_tokens\0\u{3}context_tokens\0\u{3}decode_bytes_moved\0\u{3}under_replicated_shards\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{1}tokens\0\u{1}policy\0\u{3}worker_bytes\0\u{3}memory_tier_bytes\0\u{3}full_kv_bytes\0\u{3}decode_steps\0\u{3}bytes_moved\0\u{1}refreshes\0\u{1}failovers\0\u{1}heads\0\u{3}unshipped_rows\0\u{3}stored_rows\0\u{3}kept_tokens\0\u{3}context_tokens\0\u{3}decode_bytes_moved\0\u{3}under_replicated_shards\0\u{3}prefill_tokens\0")
 
   fileprivate class _StorageClass {
     var _ref: Heterokv_V1_SequenceRef? = nil
@@ -788,6 +802,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
     var _contextTokens: UInt64 = 0
     var _decodeBytesMoved: UInt64 = 0
     var _underReplicatedShards: UInt64 = 0
+    var _prefillTokens: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -815,6 +830,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
       _contextTokens = source._contextTokens
       _decodeBytesMoved = source._decodeBytesMoved
       _underReplicatedShards = source._underReplicatedShards
+      _prefillTokens = source._prefillTokens
     }
   }
 
@@ -850,6 +866,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
         case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._contextTokens) }()
         case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._decodeBytesMoved) }()
         case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._underReplicatedShards) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._prefillTokens) }()
         default: break
         }
       }
@@ -913,6 +930,9 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
       if _storage._underReplicatedShards != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._underReplicatedShards, fieldNumber: 17)
       }
+      if _storage._prefillTokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._prefillTokens, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -939,6 +959,7 @@ nonisolated extension Heterokv_V1_SequenceStats: SwiftProtobuf.Message, SwiftPro
         if _storage._contextTokens != rhs_storage._contextTokens {return false}
         if _storage._decodeBytesMoved != rhs_storage._decodeBytesMoved {return false}
         if _storage._underReplicatedShards != rhs_storage._underReplicatedShards {return false}
+        if _storage._prefillTokens != rhs_storage._prefillTokens {return false}
         return true
       }
       if !storagesAreEqual {return false}

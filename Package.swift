@@ -80,6 +80,7 @@ let package = Package(
     .target(
       name: "HeteroKVTransport",
       dependencies: [
+        "HeteroKVCore",
         "HeteroKVWire",
         "CRDMA",
         .product(name: "NIOCore", package: "swift-nio"),
@@ -181,6 +182,7 @@ let package = Package(
     .target(
       name: "HeteroKVCoordinatorClient",
       dependencies: [
+        "HeteroKVCore",
         "HeteroKVWire",
         "HeteroKVDaemon",
         "HeteroKVControlPlane",
@@ -309,7 +311,9 @@ let package = Package(
     ),
     .testTarget(
       name: "HeteroKVConfigTests",
-      dependencies: ["HeteroKVConfig", "HeteroKVWire"]
+      dependencies: [
+        "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
+      ]
     ),
     .testTarget(
       name: "HeteroKVMemoryNodeTests",

@@ -2,7 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import HeteroKVCore
-import HeteroKVDaemon
+import HeteroKVControlPlane
 import HeteroKVWire
 
 /// An inference engine's connection to a worker over gRPC: the same calls as `Worker`, with

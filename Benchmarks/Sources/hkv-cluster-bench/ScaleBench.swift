@@ -53,7 +53,7 @@ struct ScaleBench {
       var seen = Data()
       while !String(decoding: seen, as: UTF8.self).contains("ready ") {
         let chunk = out.fileHandleForReading.availableData
-        if chunk.isEmpty { throw WorkerError(.unreachable, "\(name) exited before ready") }
+        if chunk.isEmpty { throw HeteroKVError(.unavailable, "\(name) exited before ready") }
         seen += chunk
       }
     }
@@ -75,7 +75,7 @@ struct ScaleBench {
       } catch {}
       if !opened { try await Task.sleep(for: .milliseconds(200)) }
     }
-    guard opened else { throw WorkerError(.unreachable, "the memory nodes did not all register") }
+    guard opened else { throw HeteroKVError(.unavailable, "the memory nodes did not all register") }
     let source = StreamingKV(
       kvHeads: g.kvHeads, groupSize: g.groupSize, headDim: g.headDim, seed: 11)
     let directions = (0..<g.kvHeads).map { source.direction(head: $0) }

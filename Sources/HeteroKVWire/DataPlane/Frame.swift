@@ -64,7 +64,7 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
   public init(rawValue: UInt16) { self.rawValue = rawValue }
   /// The frame answers a request.
   public static let response = FrameFlags(rawValue: 1)
-  /// The response is an error; its payload is an encoded ``HeteroKVError``.
+  /// The response is an error; its payload is an encoded `HeteroKVError`.
   public static let error = FrameFlags(rawValue: 2)
 }
 

@@ -127,7 +127,7 @@ struct DaemonProbeTests {
 
     // Without its coordinator the worker cannot place sequences: not ready, and says why.
     coordinator.kill()
-    let unready = try await waitForHTTP(daemons[2].metrics, "/readyz", toContain: "503")
+    let unready = try await waitForHTTP(daemons[2].metrics, "/readyz", toContain: "HTTP/1.1 503")
     #expect(unready.contains("HTTP/1.1 503"), "\(unready)")
     #expect(unready.contains("waiting coordinator"), "\(unready)")
     #expect(try await healthStatus(daemons[2].grpc) == .notServing)

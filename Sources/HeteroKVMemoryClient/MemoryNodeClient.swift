@@ -15,16 +15,19 @@ public final class MemoryNodeClient: Sendable {
   private let pool: ConnectionPool
   private let limits: DataPlaneLimits
 
-  /// A client with up to `connections` connections to `endpoint`.
+  /// A client with up to `connections` connections to `endpoint`, each authenticated with
+  /// `credential` before its first request (required by a node whose cluster sets a token).
   public init(
     endpoint: MemoryNodeEndpoint, connections: Int = 2, defaultTimeout: Duration = .seconds(10),
-    limits: DataPlaneLimits = .standard
+    limits: DataPlaneLimits = .standard, credential: DataPlaneCredential? = nil
   ) {
     precondition(connections > 0)
     self.endpoint = endpoint
     self.defaultTimeout = defaultTimeout
     self.limits = limits
-    self.pool = ConnectionPool(endpoint: endpoint, size: connections, limits: limits)
+    self.pool = ConnectionPool(
+      endpoint: endpoint, size: connections, limits: limits, credential: credential,
+      timeout: defaultTimeout)
   }
 
   /// Appends rows to a shard (all or none).
@@ -107,10 +110,17 @@ actor ConnectionPool {
   private var slots: [Task<any DataPlaneConnection, any Error>?]
   private var next = 0
   private let useRDMA: Bool
+  private let credential: DataPlaneCredential?
+  private let timeout: Duration
 
-  init(endpoint: MemoryNodeEndpoint, size: Int, limits: DataPlaneLimits) {
+  init(
+    endpoint: MemoryNodeEndpoint, size: Int, limits: DataPlaneLimits,
+    credential: DataPlaneCredential?, timeout: Duration
+  ) {
     self.endpoint = endpoint
     self.limits = limits
+    self.credential = credential
+    self.timeout = timeout
     self.slots = Array(repeating: nil, count: size)
     self.useRDMA = endpoint.transport == .rdma && RDMAAvailability.probe().isAvailable
   }
@@ -125,13 +135,26 @@ actor ConnectionPool {
     let endpoint = self.endpoint
     let limits = self.limits
     let rdma = useRDMA
+    let credential = self.credential
+    let timeout = self.timeout
     let task = Task { () throws -> any DataPlaneConnection in
-      if rdma {
-        return try RDMADataPlaneConnection.connect(
-          host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+      let connection: any DataPlaneConnection =
+        if rdma {
+          try RDMADataPlaneConnection.connect(
+            host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+        } else {
+          try await TCPDataPlaneConnection.connect(
+            host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+        }
+      if let credential {
+        do {
+          try await connection.authenticate(credential, timeout: timeout)
+        } catch {
+          await connection.close()
+          throw error
+        }
       }
-      return try await TCPDataPlaneConnection.connect(
-        host: endpoint.data.host, port: endpoint.data.port, limits: limits)
+      return connection
     }
     slots[slot] = task
     do {

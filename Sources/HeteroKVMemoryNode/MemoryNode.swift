@@ -50,6 +50,11 @@ public final class MemoryNode: Service, Sendable {
   public func run() async throws {
     let config = configuration
     let handler = MemoryNodeDataPlane(store: store, metrics: metrics)
+    // The data plane takes the same token as the control plane, plus any tenants.
+    var serverOptions = config.server
+    if !serverOptions.access.required, let token = security.token {
+      serverOptions.access = DataPlaneAccess(clusterToken: token)
+    }
     var note = ""
     var rdma: RDMADataPlaneServer?
     var tcp: TCPDataPlaneServer?
@@ -59,7 +64,7 @@ public final class MemoryNode: Service, Sendable {
         if probe.isAvailable {
           rdma = try RDMADataPlaneServer.start(
             host: config.data.host, port: config.data.port, handler: handler,
-            limits: config.limits, logger: logger)
+            limits: config.limits, options: serverOptions, logger: logger)
           logger.info("data plane over RDMA (rsockets)", metadata: ["devices": "\(probe.devices)"])
         } else {
           note = "RDMA was requested but \(probe.reason); serving the data plane over TCP"
@@ -69,7 +74,7 @@ public final class MemoryNode: Service, Sendable {
       if rdma == nil {
         tcp = try await TCPDataPlaneServer.start(
           host: config.data.host, port: config.data.port, handler: handler, limits: config.limits,
-          logger: logger)
+          options: serverOptions, logger: logger)
       }
     } catch {
       addresses.fail(error)

@@ -19,6 +19,9 @@ public struct MemoryNodeConfiguration: Sendable, Hashable {
   public var transport: DataPlaneTransportKind
   /// Bounds on frames.
   public var limits: DataPlaneLimits
+  /// Who may connect to the data plane, how many at once, and how long they may be silent.
+  /// Without tenants the node takes the control plane's token for the data plane too.
+  public var server: DataPlaneServerOptions = .init()
 
   /// A configuration; 64 KiB pages by default.
   public init(

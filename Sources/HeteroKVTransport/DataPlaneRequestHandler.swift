@@ -5,11 +5,12 @@ import NIOCore
 /// What a data-plane server serves: one request in, one response payload (or error) out.
 /// Every transport (TCP, RDMA) drives the same handler, so a node behaves the same over each.
 public protocol DataPlaneRequestHandler: Sendable {
-  /// Serves one request whose frame was already read and checksummed. Runs on an I/O thread
+  /// Serves one request whose frame was already read and checksummed, for a connection
+  /// with `grant` (the transport answered the authentication frames). Runs on an I/O thread
   /// and must not block for long.
-  func handle(opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator) -> Result<
-    ByteBuffer, HeteroKVError
-  >
+  func handle(
+    opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator, grant: DataPlaneGrant
+  ) -> Result<ByteBuffer, HeteroKVError>
 
   /// Told about each frame rejected before it reached `handle` (bad checksum, garbage,
   /// unknown opcode), so the node can count them.
@@ -19,26 +20,86 @@ public protocol DataPlaneRequestHandler: Sendable {
 /// The server-side steps every transport shares: validating a decoded frame and producing the
 /// response frame.
 enum RequestDispatch {
+  /// The response to `frame`, and whether the connection must then close (a refused
+  /// credential).
   static func respond(
-    to frame: Frame, handler: any DataPlaneRequestHandler, allocator: ByteBufferAllocator
-  ) -> Frame {
+    to frame: Frame, handler: any DataPlaneRequestHandler, session: DataPlaneSession,
+    allocator: ByteBufferAllocator
+  ) -> (response: Frame, close: Bool) {
     let header = frame.header
-    if header.flags.contains(.response) {
-      let error = HeteroKVError(.invalidArgument, "a response frame was sent to a server")
+    func refuse(_ error: HeteroKVError, close: Bool = false) -> (response: Frame, close: Bool) {
       handler.rejected(error)
-      return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+      return (
+        .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator),
+        close
+      )
+    }
+    if header.flags.contains(.response) {
+      return refuse(HeteroKVError(.invalidArgument, "a response frame was sent to a server"))
     }
     guard let opcode = Opcode(rawValue: header.opcode) else {
-      let error = HeteroKVError(.unknownOpcode, "opcode \(header.opcode) is not served")
-      handler.rejected(error)
-      return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+      return refuse(HeteroKVError(.unknownOpcode, "opcode \(header.opcode) is not served"))
     }
-    switch handler.handle(opcode: opcode, payload: frame.payload, allocator: allocator) {
+    let limits = DataPlaneLimits(maxPayloadBytes: frame.payload.readableBytes)
+    switch opcode {
+    case .challenge:
+      do {
+        _ = try ChallengeRequest(payload: frame.payload, limits: limits)
+      } catch {
+        return refuse(error)
+      }
+      var generator = SystemRandomNumberGenerator()
+      let nonce = (0..<ChallengeResponse.nonceBytes).map { _ in
+        UInt8.random(in: 0...255, using: &generator)
+      }
+      session.nonce = nonce
+      return (
+        Frame(
+          opcode: header.opcode, flags: .response, requestID: header.requestID,
+          payload: ChallengeResponse(nonce: nonce).encoded(allocator: allocator)), false
+      )
+    case .authenticate:
+      // A nonce serves one attempt; a refused proof closes the connection.
+      guard let nonce = session.nonce else {
+        return refuse(
+          HeteroKVError(.unauthenticated, "authenticate: ask for a challenge first"), close: true)
+      }
+      session.nonce = nil
+      do {
+        let request = try AuthenticateRequest(payload: frame.payload, limits: limits)
+        session.grant = try session.access.verify(request, nonce: nonce)
+      } catch {
+        return refuse(error, close: true)
+      }
+      return (
+        Frame(
+          opcode: header.opcode, flags: .response, requestID: header.requestID,
+          payload: AuthenticateResponse().encoded(allocator: allocator)), false
+      )
+    default:
+      break
+    }
+    guard let grant = session.grant else {
+      return refuse(
+        HeteroKVError(
+          .unauthenticated,
+          "this node requires a credential: send challenge and authenticate before \(opcode.name)"
+        ))
+    }
+    switch handler.handle(
+      opcode: opcode, payload: frame.payload, allocator: allocator, grant: grant)
+    {
     case .success(let payload):
-      return Frame(
-        opcode: header.opcode, flags: .response, requestID: header.requestID, payload: payload)
+      return (
+        Frame(
+          opcode: header.opcode, flags: .response, requestID: header.requestID, payload: payload),
+        false
+      )
     case .failure(let error):
-      return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
+      return (
+        .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator),
+        false
+      )
     }
   }
 }

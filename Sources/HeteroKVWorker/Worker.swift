@@ -64,7 +64,8 @@ public final class Worker: Sendable {
         nodeClients.withLock { clients in
           if let client = clients[node.endpoint] { return client }
           let client = MemoryNodeClient(
-            endpoint: node.endpoint, defaultTimeout: options.requestTimeout)
+            endpoint: node.endpoint, defaultTimeout: options.requestTimeout,
+            credential: options.dataPlaneCredential)
           clients[node.endpoint] = client
           return client
         }

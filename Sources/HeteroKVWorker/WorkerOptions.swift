@@ -1,6 +1,7 @@
 import HeteroKVEngineClient
 import HeteroKVSettings
 import HeteroKVCore
+import HeteroKVWire
 
 /// How a worker keeps and serves its sequences: the model's geometry, the key codec, the
 /// budget policy and the shipping and fan-out bounds.
@@ -31,6 +32,9 @@ public struct WorkerOptions: Sendable {
   public var decodeShipRows: Int
   /// Deadline of one memory-node request.
   public var requestTimeout: Duration
+  /// What the worker proves on each data-plane connection: the cluster token (tenant
+  /// `cluster`) where the cluster file sets one; none for an open cluster.
+  public var dataPlaneCredential: DataPlaneCredential?
 
   public init(
     id: String, geometry: ModelGeometry, settings: WorkerSettings = WorkerSettings(),

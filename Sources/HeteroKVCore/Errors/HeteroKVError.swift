@@ -33,6 +33,7 @@ public struct HeteroKVError: Error, Sendable, CustomStringConvertible {
       case deadlineExceeded = 31
       case connectionClosed = 32
       case unauthenticated = 33
+      case permissionDenied = 34
       case internalError = 40
       case storageFailure = 41
     }
@@ -108,6 +109,8 @@ public struct HeteroKVError: Error, Sendable, CustomStringConvertible {
     public static let connectionClosed = Code(.connectionClosed)
     /// The caller did not present a valid credential.
     public static let unauthenticated = Code(.unauthenticated)
+    /// The caller proved who it is but may not do this (another tenant's namespace).
+    public static let permissionDenied = Code(.permissionDenied)
 
     // Ours.
     /// A failure inside HeteroKV that is not the caller's fault.

@@ -18,12 +18,12 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
     metrics.capacityBytes.record(store.pool.capacityBytes)
   }
 
-  public func handle(opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator)
-    -> Result<ByteBuffer, HeteroKVError>
-  {
+  public func handle(
+    opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator, grant: DataPlaneGrant
+  ) -> Result<ByteBuffer, HeteroKVError> {
     let started = ContinuousClock.now
     let result = Result { () throws(HeteroKVError) -> ByteBuffer in
-      try serve(opcode, payload, allocator)
+      try serve(opcode, payload, allocator, grant)
     }
     let response = try? result.get()
     metrics.record(
@@ -41,28 +41,39 @@ public struct MemoryNodeDataPlane: DataPlaneRequestHandler {
 
   public func rejected(_ error: HeteroKVError) { metrics.rejected() }
 
-  private func serve(_ opcode: Opcode, _ payload: ByteBuffer, _ allocator: ByteBufferAllocator)
-    throws(HeteroKVError) -> ByteBuffer
-  {
+  /// Every request that names rows is checked against the connection's namespaces before it
+  /// touches the store.
+  private func serve(
+    _ opcode: Opcode, _ payload: ByteBuffer, _ allocator: ByteBufferAllocator,
+    _ grant: DataPlaneGrant
+  ) throws(HeteroKVError) -> ByteBuffer {
     let limits = store.limits
     switch opcode {
     case .put:
-      return try store.put(PutRequest(payload: payload, limits: limits)).encoded(
-        allocator: allocator)
+      let request = try PutRequest(payload: payload, limits: limits)
+      try grant.check(request.shard.namespace, "put")
+      return try store.put(request, quota: grant).encoded(allocator: allocator)
     case .drop:
-      return try store.drop(DropRequest(payload: payload, limits: limits)).encoded(
-        allocator: allocator)
+      let request = try DropRequest(payload: payload, limits: limits)
+      try grant.check(request.shard.namespace, "drop")
+      return try store.drop(request).encoded(allocator: allocator)
     case .gather:
-      return try store.gather(GatherRequest(payload: payload, limits: limits), allocator: allocator)
+      let request = try GatherRequest(payload: payload, limits: limits)
+      try grant.check(request.shard.namespace, "gather")
+      return try store.gather(request, allocator: allocator)
     case .partialAttention:
-      return try store.partialAttention(PartialAttentionRequest(payload: payload, limits: limits))
-        .encoded(allocator: allocator)
+      let request = try PartialAttentionRequest(payload: payload, limits: limits)
+      try grant.check(request.shard.namespace, "partial attention")
+      return try store.partialAttention(request).encoded(allocator: allocator)
     case .stats:
       _ = try StatsRequest(payload: payload, limits: limits)
       return store.stats().encoded(allocator: allocator)
     case .ping:
       _ = try PingRequest(payload: payload, limits: limits)
       return allocator.buffer(capacity: 0)
+    case .challenge, .authenticate:
+      // The transport answers these before a request reaches the node.
+      throw HeteroKVError(.internalError, "\(opcode.name) reached the node's handler")
     }
   }
 }

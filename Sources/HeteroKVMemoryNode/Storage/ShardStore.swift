@@ -1,4 +1,5 @@
 import HeteroKVCore
+import HeteroKVTransport
 import HeteroKVWire
 import NIOCore
 
@@ -78,6 +79,8 @@ public final class ShardStore: @unchecked Sendable {
   private let lock = ReadWriteLock()
   private var shards: [ShardID: ShardRows] = [:]
   private var storedBytes = 0
+  /// Row bytes per namespace, for tenants' quotas.
+  private var bytesByNamespace: [UInt32: Int] = [:]
   private var rows = 0
 
   /// A store over `pool`.
@@ -88,8 +91,11 @@ public final class ShardStore: @unchecked Sendable {
 
   // MARK: Put and drop
 
-  /// Appends a batch of rows to a shard, all or none.
-  public func put(_ request: PutRequest) throws(HeteroKVError) -> PutResponse {
+  /// Appends a batch of rows to a shard, all or none; with a `quota`, only while the
+  /// tenant's namespaces (every namespace when the grant names none) stay within it.
+  public func put(_ request: PutRequest, quota grant: DataPlaneGrant? = nil)
+    throws(HeteroKVError) -> PutResponse
+  {
     let d = request.headDim
     let hasKeys = request.keys != nil
     guard d * 2 <= pool.pageBytes else {
@@ -123,6 +129,18 @@ public final class ShardStore: @unchecked Sendable {
           )
         }
       }
+      let adding = request.rowCount * target.rowBytes * (hasKeys ? 2 : 1)
+      if let grant, let quota = grant.quotaBytes {
+        let used =
+          grant.namespaces.map { $0.reduce(0) { $0 + (bytesByNamespace[$1] ?? 0) } }
+          ?? storedBytes
+        guard used + adding <= quota else {
+          throw HeteroKVError(
+            .resourceExhausted,
+            "put: tenant \(grant.tenant) holds \(used) bytes on this node; \(adding) more exceed its quota of \(quota)"
+          )
+        }
+      }
       let total = target.rowCount + request.rowCount
       let perKind = target.pagesNeeded(forRows: total) - target.valuePages.count
       let needed = perKind * (hasKeys ? 2 : 1)
@@ -145,7 +163,8 @@ public final class ShardStore: @unchecked Sendable {
       }
       target.rowCount = total
       shards[request.shard] = target
-      storedBytes += request.rowCount * target.rowBytes * (hasKeys ? 2 : 1)
+      storedBytes += adding
+      bytesByNamespace[request.shard.namespace, default: 0] += adding
       rows += request.rowCount
       return PutResponse(
         shardRows: UInt32(total), usedBytes: UInt64(pool.usedBytes),
@@ -176,7 +195,10 @@ public final class ShardStore: @unchecked Sendable {
       for victim in victims {
         guard let rows = shards.removeValue(forKey: victim) else { continue }
         freed += rows.pageCount * pool.pageBytes
-        storedBytes -= rows.rowCount * rows.rowBytes * (rows.hasKeys ? 2 : 1)
+        let bytes = rows.rowCount * rows.rowBytes * (rows.hasKeys ? 2 : 1)
+        storedBytes -= bytes
+        bytesByNamespace[victim.namespace, default: 0] -= bytes
+        if bytesByNamespace[victim.namespace] == 0 { bytesByNamespace[victim.namespace] = nil }
         self.rows -= rows.rowCount
         pool.release(rows.valuePages + rows.keyPages)
       }

@@ -18,11 +18,14 @@ public final class RDMADataPlaneServer: Sendable {
   /// Listens on `host:port` (0 picks a free port) and serves until ``close()``.
   public static func start(
     host: String, port: Int, handler: any DataPlaneRequestHandler,
-    limits: DataPlaneLimits = .standard, logger: Logger
+    limits: DataPlaneLimits = .standard, options: DataPlaneServerOptions = .init(),
+    logger: Logger
   ) throws(HeteroKVError) -> RDMADataPlaneServer {
     let listener = try RSocket.listen(host: host, port: port)
     let server = RDMADataPlaneServer(listener: listener, port: listener.localPort())
-    let acceptor = Thread { server.acceptLoop(handler: handler, limits: limits, logger: logger) }
+    let acceptor = Thread {
+      server.acceptLoop(handler: handler, limits: limits, options: options, logger: logger)
+    }
     acceptor.name = "hkv-rdma-accept"
     acceptor.start()
     return server
@@ -34,16 +37,28 @@ public final class RDMADataPlaneServer: Sendable {
   }
 
   private func acceptLoop(
-    handler: any DataPlaneRequestHandler, limits: DataPlaneLimits, logger: Logger
+    handler: any DataPlaneRequestHandler, limits: DataPlaneLimits,
+    options: DataPlaneServerOptions, logger: Logger
   ) {
     while let socket = listener.accept() {
       if stopped.withLock({ $0 }) {
         socket.close()
         break
       }
+      // Over the cap, a connection is closed before it can send anything.
+      guard connections.withLock({ $0.count }) < options.maxConnections else {
+        handler.rejected(
+          HeteroKVError(
+            .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
+        socket.close()
+        continue
+      }
       connections.withLock { $0[socket.fd] = socket }
+      let access = options.access
       let thread = Thread {
-        self.serve(socket, handler: handler, limits: limits, logger: logger)
+        self.serve(
+          socket, handler: handler, session: DataPlaneSession(access: access), limits: limits,
+          logger: logger)
         self.connections.withLock { _ = $0.removeValue(forKey: socket.fd) }
         socket.close()
       }
@@ -53,8 +68,8 @@ public final class RDMADataPlaneServer: Sendable {
   }
 
   private func serve(
-    _ socket: RSocket, handler: any DataPlaneRequestHandler, limits: DataPlaneLimits,
-    logger: Logger
+    _ socket: RSocket, handler: any DataPlaneRequestHandler, session: DataPlaneSession,
+    limits: DataPlaneLimits, logger: Logger
   ) {
     let allocator = ByteBufferAllocator()
     while true {
@@ -73,15 +88,17 @@ public final class RDMADataPlaneServer: Sendable {
         return
       }
       let response: Frame
+      var close = false
       switch inbound {
       case .frame(let frame):
-        response = RequestDispatch.respond(to: frame, handler: handler, allocator: allocator)
+        (response, close) = RequestDispatch.respond(
+          to: frame, handler: handler, session: session, allocator: allocator)
       case .corrupt(let header, let error):
         handler.rejected(error)
         response = .error(
           error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
       }
-      guard socket.writeAll(response.serialized(allocator: allocator)) else { return }
+      guard socket.writeAll(response.serialized(allocator: allocator)), !close else { return }
     }
   }
 

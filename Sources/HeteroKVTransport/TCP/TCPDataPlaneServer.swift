@@ -19,7 +19,7 @@ public final class TCPDataPlaneServer: Sendable {
   /// Binds `host:port` (port 0 picks a free one) and starts serving.
   public static func start(
     host: String, port: Int, handler: any DataPlaneRequestHandler,
-    limits: DataPlaneLimits = .standard,
+    limits: DataPlaneLimits = .standard, options: DataPlaneServerOptions = .init(),
     group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
   ) async throws -> TCPDataPlaneServer {
     let connections = OpenConnections()
@@ -29,12 +29,25 @@ public final class TCPDataPlaneServer: Sendable {
       .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
       .childChannelOption(.maxMessagesPerRead, value: 16)
       .childChannelInitializer { channel in
+        // Over the cap, a connection is closed before it can send anything.
+        guard connections.count < options.maxConnections else {
+          handler.rejected(
+            HeteroKVError(
+              .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
+          return channel.close()
+        }
         connections.insert(channel)
         return channel.eventLoop.makeCompletedFuture {
+          let activity = ConnectionActivity()
           try channel.pipeline.syncOperations.addHandlers([
+            ConnectionWatchdog(
+              activity: activity, idleTimeout: options.idleTimeout,
+              partialFrameTimeout: options.partialFrameTimeout, logger: logger),
             ByteToMessageHandler(FrameDecoder(limits: limits)),
             FrameEncoder(),
-            ServerFrameHandler(handler: handler, logger: logger),
+            ServerFrameHandler(
+              handler: handler, session: DataPlaneSession(access: options.access),
+              activity: activity, logger: logger),
           ])
         }
       }
@@ -79,6 +92,8 @@ final class OpenConnections: Sendable {
   }
 
   func all() -> [any Channel] { channels.withLock { Array($0.values) } }
+
+  var count: Int { channels.withLock { $0.count } }
 }
 
 /// Answers decoded frames in arrival order; stops reading while the peer is not draining
@@ -88,18 +103,34 @@ final class ServerFrameHandler: ChannelInboundHandler {
   typealias OutboundOut = Frame
 
   private let handler: any DataPlaneRequestHandler
+  private let session: DataPlaneSession
+  private let activity: ConnectionActivity
   private let logger: Logger
 
-  init(handler: any DataPlaneRequestHandler, logger: Logger) {
+  init(
+    handler: any DataPlaneRequestHandler, session: DataPlaneSession, activity: ConnectionActivity,
+    logger: Logger
+  ) {
     self.handler = handler
+    self.session = session
+    self.activity = activity
     self.logger = logger
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-    switch unwrapInboundIn(data) {
+    let inbound = unwrapInboundIn(data)
+    activity.framedBytes += inbound.wireBytes
+    switch inbound {
     case .frame(let frame):
-      let response = RequestDispatch.respond(
-        to: frame, handler: handler, allocator: context.channel.allocator)
+      let (response, close) = RequestDispatch.respond(
+        to: frame, handler: handler, session: session, allocator: context.channel.allocator)
+      if close {
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(response)).whenComplete { _ in
+          bound.value.close(promise: nil)
+        }
+        return
+      }
       context.write(wrapOutboundOut(response), promise: nil)
     case .corrupt(let header, let error):
       handler.rejected(error)
@@ -152,5 +183,105 @@ final class ServerFrameHandler: ChannelInboundHandler {
       logger.warning("data-plane connection error: \(error)")
     }
     context.close(promise: nil)
+  }
+}
+
+/// How a TCP (or RDMA) data-plane server treats its connections.
+public struct DataPlaneServerOptions: Sendable, Hashable {
+  /// Who may connect; none configured: everyone.
+  public var access: DataPlaneAccess
+  /// Open connections at most; further ones are closed on accept.
+  public var maxConnections: Int
+  /// A connection that sends nothing for this long (between frames) is closed.
+  public var idleTimeout: Duration
+  /// A connection that stops in the middle of a frame for this long is closed.
+  public var partialFrameTimeout: Duration
+
+  public init(
+    access: DataPlaneAccess = DataPlaneAccess(clusterToken: nil), maxConnections: Int = 1024,
+    idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10)
+  ) {
+    self.access = access
+    self.maxConnections = maxConnections
+    self.idleTimeout = idleTimeout
+    self.partialFrameTimeout = partialFrameTimeout
+  }
+}
+
+/// Bytes a connection has received, and how many of them whole frames accounted for: the
+/// difference is a frame still arriving. Touched only on the connection's event loop.
+final class ConnectionActivity {
+  var receivedBytes = 0
+  var framedBytes = 0
+  var lastRead = NIODeadline.now()
+  var midFrame: Bool { receivedBytes > framedBytes }
+}
+
+/// Closes a connection that has been silent too long: `idleTimeout` between frames,
+/// `partialFrameTimeout` in the middle of one (a client that sends part of a frame and
+/// stalls would otherwise hold its buffer forever).
+final class ConnectionWatchdog: ChannelInboundHandler {
+  typealias InboundIn = ByteBuffer
+  typealias InboundOut = ByteBuffer
+
+  private let activity: ConnectionActivity
+  private let idleTimeout: TimeAmount
+  private let partialFrameTimeout: TimeAmount
+  private let logger: Logger
+  private var task: RepeatedTask?
+
+  init(
+    activity: ConnectionActivity, idleTimeout: Duration, partialFrameTimeout: Duration,
+    logger: Logger
+  ) {
+    self.activity = activity
+    self.idleTimeout = .nanoseconds(Int64(idleTimeout.nanoseconds))
+    self.partialFrameTimeout = .nanoseconds(Int64(partialFrameTimeout.nanoseconds))
+    self.logger = logger
+  }
+
+  func handlerAdded(context: ChannelHandlerContext) {
+    let tick = TimeAmount.nanoseconds(
+      max(10_000_000, min(idleTimeout.nanoseconds, partialFrameTimeout.nanoseconds) / 4))
+    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+    let activity = self.activity
+    let idle = idleTimeout
+    let partial = partialFrameTimeout
+    let logger = self.logger
+    task = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { task in
+      let silent = NIODeadline.now() - activity.lastRead
+      let limit = activity.midFrame ? partial : idle
+      guard silent >= limit else { return }
+      logger.info(
+        "closing a silent data-plane connection",
+        metadata: [
+          "mid_frame": "\(activity.midFrame)", "silent_ms": "\(silent.nanoseconds / 1_000_000)",
+        ])
+      task.cancel()
+      bound.value.close(promise: nil)
+    }
+  }
+
+  func handlerRemoved(context: ChannelHandlerContext) { task?.cancel() }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    task?.cancel()
+    context.fireChannelInactive()
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    activity.receivedBytes += unwrapInboundIn(data).readableBytes
+    activity.lastRead = .now()
+    context.fireChannelRead(data)
+  }
+}
+
+extension InboundFrame {
+  /// Bytes this frame took on the wire.
+  var wireBytes: Int {
+    switch self {
+    case .frame(let frame): FrameHeader.size + frame.payload.readableBytes
+    case .corrupt(let header, _): FrameHeader.size + Int(header.payloadLength)
+    }
   }
 }

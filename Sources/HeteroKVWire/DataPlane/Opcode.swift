@@ -12,6 +12,12 @@ public enum Opcode: UInt8, Sendable, Hashable, CaseIterable {
   case stats = 5
   /// An empty round trip, for liveness and latency.
   case ping = 6
+  /// Ask for a one-use nonce to prove a credential over (the first frame of a connection to
+  /// a node that requires one).
+  case challenge = 7
+  /// Prove a tenant's credential over the nonce (HMAC-SHA256); the connection then acts for
+  /// that tenant.
+  case authenticate = 8
 
   /// A lower-case name for logs and metrics labels.
   public var name: String {
@@ -22,6 +28,8 @@ public enum Opcode: UInt8, Sendable, Hashable, CaseIterable {
     case .partialAttention: "partial_attention"
     case .stats: "stats"
     case .ping: "ping"
+    case .challenge: "challenge"
+    case .authenticate: "authenticate"
     }
   }
 }

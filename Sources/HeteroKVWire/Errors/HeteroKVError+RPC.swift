@@ -16,6 +16,7 @@ extension HeteroKVError.Code {
     case .unavailable, .connectionClosed: .unavailable
     case .deadlineExceeded: .deadlineExceeded
     case .unauthenticated: .unauthenticated
+    case .permissionDenied: .permissionDenied
     case .internalError, .storageFailure: .internalError
     case .malformedFrame, .unsupportedVersion, .unknownOpcode, .frameTooLarge,
       .checksumMismatch, .invalidArgument, .dimensionMismatch, .nonFiniteInput,
@@ -39,7 +40,8 @@ extension HeteroKVError.Code {
       case .dataLoss: .dataUnavailable
       case .unavailable, .cancelled: .unavailable
       case .deadlineExceeded: .deadlineExceeded
-      case .unauthenticated, .permissionDenied: .unauthenticated
+      case .unauthenticated: .unauthenticated
+      case .permissionDenied: .permissionDenied
       default: .internalError
       }
   }

@@ -2,6 +2,7 @@ import Foundation
 import HeteroKVCore
 import HeteroKVMemoryClient
 import HeteroKVMemoryNode
+import HeteroKVTestSupport
 import HeteroKVTransport
 import HeteroKVWire
 import NIOCore
@@ -195,4 +196,76 @@ func rawCallPayload(_ peer: RawPeer, _ opcode: Opcode, _ payload: ByteBuffer, id
     throw HeteroKVError(.internalError, "\(opcode.name) was not answered")
   }
   return reply.payload
+}
+
+@Suite("Bounded work on the data plane")
+struct BoundedWorkTests {
+  @Test(
+    "a maximal amplification frame (one token repeated across 128 heads) is refused fast, without the node's memory growing"
+  )
+  func amplificationIsRefused() async throws {
+    let config = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-\(UUID()).yaml")
+    try """
+    cluster: bounded
+    memory_nodes:
+      - id: amp-0
+        data: 127.0.0.1:0
+        control: 127.0.0.1:0
+        capacity: 32MiB
+        page_size: 16KiB
+    """.write(to: config, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(at: config) }
+    let child = try HKVDaemonProcess(["memnode", "--config", config.path, "--id", "amp-0"])
+    try child.waitUntilReady()
+    defer { child.kill() }
+    let data = try #require(child.address("data"))
+    let client = MemoryNodeClient(endpoint: MemoryNodeEndpoint(id: "amp-0", data: data))
+    let d = 64
+    let shard = ShardID(namespace: 0, sequence: 1, layer: 0, kvHead: 0)
+    let rows = (0..<(1000 * d)).map { Float16(Float($0 % 13) / 13) }
+    _ = try await client.put(
+      PutRequest(shard: shard, startToken: 0, headDim: d, values: rows, keys: rows))
+
+    // One token ~16M times (a full 64 MiB frame), shared by 128 exact heads: 2^31 score
+    // cells and 16M row reads per head if it were served.
+    let repeats = 16_000_000
+    var payload = ByteBuffer()
+    shard.encode(into: &payload)
+    payload.writeInteger(PartialAttentionRequest.Mode.exact.rawValue)
+    payload.writeInteger(UInt8(1))  // shared tokens
+    payload.writeInteger(UInt16(128), endianness: .little)
+    payload.writeInteger(UInt16(d), endianness: .little)
+    payload.writeInteger(Float(0.125).bitPattern, endianness: .little)
+    payload.writeInteger(UInt32(repeats), endianness: .little)
+    payload.writeRepeatingByte(0, count: repeats * 4)
+    for _ in 0..<128 { payload.writeRepeatingByte(0, count: d * 4) }
+    let frame = Frame(
+      opcode: Opcode.partialAttention.rawValue, flags: [], requestID: 9, payload: payload
+    ).serialized()
+    let peer = try await RawPeer.connect(data)
+    let before = try #require(child.residentBytes())
+    let started = ContinuousClock.now
+    try await peer.write(frame)
+    // From the moment the whole frame is on the socket: what the node spends on it.
+    let sent = ContinuousClock.now
+    guard case .frame(let reply) = try await peer.nextFrame(timeout: .seconds(10)) else {
+      Issue.record("the amplification frame was not answered")
+      return
+    }
+    let elapsed = ContinuousClock.now - sent
+    print("amplification frame: written in \(sent - started), refused \(elapsed) later")
+    #expect(
+      reply.decodedError()?.code == .invalidArgument, "\(String(describing: reply.decodedError()))")
+    #expect(elapsed < .milliseconds(100), "refused after \(elapsed)")
+    let after = try #require(child.residentBytes())
+    #expect(after - before < 64 << 20, "resident memory grew by \(after - before) bytes")
+    // The same node still answers real requests.
+    let part = try await client.partialAttention(
+      PartialAttentionRequest(
+        shard: shard, mode: .exact, headDim: d, scale: 0.125,
+        heads: [.exact(tokens: [0, 5, 9], query: [Float](repeating: 0.1, count: d))]))
+    #expect(part.maxScores.count == 1)
+    await peer.close()
+    await client.close()
+  }
 }

@@ -96,6 +96,19 @@ public final class HKVDaemonProcess {
   }
 
   /// Kills it without warning (SIGKILL), as a crash would.
+  /// The child's process id (for reading /proc/PID).
+  public var processID: Int32 { process.processIdentifier }
+
+  /// The child's resident set size in bytes, from /proc/PID/status (nil where unreadable).
+  public func residentBytes() -> Int? {
+    guard
+      let text = try? String(contentsOfFile: "/proc/\(processID)/status", encoding: .utf8),
+      let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+      let kib = Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "")
+    else { return nil }
+    return kib * 1024
+  }
+
   public func kill() {
     guard process.isRunning else { return }
     Foundation.kill(process.processIdentifier, SIGKILL)

@@ -49,7 +49,7 @@ struct MessageTests {
       heads: (0..<4).map { h in .exact(tokens: Array(0..<100), query: [Float(h), 1, 2, 3]) })
     #expect(try roundTrip(group) == group)
     var unshared = group
-    unshared.heads[3].tokens[99] = 7
+    unshared.heads[3].tokens[99] = 100
     #expect(try roundTrip(unshared) == unshared)
     #expect(group.encoded().readableBytes + 3 * (4 + 400) == unshared.encoded().readableBytes)
     let partial = PartialAttentionResponse(
@@ -102,6 +102,20 @@ struct MessageTests {
       heads: [.weighted(tokens: [0], weights: [.nan])])
     expect(.invalidArgument, containing: "non-finite weight") {
       _ = try PartialAttentionRequest(payload: nan.encoded(), limits: limits)
+    }
+    // Work is bounded before it is done: each row named once, in order; heads x tokens capped.
+    let group = PartialAttentionRequest(
+      shard: shard, mode: .exact, headDim: 4, scale: 0.5,
+      heads: (0..<4).map { h in .exact(tokens: Array(0..<100), query: [Float(h), 1, 2, 3]) })
+    var repeated = group
+    repeated.heads[2].tokens[50] = 49
+    expect(.invalidArgument, containing: "strictly ascending") {
+      _ = try PartialAttentionRequest(payload: repeated.encoded(), limits: limits)
+    }
+    var capped = limits
+    capped.maxAttentionCells = 399
+    expect(.invalidArgument, containing: "query heads x tokens exceeds 399") {
+      _ = try PartialAttentionRequest(payload: group.encoded(), limits: capped)
     }
     let tooMany = PartialAttentionRequest(
       shard: shard, mode: .weights, headDim: 4, scale: 1,

@@ -122,18 +122,37 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     }
     var heads: [Head] = []
     heads.reserveCapacity(headCount)
+    // The work a request asks for is bounded before anything is computed or copied: heads x
+    // tokens stays under the limit (so a short frame cannot ask for a huge score matrix),
+    // and every head's tokens name distinct rows in order (so a head reads at most its
+    // shard); both are checked on the received bytes, before any token array is made.
+    var cells = 0
+    func count(_ tokens: Int, heads: Int, _ what: String) throws(HeteroKVError) {
+      cells += tokens * heads
+      guard cells <= limits.maxAttentionCells else {
+        throw HeteroKVError(
+          .invalidArgument,
+          "partial attention: query heads x tokens exceeds \(limits.maxAttentionCells) at \(what)")
+      }
+    }
     var sharedTokens: [UInt32]?
     if flags & sharedTokensFlag != 0 {
-      let count = Int(try r.integer("shared count", as: UInt32.self))
-      sharedTokens = try r.slice("shared tokens", count: count, stride: 4).readUInt32Array()
+      let n = Int(try r.integer("shared count", as: UInt32.self))
+      try count(n, heads: headCount, "the shared tokens")
+      let slice = try r.slice("shared tokens", count: n, stride: 4)
+      try Self.checkAscending(slice, "the shared tokens")
+      sharedTokens = slice.readUInt32Array()
     }
     for h in 0..<headCount {
       let tokens: [UInt32]
       if let sharedTokens {
         tokens = sharedTokens
       } else {
-        let count = Int(try r.integer("head \(h) count", as: UInt32.self))
-        tokens = try r.slice("head \(h) tokens", count: count, stride: 4).readUInt32Array()
+        let n = Int(try r.integer("head \(h) count", as: UInt32.self))
+        try count(n, heads: 1, "head \(h)")
+        let slice = try r.slice("head \(h) tokens", count: n, stride: 4)
+        try Self.checkAscending(slice, "head \(h)'s tokens")
+        tokens = slice.readUInt32Array()
       }
       let count = tokens.count
       switch mode {
@@ -155,6 +174,26 @@ public struct PartialAttentionRequest: DataPlaneRequest, Hashable {
     }
     self.heads = heads
     try r.finish()
+  }
+
+  /// Throws unless the little-endian u32 tokens in `slice` are strictly ascending: each row
+  /// named once. Stops at the first that is not.
+  static func checkAscending(_ slice: ByteBuffer, _ what: String) throws(HeteroKVError) {
+    let problem: (UInt32, UInt32)? = slice.withUnsafeReadableBytes { raw in
+      var previous: UInt32?
+      for i in 0..<(raw.count / 4) {
+        let token = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))
+        if let previous, token <= previous { return (previous, token) }
+        previous = token
+      }
+      return nil
+    }
+    if let (previous, token) = problem {
+      throw HeteroKVError(
+        .invalidArgument,
+        "partial attention: \(what) must be strictly ascending (each row once); \(token) follows \(previous)"
+      )
+    }
   }
 
   /// Whether every head names the same tokens (and there are at least two heads).

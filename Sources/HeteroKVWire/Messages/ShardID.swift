@@ -39,7 +39,8 @@ public struct ShardID: Sendable, Hashable, Comparable, CustomStringConvertible {
       < (b.namespace, b.sequence, b.layer, b.kvHead, b.chunk)
   }
 
-  func encode(into buffer: inout ByteBuffer) {
+  /// Appends the 20 bytes of the id.
+  public func encode(into buffer: inout ByteBuffer) {
     buffer.writeInteger(namespace, endianness: .little)
     buffer.writeInteger(sequence, endianness: .little)
     buffer.writeInteger(layer, endianness: .little)

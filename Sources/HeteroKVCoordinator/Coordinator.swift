@@ -1,6 +1,7 @@
 import CoreMetrics
 import HeteroKVSettings
 import HeteroKVCore
+import HeteroKVWire
 import Logging
 
 /// A member as the admin CLI sees it: its registration, its lease and the use it reported.
@@ -90,12 +91,26 @@ public actor Coordinator {
     id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
     capacityBytes: UInt64, transport: String
   ) throws(HeteroKVError) -> UInt64 {
-    guard !id.isEmpty, id.utf8.count <= 128 else {
-      throw .invalidArgument("member_id must be 1 to 128 bytes")
+    guard !id.isEmpty, id.utf8.count <= Self.maxIDBytes else {
+      throw .invalidArgument("member_id must be 1 to \(Self.maxIDBytes) bytes")
+    }
+    guard controlAddress.utf8.count <= 512, dataAddress.utf8.count <= 512 else {
+      throw .invalidArgument("addresses are at most 512 bytes")
+    }
+    if !controlAddress.isEmpty {
+      guard let control = HostPort(controlAddress), control.port > 0 else {
+        throw .invalidArgument("control_address \"\(controlAddress)\" is not host:port")
+      }
     }
     if role == .memoryNode {
-      guard !dataAddress.isEmpty else { throw .invalidArgument("a memory node needs data_address") }
-      guard capacityBytes > 0 else { throw .invalidArgument("a memory node needs capacity_bytes") }
+      guard let data = HostPort(dataAddress), data.port > 0 else {
+        throw .invalidArgument(
+          "a memory node needs data_address as host:port with a port, got \"\(dataAddress)\"")
+      }
+      guard capacityBytes > 0, capacityBytes <= Self.maxNodeCapacity else {
+        throw .invalidArgument(
+          "capacity_bytes must be in 1...\(Self.maxNodeCapacity) (1 PiB), got \(capacityBytes)")
+      }
       guard transport == "tcp" || transport == "rdma" else {
         throw .invalidArgument("transport must be tcp or rdma, got \"\(transport)\"")
       }
@@ -124,7 +139,7 @@ public actor Coordinator {
     guard state.membership.heartbeat(id: id, now: now()) else {
       return (false, "the lease of \(id) lapsed; register again")
     }
-    usedBytes[id] = used
+    usedBytes[id] = min(used, member.capacityBytes)
     gauges.recordUsed(state.membership, used: usedBytes)
     return (true, "")
   }
@@ -164,7 +179,9 @@ public actor Coordinator {
       }
       return existing
     }
-    guard !worker.isEmpty else { throw .invalidArgument("worker_id must not be empty") }
+    guard !worker.isEmpty, worker.utf8.count <= Self.maxIDBytes else {
+      throw .invalidArgument("worker_id must be 1 to \(Self.maxIDBytes) bytes")
+    }
     guard maxTokens > 0, maxTokens <= 1 << 32 else {
       throw .invalidArgument("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
     }
@@ -252,8 +269,8 @@ public actor Coordinator {
     return ClusterStatusView(
       cluster: configuration.name, policy: configuration.budgets.policy.rawValue,
       replication: configuration.replication,
-      capacityBytes: up.reduce(0) { $0 + $1.capacityBytes },
-      usedBytes: up.reduce(0) { $0 + (usedBytes[$1.id] ?? 0) },
+      capacityBytes: up.map(\.capacityBytes).saturatingSum,
+      usedBytes: up.map { usedBytes[$0.id] ?? 0 }.saturatingSum,
       reservedBytes: state.reservedBytes, nodesUp: up.count, nodesDown: nodes.count - up.count,
       workersUp: state.membership.up(.worker).count,
       sequences: state.sequences.values.sorted { $0.key < $1.key })
@@ -273,15 +290,21 @@ public actor Coordinator {
   }
 
   /// Memory-tier bytes for `tokens` tokens: fp16 values of every KV head plus fp16 keys of
-  /// `keyHeads` heads, times the copies.
+  /// `keyHeads` heads, times the copies (saturating: a product past 2^64 cannot fit anyway).
   private func reservation(keyHeads: Int, tokens: Int, replicas: Int) -> UInt64 {
     let values = model.layers * model.kvHeads * model.headDim * 2
     let keys = keyHeads * model.headDim * 2
-    return UInt64(values + keys) * UInt64(tokens) * UInt64(replicas)
+    return [UInt64(values + keys), UInt64(tokens), UInt64(replicas)].saturatingProduct
   }
 
+  /// Longest member or worker id, in bytes.
+  static let maxIDBytes = 128
+  /// Largest capacity one memory node may register (1 PiB): sums of capacities stay far
+  /// from overflow, and a typo of a few digits is refused.
+  static let maxNodeCapacity: UInt64 = 1 << 50
+
   private func checkFree(_ bytes: UInt64, for key: SequenceKey) throws(HeteroKVError) {
-    let capacity = state.membership.up(.memoryNode).reduce(UInt64(0)) { $0 + $1.capacityBytes }
+    let capacity = state.membership.up(.memoryNode).map(\.capacityBytes).saturatingSum
     let reserved = state.reservedBytes
     let free = capacity > reserved ? capacity - reserved : 0
     guard bytes <= free else {
@@ -365,7 +388,7 @@ struct CoordinatorGauges: Sendable {
     nodesDown.record(nodes.count - up.count)
     workersUp.record(state.membership.up(.worker).count)
     sequences.record(state.sequences.count)
-    capacity.record(Int64(clamping: up.reduce(UInt64(0)) { $0 + $1.capacityBytes }))
+    capacity.record(Int64(clamping: up.map(\.capacityBytes).saturatingSum))
     reserved.record(Int64(clamping: state.reservedBytes))
     recordUsed(state.membership, used: bytes)
     revision.record(Int64(clamping: state.revision))
@@ -375,5 +398,23 @@ struct CoordinatorGauges: Sendable {
   func recordUsed(_ membership: MembershipTable, used bytes: [String: UInt64]) {
     used.record(
       Int64(clamping: membership.up(.memoryNode).reduce(UInt64(0)) { $0 + (bytes[$1.id] ?? 0) }))
+  }
+}
+
+extension Sequence<UInt64> {
+  /// The sum, or UInt64.max where it would overflow.
+  var saturatingSum: UInt64 {
+    reduce(0) { total, x in
+      let (sum, overflow) = total.addingReportingOverflow(x)
+      return overflow ? .max : sum
+    }
+  }
+
+  /// The product, or UInt64.max where it would overflow.
+  var saturatingProduct: UInt64 {
+    reduce(1) { total, x in
+      let (product, overflow) = total.multipliedReportingOverflow(by: x)
+      return overflow ? .max : product
+    }
   }
 }

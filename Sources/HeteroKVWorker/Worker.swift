@@ -72,7 +72,7 @@ public final class Worker: Sendable {
       })
     let session = SequenceSession(
       ref: ref, options: options, control: control, backend: backend, tier: tier,
-      placement: placement, calibrated: profiles, metrics: metrics)
+      placement: placement, maxTokens: maxTokens, calibrated: profiles, metrics: metrics)
     let raced = sessions.withLock { open -> Bool in
       if open[ref] != nil { return true }
       open[ref] = session

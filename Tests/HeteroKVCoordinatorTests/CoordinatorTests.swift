@@ -171,6 +171,51 @@ struct CoordinatorTests {
       after.membership.members.mapValues(\.incarnation)
         == before.membership.members.mapValues(\.incarnation))
   }
+
+  @Test(
+    "hostile registrations (capacity 2^63 twice, a bogus data address, a 1 MiB id) are refused, and the coordinator restarts fine"
+  )
+  func hostileInputs() async throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let config = try testCluster(replication: 1, stateDir: dir)
+    do {
+      let coordinator = try make(config, store: try FileCoordinatorStore(directory: dir))
+      for id in ["big-0", "big-1"] {
+        await expectRefusal(.invalidArgument, mentioning: "capacity_bytes") {
+          _ = try await coordinator.register(
+            id: id, role: .memoryNode, dataAddress: "127.0.0.1:7100",
+            controlAddress: "127.0.0.1:7200", capacityBytes: 1 << 63, transport: "tcp")
+        }
+      }
+      await expectRefusal(.invalidArgument, mentioning: "data_address") {
+        _ = try await coordinator.register(
+          id: "bogus", role: .memoryNode, dataAddress: "not an address",
+          controlAddress: "127.0.0.1:7200", capacityBytes: 1 << 30, transport: "tcp")
+      }
+      let huge = String(repeating: "w", count: 1 << 20)
+      await expectRefusal(.invalidArgument, mentioning: "member_id") {
+        _ = try await coordinator.register(
+          id: huge, role: .worker, dataAddress: "", controlAddress: "", capacityBytes: 0,
+          transport: "tcp")
+      }
+      try await coordinator.addMemoryNodes(2)
+      await expectRefusal(.invalidArgument, mentioning: "worker_id") {
+        _ = try await coordinator.openSequence(
+          key: SequenceKey(namespace: 0, sequence: 1), worker: huge, maxTokens: 16)
+      }
+      // Nothing refused is in the state; every later call still works.
+      let status = try await coordinator.status()
+      #expect(status.nodesUp == 2)
+      #expect(status.capacityBytes == 2 << 30)
+      _ = try await coordinator.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 2), worker: "w", maxTokens: 16)
+    }
+    let restarted = try make(config, store: try FileCoordinatorStore(directory: dir))
+    let status = try await restarted.status()
+    #expect(status.sequences.count == 1)
+    #expect(Set((await restarted.snapshot()).membership.members.keys) == ["m0", "m1"])
+  }
 }
 
 /// Expects `body` to fail with a coordinator refusal of `kind` whose message has `text`.

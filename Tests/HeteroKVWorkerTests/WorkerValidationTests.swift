@@ -45,6 +45,14 @@ struct WorkerValidationTests {
           values: Array(repeating: 0, count: width))
       }
       #expect(nan?.code == .invalidArgument)
+      // More tokens than the sequence was opened (and reserved) for.
+      let beyond = await refusal {
+        try await worker.append(
+          ref, layer: 0, tokens: 1025, keys: Array(repeating: 0, count: 1025 * width),
+          values: Array(repeating: 0, count: 1025 * width))
+      }
+      #expect(beyond?.code == .resourceExhausted)
+      #expect(beyond?.message.contains("max_tokens 1024") == true, "\(beyond?.message ?? "")")
       #expect(try await worker.stats(ref).tokens == 0, "nothing was appended")
       // Attention before every layer has a prefill.
       try await worker.append(

@@ -135,5 +135,5 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
   }
 
   /// Bytes reserved by every open sequence.
-  public var reservedBytes: UInt64 { sequences.values.reduce(0) { $0 + $1.reservedBytes } }
+  public var reservedBytes: UInt64 { sequences.values.map(\.reservedBytes).saturatingSum }
 }

@@ -47,8 +47,12 @@ extension SequenceSession {
       }
     }
     let start = layers[layer].tokens
-    guard start + tokens <= Int(UInt32.max) else {
-      throw HeteroKVError(.resourceExhausted, "sequence \(ref) layer \(layer) passes 2^32 tokens")
+    // The coordinator reserved memory-tier room for maxTokens; more would overrun it.
+    guard start + tokens <= maxTokens else {
+      throw HeteroKVError(
+        .resourceExhausted,
+        "sequence \(ref) layer \(layer): \(start) + \(tokens) tokens exceed the sequence's max_tokens \(maxTokens)"
+      )
     }
     var batches: [ShipBatch] = []
     // What can fail (shapes, codebook training) happens before anything changes; a failure

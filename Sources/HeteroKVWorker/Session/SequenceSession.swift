@@ -16,6 +16,8 @@ actor SequenceSession {
   let tier: MemoryTierClient
   let writer: ShardWriter
   let placement: SequencePlacement
+  /// Tokens the sequence may hold per layer (what the coordinator reserved for).
+  let maxTokens: Int
   /// Profiles from an offline calibration, when the engine gave them.
   let calibrated: [HeadProfile]?
   let metrics: WorkerMetrics
@@ -46,9 +48,10 @@ actor SequenceSession {
   init(
     ref: SequenceRef, options: WorkerOptions, control: any ClusterControl,
     backend: any AttentionBackend, tier: MemoryTierClient, placement: SequencePlacement,
-    calibrated: [HeadProfile]? = nil, metrics: WorkerMetrics
+    maxTokens: Int, calibrated: [HeadProfile]? = nil, metrics: WorkerMetrics
   ) {
     self.ref = ref
+    self.maxTokens = maxTokens
     self.metrics = metrics
     self.calibrated = calibrated
     self.options = options

@@ -76,6 +76,24 @@ extension ClusterConfiguration {
               ])
             }
           ),
+          (
+            "tenants",
+            s.tenants.isEmpty
+              ? nil
+              : .sequence(
+                Node.Sequence(
+                  s.tenants.map { t in
+                    mapping([
+                      ("name", scalar(t.name)),
+                      ("token_env", t.tokenEnvironmentVariable.map(scalar)),
+                      ("token_file", t.tokenFile.map(scalar)),
+                      (
+                        "namespaces", .sequence(Node.Sequence(t.namespaces.map { scalar(Int($0)) }))
+                      ),
+                      ("quota", t.quotaBytes.map(scalar)),
+                    ])
+                  }))
+          ),
         ])
       ))
     root.append(

@@ -116,7 +116,7 @@ extension ClusterConfiguration {
   }
 
   static func readSecurity(_ r: YAMLReader) -> SecuritySettings? {
-    r.rejectUnknownKeys(["token_env", "token_file", "tls"])
+    r.rejectUnknownKeys(["token_env", "token_file", "tls", "tenants"])
     let start = r.log.problems.count
     let tokenEnv = r.string("token_env")
     if let tokenEnv, tokenEnv.contains(where: { !($0.isLetter || $0.isNumber || $0 == "_") }) {
@@ -140,8 +140,40 @@ extension ClusterConfiguration {
           serverName: serverName)
       }
     }
+    var tenants: [TenantSettings] = []
+    for t in r.list("tenants") {
+      guard t.expectMapping() else { continue }
+      t.rejectUnknownKeys(["name", "token_env", "token_file", "namespaces", "quota"])
+      let name = t.string("name", required: true)
+      let env = t.string("token_env")
+      let file = t.string("token_file")
+      if env == nil && file == nil {
+        t.problem("token_env", "a tenant needs token_env or token_file")
+      }
+      var namespaces: [UInt32] = []
+      for n in t.list("namespaces", required: true) {
+        guard let value = n.node.scalar.flatMap({ UInt32($0.string) }) else {
+          n.problem("", "a namespace is a number in 0...\(UInt32.max)")
+          continue
+        }
+        namespaces.append(value)
+      }
+      let quota = t.bytes("quota")
+      if let name {
+        if name == "cluster" || tenants.contains(where: { $0.name == name }) {
+          t.problem("name", "tenant \"\(name)\" is reserved or used twice")
+        }
+        tenants.append(
+          TenantSettings(
+            name: name, tokenEnvironmentVariable: env, tokenFile: file, namespaces: namespaces,
+            quotaBytes: quota))
+      }
+    }
+    if !tenants.isEmpty && tokenEnv == nil && tokenFile == nil {
+      r.problem("tenants", "tenants need the cluster token too (token_env or token_file)")
+    }
     let settings = SecuritySettings(
-      tokenEnvironmentVariable: tokenEnv, tokenFile: tokenFile, tls: tls)
+      tokenEnvironmentVariable: tokenEnv, tokenFile: tokenFile, tls: tls, tenants: tenants)
     return r.log.problems.count == start ? settings : nil
   }
 }

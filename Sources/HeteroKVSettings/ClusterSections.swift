@@ -167,6 +167,48 @@ public struct TLSSettings: Sendable, Hashable {
   }
 }
 
+/// A tenant of the data plane: its own token, the namespaces it may use and the row bytes it
+/// may store on each memory node.
+public struct TenantSettings: Sendable, Hashable {
+  /// The tenant's name (what its clients present).
+  public var name: String
+  /// Environment variable holding its token.
+  public var tokenEnvironmentVariable: String?
+  /// File holding its token (first line; owner-only permissions).
+  public var tokenFile: String?
+  /// The namespaces it may read, write and drop.
+  public var namespaces: [UInt32]
+  /// Row bytes it may store on each memory node; none: no quota.
+  public var quotaBytes: Int?
+
+  public init(
+    name: String, tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil,
+    namespaces: [UInt32], quotaBytes: Int? = nil
+  ) {
+    self.name = name
+    self.tokenEnvironmentVariable = tokenEnvironmentVariable
+    self.tokenFile = tokenFile
+    self.namespaces = namespaces
+    self.quotaBytes = quotaBytes
+  }
+
+  /// The tenant's token; throws when its configured source gives none.
+  public func resolveToken(environment: [String: String] = ProcessInfo.processInfo.environment)
+    throws(ConfigurationError) -> String
+  {
+    let source = SecuritySettings(
+      tokenEnvironmentVariable: tokenEnvironmentVariable, tokenFile: tokenFile)
+    guard let token = try source.resolveToken(environment: environment) else {
+      throw ConfigurationError(problems: [
+        ConfigurationProblem(
+          file: "<security>", keyPath: "security.tenants", line: nil,
+          message: "tenant \(name) has no token_env or token_file")
+      ])
+    }
+    return token
+  }
+}
+
 /// How control-plane calls are authenticated: a shared token and, optionally, TLS.
 public struct SecuritySettings: Sendable, Hashable {
   /// Environment variable holding the shared token.
@@ -175,13 +217,17 @@ public struct SecuritySettings: Sendable, Hashable {
   public var tokenFile: String?
   /// TLS for gRPC; none: plaintext.
   public var tls: TLSSettings?
+  /// Data-plane tenants besides the cluster's own members (who use the shared token).
+  public var tenants: [TenantSettings] = []
 
   public init(
-    tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil, tls: TLSSettings? = nil
+    tokenEnvironmentVariable: String? = nil, tokenFile: String? = nil, tls: TLSSettings? = nil,
+    tenants: [TenantSettings] = []
   ) {
     self.tokenEnvironmentVariable = tokenEnvironmentVariable
     self.tokenFile = tokenFile
     self.tls = tls
+    self.tenants = tenants
   }
 
   /// The shared token: the environment variable when it is set, else the file; none when

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HeteroKVConfig
 import HeteroKVDaemon
+import HeteroKVTransport
 import Logging
 
 /// `--config` and `--set`, shared by the commands that read a cluster file. Environment
@@ -41,6 +42,23 @@ extension ClusterConfiguration {
   func controlPlaneSecurity() throws -> ControlPlaneSecurity {
     do {
       return ControlPlaneSecurity(token: try security.resolveToken(), tls: security.tls)
+    } catch {
+      throw CommandFailure(description: error.description)
+    }
+  }
+
+  /// Who may use the memory nodes' data plane: the cluster token (every namespace) and each
+  /// tenant's token, bound to its namespaces and per-node quota. Tokens are resolved now.
+  func dataPlaneAccess() throws -> DataPlaneAccess {
+    do {
+      var tenants: [String: DataPlaneAccess.Tenant] = [:]
+      for t in security.tenants {
+        tenants[t.name] = DataPlaneAccess.Tenant(
+          secret: try t.resolveToken(),
+          grant: DataPlaneGrant(
+            tenant: t.name, namespaces: Set(t.namespaces), quotaBytes: t.quotaBytes))
+      }
+      return DataPlaneAccess(clusterToken: try security.resolveToken(), tenants: tenants)
     } catch {
       throw CommandFailure(description: error.description)
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HeteroKVConfig
+import HeteroKVCore
 import HeteroKVCoordinatorClient
 import HeteroKVDaemon
 import HeteroKVMemoryNode
@@ -70,14 +71,16 @@ struct MemoryNodeCommand: AsyncParsableCommand {
     let registry = PrometheusCollectorRegistry()
     let node: MemoryNode
     do {
+      var configuration = MemoryNodeConfiguration(
+        id: settings.id, data: settings.data, control: settings.control,
+        capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
+        transport: settings.transport)
+      if let cluster { configuration.server.access = try cluster.dataPlaneAccess() }
       node = try MemoryNode(
-        configuration: MemoryNodeConfiguration(
-          id: settings.id, data: settings.data, control: settings.control,
-          capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
-          transport: settings.transport),
+        configuration: configuration,
         security: security, metricsFactory: PrometheusMetricsFactory(registry: registry),
         logger: logger)
-    } catch {
+    } catch let error as HeteroKVError {
       throw CommandFailure(description: error.message)
     }
     var services: [any Service] = [node]

@@ -37,7 +37,13 @@ import Testing
         tokenEnvironmentVariable: "HKV_TOKEN", tokenFile: "/etc/hkv/token",
         tls: TLSSettings(
           certificate: "/etc/hkv/cert.pem", key: "/etc/hkv/key.pem", ca: "/etc/hkv/ca.pem",
-          requireClientCertificates: true, serverName: "hkv.internal")))
+          requireClientCertificates: true, serverName: "hkv.internal"),
+        tenants: [
+          TenantSettings(
+            name: "alice", tokenEnvironmentVariable: "HKV_ALICE", namespaces: [5, 6],
+            quotaBytes: 1 << 30),
+          TenantSettings(name: "bob", tokenFile: "/etc/hkv/bob", namespaces: [7]),
+        ]))
     let text = try full.yaml()
     #expect(try ClusterConfiguration.parse(yaml: text) == full, "\(text)")
 
@@ -49,5 +55,31 @@ import Testing
           control: HostPort(host: "127.0.0.1", port: 2), capacityBytes: 1 << 16)
       ])
     #expect(try ClusterConfiguration.parse(yaml: minimal.yaml()) == minimal)
+  }
+
+  @Test("tenants need a name, a token source, namespaces and the cluster token; names are unique")
+  func tenantProblems() throws {
+    let yaml = """
+      cluster: t
+      memory_nodes:
+        - {id: n, data: "127.0.0.1:1", control: "127.0.0.1:2", capacity: 1MiB}
+      security:
+        tenants:
+          - {name: alice, token_env: A, namespaces: [1, x]}
+          - {name: alice, namespaces: [2]}
+          - {name: cluster, token_env: C, namespaces: [3]}
+      """
+    do {
+      _ = try ClusterConfiguration.parse(yaml: yaml)
+      Issue.record("a file with bad tenants was accepted")
+    } catch {
+      let text = error.description
+      for expected in [
+        "a namespace is a number", "needs token_env or token_file", "used twice",
+        "reserved or used twice", "need the cluster token",
+      ] {
+        #expect(text.contains(expected), "\(expected) missing from \(text)")
+      }
+    }
   }
 }

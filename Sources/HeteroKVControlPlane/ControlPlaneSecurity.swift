@@ -20,6 +20,12 @@ public struct ControlPlaneSecurity: Sendable, Hashable {
   /// No token, no TLS.
   public static let none = ControlPlaneSecurity()
 
+  /// What a cluster member proves on the memory nodes' data plane: the same token, as
+  /// tenant `cluster`; none for an open cluster.
+  public var dataPlaneCredential: DataPlaneCredential? {
+    token.map { DataPlaneCredential(secret: $0) }
+  }
+
   /// The server side of the TLS settings.
   package var serverTransportSecurity: HTTP2ServerTransport.Posix.TransportSecurity {
     guard let tls else { return .plaintext }
@@ -81,14 +87,6 @@ struct BearerTokenCheck: ServerInterceptor {
           : "the token does not match the cluster's")
     }
     return try await next(request, context)
-  }
-
-  /// Compares without stopping at the first difference, so timing does not reveal a prefix.
-  private func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var difference: UInt8 = 0
-    for i in a.indices { difference |= a[i] ^ b[i] }
-    return difference == 0
   }
 }
 

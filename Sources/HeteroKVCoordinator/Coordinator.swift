@@ -92,27 +92,27 @@ public actor Coordinator {
     capacityBytes: UInt64, transport: String
   ) throws(HeteroKVError) -> UInt64 {
     guard !id.isEmpty, id.utf8.count <= Self.maxIDBytes else {
-      throw .invalidArgument("member_id must be 1 to \(Self.maxIDBytes) bytes")
+      throw .invalid("member_id must be 1 to \(Self.maxIDBytes) bytes")
     }
     guard controlAddress.utf8.count <= 512, dataAddress.utf8.count <= 512 else {
-      throw .invalidArgument("addresses are at most 512 bytes")
+      throw .invalid("addresses are at most 512 bytes")
     }
     if !controlAddress.isEmpty {
       guard let control = HostPort(controlAddress), control.port > 0 else {
-        throw .invalidArgument("control_address \"\(controlAddress)\" is not host:port")
+        throw .invalid("control_address \"\(controlAddress)\" is not host:port")
       }
     }
     if role == .memoryNode {
       guard let data = HostPort(dataAddress), data.port > 0 else {
-        throw .invalidArgument(
+        throw .invalid(
           "a memory node needs data_address as host:port with a port, got \"\(dataAddress)\"")
       }
       guard capacityBytes > 0, capacityBytes <= Self.maxNodeCapacity else {
-        throw .invalidArgument(
+        throw .invalid(
           "capacity_bytes must be in 1...\(Self.maxNodeCapacity) (1 PiB), got \(capacityBytes)")
       }
       guard transport == "tcp" || transport == "rdma" else {
-        throw .invalidArgument("transport must be tcp or rdma, got \"\(transport)\"")
+        throw .invalid("transport must be tcp or rdma, got \"\(transport)\"")
       }
     }
     let member = state.membership.registration(
@@ -180,10 +180,10 @@ public actor Coordinator {
       return existing
     }
     guard !worker.isEmpty, worker.utf8.count <= Self.maxIDBytes else {
-      throw .invalidArgument("worker_id must be 1 to \(Self.maxIDBytes) bytes")
+      throw .invalid("worker_id must be 1 to \(Self.maxIDBytes) bytes")
     }
     guard maxTokens > 0, maxTokens <= 1 << 32 else {
-      throw .invalidArgument("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
+      throw .invalid("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
     }
     let nodes = state.membership.up(.memoryNode)
     guard !nodes.isEmpty else {
@@ -222,7 +222,7 @@ public actor Coordinator {
   {
     let record = try sequence(key)
     guard prefillTokens > 0, prefillTokens <= record.maxTokens else {
-      throw .invalidArgument(
+      throw .invalid(
         "prefill_tokens must be in 1...\(record.maxTokens) (the sequence's max_tokens), got \(prefillTokens)"
       )
     }
@@ -317,7 +317,7 @@ public actor Coordinator {
   private func validate(_ profiles: [HeadProfile]) throws(HeteroKVError) {
     let expected = model.layers * model.kvHeads
     guard profiles.count == expected else {
-      throw .invalidArgument(
+      throw .invalid(
         "expected a profile for each of the \(expected) KV heads of \(model.name) "
           + "(\(model.layers) layers x \(model.kvHeads)), got \(profiles.count)")
     }
@@ -326,19 +326,19 @@ public actor Coordinator {
     for p in profiles {
       let at = "layer \(p.layer) head \(p.kvHead)"
       guard (0..<model.layers).contains(p.layer), (0..<model.kvHeads).contains(p.kvHead) else {
-        throw .invalidArgument(
+        throw .invalid(
           "\(at) is outside \(model.layers) layers x \(model.kvHeads) KV heads")
       }
       guard seen.insert(p.layer * model.kvHeads + p.kvHead).inserted else {
-        throw .invalidArgument("\(at) is reported twice")
+        throw .invalid("\(at) is reported twice")
       }
       guard p.stability.isFinite, (0...1).contains(p.stability) else {
-        throw .invalidArgument("\(at): stability must be in [0, 1], got \(p.stability)")
+        throw .invalid("\(at): stability must be in [0, 1], got \(p.stability)")
       }
       guard p.similarity.count == model.kvHeads,
         p.similarity.allSatisfy({ $0.isFinite && (0...1).contains($0) })
       else {
-        throw .invalidArgument(
+        throw .invalid(
           "\(at): similarity needs \(model.kvHeads) values in [0, 1], got \(p.similarity)")
       }
       roles[p.layer * model.kvHeads + p.kvHead] = p.role
@@ -348,7 +348,7 @@ public actor Coordinator {
       guard (0..<model.kvHeads).contains(pivot), pivot != p.kvHead,
         roles[p.layer * model.kvHeads + pivot] == .pivot
       else {
-        throw .invalidArgument(
+        throw .invalid(
           "layer \(p.layer) head \(p.kvHead): satellite of \(pivot), which is not a pivot of that layer"
         )
       }

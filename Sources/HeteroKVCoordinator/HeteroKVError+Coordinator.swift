@@ -2,7 +2,6 @@ import HeteroKVCore
 
 // The coordinator's refusals, by code.
 extension HeteroKVError {
-  static func invalidArgument(_ m: String) -> Self { .init(.invalidArgument, m) }
   static func notFound(_ m: String) -> Self { .init(.notFound, m) }
   static func failedPrecondition(_ m: String) -> Self { .init(.failedPrecondition, m) }
   static func resourceExhausted(_ m: String) -> Self { .init(.resourceExhausted, m) }

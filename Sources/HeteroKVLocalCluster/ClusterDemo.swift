@@ -110,7 +110,7 @@ public enum ClusterDemo {
         endpoint: MemoryNodeEndpoint(
           id: member.memberID, data: data,
           transport: DataPlaneTransportKind(rawValue: member.transport) ?? .tcp),
-        connections: 1, credential: security.token.map { DataPlaneCredential(secret: $0) })
+        connections: 1, credential: security.dataPlaneCredential)
       do {
         nodeBytes[member.memberID] = try await client.stats().usedBytes
       } catch {

@@ -76,14 +76,6 @@ public struct DataPlaneAccess: Sendable, Hashable {
   }
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal a prefix.
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-  guard a.count == b.count else { return false }
-  var difference: UInt8 = 0
-  for i in a.indices { difference |= a[i] ^ b[i] }
-  return difference == 0
-}
-
 /// One connection's standing on the server: the nonce it was given and, once it proved a
 /// credential, its grant. Owned by the connection (one event loop, or one thread).
 final class DataPlaneSession {

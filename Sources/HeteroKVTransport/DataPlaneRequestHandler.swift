@@ -40,7 +40,8 @@ enum RequestDispatch {
     guard let opcode = Opcode(rawValue: header.opcode) else {
       return refuse(HeteroKVError(.unknownOpcode, "opcode \(header.opcode) is not served"))
     }
-    let limits = DataPlaneLimits(maxPayloadBytes: frame.payload.readableBytes)
+    // The two authentication messages are tiny; their decoders need no other bound.
+    let limits = DataPlaneLimits.standard
     switch opcode {
     case .challenge:
       do {

@@ -70,7 +70,7 @@ struct WorkerCommand: AsyncParsableCommand {
     do {
       var options = try WorkerOptions(cluster: cluster, id: id)
       if let mode { options.outputMode = mode.mode }
-      options.dataPlaneCredential = security.token.map { DataPlaneCredential(secret: $0) }
+      options.dataPlaneCredential = security.dataPlaneCredential
       worker = try Worker(
         options: options, control: CoordinatorControl(address: coordinator, security: security),
         metrics: WorkerMetrics(workerID: id, factory: factory))

@@ -204,16 +204,7 @@ struct BoundedWorkTests {
     "a maximal amplification frame (one token repeated across 128 heads) is refused fast, without the node's memory growing"
   )
   func amplificationIsRefused() async throws {
-    let config = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-\(UUID()).yaml")
-    try """
-    cluster: bounded
-    memory_nodes:
-      - id: amp-0
-        data: 127.0.0.1:0
-        control: 127.0.0.1:0
-        capacity: 32MiB
-        page_size: 16KiB
-    """.write(to: config, atomically: true, encoding: .utf8)
+    let config = try oneNodeClusterFile("amp-0", cluster: "bounded")
     defer { try? FileManager.default.removeItem(at: config) }
     let child = try HKVDaemonProcess(["memnode", "--config", config.path, "--id", "amp-0"])
     try child.waitUntilReady()

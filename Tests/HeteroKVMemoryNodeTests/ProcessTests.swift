@@ -11,17 +11,7 @@ struct ProcessTests {
     "a daemon from a cluster file serves, merges with an in-process node, reports metrics, stops on SIGTERM and restarts empty"
   )
   func daemon() async throws {
-    let config = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-\(UUID()).yaml")
-    try """
-    cluster: test
-    memory_nodes:
-      - id: proc-0
-        data: 127.0.0.1:0
-        control: 127.0.0.1:0
-        metrics: 127.0.0.1:0
-        capacity: 32MiB
-        page_size: 16KiB
-    """.write(to: config, atomically: true, encoding: .utf8)
+    let config = try oneNodeClusterFile("proc-0")
     defer { try? FileManager.default.removeItem(at: config) }
 
     let child = try HKVDaemonProcess(["memnode", "--config", config.path, "--id", "proc-0"])

@@ -1,3 +1,4 @@
+import Foundation
 import CoreMetrics
 import HeteroKVCore
 import HeteroKVMemoryClient
@@ -92,3 +93,20 @@ func expectDataPlaneError(
 }
 
 import Testing
+
+/// A cluster file in a temporary folder with one memory node `id` on free loopback ports
+/// (32 MiB, 16 KiB pages), for `hkv memnode` child processes; the caller removes it.
+func oneNodeClusterFile(_ id: String, cluster: String = "test") throws -> URL {
+  let file = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-\(UUID()).yaml")
+  try """
+  cluster: \(cluster)
+  memory_nodes:
+    - id: \(id)
+      data: 127.0.0.1:0
+      control: 127.0.0.1:0
+      metrics: 127.0.0.1:0
+      capacity: 32MiB
+      page_size: 16KiB
+  """.write(to: file, atomically: true, encoding: .utf8)
+  return file
+}

@@ -25,8 +25,8 @@ public enum BudgetPlanner {
   public static func plan(
     profiles: [HeadProfile], prefillTokens n: Int, settings: BudgetSettings
   ) throws(HeteroKVError) -> SequenceBudgetPlan {
-    guard n > 0 else { throw .invalidArgument("prefill_tokens must be positive") }
-    guard !profiles.isEmpty else { throw .invalidArgument("no head profiles were reported") }
+    guard n > 0 else { throw .invalid("prefill_tokens must be positive") }
+    guard !profiles.isEmpty else { throw .invalid("no head profiles were reported") }
     let fullHeads =
       settings.policy == .heterocache ? profiles.filter { $0.role.keepsFullContext } : []
     let compressed = profiles.indices.filter {

@@ -168,15 +168,6 @@ extension HeteroKVError {
   public static func invalid(_ message: String) -> HeteroKVError {
     .init(.invalidArgument, message)
   }
-
-  /// `error` itself when it is a HeteroKV error, else an error of `code` saying `context`,
-  /// with `error` as the cause.
-  public static func wrapping(
-    _ error: any Error, as code: Code = .internalError, _ context: String
-  ) -> HeteroKVError {
-    if let own = error as? HeteroKVError { return own.prefixed(context) }
-    return HeteroKVError(code, "\(context): \(error)", cause: error)
-  }
 }
 
 /// Throws `nonFiniteInput` when `values` holds a NaN or an infinity.

@@ -320,11 +320,8 @@ public final class ShardStore: @unchecked Sendable {
           result.outputs.replaceSubrange(h * d..<(h + 1) * d, with: part.output(head: g))
         }
       }
-      let maxScores = result.maxScores
-      let sumExps = result.sumExps
-      let outputs = result.outputs
       return PartialAttentionResponse(
-        headDim: d, maxScores: maxScores, sumExps: sumExps, outputs: outputs)
+        headDim: d, maxScores: result.maxScores, sumExps: result.sumExps, outputs: result.outputs)
     }
   }
 

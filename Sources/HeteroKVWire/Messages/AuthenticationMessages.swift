@@ -89,6 +89,15 @@ public struct AuthenticateResponse: DataPlaneMessage, Hashable {
   }
 }
 
+/// Compares two secrets (tokens, proofs) without stopping at the first difference, so the
+/// time taken does not reveal how much of a guess was right. Every credential check uses it.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+  guard a.count == b.count else { return false }
+  var difference: UInt8 = 0
+  for i in a.indices { difference |= a[i] ^ b[i] }
+  return difference == 0
+}
+
 /// What a client holds to authenticate its data-plane connections: a tenant name and its
 /// secret (the cluster token for the cluster's own members).
 public struct DataPlaneCredential: Sendable, Hashable {

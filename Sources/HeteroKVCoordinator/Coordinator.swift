@@ -193,6 +193,7 @@ public actor Coordinator {
     let bytes = reservation(
       keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
     try checkFree(bytes, for: key)
+    try checkTenantQuotas(bytes, for: key)
     let record = SequenceRecord(
       key: key, worker: worker, maxTokens: maxTokens,
       placement: SequencePlacementRecord(
@@ -239,7 +240,10 @@ public actor Coordinator {
       }
     let bytes = reservation(
       keyHeads: keyHeads, tokens: record.maxTokens, replicas: record.placement.replicas)
-    if bytes > record.reservedBytes { try checkFree(bytes - record.reservedBytes, for: key) }
+    if bytes > record.reservedBytes {
+      try checkFree(bytes - record.reservedBytes, for: key)
+      try checkTenantQuotas(bytes - record.reservedBytes, for: key)
+    }
     try commit(
       .profilesReported(
         key, prefillTokens: prefillTokens, profiles: sorted, budgets: plan,
@@ -311,6 +315,30 @@ public actor Coordinator {
       throw .resourceExhausted(
         "sequence \(key) needs \(bytes) bytes of the memory tier; the pool has \(free) free "
           + "(\(capacity) capacity, \(reserved) reserved)")
+    }
+  }
+
+  /// Refuses `bytes` more for `key` when a tenant that owns its namespace would then reserve
+  /// more than its quota across the pool: the per-node quota times the memory nodes up (the
+  /// nodes enforce the per-node share themselves; this stops a sequence that cannot fit from
+  /// being placed at all).
+  private func checkTenantQuotas(_ bytes: UInt64, for key: SequenceKey) throws(HeteroKVError) {
+    let owners = configuration.security.tenants.filter {
+      $0.quotaBytes != nil && $0.namespaces.contains(key.namespace)
+    }
+    guard !owners.isEmpty else { return }
+    let nodesUp = UInt64(state.membership.up(.memoryNode).count)
+    for tenant in owners {
+      let namespaces = Set(tenant.namespaces)
+      let limit = [UInt64(max(0, tenant.quotaBytes ?? 0)), nodesUp].saturatingProduct
+      let reserved = state.sequences.values.filter { namespaces.contains($0.key.namespace) }
+        .map(\.reservedBytes).saturatingSum
+      guard [reserved, bytes].saturatingSum <= limit else {
+        throw .resourceExhausted(
+          "sequence \(key) needs \(bytes) more bytes of the memory tier; tenant "
+            + "\"\(tenant.name)\" has \(reserved) reserved of its quota of \(limit) "
+            + "(\(tenant.quotaBytes ?? 0) per node x \(nodesUp) nodes up)")
+      }
     }
   }
 

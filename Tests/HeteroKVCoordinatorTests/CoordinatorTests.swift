@@ -100,6 +100,40 @@ struct CoordinatorTests {
     }
   }
 
+  @Test(
+    "a tenant's quota bounds what its namespaces reserve across the pool; other namespaces and closed sequences are not counted"
+  )
+  func tenantQuota() async throws {
+    var config = try testCluster()
+    // 2 KiB per token (one copy); 4 MiB per node x 2 nodes = 8 MiB: 4,096 tokens.
+    config.security = SecuritySettings(
+      tokenEnvironmentVariable: "HKV_TEST_TOKEN",
+      tenants: [
+        TenantSettings(
+          name: "alpha", tokenEnvironmentVariable: "HKV_ALPHA", namespaces: [7, 8],
+          quotaBytes: 4 << 20)
+      ])
+    let coordinator = try make(config)
+    try await coordinator.addMemoryNodes(2, capacity: 1 << 30)
+    let first = SequenceKey(namespace: 7, sequence: 1)
+    _ = try await coordinator.openSequence(key: first, worker: "w", maxTokens: 3000)
+    // Namespace 8 belongs to the same tenant: 3,000 + 2,000 tokens pass its 4,096.
+    await expectRefusal(.resourceExhausted, mentioning: "tenant \"alpha\"") {
+      _ = try await coordinator.openSequence(
+        key: SequenceKey(namespace: 8, sequence: 2), worker: "w", maxTokens: 2000)
+    }
+    #expect(try await coordinator.status().sequences.count == 1)
+    // A namespace no quota covers is bound only by the pool.
+    _ = try await coordinator.openSequence(
+      key: SequenceKey(namespace: 9, sequence: 3), worker: "w", maxTokens: 100_000)
+    _ = try await coordinator.openSequence(
+      key: SequenceKey(namespace: 8, sequence: 4), worker: "w", maxTokens: 1000)
+    // Closing frees the tenant's share.
+    _ = try await coordinator.closeSequence(first)
+    _ = try await coordinator.openSequence(
+      key: SequenceKey(namespace: 8, sequence: 2), worker: "w", maxTokens: 2000)
+  }
+
   @Test("reported profiles give budgets readable per sequence; bad reports name the head")
   func profiles() async throws {
     let coordinator = try make(testCluster())

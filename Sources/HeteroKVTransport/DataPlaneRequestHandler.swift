@@ -6,8 +6,10 @@ import NIOCore
 /// Every transport (TCP, RDMA) drives the same handler, so a node behaves the same over each.
 public protocol DataPlaneRequestHandler: Sendable {
   /// Serves one request whose frame was already read and checksummed, for a connection
-  /// with `grant` (the transport answered the authentication frames). Runs on an I/O thread
-  /// and must not block for long.
+  /// with `grant` (the transport answered the authentication frames). Called concurrently:
+  /// on an I/O thread for cheap requests, on the server's compute pool for the ones that
+  /// read many rows (TCP runs PartialAttention and Gather there), one request at a time per
+  /// connection.
   func handle(
     opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator, grant: DataPlaneGrant
   ) -> Result<ByteBuffer, HeteroKVError>
@@ -20,19 +22,40 @@ public protocol DataPlaneRequestHandler: Sendable {
 /// The server-side steps every transport shares: validating a decoded frame and producing the
 /// response frame.
 enum RequestDispatch {
+  /// What a read frame needs: an answer now (a refusal, the authentication exchange; `close`
+  /// after a refused credential), or serving under the connection's grant.
+  enum Admission {
+    case answer(Frame, close: Bool)
+    case serve(Opcode, DataPlaneGrant)
+  }
+
   /// The response to `frame`, and whether the connection must then close (a refused
-  /// credential).
+  /// credential): ``admit(_:handler:session:allocator:)`` then, where admitted,
+  /// ``serve(_:opcode:grant:handler:allocator:)`` on the calling thread.
   static func respond(
     to frame: Frame, handler: any DataPlaneRequestHandler, session: DataPlaneSession,
     allocator: ByteBufferAllocator
   ) -> (response: Frame, close: Bool) {
+    switch admit(frame, handler: handler, session: session, allocator: allocator) {
+    case .answer(let response, let close): (response, close)
+    case .serve(let opcode, let grant):
+      (serve(frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator), false)
+    }
+  }
+
+  /// Checks `frame` against the protocol and the connection's session (answering the
+  /// authentication frames, which change it). Cheap: transports call it in arrival order on
+  /// the connection's thread, so a request is admitted under the grant in force when it arrived.
+  static func admit(
+    _ frame: Frame, handler: any DataPlaneRequestHandler, session: DataPlaneSession,
+    allocator: ByteBufferAllocator
+  ) -> Admission {
     let header = frame.header
-    func refuse(_ error: HeteroKVError, close: Bool = false) -> (response: Frame, close: Bool) {
+    func refuse(_ error: HeteroKVError, close: Bool = false) -> Admission {
       handler.rejected(error)
-      return (
+      return .answer(
         .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator),
-        close
-      )
+        close: close)
     }
     if header.flags.contains(.response) {
       return refuse(HeteroKVError(.invalidArgument, "a response frame was sent to a server"))
@@ -54,11 +77,10 @@ enum RequestDispatch {
         UInt8.random(in: 0...255, using: &generator)
       }
       session.nonce = nonce
-      return (
+      return .answer(
         Frame(
           opcode: header.opcode, flags: .response, requestID: header.requestID,
-          payload: ChallengeResponse(nonce: nonce).encoded(allocator: allocator)), false
-      )
+          payload: ChallengeResponse(nonce: nonce).encoded(allocator: allocator)), close: false)
     case .authenticate:
       // A nonce serves one attempt; a refused proof closes the connection.
       guard let nonce = session.nonce else {
@@ -72,11 +94,10 @@ enum RequestDispatch {
       } catch {
         return refuse(error, close: true)
       }
-      return (
+      return .answer(
         Frame(
           opcode: header.opcode, flags: .response, requestID: header.requestID,
-          payload: AuthenticateResponse().encoded(allocator: allocator)), false
-      )
+          payload: AuthenticateResponse().encoded(allocator: allocator)), close: false)
     default:
       break
     }
@@ -87,20 +108,23 @@ enum RequestDispatch {
           "this node requires a credential: send challenge and authenticate before \(opcode.name)"
         ))
     }
+    return .serve(opcode, grant)
+  }
+
+  /// Serves an admitted request: the handler's work, on whatever thread calls it.
+  static func serve(
+    _ frame: Frame, opcode: Opcode, grant: DataPlaneGrant, handler: any DataPlaneRequestHandler,
+    allocator: ByteBufferAllocator
+  ) -> Frame {
+    let header = frame.header
     switch handler.handle(
       opcode: opcode, payload: frame.payload, allocator: allocator, grant: grant)
     {
     case .success(let payload):
-      return (
-        Frame(
-          opcode: header.opcode, flags: .response, requestID: header.requestID, payload: payload),
-        false
-      )
+      return Frame(
+        opcode: header.opcode, flags: .response, requestID: header.requestID, payload: payload)
     case .failure(let error):
-      return (
-        .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator),
-        false
-      )
+      return .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator)
     }
   }
 }

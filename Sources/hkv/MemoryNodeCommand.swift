@@ -52,6 +52,12 @@ struct MemoryNodeCommand: AsyncParsableCommand {
   @Option(help: "Data-plane transport: tcp or rdma (rdma falls back to tcp without a device).")
   var transport: String?
 
+  @Option(
+    help:
+      "Threads that serve PartialAttention and Gather off the TCP event loops (default: one per core; 0: on the loops)."
+  )
+  var computeThreads: Int?
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel: String = "info"
 
@@ -76,6 +82,12 @@ struct MemoryNodeCommand: AsyncParsableCommand {
         capacityBytes: settings.capacityBytes, pageBytes: settings.pageBytes,
         transport: settings.transport)
       if let cluster { configuration.server.access = try cluster.dataPlaneAccess() }
+      if let computeThreads {
+        guard (0...1024).contains(computeThreads) else {
+          throw ValidationError("bad --compute-threads \(computeThreads): expected 0...1024")
+        }
+        configuration.server.computeThreads = computeThreads
+      }
       node = try MemoryNode(
         configuration: configuration,
         security: security, metricsFactory: PrometheusMetricsFactory(registry: registry),

@@ -21,16 +21,55 @@ struct DataPlaneBenchmark {
 
   func run() async throws {
     let hkv = try locateHKV()
-    let memPort = try freePort()
     let redisPort = try freePort()
     print(
       "## Data plane: hkv memnode vs Redis \(redisVersion()), loopback, \(rows) rows x \(d) fp16\n")
-    let node = try spawn(
-      hkv,
-      [
-        "memnode", "--id", "bench", "--data", "127.0.0.1:\(memPort)", "--control", "127.0.0.1:0",
-        "--metrics", "none", "--capacity", "2GiB", "--log-level", "warning",
-      ])
+    // Three nodes with the same rows: open (the reference), one that requires a tenant's
+    // credential (HMAC handshake per connection, namespace and quota checks per request), and
+    // one that serves every request on its event loops (no compute pool).
+    let variants = try [
+      NodeVariant(name: "hkv", port: freePort(), credential: nil, computeThreads: nil),
+      NodeVariant(
+        name: "hkv+auth", port: freePort(),
+        credential: DataPlaneCredential(tenant: "bench", secret: "bench-tenant-secret"),
+        computeThreads: nil),
+      NodeVariant(name: "hkv inline", port: freePort(), credential: nil, computeThreads: 0),
+    ]
+    let securedFile = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "hkv-bench-secured-\(ProcessInfo.processInfo.processIdentifier).yaml")
+    try """
+    cluster: bench
+    memory_nodes:
+      - id: bench
+        data: 127.0.0.1:\(variants[1].port)
+        control: 127.0.0.1:0
+        capacity: 2GiB
+    security:
+      token_env: HKV_BENCH_CLUSTER_TOKEN
+      tenants:
+        - name: bench
+          token_env: HKV_BENCH_TENANT_TOKEN
+          namespaces: [0]
+          quota: 1GiB
+    """.write(to: securedFile, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(at: securedFile) }
+    var nodes: [Process] = []
+    for variant in variants {
+      var arguments = [
+        "memnode", "--id", "bench", "--data", "127.0.0.1:\(variant.port)", "--control",
+        "127.0.0.1:0", "--metrics", "none", "--capacity", "2GiB", "--log-level", "warning",
+        "--coordinator", "none",
+      ]
+      if variant.credential != nil { arguments += ["--config", securedFile.path] }
+      if let threads = variant.computeThreads { arguments += ["--compute-threads", "\(threads)"] }
+      nodes.append(
+        try spawn(
+          hkv, arguments,
+          environment: [
+            "HKV_BENCH_CLUSTER_TOKEN": "bench-cluster-secret",
+            "HKV_BENCH_TENANT_TOKEN": variant.credential?.secret ?? "",
+          ]))
+    }
     let redis = try spawn(
       URL(fileURLWithPath: "/usr/bin/redis-server"),
       [
@@ -38,38 +77,32 @@ struct DataPlaneBenchmark {
         "--loglevel", "warning",
       ])
     defer {
-      node.terminate()
-      redis.terminate()
-      node.waitUntilExit()
-      redis.waitUntilExit()
+      for process in nodes + [redis] {
+        process.terminate()
+        process.waitUntilExit()
+      }
     }
-    progress(
-      "started hkv memnode (pid \(node.processIdentifier)) on \(memPort), redis on \(redisPort)")
-    try await waitForPort(memPort)
+    for variant in variants { try await waitForPort(variant.port) }
     try await waitForPort(redisPort)
-    progress("both listen; loading")
+    progress("\(variants.count) nodes and redis listen; loading")
 
-    // The same rows in both: values (and keys, for exact partial attention) in the node's shard,
-    // one Redis key per row.
+    // The same rows in every node (values, and keys for exact partial attention), one Redis
+    // key per row.
     var random = SeededGenerator(seed: 7)
     let shard = ShardID(sequence: 1, layer: 0, kvHead: 0)
-    let node0 = MemoryNodeClient(
-      endpoint: MemoryNodeEndpoint(id: "bench", data: HostPort(host: "127.0.0.1", port: memPort)),
-      connections: 4)
+    let loaders = variants.map { $0.client(connections: 4) }
+    let node0 = loaders[0]
     let redis0 = try await RedisConnection.connect(host: "127.0.0.1", port: redisPort)
     let batch = 8192
-    var sampleKeys: [Float16] = []
-    var sampleValues: [Float16] = []
     let loadStart = DispatchTime.now().uptimeNanoseconds
     for start in stride(from: 0, to: rows, by: batch) {
       let values = (0..<batch * d).map { _ in Float16(random.signedUnit()) }
       let keys = (0..<batch * d).map { _ in Float16(random.signedUnit()) }
-      if start == 0 {
-        sampleKeys = keys
-        sampleValues = values
+      for loader in loaders {
+        _ = try await loader.put(
+          PutRequest(
+            shard: shard, startToken: UInt32(start), headDim: d, values: values, keys: keys))
       }
-      _ = try await node0.put(
-        PutRequest(shard: shard, startToken: UInt32(start), headDim: d, values: values, keys: keys))
       var args = [ByteBuffer(string: "MSET")]
       values.withUnsafeBytes { raw in
         for r in 0..<batch {
@@ -81,7 +114,7 @@ struct DataPlaneBenchmark {
       precondition(reply.error == nil, "redis: \(reply.error!)")
     }
     let loadSeconds = Double(DispatchTime.now().uptimeNanoseconds - loadStart) / 1e9
-    print("loaded both in \(String(format: "%.1f", loadSeconds)) s\n")
+    print("loaded all in \(String(format: "%.1f", loadSeconds)) s\n")
 
     // Sanity: both return the same bytes for the same rows.
     let check: [UInt32] = [0, 1, 8191]
@@ -90,7 +123,11 @@ struct DataPlaneBenchmark {
       ["MGET"].map { ByteBuffer(string: $0) } + check.map { ByteBuffer(string: "v:\($0)") }
     ).data
     precondition(mine == theirs, "the node and Redis disagree on the stored rows")
-    await node0.close()
+    for loader in loaders.dropFirst() {
+      let same = try await loader.gather(GatherRequest(shard: shard, tokens: check)).values
+      precondition(same == mine, "the node variants disagree on the stored rows")
+    }
+    for loader in loaders { await loader.close() }
     await redis0.close()
 
     progress("measuring loopback bandwidth")
@@ -103,9 +140,9 @@ struct DataPlaneBenchmark {
       "### Gather of \(gatherRows) random rows (\(gatherRows * d * 2 / 1024) KiB of values per request)\n"
     )
     print(
-      "| in flight | system | requests | rows/s | payload GB/s | share of loopback | p50 | p99 | hkv / redis |"
+      "| in flight | system | requests | rows/s | payload GB/s | share of loopback | p50 | p99 | x redis | x open hkv |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for inFlight in [1, 8, 64] {
       progress("gather at \(inFlight) in flight")
       let requests = quick ? max(64, inFlight * 4) : max(256, inFlight * 16)
@@ -113,15 +150,21 @@ struct DataPlaneBenchmark {
         (0..<gatherRows).map { _ in UInt32(random.next() % UInt64(rows)) }
       }
       let connections = min(inFlight, 4)
-      let client = MemoryNodeClient(
-        endpoint: MemoryNodeEndpoint(id: "bench", data: HostPort(host: "127.0.0.1", port: memPort)),
-        connections: connections)
-      try await client.ping()
-      let ours = try await measure(requests: requests, inFlight: inFlight) { i in
-        let response = try await client.gather(GatherRequest(shard: shard, tokens: tokenLists[i]))
-        precondition(response.rowCount == gatherRows)
+      var ours: [(String, Measurement)] = []
+      for variant in variants {
+        let client = variant.client(connections: connections)
+        try await client.ping()
+        ours.append(
+          (
+            variant.name,
+            try await measure(requests: requests, inFlight: inFlight) { i in
+              let response = try await client.gather(
+                GatherRequest(shard: shard, tokens: tokenLists[i]))
+              precondition(response.rowCount == gatherRows)
+            }
+          ))
+        await client.close()
       }
-      await client.close()
       var redisConnections: [RedisConnection] = []
       for _ in 0..<connections {
         redisConnections.append(
@@ -139,10 +182,17 @@ struct DataPlaneBenchmark {
       }
       for c in redisConnections { await c.close() }
       let bytes = Double(gatherRows * d * 2)
-      for (name, m) in [("hkv", ours), ("redis", theirs)] {
+      let reference = ours[0].1
+      for (name, m) in ours + [("redis", theirs)] {
         let rps = Double(requests) / m.seconds
+        let ratio =
+          name == "redis"
+          ? "" : String(format: "%.2fx", theirs.seconds / m.seconds)
+        let relative =
+          name == "hkv" || name == "redis"
+          ? "" : String(format: "%.3f", reference.seconds / m.seconds)
         print(
-          "| \(inFlight) | \(name) | \(requests) | \(Int(rps * Double(gatherRows))) | \(String(format: "%.2f", rps * bytes / 1e9)) | \(String(format: "%.2f", rps * bytes / bandwidth)) | \(ms(m.p50)) | \(ms(m.p99)) | \(name == "hkv" ? String(format: "%.2fx", theirs.seconds / ours.seconds) : "") |"
+          "| \(inFlight) | \(name) | \(requests) | \(Int(rps * Double(gatherRows))) | \(String(format: "%.2f", rps * bytes / 1e9)) | \(String(format: "%.2f", rps * bytes / bandwidth)) | \(ms(m.p50)) | \(ms(m.p99)) | \(ratio) | \(relative) |"
         )
       }
     }
@@ -151,9 +201,7 @@ struct DataPlaneBenchmark {
     print(
       "\n### One head group's step: PartialAttention (exact) vs Gather of keys+values then local attention\n"
     )
-    let client = MemoryNodeClient(
-      endpoint: MemoryNodeEndpoint(id: "bench", data: HostPort(host: "127.0.0.1", port: memPort)),
-      connections: 1)
+    let client = variants[0].client(connections: 1)
     let heads = 4
     let steps = quick ? 50 : 200
     let queries = (0..<heads * d).map { _ in random.signedUnit() }
@@ -184,6 +232,18 @@ struct DataPlaneBenchmark {
     let near = try await measure(requests: steps, inFlight: 1) { i in
       _ = try await client.partialAttention(attentionRequests[i])
     }
+    var nearVariants: [(String, Measurement)] = []
+    for variant in variants.dropFirst() {
+      let other = variant.client(connections: 1)
+      nearVariants.append(
+        (
+          variant.name,
+          try await measure(requests: steps, inFlight: 1) { i in
+            _ = try await other.partialAttention(attentionRequests[i])
+          }
+        ))
+      await other.close()
+    }
     let far = try await measure(requests: steps, inFlight: 1) { i in
       let rows = try await client.gather(
         GatherRequest(shard: shard, tokens: stepTokens[i], includeKeys: true))
@@ -200,19 +260,37 @@ struct DataPlaneBenchmark {
       values: HalfMatrix(halves: rowsBack.valueArray, cols: d))
     let diff = zip(a.outputs, b.outputs).map { abs($0 - $1) }.max() ?? 0
     precondition(diff < 1e-3, "near-data and local attention disagree by \(diff)")
-    _ = (sampleKeys, sampleValues)
     await client.close()
     print("| path | bytes sent | bytes received | p50 step | p99 step | mean step |")
     print("|---|---|---|---|---|---|")
     print(
       "| PartialAttention (near data) | \(partialBytes.0) | \(partialBytes.1) | \(ms(near.p50)) | \(ms(near.p99)) | \(ms(near.seconds / Double(steps))) |"
     )
+    for (name, m) in nearVariants {
+      print(
+        "| PartialAttention, \(name) (x open: \(String(format: "%.3f", near.seconds / m.seconds))) | \(partialBytes.0) | \(partialBytes.1) | \(ms(m.p50)) | \(ms(m.p99)) | \(ms(m.seconds / Double(steps))) |"
+      )
+    }
     print(
       "| Gather K+V + local attention | \(gatherBytes.0) | \(gatherBytes.1) | \(ms(far.p50)) | \(ms(far.p99)) | \(ms(far.seconds / Double(steps))) |"
     )
     print(
       "\nbytes on the wire: \(String(format: "%.0fx", Double(gatherBytes.0 + gatherBytes.1) / Double(partialBytes.0 + partialBytes.1))) fewer near data; step latency ratio gather/partial = \(String(format: "%.2f", far.p50 / near.p50))"
     )
+  }
+
+  /// One memory-node process under test and how a client reaches it.
+  struct NodeVariant {
+    var name: String
+    var port: Int
+    var credential: DataPlaneCredential?
+    var computeThreads: Int?
+
+    func client(connections: Int) -> MemoryNodeClient {
+      MemoryNodeClient(
+        endpoint: MemoryNodeEndpoint(id: "bench", data: HostPort(host: "127.0.0.1", port: port)),
+        connections: connections, credential: credential)
+    }
   }
 
   // MARK: Measurement
@@ -315,10 +393,13 @@ struct DataPlaneBenchmark {
     )
   }
 
-  func spawn(_ executable: URL, _ arguments: [String]) throws -> Process {
+  func spawn(_ executable: URL, _ arguments: [String], environment: [String: String] = [:])
+    throws -> Process
+  {
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     process.standardOutput = FileHandle.nullDevice
     let log = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-bench-\(executable.lastPathComponent).log")

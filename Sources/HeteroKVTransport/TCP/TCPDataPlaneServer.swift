@@ -13,6 +13,7 @@ import Synchronization
 public final class TCPDataPlaneServer: Sendable {
   private let channel: any Channel
   private let connections: OpenConnections
+  private let computePool: NIOThreadPool?
   /// The address the server listens on (the real port when 0 was asked for).
   public let localAddress: SocketAddress
 
@@ -23,6 +24,9 @@ public final class TCPDataPlaneServer: Sendable {
     group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
   ) async throws -> TCPDataPlaneServer {
     let connections = OpenConnections()
+    let computePool =
+      options.computeThreads > 0 ? NIOThreadPool(numberOfThreads: options.computeThreads) : nil
+    computePool?.start()
     let channel = try await ServerBootstrap(group: group)
       .serverChannelOption(.backlog, value: 256)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -47,21 +51,27 @@ public final class TCPDataPlaneServer: Sendable {
             FrameEncoder(),
             ServerFrameHandler(
               handler: handler, session: DataPlaneSession(access: options.access),
-              activity: activity, logger: logger),
+              activity: activity, computePool: computePool, logger: logger),
           ])
         }
       }
       .bind(host: host, port: port).get()
     guard let address = channel.localAddress else {
+      try? await computePool?.shutdownGracefully()
       throw HeteroKVError(.internalError, "listening socket has no local address")
     }
-    return TCPDataPlaneServer(channel: channel, localAddress: address, connections: connections)
+    return TCPDataPlaneServer(
+      channel: channel, localAddress: address, connections: connections, computePool: computePool)
   }
 
-  private init(channel: any Channel, localAddress: SocketAddress, connections: OpenConnections) {
+  private init(
+    channel: any Channel, localAddress: SocketAddress, connections: OpenConnections,
+    computePool: NIOThreadPool?
+  ) {
     self.channel = channel
     self.localAddress = localAddress
     self.connections = connections
+    self.computePool = computePool
   }
 
   /// Stops accepting connections and closes the open ones (their requests in flight are
@@ -71,6 +81,7 @@ public final class TCPDataPlaneServer: Sendable {
     for connection in connections.all() {
       try? await connection.close()
     }
+    try? await computePool?.shutdownGracefully()
   }
 
   /// Completes when the listening socket closes.
@@ -96,96 +107,6 @@ final class OpenConnections: Sendable {
   var count: Int { channels.withLock { $0.count } }
 }
 
-/// Answers decoded frames in arrival order; stops reading while the peer is not draining
-/// responses, so a client that pipelines without reading cannot grow the node's memory.
-final class ServerFrameHandler: ChannelInboundHandler {
-  typealias InboundIn = InboundFrame
-  typealias OutboundOut = Frame
-
-  private let handler: any DataPlaneRequestHandler
-  private let session: DataPlaneSession
-  private let activity: ConnectionActivity
-  private let logger: Logger
-
-  init(
-    handler: any DataPlaneRequestHandler, session: DataPlaneSession, activity: ConnectionActivity,
-    logger: Logger
-  ) {
-    self.handler = handler
-    self.session = session
-    self.activity = activity
-    self.logger = logger
-  }
-
-  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-    let inbound = unwrapInboundIn(data)
-    activity.framedBytes += inbound.wireBytes
-    switch inbound {
-    case .frame(let frame):
-      let (response, close) = RequestDispatch.respond(
-        to: frame, handler: handler, session: session, allocator: context.channel.allocator)
-      if close {
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(response)).whenComplete { _ in
-          bound.value.close(promise: nil)
-        }
-        return
-      }
-      context.write(wrapOutboundOut(response), promise: nil)
-    case .corrupt(let header, let error):
-      handler.rejected(error)
-      context.write(
-        wrapOutboundOut(
-          .error(
-            error, opcode: header.opcode, requestID: header.requestID,
-            allocator: context.channel.allocator)), promise: nil)
-    }
-  }
-
-  func channelReadComplete(context: ChannelHandlerContext) {
-    context.flush()
-    if !context.channel.isWritable {
-      context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
-    }
-    context.fireChannelReadComplete()
-  }
-
-  func channelWritabilityChanged(context: ChannelHandlerContext) {
-    if context.channel.isWritable {
-      context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
-    }
-    context.fireChannelWritabilityChanged()
-  }
-
-  func errorCaught(context: ChannelHandlerContext, error: any Error) {
-    let rejection: FrameRejection? =
-      (error as? FrameRejection)
-      ?? (error as? ByteToMessageDecoderError).flatMap {
-        if case .dataReceivedInErrorState(let inner, _) = $0 { return inner as? FrameRejection }
-        return nil
-      }
-    if let rejection {
-      handler.rejected(rejection.error)
-      logger.warning(
-        "closing data-plane connection: \(rejection.error)",
-        metadata: ["peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
-      if let header = rejection.header {
-        let frame = Frame.error(
-          rejection.error, opcode: header.opcode, requestID: header.requestID,
-          allocator: context.channel.allocator)
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in
-          bound.value.close(promise: nil)
-        }
-        return
-      }
-    } else if !(error is ChannelError || error is IOError) {
-      logger.warning("data-plane connection error: \(error)")
-    }
-    context.close(promise: nil)
-  }
-}
-
 /// How a TCP (or RDMA) data-plane server treats its connections.
 public struct DataPlaneServerOptions: Sendable, Hashable {
   /// Who may connect; none configured: everyone.
@@ -196,15 +117,20 @@ public struct DataPlaneServerOptions: Sendable, Hashable {
   public var idleTimeout: Duration
   /// A connection that stops in the middle of a frame for this long is closed.
   public var partialFrameTimeout: Duration
+  /// Threads that serve PartialAttention and Gather (TCP), so a long request does not stall
+  /// the other connections of its event loop; 0 serves every request on the event loop.
+  public var computeThreads: Int
 
   public init(
     access: DataPlaneAccess = DataPlaneAccess(clusterToken: nil), maxConnections: Int = 1024,
-    idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10)
+    idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10),
+    computeThreads: Int = System.coreCount
   ) {
     self.access = access
     self.maxConnections = maxConnections
     self.idleTimeout = idleTimeout
     self.partialFrameTimeout = partialFrameTimeout
+    self.computeThreads = computeThreads
   }
 }
 
@@ -243,12 +169,12 @@ final class ConnectionWatchdog: ChannelInboundHandler {
   func handlerAdded(context: ChannelHandlerContext) {
     let tick = TimeAmount.nanoseconds(
       max(10_000_000, min(idleTimeout.nanoseconds, partialFrameTimeout.nanoseconds) / 4))
-    let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-    let activity = self.activity
+    let bound = NIOLoopBound((context, activity), eventLoop: context.eventLoop)
     let idle = idleTimeout
     let partial = partialFrameTimeout
     let logger = self.logger
     task = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { task in
+      let (context, activity) = bound.value
       let silent = NIODeadline.now() - activity.lastRead
       let limit = activity.midFrame ? partial : idle
       guard silent >= limit else { return }
@@ -258,7 +184,7 @@ final class ConnectionWatchdog: ChannelInboundHandler {
           "mid_frame": "\(activity.midFrame)", "silent_ms": "\(silent.nanoseconds / 1_000_000)",
         ])
       task.cancel()
-      bound.value.close(promise: nil)
+      context.close(promise: nil)
     }
   }
 

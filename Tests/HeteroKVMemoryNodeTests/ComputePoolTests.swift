@@ -1,0 +1,81 @@
+import Foundation
+import HeteroKVCore
+import HeteroKVTransport
+import HeteroKVWire
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+/// A handler whose PartialAttention takes `work` of CPU time (a busy loop, as a large
+/// attention would) and whose other requests answer at once with their opcode's name.
+struct SlowAttentionHandler: DataPlaneRequestHandler {
+  let work: Duration
+
+  func handle(
+    opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator, grant: DataPlaneGrant
+  ) -> Result<ByteBuffer, HeteroKVError> {
+    if opcode == .partialAttention {
+      let end = ContinuousClock.now + work
+      var spin = 0
+      while ContinuousClock.now < end { spin &+= 1 }
+    }
+    return .success(allocator.buffer(string: opcode.name))
+  }
+
+  func rejected(_ error: HeteroKVError) {}
+}
+
+@Suite("Data-plane compute pool")
+struct ComputePoolTests {
+  /// Starts a server on one event-loop thread (so every connection shares it), sends a slow
+  /// PartialAttention and a Ping pipelined on one connection, then a Ping on a second one;
+  /// returns how long the second connection waited and the first connection's answers.
+  func probe(computeThreads: Int) async throws -> (otherPing: Duration, answers: [String]) {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let server = try await TCPDataPlaneServer.start(
+      host: "127.0.0.1", port: 0, handler: SlowAttentionHandler(work: .milliseconds(600)),
+      options: DataPlaneServerOptions(computeThreads: computeThreads), group: group,
+      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let address = HostPort(host: "127.0.0.1", port: server.localAddress.port!)
+    let busy = try await RawPeer.connect(address)
+    let other = try await RawPeer.connect(address)
+    func frame(_ opcode: Opcode, _ id: UInt64) -> ByteBuffer {
+      Frame(opcode: opcode.rawValue, flags: [], requestID: id, payload: ByteBuffer()).serialized()
+    }
+    var pipelined = frame(.partialAttention, 1)
+    var second = frame(.ping, 2)
+    pipelined.writeBuffer(&second)
+    try await busy.write(pipelined)
+    try await Task.sleep(for: .milliseconds(50))  // the attention is running
+    let start = ContinuousClock.now
+    try await other.write(frame(.ping, 3))
+    _ = try await other.nextFrame()
+    let otherPing = ContinuousClock.now - start
+    var answers: [String] = []
+    for _ in 0..<2 {
+      if case .frame(let reply) = try await busy.nextFrame() {
+        answers.append("\(reply.header.requestID):\(String(buffer: reply.payload))")
+      }
+    }
+    await busy.close()
+    await other.close()
+    await server.close()
+    try await group.shutdownGracefully()
+    return (otherPing, answers)
+  }
+
+  @Test(
+    "a long PartialAttention runs on the pool: another connection of the same event loop is answered meanwhile, and the busy connection's answers stay in order"
+  )
+  func longAttentionDoesNotStallTheLoop() async throws {
+    let pooled = try await probe(computeThreads: 2)
+    #expect(pooled.otherPing < .milliseconds(300), "ping waited \(pooled.otherPing)")
+    #expect(pooled.answers == ["1:partial_attention", "2:ping"])
+    // The same requests with no pool: the loop is held and the other ping waits its turn.
+    let inline = try await probe(computeThreads: 0)
+    #expect(inline.otherPing > .milliseconds(400), "ping waited \(inline.otherPing)")
+    #expect(inline.answers == ["1:partial_attention", "2:ping"])
+  }
+}

@@ -15,9 +15,11 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
   ],
   targets: [
+    .target(name: "BenchSupport"),
     .executableTarget(
       name: "hkv-bench",
       dependencies: [
+        "BenchSupport",
         .product(name: "HeteroKVCore", package: "HeteroKV"),
         .product(name: "HeteroKVWire", package: "HeteroKV"),
         .product(name: "HeteroKVMemoryClient", package: "HeteroKV"),
@@ -28,6 +30,7 @@ let package = Package(
     .executableTarget(
       name: "hkv-cluster-bench",
       dependencies: [
+        "BenchSupport",
         .product(name: "HeteroKVCore", package: "HeteroKV"),
         .product(name: "HeteroKVWire", package: "HeteroKV"),
         .product(name: "HeteroKVConfig", package: "HeteroKV"),

@@ -16,6 +16,7 @@ typedef int (*close_fn)(int);
 typedef long (*recv_fn)(int, void *, size_t, int);
 typedef long (*send_fn)(int, const void *, size_t, int);
 typedef int (*setsockopt_fn)(int, int, int, const void *, socklen_t);
+typedef int (*poll_fn)(struct pollfd *, nfds_t, int);
 typedef hkv_ibv_device **(*device_list_fn)(int *);
 typedef void (*free_list_fn)(hkv_ibv_device **);
 typedef const char *(*device_name_fn)(hkv_ibv_device *);
@@ -32,6 +33,7 @@ static struct {
   send_fn rsend;
   setsockopt_fn rsetsockopt;
   accept_fn rgetsockname;
+  poll_fn rpoll;
   device_list_fn ibv_get_device_list;
   free_list_fn ibv_free_device_list;
   device_name_fn ibv_get_device_name;
@@ -85,6 +87,7 @@ static void load_libraries(void) {
   RESOLVE(rdmacm, rsend, "rsend");
   RESOLVE(rdmacm, rsetsockopt, "rsetsockopt");
   RESOLVE(rdmacm, rgetsockname, "rgetsockname");
+  RESOLVE(rdmacm, rpoll, "rpoll");
   RESOLVE(verbs, ibv_get_device_list, "ibv_get_device_list");
   RESOLVE(verbs, ibv_free_device_list, "ibv_free_device_list");
   RESOLVE(verbs, ibv_get_device_name, "ibv_get_device_name");
@@ -151,6 +154,10 @@ int hkv_rsetsockopt(int socket, int level, int optname, const void *optval, sock
 int hkv_rgetsockname(int socket, struct sockaddr *addr, socklen_t *addrlen) {
   REQUIRE_LOADED(-1);
   return table.rgetsockname(socket, addr, addrlen);
+}
+int hkv_rpoll(struct pollfd *fds, nfds_t nfds, int timeout) {
+  REQUIRE_LOADED(-1);
+  return table.rpoll(fds, nfds, timeout);
 }
 hkv_ibv_device **hkv_ibv_get_device_list(int *num_devices) {
   REQUIRE_LOADED(NULL);

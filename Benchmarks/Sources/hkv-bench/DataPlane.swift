@@ -1,3 +1,4 @@
+import BenchSupport
 import Dispatch
 import Foundation
 import HeteroKVCore
@@ -150,20 +151,11 @@ struct DataPlaneBenchmark {
         (0..<gatherRows).map { _ in UInt32(random.next() % UInt64(rows)) }
       }
       let connections = min(inFlight, 4)
-      var ours: [(String, Measurement)] = []
-      for variant in variants {
-        let client = variant.client(connections: connections)
-        try await client.ping()
-        ours.append(
-          (
-            variant.name,
-            try await measure(requests: requests, inFlight: inFlight) { i in
-              let response = try await client.gather(
-                GatherRequest(shard: shard, tokens: tokenLists[i]))
-              precondition(response.rowCount == gatherRows)
-            }
-          ))
-        await client.close()
+      let ours = try await interleaved(
+        variants, connections: connections, requests: requests, inFlight: inFlight
+      ) { client, i in
+        let response = try await client.gather(GatherRequest(shard: shard, tokens: tokenLists[i]))
+        precondition(response.rowCount == gatherRows)
       }
       var redisConnections: [RedisConnection] = []
       for _ in 0..<connections {
@@ -205,8 +197,11 @@ struct DataPlaneBenchmark {
     let heads = 4
     let steps = quick ? 50 : 200
     let queries = (0..<heads * d).map { _ in random.signedUnit() }
+    // Distinct rows in ascending order, as a worker's kept set is (the node refuses others).
     let stepTokens = (0..<steps).map { _ in
-      (0..<gatherRows).map { _ in UInt32(random.next() % UInt64(rows)) }
+      var chosen = Set<UInt32>()
+      while chosen.count < gatherRows { chosen.insert(UInt32(random.next() % UInt64(rows))) }
+      return chosen.sorted()
     }
     let scale = 1 / Float(d).squareRoot()
     func request(_ i: Int) -> PartialAttentionRequest {
@@ -229,21 +224,13 @@ struct DataPlaneBenchmark {
       8 + 2 * gatherRows * d * 2
     )
     let attentionRequests = (0..<steps).map(request)
-    let near = try await measure(requests: steps, inFlight: 1) { i in
+    let nearAll = try await interleaved(
+      variants, connections: 1, requests: steps, inFlight: 1
+    ) { client, i in
       _ = try await client.partialAttention(attentionRequests[i])
     }
-    var nearVariants: [(String, Measurement)] = []
-    for variant in variants.dropFirst() {
-      let other = variant.client(connections: 1)
-      nearVariants.append(
-        (
-          variant.name,
-          try await measure(requests: steps, inFlight: 1) { i in
-            _ = try await other.partialAttention(attentionRequests[i])
-          }
-        ))
-      await other.close()
-    }
+    let near = nearAll[0].1
+    let nearVariants = Array(nearAll.dropFirst())
     let far = try await measure(requests: steps, inFlight: 1) { i in
       let rows = try await client.gather(
         GatherRequest(shard: shard, tokens: stepTokens[i], includeKeys: true))
@@ -299,6 +286,30 @@ struct DataPlaneBenchmark {
     var seconds: Double
     var p50: Double
     var p99: Double
+  }
+
+  /// Rounds of ``measure(requests:inFlight:_:)`` over every variant, the order rotated each
+  /// round so that none always runs first (warm-up) or last; per variant, the round of median
+  /// wall time. The machine's noise between runs is larger than the differences measured.
+  func interleaved(
+    _ variants: [NodeVariant], connections: Int, requests: Int, inFlight: Int, rounds: Int = 5,
+    _ body: @escaping @Sendable (MemoryNodeClient, Int) async throws -> Void
+  ) async throws -> [(String, Measurement)] {
+    let clients = variants.map { $0.client(connections: connections) }
+    for client in clients { try await client.ping() }
+    var runs = [[Measurement]](repeating: [], count: variants.count)
+    for round in 0..<rounds {
+      for k in 0..<variants.count {
+        let v = (k + round) % variants.count
+        let client = clients[v]
+        runs[v].append(
+          try await measure(requests: requests, inFlight: inFlight) { try await body(client, $0) })
+      }
+    }
+    for client in clients { await client.close() }
+    return variants.indices.map { v in
+      (variants[v].name, runs[v].sorted { $0.seconds < $1.seconds }[rounds / 2])
+    }
   }
 
   /// Runs `requests` calls of `body`, `inFlight` at a time; wall time and latency percentiles.
@@ -396,16 +407,14 @@ struct DataPlaneBenchmark {
   func spawn(_ executable: URL, _ arguments: [String], environment: [String: String] = [:])
     throws -> Process
   {
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    // Tied to this process: a benchmark that crashes or is killed leaves no node or Redis.
+    let process = Process.tiedToParent(executable, arguments, environment: environment)
     process.standardOutput = FileHandle.nullDevice
     let log = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-bench-\(executable.lastPathComponent).log")
     FileManager.default.createFile(atPath: log.path, contents: nil)
     process.standardError = try FileHandle(forWritingTo: log)
-    try process.run()
+    try process.runWithDefaultSignalMask()
     return process
   }
 

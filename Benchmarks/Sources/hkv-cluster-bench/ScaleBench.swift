@@ -1,3 +1,4 @@
+import BenchSupport
 import Foundation
 import HeteroKVConfig
 import HeteroKVCore
@@ -40,15 +41,17 @@ struct ScaleBench {
     try yaml.write(toFile: file, atomically: true, encoding: .utf8)
     var children: [(String, Process)] = []
     defer {
-      for (_, child) in children where child.isRunning { child.terminate() }
+      for (_, child) in children where child.isRunning {
+        child.terminate()
+        child.waitUntilExit()
+      }
     }
     func spawn(_ name: String, _ args: [String]) throws {
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: hkv)
-      p.arguments = args + ["--config", file, "--log-level", "error"]
+      let p = Process.tiedToParent(
+        URL(fileURLWithPath: hkv), args + ["--config", file, "--log-level", "error"])
       let out = Pipe()
       p.standardOutput = out
-      try p.run()
+      try p.runWithDefaultSignalMask()
       children.append((name, p))
       var seen = Data()
       while !String(decoding: seen, as: UTF8.self).contains("ready ") {

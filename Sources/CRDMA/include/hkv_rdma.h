@@ -5,6 +5,7 @@
 // libraries; where the shared libraries are missing every call fails with ENOSYS and
 // hkv_rdma_load says why, so the transport falls back to TCP with that message.
 
+#include <poll.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -31,6 +32,7 @@ long hkv_rrecv(int socket, void *buf, size_t len, int flags);
 long hkv_rsend(int socket, const void *buf, size_t len, int flags);
 int hkv_rsetsockopt(int socket, int level, int optname, const void *optval, socklen_t optlen);
 int hkv_rgetsockname(int socket, struct sockaddr *addr, socklen_t *addrlen);
+int hkv_rpoll(struct pollfd *fds, nfds_t nfds, int timeout);
 
 // libibverbs' device list, used to tell whether this host has an RDMA device at all.
 hkv_ibv_device **hkv_ibv_get_device_list(int *num_devices);

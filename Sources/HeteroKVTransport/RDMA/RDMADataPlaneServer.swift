@@ -6,7 +6,8 @@ import NIOCore
 import Synchronization
 
 /// The data plane over RDMA (librdmacm rsockets): the same frames and the same
-/// ``DataPlaneRequestHandler`` as TCP, with one thread per connection (rsockets block).
+/// ``DataPlaneRequestHandler`` as TCP, with one thread per connection (rsockets block), the
+/// same connection cap, credential and idle/partial-frame timeouts (`rpoll` before each read).
 /// Start it only where ``RDMAAvailability/probe()`` finds a device.
 public final class RDMADataPlaneServer: Sendable {
   private let listener: RSocket
@@ -58,7 +59,7 @@ public final class RDMADataPlaneServer: Sendable {
       let thread = Thread {
         self.serve(
           socket, handler: handler, session: DataPlaneSession(access: access), limits: limits,
-          logger: logger)
+          options: options, logger: logger)
         self.connections.withLock { _ = $0.removeValue(forKey: socket.fd) }
         socket.close()
       }
@@ -69,13 +70,18 @@ public final class RDMADataPlaneServer: Sendable {
 
   private func serve(
     _ socket: RSocket, handler: any DataPlaneRequestHandler, session: DataPlaneSession,
-    limits: DataPlaneLimits, logger: Logger
+    limits: DataPlaneLimits, options: DataPlaneServerOptions, logger: Logger
   ) {
     let allocator = ByteBufferAllocator()
     while true {
       let inbound: InboundFrame
       do {
-        guard let frame = try readFrame(from: socket, limits: limits) else { return }
+        // A silent peer (idle between frames, stalled within one) is closed, as over TCP.
+        guard
+          let frame = try readFrame(
+            from: socket, limits: limits, idle: options.idleTimeout,
+            partial: options.partialFrameTimeout)
+        else { return }
         inbound = frame
       } catch {
         handler.rejected(error.error)

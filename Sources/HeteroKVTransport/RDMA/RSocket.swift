@@ -74,10 +74,12 @@ struct RSocket: Sendable {
     return client >= 0 ? RSocket(fd: client) : nil
   }
 
-  /// Reads exactly `count` bytes into `buffer`; false at end of stream or on error.
-  func readExactly(_ count: Int, into buffer: inout ByteBuffer) -> Bool {
+  /// Reads exactly `count` bytes into `buffer`; false at end of stream, on error, or when no
+  /// byte arrives within `wait` (nil: wait forever).
+  func readExactly(_ count: Int, into buffer: inout ByteBuffer, wait: Duration? = nil) -> Bool {
     var remaining = count
     while remaining > 0 {
+      if let wait, !waitReadable(wait) { return false }
       let got = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: remaining) { out in
         let n = hkv_rrecv(fd, out.baseAddress, remaining, 0)
         return n > 0 ? n : 0
@@ -86,6 +88,13 @@ struct RSocket: Sendable {
       remaining -= got
     }
     return true
+  }
+
+  /// Whether bytes (or the end of the stream) arrive within `wait`.
+  func waitReadable(_ wait: Duration) -> Bool {
+    let milliseconds = Int32(clamping: max(1, wait.nanoseconds / 1_000_000))
+    var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    return hkv_rpoll(&descriptor, 1, milliseconds) > 0
   }
 
   /// Writes all readable bytes of `buffer`; false on error.
@@ -148,15 +157,19 @@ extension SocketAddress {
   }
 }
 
-/// Reads one frame from a blocking stream: the header, checked, then its payload.
-func readFrame(from socket: RSocket, limits: DataPlaneLimits) throws(FrameRejection)
-  -> InboundFrame?
-{
+/// Reads one frame from a blocking stream: the header, checked, then its payload. nil at end
+/// of stream, or when the peer is silent for `idle` before a frame or for `partial` in the
+/// middle of one (nil waits: forever, as a client does).
+func readFrame(
+  from socket: RSocket, limits: DataPlaneLimits, idle: Duration? = nil, partial: Duration? = nil
+) throws(FrameRejection) -> InboundFrame? {
   var buffer = ByteBuffer()
-  guard socket.readExactly(FrameHeader.size, into: &buffer) else { return nil }
+  guard socket.readExactly(1, into: &buffer, wait: idle),
+    socket.readExactly(FrameHeader.size - 1, into: &buffer, wait: partial)
+  else { return nil }
   if let frame = try FrameCodec.readFrame(from: &buffer, limits: limits) { return frame }
   let length = Int(
     buffer.getInteger(at: buffer.readerIndex + 16, endianness: .little, as: UInt32.self)!)
-  guard socket.readExactly(length, into: &buffer) else { return nil }
+  guard socket.readExactly(length, into: &buffer, wait: partial) else { return nil }
   return try FrameCodec.readFrame(from: &buffer, limits: limits)
 }

@@ -1,4 +1,5 @@
 import HeteroKVCore
+import HeteroKVEngineClient
 import HeteroKVModel
 import HeteroKVWorker
 
@@ -18,6 +19,9 @@ public struct EngineKVCache: ModelKVCache {
   public var observationRows = 32
   /// Set once a `SharedPrefillCache` fed this cache the prompt without its attention.
   var prefilledElsewhere = false
+  /// Where the decode steps' cache time went, summed over layers and steps since the last
+  /// ``resetDecodeBreakdown()``.
+  public private(set) var decodeBreakdown = DecodeBreakdown()
 
   public init(engine: any KVCacheEngine, ref: SequenceRef, configuration: LlamaConfiguration) {
     self.engine = engine
@@ -37,10 +41,18 @@ public struct EngineKVCache: ModelKVCache {
     let halfKeys = keys.map { Float16($0) }
     let halfValues = values.map { Float16($0) }
     guard tokens > 1 else {
+      let clock = ContinuousClock()
+      let start = clock.now
       try await engine.append(
         ref, layer: layer, tokens: 1, keys: halfKeys, values: halfValues, observation: nil)
-      return try await engine.attend(ref, layer: layer, queries: queries, withSelection: false)
-        .output
+      let appended = clock.now
+      let result = try await engine.attend(
+        ref, layer: layer, queries: queries, withSelection: false)
+      decodeBreakdown.layerCalls += 1
+      decodeBreakdown.append += (appended - start).inSeconds
+      decodeBreakdown.attend += (clock.now - appended).inSeconds
+      decodeBreakdown.phases += result.timings
+      return result.output
     }
     try FullKVCache.append(keys, to: &prefillKeys[layer], kvHeads: c.kvHeads, headDim: c.headDim)
     try FullKVCache.append(
@@ -56,6 +68,9 @@ public struct EngineKVCache: ModelKVCache {
       layer: layer, keys: halfKeys, values: halfValues, queries: queries, tokens: tokens)
     return out
   }
+
+  /// Starts the decode breakdown afresh (after a first step that ended the prefill).
+  public mutating func resetDecodeBreakdown() { decodeBreakdown = DecodeBreakdown() }
 
   /// Appends a prompt chunk whose attention another cache computes (`SharedPrefillCache`):
   /// the K/V and the chunk's last queries go to the engine, nothing is attended here.
@@ -102,5 +117,26 @@ public struct SharedPrefillCache<Primary: ModelKVCache>: ModelKVCache {
         layer: layer, keys: keys, values: values, queries: queries, tokens: tokens)
     }
     return out
+  }
+}
+
+/// Where a decode step's time in the cache goes, summed over layer calls: the engine's append
+/// and attend as the model waits for them, and the worker's own phases of the attend.
+public struct DecodeBreakdown: Sendable, Hashable {
+  /// Layer calls summed (layers x steps).
+  public var layerCalls = 0
+  /// Seconds in `append` (coding the token's keys, queueing its rows).
+  public var append = 0.0
+  /// Seconds in `attend`, from the call to the answer.
+  public var attend = 0.0
+  /// The worker's phases of those attends (compute, plan, fan-out, merge).
+  public var phases = StepTimings()
+
+  public init() {}
+
+  /// Per layer call: the cache's time minus the worker's local compute (scoring, selection,
+  /// resident caches) — what the issue calls the per-layer overhead.
+  public var overheadPerLayer: Double {
+    layerCalls == 0 ? 0 : (append + attend - phases.compute) / Double(layerCalls)
   }
 }

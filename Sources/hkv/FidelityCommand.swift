@@ -52,6 +52,11 @@ struct FidelityCommand: AsyncParsableCommand {
     var keptShare: Double
     /// Mean bytes a decode step moved between worker and memory nodes.
     var decodeBytesPerStep: Double
+    /// The first decode step (for HeteroKV it ends the prefill: profiles, budgets, codebooks).
+    var firstStepSeconds: Double
+    /// Per layer call of the steady steps, milliseconds: append, attend, and the attend's
+    /// local compute, planning, fan-out and merge; overhead is append + attend - compute.
+    var perLayerMs: [String: Double]?
   }
 
   func run() async throws {
@@ -86,7 +91,8 @@ struct FidelityCommand: AsyncParsableCommand {
           workerBytes: $0.workerBytes, fullKVBytes: $0.fullKVBytes,
           workerShare: Double($0.workerBytes) / Double(max(1, $0.fullKVBytes)),
           decodeTokensPerSecond: $0.decodeTokensPerSecond, keptShare: $0.keptShare,
-          decodeBytesPerStep: $0.decodeBytesPerStep)
+          decodeBytesPerStep: $0.decodeBytesPerStep, firstStepSeconds: $0.firstStepSeconds,
+          perLayerMs: Self.perLayer($0.breakdown))
       })
     if json {
       try writeJSON(report)
@@ -99,7 +105,7 @@ struct FidelityCommand: AsyncParsableCommand {
       TextTable(
         [
           "POLICY", "MEAN KL", "MAX KL", "TOP-1", "WORKER", "SHARE", "KEPT", "MOVED/STEP",
-          "DECODE TOK/S",
+          "DECODE TOK/S", "1ST STEP",
         ],
         rows: report.runs.map {
           [
@@ -109,8 +115,31 @@ struct FidelityCommand: AsyncParsableCommand {
             String(format: "%.1f%%", $0.keptShare * 100),
             ByteSize.format(UInt64($0.decodeBytesPerStep)),
             String(format: "%.2f", $0.decodeTokensPerSecond),
+            String(format: "%.2f s", $0.firstStepSeconds),
           ]
         }
       ).render(), terminator: "")
+    let phases = report.runs.filter { $0.perLayerMs != nil }
+    guard !phases.isEmpty else { return }
+    print("\nper layer call of the steady steps, ms (overhead = append + attend - compute):")
+    let keys = ["append", "attend", "compute", "plan", "fanOut", "merge", "overhead"]
+    print(
+      TextTable(
+        ["POLICY"] + keys.map { $0.uppercased() },
+        rows: phases.map { run in
+          [run.policy] + keys.map { String(format: "%.3f", run.perLayerMs![$0] ?? 0) }
+        }
+      ).render(), terminator: "")
+  }
+
+  /// The breakdown per layer call in milliseconds; nil for a cache without one.
+  static func perLayer(_ b: DecodeBreakdown) -> [String: Double]? {
+    guard b.layerCalls > 0 else { return nil }
+    let n = Double(b.layerCalls) / 1000
+    return [
+      "append": b.append / n, "attend": b.attend / n, "compute": b.phases.compute / n,
+      "plan": b.phases.plan / n, "fanOut": b.phases.fanOut / n, "merge": b.phases.merge / n,
+      "overhead": b.overheadPerLayer * 1000,
+    ]
   }
 }

@@ -47,7 +47,14 @@ import Testing
   }
 
   @Test func tauSelectionKeepsTheSmallestPrefixReachingTau() throws {
-    let scores = randomFloats(5000, seed: 7, scale: 3)
+    // Spreads from wide (many histogram buckets) to narrow, on one thread: a bucket left
+    // from an earlier call would show up as a wrong prefix in a later one.
+    for (seed, scale) in [(7, Float(3)), (9, 40), (11, 0.2), (7, 3)] {
+      try checkTauPrefix(randomFloats(5000, seed: UInt64(seed), scale: scale))
+    }
+  }
+
+  func checkTauPrefix(_ scores: [Float]) throws {
     for tau: Float in [0.5, 0.9, 0.99] {
       let sel = try TauMassSelection.select(scores: scores[...], tau: tau)
       // Reference: sort by weight, take the prefix.
@@ -68,6 +75,29 @@ import Testing
       #expect(sel.keptMass - sel.weights.min()! < tau)
       #expect(sel.indices == sel.indices.sorted())
     }
+  }
+
+  @Test(
+    "a group's union holds every head's kept tokens once, ascending, each at its largest weight")
+  func groupUnionOfSelections() throws {
+    let selections = try [(3, 0.9), (4, 0.99), (5, 0.5)].map { seed, tau in
+      try TauMassSelection.select(
+        scores: randomFloats(3000, seed: UInt64(seed), scale: 4)[...], tau: Float(tau))
+    }
+    let shared = TauMassSelection.groupUnion(selections)
+    #expect(shared.count == 3)
+    let union = shared[0]
+    var expected: [Int32: Float] = [:]
+    for s in selections {
+      for (t, w) in zip(s.indices, s.weights) { expected[t] = max(expected[t] ?? 0, w) }
+    }
+    #expect(union.indices == expected.keys.sorted())
+    #expect(union.weights == union.indices.map { expected[$0]! })
+    #expect(abs(union.keptMass - union.weights.reduce(0, +)) < 1e-5)
+    #expect(union.indices.count < selections.map(\.indices.count).reduce(0, +))
+    for s in shared { #expect(s.indices == union.indices && s.contextLength == 3000) }
+    // One head: its own selection.
+    #expect(TauMassSelection.groupUnion([selections[1]]) == [selections[1]])
   }
 
   @Test func tauSelectionHonoursTheCap() throws {

@@ -52,3 +52,51 @@ public struct TauMassSelection: Sendable, Hashable {
     return TauMassSelection(indices: indices, weights: weights, keptMass: mass, contextLength: n)
   }
 }
+
+extension TauMassSelection {
+  /// The selection a GQA group's query heads share: the ascending union of their kept
+  /// tokens, for each head, with each token's weight the largest any head gave it (the union
+  /// holds at least every head's own tau mass). In exact mode a memory node then reads and
+  /// copies the group's rows once and scores every head over them, instead of once per head.
+  public static func groupUnion(_ selections: [TauMassSelection]) -> [TauMassSelection] {
+    guard selections.count > 1 else { return selections }
+    // One mark per context token (the largest weight seen, -1 for none), then one scan: linear
+    // in the context and the kept counts, with no per-token branching on the heads.
+    let n = selections.map(\.contextLength).max()!
+    var best = [Float](repeating: -1, count: n)
+    var count = 0
+    best.withUnsafeMutableBufferPointer { mark in
+      for selection in selections {
+        selection.indices.withUnsafeBufferPointer { idx in
+          selection.weights.withUnsafeBufferPointer { w in
+            for k in 0..<idx.count {
+              let t = Int(idx[k])
+              if mark[t] < 0 { count += 1 }
+              mark[t] = Swift.max(mark[t], w[k])
+            }
+          }
+        }
+      }
+    }
+    var mass: Float = 0
+    var weights = [Float](repeating: 0, count: count)
+    let indices = [Int32](unsafeUninitializedCapacity: count) { out, written in
+      weights.withUnsafeMutableBufferPointer { wOut in
+        best.withUnsafeBufferPointer { mark in
+          var k = 0
+          for t in 0..<n where mark[t] >= 0 {
+            out[k] = Int32(t)
+            wOut[k] = mark[t]
+            mass += mark[t]
+            k += 1
+          }
+          written = k
+        }
+      }
+    }
+    return selections.map {
+      TauMassSelection(
+        indices: indices, weights: weights, keptMass: mass, contextLength: $0.contextLength)
+    }
+  }
+}

@@ -270,8 +270,10 @@ public final class ShardStore: @unchecked Sendable {
       // served together: their rows are resolved and read from the pages once, copied
       // contiguous, and every head of the group is scored and summed over the copy in one pass
       // of the kernels. Every head is checked before any is computed.
-      var groups: [[UInt32]: [Int]] = [:]
+      // Found by comparing lists, not hashing them: heads decoded from one shared list share
+      // its storage, so equal lists compare in constant time.
       var tokenLists: [[UInt32]] = []
+      var groups: [[Int]] = []
       for (h, head) in request.heads.enumerated() {
         if request.mode == .weights && head.weights.count != head.tokens.count {
           throw HeteroKVError(
@@ -280,12 +282,15 @@ public final class ShardStore: @unchecked Sendable {
           )
         }
         guard !head.tokens.isEmpty else { continue }
-        if groups[head.tokens] == nil { tokenLists.append(head.tokens) }
-        groups[head.tokens, default: []].append(h)
+        if let g = tokenLists.firstIndex(where: { $0 == head.tokens }) {
+          groups[g].append(h)
+        } else {
+          tokenLists.append(head.tokens)
+          groups.append([h])
+        }
       }
       var order: [(rows: [Int], members: [Int])] = []
-      for tokens in tokenLists {
-        let members = groups[tokens]!
+      for (tokens, members) in zip(tokenLists, groups) {
         order.append(
           (
             try localRows(

@@ -67,7 +67,10 @@ extension SequenceSession {
           let positions = cache.positions.map(Int32.init)
           selections += Array(repeating: positions, count: group)
         }
-      case .selected(let scores, let chosen):
+      case .selected(let scores, let picked):
+        // Exact outputs: the group attends its union, so the node reads the rows once.
+        let chosen =
+          options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
         let key = HeadKey(layer: layer, kvHead: h)
         if let failure = await writer.failure(key) { throw failure }
         let ack = await writer.acknowledgedTokens(key)
@@ -132,7 +135,10 @@ extension SequenceSession {
     var localTokens = [[Int]](repeating: [], count: group)
     var localWeights = [[Float]](repeating: [], count: group)
     let head = layers[layer].heads[kvHead]
-    for (q, sel) in selections.enumerated() {
+    // A group sharing one selection (exact mode) is split into chunks once.
+    let shared =
+      group > 1 && selections.dropFirst().allSatisfy { $0.indices == selections[0].indices }
+    for (q, sel) in selections.enumerated().prefix(shared ? 1 : group) {
       // Indices ascend, so each chunk's tokens are one run: one dictionary visit per run.
       let indices = sel.indices
       var k = 0
@@ -157,6 +163,15 @@ extension SequenceSession {
         k = end
       }
     }
+    if shared {
+      for q in 1..<group {
+        localTokens[q] = localTokens[0]
+        localWeights[q] = localWeights[0]
+      }
+      for c in byChunk.keys {
+        for q in 1..<group { byChunk[c]![q] = byChunk[c]![0] }
+      }
+    }
     var requests: [RemoteRequest] = []
     for (c, heads) in byChunk.sorted(by: { $0.key < $1.key }) {
       let shard = ref.shard(layer: layer, kvHead: kvHead, chunk: c)
@@ -170,7 +185,9 @@ extension SequenceSession {
             ? .exact(tokens: part.tokens, query: Array(queries[q * d..<(q + 1) * d]))
             : .weighted(tokens: part.tokens, weights: part.weights)
         })
-      let tokens = heads.reduce(0) { $0 + $1.tokens.count }
+      // A list the group's heads share travels once (the encoder's shared-tokens flag).
+      let shared = exact && heads.allSatisfy { $0.tokens == heads[0].tokens }
+      let tokens = shared ? heads[0].tokens.count : heads.reduce(0) { $0 + $1.tokens.count }
       let up = 32 + tokens * (exact ? 4 : 8) + (exact ? group * d * 4 : 0)
       requests.append(
         RemoteRequest(request: request, holders: holders, bytes: up + 4 + group * (8 + d * 4)))

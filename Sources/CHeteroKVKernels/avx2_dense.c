@@ -203,4 +203,60 @@ HKV_AVX2 HKV_INTERNAL void weighted_sum_sparse_multi_avx2(const uint16_t *values
   }
 }
 
+// Scores over rows in place: the generic loop of scores_f16_avx2 with each row found through
+// its pointer, the next rows prefetched (they are scattered over pages).
+HKV_AVX2 HKV_INTERNAL void scores_f16_rows_avx2(const float *q, size_t heads,
+                                                const uint16_t *const *rows, size_t n, size_t d,
+                                                float scale, float *scores) {
+  if (d % 8 != 0 || d > 256) {
+    scores_f16_rows_portable(q, heads, rows, n, d, scale, scores);
+    return;
+  }
+  size_t chunks = d / 8;
+  __m256 kv[32];
+  for (size_t j = 0; j < n; j++) {
+    const uint16_t *k = rows[j];
+    if (j + 8 < n) prefetch_lines(rows[j + 8], d * 2);
+    for (size_t c = 0; c < chunks; c++)
+      kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c * 8)));
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = q + h * d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      size_t c = 0;
+      for (; c + 2 <= chunks; c += 2) {
+        a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
+        a1 = _mm256_fmadd_ps(kv[c + 1], _mm256_loadu_ps(qh + c * 8 + 8), a1);
+      }
+      if (c < chunks) a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
+      scores[h * n + j] = hsum256(_mm256_add_ps(a0, a1)) * scale;
+    }
+  }
+}
+
+// The weighted sum over rows in place, four rows at a time as the sparse kernel does it.
+HKV_AVX2 HKV_INTERNAL void weighted_sum_rows_avx2(const uint16_t *const *rows, size_t n, size_t d,
+                                                  const float *probs, size_t heads, float *out) {
+  if (d % 8 != 0 || heads > 8) {
+    weighted_sum_rows_portable(rows, n, d, probs, heads, out);
+    return;
+  }
+  __m256 pb[8][4];
+  size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    if (j + 12 <= n)
+      for (int r = 8; r < 12; r++) prefetch_lines(rows[j + r], d * 2);
+    const uint16_t *const v[4] = {rows[j], rows[j + 1], rows[j + 2], rows[j + 3]};
+    for (size_t h = 0; h < heads; h++)
+      for (int r = 0; r < 4; r++) pb[h][r] = _mm256_set1_ps(probs[h * n + j + r]);
+    accumulate_four_rows(v, pb, heads, d, out);
+  }
+  for (; j < n; j++) {
+    const uint16_t *v = rows[j];
+    for (size_t h = 0; h < heads; h++) {
+      float p = probs[h * n + j];
+      for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+    }
+  }
+}
+
 #endif

@@ -75,6 +75,8 @@ static const hkv_kernel_table portable_table = {
     .scores_f16 = scores_f16_portable,
     .weighted_sum_dense_f16 = weighted_sum_dense_portable,
     .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_portable,
+    .scores_f16_rows = scores_f16_rows_portable,
+    .weighted_sum_rows_f16 = weighted_sum_rows_portable,
     .pq_scores_x4 = pq_scores_x4_portable,
     .pq_scores_x4_u8 = pq_scores_x4_u8_portable,
     .pq_lut_x4 = pq_lut_x4_portable,
@@ -107,6 +109,8 @@ static const hkv_kernel_table avx2_table = {
     .scores_f16 = scores_f16_avx2,
     .weighted_sum_dense_f16 = weighted_sum_dense_avx2,
     .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_avx2,
+    .scores_f16_rows = scores_f16_rows_avx2,
+    .weighted_sum_rows_f16 = weighted_sum_rows_avx2,
     .pq_scores_x4 = pq_scores_x4_avx2,
     .pq_scores_x4_u8 = pq_scores_x4_u8_avx2,
     .pq_lut_x4 = pq_lut_x4_avx2,
@@ -170,6 +174,16 @@ void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const i
                                        float *out) {
   hkv_active_kernels()->weighted_sum_sparse_multi_f16(values, d, indices, weights, count, heads,
                                                       out);
+}
+
+void hkv_scores_f16_rows(const float *q, size_t heads, const uint16_t *const *rows, size_t n,
+                         size_t d, float scale, float *scores) {
+  hkv_active_kernels()->scores_f16_rows(q, heads, rows, n, d, scale, scores);
+}
+
+void hkv_weighted_sum_rows_f16(const uint16_t *const *rows, size_t n, size_t d,
+                               const float *probs, size_t heads, float *out) {
+  hkv_active_kernels()->weighted_sum_rows_f16(rows, n, d, probs, heads, out);
 }
 
 void hkv_pq_scores_x4(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
@@ -279,14 +293,23 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   // touches tens of buckets, not all 4,096 (clearing 64 KiB per call cost as much as the
   // histogram itself).
   static _Thread_local float mass4[4][BUCKETS];
-  int used = 0;
+  // Buckets first, in a loop with no stores but to `bucket` (the compiler vectorizes it;
+  // fminf also sends a NaN or infinite gap to the last bucket), then the scatter-add alone.
+  uint16_t used = 0;
   for (size_t j = 0; j < n; j++) {
-    float gap = (m - scores[j]) * per_nat;
-    int b = gap < (float)(BUCKETS - 1) ? (int)gap : BUCKETS - 1;
-    bucket[j] = (uint16_t)b;
-    mass4[j & 3][b] += w[j];
+    float gap = fminf((m - scores[j]) * per_nat, (float)(BUCKETS - 1));
+    uint16_t b = (uint16_t)(int)gap;
+    bucket[j] = b;
     used = b > used ? b : used;
   }
+  size_t j4 = 0;
+  for (; j4 + 4 <= n; j4 += 4) {
+    mass4[0][bucket[j4]] += w[j4];
+    mass4[1][bucket[j4 + 1]] += w[j4 + 1];
+    mass4[2][bucket[j4 + 2]] += w[j4 + 2];
+    mass4[3][bucket[j4 + 3]] += w[j4 + 3];
+  }
+  for (; j4 < n; j4++) mass4[0][bucket[j4]] += w[j4];
   double target = (double)tau * (double)total, cumulative = 0;
   int boundary = used;
   for (int b = 0; b <= used; b++) {

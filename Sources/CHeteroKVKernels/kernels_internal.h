@@ -36,6 +36,8 @@ HKV_INTERNAL void f32_to_f16_portable(const float *src, uint16_t *dst, size_t n)
 HKV_INTERNAL void scores_f16_portable(const float *q, size_t heads, const uint16_t *keys, size_t n, size_t d, float scale, float *scores);
 HKV_INTERNAL void weighted_sum_dense_portable(const uint16_t *values, size_t n, size_t d, const float *probs, size_t heads, float *out);
 HKV_INTERNAL void weighted_sum_sparse_multi_portable(const uint16_t *values, size_t d, const int32_t *idx, const float *w, size_t count, size_t heads, float *out);
+HKV_INTERNAL void scores_f16_rows_portable(const float *q, size_t heads, const uint16_t *const *rows, size_t n, size_t d, float scale, float *scores);
+HKV_INTERNAL void weighted_sum_rows_portable(const uint16_t *const *rows, size_t n, size_t d, const float *probs, size_t heads, float *out);
 HKV_INTERNAL void pq_lut_x4_portable(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q, size_t heads, float *lut);
 HKV_INTERNAL void sq4_scores_portable(const float *qs, const float *bias, size_t heads, const uint8_t *codes, size_t n, size_t d, float scale, float *scores, size_t stride);
 HKV_INTERNAL float softmax_exp_portable(float *x, size_t n, float *max_out);
@@ -70,6 +72,8 @@ HKV_AVX2 HKV_INTERNAL void f32_to_f16_avx2(const float *src, uint16_t *dst, size
 HKV_AVX2 HKV_INTERNAL void scores_f16_avx2(const float *q, size_t heads, const uint16_t *keys, size_t n, size_t d, float scale, float *scores);
 HKV_AVX2 HKV_INTERNAL void weighted_sum_dense_avx2(const uint16_t *values, size_t n, size_t d, const float *probs, size_t heads, float *out);
 HKV_AVX2 HKV_INTERNAL void weighted_sum_sparse_multi_avx2(const uint16_t *values, size_t d, const int32_t *idx, const float *w, size_t count, size_t heads, float *out);
+HKV_AVX2 HKV_INTERNAL void scores_f16_rows_avx2(const float *q, size_t heads, const uint16_t *const *rows, size_t n, size_t d, float scale, float *scores);
+HKV_AVX2 HKV_INTERNAL void weighted_sum_rows_avx2(const uint16_t *const *rows, size_t n, size_t d, const float *probs, size_t heads, float *out);
 HKV_AVX2 HKV_INTERNAL void pq_lut_x4_avx2(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q, size_t heads, float *lut);
 HKV_AVX2 HKV_INTERNAL void sq4_scores_avx2(const float *qs, const float *bias, size_t heads, const uint8_t *codes, size_t n, size_t d, float scale, float *scores, size_t stride);
 HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out);

@@ -54,6 +54,32 @@ HKV_INTERNAL void weighted_sum_sparse_multi_portable(const uint16_t *values, siz
   }
 }
 
+HKV_INTERNAL void scores_f16_rows_portable(const float *q, size_t heads,
+                                           const uint16_t *const *rows, size_t n, size_t d,
+                                           float scale, float *scores) {
+  for (size_t j = 0; j < n; j++) {
+    const uint16_t *k = rows[j];
+    for (size_t h = 0; h < heads; h++) {
+      const float *qh = q + h * d;
+      float acc = 0;
+      for (size_t c = 0; c < d; c++) acc += qh[c] * half_to_float(k[c]);
+      scores[h * n + j] = acc * scale;
+    }
+  }
+}
+
+HKV_INTERNAL void weighted_sum_rows_portable(const uint16_t *const *rows, size_t n, size_t d,
+                                             const float *probs, size_t heads, float *out) {
+  for (size_t j = 0; j < n; j++) {
+    const uint16_t *v = rows[j];
+    for (size_t h = 0; h < heads; h++) {
+      float p = probs[h * n + j];
+      if (p == 0) continue;
+      for (size_t c = 0; c < d; c++) out[h * d + c] += p * half_to_float(v[c]);
+    }
+  }
+}
+
 // Generated for 16-bit codes and for 8-bit codes (codebooks of at most 256 centroids).
 #define PQ_SCORES_X4_PORTABLE(NAME, CODE_T)                                                  \
   HKV_INTERNAL void NAME(const float *lut, size_t g, size_t c, const CODE_T *codes, size_t n,      \

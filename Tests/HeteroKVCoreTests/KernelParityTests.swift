@@ -72,6 +72,43 @@ import Testing
     }
     #expect(relativeError(sparse.portable, sparse.vector) < 1e-5)
 
+    // Rows in place, through pointers, in any order (a repeat too; 11 rows: the four-row
+    // blocks and a tail; 3 heads: not the x4 path): the same as the dense kernels' rows.
+    let order = [5, 0, 3, 200, 17, 17, 90, 1, 150, 202, 64]
+    func pointed<T>(_ rows: [UInt16], _ body: ([UnsafePointer<UInt16>?]) -> T) -> T {
+      rows.withUnsafeBufferPointer { base in body(order.map { base.baseAddress! + $0 * d }) }
+    }
+    let three = 3
+    let rowScores = try both { t in
+      pointed(keys) { rows in
+        var out = [Float](repeating: 0, count: three * order.count)
+        t.scores_f16_rows(q, three, rows, order.count, d, 0.3, &out)
+        return out
+      }
+    }
+    #expect(relativeError(rowScores.portable, rowScores.vector) < 1e-5)
+    for h in 0..<three {
+      for (j, row) in order.enumerated() {
+        let expected = scores.portable[h * n + row]
+        #expect(
+          abs(rowScores.vector[h * order.count + j] - expected) < 1e-4 * max(1, abs(expected)))
+      }
+    }
+    let rowWeights = randomFloats(three * order.count, seed: 8).map { abs($0) }
+    let rowSums = try both { t in
+      pointed(values) { rows in
+        var out = [Float](repeating: 0, count: three * d)
+        t.weighted_sum_rows_f16(rows, order.count, d, rowWeights, three, &out)
+        return out
+      }
+    }
+    #expect(relativeError(rowSums.portable, rowSums.vector) < 1e-5)
+    // The sparse kernel over the same indices and weights computes the same sums.
+    var sparseSums = [Float](repeating: 0, count: three * d)
+    portable.weighted_sum_sparse_multi_f16(
+      values, d, order.map(Int32.init), rowWeights, order.count, three, &sparseSums)
+    #expect(relativeError(rowSums.portable, sparseSums) < 1e-6)
+
     let logits = randomFloats(n, seed: 7, scale: 4)
     let softmax = try both { t in
       var x = logits
@@ -165,6 +202,11 @@ import Testing
       (
         "sparse", address(portable.weighted_sum_sparse_multi_f16),
         address(v.weighted_sum_sparse_multi_f16)
+      ),
+      ("scores_f16_rows", address(portable.scores_f16_rows), address(v.scores_f16_rows)),
+      (
+        "weighted_sum_rows", address(portable.weighted_sum_rows_f16),
+        address(v.weighted_sum_rows_f16)
       ),
       ("pq_scores_x4", address(portable.pq_scores_x4), address(v.pq_scores_x4)),
       ("pq_scores_x4_u8", address(portable.pq_scores_x4_u8), address(v.pq_scores_x4_u8)),

@@ -9,7 +9,8 @@ import Synchronization
 import Testing
 
 /// A handler whose PartialAttention takes `work` of CPU time (a busy loop, as a large
-/// attention would) and whose other requests answer at once with their opcode's name.
+/// attention would) and whose other requests answer at once with their opcode's name. The
+/// server decides where to run a request from its header, so the probes send a real one.
 struct SlowAttentionHandler: DataPlaneRequestHandler {
   let work: Duration
 
@@ -41,10 +42,18 @@ struct ComputePoolTests {
     let address = HostPort(host: "127.0.0.1", port: server.localAddress.port!)
     let busy = try await RawPeer.connect(address)
     let other = try await RawPeer.connect(address)
-    func frame(_ opcode: Opcode, _ id: UInt64) -> ByteBuffer {
-      Frame(opcode: opcode.rawValue, flags: [], requestID: id, payload: ByteBuffer()).serialized()
+    func frame(_ opcode: Opcode, _ id: UInt64, _ payload: ByteBuffer = ByteBuffer()) -> ByteBuffer {
+      Frame(opcode: opcode.rawValue, flags: [], requestID: id, payload: payload).serialized()
     }
-    var pipelined = frame(.partialAttention, 1)
+    // Long enough for the pool: 40,000 shared tokens x 4 heads x 128 dims.
+    let long = PartialAttentionRequest(
+      shard: ShardID(sequence: 1, layer: 0, kvHead: 0), mode: .exact, headDim: 128, scale: 0.1,
+      heads: (0..<4).map { _ in
+        .exact(tokens: Array(0..<40_000), query: [Float](repeating: 0.5, count: 128))
+      })
+    #expect(
+      PartialAttentionRequest.estimatedWork(payload: long.encoded()) == 40_000 * 4 * 128)
+    var pipelined = frame(.partialAttention, 1, long.encoded())
     var second = frame(.ping, 2)
     pipelined.writeBuffer(&second)
     try await busy.write(pipelined)

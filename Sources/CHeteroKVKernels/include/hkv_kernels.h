@@ -28,6 +28,10 @@ typedef struct hkv_kernel_table {
   void (*weighted_sum_sparse_multi_f16)(const uint16_t *values, size_t d, const int32_t *indices,
                                         const float *weights, size_t count, size_t heads,
                                         float *out);
+  void (*scores_f16_rows)(const float *q, size_t heads, const uint16_t *const *rows, size_t n,
+                          size_t d, float scale, float *scores);
+  void (*weighted_sum_rows_f16)(const uint16_t *const *rows, size_t n, size_t d,
+                                const float *probs, size_t heads, float *out);
   void (*pq_scores_x4)(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
                        float *scores);
   void (*pq_scores_x4_u8)(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n,
@@ -78,6 +82,17 @@ void hkv_weighted_sum_dense_f16(const uint16_t *values, size_t n, size_t d, cons
 void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const int32_t *indices,
                                        const float *weights, size_t count, size_t heads,
                                        float *out);
+
+/// scores[h * n + j] = scale * q[h] · rows[j] for fp16 rows reached through pointers (rows in
+/// place in a memory node's pages: no copy into a contiguous matrix first). Each row is read
+/// once for every head.
+void hkv_scores_f16_rows(const float *q, size_t heads, const uint16_t *const *rows, size_t n,
+                         size_t d, float scale, float *scores);
+
+/// out[h] += Σ_j probs[h * n + j] · rows[j] over fp16 rows reached through pointers; each row
+/// read once for every head.
+void hkv_weighted_sum_rows_f16(const uint16_t *const *rows, size_t n, size_t d,
+                               const float *probs, size_t heads, float *out);
 
 /// Product-quantization scores from a lookup table.
 /// lut is [g][c][4] fp32 (four query heads interleaved; pad unused heads with 0),

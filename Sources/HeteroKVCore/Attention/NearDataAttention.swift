@@ -1,9 +1,10 @@
 import CHeteroKVKernels
 
 // The one near-data partial attention: what a memory node computes over the kept rows it
-// holds, and what the worker computes over the kept rows it still holds. Both gather the
-// rows contiguous first, then score (exact mode) or weigh them for a group of query heads
-// in one pass of the kernels.
+// holds, and what the worker computes over the kept rows it still holds. A memory node reads
+// its rows in place (through row pointers into its pages); the worker gathers its few tail
+// rows contiguous. Either way a group of query heads is scored (exact mode) or weighed in one
+// pass of the kernels, each row read once.
 
 extension AttentionPartial {
   /// Exact attention of `heads` queries `[heads][d]` over every row of `keys`/`values`:
@@ -57,6 +58,56 @@ extension AttentionPartial {
       maxScores: maxScores, sumExps: sumExps)
   }
 
+  /// ``exact(queries:heads:keys:values:scale:)`` over rows in place: `keyRows[j]` and
+  /// `valueRows[j]` point at the `cols` halves of row j (a memory node's pages), so nothing is
+  /// copied; each row is read once for every head. The pointers must stay valid for the call.
+  public static func exact(
+    queries: [Float], heads: Int, keyRows: [UnsafePointer<UInt16>?],
+    valueRows: [UnsafePointer<UInt16>?], cols d: Int, scale: Float
+  ) throws -> AttentionPartial {
+    let n = valueRows.count
+    guard keyRows.count == n, d > 0, queries.count == heads * d else {
+      throw HeteroKVError.dimension(
+        "near-data attention: \(heads) queries of \(queries.count) values over \(keyRows.count) "
+          + "key rows and \(n) value rows of \(d)")
+    }
+    guard n > 0 else { return .empty(heads: heads, headDim: d) }
+    var weights = Kernels.scores(
+      queries: queries, heads: heads, rows: keyRows, cols: d, scale: scale)
+    var maxScores = [Float](repeating: 0, count: heads)
+    var sumExps = [Float](repeating: 0, count: heads)
+    for h in 0..<heads {
+      (maxScores[h], sumExps[h]) = Softmax.exponentiate(&weights, range: h * n..<(h + 1) * n)
+    }
+    return normalised(
+      Kernels.weightedSum(rows: valueRows, cols: d, probabilities: weights, heads: heads), d: d,
+      maxScores: maxScores, sumExps: sumExps)
+  }
+
+  /// ``weighted(_:heads:values:)`` over value rows in place (see
+  /// ``exact(queries:heads:keyRows:valueRows:cols:scale:)``).
+  public static func weighted(
+    _ weights: [Float], heads: Int, valueRows: [UnsafePointer<UInt16>?], cols d: Int
+  ) throws -> AttentionPartial {
+    let n = valueRows.count
+    guard weights.count == heads * n, d > 0 else {
+      throw HeteroKVError.dimension(
+        "near-data attention: \(weights.count) weights for \(heads) heads over \(n) rows")
+    }
+    var maxScores = [Float](repeating: -.infinity, count: heads)
+    var sumExps = [Float](repeating: 0, count: heads)
+    for h in 0..<heads {
+      let total = weights[h * n..<(h + 1) * n].reduce(0, +)
+      guard total > 0 else { continue }
+      maxScores[h] = 0
+      sumExps[h] = total
+    }
+    guard n > 0 else { return .empty(heads: heads, headDim: d) }
+    return normalised(
+      Kernels.weightedSum(rows: valueRows, cols: d, probabilities: weights, heads: heads), d: d,
+      maxScores: maxScores, sumExps: sumExps)
+  }
+
   private static func normalised(
     _ sums: [Float], d: Int, maxScores: [Float], sumExps: [Float]
   ) -> AttentionPartial {
@@ -70,6 +121,35 @@ extension AttentionPartial {
 }
 
 extension Kernels {
+  /// scores[h * n + j] = scale · q[h] · row j, over fp16 rows of `cols` halves found through
+  /// pointers; each row read once for every head.
+  public static func scores(
+    queries: [Float], heads: Int, rows: [UnsafePointer<UInt16>?], cols: Int, scale: Float
+  ) -> [Float] {
+    let n = rows.count
+    return [Float](unsafeUninitializedCapacity: heads * n) { out, count in
+      queries.withUnsafeBufferPointer { q in
+        rows.withUnsafeBufferPointer { r in
+          hkv_scores_f16_rows(q.baseAddress, heads, r.baseAddress, n, cols, scale, out.baseAddress)
+        }
+      }
+      count = heads * n
+    }
+  }
+
+  /// out[h] = Σ_j probabilities[h * n + j] · row j, over fp16 rows found through pointers.
+  public static func weightedSum(
+    rows: [UnsafePointer<UInt16>?], cols: Int, probabilities: [Float], heads: Int
+  ) -> [Float] {
+    var out = [Float](repeating: 0, count: heads * cols)
+    rows.withUnsafeBufferPointer { r in
+      probabilities.withUnsafeBufferPointer { p in
+        hkv_weighted_sum_rows_f16(r.baseAddress, rows.count, cols, p.baseAddress, heads, &out)
+      }
+    }
+    return out
+  }
+
   /// The fp16 rows at `rows` (each `cols` > 0 halves) copied contiguous, in order.
   public static func gatherRows(_ rows: [UnsafePointer<UInt16>?], cols: Int) -> HalfMatrix {
     let storage = [Float16](unsafeUninitializedCapacity: rows.count * cols) { out, count in

@@ -64,33 +64,40 @@ extension TauMassSelection {
     // in the context and the kept counts, with no per-token branching on the heads.
     let n = selections.map(\.contextLength).max()!
     var best = [Float](repeating: -1, count: n)
-    var count = 0
-    best.withUnsafeMutableBufferPointer { mark in
+    let count = best.withUnsafeMutableBufferPointer { mark -> Int in
+      var count = 0
       for selection in selections {
         selection.indices.withUnsafeBufferPointer { idx in
           selection.weights.withUnsafeBufferPointer { w in
             for k in 0..<idx.count {
               let t = Int(idx[k])
-              if mark[t] < 0 { count += 1 }
-              mark[t] = Swift.max(mark[t], w[k])
+              let old = mark[t]
+              count &+= old < 0 ? 1 : 0
+              mark[t] = Swift.max(old, w[k])
             }
           }
         }
       }
+      return count
     }
-    var mass: Float = 0
     var weights = [Float](repeating: 0, count: count)
+    var mass: Float = 0
     let indices = [Int32](unsafeUninitializedCapacity: count) { out, written in
-      weights.withUnsafeMutableBufferPointer { wOut in
+      written = weights.withUnsafeMutableBufferPointer { wOut in
         best.withUnsafeBufferPointer { mark in
           var k = 0
-          for t in 0..<n where mark[t] >= 0 {
-            out[k] = Int32(t)
-            wOut[k] = mark[t]
-            mass += mark[t]
-            k += 1
+          var sum: Float = 0
+          for t in 0..<n {
+            let v = mark[t]
+            if v >= 0 {
+              out[k] = Int32(truncatingIfNeeded: t)
+              wOut[k] = v
+              sum += v
+              k &+= 1
+            }
           }
-          written = k
+          mass = sum
+          return k
         }
       }
     }

@@ -301,18 +301,20 @@ public final class ShardStore: @unchecked Sendable {
       var result = AttentionPartial.empty(heads: request.heads.count, headDim: d)
       for (rows, members) in order {
         let n = rows.count
-        let values = Kernels.gatherRows(rows.map { shard.row(shard.valuePages, $0) }, cols: d)
+        // Rows read in place in the pages (under the read lock), not copied out first.
+        let values: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.valuePages, $0) }
         let part: AttentionPartial
         do {
           switch request.mode {
           case .weights:
             part = try .weighted(
-              members.flatMap { request.heads[$0].weights }, heads: members.count, values: values)
+              members.flatMap { request.heads[$0].weights }, heads: members.count,
+              valueRows: values, cols: d)
           case .exact:
-            let keys = Kernels.gatherRows(rows.map { shard.row(shard.keyPages, $0) }, cols: d)
+            let keys: [UnsafePointer<UInt16>?] = rows.map { shard.row(shard.keyPages, $0) }
             part = try .exact(
               queries: members.flatMap { request.heads[$0].query }, heads: members.count,
-              keys: keys, values: values, scale: request.scale)
+              keyRows: keys, valueRows: values, cols: d, scale: request.scale)
           }
         } catch {
           throw HeteroKVError(

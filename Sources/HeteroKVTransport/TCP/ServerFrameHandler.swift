@@ -5,7 +5,7 @@ import NIOCore
 import NIOPosix
 
 /// Answers one connection's decoded frames in arrival order. Cheap requests are served on the
-/// event loop; the ones that read many rows (PartialAttention, Gather) run on the server's
+/// event loop; long ones (a PartialAttention or Gather over many rows) run on the server's
 /// compute pool, so one long request does not stall every connection of its loop. While one
 /// is on the pool, the connection's later frames wait behind it: a connection's requests take
 /// effect and are answered in the order they were sent. Reading stops while the peer is not
@@ -17,8 +17,22 @@ final class ServerFrameHandler: ChannelInboundHandler {
 
   /// Requests of one connection that may wait behind a pooled one before reading pauses.
   static let maxWaiting = 32
-  /// The opcodes served on the compute pool.
-  static let pooled: Set<Opcode> = [.partialAttention, .gather]
+  /// PartialAttention asking for at least this many multiply-adds (about a millisecond of one
+  /// core) runs on the compute pool; a smaller one is served on the loop, where it costs less
+  /// than the two thread hops the pool would add (a decode step's requests are small).
+  static let pooledWork = 4 << 20
+  /// Gather of at least this many rows runs on the pool.
+  static let pooledGatherRows = 16 << 10
+
+  /// Whether a request is long enough to be served on the compute pool.
+  static func runsOnPool(_ opcode: Opcode, payload: ByteBuffer) -> Bool {
+    switch opcode {
+    case .partialAttention:
+      (PartialAttentionRequest.estimatedWork(payload: payload) ?? 0) >= pooledWork
+    case .gather: payload.readableBytes / 4 >= pooledGatherRows
+    default: false
+    }
+  }
 
   /// What one admitted frame needs.
   private enum Work: Sendable {
@@ -62,7 +76,7 @@ final class ServerFrameHandler: ChannelInboundHandler {
       {
       case .answer(let response, let close): work = .answer(response, close: close)
       case .serve(let opcode, let grant):
-        if let computePool, Self.pooled.contains(opcode) {
+        if let computePool, Self.runsOnPool(opcode, payload: frame.payload) {
           work = .pooled(frame, opcode, grant, computePool)
         } else {
           work = .inline(frame, opcode, grant)

@@ -261,3 +261,25 @@ public struct PartialAttentionResponse: DataPlaneMessage, Hashable {
     try r.finish()
   }
 }
+
+extension PartialAttentionRequest {
+  /// The multiply-adds a request asks for (tokens x query heads x head dimension), read from
+  /// its header without decoding it, so a server can choose where to run it before paying for
+  /// the decode: exact with a shared token list, else from the payload's size (tokens take most
+  /// of it). nil for a payload too short to hold the header (the decoder then says why).
+  public static func estimatedWork(payload: ByteBuffer) -> Int? {
+    let header = ShardID.encodedSize + 10
+    guard payload.readableBytes >= header else { return nil }
+    let base = payload.readerIndex + ShardID.encodedSize
+    guard let flags = payload.getInteger(at: base + 1, as: UInt8.self),
+      let heads = payload.getInteger(at: base + 2, endianness: .little, as: UInt16.self),
+      let headDim = payload.getInteger(at: base + 4, endianness: .little, as: UInt16.self)
+    else { return nil }
+    if flags & sharedTokensFlag != 0,
+      let shared = payload.getInteger(at: base + 10, endianness: .little, as: UInt32.self)
+    {
+      return Int(shared) * Int(heads) * Int(headDim)
+    }
+    return (payload.readableBytes / 4) * Int(headDim)
+  }
+}

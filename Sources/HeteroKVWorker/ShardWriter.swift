@@ -106,6 +106,22 @@ actor ShardWriter {
     return placement.nodes(for: shard).filter { (ends[$0] ?? 0) > last }
   }
 
+  /// Queues `batches` in order (waiting as ``enqueue(_:)`` does), then reports every head of
+  /// `layer`: one actor hop for a decode step's append instead of one per head and question.
+  func enqueue(_ batches: [ShipBatch], reporting layer: Int, kvHeads: Int) async -> LayerShipping {
+    for batch in batches { await enqueue(batch) }
+    return shipping(layer: layer, kvHeads: kvHeads)
+  }
+
+  /// What the memory tier holds of `layer`'s heads, in one call (one hop for a decode step's
+  /// attend): acknowledged tokens, failures, and which node holds which rows of each shard.
+  func shipping(layer: Int, kvHeads: Int) -> LayerShipping {
+    let heads = (0..<kvHeads).map { HeadKey(layer: layer, kvHead: $0) }
+    return LayerShipping(
+      acknowledged: heads.map { acknowledged[$0] ?? 0 }, failures: heads.map { lost[$0] },
+      stored: stored.filter { $0.key.layer == layer }, placement: placement)
+  }
+
   /// Shards held in full by fewer nodes than their placement names.
   var underReplicatedShards: Int { degraded.count }
 
@@ -196,5 +212,23 @@ actor ShardWriter {
       degraded = []
     }
     return unreachable
+  }
+}
+
+/// A layer's shipping state as ``ShardWriter/shipping(layer:kvHeads:)`` saw it: a value, read
+/// without further hops while the step plans its requests.
+struct LayerShipping: Sendable {
+  /// Per KV head, tokens `0 ..< n` that at least one node holds.
+  var acknowledged: [Int]
+  /// Per KV head, the failure that left it with rows on no node.
+  var failures: [HeteroKVError?]
+  /// Per shard of the layer and node, the end (exclusive) of the rows that node holds.
+  var stored: [ShardID: [String: Int]]
+  let placement: RendezvousPlacement
+
+  /// Nodes holding rows of `shard` through token `last` (inclusive), primary first.
+  func holders(_ shard: ShardID, through last: Int) -> [String] {
+    let ends = stored[shard] ?? [:]
+    return placement.nodes(for: shard).filter { (ends[$0] ?? 0) > last }
   }
 }

@@ -76,9 +76,15 @@ extension SequenceSession {
     let options = self.options
     let sealed = self.sealed
     do {
-      _ = try parallelMap(g.kvHeads) { h in
+      let code: @Sendable (Int) throws -> Void = { h in
         guard boxes[h].full else { return }
         try boxes[h].append(perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed)
+      }
+      // A decode step's few rows are coded here: waking the other cores costs more than it.
+      if tokens < 64 {
+        for h in 0..<g.kvHeads { try code(h) }
+      } else {
+        _ = try parallelMap(g.kvHeads, code)
       }
     } catch {
       poisoned = HeteroKVError(
@@ -126,10 +132,9 @@ extension SequenceSession {
       layers[layer].observationRows = observation.count / (g.queryHeads * g.headDim)
       layers[layer].observationEnd = start + tokens
     }
-    for batch in batches { await writer.enqueue(batch) }
+    let shipped = await writer.enqueue(batches, reporting: layer, kvHeads: g.kvHeads)
     for h in 0..<g.kvHeads {
-      let ack = await writer.acknowledgedTokens(HeadKey(layer: layer, kvHead: h))
-      layers[layer].heads[h].trimTail(acknowledged: ack)
+      layers[layer].heads[h].trimTail(acknowledged: shipped.acknowledged[h])
     }
     noteResident(layer: layer)
     return layers[layer].tokens

@@ -55,6 +55,7 @@ extension SequenceSession {
     var workerRead = 0
     // Remote work of every full head, fanned out together.
     var plans: [(head: Int, requests: [RemoteRequest], local: AttentionPartial)] = []
+    let shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads)
     for (h, result) in results.enumerated() {
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
       switch result {
@@ -71,12 +72,11 @@ extension SequenceSession {
         // Exact outputs: the group attends its union, so the node reads the rows once.
         let chosen =
           options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
-        let key = HeadKey(layer: layer, kvHead: h)
-        if let failure = await writer.failure(key) { throw failure }
-        let ack = await writer.acknowledgedTokens(key)
+        if let failure = shipping.failures[h] { throw failure }
+        let ack = shipping.acknowledged[h]
         layers[layer].heads[h].trimTail(acknowledged: ack)
-        let plan = try await plan(
-          layer: layer, kvHead: h, selections: chosen, queries: q, acknowledged: ack)
+        let plan = try plan(
+          layer: layer, kvHead: h, selections: chosen, queries: q, shipping: shipping)
         plans.append((h, plan.requests, plan.local))
         kept += chosen.reduce(0) { $0 + $1.indices.count }
         workerRead += state.heads[h].index?.residentBytes ?? 0
@@ -126,8 +126,10 @@ extension SequenceSession {
   /// Splits a head's kept tokens into requests per shard chunk (tokens the memory tier
   /// holds) and a partial over the rows still on the worker.
   func plan(
-    layer: Int, kvHead: Int, selections: [TauMassSelection], queries: [Float], acknowledged: Int
-  ) async throws(HeteroKVError) -> (requests: [RemoteRequest], local: AttentionPartial) {
+    layer: Int, kvHead: Int, selections: [TauMassSelection], queries: [Float],
+    shipping: LayerShipping
+  ) throws(HeteroKVError) -> (requests: [RemoteRequest], local: AttentionPartial) {
+    let acknowledged = shipping.acknowledged[kvHead]
     let group = selections.count
     let d = geometry.headDim
     let exact = options.outputMode == .exact
@@ -176,7 +178,7 @@ extension SequenceSession {
     for (c, heads) in byChunk.sorted(by: { $0.key < $1.key }) {
       let shard = ref.shard(layer: layer, kvHead: kvHead, chunk: c)
       let last = Int(heads.compactMap { $0.tokens.last }.max() ?? 0)
-      let holders = await writer.holders(shard, through: last)
+      let holders = shipping.holders(shard, through: last)
       let request = PartialAttentionRequest(
         shard: shard, mode: exact ? .exact : .weights, headDim: d,
         scale: FullAttention.scale(headDim: d),

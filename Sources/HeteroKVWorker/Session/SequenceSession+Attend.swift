@@ -141,29 +141,23 @@ extension SequenceSession {
     let shared =
       group > 1 && selections.dropFirst().allSatisfy { $0.indices == selections[0].indices }
     for (q, sel) in selections.enumerated().prefix(shared ? 1 : group) {
-      // Indices ascend, so each chunk's tokens are one run: one dictionary visit per run.
+      // Indices ascend: the tokens the tier holds come first, then the worker's tail, and
+      // each chunk's tokens are one run, found by binary search, not token by token.
       let indices = sel.indices
+      let remoteEnd = Self.firstPosition(in: indices, atLeast: acknowledged, from: 0)
       var k = 0
-      while k < indices.count {
-        let token = Int(indices[k])
-        if token >= acknowledged {
-          localTokens[q].append(token - head.tailStart)
-          localWeights[q].append(sel.weights[k])
-          k += 1
-          continue
-        }
-        let c = writer.chunk(of: token)
-        var end = k + 1
-        while end < indices.count, Int(indices[end]) < acknowledged,
-          writer.chunk(of: Int(indices[end])) == c
-        {
-          end += 1
-        }
+      while k < remoteEnd {
+        let c = writer.chunk(of: Int(indices[k]))
+        let end = min(
+          remoteEnd,
+          Self.firstPosition(in: indices, atLeast: (c + 1) * writer.chunkTokens, from: k + 1))
         byChunk[c, default: Array(repeating: (tokens: [], weights: []), count: group)][q].tokens
-          .append(contentsOf: indices[k..<end].map { UInt32($0) })
+          .append(contentsOf: indices[k..<end].lazy.map { UInt32(truncatingIfNeeded: $0) })
         byChunk[c]![q].weights.append(contentsOf: sel.weights[k..<end])
         k = end
       }
+      localTokens[q] = indices[remoteEnd...].map { Int($0) - head.tailStart }
+      localWeights[q] = Array(sel.weights[remoteEnd...])
     }
     if shared {
       for q in 1..<group {
@@ -202,6 +196,18 @@ extension SequenceSession {
     } catch {
       throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
     }
+  }
+
+  /// The first position in ascending `indices` at or after `from` whose token is at least
+  /// `value` (`indices.count` when none is).
+  static func firstPosition(in indices: [Int32], atLeast value: Int, from: Int) -> Int {
+    var lo = from
+    var hi = indices.count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if Int(indices[mid]) < value { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
   }
 
   /// The tier's fan-out with failover, its failovers counted, its errors named by sequence.

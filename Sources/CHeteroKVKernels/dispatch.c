@@ -269,22 +269,39 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   const float per_nat = 64.0f;
   *kept_mass = 0;
   if (n == 0) return 0;
-  float *w = malloc(sizeof(float) * n);
-  uint16_t *bucket = malloc(sizeof(uint16_t) * n);
-  int32_t *cand = malloc(sizeof(int32_t) * n);
-  if (!w || !bucket || !cand) {
-    free(w);
-    free(bucket);
-    free(cand);
-    return 0;
+  // Scratch reused by the thread across calls (grown when a longer context comes): fresh
+  // buffers of 10 bytes per token came from mmap past 128 KiB, and their page faults cost a
+  // fifth of a 128K-token selection. A thread keeps at most its longest context's worth.
+  static _Thread_local float *w_scratch;
+  static _Thread_local uint16_t *bucket_scratch;
+  static _Thread_local int32_t *cand_scratch;
+  static _Thread_local size_t scratch_n;
+  if (n > scratch_n) {
+    free(w_scratch);
+    free(bucket_scratch);
+    free(cand_scratch);
+    w_scratch = malloc(sizeof(float) * n);
+    bucket_scratch = malloc(sizeof(uint16_t) * n);
+    cand_scratch = malloc(sizeof(int32_t) * n);
+    scratch_n = n;
+    if (!w_scratch || !bucket_scratch || !cand_scratch) {
+      free(w_scratch);
+      free(bucket_scratch);
+      free(cand_scratch);
+      w_scratch = NULL;
+      bucket_scratch = NULL;
+      cand_scratch = NULL;
+      scratch_n = 0;
+      return 0;
+    }
   }
+  float *w = w_scratch;
+  uint16_t *bucket = bucket_scratch;
+  int32_t *cand = cand_scratch;
   memcpy(w, scores, sizeof(float) * n);
   float m;
   float total = hkv_active_kernels()->softmax_exp(w, n, &m);
   if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
-    free(w);
-    free(bucket);
-    free(cand);
     return 0;
   }
   // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
@@ -353,8 +370,5 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
     sum += weights[t];
   }
   *kept_mass = sum;
-  free(w);
-  free(bucket);
-  free(cand);
   return kept;
 }

@@ -81,6 +81,27 @@ HKV_AVX2 static void scores_f16_x4_avx2(const float *q, const uint16_t *keys, si
 }
 
 // One key row against up to 8 query heads: the row is converted once and reused per head.
+// One fp16 key row (d a multiple of 8, at most 256) against every head's query:
+// out[h * stride] = scale * q[h] . k. The row is converted once for all heads.
+HKV_AVX2 static inline void score_row(const uint16_t *k, const float *q, size_t heads, size_t d,
+                                      float scale, float *out, size_t stride) {
+  size_t chunks = d / 8;
+  __m256 kv[32];
+  for (size_t c = 0; c < chunks; c++)
+    kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c * 8)));
+  for (size_t h = 0; h < heads; h++) {
+    const float *qh = q + h * d;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
+      a1 = _mm256_fmadd_ps(kv[c + 1], _mm256_loadu_ps(qh + c * 8 + 8), a1);
+    }
+    if (c < chunks) a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
+    out[h * stride] = hsum256(_mm256_add_ps(a0, a1)) * scale;
+  }
+}
+
 HKV_AVX2 HKV_INTERNAL void scores_f16_avx2(const float *q, size_t heads, const uint16_t *keys,
                                      size_t n, size_t d, float scale, float *scores) {
   if (heads % 4 == 0 && d % 16 == 0) {
@@ -91,24 +112,10 @@ HKV_AVX2 HKV_INTERNAL void scores_f16_avx2(const float *q, size_t heads, const u
     scores_f16_portable(q, heads, keys, n, d, scale, scores);
     return;
   }
-  size_t chunks = d / 8;
-  __m256 kv[32];
   for (size_t j = 0; j < n; j++) {
     const uint16_t *k = keys + j * d;
     if (j + 16 < n) prefetch_lines(keys + (j + 16) * d, d * 2);
-    for (size_t c = 0; c < chunks; c++)
-      kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c * 8)));
-    for (size_t h = 0; h < heads; h++) {
-      const float *qh = q + h * d;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      size_t c = 0;
-      for (; c + 2 <= chunks; c += 2) {
-        a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
-        a1 = _mm256_fmadd_ps(kv[c + 1], _mm256_loadu_ps(qh + c * 8 + 8), a1);
-      }
-      if (c < chunks) a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
-      scores[h * n + j] = hsum256(_mm256_add_ps(a0, a1)) * scale;
-    }
+    score_row(k, q, heads, d, scale, scores + j, n);
   }
 }
 
@@ -212,24 +219,10 @@ HKV_AVX2 HKV_INTERNAL void scores_f16_rows_avx2(const float *q, size_t heads,
     scores_f16_rows_portable(q, heads, rows, n, d, scale, scores);
     return;
   }
-  size_t chunks = d / 8;
-  __m256 kv[32];
   for (size_t j = 0; j < n; j++) {
     const uint16_t *k = rows[j];
     if (j + 8 < n) prefetch_lines(rows[j + 8], d * 2);
-    for (size_t c = 0; c < chunks; c++)
-      kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + c * 8)));
-    for (size_t h = 0; h < heads; h++) {
-      const float *qh = q + h * d;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      size_t c = 0;
-      for (; c + 2 <= chunks; c += 2) {
-        a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
-        a1 = _mm256_fmadd_ps(kv[c + 1], _mm256_loadu_ps(qh + c * 8 + 8), a1);
-      }
-      if (c < chunks) a0 = _mm256_fmadd_ps(kv[c], _mm256_loadu_ps(qh + c * 8), a0);
-      scores[h * n + j] = hsum256(_mm256_add_ps(a0, a1)) * scale;
-    }
+    score_row(k, q, heads, d, scale, scores + j, n);
   }
 }
 

@@ -22,11 +22,7 @@ extension AttentionPartial {
     }
     guard n > 0 else { return .empty(heads: heads, headDim: d) }
     var weights = Kernels.scores(queries: queries, heads: heads, keys: keys, scale: scale)
-    var maxScores = [Float](repeating: 0, count: heads)
-    var sumExps = [Float](repeating: 0, count: heads)
-    for h in 0..<heads {
-      (maxScores[h], sumExps[h]) = Softmax.exponentiate(&weights, range: h * n..<(h + 1) * n)
-    }
+    let (maxScores, sumExps) = exponentiate(&weights, heads: heads, rows: n)
     return normalised(
       Kernels.weightedSum(values: values, probabilities: weights, heads: heads), d: d,
       maxScores: maxScores, sumExps: sumExps)
@@ -44,14 +40,7 @@ extension AttentionPartial {
       throw HeteroKVError.dimension(
         "near-data attention: \(weights.count) weights for \(heads) heads over \(n) rows")
     }
-    var maxScores = [Float](repeating: -.infinity, count: heads)
-    var sumExps = [Float](repeating: 0, count: heads)
-    for h in 0..<heads {
-      let total = weights[h * n..<(h + 1) * n].reduce(0, +)
-      guard total > 0 else { continue }
-      maxScores[h] = 0
-      sumExps[h] = total
-    }
+    let (maxScores, sumExps) = weightTotals(weights, heads: heads, rows: n)
     guard n > 0 else { return .empty(heads: heads, headDim: d) }
     return normalised(
       Kernels.weightedSum(values: values, probabilities: weights, heads: heads), d: d,
@@ -74,11 +63,7 @@ extension AttentionPartial {
     guard n > 0 else { return .empty(heads: heads, headDim: d) }
     var weights = Kernels.scores(
       queries: queries, heads: heads, rows: keyRows, cols: d, scale: scale)
-    var maxScores = [Float](repeating: 0, count: heads)
-    var sumExps = [Float](repeating: 0, count: heads)
-    for h in 0..<heads {
-      (maxScores[h], sumExps[h]) = Softmax.exponentiate(&weights, range: h * n..<(h + 1) * n)
-    }
+    let (maxScores, sumExps) = exponentiate(&weights, heads: heads, rows: n)
     return normalised(
       Kernels.weightedSum(rows: valueRows, cols: d, probabilities: weights, heads: heads), d: d,
       maxScores: maxScores, sumExps: sumExps)
@@ -94,6 +79,18 @@ extension AttentionPartial {
       throw HeteroKVError.dimension(
         "near-data attention: \(weights.count) weights for \(heads) heads over \(n) rows")
     }
+    let (maxScores, sumExps) = weightTotals(weights, heads: heads, rows: n)
+    guard n > 0 else { return .empty(heads: heads, headDim: d) }
+    return normalised(
+      Kernels.weightedSum(rows: valueRows, cols: d, probabilities: weights, heads: heads), d: d,
+      maxScores: maxScores, sumExps: sumExps)
+  }
+
+  /// Per head, max 0 and Σ w of its weights `[heads][rows]` (-inf and 0 for a head whose
+  /// weights sum to 0, which stays empty).
+  private static func weightTotals(_ weights: [Float], heads: Int, rows n: Int)
+    -> (maxScores: [Float], sumExps: [Float])
+  {
     var maxScores = [Float](repeating: -.infinity, count: heads)
     var sumExps = [Float](repeating: 0, count: heads)
     for h in 0..<heads {
@@ -102,10 +99,19 @@ extension AttentionPartial {
       maxScores[h] = 0
       sumExps[h] = total
     }
-    guard n > 0 else { return .empty(heads: heads, headDim: d) }
-    return normalised(
-      Kernels.weightedSum(rows: valueRows, cols: d, probabilities: weights, heads: heads), d: d,
-      maxScores: maxScores, sumExps: sumExps)
+    return (maxScores, sumExps)
+  }
+
+  /// Scores `[heads][rows]` turned into exp(score - max) in place; per head the max and Σ exp.
+  private static func exponentiate(_ weights: inout [Float], heads: Int, rows n: Int)
+    -> (maxScores: [Float], sumExps: [Float])
+  {
+    var maxScores = [Float](repeating: 0, count: heads)
+    var sumExps = [Float](repeating: 0, count: heads)
+    for h in 0..<heads {
+      (maxScores[h], sumExps[h]) = Softmax.exponentiate(&weights, range: h * n..<(h + 1) * n)
+    }
+    return (maxScores, sumExps)
   }
 
   private static func normalised(

@@ -314,7 +314,10 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   // fminf also sends a NaN or infinite gap to the last bucket), then the scatter-add alone.
   uint16_t used = 0;
   for (size_t j = 0; j < n; j++) {
-    float gap = fminf((m - scores[j]) * per_nat, (float)(BUCKETS - 1));
+    // A NaN score can leave `m` below a lane's value: a negative or NaN gap goes to the last
+    // bucket too, so the histogram index stays in range.
+    float gap = (m - scores[j]) * per_nat;
+    gap = gap >= 0 ? fminf(gap, (float)(BUCKETS - 1)) : (float)(BUCKETS - 1);
     uint16_t b = (uint16_t)(int)gap;
     bucket[j] = b;
     used = b > used ? b : used;

@@ -88,6 +88,8 @@ enum RequestDispatch {
           HeteroKVError(.unauthenticated, "authenticate: ask for a challenge first"), close: true)
       }
       session.nonce = nil
+      // A refused proof also takes back any earlier grant of this connection.
+      session.grant = nil
       do {
         let request = try AuthenticateRequest(payload: frame.payload, limits: limits)
         session.grant = try session.access.verify(request, nonce: nonce)

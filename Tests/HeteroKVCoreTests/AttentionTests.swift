@@ -100,6 +100,21 @@ import Testing
     #expect(TauMassSelection.groupUnion([selections[1]]) == [selections[1]])
   }
 
+  @Test("NaN scores never index outside the selection's histogram or the context")
+  func tauSelectionWithNaNScores() throws {
+    var scores = randomFloats(4096, seed: 12, scale: 3)
+    for j in stride(from: 5, to: 4096, by: 97) { scores[j] = .nan }
+    scores[4000] = 50  // a true maximum a NaN lane may hide
+    for _ in 0..<3 {
+      if let sel = try? TauMassSelection.select(scores: scores[...], tau: 0.9) {
+        #expect(sel.indices.allSatisfy { $0 >= 0 && $0 < 4096 })
+        #expect(sel.indices == sel.indices.sorted())
+      }
+    }
+    // The same thread's next selection is unaffected.
+    try checkTauPrefix(randomFloats(5000, seed: 7, scale: 3))
+  }
+
   @Test func tauSelectionHonoursTheCap() throws {
     let sel = try TauMassSelection.select(
       scores: randomFloats(1000, seed: 8)[...], tau: 0.9, cap: 17)

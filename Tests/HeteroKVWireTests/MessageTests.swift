@@ -60,6 +60,29 @@ struct MessageTests {
     #expect(try roundTrip(stats) == stats)
   }
 
+  @Test(
+    "the work estimate reads a request's header: exact for shared tokens, saturating on hostile values"
+  )
+  func partialAttentionWorkEstimate() throws {
+    let request = PartialAttentionRequest(
+      shard: ShardID(sequence: 3, layer: 1, kvHead: 2), mode: .exact, headDim: 64, scale: 0.125,
+      heads: (0..<3).map { _ in
+        .exact(tokens: Array(0..<500), query: [Float](repeating: 1, count: 64))
+      })
+    #expect(PartialAttentionRequest.estimatedWork(payload: request.encoded()) == 500 * 3 * 64)
+    // Largest header values: shared count 2^32-1, 65535 heads of 65535 dims.
+    var hostile = ByteBuffer()
+    hostile.writeBytes([UInt8](repeating: 0, count: ShardID.encodedSize))
+    hostile.writeInteger(UInt8(1))  // exact
+    hostile.writeInteger(UInt8(1))  // shared tokens
+    hostile.writeInteger(UInt16.max, endianness: .little)
+    hostile.writeInteger(UInt16.max, endianness: .little)
+    hostile.writeInteger(Float(1).bitPattern, endianness: .little)
+    hostile.writeInteger(UInt32.max, endianness: .little)
+    #expect(PartialAttentionRequest.estimatedWork(payload: hostile) == .max)
+    #expect(PartialAttentionRequest.estimatedWork(payload: ByteBuffer(bytes: [1, 2, 3])) == nil)
+  }
+
   @Test("counts larger than the payload are refused before any array is made")
   func lyingCounts() {
     var gather = ByteBuffer()

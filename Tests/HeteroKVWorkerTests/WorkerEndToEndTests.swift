@@ -46,6 +46,27 @@ struct WorkerEndToEndTests {
     }
   }
 
+  @Test(
+    "renormalized outputs with every token kept: each query head weighs the shared tokens by its own scores"
+  )
+  func renormalizedHeadsKeepTheirOwnWeights() async throws {
+    // tau 1 keeps every token for every head, so a group's heads name the same tokens with
+    // different weights; a head given another head's weights would be far from its own
+    // attention.
+    let replay = try tinyWorkload(steps: 4)
+    var options = fullBudgetOptions(policy: .hcattention)
+    options.outputMode = .renormalized
+    try await withCluster(options) { cluster in
+      let ref = SequenceRef(sequence: 5)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref, chunk: 1024)
+      let report = try await replay.decode(cluster.worker, ref)
+      // Approximate weights from PQ codes on this workload (scores spread over ~20 nats)
+      // leave 0.48 of relative error; a group's heads sharing head 0's weights gave 0.93.
+      #expect(report.maxRelativeError < 0.7, "renormalized: \(report.maxRelativeError)")
+    }
+  }
+
   @Test("HCAttention at a small budget keeps most of the mass and stays close")
   func hcattentionApproximates() async throws {
     let replay = try tinyWorkload(steps: 4)

@@ -71,6 +71,7 @@ extension TauMassSelection {
           selection.weights.withUnsafeBufferPointer { w in
             for k in 0..<idx.count {
               let t = Int(idx[k])
+              precondition(t >= 0 && t < n, "kept token \(t) outside the context of \(n)")
               let old = mark[t]
               count &+= old < 0 ? 1 : 0
               mark[t] = Swift.max(old, w[k])

@@ -51,6 +51,9 @@ final class ServerFrameHandler: ChannelInboundHandler {
   private var waiting = 0
   private var reading = true
   private var removed = false
+  /// Set once a refused credential is answered: the connection is closing, and nothing it sent
+  /// after that is served.
+  private var closing = false
 
   init(
     handler: any DataPlaneRequestHandler, session: DataPlaneSession, activity: ConnectionActivity,
@@ -68,13 +71,16 @@ final class ServerFrameHandler: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let inbound = unwrapInboundIn(data)
     activity.framedBytes += inbound.wireBytes
+    guard !closing else { return }
     let allocator = context.channel.allocator
     let work: Work
     switch inbound {
     case .frame(let frame):
       switch RequestDispatch.admit(frame, handler: handler, session: session, allocator: allocator)
       {
-      case .answer(let response, let close): work = .answer(response, close: close)
+      case .answer(let response, let close):
+        work = .answer(response, close: close)
+        closing = close
       case .serve(let opcode, let grant):
         if let computePool, Self.runsOnPool(opcode, payload: frame.payload) {
           work = .pooled(frame, opcode, grant, computePool)
@@ -174,6 +180,8 @@ final class ServerFrameHandler: ChannelInboundHandler {
     let read = context.channel.isWritable && waiting < Self.maxWaiting
     guard read != reading, !removed else { return }
     reading = read
+    // The pause was the node's, not the peer's silence: the watchdog counts from now.
+    if read { activity.lastRead = .now() }
     context.channel.setOption(.autoRead, value: read).whenFailure { _ in }
   }
 

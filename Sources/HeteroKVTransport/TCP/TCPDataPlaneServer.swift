@@ -27,35 +27,41 @@ public final class TCPDataPlaneServer: Sendable {
     let computePool =
       options.computeThreads > 0 ? NIOThreadPool(numberOfThreads: options.computeThreads) : nil
     computePool?.start()
-    let channel = try await ServerBootstrap(group: group)
-      .serverChannelOption(.backlog, value: 256)
-      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-      .childChannelOption(.maxMessagesPerRead, value: 16)
-      .childChannelInitializer { channel in
-        // Over the cap, a connection is closed before it can send anything.
-        guard connections.count < options.maxConnections else {
-          handler.rejected(
-            HeteroKVError(
-              .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
-          return channel.close()
+    let channel: any Channel
+    do {
+      channel = try await ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 256)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.maxMessagesPerRead, value: 16)
+        .childChannelInitializer { channel in
+          // Over the cap, a connection is closed before it can send anything.
+          guard connections.count < options.maxConnections else {
+            handler.rejected(
+              HeteroKVError(
+                .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
+            return channel.close()
+          }
+          connections.insert(channel)
+          return channel.eventLoop.makeCompletedFuture {
+            let activity = ConnectionActivity()
+            try channel.pipeline.syncOperations.addHandlers([
+              ConnectionWatchdog(
+                activity: activity, idleTimeout: options.idleTimeout,
+                partialFrameTimeout: options.partialFrameTimeout, logger: logger),
+              ByteToMessageHandler(FrameDecoder(limits: limits)),
+              FrameEncoder(),
+              ServerFrameHandler(
+                handler: handler, session: DataPlaneSession(access: options.access),
+                activity: activity, computePool: computePool, logger: logger),
+            ])
+          }
         }
-        connections.insert(channel)
-        return channel.eventLoop.makeCompletedFuture {
-          let activity = ConnectionActivity()
-          try channel.pipeline.syncOperations.addHandlers([
-            ConnectionWatchdog(
-              activity: activity, idleTimeout: options.idleTimeout,
-              partialFrameTimeout: options.partialFrameTimeout, logger: logger),
-            ByteToMessageHandler(FrameDecoder(limits: limits)),
-            FrameEncoder(),
-            ServerFrameHandler(
-              handler: handler, session: DataPlaneSession(access: options.access),
-              activity: activity, computePool: computePool, logger: logger),
-          ])
-        }
-      }
-      .bind(host: host, port: port).get()
+        .bind(host: host, port: port).get()
+    } catch {
+      try? await computePool?.shutdownGracefully()
+      throw error
+    }
     guard let address = channel.localAddress else {
       try? await computePool?.shutdownGracefully()
       throw HeteroKVError(.internalError, "listening socket has no local address")

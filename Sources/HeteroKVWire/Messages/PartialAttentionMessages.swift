@@ -278,7 +278,11 @@ extension PartialAttentionRequest {
     if flags & sharedTokensFlag != 0,
       let shared = payload.getInteger(at: base + 10, endianness: .little, as: UInt32.self)
     {
-      return Int(shared) * Int(heads) * Int(headDim)
+      // Unchecked header values: the product saturates rather than trap (the decoder then
+      // refuses a request this large).
+      let (cells, overflow) = Int(shared).multipliedReportingOverflow(by: Int(heads))
+      let (work, overflow2) = cells.multipliedReportingOverflow(by: Int(headDim))
+      return overflow || overflow2 ? .max : work
     }
     return (payload.readableBytes / 4) * Int(headDim)
   }

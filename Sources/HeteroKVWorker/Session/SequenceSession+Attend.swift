@@ -137,9 +137,11 @@ extension SequenceSession {
     var localTokens = [[Int]](repeating: [], count: group)
     var localWeights = [[Float]](repeating: [], count: group)
     let head = layers[layer].heads[kvHead]
-    // A group sharing one selection (exact mode) is split into chunks once.
+    // A group sharing one selection (exact mode, where weights are not sent) is split into
+    // chunks once; in weights mode heads with the same tokens still weigh them differently.
     let shared =
-      group > 1 && selections.dropFirst().allSatisfy { $0.indices == selections[0].indices }
+      exact && group > 1
+      && selections.dropFirst().allSatisfy { $0.indices == selections[0].indices }
     for (q, sel) in selections.enumerated().prefix(shared ? 1 : group) {
       // Indices ascend: the tokens the tier holds come first, then the worker's tail, and
       // each chunk's tokens are one run, found by binary search, not token by token.

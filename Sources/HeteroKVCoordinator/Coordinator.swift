@@ -192,8 +192,7 @@ public actor Coordinator {
     let replicas = min(configuration.replication, nodes.count)
     let bytes = reservation(
       keyHeads: model.layers * model.kvHeads, tokens: maxTokens, replicas: replicas)
-    try checkFree(bytes, for: key)
-    try checkTenantQuotas(bytes, for: key)
+    try checkRoom(bytes, for: key)
     let record = SequenceRecord(
       key: key, worker: worker, maxTokens: maxTokens,
       placement: SequencePlacementRecord(
@@ -240,10 +239,7 @@ public actor Coordinator {
       }
     let bytes = reservation(
       keyHeads: keyHeads, tokens: record.maxTokens, replicas: record.placement.replicas)
-    if bytes > record.reservedBytes {
-      try checkFree(bytes - record.reservedBytes, for: key)
-      try checkTenantQuotas(bytes - record.reservedBytes, for: key)
-    }
+    if bytes > record.reservedBytes { try checkRoom(bytes - record.reservedBytes, for: key) }
     try commit(
       .profilesReported(
         key, prefillTokens: prefillTokens, profiles: sorted, budgets: plan,
@@ -306,6 +302,13 @@ public actor Coordinator {
   /// Largest capacity one memory node may register (1 PiB): sums of capacities stay far
   /// from overflow, and a typo of a few digits is refused.
   static let maxNodeCapacity: UInt64 = 1 << 50
+
+  /// Refuses `bytes` more of the memory tier for `key` unless both the pool and every quota
+  /// of a tenant owning its namespace have room for them.
+  private func checkRoom(_ bytes: UInt64, for key: SequenceKey) throws(HeteroKVError) {
+    try checkFree(bytes, for: key)
+    try checkTenantQuotas(bytes, for: key)
+  }
 
   private func checkFree(_ bytes: UInt64, for key: SequenceKey) throws(HeteroKVError) {
     let capacity = state.membership.up(.memoryNode).map(\.capacityBytes).saturatingSum

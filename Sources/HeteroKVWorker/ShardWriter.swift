@@ -42,8 +42,9 @@ actor ShardWriter {
   private var waiters: [CheckedContinuation<Void, Never>] = []
   private var tails: [HeadKey: Task<Void, Never>] = [:]
   private var acknowledged: [HeadKey: Int] = [:]
-  /// Per shard and node, the end (exclusive) of the rows that node holds.
-  private var stored: [ShardID: [String: Int]] = [:]
+  /// Per layer, shard and node: the end (exclusive) of the rows that node holds (by layer, so
+  /// a decode step's ``shipping(layer:kvHeads:)`` hands out its layer's without a scan).
+  private var stored: [Int: [ShardID: [String: Int]]] = [:]
   private var lost: [HeadKey: HeteroKVError] = [:]
   /// Shards some replica of which missed rows: fewer copies than the placement asks for.
   private var degraded: Set<ShardID> = []
@@ -102,8 +103,7 @@ actor ShardWriter {
 
   /// Nodes holding rows of `shard` through token `last` (inclusive), primary first.
   func holders(_ shard: ShardID, through last: Int) -> [String] {
-    let ends = stored[shard] ?? [:]
-    return placement.nodes(for: shard).filter { (ends[$0] ?? 0) > last }
+    shipping(layer: Int(shard.layer), kvHeads: 0).holders(shard, through: last)
   }
 
   /// Queues `batches` in order (waiting as ``enqueue(_:)`` does), then reports every head of
@@ -119,7 +119,7 @@ actor ShardWriter {
     let heads = (0..<kvHeads).map { HeadKey(layer: layer, kvHead: $0) }
     return LayerShipping(
       acknowledged: heads.map { acknowledged[$0] ?? 0 }, failures: heads.map { lost[$0] },
-      stored: stored.filter { $0.key.layer == layer }, placement: placement)
+      stored: stored[layer] ?? [:], placement: placement)
   }
 
   /// Shards held in full by fewer nodes than their placement names.
@@ -142,7 +142,7 @@ actor ShardWriter {
         shard: shard, startToken: UInt32(token), headDim: batch.values.cols,
         values: batch.values.gather(range).storage, keys: batch.keys?.gather(range).storage)
       let chunkStart = chunk(of: token) * chunkTokens
-      let ends = stored[shard] ?? [:]
+      let ends = stored[Int(shard.layer)]?[shard] ?? [:]
       // A node that missed earlier rows of this shard cannot take later ones.
       let targets = placement.nodes(for: shard).filter {
         token == chunkStart ? ends[$0] == nil : ends[$0] == token
@@ -168,7 +168,7 @@ actor ShardWriter {
           if let error {
             errors.append("\(node): \(error.message)")
           } else {
-            stored[shard, default: [:]][node] = token + rows
+            stored[Int(shard.layer), default: [:]][shard, default: [:]][node] = token + rows
             holders += 1
           }
         }

@@ -47,10 +47,7 @@ public final class RDMADataPlaneServer: Sendable {
         break
       }
       // Over the cap, a connection is closed before it can send anything.
-      guard connections.withLock({ $0.count }) < options.maxConnections else {
-        handler.rejected(
-          HeteroKVError(
-            .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
+      guard options.admits(open: connections.withLock({ $0.count }), handler: handler) else {
         socket.close()
         continue
       }

@@ -39,6 +39,22 @@ final class ServerFrameHandler: ChannelInboundHandler {
     case answer(Frame, close: Bool)
     case inline(Frame, Opcode, DataPlaneGrant)
     case pooled(Frame, Opcode, DataPlaneGrant, NIOThreadPool)
+
+    /// The answer and whether to close after it, computed on the calling thread; nil for
+    /// pooled work.
+    func answerNow(handler: any DataPlaneRequestHandler, allocator: ByteBufferAllocator)
+      -> (Frame, Bool)?
+    {
+      switch self {
+      case .answer(let response, let close): (response, close)
+      case .inline(let frame, let opcode, let grant):
+        (
+          RequestDispatch.serve(
+            frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator), false
+        )
+      case .pooled: nil
+      }
+    }
   }
 
   private let handler: any DataPlaneRequestHandler
@@ -94,14 +110,9 @@ final class ServerFrameHandler: ChannelInboundHandler {
         .error(error, opcode: header.opcode, requestID: header.requestID, allocator: allocator),
         close: false)
     }
-    switch (tail, work) {
-    case (nil, .answer(let response, let close)):
+    if tail == nil, let (response, close) = work.answerNow(handler: handler, allocator: allocator) {
       emit(response, close: close, context: context, flush: false)
-    case (nil, .inline(let frame, let opcode, let grant)):
-      let response = RequestDispatch.serve(
-        frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator)
-      emit(response, close: false, context: context, flush: false)
-    default:
+    } else {
       enqueue(work, context: context)
     }
   }
@@ -127,19 +138,16 @@ final class ServerFrameHandler: ChannelInboundHandler {
     updateReading(context)
     let previous = tail ?? loop.makeSucceededVoidFuture()
     let next = previous.flatMap { () -> EventLoopFuture<(Frame, Bool)> in
-      switch work {
-      case .answer(let response, let close):
-        return loop.makeSucceededFuture((response, close))
-      case .inline(let frame, let opcode, let grant):
+      if let answer = work.answerNow(handler: handler, allocator: allocator) {
+        return loop.makeSucceededFuture(answer)
+      }
+      guard case .pooled(let frame, let opcode, let grant, let pool) = work else {
+        preconditionFailure("only pooled work has no answer now")
+      }
+      return pool.runIfActive(eventLoop: loop) {
         let response = RequestDispatch.serve(
           frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator)
-        return loop.makeSucceededFuture((response, false))
-      case .pooled(let frame, let opcode, let grant, let pool):
-        return pool.runIfActive(eventLoop: loop) {
-          let response = RequestDispatch.serve(
-            frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator)
-          return (response, false)
-        }
+        return (response, false)
       }
     }.map { response, close in
       let (me, context) = bound.value

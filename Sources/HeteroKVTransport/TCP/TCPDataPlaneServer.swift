@@ -36,10 +36,7 @@ public final class TCPDataPlaneServer: Sendable {
         .childChannelOption(.maxMessagesPerRead, value: 16)
         .childChannelInitializer { channel in
           // Over the cap, a connection is closed before it can send anything.
-          guard connections.count < options.maxConnections else {
-            handler.rejected(
-              HeteroKVError(
-                .resourceExhausted, "more than \(options.maxConnections) data-plane connections"))
+          guard options.admits(open: connections.count, handler: handler) else {
             return channel.close()
           }
           connections.insert(channel)
@@ -111,33 +108,6 @@ final class OpenConnections: Sendable {
   func all() -> [any Channel] { channels.withLock { Array($0.values) } }
 
   var count: Int { channels.withLock { $0.count } }
-}
-
-/// How a TCP (or RDMA) data-plane server treats its connections.
-public struct DataPlaneServerOptions: Sendable, Hashable {
-  /// Who may connect; none configured: everyone.
-  public var access: DataPlaneAccess
-  /// Open connections at most; further ones are closed on accept.
-  public var maxConnections: Int
-  /// A connection that sends nothing for this long (between frames) is closed.
-  public var idleTimeout: Duration
-  /// A connection that stops in the middle of a frame for this long is closed.
-  public var partialFrameTimeout: Duration
-  /// Threads that serve PartialAttention and Gather (TCP), so a long request does not stall
-  /// the other connections of its event loop; 0 serves every request on the event loop.
-  public var computeThreads: Int
-
-  public init(
-    access: DataPlaneAccess = DataPlaneAccess(clusterToken: nil), maxConnections: Int = 1024,
-    idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10),
-    computeThreads: Int = System.coreCount
-  ) {
-    self.access = access
-    self.maxConnections = maxConnections
-    self.idleTimeout = idleTimeout
-    self.partialFrameTimeout = partialFrameTimeout
-    self.computeThreads = computeThreads
-  }
 }
 
 /// Bytes a connection has received, and how many of them whole frames accounted for: the

@@ -55,7 +55,8 @@ extension SequenceSession {
     var workerRead = 0
     // Remote work of every full head, fanned out together.
     var plans: [(head: Int, requests: [RemoteRequest], local: AttentionPartial)] = []
-    let shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads)
+    // What the tier holds of this layer, asked once and only when a full head needs it.
+    var shipping: LayerShipping?
     for (h, result) in results.enumerated() {
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
       switch result {
@@ -72,6 +73,8 @@ extension SequenceSession {
         // Exact outputs: the group attends its union, so the node reads the rows once.
         let chosen =
           options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
+        if shipping == nil { shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads) }
+        let shipping = shipping!
         if let failure = shipping.failures[h] { throw failure }
         let ack = shipping.acknowledged[h]
         layers[layer].heads[h].trimTail(acknowledged: ack)

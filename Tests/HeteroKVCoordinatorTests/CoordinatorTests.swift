@@ -3,7 +3,12 @@ import HeteroKVConfig
 import HeteroKVCore
 import Metrics
 import HeteroKVTestSupport
+import Synchronization
 import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 @testable import HeteroKVCoordinator
 
@@ -338,8 +343,134 @@ struct FileStoreTests {
 }
 
 extension FileCoordinatorStore {
+  /// What `store`'s directory holds now, read while it stays open.
+  static func loadOnceSharing(_ store: FileCoordinatorStore) throws -> CoordinatorState? {
+    try store.load()
+  }
+
   /// Opens, loads and releases the directory.
   static func loadOnce(_ dir: String) throws -> CoordinatorState? {
     try FileCoordinatorStore(directory: dir).load()
+  }
+}
+
+/// Faults injected into the file store's writes and syncs by call number (1-based): a
+/// failing write stores half of its bytes, then fails with EIO, as a full disk would.
+final class InjectedFaults: Sendable {
+  private struct Counts {
+    var writes = 0
+    var fsyncs = 0
+  }
+  private let counts = Mutex(Counts())
+  let failingWrites: Set<Int>
+  let failingFsyncs: Set<Int>
+
+  init(writes: Set<Int> = [], fsyncs: Set<Int> = []) {
+    failingWrites = writes
+    failingFsyncs = fsyncs
+  }
+
+  var operations: StoreFileOperations {
+    StoreFileOperations(
+      write: { fd, bytes in
+        let n = self.counts.withLock {
+          $0.writes += 1; return $0.writes
+        }
+        guard self.failingWrites.contains(n) else {
+          return Glibc.write(fd, bytes.baseAddress, bytes.count)
+        }
+        let half = Glibc.write(fd, bytes.baseAddress, bytes.count / 2)
+        guard half >= 0 else { return half }
+        errno = EIO
+        return -1
+      },
+      fsync: { fd in
+        let n = self.counts.withLock {
+          $0.fsyncs += 1; return $0.fsyncs
+        }
+        guard self.failingFsyncs.contains(n) else { return Glibc.fsync(fd) }
+        errno = EIO
+        return -1
+      })
+  }
+}
+
+@Suite("File store under write failures")
+struct FileStoreFaultTests {
+  func member(_ i: Int) -> StateChange {
+    .registered(
+      MembershipTable.Member(
+        id: "m\(i)", role: .memoryNode, dataAddress: "h:\(i)", controlAddress: "h:1",
+        capacityBytes: UInt64(i + 1), transport: "tcp", leaseExpiresAt: 0, status: .up,
+        incarnation: 1))
+  }
+
+  /// Appends `changes` as the coordinator does: a change is in the state only when `append`
+  /// returned; returns the acknowledged state and how many appends failed.
+  func append(_ changes: [StateChange], to store: FileCoordinatorStore) throws -> (
+    CoordinatorState, Int
+  ) {
+    var acknowledged = try store.load() ?? CoordinatorState(leaseSeconds: 1)
+    var failures = 0
+    for change in changes {
+      var next = acknowledged
+      next.apply(change)
+      do {
+        try store.append(change, state: next)
+        acknowledged = next
+      } catch {
+        #expect(error.code == .storageFailure, "\(error)")
+        failures += 1
+      }
+    }
+    return (acknowledged, failures)
+  }
+
+  @Test(
+    "a short write and a failed fsync are cut from the log: after restart the state is exactly what was acknowledged"
+  )
+  func failedAppendsAreRolledBack() throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    // The 3rd record's write is torn; the 5th record's fsync fails after a whole write.
+    let faults = InjectedFaults(writes: [3], fsyncs: [5])
+    let acknowledged: CoordinatorState
+    do {
+      let store = try FileCoordinatorStore(
+        directory: dir, snapshotEvery: 100, operations: faults.operations)
+      let (state, failures) = try append((0..<8).map(member), to: store)
+      #expect(failures == 2)
+      #expect(state.revision == 6)
+      acknowledged = state
+    }
+    let restored = try FileCoordinatorStore.loadOnce(dir)
+    #expect(restored == acknowledged)
+    #expect(
+      Set(restored?.membership.members.keys.map { $0 } ?? [])
+        == ["m0", "m1", "m3", "m4", "m6", "m7"])
+  }
+
+  @Test(
+    "a snapshot that fails after its record was durable does not fail the change; it is retried")
+  func snapshotFailureKeepsTheChange() throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    // Appends: 1 fsync each; the 2nd append also snapshots (its 3rd fsync fails).
+    let faults = InjectedFaults(fsyncs: [3])
+    let three: CoordinatorState
+    do {
+      let store = try FileCoordinatorStore(
+        directory: dir, snapshotEvery: 2, operations: faults.operations)
+      let (two, failures) = try append([member(0), member(1)], to: store)
+      #expect(failures == 0)
+      #expect(two.revision == 2)
+      #expect(store.snapshotFailure != nil)
+      #expect(try FileCoordinatorStore.loadOnceSharing(store) == two)
+      (three, _) = try append([member(2)], to: store)
+      #expect(store.snapshotFailure == nil)
+      #expect(three.revision == 3)
+    }
+    #expect(FileManager.default.fileExists(atPath: dir + "/state.snapshot"))
+    #expect(try FileCoordinatorStore.loadOnce(dir) == three)
   }
 }

@@ -32,6 +32,28 @@ public final class InMemoryCoordinatorStore: CoordinatorStore {
   }
 }
 
+/// How ``FileCoordinatorStore`` writes and syncs its log: POSIX `write` and `fsync` in
+/// production; tests inject short writes and failed syncs through this seam.
+public struct StoreFileOperations: Sendable {
+  /// Writes bytes to a descriptor, as `write(2)`: the count written, or -1 with `errno` set.
+  public var write: @Sendable (Int32, UnsafeRawBufferPointer) -> Int
+  /// Flushes a descriptor to stable storage, as `fsync(2)`: 0, or -1 with `errno` set.
+  public var fsync: @Sendable (Int32) -> Int32
+
+  public init(
+    write: @escaping @Sendable (Int32, UnsafeRawBufferPointer) -> Int,
+    fsync: @escaping @Sendable (Int32) -> Int32
+  ) {
+    self.write = write
+    self.fsync = fsync
+  }
+
+  /// The system calls themselves.
+  public static let posix = StoreFileOperations(
+    write: { fd, bytes in Glibc.write(fd, bytes.baseAddress, bytes.count) },
+    fsync: { fd in Glibc.fsync(fd) })
+}
+
 /// The state in a directory: a snapshot (`state.snapshot`, JSON, replaced atomically by
 /// write-fsync-rename) and an append-only log of changes since (`state.log`), each record
 /// `[length u32][CRC-32C u32][JSON {revision, change}]`, fsynced before `append` returns.
@@ -39,6 +61,12 @@ public final class InMemoryCoordinatorStore: CoordinatorStore {
 /// crash between snapshot and log reset) and cutting a torn last record. A damaged record
 /// before the end is an error: the coordinator will not start on a state it cannot trust. An
 /// exclusive lock on `LOCK` keeps two coordinators off one directory.
+///
+/// The log never holds a change that was not acknowledged: an append whose write or fsync
+/// fails is cut back to the last good record before the error is thrown (and when even the
+/// cut fails, the store refuses every later append until the coordinator restarts and
+/// replays). A record that is durable is acknowledged even if the snapshot after it fails;
+/// the snapshot is tried again at the next append.
 public final class FileCoordinatorStore: CoordinatorStore {
   private struct Entry: Codable {
     var revision: UInt64
@@ -48,6 +76,12 @@ public final class FileCoordinatorStore: CoordinatorStore {
   private struct Files: ~Copyable {
     var log: Int32
     var entriesSinceSnapshot: Int
+    /// Bytes of the log up to the end of its last acknowledged record.
+    var goodLength: off_t
+    /// Set when a failed append could not be cut back: nothing more is appended.
+    var broken: HeteroKVError?
+    /// Why the last snapshot attempt failed, if it did (the log still holds its records).
+    var snapshotFailure: HeteroKVError?
   }
 
   /// The directory.
@@ -56,13 +90,17 @@ public final class FileCoordinatorStore: CoordinatorStore {
   public let snapshotEvery: Int
   private let lockDescriptor: Int32
   private let files: Mutex<Files>
+  private let operations: StoreFileOperations
 
   private var snapshotPath: String { directory + "/state.snapshot" }
   private var logPath: String { directory + "/state.log" }
 
-  /// Opens (creating) the directory and takes its lock.
-  public init(directory: String, snapshotEvery: Int = 1024) throws(HeteroKVError) {
+  /// Opens (creating) the directory and takes its lock; `operations` writes and syncs the log.
+  public init(
+    directory: String, snapshotEvery: Int = 1024, operations: StoreFileOperations = .posix
+  ) throws(HeteroKVError) {
     self.directory = directory
+    self.operations = operations
     self.snapshotEvery = max(1, snapshotEvery)
     do {
       try FileManager.default.createDirectory(
@@ -85,9 +123,23 @@ public final class FileCoordinatorStore: CoordinatorStore {
       close(lock)
       throw Self.posixError("open \(directory)/state.log")
     }
+    // The log's directory entry must be durable too, or a crash can lose the whole file.
+    let dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard dir >= 0, fsync(dir) == 0 else {
+      let error = Self.posixError("fsync \(directory)")
+      if dir >= 0 { close(dir) }
+      close(log)
+      close(lock)
+      throw error
+    }
+    close(dir)
     lockDescriptor = lock
-    files = Mutex(Files(log: log, entriesSinceSnapshot: 0))
+    files = Mutex(
+      Files(log: log, entriesSinceSnapshot: 0, goodLength: lseek(log, 0, SEEK_END)))
   }
+
+  /// Why the last snapshot failed, or nil when it succeeded (or none was due yet).
+  public var snapshotFailure: HeteroKVError? { files.withLock { $0.snapshotFailure } }
 
   deinit {
     files.withLock { close($0.log) }
@@ -148,7 +200,10 @@ public final class FileCoordinatorStore: CoordinatorStore {
         throw Self.posixError("truncate \(logPath)")
       }
     }
-    files.withLock { $0.entriesSinceSnapshot = replayed }
+    files.withLock {
+      $0.entriesSinceSnapshot = replayed
+      $0.goodLength = off_t(offset)
+    }
     return state
   }
 
@@ -165,14 +220,35 @@ public final class FileCoordinatorStore: CoordinatorStore {
     Self.appendU32(&record, CRC32C.checksum(payload))
     record += payload
     try files.withLock { (files: inout Files) throws(HeteroKVError) in
-      try Self.writeAll(files.log, record, path: logPath)
-      guard fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
+      if let broken = files.broken { throw broken }
+      do throws(HeteroKVError) {
+        try writeAll(files.log, record, path: logPath)
+        guard operations.fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
+      } catch {
+        // Not acknowledged: cut what reached the file, so replay never applies it.
+        if ftruncate(files.log, files.goodLength) != 0 || fsync(files.log) != 0 {
+          files.broken = HeteroKVError(
+            .storageFailure,
+            "\(logPath) holds an unacknowledged record that could not be cut (\(error.message)); "
+              + "restart the coordinator")
+        }
+        throw error
+      }
+      files.goodLength += off_t(record.count)
       files.entriesSinceSnapshot += 1
-      if files.entriesSinceSnapshot >= snapshotEvery {
+      guard files.entriesSinceSnapshot >= snapshotEvery else { return }
+      // The record is durable, so the change stands whatever happens to the snapshot.
+      do throws(HeteroKVError) {
         try writeSnapshot(state)
-        // Entries up to this revision are in the snapshot: start the log again.
-        guard ftruncate(files.log, 0) == 0 else { throw Self.posixError("truncate \(logPath)") }
-        guard fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
+        files.snapshotFailure = nil
+      } catch {
+        files.snapshotFailure = error
+        return
+      }
+      // Entries up to this revision are in the snapshot: start the log again (if the cut
+      // fails they stay, and replay skips them).
+      if ftruncate(files.log, 0) == 0 && fsync(files.log) == 0 {
+        files.goodLength = 0
         files.entriesSinceSnapshot = 0
       }
     }
@@ -192,8 +268,8 @@ public final class FileCoordinatorStore: CoordinatorStore {
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw Self.posixError("open \(temporary)") }
     defer { close(fd) }
-    try Self.writeAll(fd, Array(data), path: temporary)
-    guard fsync(fd) == 0 else { throw Self.posixError("fsync \(temporary)") }
+    try writeAll(fd, Array(data), path: temporary)
+    guard operations.fsync(fd) == 0 else { throw Self.posixError("fsync \(temporary)") }
     guard rename(temporary, snapshotPath) == 0 else { throw Self.posixError("rename \(temporary)") }
     let dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     guard dir >= 0 else { throw Self.posixError("open \(directory)") }
@@ -201,12 +277,14 @@ public final class FileCoordinatorStore: CoordinatorStore {
     guard fsync(dir) == 0 else { throw Self.posixError("fsync \(directory)") }
   }
 
-  private static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(HeteroKVError) {
+  private func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(HeteroKVError) {
     var written = 0
     while written < bytes.count {
-      let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
+      let n = bytes.withUnsafeBytes {
+        operations.write(fd, UnsafeRawBufferPointer(rebasing: $0[written...]))
+      }
       if n < 0 && errno == EINTR { continue }
-      guard n > 0 else { throw posixError("write \(path)") }
+      guard n > 0 else { throw Self.posixError("write \(path)") }
       written += n
     }
   }

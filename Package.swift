@@ -174,6 +174,7 @@ let package = Package(
         "HeteroKVWire",
         "HeteroKVSettings",
         "HeteroKVDaemon",
+        "HeteroKVControlPlane",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -300,6 +301,7 @@ let package = Package(
       name: "HeteroKVWorkerTests",
       dependencies: [
         "HeteroKVWorker", "HeteroKVLocalCluster", "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
+        "HeteroKVCoordinator",
         "HeteroKVTestSupport", "HeteroKVMemoryClient",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "MetricsTestKit", package: "swift-metrics"),

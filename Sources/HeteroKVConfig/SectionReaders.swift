@@ -55,7 +55,7 @@ extension ClusterConfiguration {
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
-      "cap_selection", "output_mode",
+      "cap_selection", "output_mode", "ack_replicas",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count
@@ -87,6 +87,7 @@ extension ClusterConfiguration {
     if let mode: HCAttentionOutputMode = r.choice("output_mode", among: [.renormalized, .exact]) {
       settings.outputMode = mode
     }
+    if let ack: ReplicaAcknowledgement = r.choice("ack_replicas") { settings.ackReplicas = ack }
     return r.log.problems.count == start ? settings : nil
   }
 

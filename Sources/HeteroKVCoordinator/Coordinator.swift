@@ -28,6 +28,39 @@ public struct ClusterStatusView: Sendable, Hashable {
   public var nodesDown: Int
   public var workersUp: Int
   public var sequences: [SequenceRecord]
+  /// The workers' last replication reports, by sequence.
+  public var copies: [SequenceKey: ReplicationProgress] = [:]
+  /// Sequences closed by the coordinator whose rows some node has yet to drop.
+  public var sequencesAwaitingDrop: Int = 0
+}
+
+/// A worker's last account of a sequence's copies (kept in memory: it is progress, not state).
+public struct ReplicationProgress: Sendable, Hashable {
+  /// The placement version the worker has repaired (or is repairing) to.
+  public var placementVersion: UInt64
+  /// Shards held by fewer nodes than the placement names.
+  public var underReplicatedShards: Int
+  /// Shards and bytes copied to new replicas so far.
+  public var shardsCopied: UInt64
+  public var bytesCopied: UInt64
+
+  public init(
+    placementVersion: UInt64, underReplicatedShards: Int, shardsCopied: UInt64,
+    bytesCopied: UInt64
+  ) {
+    self.placementVersion = placementVersion
+    self.underReplicatedShards = underReplicatedShards
+    self.shardsCopied = shardsCopied
+    self.bytesCopied = bytesCopied
+  }
+}
+
+/// A memory node that must drop the rows of a sequence the coordinator closed.
+public struct PendingDrop: Sendable, Hashable {
+  public var key: SequenceKey
+  public var nodeID: String
+  /// The node's gRPC control address, where `DropSequence` is called.
+  public var controlAddress: String
 }
 
 /// The coordinator: membership by leases, per-sequence placement on memory nodes, head
@@ -43,6 +76,7 @@ public actor Coordinator {
   private let logger: Logger
   private var state: CoordinatorState
   private var usedBytes: [String: UInt64] = [:]
+  private var replication: [SequenceKey: ReplicationProgress] = [:]
   private let gauges: CoordinatorGauges
 
   /// A coordinator that resumes from whatever `store` holds. `now` gives seconds on a
@@ -144,13 +178,21 @@ public actor Coordinator {
     return (true, "")
   }
 
-  /// Marks down every member whose lease lapsed; returns their ids.
+  /// Marks down every member whose lease lapsed; returns their ids. The sequences of a
+  /// worker that lapsed are closed (their reservations freed, their rows queued to be dropped).
   @discardableResult
   public func expireLeases() throws(HeteroKVError) -> [String] {
     let lapsed = state.membership.lapsed(now: now())
     guard !lapsed.isEmpty else { return [] }
+    let orphaned = state.sequences.values.filter { lapsed.contains($0.worker) }.map(\.key)
     try commit(.markedDown(lapsed))
+    for key in orphaned { replication[key] = nil }
     logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
+    if !orphaned.isEmpty {
+      logger.warning(
+        "closed the sequences of a worker whose lease lapsed",
+        metadata: ["sequences": "\(orphaned.map(\.description))"])
+    }
     return lapsed
   }
 
@@ -258,7 +300,57 @@ public actor Coordinator {
   public func closeSequence(_ key: SequenceKey) throws(HeteroKVError) -> UInt64 {
     let record = try sequence(key)
     try commit(.sequenceClosed(key))
+    replication[key] = nil
     return record.reservedBytes
+  }
+
+  /// Records a worker's replication report for `key`; returns the current placement version,
+  /// so a worker behind it knows to fetch the placement.
+  public func reportReplication(_ key: SequenceKey, progress: ReplicationProgress)
+    throws(HeteroKVError) -> UInt64
+  {
+    let record = try sequence(key)
+    guard progress.placementVersion <= record.placement.version else {
+      throw .invalid(
+        "sequence \(key) is at placement version \(record.placement.version), not "
+          + "\(progress.placementVersion)")
+    }
+    replication[key] = progress
+    gauges.recordReplication(replication)
+    return record.placement.version
+  }
+
+  /// Memory nodes that still hold rows of sequences the coordinator closed, with where to
+  /// reach them; nodes without a control address are skipped (recorded as dropped).
+  public func pendingDrops() throws(HeteroKVError) -> [PendingDrop] {
+    try expireLeases()
+    var drops: [PendingDrop] = []
+    for (key, nodes) in state.pendingDrops.sorted(by: { $0.key < $1.key }) {
+      var unreachable: [String] = []
+      for id in nodes {
+        let address = state.membership.members[id]?.controlAddress ?? ""
+        if address.isEmpty {
+          unreachable.append(id)
+        } else {
+          drops.append(PendingDrop(key: key, nodeID: id, controlAddress: address))
+        }
+      }
+      if !unreachable.isEmpty {
+        logger.warning(
+          "memory nodes without a control address cannot be told to drop a closed sequence",
+          metadata: ["sequence": "\(key)", "nodes": "\(unreachable)"])
+        try commit(.rowsDropped(key, nodes: unreachable))
+      }
+    }
+    return drops
+  }
+
+  /// Records that `nodes` dropped the rows of `key` (or no longer hold them).
+  public func rowsDropped(_ key: SequenceKey, nodes: [String]) throws(HeteroKVError) {
+    guard let pending = state.pendingDrops[key], pending.contains(where: nodes.contains) else {
+      return
+    }
+    try commit(.rowsDropped(key, nodes: nodes))
   }
 
   /// Capacity, use, members and sequences.
@@ -273,7 +365,8 @@ public actor Coordinator {
       usedBytes: up.map { usedBytes[$0.id] ?? 0 }.saturatingSum,
       reservedBytes: state.reservedBytes, nodesUp: up.count, nodesDown: nodes.count - up.count,
       workersUp: state.membership.up(.worker).count,
-      sequences: state.sequences.values.sorted { $0.key < $1.key })
+      sequences: state.sequences.values.sorted { $0.key < $1.key }, copies: replication,
+      sequencesAwaitingDrop: state.pendingDrops.count)
   }
 
   /// The current state (tests compare it across restarts).
@@ -397,6 +490,8 @@ struct CoordinatorGauges: Sendable {
   let reserved: Gauge
   let used: Gauge
   let revision: Gauge
+  let awaitingDrop: Gauge
+  let underReplicated: Gauge
 
   init(factory: any MetricsFactory) {
     func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {
@@ -410,6 +505,13 @@ struct CoordinatorGauges: Sendable {
     reserved = gauge("hkv_coordinator_pool_reserved_bytes")
     used = gauge("hkv_coordinator_pool_used_bytes")
     revision = gauge("hkv_coordinator_state_revision")
+    awaitingDrop = gauge("hkv_coordinator_sequences_awaiting_drop")
+    underReplicated = gauge("hkv_coordinator_under_replicated_shards")
+  }
+
+  /// Shards under-replicated across every sequence, as the workers last reported.
+  func recordReplication(_ reports: [SequenceKey: ReplicationProgress]) {
+    underReplicated.record(reports.values.reduce(0) { $0 + $1.underReplicatedShards })
   }
 
   func update(_ state: CoordinatorState, used bytes: [String: UInt64]) {
@@ -423,6 +525,7 @@ struct CoordinatorGauges: Sendable {
     reserved.record(Int64(clamping: state.reservedBytes))
     recordUsed(state.membership, used: bytes)
     revision.record(Int64(clamping: state.revision))
+    awaitingDrop.record(state.pendingDrops.count)
   }
 
   /// Only the pool's used bytes: what a heartbeat changes.

@@ -67,6 +67,14 @@ public struct CoordinatorClient: Sendable {
     }
   }
 
+  public func reportReplication(_ request: Heterokv_V1_ReplicationReport) async throws
+    -> Heterokv_V1_ReplicationReportResponse
+  {
+    try await perform("ReportReplication") {
+      try await stub.reportReplication(request, options: $0)
+    }
+  }
+
   public func reportProfiles(_ request: Heterokv_V1_ReportProfilesRequest) async throws
     -> Heterokv_V1_SequenceBudgets
   {

@@ -29,6 +29,8 @@ public final class LocalCluster: Sendable {
     /// Also serve the engine API over gRPC.
     public var serveEngine: Bool = false
     public var leaseSeconds: Double = 5
+    /// How often the worker checks its sequences' copies.
+    public var replicaCheckInterval: Duration = .seconds(1)
 
     public init(model: ModelGeometry) { self.model = model }
 
@@ -139,6 +141,7 @@ public final class LocalCluster: Sendable {
         var o = try WorkerOptions(cluster: configuration, id: "worker-0")
         o.outputMode = options.outputMode
         o.chunkTokens = options.chunkTokens
+        o.replicaCheckInterval = options.replicaCheckInterval
         return o
       }(),
       control: CoordinatorControl(address: coordinatorAddress),

@@ -102,13 +102,17 @@ public struct WorkloadReplay: Sendable {
     public var bytesMoved: Int
     /// Outputs of the last step, per layer `[queryHeads][d]` (for comparisons).
     public var lastOutputs: [[Float]]
+    /// Every step's outputs, per step and layer, when asked for (`keepOutputs`).
+    public var stepOutputs: [[[Float]]] = []
   }
 
   /// Runs `steps` decode steps (at most the workload's) through `engine`, measuring each
-  /// output against full attention when `measure`.
+  /// output against full attention when `measure`, keeping every step's outputs when
+  /// `keepOutputs`, and calling `beforeStep(t)` before step `t` (tests break things there).
   public func decode(
     _ engine: any KVCacheEngine, _ ref: SequenceRef, steps: Int? = nil, measure: Bool = true,
-    progress: (Int, Int) -> Void = { _, _ in }
+    keepOutputs: Bool = false, progress: (Int, Int) -> Void = { _, _ in },
+    beforeStep: (Int) async throws -> Void = { _ in }
   ) async throws -> DecodeReport {
     let steps = min(steps ?? decodeSteps, decodeSteps)
     let g = geometry.groupSize
@@ -123,8 +127,11 @@ public struct WorkloadReplay: Sendable {
     var seconds = 0.0
     var moved = 0
     var last: [[Float]] = []
+    var everyStep: [[[Float]]] = []
     let clock = ContinuousClock()
     for t in 0..<steps {
+      if t > 0 && keepOutputs { everyStep.append(last) }
+      try await beforeStep(t)
       last = []
       for (l, layer) in layers.enumerated() {
         let keys = layer.heads.flatMap { $0.decodeKeys[t] }
@@ -168,10 +175,11 @@ public struct WorkloadReplay: Sendable {
       }
       progress(t + 1, steps)
     }
+    if keepOutputs && steps > 0 { everyStep.append(last) }
     return DecodeReport(
       meanRelativeError: samples > 0 ? errorSum / Double(samples) : 0, maxRelativeError: errorMax,
       meanMassRecall: samples > 0 ? recallSum / Double(samples) : 0, steps: steps,
-      engineSeconds: seconds, bytesMoved: moved, lastOutputs: last)
+      engineSeconds: seconds, bytesMoved: moved, lastOutputs: last, stepOutputs: everyStep)
   }
 }
 

@@ -2,28 +2,51 @@ import HeteroKVCore
 import HeteroKVTransport
 import HeteroKVWire
 import NIOCore
+import Synchronization
 
 /// The client of one memory node: a small pool of pipelined connections (made on first use,
 /// replaced when they fail), typed requests, deadlines, and errors that name the node.
 /// Reads (gather, partial attention, stats, ping) are retried once on a fresh connection when
 /// the connection drops; writes are not, so a put is never applied twice.
+///
+/// It also keeps the node's health: a request that fails because the node cannot be reached
+/// (refused, closed, or past its deadline) marks it down, and a probe pings it every
+/// ``probeInterval`` until it answers again. Callers with a choice (replicas, writers) skip a
+/// node that is down, so a dead node costs one timeout, not one per step.
 public final class MemoryNodeClient: Sendable {
   /// The node.
   public let endpoint: MemoryNodeEndpoint
   /// Deadline applied to requests that do not give their own.
   public let defaultTimeout: Duration
+  /// How often a node marked down is pinged, and the deadline of each ping.
+  public let probeInterval: Duration
   private let pool: ConnectionPool
   private let limits: DataPlaneLimits
+  private let health = Mutex(NodeHealthState())
+
+  private struct NodeHealthState {
+    var down = false
+    var probe: Task<Void, Never>?
+    var closed = false
+    var markedDown = 0
+  }
+
+  /// Codes that say the node could not be reached, as opposed to a refusal it answered with.
+  public static let unreachableCodes: Set<HeteroKVError.Code> = [
+    .unavailable, .connectionClosed, .deadlineExceeded,
+  ]
 
   /// A client with up to `connections` connections to `endpoint`, each authenticated with
   /// `credential` before its first request (required by a node whose cluster sets a token).
   public init(
     endpoint: MemoryNodeEndpoint, connections: Int = 2, defaultTimeout: Duration = .seconds(10),
-    limits: DataPlaneLimits = .standard, credential: DataPlaneCredential? = nil
+    limits: DataPlaneLimits = .standard, credential: DataPlaneCredential? = nil,
+    probeInterval: Duration = .milliseconds(500)
   ) {
     precondition(connections > 0)
     self.endpoint = endpoint
     self.defaultTimeout = defaultTimeout
+    self.probeInterval = probeInterval
     self.limits = limits
     self.pool = ConnectionPool(
       endpoint: endpoint, size: connections, limits: limits, credential: credential,
@@ -78,11 +101,68 @@ public final class MemoryNodeClient: Sendable {
     _ = try await send(PingRequest(), timeout: timeout, retry: true)
   }
 
-  /// Closes every connection.
-  public func close() async { await pool.closeAll() }
+  /// False while the node is marked down (it failed to answer and no probe reached it since).
+  public var isHealthy: Bool { health.withLock { !$0.down } }
+
+  /// How many times the node was marked down.
+  public var timesMarkedDown: Int { health.withLock { $0.markedDown } }
+
+  /// Marks the node down and starts probing it (once; a probe already running goes on).
+  public func markDown() {
+    let start = health.withLock { state -> Bool in
+      guard !state.closed else { return false }
+      if !state.down { state.markedDown += 1 }
+      state.down = true
+      return state.probe == nil
+    }
+    guard start else { return }
+    let interval = probeInterval
+    let task = Task.detached { [weak self] in
+      while !Task.isCancelled {
+        try? await Task.sleep(for: interval)
+        guard let self, !Task.isCancelled else { return }
+        do {
+          _ = try await self.send(PingRequest(), timeout: interval, retry: false, probing: true)
+          self.health.withLock {
+            $0.down = false
+            $0.probe = nil
+          }
+          return
+        } catch {
+          continue
+        }
+      }
+    }
+    health.withLock { state in
+      if state.closed || !state.down { task.cancel() } else { state.probe = task }
+      if !state.down { state.probe = nil }
+    }
+  }
+
+  /// The node answered: it is up, and its probe (if any) can stop.
+  private func noteAnswered() {
+    let probe = health.withLock { state -> Task<Void, Never>? in
+      guard state.down else { return nil }
+      state.down = false
+      defer { state.probe = nil }
+      return state.probe
+    }
+    probe?.cancel()
+  }
+
+  /// Closes every connection and stops the probe.
+  public func close() async {
+    let probe = health.withLock { state -> Task<Void, Never>? in
+      state.closed = true
+      defer { state.probe = nil }
+      return state.probe
+    }
+    probe?.cancel()
+    await pool.closeAll()
+  }
 
   private func send<Request: DataPlaneRequest>(
-    _ request: Request, timeout: Duration?, retry: Bool
+    _ request: Request, timeout: Duration?, retry: Bool, probing: Bool = false
   ) async throws(HeteroKVError) -> Request.Response {
     let payload = request.encoded()
     var attempt = 0
@@ -92,10 +172,13 @@ public final class MemoryNodeClient: Sendable {
         let connection = try await pool.connection()
         let response = try await connection.call(
           opcode: Request.opcode, payload: payload, timeout: timeout ?? defaultTimeout)
-        return try Request.Response(payload: response, limits: limits)
+        let decoded = try Request.Response(payload: response, limits: limits)
+        if !probing { noteAnswered() }
+        return decoded
       } catch {
         let lost = error.code == .connectionClosed || error.code == .unavailable
         if lost && retry && attempt == 1 { continue }
+        if !probing && Self.unreachableCodes.contains(error.code) { markDown() }
         throw HeteroKVError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
       }
     }

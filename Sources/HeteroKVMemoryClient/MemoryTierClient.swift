@@ -74,12 +74,26 @@ public final class MemoryTierClient: Sendable {
       partials: answers.map(\.0), failovers: answers.filter { $0.1 > 0 }.count)
   }
 
-  /// One request, holder by holder: the partial and the index of the holder that answered.
+  /// `holders` with the nodes that are up first (each group in its given order): a node marked
+  /// down is tried only when no healthy holder is left.
+  public func healthyFirst(_ holders: [String]) -> [String] {
+    guard holders.contains(where: { nodes[$0]?.isHealthy == false }) else { return holders }
+    return holders.filter { nodes[$0]?.isHealthy != false }
+      + holders.filter { nodes[$0]?.isHealthy == false }
+  }
+
+  /// Whether node `id` is configured and not marked down.
+  public func isHealthy(_ id: String) -> Bool { nodes[id]?.isHealthy ?? false }
+
+  /// One request, holder by holder: the partial and the index of the holder that answered
+  /// (counted in the holders' given order, so answers from a replica count as failovers).
   private func answer(_ remote: ReplicatedRequest, timeout: Duration?) async
     -> Result<(AttentionPartial, Int), HeteroKVError>
   {
     var tried: [String] = []
-    for (attempt, node) in remote.holders.enumerated() {
+    let order = healthyFirst(remote.holders)
+    for node in order {
+      let attempt = remote.holders.firstIndex(of: node) ?? 0
       do {
         let partial = try await self.node(node).partialAttention(remote.request, timeout: timeout)
         return .success((partial, attempt))

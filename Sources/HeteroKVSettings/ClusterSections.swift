@@ -64,6 +64,8 @@ public struct WorkerSettings: Sendable, Hashable {
   /// to the memory nodes) or `exact` (the query goes; the nodes re-score the kept tokens with
   /// their fp16 keys, so the output is exact attention over the kept set).
   public var outputMode: HCAttentionOutputMode = .renormalized
+  /// When a put to the memory tier counts as stored (`ack_replicas`).
+  public var ackReplicas: ReplicaAcknowledgement = .allLive
 
   public init(
     control: HostPort? = nil, metrics: HostPort? = nil, keyCodec: KeyCodecKind = .pq,
@@ -80,6 +82,16 @@ public struct WorkerSettings: Sendable, Hashable {
     self.tau = tau
     self.capSelection = capSelection
   }
+}
+
+/// When a put counts as stored (and the worker may forget the rows it shipped).
+public enum ReplicaAcknowledgement: String, Sendable, Hashable, CaseIterable, Codable {
+  /// Every replica the placement names that is not marked down holds the rows; a live
+  /// replica that refuses them fails the head.
+  case allLive = "all_live"
+  /// One replica holds them (faster to acknowledge; a second failure before repair can lose
+  /// rows that only one node received).
+  case one
 }
 
 /// The rule that turns head profiles into per-head token budgets.

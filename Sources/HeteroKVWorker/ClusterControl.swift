@@ -70,6 +70,38 @@ public protocol ClusterControl: Sendable {
     async throws(HeteroKVError) -> SequenceBudgets
   /// Closes the sequence, releasing its reservation.
   func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError)
+  /// Reports the sequence's copies after a repair pass; returns the current placement version.
+  func reportReplication(_ ref: SequenceRef, report: ReplicationReport)
+    async throws(HeteroKVError) -> UInt64
+}
+
+/// A worker's account of a sequence's copies, sent to the coordinator after each repair pass.
+public struct ReplicationReport: Sendable, Hashable {
+  /// The placement version the worker repaired to.
+  public var placementVersion: UInt64
+  /// Shards held by fewer nodes than the placement names.
+  public var underReplicatedShards: Int
+  /// Shards and bytes copied to new replicas since the sequence opened.
+  public var shardsCopied: Int
+  public var bytesCopied: Int
+
+  public init(
+    placementVersion: UInt64, underReplicatedShards: Int, shardsCopied: Int, bytesCopied: Int
+  ) {
+    self.placementVersion = placementVersion
+    self.underReplicatedShards = underReplicatedShards
+    self.shardsCopied = shardsCopied
+    self.bytesCopied = bytesCopied
+  }
+}
+
+extension ClusterControl {
+  /// Control planes that keep no replication figures take the report and change nothing.
+  public func reportReplication(_ ref: SequenceRef, report: ReplicationReport)
+    async throws(HeteroKVError) -> UInt64
+  {
+    report.placementVersion
+  }
 }
 
 /// `ClusterControl` through the coordinator's gRPC service, one connection per call.
@@ -151,6 +183,22 @@ public struct CoordinatorControl: ClusterControl {
     _ = try await call { client in
       try await client.closeSequence(namespace: ref.namespace, sequence: ref.sequence)
     }
+  }
+
+  public func reportReplication(_ ref: SequenceRef, report: ReplicationReport)
+    async throws(HeteroKVError) -> UInt64
+  {
+    let answer = try await call { client in
+      try await client.reportReplication(
+        .with {
+          $0.ref = ref.proto
+          $0.placementVersion = report.placementVersion
+          $0.underReplicatedShards = UInt32(clamping: report.underReplicatedShards)
+          $0.shardsCopied = UInt64(report.shardsCopied)
+          $0.bytesCopied = UInt64(report.bytesCopied)
+        })
+    }
+    return answer.placementVersion
   }
 
   static func placement(_ p: Heterokv_V1_SequencePlacement) throws(HeteroKVError)

@@ -1,6 +1,7 @@
 import HeteroKVEngineClient
 import HeteroKVCore
 import HeteroKVMemoryClient
+import HeteroKVSettings
 import HeteroKVWire
 
 /// One KV head of one layer of a sequence.
@@ -25,13 +26,18 @@ struct ShipBatch: Sendable {
 /// bounded queue: `enqueue` returns at once while fewer than `limitBytes` are in flight and
 /// waits otherwise, so the engine is never blocked beyond that bound. A head's batches are
 /// stored in order (a shard only takes the next contiguous rows); batches of different heads
-/// go out side by side. Each shard goes to every replica its placement names; a batch counts
-/// as stored once one replica holds it, and the writer remembers which node holds which rows,
-/// so readers pick a node that has what they need.
+/// go out side by side. Each shard goes to every replica its placement names that is not
+/// marked down; a batch counts as stored when the ``ReplicaAcknowledgement`` is met, and the
+/// writer remembers which node holds which rows, so readers pick a node that has what they
+/// need. When the placement changes (a node left), ``repair(placement:version:)`` copies
+/// each shard from a node that holds it to the replicas it now lacks.
 actor ShardWriter {
   let ref: SequenceRef
   let tier: MemoryTierClient
-  let placement: RendezvousPlacement
+  private(set) var placement: RendezvousPlacement
+  /// The placement version ``placement`` is.
+  private(set) var placementVersion: UInt64
+  let acknowledgement: ReplicaAcknowledgement
   let chunkTokens: Int
   let limitBytes: Int
   /// Rows per put request.
@@ -50,18 +56,26 @@ actor ShardWriter {
   private var degraded: Set<ShardID> = []
   /// Set by `dropAll`: the sequence's rows are gone and no more are shipped.
   private var dropped = false
+  /// Heads whose shards keep keys as well as values (copied with them on repair).
+  private var keyed: Set<HeadKey> = []
   private(set) var bytesSent = 0
   /// Bytes the memory tier holds for the sequence, all copies.
   private(set) var storedBytes = 0
+  /// Shards and bytes copied to new replicas by repair.
+  private(set) var shardsCopied = 0
+  private(set) var bytesCopied = 0
 
   init(
-    ref: SequenceRef, tier: MemoryTierClient, placement: RendezvousPlacement, chunkTokens: Int,
-    limitBytes: Int, maxRowsPerPut: Int = 8192, metrics: WorkerMetrics
+    ref: SequenceRef, tier: MemoryTierClient, placement: RendezvousPlacement,
+    placementVersion: UInt64 = 1, acknowledgement: ReplicaAcknowledgement = .allLive,
+    chunkTokens: Int, limitBytes: Int, maxRowsPerPut: Int = 8192, metrics: WorkerMetrics
   ) {
     self.metrics = metrics
     self.ref = ref
     self.tier = tier
     self.placement = placement
+    self.placementVersion = placementVersion
+    self.acknowledgement = acknowledgement
     self.chunkTokens = chunkTokens
     self.limitBytes = limitBytes
     self.maxRowsPerPut = maxRowsPerPut
@@ -130,6 +144,7 @@ actor ShardWriter {
 
   private func ship(_ batch: ShipBatch) async {
     if lost[batch.head] != nil || dropped { return }
+    if batch.keys != nil { keyed.insert(batch.head) }
     var offset = 0
     while offset < batch.rows {
       let token = batch.start + offset
@@ -143,11 +158,16 @@ actor ShardWriter {
         values: batch.values.gather(range).storage, keys: batch.keys?.gather(range).storage)
       let chunkStart = chunk(of: token) * chunkTokens
       let ends = stored[Int(shard.layer)]?[shard] ?? [:]
-      // A node that missed earlier rows of this shard cannot take later ones.
-      let targets = placement.nodes(for: shard).filter {
+      let replicas = placement.nodes(for: shard)
+      // A node that missed earlier rows of this shard cannot take later ones (repair fills it
+      // in); a node marked down is skipped unless no replica is up.
+      let contiguous = replicas.filter {
         token == chunkStart ? ends[$0] == nil : ends[$0] == token
       }
+      let live = contiguous.filter { tier.isHealthy($0) }
+      let targets = live.isEmpty ? contiguous : live
       var errors: [String] = []
+      var refusedByLiveNode = false
       var holders = 0
       await withTaskGroup(of: (String, HeteroKVError?).self) { group in
         for node in targets {
@@ -167,29 +187,147 @@ actor ShardWriter {
         for await (node, error) in group {
           if let error {
             errors.append("\(node): \(error.message)")
+            if !MemoryNodeClient.unreachableCodes.contains(error.code) { refusedByLiveNode = true }
           } else {
             stored[Int(shard.layer), default: [:]][shard, default: [:]][node] = token + rows
             holders += 1
           }
         }
       }
-      if holders < placement.nodes(for: shard).count, degraded.insert(shard).inserted {
-        metrics.adjust(underReplicated: 1)
-      }
+      noteReplication(shard, end: token + rows)
       let bytes = rows * batch.values.cols * 2 * (batch.keys == nil ? 1 : 2)
       bytesSent += bytes * targets.count
       storedBytes += bytes * holders
-      guard holders > 0 else {
+      let acknowledged =
+        switch acknowledgement {
+        case .one: holders > 0
+        case .allLive: holders > 0 && !refusedByLiveNode
+        }
+      guard acknowledged else {
         lost[batch.head] = HeteroKVError(
           .dataUnavailable,
           "sequence \(ref) layer \(batch.head.layer) head \(batch.head.kvHead): tokens "
-            + "\(token)..<\(token + rows) reached no memory node"
+            + "\(token)..<\(token + rows) "
+            + (holders == 0 ? "reached no memory node" : "were refused by a live replica")
             + (errors.isEmpty ? "" : " (\(errors.joined(separator: "; ")))"))
         return
       }
       offset += rows
-      acknowledged[batch.head] = token + rows
+      self.acknowledged[batch.head] = token + rows
     }
+  }
+
+  /// Counts `shard` as under-replicated while fewer nodes than its placement names hold its
+  /// rows through `end`, and as whole again once they all do.
+  private func noteReplication(_ shard: ShardID, end: Int) {
+    let ends = stored[Int(shard.layer)]?[shard] ?? [:]
+    let replicas = placement.nodes(for: shard)
+    let whole = replicas.allSatisfy { (ends[$0] ?? 0) >= end }
+    if whole {
+      if degraded.remove(shard) != nil { metrics.adjust(underReplicated: -1) }
+    } else if degraded.insert(shard).inserted {
+      metrics.adjust(underReplicated: 1)
+    }
+  }
+
+  // MARK: Repair
+
+  /// Adopts `placement` (version `version`) and copies every shard the writer stored to the
+  /// replicas it now names but that lack its rows: from a node that holds them (a gather) to
+  /// the new replica (puts of up to ``maxRowsPerPut`` rows), in each head's shipping order, so
+  /// no put of the head races the copy. Nodes marked down are neither sources nor targets (a
+  /// later pass picks them up). Returns once every head's copies are done or failed.
+  func repair(placement next: RendezvousPlacement, version: UInt64) async -> RepairPass {
+    guard !dropped else { return RepairPass(version: placementVersion, copied: 0, failed: 0) }
+    if version > placementVersion {
+      placement = next
+      placementVersion = version
+    }
+    let heads = Set(acknowledged.keys).union(tails.keys)
+    var tasks: [Task<RepairPass, Never>] = []
+    for head in heads {
+      let previous = tails[head]
+      let task = Task { () -> RepairPass in
+        await previous?.value
+        return await self.repairHead(head)
+      }
+      tails[head] = Task { _ = await task.value }
+      tasks.append(task)
+    }
+    var pass = RepairPass(version: placementVersion, copied: 0, failed: 0)
+    for task in tasks {
+      let part = await task.value
+      pass.copied += part.copied
+      pass.failed += part.failed
+    }
+    return pass
+  }
+
+  /// One head's copies: each of its shards, to each replica that lacks acknowledged rows.
+  private func repairHead(_ head: HeadKey) async -> RepairPass {
+    var pass = RepairPass(version: placementVersion, copied: 0, failed: 0)
+    let through = acknowledged[head] ?? 0
+    guard through > 0, lost[head] == nil, !dropped else { return pass }
+    for chunk in 0...((through - 1) / chunkTokens) {
+      let shard = ref.shard(layer: head.layer, kvHead: head.kvHead, chunk: chunk)
+      let chunkStart = chunk * chunkTokens
+      let end = min(through, chunkStart + chunkTokens)
+      let ends = stored[head.layer]?[shard] ?? [:]
+      let replicas = placement.nodes(for: shard)
+      let sources =
+        replicas.filter { (ends[$0] ?? 0) >= end && tier.isHealthy($0) }
+        + ends.keys.sorted().filter {
+          !replicas.contains($0) && ends[$0]! >= end && tier.isHealthy($0)
+        }
+      for target in replicas where (ends[target] ?? chunkStart) < end && tier.isHealthy(target) {
+        guard let source = sources.first else {
+          pass.failed += 1
+          continue
+        }
+        if await copy(
+          shard, from: source, to: target, rows: (ends[target] ?? chunkStart)..<end,
+          keys: keyed.contains(head))
+        {
+          pass.copied += 1
+        } else {
+          pass.failed += 1
+        }
+      }
+      noteReplication(shard, end: end)
+    }
+    return pass
+  }
+
+  /// Copies `rows` of `shard` from `source` to `target`; true when all arrived.
+  private func copy(
+    _ shard: ShardID, from source: String, to target: String, rows: Range<Int>, keys: Bool
+  ) async -> Bool {
+    var start = rows.lowerBound
+    while start < rows.upperBound {
+      let count = min(maxRowsPerPut, rows.upperBound - start)
+      let headDim: Int
+      do {
+        let got = try await tier.node(source).gather(
+          GatherRequest(
+            shard: shard, tokens: (start..<(start + count)).map { UInt32($0) },
+            includeKeys: keys))
+        guard got.rowCount == count, !keys || got.keys != nil else { return false }
+        headDim = got.headDim
+        _ = try await tier.node(target).put(
+          PutRequest(
+            shard: shard, startToken: UInt32(start), headDim: got.headDim,
+            values: got.valueArray, keys: keys ? got.keyArray : nil))
+      } catch {
+        return false
+      }
+      stored[Int(shard.layer), default: [:]][shard, default: [:]][target] = start + count
+      let bytes = count * headDim * 2 * (keys ? 2 : 1)
+      bytesCopied += bytes
+      storedBytes += bytes
+      start += count
+    }
+    shardsCopied += 1
+    return true
   }
 
   /// Drops the sequence's shards from every node of the placement; returns the nodes that
@@ -198,7 +336,16 @@ actor ShardWriter {
     await flush()
     dropped = true
     var unreachable: [String] = []
-    for node in placement.nodes.map(\.id) {
+    // Every node of the placement, and any that holds rows from before the placement changed.
+    let holders = Set(stored.values.flatMap { $0.values.flatMap(\.keys) })
+    let nodes = placement.nodes.map(\.id) + holders.subtracting(placement.nodes.map(\.id)).sorted()
+    for node in nodes {
+      // A node marked down is not waited for: its rows are gone with it, or the coordinator
+      // has it drop them.
+      guard tier.isHealthy(node) else {
+        unreachable.append(node)
+        continue
+      }
       do {
         _ = try await tier.node(node).drop(
           .sequence(ref.sequence, namespace: ref.namespace))
@@ -213,6 +360,14 @@ actor ShardWriter {
     }
     return unreachable
   }
+}
+
+/// What one repair pass did: the placement version it repaired to, and the shard copies it
+/// made and could not make (no live source, or a node failed mid-copy).
+struct RepairPass: Sendable, Hashable {
+  var version: UInt64
+  var copied: Int
+  var failed: Int
 }
 
 /// A layer's shipping state as ``ShardWriter/shipping(layer:kvHeads:)`` saw it: a value, read

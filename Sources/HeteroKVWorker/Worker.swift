@@ -27,6 +27,10 @@ public final class Worker: Sendable {
   private let sessions = Mutex<[SequenceRef: SequenceSession]>([:])
   /// One client per memory node, shared by every sequence placed on it.
   private let nodeClients = Mutex<[MemoryNodeEndpoint: MemoryNodeClient]>([:])
+  /// The replica checks and the retried closes running in the background.
+  private let background = Mutex<
+    (checks: Task<Void, Never>?, closes: [SequenceRef: Task<Void, Never>], stopped: Bool)
+  >((nil, [:], false))
 
   /// A worker that asks `control` for placements and budgets and computes on `backend`,
   /// reporting to `metrics` (none by default).
@@ -82,7 +86,57 @@ public final class Worker: Sendable {
       throw HeteroKVError(.alreadyExists, "sequence \(ref) is already open on this worker")
     }
     metrics.adjust(open: 1)
+    startReplicaChecks()
     return SequenceInfo(ref: ref, geometry: options.geometry, placement: placement)
+  }
+
+  /// Starts (once) the loop that checks every open sequence's copies each
+  /// ``WorkerOptions/replicaCheckInterval``: a sequence with a node marked down or a shard
+  /// short of replicas fetches its placement and repairs; every tenth check all do.
+  private func startReplicaChecks() {
+    let interval = options.replicaCheckInterval
+    background.withLock { state in
+      guard state.checks == nil, !state.stopped else { return }
+      state.checks = Task.detached { [weak self] in
+        var tick = 0
+        while !Task.isCancelled {
+          try? await Task.sleep(for: interval)
+          guard let self, !Task.isCancelled else { return }
+          tick += 1
+          let open = self.sessions.withLock { Array($0.values) }
+          for session in open { await session.maintainReplicas(force: tick % 10 == 0) }
+        }
+      }
+    }
+  }
+
+  /// Closes `ref` at the coordinator in the background until it takes it (backing off from
+  /// half a second to five), after a release that could not reach it.
+  private func retryClose(_ ref: SequenceRef) {
+    let control = self.control
+    background.withLock { state in
+      guard !state.stopped, state.closes[ref] == nil else { return }
+      state.closes[ref] = Task.detached { [weak self] in
+        var delay = Duration.milliseconds(500)
+        while !Task.isCancelled {
+          try? await Task.sleep(for: delay)
+          do throws(HeteroKVError) {
+            try await control.closeSequence(ref)
+            break
+          } catch  where error.code == .notFound || error.code == .unknownSequence {
+            break
+          } catch {
+            delay = min(delay * 2, .seconds(5))
+          }
+        }
+        _ = self?.background.withLock { $0.closes.removeValue(forKey: ref) }
+      }
+    }
+  }
+
+  /// Sequences released here whose close the coordinator has not taken yet.
+  public var pendingCloses: [SequenceRef] {
+    background.withLock { Array($0.closes.keys).sorted() }
   }
 
   /// Calibrated profiles must name every KV head of every layer once, with values in range.
@@ -180,6 +234,12 @@ public final class Worker: Sendable {
     // (dropping rows again is harmless); one that succeeded removes the session.
     let outcome = try await session.release()
     if sessions.withLock({ $0.removeValue(forKey: ref) }) != nil { metrics.adjust(open: -1) }
+    if outcome.coordinatorPending {
+      Logger(label: "hkv.worker").warning(
+        "released a sequence while the coordinator is unreachable; retrying its close",
+        metadata: ["sequence": "\(ref)"])
+      retryClose(ref)
+    }
     if !outcome.unreachableNodes.isEmpty {
       Logger(label: "hkv.worker").warning(
         """
@@ -203,8 +263,17 @@ public final class Worker: Sendable {
     try await session(ref).flush()
   }
 
-  /// Closes every memory-node connection.
+  /// Stops the background checks and closes every memory-node connection.
   public func shutdown() async {
+    let tasks = background.withLock { state -> [Task<Void, Never>] in
+      state.stopped = true
+      defer {
+        state.checks = nil
+        state.closes = [:]
+      }
+      return [state.checks].compactMap { $0 } + Array(state.closes.values)
+    }
+    for task in tasks { task.cancel() }
     let clients = nodeClients.withLock { Array($0.values) }
     for client in clients { await client.close() }
   }

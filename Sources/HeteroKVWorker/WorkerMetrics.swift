@@ -24,6 +24,9 @@ public final class WorkerMetrics: Sendable {
   private let refreshesTotal: Counter
   private let failoversTotal: Counter
   private let releaseUnreachable: Counter
+  private let repairedShards: Counter
+  private let repairFailures: Counter
+  private let repairDuration: CoreMetrics.Timer
   private let failedCalls: [String: Counter]
   private let openSequences: Gauge
   private let residentBytes: Gauge
@@ -57,6 +60,12 @@ public final class WorkerMetrics: Sendable {
     releaseUnreachable = Counter(
       label: "hkv_worker_release_unreachable_nodes_total", dimensions: [worker], factory: factory
     )
+    repairedShards = Counter(
+      label: "hkv_worker_repaired_shards_total", dimensions: [worker], factory: factory)
+    repairFailures = Counter(
+      label: "hkv_worker_repair_failures_total", dimensions: [worker], factory: factory)
+    repairDuration = CoreMetrics.Timer(
+      label: "hkv_worker_repair_pass_duration_seconds", dimensions: [worker], factory: factory)
     var failed: [String: Counter] = [:]
     for call in ["append", "attend"] {
       failed[call] = Counter(
@@ -101,6 +110,13 @@ public final class WorkerMetrics: Sendable {
   func refreshed() { refreshesTotal.increment() }
 
   func failedOver(_ count: Int) { if count > 0 { failoversTotal.increment(by: count) } }
+
+  /// A repair pass: shard copies made and failed, and how long it took.
+  func repaired(shards: Int, failed: Int, nanoseconds: Int64) {
+    if shards > 0 { repairedShards.increment(by: shards) }
+    if failed > 0 { repairFailures.increment(by: failed) }
+    repairDuration.recordNanoseconds(nanoseconds)
+  }
 
   func releaseMissed(nodes: Int) { if nodes > 0 { releaseUnreachable.increment(by: nodes) } }
 

@@ -32,6 +32,11 @@ public struct WorkerOptions: Sendable {
   public var decodeShipRows: Int
   /// Deadline of one memory-node request.
   public var requestTimeout: Duration
+  /// When a put counts as stored: every live replica (default) or one.
+  public var acknowledgement: ReplicaAcknowledgement = .allLive
+  /// How often sequences whose copies may be short (a node marked down, a shard
+  /// under-replicated) fetch their placement and repair; every tenth check fetches it anyway.
+  public var replicaCheckInterval: Duration = .seconds(1)
   /// What the worker proves on each data-plane connection: the cluster token (tenant
   /// `cluster`) where the cluster file sets one; none for an open cluster.
   public var dataPlaneCredential: DataPlaneCredential?
@@ -64,6 +69,7 @@ public struct WorkerOptions: Sendable {
     self.init(
       id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
       heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
+    acknowledgement = cluster.worker.ackReplicas
   }
 
   /// Whether the memory tier keeps keys as well as values: for exact re-scoring, and for the

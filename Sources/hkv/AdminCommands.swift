@@ -179,16 +179,21 @@ struct StatusCommand: AsyncParsableCommand {
         cluster      \(view.cluster) (policy \(view.policy), replication \(view.replication))
         memory nodes \(view.nodesUp) up, \(view.nodesDown) down; workers \(view.workersUp) up
         pool         \(ByteSize.format(view.capacityBytes)) capacity, \(ByteSize.format(view.usedBytes)) used, \(ByteSize.format(view.reservedBytes)) reserved
-        sequences    \(view.sequences.count)
+        sequences    \(view.sequences.count) open, \(view.underReplicatedShards) shards under-replicated, \(view.sequencesAwaitingDrop) closed awaiting drop
 
         """
       if !view.sequences.isEmpty {
         text += TextTable(
-          ["SEQUENCE", "WORKER", "MAX TOKENS", "PREFILL", "PLACEMENT V", "RESERVED", "HEADS"],
+          [
+            "SEQUENCE", "WORKER", "MAX TOKENS", "PREFILL", "PLACEMENT V", "REPAIRED V",
+            "UNDER-REPL", "COPIED", "RESERVED", "HEADS",
+          ],
           rows: view.sequences.map {
             [
               "\($0.namespace)/\($0.sequence)", $0.worker, "\($0.maxTokens)", "\($0.prefillTokens)",
-              "\($0.placementVersion)", ByteSize.format($0.reservedBytes), "\($0.heads)",
+              "\($0.placementVersion)", $0.repairedVersion == 0 ? "-" : "\($0.repairedVersion)",
+              "\($0.underReplicatedShards)", "\($0.shardsCopied)",
+              ByteSize.format($0.reservedBytes), "\($0.heads)",
             ]
           }
         ).render()
@@ -259,6 +264,9 @@ struct SequenceRow: Codable {
   var worker: String
   var maxTokens, prefillTokens, placementVersion, reservedBytes: UInt64
   var heads: UInt32
+  /// From the worker's last replication report (0: none yet).
+  var repairedVersion, shardsCopied: UInt64
+  var underReplicatedShards: UInt32
 }
 
 struct StatusView: Codable {
@@ -266,6 +274,7 @@ struct StatusView: Codable {
   var replication, nodesUp, nodesDown, workersUp: UInt32
   var capacityBytes, usedBytes, reservedBytes: UInt64
   var sequences: [SequenceRow]
+  var underReplicatedShards, sequencesAwaitingDrop: UInt32
 
   init(_ s: Heterokv_V1_ClusterStatus) {
     cluster = s.cluster
@@ -281,8 +290,12 @@ struct StatusView: Codable {
       SequenceRow(
         namespace: $0.ref.namespace, sequence: $0.ref.sequence, worker: $0.workerID,
         maxTokens: $0.maxTokens, prefillTokens: $0.prefillTokens,
-        placementVersion: $0.placementVersion, reservedBytes: $0.reservedBytes, heads: $0.headCount)
+        placementVersion: $0.placementVersion, reservedBytes: $0.reservedBytes, heads: $0.headCount,
+        repairedVersion: $0.repairedVersion, shardsCopied: $0.shardsCopied,
+        underReplicatedShards: $0.underReplicatedShards)
     }
+    underReplicatedShards = s.sequences.reduce(0) { $0 + $1.underReplicatedShards }
+    sequencesAwaitingDrop = s.sequencesAwaitingDrop
   }
 }
 

@@ -212,6 +212,72 @@ struct CoordinatorTests {
   }
 
   @Test(
+    "a worker whose lease lapses loses its sequences: reservations freed, rows queued for every node that holds them, kept across a restart until each node has dropped them"
+  )
+  func workerLeaseLapse() async throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let config = try testCluster(replication: 2, lease: 5, stateDir: dir)
+    let clock = ManualClock()
+    let orphans = (0..<3).map { SequenceKey(namespace: 0, sequence: UInt64($0)) }
+    let kept = SequenceKey(namespace: 0, sequence: 9)
+    do {
+      let coordinator = try make(
+        config, store: try FileCoordinatorStore(directory: dir), clock: clock)
+      try await coordinator.addMemoryNodes(3)
+      for id in ["w-dead", "w-alive"] {
+        _ = try await coordinator.register(
+          id: id, role: .worker, dataAddress: "", controlAddress: "127.0.0.1:7300",
+          capacityBytes: 0, transport: "tcp")
+      }
+      for key in orphans {
+        _ = try await coordinator.openSequence(key: key, worker: "w-dead", maxTokens: 1000)
+      }
+      _ = try await coordinator.openSequence(key: kept, worker: "w-alive", maxTokens: 1000)
+      let keptBytes = try await coordinator.sequence(kept).reservedBytes
+      // Everyone but w-dead renews; after one lease it lapses.
+      clock.advance(4)
+      for id in ["m0", "m1", "m2", "w-alive"] {
+        #expect(await coordinator.heartbeat(id: id, incarnation: 1, usedBytes: 0).0)
+      }
+      clock.advance(2)
+      #expect(try await coordinator.expireLeases() == ["w-dead"])
+      let status = try await coordinator.status()
+      #expect(status.sequences.map(\.key) == [kept])
+      #expect(status.reservedBytes == keptBytes)
+      #expect(status.sequencesAwaitingDrop == 3)
+      let drops = try await coordinator.pendingDrops()
+      #expect(drops.count == 9)
+      #expect(Set(drops.map(\.key)) == Set(orphans))
+      #expect(
+        Set(drops.map(\.controlAddress)) == ["127.0.0.1:7200", "127.0.0.1:7201", "127.0.0.1:7202"])
+      try await coordinator.rowsDropped(orphans[0], nodes: ["m0", "m1", "m2"])
+      try await coordinator.rowsDropped(orphans[1], nodes: ["m0"])
+      #expect(try await coordinator.status().sequencesAwaitingDrop == 2)
+    }
+    // A restart keeps what is still to be dropped.
+    let coordinator = try make(
+      config, store: try FileCoordinatorStore(directory: dir), clock: clock)
+    let drops = try await coordinator.pendingDrops()
+    #expect(drops.count == 5)
+    #expect(!drops.contains { $0.key == orphans[1] && $0.nodeID == "m0" })
+    // A node that goes down holds nothing more to drop.
+    clock.advance(4)
+    for id in ["m0", "m2", "w-alive"] {
+      #expect(await coordinator.heartbeat(id: id, incarnation: 1, usedBytes: 0).0)
+    }
+    clock.advance(2)
+    #expect(try await coordinator.expireLeases() == ["m1"])
+    #expect(try await coordinator.pendingDrops().allSatisfy { $0.nodeID != "m1" })
+    // A worker that registers again restarted: its sequences are closed too.
+    _ = try await coordinator.register(
+      id: "w-alive", role: .worker, dataAddress: "", controlAddress: "127.0.0.1:7300",
+      capacityBytes: 0, transport: "tcp")
+    #expect(try await coordinator.status().sequences.isEmpty)
+    #expect(try await coordinator.status().reservedBytes == 0)
+  }
+
+  @Test(
     "hostile registrations (capacity 2^63 twice, a bogus data address, a 1 MiB id) are refused, and the coordinator restarts fine"
   )
   func hostileInputs() async throws {

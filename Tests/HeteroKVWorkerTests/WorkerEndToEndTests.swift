@@ -1,3 +1,4 @@
+import HeteroKVCoordinator
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVLocalCluster
@@ -195,5 +196,84 @@ struct WorkerSelectionTests {
     #expect(free.recall > 0.97, "uncapped recall \(free.recall)")
     #expect(capped.recall < free.recall, "capped \(capped.recall) vs \(free.recall)")
     #expect(capped.bytes < free.bytes, "capped \(capped.bytes) vs \(free.bytes) bytes moved")
+  }
+}
+
+@Suite("Repair after a memory node dies", .serialized)
+struct ReplicaRepairTests {
+  /// Largest relative difference between two runs' outputs, every step and layer.
+  func difference(_ a: [[[Float]]], _ b: [[[Float]]]) -> Double {
+    zip(a, b).map { maxRelativeDifference($0, $1, headDim: tinyModel.headDim) }.max() ?? .infinity
+  }
+
+  /// Waits until the coordinator's placement of each of `refs` is past `version` and the
+  /// worker has reported it repaired to that placement with no shard short of replicas (what
+  /// `hkv status` shows).
+  func waitForRepair(
+    _ cluster: LocalCluster, _ refs: [SequenceRef], pastVersion version: UInt64
+  ) async throws -> Duration {
+    let started = ContinuousClock.now
+    let deadline = started + .seconds(30)
+    while ContinuousClock.now < deadline {
+      let status = try await cluster.coordinator.status()
+      let done = refs.allSatisfy { ref in
+        let key = SequenceKey(namespace: ref.namespace, sequence: ref.sequence)
+        guard let record = status.sequences.first(where: { $0.key == key }),
+          let copies = status.copies[key]
+        else { return false }
+        return record.placement.version > version
+          && copies.placementVersion == record.placement.version
+          && copies.underReplicatedShards == 0
+      }
+      if done { return ContinuousClock.now - started }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    throw HeteroKVError(.deadlineExceeded, "the shards were not repaired within 30 s")
+  }
+
+  @Test(
+    "replication 2 over 3 nodes: one node dies, its shards are copied to the survivors, a second dies, and every output equals the run without failures"
+  )
+  func repairThenSecondFailure() async throws {
+    let replay = try tinyWorkload(steps: 24)
+    var options = fullBudgetOptions(policy: .hcattention, replication: 2)
+    options.memoryNodes = 3
+    options.leaseSeconds = 1
+    options.replicaCheckInterval = .milliseconds(100)
+    try await withCluster(options) { cluster in
+      let calm = SequenceRef(sequence: 1)
+      _ = try await cluster.worker.createSequence(calm, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, calm)
+      try await cluster.worker.flush(calm)
+      let expected = try await replay.decode(
+        cluster.worker, calm, measure: false, keepOutputs: true)
+
+      let ref = SequenceRef(sequence: 2)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref)
+      try await cluster.worker.flush(ref)
+      #expect(try await cluster.worker.stats(ref).underReplicatedShards == 0)
+      let report = try await replay.decode(
+        cluster.worker, ref, measure: false, keepOutputs: true,
+        beforeStep: { t in
+          if t == 6 {
+            await cluster.stopMemoryNode("mem-0")
+          } else if t == 12 {
+            // Every shard is on both survivors before the second failure.
+            _ = try await waitForRepair(cluster, [ref, calm], pastVersion: 1)
+            let status = try await cluster.coordinator.status()
+            let copies = status.copies[SequenceKey(namespace: 0, sequence: 2)]
+            #expect(copies?.underReplicatedShards == 0)
+            #expect((copies?.shardsCopied ?? 0) > 0)
+            #expect(copies?.placementVersion == 2)
+            await cluster.stopMemoryNode("mem-1")
+          }
+        })
+      let stats = try await cluster.worker.stats(ref)
+      #expect(stats.failovers > 0)
+      #expect(report.stepOutputs.count == 24)
+      let worst = difference(report.stepOutputs, expected.stepOutputs)
+      #expect(worst <= 1e-6, "largest relative difference from the run without failures: \(worst)")
+    }
   }
 }

@@ -144,8 +144,10 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
       $0.nodesUp = UInt32(status.nodesUp)
       $0.nodesDown = UInt32(status.nodesDown)
       $0.workersUp = UInt32(status.workersUp)
+      $0.sequencesAwaitingDrop = UInt32(clamping: status.sequencesAwaitingDrop)
       $0.sequences = status.sequences.map { record in
-        .with {
+        let progress = status.copies[record.key]
+        return .with {
           $0.ref = Heterokv_V1_SequenceRef(record.key)
           $0.workerID = record.worker
           $0.maxTokens = UInt64(record.maxTokens)
@@ -153,9 +155,29 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
           $0.placementVersion = record.placement.version
           $0.reservedBytes = record.reservedBytes
           $0.headCount = UInt32(record.profiles.count)
+          $0.repairedVersion = progress?.placementVersion ?? 0
+          $0.underReplicatedShards = UInt32(clamping: progress?.underReplicatedShards ?? 0)
+          $0.shardsCopied = progress?.shardsCopied ?? 0
         }
       }
     }
+  }
+
+  public func reportReplication(request: Heterokv_V1_ReplicationReport, context: ServerContext)
+    async throws -> Heterokv_V1_ReplicationReportResponse
+  {
+    guard request.underReplicatedShards <= 1 << 30 else {
+      throw RPCError(code: .invalidArgument, message: "under_replicated_shards is implausible")
+    }
+    let version = try await call {
+      try await coordinator.reportReplication(
+        SequenceKey(request.ref),
+        progress: ReplicationProgress(
+          placementVersion: request.placementVersion,
+          underReplicatedShards: Int(request.underReplicatedShards),
+          shardsCopied: request.shardsCopied, bytesCopied: request.bytesCopied))
+    }
+    return .with { $0.placementVersion = version }
   }
 
   /// Runs `body`, turning a `HeteroKVError` into the matching gRPC status.

@@ -83,6 +83,9 @@ public enum StateChange: Sendable, Hashable, Codable {
     policy: String, reservedBytes: UInt64)
   /// A sequence closed.
   case sequenceClosed(SequenceKey)
+  /// These memory nodes dropped the rows of a sequence the coordinator had closed (or are
+  /// down, their memory gone with them).
+  case rowsDropped(SequenceKey, nodes: [String])
 }
 
 /// The coordinator's durable state: membership, sequences, placements, profiles and budgets.
@@ -94,9 +97,27 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
   public var sequences: [SequenceKey: SequenceRecord] = [:]
   /// Changes applied since the beginning; the store uses it to skip replayed entries.
   public var revision: UInt64 = 0
+  /// Sequences the coordinator closed because their worker is gone (its lease lapsed, or it
+  /// registered again after a restart), with the memory nodes that may still hold their rows
+  /// and must be told to drop them.
+  public var pendingDrops: [SequenceKey: [String]] = [:]
 
   public init(leaseSeconds: Double) {
     membership = MembershipTable(leaseSeconds: leaseSeconds)
+  }
+
+  private enum CodingKeys: String, CodingKey {
+    case membership, sequences, revision, pendingDrops
+  }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    membership = try c.decode(MembershipTable.self, forKey: .membership)
+    sequences = try c.decode([SequenceKey: SequenceRecord].self, forKey: .sequences)
+    revision = try c.decode(UInt64.self, forKey: .revision)
+    // Absent from snapshots written before workers held leases.
+    pendingDrops =
+      try c.decodeIfPresent([SequenceKey: [String]].self, forKey: .pendingDrops) ?? [:]
   }
 
   /// Applies one change.
@@ -106,10 +127,18 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
     case .registered(let member):
       let rejoining = membership.members[member.id] != nil
       membership.members[member.id] = member
-      if rejoining && member.role == .memoryNode { leavePlacements([member.id]) }
+      if rejoining && member.role == .memoryNode {
+        leavePlacements([member.id])
+        forgetDrops(on: [member.id])
+      }
+      // A worker that registers again restarted: its sequences died with it.
+      if rejoining && member.role == .worker { closeSequences(of: [member.id]) }
     case .markedDown(let ids):
+      let workers = ids.filter { membership.members[$0]?.role == .worker }
       membership.markDown(ids)
+      closeSequences(of: workers)
       leavePlacements(ids)
+      forgetDrops(on: ids)
     case .sequenceOpened(let record):
       sequences[record.key] = record
     case .profilesReported(let key, let prefill, let profiles, let budgets, let policy, let bytes):
@@ -120,6 +149,29 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
       sequences[key]?.reservedBytes = bytes
     case .sequenceClosed(let key):
       sequences[key] = nil
+    case .rowsDropped(let key, let nodes):
+      pendingDrops[key]?.removeAll { nodes.contains($0) }
+      if pendingDrops[key]?.isEmpty == true { pendingDrops[key] = nil }
+    }
+  }
+
+  /// Closes every sequence opened by `workers`, remembering the nodes that hold its rows.
+  private mutating func closeSequences(of workers: [String]) {
+    guard !workers.isEmpty else { return }
+    for (key, record) in sequences where workers.contains(record.worker) {
+      sequences[key] = nil
+      let holders = record.placement.targets.map(\.nodeID).filter {
+        membership.members[$0]?.status == .up
+      }
+      if !holders.isEmpty { pendingDrops[key] = holders }
+    }
+  }
+
+  /// Nodes that went down or restarted hold nothing any more.
+  private mutating func forgetDrops(on nodes: [String]) {
+    for key in pendingDrops.keys {
+      pendingDrops[key]!.removeAll { nodes.contains($0) }
+      if pendingDrops[key]!.isEmpty { pendingDrops[key] = nil }
     }
   }
 

@@ -143,6 +143,19 @@ public enum Heterokv_V1_Coordinator: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReportReplication" metadata.
+        public enum ReportReplication: Sendable {
+            /// Request type for "ReportReplication".
+            public typealias Input = Heterokv_V1_ReplicationReport
+            /// Response type for "ReportReplication".
+            public typealias Output = Heterokv_V1_ReplicationReportResponse
+            /// Descriptor for "ReportReplication".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "heterokv.v1.Coordinator"),
+                method: "ReportReplication",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "heterokv.v1.Coordinator" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Register.descriptor,
@@ -153,7 +166,8 @@ public enum Heterokv_V1_Coordinator: Sendable {
             GetBudgets.descriptor,
             CloseSequence.descriptor,
             ListNodes.descriptor,
-            GetStatus.descriptor
+            GetStatus.descriptor,
+            ReportReplication.descriptor
         ]
     }
 }
@@ -341,6 +355,25 @@ extension Heterokv_V1_Coordinator {
             request: GRPCCore.StreamingServerRequest<Heterokv_V1_GetStatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_ClusterStatus>
+
+        /// Handle the "ReportReplication" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+        /// > the shards still short of their replicas (shown by GetStatus).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Heterokv_V1_ReplicationReport` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Heterokv_V1_ReplicationReportResponse` messages.
+        func reportReplication(
+            request: GRPCCore.StreamingServerRequest<Heterokv_V1_ReplicationReport>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_ReplicationReportResponse>
     }
 
     /// Service protocol for the "heterokv.v1.Coordinator" service.
@@ -512,6 +545,25 @@ extension Heterokv_V1_Coordinator {
             request: GRPCCore.ServerRequest<Heterokv_V1_GetStatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_ClusterStatus>
+
+        /// Handle the "ReportReplication" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+        /// > the shards still short of their replicas (shown by GetStatus).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReplicationReport` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Heterokv_V1_ReplicationReportResponse` message.
+        func reportReplication(
+            request: GRPCCore.ServerRequest<Heterokv_V1_ReplicationReport>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_ReplicationReportResponse>
     }
 
     /// Simple service protocol for the "heterokv.v1.Coordinator" service.
@@ -681,6 +733,25 @@ extension Heterokv_V1_Coordinator {
             request: Heterokv_V1_GetStatusRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Heterokv_V1_ClusterStatus
+
+        /// Handle the "ReportReplication" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+        /// > the shards still short of their replicas (shown by GetStatus).
+        ///
+        /// - Parameters:
+        ///   - request: A `Heterokv_V1_ReplicationReport` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Heterokv_V1_ReplicationReportResponse` to respond with.
+        func reportReplication(
+            request: Heterokv_V1_ReplicationReport,
+            context: GRPCCore.ServerContext
+        ) async throws -> Heterokv_V1_ReplicationReportResponse
     }
 }
 
@@ -787,6 +858,17 @@ extension Heterokv_V1_Coordinator.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Heterokv_V1_Coordinator.Method.ReportReplication.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_ReplicationReport>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_ReplicationReportResponse>(),
+            handler: { request, context in
+                try await self.reportReplication(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -886,6 +968,17 @@ extension Heterokv_V1_Coordinator.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_ClusterStatus> {
         let response = try await self.getStatus(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func reportReplication(
+        request: GRPCCore.StreamingServerRequest<Heterokv_V1_ReplicationReport>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_ReplicationReportResponse> {
+        let response = try await self.reportReplication(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1006,6 +1099,19 @@ extension Heterokv_V1_Coordinator.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_ClusterStatus> {
         return GRPCCore.ServerResponse<Heterokv_V1_ClusterStatus>(
             message: try await self.getStatus(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func reportReplication(
+        request: GRPCCore.ServerRequest<Heterokv_V1_ReplicationReport>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_ReplicationReportResponse> {
+        return GRPCCore.ServerResponse<Heterokv_V1_ReplicationReportResponse>(
+            message: try await self.reportReplication(
                 request: request.message,
                 context: context
             ),
@@ -1228,6 +1334,30 @@ extension Heterokv_V1_Coordinator {
             deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_ClusterStatus>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_ClusterStatus>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReportReplication" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+        /// > the shards still short of their replicas (shown by GetStatus).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReplicationReport` message.
+        ///   - serializer: A serializer for `Heterokv_V1_ReplicationReport` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_ReplicationReportResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func reportReplication<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_ReplicationReport>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_ReplicationReport>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_ReplicationReportResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_ReplicationReportResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1552,6 +1682,41 @@ extension Heterokv_V1_Coordinator {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ReportReplication" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+        /// > the shards still short of their replicas (shown by GetStatus).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReplicationReport` message.
+        ///   - serializer: A serializer for `Heterokv_V1_ReplicationReport` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_ReplicationReportResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func reportReplication<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_ReplicationReport>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_ReplicationReport>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_ReplicationReportResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_ReplicationReportResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Heterokv_V1_Coordinator.Method.ReportReplication.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1814,6 +1979,36 @@ extension Heterokv_V1_Coordinator.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_GetStatusRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_ClusterStatus>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportReplication" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+    /// > the shards still short of their replicas (shown by GetStatus).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Heterokv_V1_ReplicationReport` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportReplication<Result>(
+        request: GRPCCore.ClientRequest<Heterokv_V1_ReplicationReport>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_ReplicationReportResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.reportReplication(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_ReplicationReport>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_ReplicationReportResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2114,6 +2309,40 @@ extension Heterokv_V1_Coordinator.ClientProtocol {
             metadata: metadata
         )
         return try await self.getStatus(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReportReplication" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > A worker's account of a sequence's copies: the placement version it has repaired to and
+    /// > the shards still short of their replicas (shown by GetStatus).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func reportReplication<Result>(
+        _ message: Heterokv_V1_ReplicationReport,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_ReplicationReportResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Heterokv_V1_ReplicationReport>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.reportReplication(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -492,6 +492,51 @@ public nonisolated struct Heterokv_V1_GetStatusRequest: Sendable {
   public init() {}
 }
 
+public nonisolated struct Heterokv_V1_ReplicationReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var ref: Heterokv_V1_SequenceRef {
+    get {_ref ?? Heterokv_V1_SequenceRef()}
+    set {_ref = newValue}
+  }
+  /// Returns true if `ref` has been explicitly set.
+  public var hasRef: Bool {self._ref != nil}
+  /// Clears the value of `ref`. Subsequent reads from it will return its default value.
+  public mutating func clearRef() {self._ref = nil}
+
+  /// The placement version whose replicas the worker has copied (or is copying) to.
+  public var placementVersion: UInt64 = 0
+
+  /// Shards held by fewer nodes than the placement names.
+  public var underReplicatedShards: UInt32 = 0
+
+  /// Shards and bytes copied to new replicas since the sequence opened.
+  public var shardsCopied: UInt64 = 0
+
+  public var bytesCopied: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _ref: Heterokv_V1_SequenceRef? = nil
+}
+
+public nonisolated struct Heterokv_V1_ReplicationReportResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The sequence's current placement version (a worker behind it should fetch the placement).
+  public var placementVersion: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Heterokv_V1_SequenceSummary: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -517,6 +562,14 @@ public nonisolated struct Heterokv_V1_SequenceSummary: Sendable {
   public var reservedBytes: UInt64 = 0
 
   public var headCount: UInt32 = 0
+
+  /// From the worker's last replication report: the placement version it repaired to, shards
+  /// still under-replicated, and shards copied so far.
+  public var repairedVersion: UInt64 = 0
+
+  public var underReplicatedShards: UInt32 = 0
+
+  public var shardsCopied: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -549,6 +602,10 @@ public nonisolated struct Heterokv_V1_ClusterStatus: Sendable {
   public var replication: UInt32 = 0
 
   public var policy: String = String()
+
+  /// Sequences closed by the coordinator (their worker's lease lapsed) whose rows some memory
+  /// node has not yet dropped.
+  public var sequencesAwaitingDrop: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1455,9 +1512,93 @@ nonisolated extension Heterokv_V1_GetStatusRequest: SwiftProtobuf.Message, Swift
   }
 }
 
+nonisolated extension Heterokv_V1_ReplicationReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicationReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}placement_version\0\u{3}under_replicated_shards\0\u{3}shards_copied\0\u{3}bytes_copied\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._ref) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.placementVersion) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.underReplicatedShards) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.shardsCopied) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytesCopied) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._ref {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.placementVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.placementVersion, fieldNumber: 2)
+    }
+    if self.underReplicatedShards != 0 {
+      try visitor.visitSingularUInt32Field(value: self.underReplicatedShards, fieldNumber: 3)
+    }
+    if self.shardsCopied != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shardsCopied, fieldNumber: 4)
+    }
+    if self.bytesCopied != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesCopied, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Heterokv_V1_ReplicationReport, rhs: Heterokv_V1_ReplicationReport) -> Bool {
+    if lhs._ref != rhs._ref {return false}
+    if lhs.placementVersion != rhs.placementVersion {return false}
+    if lhs.underReplicatedShards != rhs.underReplicatedShards {return false}
+    if lhs.shardsCopied != rhs.shardsCopied {return false}
+    if lhs.bytesCopied != rhs.bytesCopied {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Heterokv_V1_ReplicationReportResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicationReportResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}placement_version\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.placementVersion) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.placementVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.placementVersion, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Heterokv_V1_ReplicationReportResponse, rhs: Heterokv_V1_ReplicationReportResponse) -> Bool {
+    if lhs.placementVersion != rhs.placementVersion {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SequenceSummary"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}worker_id\0\u{3}max_tokens\0\u{3}prefill_tokens\0\u{3}placement_version\0\u{3}reserved_bytes\0\u{3}head_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}worker_id\0\u{3}max_tokens\0\u{3}prefill_tokens\0\u{3}placement_version\0\u{3}reserved_bytes\0\u{3}head_count\0\u{3}repaired_version\0\u{3}under_replicated_shards\0\u{3}shards_copied\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1472,6 +1613,9 @@ nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftP
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.placementVersion) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.reservedBytes) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.headCount) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.repairedVersion) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.underReplicatedShards) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.shardsCopied) }()
       default: break
       }
     }
@@ -1503,6 +1647,15 @@ nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftP
     if self.headCount != 0 {
       try visitor.visitSingularUInt32Field(value: self.headCount, fieldNumber: 7)
     }
+    if self.repairedVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.repairedVersion, fieldNumber: 8)
+    }
+    if self.underReplicatedShards != 0 {
+      try visitor.visitSingularUInt32Field(value: self.underReplicatedShards, fieldNumber: 9)
+    }
+    if self.shardsCopied != 0 {
+      try visitor.visitSingularUInt64Field(value: self.shardsCopied, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1514,6 +1667,9 @@ nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftP
     if lhs.placementVersion != rhs.placementVersion {return false}
     if lhs.reservedBytes != rhs.reservedBytes {return false}
     if lhs.headCount != rhs.headCount {return false}
+    if lhs.repairedVersion != rhs.repairedVersion {return false}
+    if lhs.underReplicatedShards != rhs.underReplicatedShards {return false}
+    if lhs.shardsCopied != rhs.shardsCopied {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1521,7 +1677,7 @@ nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{3}capacity_bytes\0\u{3}used_bytes\0\u{3}reserved_bytes\0\u{3}nodes_up\0\u{3}nodes_down\0\u{3}workers_up\0\u{1}sequences\0\u{1}replication\0\u{1}policy\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{3}capacity_bytes\0\u{3}used_bytes\0\u{3}reserved_bytes\0\u{3}nodes_up\0\u{3}nodes_down\0\u{3}workers_up\0\u{1}sequences\0\u{1}replication\0\u{1}policy\0\u{3}sequences_awaiting_drop\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1539,6 +1695,7 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
       case 8: try { try decoder.decodeRepeatedMessageField(value: &self.sequences) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.replication) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.policy) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.sequencesAwaitingDrop) }()
       default: break
       }
     }
@@ -1575,6 +1732,9 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
     if !self.policy.isEmpty {
       try visitor.visitSingularStringField(value: self.policy, fieldNumber: 10)
     }
+    if self.sequencesAwaitingDrop != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sequencesAwaitingDrop, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1589,6 +1749,7 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
     if lhs.sequences != rhs.sequences {return false}
     if lhs.replication != rhs.replication {return false}
     if lhs.policy != rhs.policy {return false}
+    if lhs.sequencesAwaitingDrop != rhs.sequencesAwaitingDrop {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

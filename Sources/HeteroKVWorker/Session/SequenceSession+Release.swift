@@ -9,15 +9,20 @@ extension SequenceSession {
   // MARK: Release and stats
 
   /// Flushes, drops the rows from every node and closes the sequence at the coordinator.
+  /// From its start the session refuses every later call (those queued behind it too).
   ///
   /// A node that cannot be reached (dead, or cut off) does not fail the release: its rows
   /// are gone with it, or will be dropped when the coordinator reclaims the sequence. Such
   /// nodes are logged by the caller (``ReleaseOutcome/unreachableNodes``) and counted in
-  /// `hkv_worker_release_unreachable_nodes_total`; the coordinator's reservation is freed
-  /// either way. Only a failure to close the sequence at the coordinator is an error.
+  /// `hkv_worker_release_unreachable_nodes_total`. A coordinator that cannot be reached does
+  /// not fail it either: ``ReleaseOutcome/coordinatorPending`` says the close must be retried
+  /// (the worker does so in the background). A coordinator that no longer knows the
+  /// sequence (it closed it when the worker's lease lapsed) is a success. Any other refusal
+  /// is thrown, and the release may be called again.
   func release() async throws(HeteroKVError) -> ReleaseOutcome {
     await enter()
     defer { leave() }
+    poisoned = HeteroKVError(.unknownSequence, "sequence \(ref) was released")
     for task in refreshTasks { task.cancel() }
     let storedBytes = await writer.storedBytes
     let unreachable = await writer.dropAll()
@@ -27,10 +32,16 @@ extension SequenceSession {
       metrics.adjust(resident: -layerResident.reduce(0, +))
       layerResident = layerResident.map { _ in 0 }
     }
-    try await control.closeSequence(ref)
-    // Calls queued behind the release find the sequence gone.
-    poisoned = HeteroKVError(.unknownSequence, "sequence \(ref) was released")
-    return ReleaseOutcome(releasedBytes: storedBytes, unreachableNodes: unreachable)
+    var pending = false
+    do {
+      try await control.closeSequence(ref)
+    } catch  where error.code == .notFound || error.code == .unknownSequence {
+      // Already closed by the coordinator.
+    } catch  where MemoryNodeClient.unreachableCodes.contains(error.code) {
+      pending = true
+    }
+    return ReleaseOutcome(
+      releasedBytes: storedBytes, unreachableNodes: unreachable, coordinatorPending: pending)
   }
 
   /// Where the sequence's bytes are and what its steps moved.

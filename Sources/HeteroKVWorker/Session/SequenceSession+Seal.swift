@@ -210,7 +210,7 @@ extension SequenceSession {
     for p in positions { byChunk[writer.chunk(of: p), default: []].append(UInt32(p)) }
     for (c, tokens) in byChunk.sorted(by: { $0.key < $1.key }) {
       let shard = ref.shard(layer: layer, kvHead: kvHead, chunk: c)
-      let holders = await writer.holders(shard, through: Int(tokens.last!))
+      let holders = tier.healthyFirst(await writer.holders(shard, through: Int(tokens.last!)))
       var answer: GatherResponse?
       var tried: [String] = []
       for node in holders {

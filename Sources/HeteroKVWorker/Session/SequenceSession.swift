@@ -60,7 +60,9 @@ actor SequenceSession {
     self.tier = tier
     self.placement = placement
     self.writer = ShardWriter(
-      ref: ref, tier: tier, placement: placement.rendezvous, chunkTokens: options.chunkTokens,
+      ref: ref, tier: tier, placement: placement.rendezvous,
+      placementVersion: placement.version, acknowledgement: options.acknowledgement,
+      chunkTokens: options.chunkTokens,
       limitBytes: options.shipQueueBytes, metrics: metrics)
     let g = options.geometry
     layers = (0..<g.layers).map { _ in

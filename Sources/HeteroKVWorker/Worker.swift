@@ -134,6 +134,14 @@ public final class Worker: Sendable {
     }
   }
 
+  /// Memory nodes this worker has marked down (a request failed to reach them and no probe
+  /// has since), sorted by id: they are skipped by reads and writes while another replica is up.
+  public var nodesMarkedDown: [String] {
+    nodeClients.withLock { clients in
+      clients.values.filter { !$0.isHealthy }.map(\.endpoint.id).sorted()
+    }
+  }
+
   /// Sequences released here whose close the coordinator has not taken yet.
   public var pendingCloses: [SequenceRef] {
     background.withLock { Array($0.closes.keys).sorted() }

@@ -42,12 +42,18 @@ public final class HKVDaemonProcess {
   /// The fields of its ready line.
   public private(set) var fields: [String: String] = [:]
 
-  /// Starts `hkv arguments`.
-  public init(_ arguments: [String]) throws {
+  /// Starts `hkv arguments`, inside network namespace `namespace` when given (through
+  /// `ip netns exec`, which execs `hkv` in place: the process is the daemon itself).
+  public init(_ arguments: [String], networkNamespace namespace: String? = nil) throws {
     logPath = NSTemporaryDirectory() + "hkv-daemon-\(UUID().uuidString).log"
     FileManager.default.createFile(atPath: logPath, contents: nil)
-    process.executableURL = try hkvExecutable()
-    process.arguments = arguments
+    if let namespace {
+      process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+      process.arguments = ["netns", "exec", namespace, try hkvExecutable().path] + arguments
+    } else {
+      process.executableURL = try hkvExecutable()
+      process.arguments = arguments
+    }
     process.standardOutput = output
     process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
     try process.run()

@@ -225,3 +225,167 @@ struct FailureProcessTests {
     #expect(try await clusterStatus(started.address).workersUp == 0)
   }
 }
+
+/// A network namespace joined to this one by a veth pair on a /30 of its own: the host end is
+/// `hostAddress`, the namespace end `innerAddress`. ``cut()`` takes the inner end down, so
+/// packets to it vanish (open connections hang, new ones find no route), as when a node's
+/// link or switch port dies; ``remove()`` deletes both.
+struct VethNamespace {
+  let name: String
+  let hostLink: String
+  let innerLink: String
+  let hostAddress: String
+  let innerAddress: String
+
+  /// Root with `ip` from iproute2: what creating namespaces and links takes.
+  static var available: Bool {
+    getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
+  }
+
+  init() throws {
+    let tag = String(UInt32.random(in: 0..<1_000_000))
+    let subnet = Int.random(in: 0..<64) * 4
+    let third = Int.random(in: 0..<256)
+    name = "hkv-test-\(tag)"
+    hostLink = "hkvh\(tag)"
+    innerLink = "hkvn\(tag)"
+    hostAddress = "10.231.\(third).\(subnet + 1)"
+    innerAddress = "10.231.\(third).\(subnet + 2)"
+    try Self.ip(["netns", "add", name])
+    do {
+      try Self.ip(["link", "add", hostLink, "type", "veth", "peer", "name", innerLink])
+      try Self.ip(["link", "set", innerLink, "netns", name])
+      try Self.ip(["addr", "add", "\(hostAddress)/30", "dev", hostLink])
+      try Self.ip(["link", "set", hostLink, "up"])
+      try Self.ip([
+        "netns", "exec", name, "ip", "addr", "add", "\(innerAddress)/30", "dev", innerLink,
+      ])
+      try Self.ip(["netns", "exec", name, "ip", "link", "set", innerLink, "up"])
+      try Self.ip(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
+    } catch {
+      remove()
+      throw error
+    }
+  }
+
+  /// Takes the namespace's end of the link down.
+  func cut() throws {
+    try Self.ip(["netns", "exec", name, "ip", "link", "set", innerLink, "down"])
+  }
+
+  /// Deletes the namespace (and with it the pair).
+  func remove() {
+    try? Self.ip(["netns", "del", name])
+    try? Self.ip(["link", "del", hostLink])
+  }
+
+  static func ip(_ arguments: [String]) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    let err = Pipe()
+    process.standardError = err
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+      let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+      throw HeteroKVError(
+        .unavailable, "ip \(arguments.joined(separator: " ")): \(message)")
+    }
+  }
+}
+
+@Suite("A memory node cut off the network", .serialized)
+struct NetworkCutTests {
+  @Test(
+    "a node cut off mid-decode (veth pair into a network namespace): outputs unchanged; once it is marked down, no step waits on it and steps stay within 2x the median before the cut",
+    .enabled(if: VethNamespace.available, "needs root and iproute2 to create network namespaces")
+  )
+  func nodeCutOff() async throws {
+    let namespace = try VethNamespace()
+    defer { namespace.remove() }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-cut-\(UUID())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    // The coordinator listens on the host end so the node inside the namespace reaches it.
+    let started = try startCoordinator(in: dir) { port in
+      failureClusterFile(
+        directory: dir, coordinatorPort: port, nodes: 3, replication: 2, lease: "1s"
+      ).replacingOccurrences(
+        of: "control: 127.0.0.1:\(port)", with: "control: \(namespace.hostAddress):\(port)"
+      ).replacingOccurrences(
+        of: "{id: mem-2, data: 127.0.0.1:0, control: 127.0.0.1:0",
+        with: "{id: mem-2, data: \(namespace.innerAddress):0, control: \(namespace.innerAddress):0")
+    }
+    let coordinator = started.process
+    var nodes: [HKVDaemonProcess] = []
+    for i in 0..<3 {
+      let node = try HKVDaemonProcess(
+        ["memnode", "--config", started.clusterFile, "--id", "mem-\(i)"],
+        networkNamespace: i == 2 ? namespace.name : nil)
+      try node.waitUntilReady()
+      nodes.append(node)
+    }
+    defer {
+      for node in nodes { node.kill() }
+      coordinator.kill()
+    }
+    let deadline = ContinuousClock.now + .seconds(20)
+    while try await clusterStatus(started.address).nodesUp < 3 {
+      guard ContinuousClock.now < deadline else { throw HeteroKVError(.unavailable, "no nodes") }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let cluster = try ClusterConfiguration.load(path: started.clusterFile)
+    var options = try WorkerOptions(cluster: cluster, id: "worker-test")
+    options.chunkTokens = 1024
+    options.replicaCheckInterval = .milliseconds(100)
+    options.requestTimeout = .milliseconds(500)
+    let worker = try Worker(options: options, control: CoordinatorControl(address: started.address))
+    defer { Task { await worker.shutdown() } }
+    let replay = try tinyWorkload(tokens: 4096, steps: 40)
+
+    let calm = SequenceRef(sequence: 1)
+    _ = try await worker.createSequence(calm, maxTokens: 8192)
+    try await replay.prefill(worker, calm)
+    try await worker.flush(calm)
+    let expected = try await replay.decode(worker, calm, measure: false, keepOutputs: true)
+
+    let ref = SequenceRef(sequence: 2)
+    _ = try await worker.createSequence(ref, maxTokens: 8192)
+    try await replay.prefill(worker, ref)
+    try await worker.flush(ref)
+    let cutAt = 10
+    var stepStarted = ContinuousClock.now
+    var durations: [Duration] = []
+    var markedDownAt: Int?
+    let report = try await replay.decode(
+      worker, ref, measure: false, keepOutputs: true,
+      beforeStep: { t in
+        let now = ContinuousClock.now
+        if t > 0 { durations.append(now - stepStarted) }
+        if t == cutAt { try namespace.cut() }
+        if markedDownAt == nil && t > cutAt && worker.nodesMarkedDown.contains("mem-2") {
+          markedDownAt = t
+        }
+        stepStarted = ContinuousClock.now
+      })
+    durations.append(ContinuousClock.now - stepStarted)
+    var worst = 0.0
+    for (a, b) in zip(report.stepOutputs, expected.stepOutputs) {
+      worst = max(worst, maxRelativeDifference(a, b, headDim: tinyModel.headDim))
+    }
+    #expect(worst <= 1e-6, "largest relative difference from the run without failures: \(worst)")
+    let marked = try #require(markedDownAt, "mem-2 was never marked down")
+    #expect(marked <= cutAt + 2, "marked down before step \(marked)")
+    func median(_ xs: [Duration]) -> Duration { xs.sorted()[xs.count / 2] }
+    let before = median(Array(durations[2..<cutAt]))
+    let after = Array(durations[marked...])
+    #expect(
+      after.allSatisfy { $0 < options.requestTimeout },
+      "a step after the node was marked down waited on it: \(after)")
+    #expect(
+      median(after) <= before * 2,
+      "median step \(median(after)) after marking, \(before) before the cut")
+  }
+}

@@ -36,6 +36,7 @@ let package = Package(
         .product(name: "HeteroKVConfig", package: "HeteroKV"),
         .product(name: "HeteroKVWorker", package: "HeteroKV"),
         .product(name: "HeteroKVLocalCluster", package: "HeteroKV"),
+        .product(name: "HeteroKVCoordinator", package: "HeteroKV"),
         .product(name: "Logging", package: "swift-log"),
       ]
     ),

@@ -311,12 +311,14 @@ actor ShardWriter {
           GatherRequest(
             shard: shard, tokens: (start..<(start + count)).map { UInt32($0) },
             includeKeys: keys))
-        guard got.rowCount == count, !keys || got.keys != nil else { return false }
+        guard got.rowCount == count, got.values.readableBytes == count * got.headDim * 2,
+          !keys || got.keys?.readableBytes == got.values.readableBytes
+        else { return false }
         headDim = got.headDim
         _ = try await tier.node(target).put(
           PutRequest(
-            shard: shard, startToken: UInt32(start), headDim: got.headDim,
-            values: got.valueArray, keys: keys ? got.keyArray : nil))
+            shard: shard, startToken: UInt32(start), headDim: got.headDim, rowCount: count,
+            values: got.values, keys: keys ? got.keys : nil))
       } catch {
         return false
       }

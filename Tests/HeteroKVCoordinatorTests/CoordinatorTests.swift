@@ -278,6 +278,37 @@ struct CoordinatorTests {
   }
 
   @Test(
+    "a coordinator whose store fails a write answers an error and changes nothing; after restart its state is exactly what it acknowledged"
+  )
+  func injectedStoreFailure() async throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let config = try testCluster(replication: 1, stateDir: dir)
+    let acknowledged: CoordinatorState
+    do {
+      // Writes 1 and 2 register the nodes; the 3rd (the first open) is torn.
+      let faults = InjectedFaults(writes: [3])
+      let coordinator = try make(
+        config, store: try FileCoordinatorStore(directory: dir, operations: faults.operations))
+      try await coordinator.addMemoryNodes(2)
+      let refused = SequenceKey(namespace: 0, sequence: 1)
+      await expectRefusal(.storageFailure, mentioning: "state.log") {
+        _ = try await coordinator.openSequence(key: refused, worker: "w", maxTokens: 64)
+      }
+      await #expect(throws: HeteroKVError.self) { try await coordinator.sequence(refused) }
+      _ = try await coordinator.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 2), worker: "w", maxTokens: 64)
+      acknowledged = await coordinator.snapshot()
+      #expect(acknowledged.revision == 3)
+    }
+    let restarted = try make(config, store: try FileCoordinatorStore(directory: dir))
+    let after = await restarted.snapshot()
+    #expect(after.revision == acknowledged.revision)
+    #expect(after.sequences == acknowledged.sequences)
+    #expect(after.sequences.keys.map(\.sequence) == [2])
+  }
+
+  @Test(
     "hostile registrations (capacity 2^63 twice, a bogus data address, a 1 MiB id) are refused, and the coordinator restarts fine"
   )
   func hostileInputs() async throws {

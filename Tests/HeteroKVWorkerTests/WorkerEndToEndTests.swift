@@ -4,6 +4,7 @@ import HeteroKVCore
 import HeteroKVLocalCluster
 import HeteroKVWire
 import HeteroKVWorker
+import Synchronization
 import Testing
 
 @Suite("Worker end to end on loopback", .serialized)
@@ -274,6 +275,102 @@ struct ReplicaRepairTests {
       #expect(report.stepOutputs.count == 24)
       let worst = difference(report.stepOutputs, expected.stepOutputs)
       #expect(worst <= 1e-6, "largest relative difference from the run without failures: \(worst)")
+    }
+  }
+}
+
+/// The coordinator behind a link that drops the first `failingCloses` closes.
+final class FlakyCloseControl: ClusterControl {
+  let inner: CoordinatorControl
+  let failingCloses: Int
+  private let attempts = Mutex(0)
+
+  init(_ inner: CoordinatorControl, failingCloses: Int) {
+    self.inner = inner
+    self.failingCloses = failingCloses
+  }
+
+  var closeAttempts: Int { attempts.withLock { $0 } }
+
+  func openSequence(_ ref: SequenceRef, worker: String, maxTokens: Int)
+    async throws(HeteroKVError) -> SequencePlacement
+  {
+    try await inner.openSequence(ref, worker: worker, maxTokens: maxTokens)
+  }
+
+  func placement(_ ref: SequenceRef) async throws(HeteroKVError) -> SequencePlacement {
+    try await inner.placement(ref)
+  }
+
+  func reportProfiles(_ ref: SequenceRef, prefillTokens: Int, profiles: [HeadProfile])
+    async throws(HeteroKVError) -> SequenceBudgets
+  {
+    try await inner.reportProfiles(ref, prefillTokens: prefillTokens, profiles: profiles)
+  }
+
+  func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError) {
+    let attempt = attempts.withLock { n -> Int in
+      n += 1
+      return n
+    }
+    if attempt <= failingCloses {
+      throw HeteroKVError(.unavailable, "the coordinator is unreachable (attempt \(attempt))")
+    }
+    try await inner.closeSequence(ref)
+  }
+}
+
+@Suite("Release", .serialized)
+struct ReleaseTests {
+  @Test(
+    "a release while the coordinator is unreachable drops the rows, refuses later calls, and closes the sequence in the background once the coordinator answers"
+  )
+  func releaseRetriesTheCoordinator() async throws {
+    let replay = try tinyWorkload(tokens: 512, steps: 1)
+    try await withCluster(fullBudgetOptions(policy: .hcattention)) { cluster in
+      let control = FlakyCloseControl(
+        CoordinatorControl(address: cluster.coordinatorAddress), failingCloses: 3)
+      var options = try WorkerOptions(cluster: cluster.configuration, id: "worker-flaky")
+      options.chunkTokens = 1024
+      let worker = try Worker(options: options, control: control)
+      let ref = SequenceRef(sequence: 7)
+      _ = try await worker.createSequence(ref, maxTokens: 1024)
+      try await replay.prefill(worker, ref)
+      try await worker.flush(ref)
+      #expect(
+        cluster.nodes.contains { !$0.node.store.summaries(namespace: 0, sequence: 7).isEmpty })
+      let row = [Float16](repeating: 0.5, count: tinyModel.kvHeads * tinyModel.headDim)
+      // An append racing the release: before it or refused after; it never re-creates rows.
+      async let late: Result<Int, HeteroKVError> = {
+        do throws(HeteroKVError) {
+          return .success(
+            try await worker.append(ref, layer: 0, tokens: 1, keys: row, values: row))
+        } catch {
+          return .failure(error)
+        }
+      }()
+      let outcome = try await worker.releaseDetailed(ref)
+      #expect(outcome.coordinatorPending)
+      _ = await late
+      await #expect(throws: HeteroKVError.self) {
+        try await worker.append(ref, layer: 0, tokens: 1, keys: row, values: row)
+      }
+      #expect(
+        cluster.nodes.allSatisfy { $0.node.store.summaries(namespace: 0, sequence: 7).isEmpty })
+      // The close goes through once the coordinator answers (attempt 4).
+      let deadline = ContinuousClock.now + .seconds(20)
+      while true {
+        let open = try await cluster.coordinator.status().sequences
+        if open.isEmpty && !worker.pendingCloses.contains(ref) { break }
+        guard ContinuousClock.now < deadline else {
+          Issue.record("the sequence was never closed at the coordinator")
+          break
+        }
+        try await Task.sleep(for: .milliseconds(50))
+      }
+      #expect(control.closeAttempts == 4)
+      #expect(try await cluster.coordinator.status().reservedBytes == 0)
+      await worker.shutdown()
     }
   }
 }

@@ -4,13 +4,17 @@
 //       [--steps 12] [--codec pq|scalar] [--group 8] [--exact]
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench scale --hkv .build/release/hkv \
 //       [--tokens 4194304] [--memnodes 4] [--steps 4]
+//   swift run -c release --package-path Benchmarks hkv-cluster-bench repair [--tokens 393216] \
+//       [--steps 12]
 //
 // `decode` runs one layer of Llama-3-8B geometry on an in-process cluster (coordinator, two
 // memory nodes, worker) and compares each decode step with full attention computed on the same
 // machine, with the split of the worker's time. `scale` starts a coordinator and memory nodes
 // as `hkv` child processes, keeps the worker in this process, prefills a multi-million-token
 // context, decodes, checks every step against full attention computed in chunks, and reports
-// each process's memory.
+// each process's memory. `repair` stops one of three memory nodes (replication 2) mid-decode
+// and measures how long the worker takes to copy the shards it held to the survivors, and the
+// step time before, during and after.
 import Foundation
 import HeteroKVConfig
 import HeteroKVCore
@@ -55,9 +59,14 @@ case "scale":
     hkv: hkv, tokens: Int(option("tokens") ?? "4194304") ?? 4_194_304,
     memoryNodes: Int(option("memnodes") ?? "4") ?? 4, steps: Int(option("steps") ?? "4") ?? 4
   ).run()
+case "repair":
+  try await RepairBench(
+    tokens: Int(option("tokens") ?? "393216") ?? 393_216,
+    steps: Int(option("steps") ?? "12") ?? 12
+  ).run()
 default:
   say(
-    "usage: hkv-cluster-bench decode [--tokens N,M] [--steps S] | scale --hkv PATH [--tokens N] [--memnodes K] [--steps S]"
+    "usage: hkv-cluster-bench decode [--tokens N,M] [--steps S] | scale --hkv PATH [--tokens N] [--memnodes K] [--steps S] | repair [--tokens N] [--steps S]"
   )
   exit(2)
 }

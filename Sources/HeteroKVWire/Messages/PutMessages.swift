@@ -45,6 +45,21 @@ public struct PutRequest: DataPlaneRequest, Hashable {
     }
   }
 
+  /// A put of raw fp16 rows already in buffers (a copy between nodes: no conversion).
+  public init(
+    shard: ShardID, startToken: UInt32, headDim: Int, rowCount: Int, values: ByteBuffer,
+    keys: ByteBuffer?
+  ) {
+    precondition(headDim > 0 && values.readableBytes == rowCount * headDim * 2)
+    precondition(keys == nil || keys!.readableBytes == values.readableBytes)
+    self.shard = shard
+    self.startToken = startToken
+    self.headDim = headDim
+    self.rowCount = rowCount
+    self.values = values
+    self.keys = keys
+  }
+
   public func encode(into buffer: inout ByteBuffer) {
     buffer.reserveCapacity(
       minimumWritableBytes: 32 + values.readableBytes + (keys?.readableBytes ?? 0))

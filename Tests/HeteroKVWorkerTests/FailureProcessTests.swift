@@ -237,10 +237,17 @@ struct VethNamespace {
   let hostAddress: String
   let innerAddress: String
 
-  /// Root with `ip` from iproute2: what creating namespaces and links takes.
-  static var available: Bool {
-    getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
-  }
+  /// Root with `ip` from iproute2 and the right to create a namespace (tried: a container
+  /// without CAP_SYS_ADMIN is root but cannot).
+  static let available: Bool = {
+    guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else {
+      return false
+    }
+    let probe = "hkv-probe-\(getpid())"
+    guard (try? ip(["netns", "add", probe])) != nil else { return false }
+    try? ip(["netns", "del", probe])
+    return true
+  }()
 
   init() throws {
     let tag = String(UInt32.random(in: 0..<1_000_000))
@@ -300,7 +307,9 @@ struct VethNamespace {
 struct NetworkCutTests {
   @Test(
     "a node cut off mid-decode (veth pair into a network namespace): outputs unchanged; once it is marked down, no step waits on it and steps stay within 2x the median before the cut",
-    .enabled(if: VethNamespace.available, "needs root and iproute2 to create network namespaces")
+    .enabled(
+      if: VethNamespace.available,
+      "needs root, iproute2 and the right to create network namespaces (CAP_SYS_ADMIN)")
   )
   func nodeCutOff() async throws {
     let namespace = try VethNamespace()

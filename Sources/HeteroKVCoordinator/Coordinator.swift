@@ -153,6 +153,7 @@ public actor Coordinator {
       id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
       capacityBytes: capacityBytes, transport: transport, now: now())
     try commit(.registered(member))
+    if role == .worker { try reclaimOrphans() }
     usedBytes[id] = 0
     logger.info(
       "member registered",
@@ -178,22 +179,30 @@ public actor Coordinator {
     return (true, "")
   }
 
-  /// Marks down every member whose lease lapsed; returns their ids. The sequences of a
-  /// worker that lapsed are closed (their reservations freed, their rows queued to be dropped).
+  /// Marks down every member whose lease lapsed; returns their ids. Then closes the sequences
+  /// of workers that are gone (``reclaimOrphans()``).
   @discardableResult
   public func expireLeases() throws(HeteroKVError) -> [String] {
     let lapsed = state.membership.lapsed(now: now())
-    guard !lapsed.isEmpty else { return [] }
-    let orphaned = state.sequences.values.filter { lapsed.contains($0.worker) }.map(\.key)
-    try commit(.markedDown(lapsed))
-    for key in orphaned { replication[key] = nil }
-    logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
-    if !orphaned.isEmpty {
-      logger.warning(
-        "closed the sequences of a worker whose lease lapsed",
-        metadata: ["sequences": "\(orphaned.map(\.description))"])
+    if !lapsed.isEmpty {
+      try commit(.markedDown(lapsed))
+      logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
     }
+    try reclaimOrphans()
     return lapsed
+  }
+
+  /// Closes every sequence whose worker is down or registered again since it opened it: the
+  /// reservation is freed and the memory nodes that are up are queued to drop the rows.
+  private func reclaimOrphans() throws(HeteroKVError) {
+    let orphaned = state.orphanedSequences
+    guard !orphaned.isEmpty else { return }
+    try commit(.sequencesReclaimed(orphaned))
+    for key in orphaned { replication[key] = nil }
+    gauges.recordReplication(replication)
+    logger.warning(
+      "closed the sequences of a worker that is gone",
+      metadata: ["sequences": "\(orphaned.map(\.description))"])
   }
 
   /// Every member with its lease and reported use, sorted by id.
@@ -227,6 +236,12 @@ public actor Coordinator {
     guard maxTokens > 0, maxTokens <= 1 << 32 else {
       throw .invalid("max_tokens must be in 1...\(1 << 32), got \(maxTokens)")
     }
+    if let nodes = state.pendingDrops[key] {
+      throw .init(
+        .unavailable,
+        "the rows of an earlier sequence \(key) are still being dropped on \(nodes.joined(separator: ", ")); retry"
+      )
+    }
     let nodes = state.membership.up(.memoryNode)
     guard !nodes.isEmpty else {
       throw .failedPrecondition("no memory node is up to place sequence \(key) on")
@@ -244,7 +259,10 @@ public actor Coordinator {
             nodeID: $0.id, dataAddress: $0.dataAddress, transport: $0.transport,
             weight: Double($0.capacityBytes))
         }, departed: []),
-      reservedBytes: bytes)
+      reservedBytes: bytes,
+      workerIncarnation: state.membership.members[worker].flatMap {
+        $0.role == .worker ? $0.incarnation : nil
+      })
     try commit(.sequenceOpened(record))
     return record
   }
@@ -296,11 +314,16 @@ public actor Coordinator {
     return state.sequences.values.sorted { $0.key < $1.key }
   }
 
-  /// Closes `key`; returns the bytes released.
-  public func closeSequence(_ key: SequenceKey) throws(HeteroKVError) -> UInt64 {
+  /// Closes `key`; returns the bytes released. `undropped` names memory nodes the worker could
+  /// not reach to drop the rows: the coordinator has them drop the rows once they answer.
+  public func closeSequence(_ key: SequenceKey, undropped: [String] = []) throws(HeteroKVError)
+    -> UInt64
+  {
     let record = try sequence(key)
-    try commit(.sequenceClosed(key))
+    let known = undropped.filter { record.placement.targets.map(\.nodeID).contains($0) }
+    try commit(known.isEmpty ? .sequenceClosed(key) : .sequenceClosedLeavingRows(key, nodes: known))
     replication[key] = nil
+    gauges.recordReplication(replication)
     return record.reservedBytes
   }
 

@@ -57,9 +57,20 @@ public final class CoordinatorDaemon: Service, Sendable {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
           do {
             try await self.coordinator.expireLeases()
-            try await self.dropOrphanedRows()
           } catch {
             self.logger.error("cannot record lapsed leases: \(error)")
+          }
+          try? await Task.sleep(for: period)
+        }
+      }
+      // Drops run on their own: a node that cannot be reached never delays lease expiry.
+      group.addTask {
+        let period = Duration.milliseconds(Int64(max(10, self.leaseSeconds * 250)))
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+          do {
+            try await self.dropOrphanedRows()
+          } catch {
+            self.logger.error("cannot record dropped rows: \(error)")
           }
           try? await Task.sleep(for: period)
         }
@@ -68,43 +79,51 @@ public final class CoordinatorDaemon: Service, Sendable {
   }
 
   /// Calls `DropSequence` on every node that still holds rows of a sequence the coordinator
-  /// closed; a node that answers (or no longer knows the sequence) is recorded as done, one
-  /// that cannot be reached is tried again at the next tick (or forgotten once it is down).
+  /// closed, the nodes side by side; a node that answers (or no longer knows the sequence) is
+  /// recorded as done, and the first failure to reach a node skips its other drops until the
+  /// next tick (or until it is down, when they are forgotten).
   func dropOrphanedRows() async throws {
     let drops = try await coordinator.pendingDrops()
     guard !drops.isEmpty else { return }
-    for drop in drops {
-      guard let address = HostPort(drop.controlAddress) else { continue }
-      do {
-        let dropped = try await ControlPlaneClient.with(address: address, security: security) {
-          grpc in
-          let node = Heterokv_V1_MemoryNodeControl.Client(wrapping: grpc)
-          var options = CallOptions.defaults
-          options.timeout = .seconds(2)
-          do {
-            let answer = try await node.dropSequence(
-              .with {
-                $0.namespace = drop.key.namespace
-                $0.sequence = drop.key.sequence
-              }, options: options)
-            return answer.shardsDropped
-          } catch let error as RPCError where error.code == .notFound {
-            return 0
-          }
-        }
-        try await coordinator.rowsDropped(drop.key, nodes: [drop.nodeID])
-        logger.info(
-          "dropped the rows of a sequence whose worker is gone",
-          metadata: [
-            "sequence": "\(drop.key)", "node": "\(drop.nodeID)", "shards": "\(dropped)",
-          ])
-      } catch let error as HeteroKVError {
-        throw error
-      } catch {
-        logger.warning(
-          "cannot reach a memory node to drop a closed sequence; will retry",
-          metadata: ["sequence": "\(drop.key)", "node": "\(drop.nodeID)", "error": "\(error)"])
+    let byNode = Dictionary(grouping: drops, by: \.nodeID)
+    try await withThrowingDiscardingTaskGroup { group in
+      for (node, drops) in byNode {
+        group.addTask { try await self.drop(drops, on: node) }
       }
+    }
+  }
+
+  private func drop(_ drops: [PendingDrop], on node: String) async throws {
+    guard let address = drops.first.flatMap({ HostPort($0.controlAddress) }) else { return }
+    do {
+      try await ControlPlaneClient.with(address: address, security: security) { grpc in
+        let client = Heterokv_V1_MemoryNodeControl.Client(wrapping: grpc)
+        var options = CallOptions.defaults
+        options.timeout = .seconds(2)
+        for drop in drops {
+          var dropped: UInt32 = 0
+          do {
+            dropped =
+              try await client.dropSequence(
+                .with {
+                  $0.namespace = drop.key.namespace
+                  $0.sequence = drop.key.sequence
+                }, options: options
+              ).shardsDropped
+          } catch let error as RPCError where error.code == .notFound {
+          }
+          try await coordinator.rowsDropped(drop.key, nodes: [node])
+          logger.info(
+            "dropped the rows of a closed sequence",
+            metadata: ["sequence": "\(drop.key)", "node": "\(node)", "shards": "\(dropped)"])
+        }
+      }
+    } catch let error as HeteroKVError {
+      throw error
+    } catch {
+      logger.warning(
+        "cannot reach a memory node to drop closed sequences; will retry",
+        metadata: ["node": "\(node)", "sequences": "\(drops.count)", "error": "\(error)"])
     }
   }
 }

@@ -67,6 +67,12 @@ public struct CoordinatorClient: Sendable {
     }
   }
 
+  public func releaseSequence(_ request: Heterokv_V1_ReleaseSequenceRequest) async throws
+    -> Heterokv_V1_CloseSequenceResponse
+  {
+    try await perform("ReleaseSequence") { try await stub.releaseSequence(request, options: $0) }
+  }
+
   public func reportReplication(_ request: Heterokv_V1_ReplicationReport) async throws
     -> Heterokv_V1_ReplicationReportResponse
   {

@@ -109,33 +109,30 @@ public final class MemoryNodeClient: Sendable {
 
   /// Marks the node down and starts probing it (once; a probe already running goes on).
   public func markDown() {
-    let start = health.withLock { state -> Bool in
-      guard !state.closed else { return false }
+    let interval = probeInterval
+    health.withLock { state in
+      guard !state.closed else { return }
       if !state.down { state.markedDown += 1 }
       state.down = true
-      return state.probe == nil
-    }
-    guard start else { return }
-    let interval = probeInterval
-    let task = Task.detached { [weak self] in
-      while !Task.isCancelled {
-        try? await Task.sleep(for: interval)
-        guard let self, !Task.isCancelled else { return }
-        do {
-          _ = try await self.send(PingRequest(), timeout: interval, retry: false, probing: true)
-          self.health.withLock {
-            $0.down = false
-            $0.probe = nil
+      guard state.probe == nil else { return }
+      // Made under the lock, so two failures at once start one probe. The probe holds the
+      // client weakly: a client that is let go stops being probed.
+      state.probe = Task.detached { [weak self] in
+        while !Task.isCancelled {
+          try? await Task.sleep(for: interval)
+          guard let self, !Task.isCancelled else { return }
+          do {
+            _ = try await self.send(PingRequest(), timeout: interval, retry: false, probing: true)
+            self.health.withLock {
+              $0.down = false
+              $0.probe = nil
+            }
+            return
+          } catch {
+            continue
           }
-          return
-        } catch {
-          continue
         }
       }
-    }
-    health.withLock { state in
-      if state.closed || !state.down { task.cancel() } else { state.probe = task }
-      if !state.down { state.probe = nil }
     }
   }
 

@@ -68,8 +68,9 @@ public protocol ClusterControl: Sendable {
   /// Reports head profiles after a prefill of `prefillTokens`; returns the budgets.
   func reportProfiles(_ ref: SequenceRef, prefillTokens: Int, profiles: [HeadProfile])
     async throws(HeteroKVError) -> SequenceBudgets
-  /// Closes the sequence, releasing its reservation.
-  func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError)
+  /// Closes the sequence, releasing its reservation; `undroppedNodes` could not be reached to
+  /// drop its rows (the control plane has them dropped later).
+  func closeSequence(_ ref: SequenceRef, undroppedNodes: [String]) async throws(HeteroKVError)
   /// Reports the sequence's copies after a repair pass; returns the current placement version.
   func reportReplication(_ ref: SequenceRef, report: ReplicationReport)
     async throws(HeteroKVError) -> UInt64
@@ -96,6 +97,11 @@ public struct ReplicationReport: Sendable, Hashable {
 }
 
 extension ClusterControl {
+  /// Closes the sequence, every node's rows already dropped.
+  public func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError) {
+    try await closeSequence(ref, undroppedNodes: [])
+  }
+
   /// Control planes that keep no replication figures take the report and change nothing.
   public func reportReplication(_ ref: SequenceRef, report: ReplicationReport)
     async throws(HeteroKVError) -> UInt64
@@ -179,9 +185,15 @@ public struct CoordinatorControl: ClusterControl {
     return SequenceBudgets(policy: policy, heads: heads)
   }
 
-  public func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError) {
+  public func closeSequence(_ ref: SequenceRef, undroppedNodes: [String])
+    async throws(HeteroKVError)
+  {
     _ = try await call { client in
-      try await client.closeSequence(namespace: ref.namespace, sequence: ref.sequence)
+      try await client.releaseSequence(
+        .with {
+          $0.ref = ref.proto
+          $0.undroppedNodes = undroppedNodes
+        })
     }
   }
 

@@ -104,9 +104,16 @@ actor ShardWriter {
     for waiter in ready { waiter.resume() }
   }
 
-  /// Waits until every queued batch is stored or has failed.
+  /// Waits until every queued batch (and repair copy) is stored or has failed, including any
+  /// queued while it waited.
   func flush() async {
-    for task in tails.values { await task.value }
+    while true {
+      let pending = tails
+      for task in pending.values { await task.value }
+      if tails.count == pending.count && pending.allSatisfy({ tails[$0.key] == $0.value }) {
+        return
+      }
+    }
   }
 
   /// Tokens `0 ..< n` of `head` that at least one node holds.
@@ -220,6 +227,7 @@ actor ShardWriter {
   /// Counts `shard` as under-replicated while fewer nodes than its placement names hold its
   /// rows through `end`, and as whole again once they all do.
   private func noteReplication(_ shard: ShardID, end: Int) {
+    guard !dropped else { return }
     let ends = stored[Int(shard.layer)]?[shard] ?? [:]
     let replicas = placement.nodes(for: shard)
     let whole = replicas.allSatisfy { (ends[$0] ?? 0) >= end }
@@ -260,7 +268,27 @@ actor ShardWriter {
       pass.copied += part.copied
       pass.failed += part.failed
     }
+    if pass.failed == 0 && degraded.isEmpty { await dropFromDeparted() }
     return pass
+  }
+
+  /// Once every shard is whole on the placement's nodes, drops the sequence from nodes that
+  /// left the placement but still answer (a node whose lease lapsed while it kept running
+  /// holds rows nobody will read or free); one that does not answer is tried at the next pass.
+  private func dropFromDeparted() async {
+    let members = Set(placement.nodes.map(\.id))
+    let departed = Set(stored.values.flatMap { $0.values.flatMap(\.keys) }).subtracting(members)
+    for node in departed.sorted() where tier.isHealthy(node) && !dropped {
+      do {
+        _ = try await tier.node(node).drop(.sequence(ref.sequence, namespace: ref.namespace))
+      } catch  where error.code == .unknownSequence {
+      } catch {
+        continue
+      }
+      for layer in stored.keys {
+        for shard in stored[layer]!.keys { stored[layer]![shard]![node] = nil }
+      }
+    }
   }
 
   /// One head's copies: each of its shards, to each replica that lacks acknowledged rows.
@@ -280,18 +308,18 @@ actor ShardWriter {
           !replicas.contains($0) && ends[$0]! >= end && tier.isHealthy($0)
         }
       for target in replicas where (ends[target] ?? chunkStart) < end && tier.isHealthy(target) {
-        guard let source = sources.first else {
-          pass.failed += 1
-          continue
+        var done = false
+        for source in sources where !dropped {
+          let from = stored[head.layer]?[shard]?[target] ?? chunkStart
+          if await copy(
+            shard, from: source, to: target, rows: from..<end, keys: keyed.contains(head))
+          {
+            done = true
+            break
+          }
         }
-        if await copy(
-          shard, from: source, to: target, rows: (ends[target] ?? chunkStart)..<end,
-          keys: keyed.contains(head))
-        {
-          pass.copied += 1
-        } else {
-          pass.failed += 1
-        }
+        guard !dropped else { return pass }
+        if done { pass.copied += 1 } else { pass.failed += 1 }
       }
       noteReplication(shard, end: end)
     }
@@ -304,6 +332,7 @@ actor ShardWriter {
   ) async -> Bool {
     var start = rows.lowerBound
     while start < rows.upperBound {
+      guard !dropped else { return false }
       let count = min(maxRowsPerPut, rows.upperBound - start)
       let headDim: Int
       do {
@@ -322,6 +351,12 @@ actor ShardWriter {
       } catch {
         return false
       }
+      // Dropped while the copy was on its way: the release's drop may have run before the
+      // put landed, so drop it again rather than leave the rows behind.
+      if dropped {
+        _ = try? await tier.node(target).drop(.sequence(ref.sequence, namespace: ref.namespace))
+        return false
+      }
       stored[Int(shard.layer), default: [:]][shard, default: [:]][target] = start + count
       let bytes = count * headDim * 2 * (keys ? 2 : 1)
       bytesCopied += bytes
@@ -335,8 +370,9 @@ actor ShardWriter {
   /// Drops the sequence's shards from every node of the placement; returns the nodes that
   /// could not be reached.
   func dropAll() async -> [String] {
-    await flush()
+    // First: no batch or repair copy starts after this point.
     dropped = true
+    await flush()
     var unreachable: [String] = []
     // Every node of the placement, and any that holds rows from before the placement changed.
     let holders = Set(stored.values.flatMap { $0.values.flatMap(\.keys) })
@@ -351,6 +387,8 @@ actor ShardWriter {
       do {
         _ = try await tier.node(node).drop(
           .sequence(ref.sequence, namespace: ref.namespace))
+      } catch  where error.code == .unknownSequence {
+        // Nothing of the sequence there (it never took rows, or dropped them already).
       } catch {
         unreachable.append(node)
       }

@@ -62,6 +62,7 @@ public final class Worker: Sendable {
     if sessions.withLock({ $0[ref] }) != nil {
       throw HeteroKVError(.alreadyExists, "sequence \(ref) is already open on this worker")
     }
+    try finishPendingClose(ref)
     let placement = try await control.openSequence(ref, worker: options.id, maxTokens: maxTokens)
     let tier = MemoryTierClient(
       clients: placement.nodes.map { node in
@@ -104,7 +105,11 @@ public final class Worker: Sendable {
           guard let self, !Task.isCancelled else { return }
           tick += 1
           let open = self.sessions.withLock { Array($0.values) }
-          for session in open { await session.maintainReplicas(force: tick % 10 == 0) }
+          let force = tick % 10 == 0
+          // Side by side: one sequence's slow repair does not hold up the others' checks.
+          await withDiscardingTaskGroup { group in
+            for session in open { group.addTask { await session.maintainReplicas(force: force) } }
+          }
         }
       }
     }
@@ -112,7 +117,7 @@ public final class Worker: Sendable {
 
   /// Closes `ref` at the coordinator in the background until it takes it (backing off from
   /// half a second to five), after a release that could not reach it.
-  private func retryClose(_ ref: SequenceRef) {
+  private func retryClose(_ ref: SequenceRef, undroppedNodes: [String]) {
     let control = self.control
     background.withLock { state in
       guard !state.stopped, state.closes[ref] == nil else { return }
@@ -121,7 +126,7 @@ public final class Worker: Sendable {
         while !Task.isCancelled {
           try? await Task.sleep(for: delay)
           do throws(HeteroKVError) {
-            try await control.closeSequence(ref)
+            try await control.closeSequence(ref, undroppedNodes: undroppedNodes)
             break
           } catch  where error.code == .notFound || error.code == .unknownSequence {
             break
@@ -140,6 +145,17 @@ public final class Worker: Sendable {
     nodeClients.withLock { clients in
       clients.values.filter { !$0.isHealthy }.map(\.endpoint.id).sorted()
     }
+  }
+
+  /// Refuses to open `ref` again while a release left its earlier close pending (the
+  /// coordinator's open is idempotent for this worker, so it would hand back the old record,
+  /// and the retried close would then close the new sequence).
+  private func finishPendingClose(_ ref: SequenceRef) throws(HeteroKVError) {
+    guard background.withLock({ $0.closes[ref] != nil }) else { return }
+    throw HeteroKVError(
+      .unavailable,
+      "sequence \(ref) was released but the coordinator has not closed it yet (it is being "
+        + "retried); open it again once the coordinator answers")
   }
 
   /// Sequences released here whose close the coordinator has not taken yet.
@@ -242,11 +258,11 @@ public final class Worker: Sendable {
     // (dropping rows again is harmless); one that succeeded removes the session.
     let outcome = try await session.release()
     if sessions.withLock({ $0.removeValue(forKey: ref) }) != nil { metrics.adjust(open: -1) }
-    if outcome.coordinatorPending {
+    if let undropped = outcome.coordinatorPending {
       Logger(label: "hkv.worker").warning(
         "released a sequence while the coordinator is unreachable; retrying its close",
         metadata: ["sequence": "\(ref)"])
-      retryClose(ref)
+      retryClose(ref, undroppedNodes: undropped)
     }
     if !outcome.unreachableNodes.isEmpty {
       Logger(label: "hkv.worker").warning(

@@ -251,6 +251,10 @@ struct CoordinatorTests {
       #expect(Set(drops.map(\.key)) == Set(orphans))
       #expect(
         Set(drops.map(\.controlAddress)) == ["127.0.0.1:7200", "127.0.0.1:7201", "127.0.0.1:7202"])
+      // The key cannot be opened again while its old rows are being dropped.
+      await expectRefusal(.unavailable, mentioning: "still being dropped") {
+        _ = try await coordinator.openSequence(key: orphans[2], worker: "w-alive", maxTokens: 64)
+      }
       try await coordinator.rowsDropped(orphans[0], nodes: ["m0", "m1", "m2"])
       try await coordinator.rowsDropped(orphans[1], nodes: ["m0"])
       #expect(try await coordinator.status().sequencesAwaitingDrop == 2)
@@ -529,7 +533,8 @@ struct FileStoreFaultTests {
   func failedAppendsAreRolledBack() throws {
     let dir = temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
-    // The 3rd record's write is torn; the 5th record's fsync fails after a whole write.
+    // The 3rd record's write is torn (its cut is fsync 3); the 5th record's fsync (5) fails
+    // after a whole write.
     let faults = InjectedFaults(writes: [3], fsyncs: [5])
     let acknowledged: CoordinatorState
     do {
@@ -544,7 +549,7 @@ struct FileStoreFaultTests {
     #expect(restored == acknowledged)
     #expect(
       Set(restored?.membership.members.keys.map { $0 } ?? [])
-        == ["m0", "m1", "m3", "m4", "m6", "m7"])
+        == ["m0", "m1", "m3", "m5", "m6", "m7"])
   }
 
   @Test(

@@ -308,7 +308,7 @@ final class FlakyCloseControl: ClusterControl {
     try await inner.reportProfiles(ref, prefillTokens: prefillTokens, profiles: profiles)
   }
 
-  func closeSequence(_ ref: SequenceRef) async throws(HeteroKVError) {
+  func closeSequence(_ ref: SequenceRef, undroppedNodes: [String]) async throws(HeteroKVError) {
     let attempt = attempts.withLock { n -> Int in
       n += 1
       return n
@@ -316,7 +316,7 @@ final class FlakyCloseControl: ClusterControl {
     if attempt <= failingCloses {
       throw HeteroKVError(.unavailable, "the coordinator is unreachable (attempt \(attempt))")
     }
-    try await inner.closeSequence(ref)
+    try await inner.closeSequence(ref, undroppedNodes: undroppedNodes)
   }
 }
 
@@ -350,7 +350,11 @@ struct ReleaseTests {
         }
       }()
       let outcome = try await worker.releaseDetailed(ref)
-      #expect(outcome.coordinatorPending)
+      #expect(outcome.coordinatorPending == [])
+      // Not opened again until the close went through.
+      await #expect(throws: HeteroKVError.self) {
+        _ = try await worker.createSequence(ref, maxTokens: 1024)
+      }
       _ = await late
       await #expect(throws: HeteroKVError.self) {
         try await worker.append(ref, layer: 0, tokens: 1, keys: row, values: row)

@@ -123,6 +123,21 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
     return .with { $0.releasedBytes = released }
   }
 
+  public func releaseSequence(
+    request: Heterokv_V1_ReleaseSequenceRequest, context: ServerContext
+  ) async throws -> Heterokv_V1_CloseSequenceResponse {
+    guard request.undroppedNodes.count <= 4096,
+      request.undroppedNodes.allSatisfy({ $0.utf8.count <= 128 })
+    else {
+      throw RPCError(code: .invalidArgument, message: "at most 4096 node ids of 128 bytes")
+    }
+    let released = try await call {
+      try await coordinator.closeSequence(
+        SequenceKey(request.ref), undropped: request.undroppedNodes)
+    }
+    return .with { $0.releasedBytes = released }
+  }
+
   public func listNodes(request: Heterokv_V1_ListNodesRequest, context: ServerContext) async throws
     -> Heterokv_V1_ListNodesResponse
   {

@@ -65,6 +65,9 @@ public struct SequenceRecord: Sendable, Hashable, Codable {
   public var budgets: SequenceBudgetPlan?
   /// The policy that computed them.
   public var policy: String = ""
+  /// The worker's incarnation when it opened the sequence, when the worker is a member (nil
+  /// for a worker that never registered, and in records written before workers held leases).
+  public var workerIncarnation: UInt64? = nil
 }
 
 /// One durable change to the coordinator's state. The store logs these; replaying them in
@@ -86,6 +89,11 @@ public enum StateChange: Sendable, Hashable, Codable {
   /// These memory nodes dropped the rows of a sequence the coordinator had closed (or are
   /// down, their memory gone with them).
   case rowsDropped(SequenceKey, nodes: [String])
+  /// Sequences whose worker is gone (down, or registered again after a restart) closed by the
+  /// coordinator: their reservations freed, their rows to be dropped by the nodes that are up.
+  case sequencesReclaimed([SequenceKey])
+  /// A sequence closed by its worker, which could not reach these nodes to drop its rows.
+  case sequenceClosedLeavingRows(SequenceKey, nodes: [String])
 }
 
 /// The coordinator's durable state: membership, sequences, placements, profiles and budgets.
@@ -97,9 +105,9 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
   public var sequences: [SequenceKey: SequenceRecord] = [:]
   /// Changes applied since the beginning; the store uses it to skip replayed entries.
   public var revision: UInt64 = 0
-  /// Sequences the coordinator closed because their worker is gone (its lease lapsed, or it
-  /// registered again after a restart), with the memory nodes that may still hold their rows
-  /// and must be told to drop them.
+  /// Sequences closed with rows left behind (their worker is gone, or could not reach some
+  /// nodes), with the memory nodes that may still hold those rows and must be told to drop
+  /// them.
   public var pendingDrops: [SequenceKey: [String]] = [:]
 
   public init(leaseSeconds: Double) {
@@ -131,12 +139,8 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
         leavePlacements([member.id])
         forgetDrops(on: [member.id])
       }
-      // A worker that registers again restarted: its sequences died with it.
-      if rejoining && member.role == .worker { closeSequences(of: [member.id]) }
     case .markedDown(let ids):
-      let workers = ids.filter { membership.members[$0]?.role == .worker }
       membership.markDown(ids)
-      closeSequences(of: workers)
       leavePlacements(ids)
       forgetDrops(on: ids)
     case .sequenceOpened(let record):
@@ -152,19 +156,37 @@ public struct CoordinatorState: Sendable, Hashable, Codable {
     case .rowsDropped(let key, let nodes):
       pendingDrops[key]?.removeAll { nodes.contains($0) }
       if pendingDrops[key]?.isEmpty == true { pendingDrops[key] = nil }
+    case .sequencesReclaimed(let keys):
+      for key in keys {
+        guard let record = sequences.removeValue(forKey: key) else { continue }
+        remember(record.placement.targets.map(\.nodeID), holding: key)
+      }
+    case .sequenceClosedLeavingRows(let key, let nodes):
+      sequences[key] = nil
+      remember(nodes, holding: key)
     }
   }
 
-  /// Closes every sequence opened by `workers`, remembering the nodes that hold its rows.
-  private mutating func closeSequences(of workers: [String]) {
-    guard !workers.isEmpty else { return }
-    for (key, record) in sequences where workers.contains(record.worker) {
-      sequences[key] = nil
-      let holders = record.placement.targets.map(\.nodeID).filter {
-        membership.members[$0]?.status == .up
+  /// Sequences whose worker is a member that is down, or that registered again since it
+  /// opened them (a restarted worker lost its sequences).
+  public var orphanedSequences: [SequenceKey] {
+    sequences.values.filter { record in
+      guard let worker = membership.members[record.worker], worker.role == .worker else {
+        return false
       }
-      if !holders.isEmpty { pendingDrops[key] = holders }
+      if worker.status == .down { return true }
+      if let opened = record.workerIncarnation { return opened != worker.incarnation }
+      return false
+    }.map(\.key).sorted()
+  }
+
+  /// Records that the nodes of `nodes` that are up may hold rows of `key` to drop.
+  private mutating func remember(_ nodes: [String], holding key: SequenceKey) {
+    var list = pendingDrops[key] ?? []
+    for node in nodes where membership.members[node]?.status == .up && !list.contains(node) {
+      list.append(node)
     }
+    if !list.isEmpty { pendingDrops[key] = list }
   }
 
   /// Nodes that went down or restarted hold nothing any more.

@@ -226,7 +226,7 @@ public final class FileCoordinatorStore: CoordinatorStore {
         guard operations.fsync(files.log) == 0 else { throw Self.posixError("fsync \(logPath)") }
       } catch {
         // Not acknowledged: cut what reached the file, so replay never applies it.
-        if ftruncate(files.log, files.goodLength) != 0 || fsync(files.log) != 0 {
+        if ftruncate(files.log, files.goodLength) != 0 || operations.fsync(files.log) != 0 {
           files.broken = HeteroKVError(
             .storageFailure,
             "\(logPath) holds an unacknowledged record that could not be cut (\(error.message)); "
@@ -247,9 +247,10 @@ public final class FileCoordinatorStore: CoordinatorStore {
       }
       // Entries up to this revision are in the snapshot: start the log again (if the cut
       // fails they stay, and replay skips them).
-      if ftruncate(files.log, 0) == 0 && fsync(files.log) == 0 {
+      if ftruncate(files.log, 0) == 0 {
+        // The file is empty now, synced or not: later cuts must not grow it back.
         files.goodLength = 0
-        files.entriesSinceSnapshot = 0
+        if operations.fsync(files.log) == 0 { files.entriesSinceSnapshot = 0 }
       }
     }
   }

@@ -117,6 +117,19 @@ public enum Heterokv_V1_Coordinator: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ReleaseSequence" metadata.
+        public enum ReleaseSequence: Sendable {
+            /// Request type for "ReleaseSequence".
+            public typealias Input = Heterokv_V1_ReleaseSequenceRequest
+            /// Response type for "ReleaseSequence".
+            public typealias Output = Heterokv_V1_CloseSequenceResponse
+            /// Descriptor for "ReleaseSequence".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "heterokv.v1.Coordinator"),
+                method: "ReleaseSequence",
+                type: .unary
+            )
+        }
         /// Namespace for "ListNodes" metadata.
         public enum ListNodes: Sendable {
             /// Request type for "ListNodes".
@@ -165,6 +178,7 @@ public enum Heterokv_V1_Coordinator: Sendable {
             ReportProfiles.descriptor,
             GetBudgets.descriptor,
             CloseSequence.descriptor,
+            ReleaseSequence.descriptor,
             ListNodes.descriptor,
             GetStatus.descriptor,
             ReportReplication.descriptor
@@ -317,6 +331,25 @@ extension Heterokv_V1_Coordinator {
         /// - Returns: A streaming response of `Heterokv_V1_CloseSequenceResponse` messages.
         func closeSequence(
             request: GRPCCore.StreamingServerRequest<Heterokv_V1_SequenceRef>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_CloseSequenceResponse>
+
+        /// Handle the "ReleaseSequence" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+        /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Heterokv_V1_ReleaseSequenceRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Heterokv_V1_CloseSequenceResponse` messages.
+        func releaseSequence(
+            request: GRPCCore.StreamingServerRequest<Heterokv_V1_ReleaseSequenceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_CloseSequenceResponse>
 
@@ -510,6 +543,25 @@ extension Heterokv_V1_Coordinator {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse>
 
+        /// Handle the "ReleaseSequence" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+        /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReleaseSequenceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Heterokv_V1_CloseSequenceResponse` message.
+        func releaseSequence(
+            request: GRPCCore.ServerRequest<Heterokv_V1_ReleaseSequenceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse>
+
         /// Handle the "ListNodes" method.
         ///
         /// > Source IDL Documentation:
@@ -698,6 +750,25 @@ extension Heterokv_V1_Coordinator {
             context: GRPCCore.ServerContext
         ) async throws -> Heterokv_V1_CloseSequenceResponse
 
+        /// Handle the "ReleaseSequence" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+        /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+        ///
+        /// - Parameters:
+        ///   - request: A `Heterokv_V1_ReleaseSequenceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Heterokv_V1_CloseSequenceResponse` to respond with.
+        func releaseSequence(
+            request: Heterokv_V1_ReleaseSequenceRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Heterokv_V1_CloseSequenceResponse
+
         /// Handle the "ListNodes" method.
         ///
         /// > Source IDL Documentation:
@@ -837,6 +908,17 @@ extension Heterokv_V1_Coordinator.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Heterokv_V1_Coordinator.Method.ReleaseSequence.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_ReleaseSequenceRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_CloseSequenceResponse>(),
+            handler: { request, context in
+                try await self.releaseSequence(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Heterokv_V1_Coordinator.Method.ListNodes.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_ListNodesRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_ListNodesResponse>(),
@@ -946,6 +1028,17 @@ extension Heterokv_V1_Coordinator.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_CloseSequenceResponse> {
         let response = try await self.closeSequence(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func releaseSequence(
+        request: GRPCCore.StreamingServerRequest<Heterokv_V1_ReleaseSequenceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_CloseSequenceResponse> {
+        let response = try await self.releaseSequence(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1073,6 +1166,19 @@ extension Heterokv_V1_Coordinator.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse> {
         return GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse>(
             message: try await self.closeSequence(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func releaseSequence(
+        request: GRPCCore.ServerRequest<Heterokv_V1_ReleaseSequenceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse> {
+        return GRPCCore.ServerResponse<Heterokv_V1_CloseSequenceResponse>(
+            message: try await self.releaseSequence(
                 request: request.message,
                 context: context
             ),
@@ -1285,6 +1391,30 @@ extension Heterokv_V1_Coordinator {
         func closeSequence<Result>(
             request: GRPCCore.ClientRequest<Heterokv_V1_SequenceRef>,
             serializer: some GRPCCore.MessageSerializer<Heterokv_V1_SequenceRef>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_CloseSequenceResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_CloseSequenceResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ReleaseSequence" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+        /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReleaseSequenceRequest` message.
+        ///   - serializer: A serializer for `Heterokv_V1_ReleaseSequenceRequest` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_CloseSequenceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func releaseSequence<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_ReleaseSequenceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_ReleaseSequenceRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_CloseSequenceResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_CloseSequenceResponse>) async throws -> Result
@@ -1615,6 +1745,41 @@ extension Heterokv_V1_Coordinator {
             )
         }
 
+        /// Call the "ReleaseSequence" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+        /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_ReleaseSequenceRequest` message.
+        ///   - serializer: A serializer for `Heterokv_V1_ReleaseSequenceRequest` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_CloseSequenceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func releaseSequence<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_ReleaseSequenceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_ReleaseSequenceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_CloseSequenceResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_CloseSequenceResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Heterokv_V1_Coordinator.Method.ReleaseSequence.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "ListNodes" method.
         ///
         /// > Source IDL Documentation:
@@ -1920,6 +2085,36 @@ extension Heterokv_V1_Coordinator.ClientProtocol {
         try await self.closeSequence(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_SequenceRef>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_CloseSequenceResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleaseSequence" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+    /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Heterokv_V1_ReleaseSequenceRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releaseSequence<Result>(
+        request: GRPCCore.ClientRequest<Heterokv_V1_ReleaseSequenceRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_CloseSequenceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.releaseSequence(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_ReleaseSequenceRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_CloseSequenceResponse>(),
             options: options,
             onResponse: handleResponse
@@ -2243,6 +2438,40 @@ extension Heterokv_V1_Coordinator.ClientProtocol {
             metadata: metadata
         )
         return try await self.closeSequence(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ReleaseSequence" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > CloseSequence from the worker that released it, naming the memory nodes it could not
+    /// > reach to drop the rows (the coordinator has them drop the rows once they answer).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func releaseSequence<Result>(
+        _ message: Heterokv_V1_ReleaseSequenceRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_CloseSequenceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Heterokv_V1_ReleaseSequenceRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.releaseSequence(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -416,6 +416,29 @@ public nonisolated struct Heterokv_V1_GetBudgetsResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Heterokv_V1_ReleaseSequenceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var ref: Heterokv_V1_SequenceRef {
+    get {_ref ?? Heterokv_V1_SequenceRef()}
+    set {_ref = newValue}
+  }
+  /// Returns true if `ref` has been explicitly set.
+  public var hasRef: Bool {self._ref != nil}
+  /// Clears the value of `ref`. Subsequent reads from it will return its default value.
+  public mutating func clearRef() {self._ref = nil}
+
+  public var undroppedNodes: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _ref: Heterokv_V1_SequenceRef? = nil
+}
+
 public nonisolated struct Heterokv_V1_CloseSequenceResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1334,6 +1357,45 @@ nonisolated extension Heterokv_V1_GetBudgetsResponse: SwiftProtobuf.Message, Swi
 
   public static func ==(lhs: Heterokv_V1_GetBudgetsResponse, rhs: Heterokv_V1_GetBudgetsResponse) -> Bool {
     if lhs.sequences != rhs.sequences {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Heterokv_V1_ReleaseSequenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReleaseSequenceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ref\0\u{3}undropped_nodes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._ref) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.undroppedNodes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._ref {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.undroppedNodes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.undroppedNodes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Heterokv_V1_ReleaseSequenceRequest, rhs: Heterokv_V1_ReleaseSequenceRequest) -> Bool {
+    if lhs._ref != rhs._ref {return false}
+    if lhs.undroppedNodes != rhs.undroppedNodes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

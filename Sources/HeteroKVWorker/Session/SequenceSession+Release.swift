@@ -34,14 +34,15 @@ extension SequenceSession {
     }
     var pending = false
     do {
-      try await control.closeSequence(ref)
+      try await control.closeSequence(ref, undroppedNodes: unreachable)
     } catch  where error.code == .notFound || error.code == .unknownSequence {
       // Already closed by the coordinator.
     } catch  where MemoryNodeClient.unreachableCodes.contains(error.code) {
       pending = true
     }
     return ReleaseOutcome(
-      releasedBytes: storedBytes, unreachableNodes: unreachable, coordinatorPending: pending)
+      releasedBytes: storedBytes, unreachableNodes: unreachable,
+      coordinatorPending: pending ? unreachable : nil)
   }
 
   /// Where the sequence's bytes are and what its steps moved.

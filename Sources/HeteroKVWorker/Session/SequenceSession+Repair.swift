@@ -13,7 +13,7 @@ extension SequenceSession {
   func maintainReplicas(force: Bool) async {
     guard !released, poisoned == nil else { return }
     let short = await writer.underReplicatedShards
-    let suspect = placement.nodes.contains { !tier.isHealthy($0.endpoint.id) }
+    let suspect = await writer.placement.nodes.contains { !tier.isHealthy($0.id) }
     guard force || short > 0 || suspect else { return }
     guard let current = try? await control.placement(ref) else { return }
     let known = await writer.placementVersion

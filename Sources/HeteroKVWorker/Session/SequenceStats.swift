@@ -10,7 +10,8 @@ public struct ReleaseOutcome: Sendable, Hashable {
   public var releasedBytes: Int
   /// Nodes that could not be told to drop their rows (dead or cut off).
   public var unreachableNodes: [String]
-  /// The coordinator could not be reached to close the sequence; the worker retries in the
-  /// background until it can (or until its own lease lapses and the coordinator closes it).
-  public var coordinatorPending: Bool = false
+  /// Set when the coordinator could not be reached to close the sequence: the nodes still to
+  /// be dropped that the close will name. The worker retries in the background until the
+  /// coordinator takes it (or until its own lease lapses and the coordinator closes it).
+  public var coordinatorPending: [String]? = nil
 }

@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "HeteroKVConfig", targets: ["HeteroKVConfig"]),
     .library(name: "HeteroKVControlPlane", targets: ["HeteroKVControlPlane"]),
     .library(name: "HeteroKVCoordinator", targets: ["HeteroKVCoordinator"]),
+    .library(name: "HeteroKVEtcd", targets: ["HeteroKVEtcd"]),
     .library(name: "HeteroKVCoordinatorClient", targets: ["HeteroKVCoordinatorClient"]),
     .library(name: "HeteroKVEngineClient", targets: ["HeteroKVEngineClient"]),
     .library(name: "HeteroKVWorker", targets: ["HeteroKVWorker"]),
@@ -165,6 +166,18 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
+    // A client of etcd's v3 API (KV, transactions, leases with keep-alive streams, watches)
+    // over grpc-swift-2, from the subset of etcd's protos in Proto/etcd.
+    .target(
+      name: "HeteroKVEtcd",
+      dependencies: [
+        "HeteroKVCore",
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+      ]
+    ),
     // The coordinator role: leases, per-sequence placement by rendezvous hashing, budgets from
     // head profiles, state persisted behind a store protocol, and its gRPC service.
     .target(
@@ -175,6 +188,7 @@ let package = Package(
         "HeteroKVSettings",
         "HeteroKVDaemon",
         "HeteroKVControlPlane",
+        "HeteroKVEtcd",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -296,6 +310,10 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]
+    ),
+    .testTarget(
+      name: "HeteroKVEtcdTests",
+      dependencies: ["HeteroKVEtcd", "HeteroKVCore"]
     ),
     .testTarget(
       name: "HeteroKVWorkerTests",

@@ -40,28 +40,40 @@ PKG
   && swift build -c release --product protoc-gen-grpc-swift-2) >&2
 BIN="$(cd "$SCRATCH/plugins" && swift build -c release --show-bin-path)"
 
-target="$OUT"
-if [[ "${1:-}" == "--check" ]]; then
-  target="$(mktemp -d)"
-fi
-mkdir -p "$target"
-rm -f "$target"/*.pb.swift "$target"/*.grpc.swift
-protoc \
-  --plugin=protoc-gen-swift="$BIN/protoc-gen-swift" \
-  --plugin=protoc-gen-grpc-swift-2="$BIN/protoc-gen-grpc-swift-2" \
-  --proto_path=Proto \
-  --swift_out="$target" --swift_opt=Visibility=Public,FileNaming=PathToUnderscores \
-  --grpc-swift-2_out="$target" \
-  --grpc-swift-2_opt=Visibility=Public,FileNaming=PathToUnderscores \
-  $(find Proto -name '*.proto' | sort)
-
-if [[ "${1:-}" == "--check" ]]; then
-  if diff -r -x README.md "$OUT" "$target"; then
-    echo "generated code is up to date"
-  else
-    echo "generated code differs from Proto/: run scripts/generate-proto.sh" >&2
-    exit 1
+# Proto/heterokv and Proto/grpc go to the wire module; Proto/etcd (the subset of etcd's v3 API
+# the coordinator's etcd store uses) to its own module.
+status=0
+generate() {
+  local out="$1"
+  shift
+  local target="$out"
+  if [[ "$CHECK" == 1 ]]; then
+    target="$(mktemp -d)"
   fi
-else
-  echo "wrote $(ls "$target" | grep -c swift) files to $target"
-fi
+  mkdir -p "$target"
+  rm -f "$target"/*.pb.swift "$target"/*.grpc.swift
+  protoc \
+    --plugin=protoc-gen-swift="$BIN/protoc-gen-swift" \
+    --plugin=protoc-gen-grpc-swift-2="$BIN/protoc-gen-grpc-swift-2" \
+    --proto_path=Proto \
+    --swift_out="$target" --swift_opt=Visibility=Public,FileNaming=PathToUnderscores \
+    --grpc-swift-2_out="$target" \
+    --grpc-swift-2_opt=Visibility=Public,FileNaming=PathToUnderscores \
+    $(find "$@" -name '*.proto' | sort)
+  if [[ "$CHECK" == 1 ]]; then
+    if diff -r -x README.md "$out" "$target"; then
+      echo "generated code in $out is up to date"
+    else
+      echo "generated code in $out differs from Proto/: run scripts/generate-proto.sh" >&2
+      status=1
+    fi
+  else
+    echo "wrote $(ls "$target" | grep -c swift) files to $target"
+  fi
+}
+
+CHECK=0
+[[ "${1:-}" == "--check" ]] && CHECK=1
+generate "$OUT" Proto/heterokv Proto/grpc
+generate Sources/HeteroKVEtcd/Generated Proto/etcd
+exit $status

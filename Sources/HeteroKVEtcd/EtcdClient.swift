@@ -1,0 +1,336 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2Posix
+import GRPCProtobuf
+import HeteroKVCore
+import Synchronization
+
+/// One etcd member's client address.
+public struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
+  public var host: String
+  public var port: Int
+
+  public init(host: String, port: Int) {
+    self.host = host
+    self.port = port
+  }
+
+  public var description: String { "\(host):\(port)" }
+}
+
+/// A client of etcd's v3 gRPC API (the subset in Proto/etcd): key ranges, puts, deletes and
+/// transactions, leases with a keep-alive stream, and watches. It keeps one connection per
+/// endpoint and sends each call to the endpoint that answered last, moving to the next when
+/// one cannot be reached, so a cluster that loses a member keeps serving. ``run()`` keeps the
+/// connections; call it in a task (or a service group) for the client's lifetime.
+public final class EtcdClient: Sendable {
+  /// The members, in the order tried.
+  public let endpoints: [EtcdEndpoint]
+  /// Deadline of one unary call.
+  public let timeout: Duration
+  let clients: [GRPCClient<HTTP2ClientTransport.Posix>]
+  private let current = Mutex(0)
+
+  /// A client of the members at `endpoints` (at least one).
+  public init(endpoints: [EtcdEndpoint], timeout: Duration = .seconds(5)) throws(HeteroKVError) {
+    guard !endpoints.isEmpty else {
+      throw HeteroKVError(.invalidArgument, "etcd needs at least one endpoint")
+    }
+    self.endpoints = endpoints
+    self.timeout = timeout
+    var clients: [GRPCClient<HTTP2ClientTransport.Posix>] = []
+    for endpoint in endpoints {
+      do {
+        clients.append(
+          GRPCClient(
+            transport: try HTTP2ClientTransport.Posix(
+              target: .dns(host: endpoint.host, port: endpoint.port),
+              transportSecurity: .plaintext)))
+      } catch {
+        throw HeteroKVError(.invalidArgument, "etcd endpoint \(endpoint): \(error)", cause: error)
+      }
+    }
+    self.clients = clients
+  }
+
+  /// Runs every member's connections until ``shutdown()``.
+  public func run() async throws {
+    try await withThrowingDiscardingTaskGroup { group in
+      for client in clients { group.addTask { try await client.runConnections() } }
+    }
+  }
+
+  /// Stops the connections once in-flight calls finish.
+  public func shutdown() {
+    for client in clients { client.beginGracefulShutdown() }
+  }
+
+  /// Runs `body` on the member that answered last, then on each other member in turn when one
+  /// cannot be reached; errors name etcd and the member.
+  func call<T: Sendable>(
+    _ what: String, _ body: (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions) async throws -> T
+  ) async throws(HeteroKVError) -> T {
+    var options = CallOptions.defaults
+    options.timeout = timeout
+    let first = current.withLock { $0 }
+    var failures: [String] = []
+    for step in 0..<clients.count {
+      let index = (first + step) % clients.count
+      do {
+        let result = try await body(clients[index], options)
+        if step > 0 { current.withLock { $0 = index } }
+        return result
+      } catch let error as RPCError
+        where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code)
+      {
+        failures.append("\(endpoints[index]): \(error.code) \(error.message)")
+      } catch let error as RPCError {
+        throw HeteroKVError(
+          Self.code(error.code), "etcd \(what) at \(endpoints[index]): \(error.message)",
+          cause: error)
+      } catch {
+        throw HeteroKVError(
+          .unavailable, "etcd \(what) at \(endpoints[index]): \(error)", cause: error)
+      }
+    }
+    throw HeteroKVError(
+      .unavailable, "etcd \(what): no member answered (\(failures.joined(separator: "; ")))")
+  }
+
+  static func code(_ code: RPCError.Code) -> HeteroKVError.Code {
+    switch code {
+    case .invalidArgument, .outOfRange: .invalidArgument
+    case .notFound: .notFound
+    case .failedPrecondition: .failedPrecondition
+    case .resourceExhausted: .resourceExhausted
+    case .permissionDenied, .unauthenticated: .permissionDenied
+    default: .unavailable
+    }
+  }
+
+  // MARK: KV
+
+  /// The keys in `[key, rangeEnd)` (just `key` when `rangeEnd` is nil), and the store's
+  /// revision when they were read.
+  public func range(_ key: [UInt8], end rangeEnd: [UInt8]? = nil, limit: Int = 0)
+    async throws(HeteroKVError) -> (kvs: [Etcdserverpb_KeyValue], revision: Int64)
+  {
+    let request = Etcdserverpb_RangeRequest.with {
+      $0.key = Data(key)
+      if let rangeEnd { $0.rangeEnd = Data(rangeEnd) }
+      $0.limit = Int64(limit)
+    }
+    let answer = try await call("Range") { client, options in
+      try await Etcdserverpb_KV.Client(wrapping: client).range(request, options: options)
+    }
+    return (answer.kvs, answer.header.revision)
+  }
+
+  /// Every key that starts with `prefix`.
+  public func range(prefix: [UInt8]) async throws(HeteroKVError)
+    -> (kvs: [Etcdserverpb_KeyValue], revision: Int64)
+  {
+    try await range(prefix, end: Self.prefixEnd(prefix))
+  }
+
+  /// Sets `key` to `value`, attached to `lease` when non-zero.
+  public func put(_ key: [UInt8], _ value: [UInt8], lease: Int64 = 0) async throws(HeteroKVError) {
+    let request = Etcdserverpb_PutRequest.with {
+      $0.key = Data(key)
+      $0.value = Data(value)
+      $0.lease = lease
+    }
+    _ = try await call("Put") { client, options in
+      try await Etcdserverpb_KV.Client(wrapping: client).put(request, options: options)
+    }
+  }
+
+  /// Deletes `[key, rangeEnd)` (just `key` when `rangeEnd` is nil); returns how many went.
+  @discardableResult
+  public func delete(_ key: [UInt8], end rangeEnd: [UInt8]? = nil) async throws(HeteroKVError)
+    -> Int
+  {
+    let request = Etcdserverpb_DeleteRangeRequest.with {
+      $0.key = Data(key)
+      if let rangeEnd { $0.rangeEnd = Data(rangeEnd) }
+    }
+    let answer = try await call("DeleteRange") { client, options in
+      try await Etcdserverpb_KV.Client(wrapping: client).deleteRange(request, options: options)
+    }
+    return Int(answer.deleted)
+  }
+
+  /// A transaction: if every comparison holds, `success` runs, else `failure`; atomically.
+  public func txn(
+    _ compare: [Etcdserverpb_Compare], success: [Etcdserverpb_RequestOp],
+    failure: [Etcdserverpb_RequestOp] = []
+  ) async throws(HeteroKVError) -> Etcdserverpb_TxnResponse {
+    let request = Etcdserverpb_TxnRequest.with {
+      $0.compare = compare
+      $0.success = success
+      $0.failure = failure
+    }
+    return try await call("Txn") { client, options in
+      try await Etcdserverpb_KV.Client(wrapping: client).txn(request, options: options)
+    }
+  }
+
+  // MARK: Leases
+
+  /// Grants a lease of `ttl` seconds; returns its id.
+  public func grantLease(ttl: Int) async throws(HeteroKVError) -> Int64 {
+    let answer = try await call("LeaseGrant") { client, options in
+      try await Etcdserverpb_Lease.Client(wrapping: client).leaseGrant(
+        .with { $0.ttl = Int64(ttl) }, options: options)
+    }
+    guard answer.error.isEmpty else {
+      throw HeteroKVError(.unavailable, "etcd LeaseGrant: \(answer.error)")
+    }
+    return answer.id
+  }
+
+  /// Revokes a lease: every key attached to it is deleted.
+  public func revokeLease(_ id: Int64) async throws(HeteroKVError) {
+    _ = try await call("LeaseRevoke") { client, options in
+      try await Etcdserverpb_Lease.Client(wrapping: client).leaseRevoke(
+        .with { $0.id = id }, options: options)
+    }
+  }
+
+  /// Keeps lease `id` alive over one long-lived `LeaseKeepAlive` stream, renewing every
+  /// `every`, reopening the stream (on the next member when one fails) until the lease is
+  /// gone; returns when etcd says it expired (TTL 0) or throws when cancelled. `renewed` is
+  /// told each renewal's TTL.
+  public func keepAlive(
+    _ id: Int64, every: Duration, renewed: @escaping @Sendable (Int64) -> Void = { _ in }
+  ) async throws {
+    while true {
+      try Task.checkCancellation()
+      let expired: Bool
+      do {
+        expired = try await call("LeaseKeepAlive") { client, _ in
+          try await Etcdserverpb_Lease.Client(wrapping: client).leaseKeepAlive(
+            requestProducer: { writer in
+              while !Task.isCancelled {
+                try await writer.write(.with { $0.id = id })
+                try await Task.sleep(for: every)
+              }
+            },
+            onResponse: { response in
+              for try await answer in response.messages {
+                if answer.ttl <= 0 { return true }
+                renewed(answer.ttl)
+              }
+              return false
+            })
+        }
+      } catch {
+        if Task.isCancelled { throw CancellationError() }
+        try await Task.sleep(for: every)
+        continue
+      }
+      if expired { return }
+    }
+  }
+
+  // MARK: Watch
+
+  /// Watches every key under `prefix` from `revision` (inclusive), calling `events` with each
+  /// batch in order; when the stream breaks it is reopened from the revision after the last
+  /// one delivered, so nothing is missed or seen twice. Runs until cancelled.
+  public func watch(
+    prefix: [UInt8], from revision: Int64,
+    events: @escaping @Sendable ([Etcdserverpb_Event], Int64) async throws -> Void
+  ) async throws {
+    let next = Mutex(revision)
+    while true {
+      try Task.checkCancellation()
+      let start = next.withLock { $0 }
+      let request = Etcdserverpb_WatchRequest.with {
+        $0.createRequest = .with {
+          $0.key = Data(prefix)
+          $0.rangeEnd = Data(Self.prefixEnd(prefix))
+          $0.startRevision = start
+        }
+      }
+      do {
+        try await call("Watch") { client, _ in
+          try await Etcdserverpb_Watch.Client(wrapping: client).watch(
+            requestProducer: { writer in
+              try await writer.write(request)
+              // Keep the request side open for the stream's life.
+              try await Task.sleep(for: .seconds(86_400 * 365))
+            },
+            onResponse: { response in
+              for try await answer in response.messages {
+                if answer.canceled {
+                  throw RPCError(
+                    code: .unavailable, message: "watch canceled: \(answer.cancelReason)")
+                }
+                guard !answer.events.isEmpty else { continue }
+                let last = answer.events.map(\.kv.modRevision).max() ?? start
+                try await events(answer.events, answer.header.revision)
+                next.withLock { $0 = last + 1 }
+              }
+            })
+        }
+      } catch {
+        if Task.isCancelled { throw CancellationError() }
+        try await Task.sleep(for: .milliseconds(200))
+      }
+    }
+  }
+
+  /// The end of the range of keys that start with `prefix`.
+  public static func prefixEnd(_ prefix: [UInt8]) -> [UInt8] {
+    var end = prefix
+    while let last = end.last {
+      if last < 0xff {
+        end[end.count - 1] = last + 1
+        return end
+      }
+      end.removeLast()
+    }
+    return [0]
+  }
+}
+
+extension Etcdserverpb_RequestOp {
+  /// A put in a transaction.
+  public static func put(_ key: [UInt8], _ value: [UInt8], lease: Int64 = 0) -> Self {
+    .with {
+      $0.requestPut = .with {
+        $0.key = Data(key)
+        $0.value = Data(value)
+        $0.lease = lease
+      }
+    }
+  }
+
+  /// A delete of `[key, end)` (just `key` when `end` is nil) in a transaction.
+  public static func delete(_ key: [UInt8], end: [UInt8]? = nil) -> Self {
+    .with {
+      $0.requestDeleteRange = .with {
+        $0.key = Data(key)
+        if let end { $0.rangeEnd = Data(end) }
+      }
+    }
+  }
+
+  /// A read of `key` in a transaction.
+  public static func get(_ key: [UInt8]) -> Self {
+    .with { $0.requestRange = .with { $0.key = Data(key) } }
+  }
+}
+
+extension Etcdserverpb_Compare {
+  /// Holds when `key`'s create revision is `revision` (0: the key does not exist).
+  public static func created(_ key: [UInt8], at revision: Int64) -> Self {
+    .with {
+      $0.key = Data(key)
+      $0.target = .create
+      $0.result = .equal
+      $0.createRevision = revision
+    }
+  }
+}

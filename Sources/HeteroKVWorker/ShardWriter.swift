@@ -349,6 +349,14 @@ actor ShardWriter {
             shard: shard, startToken: UInt32(start), headDim: got.headDim, rowCount: count,
             values: got.values, keys: keys ? got.keys : nil))
       } catch {
+        // A put that timed out earlier may have landed: learn where the node's rows end and
+        // go on from there.
+        if let end = PutRequest.expectedStart(inRefusal: error), end > start, end <= rows.upperBound
+        {
+          stored[Int(shard.layer), default: [:]][shard, default: [:]][target] = end
+          start = end
+          continue
+        }
         return false
       }
       // Dropped while the copy was on its way: the release's drop may have run before the

@@ -123,10 +123,9 @@ public final class ShardStore: @unchecked Sendable {
           )
         }
         guard UInt64(request.startToken) == existing.endToken else {
-          throw HeteroKVError(
-            .invalidArgument,
-            "put: \(request.shard) holds tokens \(existing.startToken)..<\(existing.endToken); a batch must start at \(existing.endToken), not \(request.startToken)"
-          )
+          throw PutRequest.misplacedStart(
+            shard: request.shard, holds: UInt64(existing.startToken), to: existing.endToken,
+            got: request.startToken)
         }
       }
       let adding = request.rowCount * target.rowBytes * (hasKeys ? 2 : 1)

@@ -45,6 +45,25 @@ public struct PutRequest: DataPlaneRequest, Hashable {
     }
   }
 
+  /// The refusal of a put that does not start where the shard ends (what the node says, and
+  /// what ``expectedStart(inRefusal:)`` reads back).
+  public static func misplacedStart(
+    shard: ShardID, holds start: UInt64, to end: UInt64, got: UInt32
+  ) -> HeteroKVError {
+    HeteroKVError(
+      .invalidArgument,
+      "put: \(shard) holds tokens \(start)..<\(end); a batch must start at \(end), not \(got)")
+  }
+
+  /// Where the shard ends, from a ``misplacedStart(shard:holds:to:got:)`` refusal (nil for
+  /// any other error): a writer whose put timed out but was applied learns the node's end.
+  public static func expectedStart(inRefusal error: HeteroKVError) -> Int? {
+    guard error.code == .invalidArgument,
+      let marker = error.message.range(of: "a batch must start at ")
+    else { return nil }
+    return Int(error.message[marker.upperBound...].prefix { $0.isNumber })
+  }
+
   /// A put of raw fp16 rows already in buffers (a copy between nodes: no conversion).
   public init(
     shard: ShardID, startToken: UInt32, headDim: Int, rowCount: Int, values: ByteBuffer,

@@ -78,6 +78,8 @@ public actor Coordinator {
   private var usedBytes: [String: UInt64] = [:]
   private var replication: [SequenceKey: ReplicationProgress] = [:]
   private let gauges: CoordinatorGauges
+  private var busy = false
+  private var waiting: [CheckedContinuation<Void, Never>] = []
 
   /// A coordinator that resumes from whatever `store` holds. `now` gives seconds on a
   /// monotonic scale (tests pass their own).
@@ -121,10 +123,10 @@ public actor Coordinator {
   // MARK: Membership
 
   /// Registers (or re-registers) a member; returns its incarnation.
-  public func register(
+  private func registerLocked(
     id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
     capacityBytes: UInt64, transport: String
-  ) throws(HeteroKVError) -> UInt64 {
+  ) async throws(HeteroKVError) -> UInt64 {
     guard !id.isEmpty, id.utf8.count <= Self.maxIDBytes else {
       throw .invalid("member_id must be 1 to \(Self.maxIDBytes) bytes")
     }
@@ -152,8 +154,8 @@ public actor Coordinator {
     let member = state.membership.registration(
       id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
       capacityBytes: capacityBytes, transport: transport, now: now())
-    try commit(.registered(member))
-    if role == .worker { try reclaimOrphans() }
+    try await commit(.registered(member))
+    if role == .worker { try await reclaimOrphans() }
     usedBytes[id] = 0
     logger.info(
       "member registered",
@@ -181,23 +183,22 @@ public actor Coordinator {
 
   /// Marks down every member whose lease lapsed; returns their ids. Then closes the sequences
   /// of workers that are gone (``reclaimOrphans()``).
-  @discardableResult
-  public func expireLeases() throws(HeteroKVError) -> [String] {
+  private func expireLeasesLocked() async throws(HeteroKVError) -> [String] {
     let lapsed = state.membership.lapsed(now: now())
     if !lapsed.isEmpty {
-      try commit(.markedDown(lapsed))
+      try await commit(.markedDown(lapsed))
       logger.warning("leases lapsed; members marked down", metadata: ["members": "\(lapsed)"])
     }
-    try reclaimOrphans()
+    try await reclaimOrphans()
     return lapsed
   }
 
   /// Closes every sequence whose worker is down or registered again since it opened it: the
   /// reservation is freed and the memory nodes that are up are queued to drop the rows.
-  private func reclaimOrphans() throws(HeteroKVError) {
+  private func reclaimOrphans() async throws(HeteroKVError) {
     let orphaned = state.orphanedSequences
     guard !orphaned.isEmpty else { return }
-    try commit(.sequencesReclaimed(orphaned))
+    try await commit(.sequencesReclaimed(orphaned))
     for key in orphaned { replication[key] = nil }
     gauges.recordReplication(replication)
     logger.warning(
@@ -206,8 +207,8 @@ public actor Coordinator {
   }
 
   /// Every member with its lease and reported use, sorted by id.
-  public func members() throws(HeteroKVError) -> [MemberView] {
-    try expireLeases()
+  private func membersLocked() async throws(HeteroKVError) -> [MemberView] {
+    try await expireLeasesLocked()
     let t = now()
     return state.membership.members.values.sorted { $0.id < $1.id }.map {
       MemberView(
@@ -219,11 +220,11 @@ public actor Coordinator {
   // MARK: Sequences and placement
 
   /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
-  public func openSequence(key: SequenceKey, worker: String, maxTokens: Int)
-    throws(HeteroKVError)
+  private func openSequenceLocked(key: SequenceKey, worker: String, maxTokens: Int)
+    async throws(HeteroKVError)
     -> SequenceRecord
   {
-    try expireLeases()
+    try await expireLeasesLocked()
     if let existing = state.sequences[key] {
       guard existing.worker == worker else {
         throw .init(.alreadyExists, "sequence \(key) is already open by worker \(existing.worker)")
@@ -263,13 +264,13 @@ public actor Coordinator {
       workerIncarnation: state.membership.members[worker].flatMap {
         $0.role == .worker ? $0.incarnation : nil
       })
-    try commit(.sequenceOpened(record))
+    try await commit(.sequenceOpened(record))
     return record
   }
 
   /// The record of `key`, or a not-found error naming it.
-  public func sequence(_ key: SequenceKey) throws(HeteroKVError) -> SequenceRecord {
-    try expireLeases()
+  private func sequenceLocked(_ key: SequenceKey) async throws(HeteroKVError) -> SequenceRecord {
+    try await expireLeasesLocked()
     guard let record = state.sequences[key] else {
       throw .notFound("no open sequence \(key)")
     }
@@ -277,10 +278,10 @@ public actor Coordinator {
   }
 
   /// Stores `profiles` for `key`, computes its budgets and reserves the memory tier they imply.
-  public func reportProfiles(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
-    throws(HeteroKVError) -> SequenceRecord
+  private func reportProfilesLocked(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
+    async throws(HeteroKVError) -> SequenceRecord
   {
-    let record = try sequence(key)
+    let record = try await sequenceLocked(key)
     guard prefillTokens > 0, prefillTokens <= record.maxTokens else {
       throw .invalid(
         "prefill_tokens must be in 1...\(record.maxTokens) (the sequence's max_tokens), got \(prefillTokens)"
@@ -300,7 +301,7 @@ public actor Coordinator {
     let bytes = reservation(
       keyHeads: keyHeads, tokens: record.maxTokens, replicas: record.placement.replicas)
     if bytes > record.reservedBytes { try checkRoom(bytes - record.reservedBytes, for: key) }
-    try commit(
+    try await commit(
       .profilesReported(
         key, prefillTokens: prefillTokens, profiles: sorted, budgets: plan,
         policy: settings.policy.rawValue, reservedBytes: bytes))
@@ -309,19 +310,20 @@ public actor Coordinator {
 
   /// Records with budgets: of `key` when given (not found is an error), else of every open
   /// sequence, in key order.
-  public func budgets(of key: SequenceKey?) throws(HeteroKVError) -> [SequenceRecord] {
-    if let key { return [try sequence(key)] }
+  private func budgetsLocked(of key: SequenceKey?) async throws(HeteroKVError) -> [SequenceRecord] {
+    if let key { return [try await sequenceLocked(key)] }
     return state.sequences.values.sorted { $0.key < $1.key }
   }
 
   /// Closes `key`; returns the bytes released. `undropped` names memory nodes the worker could
   /// not reach to drop the rows: the coordinator has them drop the rows once they answer.
-  public func closeSequence(_ key: SequenceKey, undropped: [String] = []) throws(HeteroKVError)
-    -> UInt64
+  private func closeSequenceLocked(_ key: SequenceKey, undropped: [String])
+    async throws(HeteroKVError) -> UInt64
   {
-    let record = try sequence(key)
+    let record = try await sequenceLocked(key)
     let known = undropped.filter { record.placement.targets.map(\.nodeID).contains($0) }
-    try commit(known.isEmpty ? .sequenceClosed(key) : .sequenceClosedLeavingRows(key, nodes: known))
+    try await commit(
+      known.isEmpty ? .sequenceClosed(key) : .sequenceClosedLeavingRows(key, nodes: known))
     replication[key] = nil
     gauges.recordReplication(replication)
     return record.reservedBytes
@@ -329,10 +331,10 @@ public actor Coordinator {
 
   /// Records a worker's replication report for `key`; returns the current placement version,
   /// so a worker behind it knows to fetch the placement.
-  public func reportReplication(_ key: SequenceKey, progress: ReplicationProgress)
-    throws(HeteroKVError) -> UInt64
+  private func reportReplicationLocked(_ key: SequenceKey, progress: ReplicationProgress)
+    async throws(HeteroKVError) -> UInt64
   {
-    let record = try sequence(key)
+    let record = try await sequenceLocked(key)
     guard progress.placementVersion <= record.placement.version else {
       throw .invalid(
         "sequence \(key) is at placement version \(record.placement.version), not "
@@ -345,8 +347,8 @@ public actor Coordinator {
 
   /// Memory nodes that still hold rows of sequences the coordinator closed, with where to
   /// reach them; nodes without a control address are skipped (recorded as dropped).
-  public func pendingDrops() throws(HeteroKVError) -> [PendingDrop] {
-    try expireLeases()
+  private func pendingDropsLocked() async throws(HeteroKVError) -> [PendingDrop] {
+    try await expireLeasesLocked()
     var drops: [PendingDrop] = []
     for (key, nodes) in state.pendingDrops.sorted(by: { $0.key < $1.key }) {
       var unreachable: [String] = []
@@ -362,23 +364,23 @@ public actor Coordinator {
         logger.warning(
           "memory nodes without a control address cannot be told to drop a closed sequence",
           metadata: ["sequence": "\(key)", "nodes": "\(unreachable)"])
-        try commit(.rowsDropped(key, nodes: unreachable))
+        try await commit(.rowsDropped(key, nodes: unreachable))
       }
     }
     return drops
   }
 
   /// Records that `nodes` dropped the rows of `key` (or no longer hold them).
-  public func rowsDropped(_ key: SequenceKey, nodes: [String]) throws(HeteroKVError) {
+  private func rowsDroppedLocked(_ key: SequenceKey, nodes: [String]) async throws(HeteroKVError) {
     guard let pending = state.pendingDrops[key], pending.contains(where: nodes.contains) else {
       return
     }
-    try commit(.rowsDropped(key, nodes: nodes))
+    try await commit(.rowsDropped(key, nodes: nodes))
   }
 
   /// Capacity, use, members and sequences.
-  public func status() throws(HeteroKVError) -> ClusterStatusView {
-    try expireLeases()
+  private func statusLocked() async throws(HeteroKVError) -> ClusterStatusView {
+    try await expireLeasesLocked()
     let nodes = state.membership.members.values.filter { $0.role == .memoryNode }
     let up = nodes.filter { $0.status == .up }
     return ClusterStatusView(
@@ -392,15 +394,136 @@ public actor Coordinator {
       sequencesAwaitingDrop: state.pendingDrops.count)
   }
 
+  // MARK: Serialized entry points
+
+  // Each change is computed from the state, made durable (an await on the store) and only
+  // then adopted; entry points that change the state run one at a time, in arrival order, so
+  // none computes from a state another is about to replace. Heartbeats and reads of the
+  // adopted state do not wait.
+
+  /// Registers (or re-registers) a member; returns its incarnation.
+  public func register(
+    id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
+    capacityBytes: UInt64, transport: String
+  ) async throws(HeteroKVError) -> UInt64 {
+    await enter()
+    defer { leave() }
+    return try await registerLocked(
+      id: id, role: role, dataAddress: dataAddress, controlAddress: controlAddress,
+      capacityBytes: capacityBytes, transport: transport)
+  }
+
+  /// Marks down every member whose lease lapsed; returns their ids. Then closes the sequences
+  /// of workers that are gone.
+  @discardableResult
+  public func expireLeases() async throws(HeteroKVError) -> [String] {
+    await enter()
+    defer { leave() }
+    return try await expireLeasesLocked()
+  }
+
+  /// Every member with its lease and reported use, sorted by id.
+  public func members() async throws(HeteroKVError) -> [MemberView] {
+    await enter()
+    defer { leave() }
+    return try await membersLocked()
+  }
+
+  /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
+  public func openSequence(key: SequenceKey, worker: String, maxTokens: Int)
+    async throws(HeteroKVError) -> SequenceRecord
+  {
+    await enter()
+    defer { leave() }
+    return try await openSequenceLocked(key: key, worker: worker, maxTokens: maxTokens)
+  }
+
+  /// The record of `key`, or a not-found error naming it.
+  public func sequence(_ key: SequenceKey) async throws(HeteroKVError) -> SequenceRecord {
+    await enter()
+    defer { leave() }
+    return try await sequenceLocked(key)
+  }
+
+  /// Stores `profiles` for `key`, computes its budgets and reserves the memory tier they imply.
+  public func reportProfiles(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
+    async throws(HeteroKVError) -> SequenceRecord
+  {
+    await enter()
+    defer { leave() }
+    return try await reportProfilesLocked(
+      key: key, prefillTokens: prefillTokens, profiles: profiles)
+  }
+
+  /// Records with budgets: of `key` when given (not found is an error), else of every open
+  /// sequence, in key order.
+  public func budgets(of key: SequenceKey?) async throws(HeteroKVError) -> [SequenceRecord] {
+    await enter()
+    defer { leave() }
+    return try await budgetsLocked(of: key)
+  }
+
+  /// Closes `key`; returns the bytes released. `undropped` names memory nodes the worker could
+  /// not reach to drop the rows: the coordinator has them drop the rows once they answer.
+  public func closeSequence(_ key: SequenceKey, undropped: [String] = [])
+    async throws(HeteroKVError) -> UInt64
+  {
+    await enter()
+    defer { leave() }
+    return try await closeSequenceLocked(key, undropped: undropped)
+  }
+
+  /// Records a worker's replication report for `key`; returns the current placement version.
+  public func reportReplication(_ key: SequenceKey, progress: ReplicationProgress)
+    async throws(HeteroKVError) -> UInt64
+  {
+    await enter()
+    defer { leave() }
+    return try await reportReplicationLocked(key, progress: progress)
+  }
+
+  /// Memory nodes that still hold rows of sequences the coordinator closed.
+  public func pendingDrops() async throws(HeteroKVError) -> [PendingDrop] {
+    await enter()
+    defer { leave() }
+    return try await pendingDropsLocked()
+  }
+
+  /// Records that `nodes` dropped the rows of `key` (or no longer hold them).
+  public func rowsDropped(_ key: SequenceKey, nodes: [String]) async throws(HeteroKVError) {
+    await enter()
+    defer { leave() }
+    try await rowsDroppedLocked(key, nodes: nodes)
+  }
+
+  /// Capacity, use, members and sequences.
+  public func status() async throws(HeteroKVError) -> ClusterStatusView {
+    await enter()
+    defer { leave() }
+    return try await statusLocked()
+  }
+
+  private func enter() async {
+    if busy {
+      await withCheckedContinuation { waiting.append($0) }
+    } else {
+      busy = true
+    }
+  }
+
+  private func leave() {
+    if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+  }
+
   /// The current state (tests compare it across restarts).
   public func snapshot() -> CoordinatorState { state }
 
   // MARK: Internals
 
-  private func commit(_ change: StateChange) throws(HeteroKVError) {
+  private func commit(_ change: StateChange) async throws(HeteroKVError) {
     var next = state
     next.apply(change)
-    try store.append(change, state: next)
+    try await store.append(change, state: next)
     state = next
     gauges.update(state, used: usedBytes)
   }

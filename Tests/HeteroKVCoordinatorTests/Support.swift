@@ -57,7 +57,7 @@ extension Coordinator {
   /// Registers memory nodes `m0`... with `capacity` bytes each.
   func addMemoryNodes(_ count: Int, capacity: UInt64 = 1 << 30) async throws {
     for i in 0..<count {
-      _ = try register(
+      _ = try await register(
         id: "m\(i)", role: .memoryNode, dataAddress: "127.0.0.1:\(7100 + i)",
         controlAddress: "127.0.0.1:\(7200 + i)", capacityBytes: capacity, transport: "tcp")
     }

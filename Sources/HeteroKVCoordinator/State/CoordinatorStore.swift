@@ -14,7 +14,8 @@ public protocol CoordinatorStore: Sendable {
   /// The state as last stored, or nil when nothing was ever stored.
   func load() throws(HeteroKVError) -> CoordinatorState?
   /// Makes `change` durable. `state` is the state with it applied, for stores that snapshot.
-  func append(_ change: StateChange, state: CoordinatorState) throws(HeteroKVError)
+  /// The coordinator awaits it before adopting the change; one append runs at a time.
+  func append(_ change: StateChange, state: CoordinatorState) async throws(HeteroKVError)
 }
 
 /// A store that keeps nothing across processes, for tests and `hkv demo`.

@@ -289,7 +289,10 @@ let package = Package(
     // What the role tests share: `hkv` as a child process, a silent logger.
     .target(
       name: "HeteroKVTestSupport",
-      dependencies: ["HeteroKVWire", .product(name: "Logging", package: "swift-log")],
+      dependencies: [
+        "HeteroKVWire", "HeteroKVEtcd", "HeteroKVCore",
+        .product(name: "Logging", package: "swift-log"),
+      ],
       path: "Tests/HeteroKVTestSupport"
     ),
     .testTarget(name: "HeteroKVCoreTests", dependencies: ["HeteroKVCore", "CHeteroKVKernels"]),
@@ -304,7 +307,7 @@ let package = Package(
       name: "HeteroKVCoordinatorTests",
       dependencies: [
         "HeteroKVCoordinator", "HeteroKVCoordinatorClient", "HeteroKVConfig", "HeteroKVCore",
-        "HeteroKVDaemon", "HeteroKVWire", "HeteroKVTestSupport",
+        "HeteroKVDaemon", "HeteroKVWire", "HeteroKVTestSupport", "HeteroKVEtcd",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -313,7 +316,7 @@ let package = Package(
     ),
     .testTarget(
       name: "HeteroKVEtcdTests",
-      dependencies: ["HeteroKVEtcd", "HeteroKVCore"]
+      dependencies: ["HeteroKVEtcd", "HeteroKVCore", "HeteroKVTestSupport"]
     ),
     .testTarget(
       name: "HeteroKVWorkerTests",

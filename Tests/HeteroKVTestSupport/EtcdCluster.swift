@@ -1,0 +1,121 @@
+import Foundation
+import HeteroKVCore
+import HeteroKVEtcd
+
+/// A TCP port free at the time of asking, on 127.0.0.1.
+func freeLoopbackPort() throws -> Int {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  defer { close(fd) }
+  var address = sockaddr_in()
+  address.sin_family = sa_family_t(AF_INET)
+  address.sin_addr.s_addr = inet_addr("127.0.0.1")
+  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+  let bound = withUnsafeMutablePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+      bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+    }
+  }
+  guard bound else { throw CocoaError(.fileWriteUnknown) }
+  return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A real etcd cluster of `members` processes on loopback ports of its own, data in a
+/// temporary directory; stopped (and its data removed) by ``stop()``. Needs `etcd` on the
+/// PATH (Debian's etcd-server, which .ci/run installs).
+public final class EtcdCluster {
+  public struct Member {
+    public var name: String
+    public var client: Int
+    public var peer: Int
+    public var process: Process
+  }
+  public let directory: String
+  public private(set) var members: [Member] = []
+
+  public init(members count: Int) throws {
+    directory = NSTemporaryDirectory() + "hkv-etcd-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let ports = try (0..<count).map { _ in (try freeLoopbackPort(), try freeLoopbackPort()) }
+    let names = (0..<count).map { "etcd\($0)" }
+    let initial = zip(names, ports).map { "\($0)=http://127.0.0.1:\($1.1)" }.joined(
+      separator: ",")
+    for (i, name) in names.enumerated() {
+      let process = Process()
+      guard let etcd = Self.executable else {
+        throw HeteroKVError(
+          .unavailable, "etcd is not installed (apt-get install etcd-server; .ci/run does)")
+      }
+      process.executableURL = URL(fileURLWithPath: etcd)
+      process.arguments = [
+        "--name", name, "--data-dir", "\(directory)/\(name)",
+        "--listen-client-urls", "http://127.0.0.1:\(ports[i].0)",
+        "--advertise-client-urls", "http://127.0.0.1:\(ports[i].0)",
+        "--listen-peer-urls", "http://127.0.0.1:\(ports[i].1)",
+        "--initial-advertise-peer-urls", "http://127.0.0.1:\(ports[i].1)",
+        "--initial-cluster", initial, "--initial-cluster-state", "new",
+        "--initial-cluster-token", "hkv-test", "--log-level", "error",
+      ]
+      let log = "\(directory)/\(name).log"
+      FileManager.default.createFile(atPath: log, contents: nil)
+      process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+      process.standardOutput = FileHandle.nullDevice
+      try process.run()
+      members.append(Member(name: name, client: ports[i].0, peer: ports[i].1, process: process))
+    }
+  }
+
+  public static var executable: String? {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"].first {
+      FileManager.default.isExecutableFile(atPath: $0)
+    }
+  }
+
+  public var endpoints: [EtcdEndpoint] {
+    members.map { EtcdEndpoint(host: "127.0.0.1", port: $0.client) }
+  }
+
+  /// Waits until a put through `client` succeeds (the cluster has a leader).
+  public func waitUntilServing(_ client: EtcdClient) async throws {
+    let deadline = ContinuousClock.now + .seconds(30)
+    while true {
+      do {
+        try await client.put(Array("ready".utf8), [1])
+        return
+      } catch {
+        guard ContinuousClock.now < deadline else { throw error }
+        try await Task.sleep(for: .milliseconds(100))
+      }
+    }
+  }
+
+  /// Stops member `index` (SIGKILL: no goodbye to its peers).
+  public func kill(_ index: Int) {
+    let process = members[index].process
+    guard process.isRunning else { return }
+    Foundation.kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
+  public func stop() {
+    for i in members.indices { kill(i) }
+    try? FileManager.default.removeItem(atPath: directory)
+  }
+
+  deinit { stop() }
+}
+
+/// Runs `body` with a client of a fresh `members`-member etcd cluster, stopped afterwards.
+public func withEtcd<T: Sendable>(
+  members: Int = 1, _ body: (EtcdClient, EtcdCluster) async throws -> T
+) async throws -> T {
+  let cluster = try EtcdCluster(members: members)
+  defer { cluster.stop() }
+  let client = try EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(2))
+  let running = Task { try await client.run() }
+  defer {
+    client.shutdown()
+    running.cancel()
+  }
+  try await cluster.waitUntilServing(client)
+  return try await body(client, cluster)
+}

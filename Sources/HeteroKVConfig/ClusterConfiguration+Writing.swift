@@ -27,8 +27,32 @@ extension ClusterConfiguration {
           "coordinator",
           mapping([
             ("control", scalar(c.control)), ("metrics", c.metrics.map(scalar)),
-            ("state_dir", scalar(c.stateDirectory)), ("lease", scalar(c.leaseSeconds)),
-            ("heartbeat", scalar(c.heartbeatSeconds)), ("snapshot_every", scalar(c.snapshotEvery)),
+            ("state_dir", c.stateDirectory.isEmpty ? nil : scalar(c.stateDirectory)),
+            ("lease", scalar(c.leaseSeconds)), ("heartbeat", scalar(c.heartbeatSeconds)),
+            ("snapshot_every", scalar(c.snapshotEvery)),
+            ("store", c.store == .file ? nil : scalar(c.store.rawValue)),
+            (
+              "etcd",
+              c.etcd.map { e in
+                mapping([
+                  ("endpoints", .sequence(Node.Sequence(e.endpoints.map(scalar)))),
+                  ("prefix", scalar(e.prefix)),
+                ])
+              }
+            ),
+            (
+              "replicas",
+              c.replicas.isEmpty
+                ? nil
+                : .sequence(
+                  Node.Sequence(
+                    c.replicas.map { r in
+                      mapping([
+                        ("id", scalar(r.id)), ("control", scalar(r.control)),
+                        ("metrics", r.metrics.map(scalar)),
+                      ])
+                    }))
+            ),
           ])
         ))
     }

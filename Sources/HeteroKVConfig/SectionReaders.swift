@@ -35,21 +35,61 @@ extension ClusterConfiguration {
 
   static func readCoordinator(_ r: YAMLReader) -> CoordinatorSettings? {
     r.rejectUnknownKeys([
-      "control", "metrics", "state_dir", "lease", "heartbeat", "snapshot_every",
+      "control", "metrics", "state_dir", "lease", "heartbeat", "snapshot_every", "store", "etcd",
+      "replicas",
     ])
+    let start = r.log.problems.count
+    let store: CoordinatorStoreKind = r.choice("store") ?? .file
     let control = r.hostPort("control", required: true)
     let metrics = r.hostPort("metrics")
-    let stateDir = r.string("state_dir", required: true)
+    let stateDir = r.string("state_dir", required: store == .file)
     let lease = r.seconds("lease", range: 0.1...3600) ?? 10
     let heartbeat = r.seconds("heartbeat", range: 0.05...3600) ?? min(3, lease / 3)
     let snapshotEvery = r.int("snapshot_every", range: 16...1_000_000) ?? 1024
     if heartbeat >= lease {
       r.problem("heartbeat", "must be shorter than the lease (\(lease)s), got \(heartbeat)s")
     }
-    guard let control, let stateDir else { return nil }
-    return CoordinatorSettings(
-      control: control, metrics: metrics, stateDirectory: stateDir, leaseSeconds: lease,
+    var etcd: EtcdSettings?
+    if let section = r.section("etcd", required: store == .etcd) {
+      section.rejectUnknownKeys(["endpoints", "prefix"])
+      var endpoints: [HostPort] = []
+      if let items = section.child("endpoints")?.sequence, !items.isEmpty {
+        for (i, item) in items.enumerated() {
+          if let text = item.scalar?.string, let address = HostPort(text), address.port > 0 {
+            endpoints.append(address)
+          } else {
+            section.problem("endpoints", "entry \(i) is not host:port")
+          }
+        }
+      } else {
+        section.problem("endpoints", "a list of etcd client addresses (host:port) is required")
+      }
+      let prefix = section.string("prefix") ?? "/heterokv"
+      if !prefix.hasPrefix("/") || prefix.hasSuffix("/") {
+        section.problem("prefix", "must start with / and not end with one, got \"\(prefix)\"")
+      }
+      etcd = EtcdSettings(endpoints: endpoints, prefix: prefix)
+    }
+    var replicas: [CoordinatorReplica] = []
+    for entry in r.list("replicas") {
+      entry.rejectUnknownKeys(["id", "control", "metrics"])
+      guard let id = entry.string("id", required: true),
+        let address = entry.hostPort("control", required: true)
+      else { continue }
+      if replicas.contains(where: { $0.id == id }) { entry.problem("id", "\"\(id)\" is used twice") }
+      replicas.append(CoordinatorReplica(id: id, control: address, metrics: entry.hostPort("metrics")))
+    }
+    if !replicas.isEmpty && store != .etcd {
+      r.problem("replicas", "several coordinators need store: etcd (a file store has one owner)")
+    }
+    guard let control, r.log.problems.count == start else { return nil }
+    var settings = CoordinatorSettings(
+      control: control, metrics: metrics, stateDirectory: stateDir ?? "", leaseSeconds: lease,
       heartbeatSeconds: heartbeat, snapshotEvery: snapshotEvery)
+    settings.store = store
+    settings.etcd = etcd
+    settings.replicas = replicas
+    return settings
   }
 
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {

@@ -24,6 +24,44 @@ public struct CoordinatorClient: Sendable {
     }
   }
 
+  /// Runs `body` with a client of the coordinator that leads among `addresses` (the replicas
+  /// of a replicated coordinator, or one address): it starts at the first (or at `leader`,
+  /// the one that led last), follows a standby's redirect to the leader it names, and moves to
+  /// the next address when one cannot be reached. `body` may thus run more than once; the
+  /// coordinator's calls are safe to repeat (opens are idempotent per worker, a repeated close
+  /// answers not-found). Returns the result and the address that answered.
+  public static func withLeader<Result: Sendable>(
+    among addresses: [HostPort], preferring leader: HostPort? = nil,
+    security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(5),
+    _ body: (CoordinatorClient) async throws -> Result
+  ) async throws -> (result: Result, address: HostPort) {
+    precondition(!addresses.isEmpty)
+    var queue = addresses
+    if let leader, let i = queue.firstIndex(of: leader) { queue.swapAt(0, i) }
+    var tried: [String] = []
+    var redirects = 0
+    while !queue.isEmpty {
+      let address = queue.removeFirst()
+      do {
+        let result = try await with(
+          address: address, security: security, timeout: timeout, body)
+        return (result, address)
+      } catch let error as HeteroKVError where error.code == .unavailable {
+        tried.append("\(address): \(error.message)")
+        if let named = CoordinatorRedirect.leader(in: error.message), let next = HostPort(named),
+          next != address, redirects < addresses.count
+        {
+          redirects += 1
+          queue.removeAll { $0 == next }
+          queue.insert(next, at: 0)
+        }
+      }
+    }
+    throw HeteroKVError(
+      .unavailable, "no coordinator leads among \(addresses.map(\.description).joined(separator: ", ")): "
+        + tried.joined(separator: "; "))
+  }
+
   private var options: CallOptions {
     var options = CallOptions.defaults
     options.timeout = timeout

@@ -1,3 +1,4 @@
+import HeteroKVCore
 import HeteroKVDaemon
 import HeteroKVWire
 import Logging
@@ -38,7 +39,7 @@ public final class MembershipAgent: Service, Sendable {
     }
   }
 
-  private let coordinator: HostPort
+  private let coordinators: [HostPort]
   private let security: ControlPlaneSecurity
   private let registration: @Sendable () async throws -> Registration
   private let logger: Logger
@@ -48,13 +49,27 @@ public final class MembershipAgent: Service, Sendable {
   /// An agent that registers what `registration` gives (asked once the member listens).
   /// When `health` is given, its `coordinator` condition holds while the member is
   /// registered and its heartbeats are accepted.
-  public init(
+  public convenience init(
     coordinator: HostPort, security: ControlPlaneSecurity, logger: Logger,
     retry: Duration = .seconds(1), health: DaemonHealth? = nil,
     registration: @escaping @Sendable () async throws -> Registration
   ) {
+    self.init(
+      coordinators: [coordinator], security: security, logger: logger, retry: retry,
+      health: health, registration: registration)
+  }
+
+  /// An agent for a replicated coordinator: it talks to the replica that leads, following a
+  /// standby's redirect and moving to the next address when one cannot be reached. The lease
+  /// and incarnation carry over: the new leader read them from the shared store.
+  public init(
+    coordinators: [HostPort], security: ControlPlaneSecurity, logger: Logger,
+    retry: Duration = .seconds(1), health: DaemonHealth? = nil,
+    registration: @escaping @Sendable () async throws -> Registration
+  ) {
+    precondition(!coordinators.isEmpty)
     self.health = health
-    self.coordinator = coordinator
+    self.coordinators = coordinators
     self.security = security
     self.registration = registration
     self.logger = logger
@@ -69,9 +84,11 @@ public final class MembershipAgent: Service, Sendable {
     // that hold its data are kept.
     let joined = Mutex<Heterokv_V1_RegisterResponse?>(nil)
     await cancelWhenGracefulShutdown {
+      var index = 0
       while !Task.isCancelled {
+        let coordinator = self.coordinators[index % self.coordinators.count]
         do {
-          try await CoordinatorClient.with(address: self.coordinator, security: self.security) {
+          try await CoordinatorClient.with(address: coordinator, security: self.security) {
             client in
             while !Task.isCancelled {
               guard let current = joined.withLock({ $0 }) else {
@@ -79,11 +96,11 @@ public final class MembershipAgent: Service, Sendable {
                 joined.withLock { $0 = answer }
                 self.health?.set(
                   "coordinator", met: true,
-                  detail: "registered with \(self.coordinator) (incarnation \(answer.incarnation))")
+                  detail: "registered with \(coordinator) (incarnation \(answer.incarnation))")
                 self.logger.info(
                   "registered with the coordinator",
                   metadata: [
-                    "coordinator": "\(self.coordinator)", "incarnation": "\(answer.incarnation)",
+                    "coordinator": "\(coordinator)", "incarnation": "\(answer.incarnation)",
                     "lease_s": "\(answer.leaseSeconds)",
                   ])
                 continue
@@ -105,7 +122,7 @@ public final class MembershipAgent: Service, Sendable {
                 // After an outage the member resumes heartbeats without registering again.
                 self.health?.set(
                   "coordinator", met: true,
-                  detail: "registered with \(self.coordinator) (incarnation \(current.incarnation))"
+                  detail: "registered with \(coordinator) (incarnation \(current.incarnation))"
                 )
               }
             }
@@ -113,9 +130,19 @@ public final class MembershipAgent: Service, Sendable {
         } catch is CancellationError {
           return
         } catch {
+          // A standby names the leader: go there at once; otherwise try the next replica.
+          if let error = error as? HeteroKVError,
+            let named = CoordinatorRedirect.leader(in: error.message), let leader = HostPort(named),
+            let at = self.coordinators.firstIndex(of: leader)
+          {
+            index = at
+            try? await Task.sleep(for: .milliseconds(50))
+            continue
+          }
+          index += 1
           self.logger.warning("coordinator unavailable; retrying: \(error)")
           self.health?.set(
-            "coordinator", met: false, detail: "coordinator \(self.coordinator) unavailable")
+            "coordinator", met: false, detail: "coordinator \(coordinator) unavailable")
           try? await Task.sleep(for: self.retry)
         }
       }

@@ -12,16 +12,25 @@ public final class Leadership: Sendable {
   public let lease: Int64
   /// The key's create revision: it changes whenever another campaign wins.
   public let createRevision: Int64
-  private let state = Mutex<(lost: Bool, keeper: Task<Void, Never>?)>((false, nil))
+  /// The lease's TTL: leadership counts as lost once no renewal arrived for this long.
+  public let ttl: Duration
+  private let state = Mutex<(lost: Bool, keeper: Task<Void, Never>?, renewed: ContinuousClock.Instant)>(
+    (false, nil, .now))
 
-  init(key: [UInt8], lease: Int64, createRevision: Int64) {
+  init(key: [UInt8], lease: Int64, createRevision: Int64, ttl: Duration) {
     self.key = key
     self.lease = lease
     self.createRevision = createRevision
+    self.ttl = ttl
   }
 
-  /// False once the lease expired or was revoked (or the keep-alive gave up).
-  public var isHeld: Bool { state.withLock { !$0.lost } }
+  /// False once the lease expired or was revoked, or no renewal reached etcd for a whole TTL
+  /// (a leader cut off from etcd steps down by itself: its lease is lapsing there too).
+  public var isHeld: Bool {
+    state.withLock { !$0.lost && ContinuousClock.now - $0.renewed < ttl }
+  }
+
+  func noteRenewed() { state.withLock { $0.renewed = .now } }
 
   /// The comparison a leader's transaction carries: the leader key is still this one.
   public var guardComparison: Etcdserverpb_Compare { .created(key, at: createRevision) }
@@ -83,13 +92,14 @@ public struct EtcdLeaderElection: Sendable {
       return nil
     }
     // The put was the transaction's only write: the key was created at its revision.
-    let leadership = Leadership(key: key, lease: lease, createRevision: answer.header.revision)
+    let leadership = Leadership(
+      key: key, lease: lease, createRevision: answer.header.revision, ttl: .seconds(ttl))
     let client = self.client
     let every = Duration.milliseconds(Int64(max(100, ttl * 1000 / 3)))
     leadership.start(
       Task {
         do {
-          try await client.keepAlive(lease, every: every)
+          try await client.keepAlive(lease, every: every) { _ in leadership.noteRenewed() }
         } catch {}
         leadership.markLost()
       })

@@ -16,6 +16,17 @@ public struct CoordinatorSettings: Sendable, Hashable {
   public var heartbeatSeconds: Double
   /// Log entries after which the state is snapshotted and the log restarted.
   public var snapshotEvery: Int
+  /// Where the state lives: a local directory (the default) or etcd.
+  public var store: CoordinatorStoreKind = .file
+  /// The etcd cluster and key prefix, when `store` is etcd.
+  public var etcd: EtcdSettings?
+  /// Coordinator processes sharing one etcd store: one leads, the others stand by. Empty for
+  /// a single coordinator at `control`.
+  public var replicas: [CoordinatorReplica] = []
+
+  /// Every address a coordinator may answer at: the replicas' control addresses, or
+  /// `control` alone. Members and the admin CLI try them and follow the leader's redirect.
+  public var controlAddresses: [HostPort] { replicas.isEmpty ? [control] : replicas.map(\.control) }
 
   public init(
     control: HostPort, metrics: HostPort? = nil, stateDirectory: String, leaseSeconds: Double = 10,
@@ -27,6 +38,42 @@ public struct CoordinatorSettings: Sendable, Hashable {
     self.leaseSeconds = leaseSeconds
     self.heartbeatSeconds = heartbeatSeconds
     self.snapshotEvery = snapshotEvery
+  }
+}
+
+/// Where the coordinator keeps its state.
+public enum CoordinatorStoreKind: String, Sendable, Hashable, CaseIterable, Codable {
+  /// A directory on the coordinator's machine (snapshot and log): one coordinator.
+  case file
+  /// An etcd cluster: several coordinators, one leading, standbys taking over.
+  case etcd
+}
+
+/// The etcd cluster a coordinator keeps its state in.
+public struct EtcdSettings: Sendable, Hashable {
+  /// Client addresses of the etcd members.
+  public var endpoints: [HostPort]
+  /// Key prefix of this cluster's state (e.g. `/heterokv/prod`).
+  public var prefix: String
+
+  public init(endpoints: [HostPort], prefix: String) {
+    self.endpoints = endpoints
+    self.prefix = prefix
+  }
+}
+
+/// One coordinator process of a replicated coordinator.
+public struct CoordinatorReplica: Sendable, Hashable {
+  public var id: String
+  /// Its gRPC listen address.
+  public var control: HostPort
+  /// Its Prometheus `/metrics` listen address, if any.
+  public var metrics: HostPort?
+
+  public init(id: String, control: HostPort, metrics: HostPort? = nil) {
+    self.id = id
+    self.control = control
+    self.metrics = metrics
   }
 }
 

@@ -5,6 +5,7 @@ import HeteroKVCore
 import HeteroKVDaemon
 import HeteroKVMemoryClient
 import HeteroKVWire
+import Synchronization
 
 /// A memory node of a sequence's placement: how to reach it and its placement weight.
 public struct PlacedNode: Sendable, Hashable {
@@ -41,6 +42,13 @@ public struct SequencePlacement: Sendable, Hashable {
       nodes: nodes.map { PlacementNode(id: $0.endpoint.id, weight: $0.weight) },
       replicas: replication)
   }
+}
+
+/// The coordinator address that answered last.
+final class LeaderHint: Sendable {
+  private let address = Mutex<HostPort?>(nil)
+  func get() -> HostPort? { address.withLock { $0 } }
+  func set(_ value: HostPort) { address.withLock { $0 = value } }
 }
 
 /// The budgets the coordinator assigned after a profile report: the policy it applied and one
@@ -110,31 +118,51 @@ extension ClusterControl {
   }
 }
 
-/// `ClusterControl` through the coordinator's gRPC service, one connection per call.
+/// `ClusterControl` through the coordinator's gRPC service, one connection per call. With
+/// several addresses (the replicas of a replicated coordinator) each call goes to the one that
+/// led last, follows a standby's redirect, and moves on when one cannot be reached.
 public struct CoordinatorControl: ClusterControl {
-  /// The coordinator's address.
-  public let address: HostPort
+  /// The coordinator's addresses.
+  public let addresses: [HostPort]
   let security: ControlPlaneSecurity
   let timeout: Duration
+  private let leader = LeaderHint()
 
+  /// The coordinator at `address`.
   public init(
     address: HostPort, security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(10)
   ) {
-    self.address = address
+    self.init(addresses: [address], security: security, timeout: timeout)
+  }
+
+  /// The coordinator that leads among `addresses` (at least one).
+  public init(
+    addresses: [HostPort], security: ControlPlaneSecurity = .none,
+    timeout: Duration = .seconds(10)
+  ) {
+    precondition(!addresses.isEmpty)
+    self.addresses = addresses
     self.security = security
     self.timeout = timeout
   }
+
+  /// The first address (the only one of a single coordinator).
+  public var address: HostPort { addresses[0] }
 
   func call<T: Sendable>(_ body: @Sendable (CoordinatorClient) async throws -> T)
     async throws(HeteroKVError) -> T
   {
     do {
-      return try await CoordinatorClient.with(
-        address: address, security: security, timeout: timeout, body)
+      let (result, answered) = try await CoordinatorClient.withLeader(
+        among: addresses, preferring: leader.get(), security: security, timeout: timeout, body)
+      leader.set(answered)
+      return result
     } catch let error as HeteroKVError {
       throw error
     } catch {
-      throw HeteroKVError(.unavailable, "the coordinator at \(address): \(error)", cause: error)
+      throw HeteroKVError(
+        .unavailable, "the coordinator at \(addresses.map(\.description)): \(error)",
+        cause: error)
     }
   }
 

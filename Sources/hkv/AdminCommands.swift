@@ -22,14 +22,14 @@ struct AdminOptions: ParsableArguments {
   /// Runs `body` against the coordinator; failures become one clear line.
   func withClient<T: Sendable>(_ body: (CoordinatorClient) async throws -> T) async throws -> T {
     let cluster = try file.load()
-    let address: HostPort
+    let addresses: [HostPort]
     if let coordinator {
       guard let parsed = HostPort(coordinator) else {
         throw ValidationError("bad --coordinator '\(coordinator)': expected host:port")
       }
-      address = parsed
-    } else if let control = cluster?.coordinator?.control {
-      address = control
+      addresses = [parsed]
+    } else if let controls = cluster?.coordinator?.controlAddresses {
+      addresses = controls
     } else {
       throw ValidationError(
         "no coordinator address: give --coordinator HOST:PORT or a --config with a coordinator section"
@@ -42,14 +42,16 @@ struct AdminOptions: ParsableArguments {
       throw ValidationError("--timeout must be in (0, 600]")
     }
     do {
-      return try await CoordinatorClient.with(
-        address: address, security: security, timeout: .milliseconds(Int64(timeout * 1000)), body)
+      return try await CoordinatorClient.withLeader(
+        among: addresses, security: security, timeout: .milliseconds(Int64(timeout * 1000)), body
+      ).result
     } catch let error as HeteroKVError {
       throw CommandFailure(description: error.message)
     } catch let error as CommandFailure {
       throw error
     } catch {
-      throw CommandFailure(description: "cannot reach the coordinator at \(address): \(error)")
+      throw CommandFailure(
+        description: "cannot reach the coordinator at \(addresses.map(\.description)): \(error)")
     }
   }
 

@@ -16,13 +16,20 @@ struct CoordinatorCommand: AsyncParsableCommand {
     discussion: """
       Settings come from the cluster file's coordinator section (--config); environment
       variables HKV_<KEY_PATH> and --set override it. State (members, sequences, placements,
-      profiles, budgets) is kept in coordinator.state_dir and survives a restart. Once the
-      gRPC server listens, one line goes to stdout:
+      profiles, budgets) is kept in coordinator.state_dir and survives a restart. With
+      coordinator.store: etcd the state lives in etcd instead, and several coordinators
+      (coordinator.replicas, each started with its --id) share it: one leads, the others
+      stand by, redirect every call to the leader, and take over when its lease lapses. Once
+      the gRPC server listens, one line goes to stdout:
         ready coordinator=HOST:PORT state_dir=DIR revision=N metrics=HOST:PORT|none
+        ready coordinator=HOST:PORT store=etcd replica=ID metrics=HOST:PORT|none  (etcd)
       Logs go to stderr.
       """)
 
   @OptionGroup var file: ClusterFileOptions
+
+  @Option(help: "This coordinator's id among coordinator.replicas (store: etcd).")
+  var id: String?
 
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel: String = "info"
@@ -37,6 +44,31 @@ struct CoordinatorCommand: AsyncParsableCommand {
     _ = try bootstrapLogging(logLevel)
     let logger = Logger(label: "hkv.coordinator")
     let registry = PrometheusCollectorRegistry()
+    if settings.store == .etcd {
+      guard let id = id ?? (settings.replicas.isEmpty ? "coordinator" : nil) else {
+        throw ValidationError(
+          "--id is required with coordinator.replicas (one of "
+            + settings.replicas.map(\.id).joined(separator: ", ") + ")")
+      }
+      let replicated: ReplicatedCoordinatorDaemon
+      do {
+        replicated = try ReplicatedCoordinatorDaemon(
+          configuration: cluster, id: id, security: security,
+          metricsFactory: PrometheusMetricsFactory(registry: registry), logger: logger)
+      } catch {
+        throw CommandFailure(description: error.description)
+      }
+      let metrics = settings.replicas.first { $0.id == id }?.metrics ?? settings.metrics
+      try await runDaemon(
+        role: "coordinator", [replicated], metrics: metrics, registry: registry,
+        health: replicated.health, logger: logger
+      ) {
+        let port = try await replicated.listeningPort()
+        return
+          "coordinator=\(HostPort(host: replicated.control.host, port: port)) store=etcd replica=\(id)"
+      }
+      return
+    }
     let daemon: CoordinatorDaemon
     do {
       let store = try FileCoordinatorStore(

@@ -65,12 +65,12 @@ struct MemoryNodeCommand: AsyncParsableCommand {
     let cluster = try file.load()
     let settings = try resolveSettings(cluster)
     let security = try cluster?.controlPlaneSecurity() ?? .none
-    var coordinatorAddress = cluster?.coordinator?.control
+    var coordinatorAddresses = cluster?.coordinator?.controlAddresses
     if let coordinator {
       guard coordinator == "none" || HostPort(coordinator) != nil else {
         throw ValidationError("bad --coordinator '\(coordinator)': expected host:port or none")
       }
-      coordinatorAddress = HostPort(coordinator)
+      coordinatorAddresses = HostPort(coordinator).map { [$0] }
     }
     _ = try bootstrapLogging(logLevel)
     let logger = Logger(label: "hkv.memnode")
@@ -96,9 +96,9 @@ struct MemoryNodeCommand: AsyncParsableCommand {
       throw CommandFailure(description: error.message)
     }
     var services: [any Service] = [node]
-    if let coordinatorAddress {
+    if let coordinatorAddresses {
       services.append(
-        MembershipAgent(coordinator: coordinatorAddress, security: security, logger: logger) {
+        MembershipAgent(coordinators: coordinatorAddresses, security: security, logger: logger) {
           let bound = try await node.listeningAddresses()
           let store = node.store
           return .memoryNode(

@@ -46,7 +46,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
   func run() async throws {
     guard let cluster = try file.load() else { throw ValidationError("--config is required") }
-    guard let coordinator = cluster.coordinator?.control else {
+    guard let coordinators = cluster.coordinator?.controlAddresses else {
       throw CommandFailure(description: "\(file.config!) has no coordinator section")
     }
     guard let address = try control.map(parseAddress) ?? cluster.worker.control else {
@@ -72,7 +72,7 @@ struct WorkerCommand: AsyncParsableCommand {
       if let mode { options.outputMode = mode.mode }
       options.dataPlaneCredential = security.dataPlaneCredential
       worker = try Worker(
-        options: options, control: CoordinatorControl(address: coordinator, security: security),
+        options: options, control: CoordinatorControl(addresses: coordinators, security: security),
         metrics: WorkerMetrics(workerID: id, factory: factory))
     } catch {
       throw CommandFailure(description: error.message)
@@ -81,7 +81,7 @@ struct WorkerCommand: AsyncParsableCommand {
       worker: worker, host: address.host, port: address.port, security: security)
     let id = self.id
     let agent = MembershipAgent(
-      coordinator: coordinator, security: security, logger: logger, health: daemon.health
+      coordinators: coordinators, security: security, logger: logger, health: daemon.health
     ) {
       let port = try await daemon.listeningPort()
       return .init(
@@ -98,7 +98,7 @@ struct WorkerCommand: AsyncParsableCommand {
     ) {
       let port = try await daemon.listeningPort()
       return
-        "worker=\(id) engine=\(HostPort(host: address.host, port: port)) coordinator=\(coordinator)"
+        "worker=\(id) engine=\(HostPort(host: address.host, port: port)) coordinator=\(coordinators[0])"
     }
   }
 

@@ -1,6 +1,23 @@
 import GRPCCore
 import HeteroKVCore
+import HeteroKVSettings
 import HeteroKVWire
+
+/// Which coordinator serves this process's calls: the one it leads with, or none while it
+/// stands by (then calls are refused with a redirect to the leader).
+public protocol CoordinatorAccess: Sendable {
+  /// The cluster (the same for every replica).
+  var configuration: ClusterConfiguration { get }
+  /// The coordinator while this process leads; else a ``CoordinatorRedirect`` error.
+  func leading() throws(HeteroKVError) -> Coordinator
+}
+
+/// A coordinator that always leads: the file store's single owner.
+public struct FixedCoordinator: CoordinatorAccess {
+  public let coordinator: Coordinator
+  public var configuration: ClusterConfiguration { coordinator.configuration }
+  public func leading() throws(HeteroKVError) -> Coordinator { coordinator }
+}
 
 /// The coordinator's gRPC service (`Proto/heterokv/v1/coordinator.proto`): each call is checked
 /// and bounded, handed to the `Coordinator` actor, and its refusals become gRPC status codes
@@ -9,11 +26,22 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   /// Most heads one profile report may carry.
   public static let maxReportedHeads = 1 << 16
 
-  let coordinator: Coordinator
+  let access: any CoordinatorAccess
 
-  /// The service over `coordinator`.
+  /// The service over `coordinator`, which always leads (a file store).
   public init(coordinator: Coordinator) {
-    self.coordinator = coordinator
+    self.access = FixedCoordinator(coordinator: coordinator)
+  }
+
+  /// The service over whichever coordinator `access` says leads; while this process stands
+  /// by, every call is refused with the leader's address (``CoordinatorRedirect``).
+  public init(access: any CoordinatorAccess) {
+    self.access = access
+  }
+
+  /// The coordinator this process leads with, or the redirect to the leader.
+  var coordinator: Coordinator {
+    get throws(HeteroKVError) { try access.leading() }
   }
 
   public func register(request: Heterokv_V1_RegisterRequest, context: ServerContext) async throws
@@ -31,7 +59,7 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
         controlAddress: request.controlAddress, capacityBytes: request.capacityBytes,
         transport: request.transport.isEmpty ? "tcp" : request.transport)
     }
-    let config = coordinator.configuration
+    let config = access.configuration
     return .with {
       $0.incarnation = incarnation
       $0.leaseSeconds = config.coordinator?.leaseSeconds ?? 10
@@ -55,8 +83,10 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   public func heartbeat(request: Heterokv_V1_HeartbeatRequest, context: ServerContext)
     async throws -> Heterokv_V1_HeartbeatResponse
   {
-    let (accepted, reason) = await coordinator.heartbeat(
-      id: request.memberID, incarnation: request.incarnation, usedBytes: request.usedBytes)
+    let (accepted, reason) = try await call {
+      try await coordinator.heartbeat(
+        id: request.memberID, incarnation: request.incarnation, usedBytes: request.usedBytes)
+    }
     return .with {
       $0.accepted = accepted
       $0.reason = reason
@@ -104,11 +134,12 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
     async throws -> Heterokv_V1_GetBudgetsResponse
   {
     let layer = request.layer >= 0 ? Int(request.layer) : nil
-    if let layer, !(0..<coordinator.model.layers).contains(layer) {
+    let model = access.configuration.model!
+    if let layer, !(0..<model.layers).contains(layer) {
       throw RPCError(
         code: .invalidArgument,
         message:
-          "layer \(layer) is outside 0..<\(coordinator.model.layers) of \(coordinator.model.name)")
+          "layer \(layer) is outside 0..<\(model.layers) of \(model.name)")
     }
     let records = try await call {
       try await coordinator.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)

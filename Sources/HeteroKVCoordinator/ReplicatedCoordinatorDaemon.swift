@@ -1,0 +1,185 @@
+import CoreMetrics
+import HeteroKVControlPlane
+import HeteroKVCore
+import HeteroKVDaemon
+import HeteroKVEtcd
+import HeteroKVSettings
+import HeteroKVWire
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// One of several coordinator processes sharing their state in etcd, as a lifecycle
+/// `Service`. It campaigns for leadership (``EtcdLeaderElection``: a lease of the member
+/// lease's length and a create-if-absent leader key naming it and its address); while it
+/// leads, it opens the state from etcd and serves every call with a ``Coordinator`` whose
+/// writes are guarded by that leadership, and runs the lease ticker and the row reclaimer.
+/// While it stands by, every call is refused with the leader's address, which members and the
+/// admin CLI follow. It steps down when its leadership lapses (no renewal reached etcd for a
+/// lease), and campaigns again.
+public final class ReplicatedCoordinatorDaemon: Service, Sendable {
+  public let configuration: ClusterConfiguration
+  /// This replica's id.
+  public let id: String
+  /// Where this replica listens.
+  public let control: HostPort
+  /// Ready once etcd answered (as leader or standby).
+  public let health = DaemonHealth(conditions: ["store"])
+  let etcd: EtcdClient
+  let prefix: String
+  let election: EtcdLeaderElection
+  private let server: GRPCServerService
+  private let security: ControlPlaneSecurity
+  private let metricsFactory: any MetricsFactory
+  private let logger: Logger
+  private let now: @Sendable () -> Double
+  private let slot: ReplicaSlot
+
+  /// Replica `id` of the cluster in `configuration` (whose coordinator section has an etcd
+  /// store; `replicas` names `id`, or there are no replicas and it listens at `control`).
+  public init(
+    configuration: ClusterConfiguration, id: String, security: ControlPlaneSecurity,
+    metricsFactory: any MetricsFactory, logger: Logger,
+    now: @escaping @Sendable () -> Double = Coordinator.monotonicSeconds
+  ) throws(HeteroKVError) {
+    guard let settings = configuration.coordinator, let etcdSettings = settings.etcd else {
+      throw .failedPrecondition("the cluster file's coordinator section has no etcd store")
+    }
+    let replica: CoordinatorReplica
+    if settings.replicas.isEmpty {
+      replica = CoordinatorReplica(id: id, control: settings.control, metrics: settings.metrics)
+    } else {
+      guard let named = settings.replicas.first(where: { $0.id == id }) else {
+        throw .invalid(
+          "coordinator.replicas has no \"\(id)\" (it has "
+            + settings.replicas.map(\.id).joined(separator: ", ") + ")")
+      }
+      replica = named
+    }
+    self.configuration = configuration
+    self.id = id
+    self.control = replica.control
+    self.security = security
+    self.metricsFactory = metricsFactory
+    self.logger = logger
+    self.now = now
+    etcd = try EtcdClient(
+      endpoints: etcdSettings.endpoints.map { EtcdEndpoint(host: $0.host, port: $0.port) })
+    prefix = etcdSettings.prefix
+    election = EtcdLeaderElection(
+      client: etcd, key: Array((etcdSettings.prefix + "/leader").utf8),
+      value: Array("\(id) \(replica.control)".utf8),
+      ttl: max(1, Int(settings.leaseSeconds.rounded(.up))))
+    slot = ReplicaSlot(configuration: configuration, id: id)
+    server = GRPCServerService(
+      host: replica.control.host, port: replica.control.port,
+      services: [CoordinatorService(access: slot)],
+      serviceNames: [Heterokv_V1_Coordinator.descriptor.fullyQualifiedService], health: health,
+      security: security)
+  }
+
+  /// The gRPC port, once listening.
+  public func listeningPort() async throws -> Int { try await server.listeningPort() }
+
+  /// The coordinator while this replica leads; else the redirect to the leader.
+  public func leading() throws(HeteroKVError) -> Coordinator { try slot.leading() }
+
+  /// This replica's role: leading, or standing by with the leader it knows.
+  public var role: (leading: Bool, leader: (id: String, address: String)?) { slot.role }
+
+  public func run() async throws {
+    try await withThrowingDiscardingTaskGroup { group in
+      group.addTask { try await self.etcd.run() }
+      group.addTask { try await self.server.run() }
+      group.addTask {
+        await cancelWhenGracefulShutdown { await self.lead() }
+        self.etcd.shutdown()
+      }
+    }
+  }
+
+  /// Campaigns, leads while leadership holds, stands by otherwise; until shutdown.
+  private func lead() async {
+    let settings = configuration.coordinator!
+    let poll = Duration.milliseconds(Int64(max(100, settings.leaseSeconds * 1000 / 3)))
+    let tick = Duration.milliseconds(Int64(max(10, settings.leaseSeconds * 250)))
+    while !Task.isCancelled {
+      do {
+        guard let leadership = try await election.attempt() else {
+          let known = try await election.leader().flatMap { Self.parse($0.value) }
+          slot.set(nil, leader: known)
+          health.set("store", met: true, detail: "standing by; etcd answers")
+          try await Task.sleep(for: poll)
+          continue
+        }
+        let store = try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: prefix, leadership: leadership,
+          snapshotEvery: settings.snapshotEvery)
+        let coordinator = try Coordinator(
+          configuration: configuration, store: store, metricsFactory: metricsFactory,
+          logger: logger, now: now)
+        slot.set(coordinator, leader: (id, control.description))
+        health.set("store", met: true, detail: "leading; state read from etcd")
+        let revision = await coordinator.snapshot().revision
+        logger.info(
+          "leading the cluster", metadata: ["replica": "\(id)", "revision": "\(revision)"])
+        let reclaimer = RowReclaimer(coordinator: coordinator, security: security, logger: logger)
+        while leadership.isHeld && !Task.isCancelled {
+          do {
+            try await coordinator.expireLeases()
+            try await reclaimer.run()
+          } catch {
+            logger.error("cannot record lapsed leases: \(error)")
+          }
+          try? await Task.sleep(for: tick)
+        }
+        slot.set(nil, leader: nil)
+        if Task.isCancelled {
+          await election.resign(leadership)
+        } else {
+          logger.warning("leadership lost; standing by", metadata: ["replica": "\(id)"])
+        }
+      } catch {
+        slot.set(nil, leader: nil)
+        health.set("store", met: false, detail: "etcd: \(error)")
+        logger.warning("etcd unavailable; retrying: \(error)")
+        try? await Task.sleep(for: poll)
+      }
+    }
+  }
+
+  /// `id address` from a leader key's value.
+  static func parse(_ value: [UInt8]) -> (id: String, address: String)? {
+    let parts = String(decoding: value, as: UTF8.self).split(separator: " ", maxSplits: 1)
+    guard parts.count == 2 else { return nil }
+    return (String(parts[0]), String(parts[1]))
+  }
+}
+
+/// What a replica's gRPC service asks for each call: the coordinator while it leads, or the
+/// redirect naming the leader.
+final class ReplicaSlot: CoordinatorAccess, Sendable {
+  let configuration: ClusterConfiguration
+  let id: String
+  private let state = Mutex<(coordinator: Coordinator?, leader: (id: String, address: String)?)>(
+    (nil, nil))
+
+  init(configuration: ClusterConfiguration, id: String) {
+    self.configuration = configuration
+    self.id = id
+  }
+
+  func set(_ coordinator: Coordinator?, leader: (id: String, address: String)?) {
+    state.withLock { $0 = (coordinator, leader) }
+  }
+
+  var role: (leading: Bool, leader: (id: String, address: String)?) {
+    state.withLock { ($0.coordinator != nil, $0.leader) }
+  }
+
+  func leading() throws(HeteroKVError) -> Coordinator {
+    let (coordinator, leader) = state.withLock { ($0.coordinator, $0.leader) }
+    if let coordinator { return coordinator }
+    throw CoordinatorRedirect.error(standby: id, leader: leader)
+  }
+}

@@ -161,6 +161,7 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
 final class ReplicaSlot: CoordinatorAccess, Sendable {
   let configuration: ClusterConfiguration
   let id: String
+  var replicaID: String? { id }
   private let state = Mutex<(coordinator: Coordinator?, leader: (id: String, address: String)?)>(
     (nil, nil))
 

@@ -30,12 +30,31 @@ public struct CoordinatorClient: Sendable {
   /// the next address when one cannot be reached. `body` may thus run more than once; the
   /// coordinator's calls are safe to repeat (opens are idempotent per worker, a repeated close
   /// answers not-found). Returns the result and the address that answered.
+  ///
+  /// When every address failed, it starts over (every 200 ms) until `patience` has passed:
+  /// long enough, with a replicated coordinator, for a standby to take over (two leases).
   public static func withLeader<Result: Sendable>(
     among addresses: [HostPort], preferring leader: HostPort? = nil,
     security: ControlPlaneSecurity = .none, timeout: Duration = .seconds(5),
-    _ body: (CoordinatorClient) async throws -> Result
+    patience: Duration = .zero, _ body: (CoordinatorClient) async throws -> Result
   ) async throws -> (result: Result, address: HostPort) {
     precondition(!addresses.isEmpty)
+    let deadline = ContinuousClock.now + patience
+    while true {
+      do {
+        return try await leaderOnce(
+          among: addresses, preferring: leader, security: security, timeout: timeout, body)
+      } catch let error as HeteroKVError where error.code == .unavailable {
+        guard ContinuousClock.now < deadline else { throw error }
+        try await Task.sleep(for: .milliseconds(200))
+      }
+    }
+  }
+
+  private static func leaderOnce<Result: Sendable>(
+    among addresses: [HostPort], preferring leader: HostPort?, security: ControlPlaneSecurity,
+    timeout: Duration, _ body: (CoordinatorClient) async throws -> Result
+  ) async throws -> (result: Result, address: HostPort) {
     var queue = addresses
     if let leader, let i = queue.firstIndex(of: leader) { queue.swapAt(0, i) }
     var tried: [String] = []
@@ -58,7 +77,8 @@ public struct CoordinatorClient: Sendable {
       }
     }
     throw HeteroKVError(
-      .unavailable, "no coordinator leads among \(addresses.map(\.description).joined(separator: ", ")): "
+      .unavailable,
+      "no coordinator leads among \(addresses.map(\.description).joined(separator: ", ")): "
         + tried.joined(separator: "; "))
   }
 

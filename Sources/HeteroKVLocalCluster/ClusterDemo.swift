@@ -57,7 +57,7 @@ public enum ClusterDemo {
     ref: SequenceRef, mode: String, profiles: [HeadProfile]?, engine: Worker? = nil,
     progress: @escaping @Sendable (String) -> Void
   ) async throws -> DemoReport {
-    guard let coordinator = cluster.coordinator?.control else {
+    guard let coordinators = cluster.coordinator?.controlAddresses else {
       throw HeteroKVError.invalid("the cluster file has no coordinator section")
     }
     let clock = ContinuousClock()
@@ -94,14 +94,16 @@ public enum ClusterDemo {
     }
     let (prefillSeconds, decode, figures) = outcome
     // What each memory node holds, and the budgets the coordinator assigned.
-    let (members, budgets) = try await CoordinatorClient.with(
-      address: coordinator, security: security
+    // (Waiting out a takeover when the coordinator is replicated and between leaders.)
+    let (members, budgets) = try await CoordinatorClient.withLeader(
+      among: coordinators, security: security,
+      patience: coordinators.count > 1 ? .seconds(30) : .zero
     ) { client in
       (
         try await client.nodes(),
         try await client.budgets(namespace: ref.namespace, sequence: ref.sequence, layer: nil)
       )
-    }
+    }.result
     // Asked of each node over its data plane: heartbeats report use only every few seconds.
     var nodeBytes: [String: UInt64] = [:]
     for member in members.members where member.role == .memoryNode {

@@ -153,8 +153,10 @@ public struct CoordinatorControl: ClusterControl {
     async throws(HeteroKVError) -> T
   {
     do {
+      // A replicated coordinator may be between leaders: wait out a takeover.
       let (result, answered) = try await CoordinatorClient.withLeader(
-        among: addresses, preferring: leader.get(), security: security, timeout: timeout, body)
+        among: addresses, preferring: leader.get(), security: security, timeout: timeout,
+        patience: addresses.count > 1 ? timeout * 3 : .zero, body)
       leader.set(answered)
       return result
     } catch let error as HeteroKVError {

@@ -179,6 +179,7 @@ struct StatusCommand: AsyncParsableCommand {
     try options.emit(view) {
       var text = """
         cluster      \(view.cluster) (policy \(view.policy), replication \(view.replication))
+        coordinator  store \(view.store)\(view.leader.isEmpty ? "" : ", leader \(view.leader)")\(view.standbys.isEmpty ? "" : ", standbys \(view.standbys.joined(separator: " "))")
         memory nodes \(view.nodesUp) up, \(view.nodesDown) down; workers \(view.workersUp) up
         pool         \(ByteSize.format(view.capacityBytes)) capacity, \(ByteSize.format(view.usedBytes)) used, \(ByteSize.format(view.reservedBytes)) reserved
         sequences    \(view.sequences.count) open, \(view.underReplicatedShards) shards under-replicated, \(view.sequencesAwaitingDrop) closed awaiting drop
@@ -277,6 +278,8 @@ struct StatusView: Codable {
   var capacityBytes, usedBytes, reservedBytes: UInt64
   var sequences: [SequenceRow]
   var underReplicatedShards, sequencesAwaitingDrop: UInt32
+  var store, leader: String
+  var standbys: [String]
 
   init(_ s: Heterokv_V1_ClusterStatus) {
     cluster = s.cluster
@@ -298,6 +301,9 @@ struct StatusView: Codable {
     }
     underReplicatedShards = s.sequences.reduce(0) { $0 + $1.underReplicatedShards }
     sequencesAwaitingDrop = s.sequencesAwaitingDrop
+    store = s.store.isEmpty ? "file" : s.store
+    leader = s.leader
+    standbys = s.replicas.filter { $0 != s.leader }
   }
 }
 

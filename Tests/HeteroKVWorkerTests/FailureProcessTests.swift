@@ -398,3 +398,182 @@ struct NetworkCutTests {
       "median step \(median(after)) after marking, \(before) before the cut")
   }
 }
+
+@Suite("A replicated coordinator on etcd", .serialized)
+struct CoordinatorFailoverTests {
+  @Test(
+    "two coordinators on one etcd: the leader SIGKILLed mid-decode, the standby leads within two leases, hkv demo exits 0, budgets and placements are unchanged, and sequences open and close afterwards"
+  )
+  func leaderKilledMidDecode() async throws {
+    let etcd = try EtcdCluster(members: 1)
+    defer { etcd.stop() }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-ha-\(UUID())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let ports = [try freeTestPort(), try freeTestPort()]
+    let lease = 2.0
+    var text = """
+      cluster: ha
+      model: {name: llama-1layer, layers: 1, query_heads: 32, kv_heads: 8, head_dim: 128}
+      coordinator:
+        control: 127.0.0.1:\(ports[0])
+        store: etcd
+        etcd: {endpoints: ["127.0.0.1:\(etcd.members[0].client)"], prefix: /heterokv/ha}
+        replicas:
+          - {id: coord-1, control: 127.0.0.1:\(ports[0])}
+          - {id: coord-2, control: 127.0.0.1:\(ports[1])}
+        lease: 2s
+        heartbeat: 400ms
+      worker:
+        control: 127.0.0.1:\(try freeTestPort())
+        key_codec: scalar
+        key_bits: 4
+        tau: 0.99
+        output_mode: exact
+      budgets: {policy: hcattention, memory_fraction: 0.125}
+      replication: 2
+      memory_nodes:
+
+      """
+    for i in 0..<2 {
+      text += "  - {id: mem-\(i), data: 127.0.0.1:0, control: 127.0.0.1:0, capacity: 256MiB}\n"
+    }
+    let file = dir.appendingPathComponent("cluster.yaml").path
+    try text.write(toFile: file, atomically: true, encoding: .utf8)
+    let addresses = ports.map { HostPort(host: "127.0.0.1", port: $0) }
+    func status() async throws -> Heterokv_V1_ClusterStatus {
+      try await CoordinatorClient.withLeader(among: addresses) { try await $0.status() }.result
+    }
+
+    var coordinators: [HKVDaemonProcess] = []
+    for id in ["coord-1", "coord-2"] {
+      let process = try HKVDaemonProcess(["coordinator", "--config", file, "--id", id])
+      try process.waitUntilReady()
+      coordinators.append(process)
+    }
+    let nodes = try (0..<2).map { i in
+      let node = try HKVDaemonProcess(["memnode", "--config", file, "--id", "mem-\(i)"])
+      try node.waitUntilReady()
+      return node
+    }
+    let worker = try HKVDaemonProcess(["worker", "--config", file])
+    try worker.waitUntilReady()
+    defer {
+      worker.kill()
+      for node in nodes { node.kill() }
+      for coordinator in coordinators { coordinator.kill() }
+    }
+    let ready = ContinuousClock.now + .seconds(20)
+    while true {
+      if let s = try? await status(), s.nodesUp == 2, s.workersUp == 1 { break }
+      guard ContinuousClock.now < ready else {
+        Issue.record("the cluster did not come up: \(String(describing: try? await status()))")
+        return
+      }
+      try await Task.sleep(for: .milliseconds(100))
+    }
+    let leaderID = try await status().leader
+    #expect(try await status().store == "etcd")
+    #expect(["coord-1", "coord-2"].contains(leaderID))
+    let leaderIndex = leaderID == "coord-1" ? 0 : 1
+
+    // A sequence the test holds across the failover, with budgets.
+    let kept = Heterokv_V1_SequenceRef.with {
+      $0.namespace = 9
+      $0.sequence = 1
+    }
+    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
+      try await client.openSequence(
+        .with {
+          $0.ref = kept
+          $0.workerID = "test-client"
+          $0.maxTokens = 4096
+        })
+    }
+    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
+      try await client.reportProfiles(
+        .with {
+          $0.ref = kept
+          $0.prefillTokens = 2048
+          $0.heads = (0..<8).map { h in
+            HeadProfile(
+              layer: 0, kvHead: h, stability: 0.2 + 0.1 * Double(h),
+              similarity: (0..<8).map { $0 == h ? 1 : 0.1 }, role: .volatile
+            ).report
+          }
+        })
+    }
+    func keptFigures() async throws -> (
+      Heterokv_V1_SequencePlacement, Heterokv_V1_GetBudgetsResponse
+    ) {
+      try await CoordinatorClient.withLeader(among: addresses) { client in
+        (
+          try await client.placement(namespace: 9, sequence: 1),
+          try await client.budgets(namespace: 9, sequence: 1, layer: nil)
+        )
+      }.result
+    }
+    let before = try await keptFigures()
+
+    let demo = Process()
+    demo.executableURL = try hkvExecutable()
+    demo.arguments = [
+      "demo", "--config", file, "--json", "--tokens", "6000", "--steps", "80", "--no-calibrate",
+      "--no-baselines",
+    ]
+    let out = Pipe()
+    let err = Pipe()
+    demo.standardOutput = out
+    demo.standardError = err
+    try demo.run()
+    var progress = ""
+    while !progress.contains("decode ") {
+      let chunk = err.fileHandleForReading.availableData
+      if chunk.isEmpty { break }
+      progress += String(decoding: chunk, as: UTF8.self)
+    }
+    coordinators[leaderIndex].kill()
+    let killed = ContinuousClock.now
+    var took: Duration?
+    while ContinuousClock.now - killed < .seconds(3 * lease) {
+      if let s = try? await status(), !s.leader.isEmpty, s.leader != leaderID {
+        took = ContinuousClock.now - killed
+        break
+      }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    progress += String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    demo.waitUntilExit()
+    let leadIn = try #require(took, "no standby led within \(3 * lease) s")
+    #expect(leadIn <= .seconds(2 * lease), "the standby led after \(leadIn)")
+    #expect(demo.terminationStatus == 0, "stderr: \(progress)")
+    let decoder = JSONDecoder()
+    decoder.keyDecodingStrategy = .convertFromSnakeCase
+    let report = try decoder.decode(DemoJSON.self, from: stdout)
+    #expect(report.decodeSteps == 80)
+
+    let after = try await keptFigures()
+    #expect(after.0 == before.0, "placement changed across the failover")
+    #expect(after.1 == before.1, "budgets changed across the failover")
+    // New sequences open and close on the new leader; members stayed up.
+    let fresh = Heterokv_V1_SequenceRef.with {
+      $0.namespace = 9
+      $0.sequence = 2
+    }
+    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
+      try await client.openSequence(
+        .with {
+          $0.ref = fresh
+          $0.workerID = "test-client"
+          $0.maxTokens = 1024
+        })
+    }
+    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
+      try await client.closeSequence(namespace: 9, sequence: 2)
+    }
+    let final = try await status()
+    #expect(final.nodesUp == 2 && final.workersUp == 1, "\(final)")
+    #expect(final.sequences.map(\.ref.sequence) == [1], "\(final.sequences)")
+  }
+}

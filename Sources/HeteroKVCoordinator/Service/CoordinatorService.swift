@@ -10,6 +10,12 @@ public protocol CoordinatorAccess: Sendable {
   var configuration: ClusterConfiguration { get }
   /// The coordinator while this process leads; else a ``CoordinatorRedirect`` error.
   func leading() throws(HeteroKVError) -> Coordinator
+  /// This process's replica id when the coordinator is replicated.
+  var replicaID: String? { get }
+}
+
+extension CoordinatorAccess {
+  public var replicaID: String? { nil }
 }
 
 /// A coordinator that always leads: the file store's single owner.
@@ -191,6 +197,10 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
       $0.nodesDown = UInt32(status.nodesDown)
       $0.workersUp = UInt32(status.workersUp)
       $0.sequencesAwaitingDrop = UInt32(clamping: status.sequencesAwaitingDrop)
+      let settings = access.configuration.coordinator
+      $0.store = (settings?.store ?? .file).rawValue
+      $0.leader = access.replicaID ?? ""
+      $0.replicas = settings?.replicas.map(\.id) ?? []
       $0.sequences = status.sequences.map { record in
         let progress = status.copies[record.key]
         return .with {

@@ -630,6 +630,15 @@ public nonisolated struct Heterokv_V1_ClusterStatus: Sendable {
   /// node has not yet dropped.
   public var sequencesAwaitingDrop: UInt32 = 0
 
+  /// Where the state lives: "file" or "etcd".
+  public var store: String = String()
+
+  /// The replica that answered (the leader), when the coordinator is replicated.
+  public var leader: String = String()
+
+  /// Every configured replica id (the leader and its standbys).
+  public var replicas: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1739,7 +1748,7 @@ nonisolated extension Heterokv_V1_SequenceSummary: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{3}capacity_bytes\0\u{3}used_bytes\0\u{3}reserved_bytes\0\u{3}nodes_up\0\u{3}nodes_down\0\u{3}workers_up\0\u{1}sequences\0\u{1}replication\0\u{1}policy\0\u{3}sequences_awaiting_drop\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cluster\0\u{3}capacity_bytes\0\u{3}used_bytes\0\u{3}reserved_bytes\0\u{3}nodes_up\0\u{3}nodes_down\0\u{3}workers_up\0\u{1}sequences\0\u{1}replication\0\u{1}policy\0\u{3}sequences_awaiting_drop\0\u{1}store\0\u{1}leader\0\u{1}replicas\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1758,6 +1767,9 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.replication) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.policy) }()
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.sequencesAwaitingDrop) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.store) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.leader) }()
+      case 14: try { try decoder.decodeRepeatedStringField(value: &self.replicas) }()
       default: break
       }
     }
@@ -1797,6 +1809,15 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
     if self.sequencesAwaitingDrop != 0 {
       try visitor.visitSingularUInt32Field(value: self.sequencesAwaitingDrop, fieldNumber: 11)
     }
+    if !self.store.isEmpty {
+      try visitor.visitSingularStringField(value: self.store, fieldNumber: 12)
+    }
+    if !self.leader.isEmpty {
+      try visitor.visitSingularStringField(value: self.leader, fieldNumber: 13)
+    }
+    if !self.replicas.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.replicas, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1812,6 +1833,9 @@ nonisolated extension Heterokv_V1_ClusterStatus: SwiftProtobuf.Message, SwiftPro
     if lhs.replication != rhs.replication {return false}
     if lhs.policy != rhs.policy {return false}
     if lhs.sequencesAwaitingDrop != rhs.sequencesAwaitingDrop {return false}
+    if lhs.store != rhs.store {return false}
+    if lhs.leader != rhs.leader {return false}
+    if lhs.replicas != rhs.replicas {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -402,6 +402,89 @@ struct NetworkCutTests {
 @Suite("A replicated coordinator on etcd", .serialized)
 struct CoordinatorFailoverTests {
   @Test(
+    "a leader frozen (SIGSTOP: cut off from etcd and its members) loses its lease: the standby leads, and the old leader, resumed, stands by and redirects to it"
+  )
+  func frozenLeaderStepsDown() async throws {
+    let etcd = try EtcdCluster(members: 1)
+    defer { etcd.stop() }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hkv-freeze-\(UUID())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let ports = [try freeTestPort(), try freeTestPort()]
+    let text = """
+      cluster: freeze
+      model: {name: tiny, layers: 2, query_heads: 8, kv_heads: 2, head_dim: 64}
+      coordinator:
+        control: 127.0.0.1:\(ports[0])
+        store: etcd
+        etcd: {endpoints: ["127.0.0.1:\(etcd.members[0].client)"], prefix: /heterokv/freeze}
+        replicas:
+          - {id: coord-1, control: 127.0.0.1:\(ports[0])}
+          - {id: coord-2, control: 127.0.0.1:\(ports[1])}
+        lease: 2s
+        heartbeat: 500ms
+      memory_nodes:
+        - {id: mem-0, data: 127.0.0.1:0, control: 127.0.0.1:0, capacity: 64MiB}
+
+      """
+    let file = dir.appendingPathComponent("cluster.yaml").path
+    try text.write(toFile: file, atomically: true, encoding: .utf8)
+    let addresses = ports.map { HostPort(host: "127.0.0.1", port: $0) }
+    let first = try HKVDaemonProcess(["coordinator", "--config", file, "--id", "coord-1"])
+    try first.waitUntilReady()
+    // coord-1 leads before coord-2 starts.
+    let leads = ContinuousClock.now + .seconds(10)
+    while (try? await CoordinatorClient.with(address: addresses[0]) { try await $0.status() })?
+      .leader != "coord-1"
+    {
+      guard ContinuousClock.now < leads else {
+        Issue.record("coord-1 never led")
+        return
+      }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let second = try HKVDaemonProcess(["coordinator", "--config", file, "--id", "coord-2"])
+    try second.waitUntilReady()
+    defer {
+      kill(first.processID, SIGCONT)
+      first.kill()
+      second.kill()
+    }
+    kill(first.processID, SIGSTOP)
+    let frozen = ContinuousClock.now
+    var took: Duration?
+    // (etcd grants leases of at least about 2 s with its default election timeout.)
+    while ContinuousClock.now - frozen < .seconds(8) {
+      if let s = try? await CoordinatorClient.with(address: addresses[1], { try await $0.status() }),
+        s.leader == "coord-2"
+      {
+        took = ContinuousClock.now - frozen
+        break
+      }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    let leadIn = try #require(took, "coord-2 did not lead within 8 s")
+    #expect(leadIn <= .seconds(4), "coord-2 led after \(leadIn) (two leases are 4 s)")
+    kill(first.processID, SIGCONT)
+    // Resumed, coord-1 finds its lease gone and stands by: it redirects to coord-2.
+    let resumed = ContinuousClock.now
+    var redirect: String?
+    while ContinuousClock.now - resumed < .seconds(5) {
+      do {
+        _ = try await CoordinatorClient.with(address: addresses[0]) { try await $0.status() }
+      } catch let error as HeteroKVError {
+        redirect = CoordinatorRedirect.leader(in: error.message)
+        if redirect != nil { break }
+      }
+      try await Task.sleep(for: .milliseconds(100))
+    }
+    #expect(redirect == addresses[1].description)
+    let status = try await CoordinatorClient.withLeader(among: addresses) { try await $0.status() }
+    #expect(status.result.leader == "coord-2")
+    #expect(status.address == addresses[1])
+  }
+
+  @Test(
     "two coordinators on one etcd: the leader SIGKILLed mid-decode, the standby leads within two leases, hkv demo exits 0, budgets and placements are unchanged, and sequences open and close afterwards"
   )
   func leaderKilledMidDecode() async throws {

@@ -63,8 +63,11 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
     self.metricsFactory = metricsFactory
     self.logger = logger
     self.now = now
+    // A write etcd cannot commit (no quorum) fails within this, well inside a client's own
+    // deadline, instead of holding the coordinator.
     etcd = try EtcdClient(
-      endpoints: etcdSettings.endpoints.map { EtcdEndpoint(host: $0.host, port: $0.port) })
+      endpoints: etcdSettings.endpoints.map { EtcdEndpoint(host: $0.host, port: $0.port) },
+      timeout: .seconds(2))
     prefix = etcdSettings.prefix
     election = EtcdLeaderElection(
       client: etcd, key: Array((etcdSettings.prefix + "/leader").utf8),
@@ -134,9 +137,10 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
           try? await Task.sleep(for: tick)
         }
         slot.set(nil, leader: nil)
-        if Task.isCancelled {
-          await election.resign(leadership)
-        } else {
+        // Stop renewing either way, and give the key up if etcd still holds it: a lease this
+        // replica kept renewing after it stepped down would keep its stale key alive.
+        await election.resign(leadership)
+        if !Task.isCancelled {
           logger.warning("leadership lost; standing by", metadata: ["replica": "\(id)"])
         }
       } catch {
@@ -162,8 +166,9 @@ final class ReplicaSlot: CoordinatorAccess, Sendable {
   let configuration: ClusterConfiguration
   let id: String
   var replicaID: String? { id }
-  private let state = Mutex<(coordinator: Coordinator?, leader: (id: String, address: String)?)>(
-    (nil, nil))
+  private let state = Mutex<
+    (coordinator: Coordinator?, leader: (id: String, address: String)?, last: Coordinator?)
+  >((nil, nil, nil))
 
   init(configuration: ClusterConfiguration, id: String) {
     self.configuration = configuration
@@ -171,7 +176,20 @@ final class ReplicaSlot: CoordinatorAccess, Sendable {
   }
 
   func set(_ coordinator: Coordinator?, leader: (id: String, address: String)?) {
-    state.withLock { $0 = (coordinator, leader) }
+    state.withLock {
+      $0.coordinator = coordinator
+      $0.leader = leader
+      if let coordinator { $0.last = coordinator }
+      // Another replica leads: what this one last held is stale.
+      if leader != nil && coordinator == nil { $0.last = nil }
+    }
+  }
+
+  func reading() throws(HeteroKVError) -> Coordinator {
+    let (coordinator, leader, last) = state.withLock { ($0.coordinator, $0.leader, $0.last) }
+    if let coordinator { return coordinator }
+    if leader == nil, let last { return last }
+    throw CoordinatorRedirect.error(standby: id, leader: leader)
   }
 
   var role: (leading: Bool, leader: (id: String, address: String)?) {

@@ -72,6 +72,9 @@ public final class EtcdClient: Sendable {
   ) async throws(HeteroKVError) -> T {
     var options = CallOptions.defaults
     options.timeout = timeout
+    // A member that is down fails the call at once (and the next member is tried) instead of
+    // holding it until the deadline while its connection retries.
+    options.waitForReady = false
     let first = current.withLock { $0 }
     var failures: [String] = []
     for step in 0..<clients.count {

@@ -14,7 +14,9 @@ public final class Leadership: Sendable {
   public let createRevision: Int64
   /// The lease's TTL: leadership counts as lost once no renewal arrived for this long.
   public let ttl: Duration
-  private let state = Mutex<(lost: Bool, keeper: Task<Void, Never>?, renewed: ContinuousClock.Instant)>(
+  private let state = Mutex<
+    (lost: Bool, keeper: Task<Void, Never>?, renewed: ContinuousClock.Instant)
+  >(
     (false, nil, .now))
 
   init(key: [UInt8], lease: Int64, createRevision: Int64, ttl: Duration) {
@@ -89,6 +91,13 @@ public struct EtcdLeaderElection: Sendable {
       [.created(key, at: 0)], success: [.put(key, value, lease: lease)], failure: [])
     guard answer.succeeded else {
       try? await client.revokeLease(lease)
+      // This candidate's own key from an earlier term (it restarted, or lost touch with etcd
+      // while its lease lived on): give it up so the next attempt can win at once.
+      if let held = try? await client.range(key).kvs.first, Array(held.value) == value,
+        held.lease != 0
+      {
+        try? await client.revokeLease(held.lease)
+      }
       return nil
     }
     // The put was the transaction's only write: the key was created at its revision.

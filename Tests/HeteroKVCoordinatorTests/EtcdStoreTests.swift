@@ -110,7 +110,7 @@ struct EtcdStoreTests {
       // The new leader writes; the old one cannot.
       let fresh = SequenceKey(namespace: 3, sequence: 1)
       _ = try await successor.openSequence(key: fresh, worker: "w2", maxTokens: 64)
-      await expectRefusal(.storageFailure, mentioning: "no longer the leader") {
+      await expectRefusal(.unavailable, mentioning: "no longer the leader") {
         _ = try await leader.openSequence(
           key: SequenceKey(namespace: 3, sequence: 2), worker: "w", maxTokens: 64)
       }

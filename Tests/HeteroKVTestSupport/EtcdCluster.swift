@@ -28,6 +28,7 @@ public final class EtcdCluster {
     public var client: Int
     public var peer: Int
     public var process: Process
+    var arguments: [String]
   }
   public let directory: String
   public private(set) var members: [Member] = []
@@ -60,7 +61,10 @@ public final class EtcdCluster {
       process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
       process.standardOutput = FileHandle.nullDevice
       try process.run()
-      members.append(Member(name: name, client: ports[i].0, peer: ports[i].1, process: process))
+      members.append(
+        Member(
+          name: name, client: ports[i].0, peer: ports[i].1, process: process,
+          arguments: process.arguments ?? []))
     }
   }
 
@@ -94,6 +98,18 @@ public final class EtcdCluster {
     guard process.isRunning else { return }
     Foundation.kill(process.processIdentifier, SIGKILL)
     process.waitUntilExit()
+  }
+
+  /// Starts member `index` again on its data directory (after ``kill(_:)``).
+  public func restart(_ index: Int) throws {
+    guard !members[index].process.isRunning, let etcd = Self.executable else { return }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: etcd)
+    process.arguments = members[index].arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    members[index].process = process
   }
 
   public func stop() {

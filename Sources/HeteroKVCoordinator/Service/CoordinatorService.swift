@@ -12,10 +12,14 @@ public protocol CoordinatorAccess: Sendable {
   func leading() throws(HeteroKVError) -> Coordinator
   /// This process's replica id when the coordinator is replicated.
   var replicaID: String? { get }
+  /// The coordinator reads are answered by: the leading one, or (while no leader can be
+  /// found, e.g. etcd has no quorum) the last one this process led with, on its last state.
+  func reading() throws(HeteroKVError) -> Coordinator
 }
 
 extension CoordinatorAccess {
   public var replicaID: String? { nil }
+  public func reading() throws(HeteroKVError) -> Coordinator { try leading() }
 }
 
 /// A coordinator that always leads: the file store's single owner.
@@ -48,6 +52,11 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   /// The coordinator this process leads with, or the redirect to the leader.
   var coordinator: Coordinator {
     get throws(HeteroKVError) { try access.leading() }
+  }
+
+  /// The coordinator that answers reads (``CoordinatorAccess/reading()``).
+  var reader: Coordinator {
+    get throws(HeteroKVError) { try access.reading() }
   }
 
   public func register(request: Heterokv_V1_RegisterRequest, context: ServerContext) async throws
@@ -114,7 +123,7 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   public func getPlacement(request: Heterokv_V1_SequenceRef, context: ServerContext) async throws
     -> Heterokv_V1_SequencePlacement
   {
-    let record = try await call { try await coordinator.sequence(SequenceKey(request)) }
+    let record = try await call { try await reader.sequence(SequenceKey(request)) }
     return Heterokv_V1_SequencePlacement(record)
   }
 
@@ -148,7 +157,7 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
           "layer \(layer) is outside 0..<\(model.layers) of \(model.name)")
     }
     let records = try await call {
-      try await coordinator.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)
+      try await reader.budgets(of: request.hasRef ? SequenceKey(request.ref) : nil)
     }
     return .with { $0.sequences = records.map { Heterokv_V1_SequenceBudgets($0, layer: layer) } }
   }
@@ -178,14 +187,14 @@ public struct CoordinatorService: Heterokv_V1_Coordinator.SimpleServiceProtocol 
   public func listNodes(request: Heterokv_V1_ListNodesRequest, context: ServerContext) async throws
     -> Heterokv_V1_ListNodesResponse
   {
-    let members = try await call { try await coordinator.members() }
+    let members = try await call { try await reader.members() }
     return .with { $0.members = members.map(Heterokv_V1_MemberInfo.init) }
   }
 
   public func getStatus(request: Heterokv_V1_GetStatusRequest, context: ServerContext) async throws
     -> Heterokv_V1_ClusterStatus
   {
-    let status = try await call { try await coordinator.status() }
+    let status = try await call { try await reader.status() }
     return .with {
       $0.cluster = status.cluster
       $0.policy = status.policy

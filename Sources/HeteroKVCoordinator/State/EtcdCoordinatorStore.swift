@@ -104,9 +104,21 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
     let answer = try await client.txn(
       [leadership.guardComparison, .created(key, at: 0)],
       success: [.put(key, Array(payload))])
-    guard answer.succeeded else {
+    // A refused compare may be this very write, applied by a member that died before it
+    // answered and retried on another: the entry is then there with these bytes.
+    let mine: Bool
+    if answer.succeeded {
+      mine = true
+    } else if let held = try await client.range(key).kvs.first {
+      mine = held.value == payload && leadership.isHeld
+    } else {
+      mine = false
+    }
+    guard mine else {
+      // Retryable: the caller's next attempt finds the leader (this one, in a new term, or
+      // another).
       throw HeteroKVError(
-        .storageFailure,
+        .unavailable,
         "this coordinator is no longer the leader (the leader key under \(prefix) changed, or "
           + "revision \(state.revision) was written by another): change refused")
     }

@@ -37,6 +37,15 @@ extension ClusterConfiguration {
                 mapping([
                   ("endpoints", .sequence(Node.Sequence(e.endpoints.map(scalar)))),
                   ("prefix", scalar(e.prefix)),
+                  (
+                    "tls",
+                    e.tls.map { t in
+                      mapping([
+                        ("ca", t.ca.map(scalar)), ("cert", t.certificate.map(scalar)),
+                        ("key", t.key.map(scalar)), ("server_name", t.serverName.map(scalar)),
+                      ])
+                    }
+                  ),
                 ])
               }
             ),

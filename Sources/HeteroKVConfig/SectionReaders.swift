@@ -51,7 +51,7 @@ extension ClusterConfiguration {
     }
     var etcd: EtcdSettings?
     if let section = r.section("etcd", required: store == .etcd) {
-      section.rejectUnknownKeys(["endpoints", "prefix"])
+      section.rejectUnknownKeys(["endpoints", "prefix", "tls"])
       var endpoints: [HostPort] = []
       if let items = section.child("endpoints")?.sequence, !items.isEmpty {
         for (i, item) in items.enumerated() {
@@ -68,7 +68,17 @@ extension ClusterConfiguration {
       if !prefix.hasPrefix("/") || prefix.hasSuffix("/") {
         section.problem("prefix", "must start with / and not end with one, got \"\(prefix)\"")
       }
-      etcd = EtcdSettings(endpoints: endpoints, prefix: prefix)
+      var tls: EtcdTLSSettings?
+      if let t = section.section("tls") {
+        t.rejectUnknownKeys(["ca", "cert", "key", "server_name"])
+        tls = EtcdTLSSettings(
+          ca: t.string("ca"), certificate: t.string("cert"), key: t.string("key"),
+          serverName: t.string("server_name"))
+        if (tls?.certificate == nil) != (tls?.key == nil) {
+          t.problem("cert", "a client certificate needs its key (cert and key together)")
+        }
+      }
+      etcd = EtcdSettings(endpoints: endpoints, prefix: prefix, tls: tls)
     }
     var replicas: [CoordinatorReplica] = []
     for entry in r.list("replicas") {
@@ -76,8 +86,11 @@ extension ClusterConfiguration {
       guard let id = entry.string("id", required: true),
         let address = entry.hostPort("control", required: true)
       else { continue }
-      if replicas.contains(where: { $0.id == id }) { entry.problem("id", "\"\(id)\" is used twice") }
-      replicas.append(CoordinatorReplica(id: id, control: address, metrics: entry.hostPort("metrics")))
+      if replicas.contains(where: { $0.id == id }) {
+        entry.problem("id", "\"\(id)\" is used twice")
+      }
+      replicas.append(
+        CoordinatorReplica(id: id, control: address, metrics: entry.hostPort("metrics")))
     }
     if !replicas.isEmpty && store != .etcd {
       r.problem("replicas", "several coordinators need store: etcd (a file store has one owner)")

@@ -67,7 +67,12 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
     // deadline, instead of holding the coordinator.
     etcd = try EtcdClient(
       endpoints: etcdSettings.endpoints.map { EtcdEndpoint(host: $0.host, port: $0.port) },
-      timeout: .seconds(2))
+      timeout: .seconds(2),
+      tls: etcdSettings.tls.map {
+        EtcdTLS(
+          caPath: $0.ca, certificatePath: $0.certificate, keyPath: $0.key,
+          serverName: $0.serverName)
+      })
     prefix = etcdSettings.prefix
     election = EtcdLeaderElection(
       client: etcd, key: Array((etcdSettings.prefix + "/leader").utf8),

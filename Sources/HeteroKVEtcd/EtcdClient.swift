@@ -18,6 +18,39 @@ public struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
   public var description: String { "\(host):\(port)" }
 }
 
+/// How the client secures its connections to etcd: TLS with the members' CA and, where etcd
+/// demands client certificates (`--client-cert-auth`, etcd's usual way to authenticate
+/// clients), this client's certificate and key. PEM files.
+public struct EtcdTLS: Sendable, Hashable {
+  /// CA bundle the members' certificates are verified with; none: the system's roots.
+  public var caPath: String?
+  /// This client's certificate chain and key, for mutual TLS.
+  public var certificatePath: String?
+  public var keyPath: String?
+  /// The name expected in the members' certificates (sent as SNI), when dialled by address.
+  public var serverName: String?
+
+  public init(
+    caPath: String? = nil, certificatePath: String? = nil, keyPath: String? = nil,
+    serverName: String? = nil
+  ) {
+    self.caPath = caPath
+    self.certificatePath = certificatePath
+    self.keyPath = keyPath
+    self.serverName = serverName
+  }
+
+  var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
+    .tls {
+      if let ca = caPath { $0.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+      if let certificate = certificatePath, let key = keyPath {
+        $0.certificateChain = [.file(path: certificate, format: .pem)]
+        $0.privateKey = .file(path: key, format: .pem)
+      }
+    }
+  }
+}
+
 /// A client of etcd's v3 gRPC API (the subset in Proto/etcd): key ranges, puts, deletes and
 /// transactions, leases with a keep-alive stream, and watches. It keeps one connection per
 /// endpoint and sends each call to the endpoint that answered last, moving to the next when
@@ -31,8 +64,10 @@ public final class EtcdClient: Sendable {
   let clients: [GRPCClient<HTTP2ClientTransport.Posix>]
   private let current = Mutex(0)
 
-  /// A client of the members at `endpoints` (at least one).
-  public init(endpoints: [EtcdEndpoint], timeout: Duration = .seconds(5)) throws(HeteroKVError) {
+  /// A client of the members at `endpoints` (at least one), over TLS when `tls` is given.
+  public init(endpoints: [EtcdEndpoint], timeout: Duration = .seconds(5), tls: EtcdTLS? = nil)
+    throws(HeteroKVError)
+  {
     guard !endpoints.isEmpty else {
       throw HeteroKVError(.invalidArgument, "etcd needs at least one endpoint")
     }
@@ -45,7 +80,10 @@ public final class EtcdClient: Sendable {
           GRPCClient(
             transport: try HTTP2ClientTransport.Posix(
               target: .dns(host: endpoint.host, port: endpoint.port),
-              transportSecurity: .plaintext)))
+              transportSecurity: tls?.transportSecurity ?? .plaintext,
+              config: .defaults {
+                if let name = tls?.serverName { $0.http2.authority = name }
+              })))
       } catch {
         throw HeteroKVError(.invalidArgument, "etcd endpoint \(endpoint): \(error)", cause: error)
       }

@@ -55,10 +55,31 @@ public struct EtcdSettings: Sendable, Hashable {
   public var endpoints: [HostPort]
   /// Key prefix of this cluster's state (e.g. `/heterokv/prod`).
   public var prefix: String
+  /// TLS toward etcd: the members' CA, and this cluster's client certificate where etcd
+  /// authenticates clients by certificate; none: plaintext.
+  public var tls: EtcdTLSSettings?
 
-  public init(endpoints: [HostPort], prefix: String) {
+  public init(endpoints: [HostPort], prefix: String, tls: EtcdTLSSettings? = nil) {
     self.endpoints = endpoints
     self.prefix = prefix
+    self.tls = tls
+  }
+}
+
+/// PEM files for TLS toward etcd (`coordinator.etcd.tls`).
+public struct EtcdTLSSettings: Sendable, Hashable {
+  public var ca: String?
+  public var certificate: String?
+  public var key: String?
+  public var serverName: String?
+
+  public init(
+    ca: String? = nil, certificate: String? = nil, key: String? = nil, serverName: String? = nil
+  ) {
+    self.ca = ca
+    self.certificate = certificate
+    self.key = key
+    self.serverName = serverName
   }
 }
 

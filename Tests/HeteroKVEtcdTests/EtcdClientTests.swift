@@ -112,4 +112,42 @@ struct EtcdClientTests {
       }
     }
   }
+
+  @Test("over mutual TLS: a client with the CA and its certificate is served; one without is not")
+  func mutualTLS() async throws {
+    let dir = NSTemporaryDirectory() + "hkv-etcd-tls-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let files = try EtcdCluster.makeTLSFiles(in: dir)
+    let cluster = try EtcdCluster(members: 1, tls: files)
+    defer { cluster.stop() }
+    // Dialled by IP address, which cannot go as SNI: the certificate's name is sent instead.
+    let tls = EtcdTLS(
+      caPath: files.ca, certificatePath: files.clientCertificate, keyPath: files.clientKey,
+      serverName: "etcd.test")
+    let client = try EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(2), tls: tls)
+    let running = Task { try await client.run() }
+    defer {
+      client.shutdown()
+      running.cancel()
+    }
+    try await cluster.waitUntilServing(client)
+    try await client.put(bytes("/hkv/tls"), bytes("yes"))
+    #expect(try await client.range(bytes("/hkv/tls")).kvs.first?.value == Data(bytes("yes")))
+    for refused in [EtcdTLS(caPath: files.ca, serverName: "etcd.test"), nil] {
+      let other = try EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(2), tls: refused)
+      let task = Task { try await other.run() }
+      defer {
+        other.shutdown()
+        task.cancel()
+      }
+      do {
+        try await other.put(bytes("/hkv/tls"), bytes("no"))
+        Issue.record("etcd served a client without \(refused == nil ? "TLS" : "a certificate")")
+      } catch {
+        #expect(error.code == .unavailable, "\(error)")
+      }
+    }
+    #expect(try await client.range(bytes("/hkv/tls")).kvs.first?.value == Data(bytes("yes")))
+  }
 }

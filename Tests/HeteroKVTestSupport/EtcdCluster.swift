@@ -3,7 +3,7 @@ import HeteroKVCore
 import HeteroKVEtcd
 
 /// A TCP port free at the time of asking, on 127.0.0.1.
-func freeLoopbackPort() throws -> Int {
+public func freeLoopbackPort() throws -> Int {
   let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
   defer { close(fd) }
   var address = sockaddr_in()
@@ -33,7 +33,48 @@ public final class EtcdCluster {
   public let directory: String
   public private(set) var members: [Member] = []
 
-  public init(members count: Int) throws {
+  /// PEM files for members that serve clients over mutual TLS (``makeTLSFiles(in:)``).
+  public struct TLSFiles: Sendable {
+    public var ca, serverCertificate, serverKey, clientCertificate, clientKey: String
+  }
+
+  /// A CA, a certificate for 127.0.0.1 the members present, and a client certificate, made by
+  /// openssl in `directory`.
+  public static func makeTLSFiles(in directory: String) throws -> TLSFiles {
+    let script = """
+      set -e
+      cd '\(directory)'
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout ca.key -out ca.pem -days 1 -subj /CN=hkv-etcd-test-ca 2>/dev/null
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout server.key -out server.csr -subj /CN=etcd.test 2>/dev/null
+      printf 'subjectAltName=DNS:etcd.test,IP:127.0.0.1\\n' > san.ext
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out server.pem -days 1 -extfile san.ext 2>/dev/null
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout client.key -out client.csr -subj /CN=hkv-coordinator 2>/dev/null
+      openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out client.pem -days 1 2>/dev/null
+      """
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = ["-c", script]
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+      throw HeteroKVError(.unavailable, "openssl could not make test certificates in \(directory)")
+    }
+    return TLSFiles(
+      ca: directory + "/ca.pem", serverCertificate: directory + "/server.pem",
+      serverKey: directory + "/server.key", clientCertificate: directory + "/client.pem",
+      clientKey: directory + "/client.key")
+  }
+
+  public convenience init(members count: Int) throws { try self.init(members: count, tls: nil) }
+
+  /// `count` members; with `tls`, clients are served over TLS and must present a certificate
+  /// the CA signed.
+  public init(members count: Int, tls: TLSFiles?) throws {
     directory = NSTemporaryDirectory() + "hkv-etcd-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let ports = try (0..<count).map { _ in (try freeLoopbackPort(), try freeLoopbackPort()) }
@@ -47,15 +88,22 @@ public final class EtcdCluster {
           .unavailable, "etcd is not installed (apt-get install etcd-server; .ci/run does)")
       }
       process.executableURL = URL(fileURLWithPath: etcd)
+      let scheme = tls == nil ? "http" : "https"
       process.arguments = [
         "--name", name, "--data-dir", "\(directory)/\(name)",
-        "--listen-client-urls", "http://127.0.0.1:\(ports[i].0)",
-        "--advertise-client-urls", "http://127.0.0.1:\(ports[i].0)",
+        "--listen-client-urls", "\(scheme)://127.0.0.1:\(ports[i].0)",
+        "--advertise-client-urls", "\(scheme)://127.0.0.1:\(ports[i].0)",
         "--listen-peer-urls", "http://127.0.0.1:\(ports[i].1)",
         "--initial-advertise-peer-urls", "http://127.0.0.1:\(ports[i].1)",
         "--initial-cluster", initial, "--initial-cluster-state", "new",
         "--initial-cluster-token", "hkv-test", "--log-level", "error",
       ]
+      if let tls {
+        process.arguments! += [
+          "--cert-file", tls.serverCertificate, "--key-file", tls.serverKey,
+          "--trusted-ca-file", tls.ca, "--client-cert-auth",
+        ]
+      }
       let log = "\(directory)/\(name).log"
       FileManager.default.createFile(atPath: log, contents: nil)
       process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))

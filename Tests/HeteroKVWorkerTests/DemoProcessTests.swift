@@ -30,22 +30,7 @@ struct DemoJSON: Decodable {
 }
 
 /// A TCP port free at the time of asking, on 127.0.0.1.
-func freeTestPort() throws -> Int {
-  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-  defer { close(fd) }
-  var address = sockaddr_in()
-  address.sin_family = sa_family_t(AF_INET)
-  address.sin_addr.s_addr = inet_addr("127.0.0.1")
-  address.sin_port = 0
-  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-  let bound = withUnsafeMutablePointer(to: &address) {
-    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-      bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-    }
-  }
-  guard bound else { throw CocoaError(.fileWriteUnknown) }
-  return Int(UInt16(bigEndian: address.sin_port))
-}
+func freeTestPort() throws -> Int { try freeLoopbackPort() }
 
 @Suite("hkv demo", .serialized)
 struct DemoProcessTests {

@@ -51,6 +51,21 @@ func shardCount(_ node: HostPort) async throws -> Int {
   }
 }
 
+/// Worker options for the cluster `started` once its `nodes` memory nodes are up: 1K-token
+/// shards and a replica check every 100 ms.
+func failureWorkerOptions(_ started: StartedCoordinator, nodes: Int) async throws -> WorkerOptions {
+  let deadline = ContinuousClock.now + .seconds(20)
+  while try await clusterStatus(started.address).nodesUp < nodes {
+    guard ContinuousClock.now < deadline else { throw HeteroKVError(.unavailable, "no nodes") }
+    try await Task.sleep(for: .milliseconds(50))
+  }
+  let cluster = try ClusterConfiguration.load(path: started.clusterFile)
+  var options = try WorkerOptions(cluster: cluster, id: "worker-test")
+  options.chunkTokens = 1024
+  options.replicaCheckInterval = .milliseconds(100)
+  return options
+}
+
 /// The coordinator's status over gRPC.
 func clusterStatus(_ coordinator: HostPort) async throws -> Heterokv_V1_ClusterStatus {
   try await CoordinatorClient.with(address: coordinator) { try await $0.status() }
@@ -82,15 +97,7 @@ struct FailureProcessTests {
       coordinator.kill()
     }
     // Every node registered before the sequences are placed.
-    let deadline = ContinuousClock.now + .seconds(20)
-    while try await clusterStatus(started.address).nodesUp < 3 {
-      guard ContinuousClock.now < deadline else { throw HeteroKVError(.unavailable, "no nodes") }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    let cluster = try ClusterConfiguration.load(path: started.clusterFile)
-    var options = try WorkerOptions(cluster: cluster, id: "worker-test")
-    options.chunkTokens = 1024
-    options.replicaCheckInterval = .milliseconds(100)
+    let options = try await failureWorkerOptions(started, nodes: 3)
     let worker = try Worker(options: options, control: CoordinatorControl(address: started.address))
     defer { Task { await worker.shutdown() } }
     let replay = try tinyWorkload(steps: 24)
@@ -340,15 +347,7 @@ struct NetworkCutTests {
       for node in nodes { node.kill() }
       coordinator.kill()
     }
-    let deadline = ContinuousClock.now + .seconds(20)
-    while try await clusterStatus(started.address).nodesUp < 3 {
-      guard ContinuousClock.now < deadline else { throw HeteroKVError(.unavailable, "no nodes") }
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    let cluster = try ClusterConfiguration.load(path: started.clusterFile)
-    var options = try WorkerOptions(cluster: cluster, id: "worker-test")
-    options.chunkTokens = 1024
-    options.replicaCheckInterval = .milliseconds(100)
+    var options = try await failureWorkerOptions(started, nodes: 3)
     options.requestTimeout = .milliseconds(500)
     let worker = try Worker(options: options, control: CoordinatorControl(address: started.address))
     defer { Task { await worker.shutdown() } }

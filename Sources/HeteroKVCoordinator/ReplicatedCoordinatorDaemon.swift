@@ -14,8 +14,9 @@ import Synchronization
 /// lease's length and a create-if-absent leader key naming it and its address); while it
 /// leads, it opens the state from etcd and serves every call with a ``Coordinator`` whose
 /// writes are guarded by that leadership, and runs the lease ticker and the row reclaimer.
-/// While it stands by, every call is refused with the leader's address, which members and the
-/// admin CLI follow. It steps down when its leadership lapses (no renewal reached etcd for a
+/// While it stands by, it keeps the state current through a watch on etcd (a hot standby: a
+/// takeover reads only the log's tail), and every call is refused with the leader's address,
+/// which members and the admin CLI follow. It steps down when its leadership lapses (no renewal reached etcd for a
 /// lease), and campaigns again.
 public final class ReplicatedCoordinatorDaemon: Service, Sendable {
   public let configuration: ClusterConfiguration
@@ -34,6 +35,8 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
   private let logger: Logger
   private let now: @Sendable () -> Double
   private let slot: ReplicaSlot
+  /// The state a standby keeps current.
+  let follower: EtcdStateFollower
 
   /// Replica `id` of the cluster in `configuration` (whose coordinator section has an etcd
   /// store; `replicas` names `id`, or there are no replicas and it listens at `control`).
@@ -79,6 +82,7 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
       value: Array("\(id) \(replica.control)".utf8),
       ttl: max(1, Int(settings.leaseSeconds.rounded(.up))))
     slot = ReplicaSlot(configuration: configuration, id: id)
+    follower = EtcdStateFollower(client: etcd, prefix: etcdSettings.prefix)
     server = GRPCServerService(
       host: replica.control.host, port: replica.control.port,
       services: [CoordinatorService(access: slot)],
@@ -114,15 +118,20 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
     while !Task.isCancelled {
       do {
         guard let leadership = try await election.attempt() else {
+          // A hot standby: the state followed through a watch on the log.
+          follower.start()
           let known = try await election.leader().flatMap { Self.parse($0.value) }
           slot.set(nil, leader: known)
           health.set("store", met: true, detail: "standing by; etcd answers")
           try await Task.sleep(for: poll)
           continue
         }
+        // What the standby followed needs only the log's tail read.
+        let followed = follower.state
+        follower.stop()
         let store = try await EtcdCoordinatorStore.open(
           client: etcd, prefix: prefix, leadership: leadership,
-          snapshotEvery: settings.snapshotEvery)
+          snapshotEvery: settings.snapshotEvery, following: followed)
         let coordinator = try Coordinator(
           configuration: configuration, store: store, metricsFactory: metricsFactory,
           logger: logger, now: now)

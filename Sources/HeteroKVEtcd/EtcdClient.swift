@@ -278,7 +278,8 @@ public final class EtcdClient: Sendable {
 
   /// Watches every key under `prefix` from `revision` (inclusive), calling `events` with each
   /// batch in order; when the stream breaks it is reopened from the revision after the last
-  /// one delivered, so nothing is missed or seen twice. Runs until cancelled.
+  /// one delivered, so nothing is missed or seen twice. Runs until cancelled, or until
+  /// `events` throws (that error is rethrown).
   public func watch(
     prefix: [UInt8], from revision: Int64,
     events: @escaping @Sendable ([Etcdserverpb_Event], Int64) async throws -> Void
@@ -310,16 +311,27 @@ public final class EtcdClient: Sendable {
                 }
                 guard !answer.events.isEmpty else { continue }
                 let last = answer.events.map(\.kv.modRevision).max() ?? start
-                try await events(answer.events, answer.header.revision)
+                do {
+                  try await events(answer.events, answer.header.revision)
+                } catch {
+                  throw WatchHandlerFailure(error: error)
+                }
                 next.withLock { $0 = last + 1 }
               }
             })
         }
       } catch {
         if Task.isCancelled { throw CancellationError() }
+        // The handler's own failure ends the watch; a broken stream is reopened.
+        if let failure = error.cause as? WatchHandlerFailure { throw failure.error }
         try await Task.sleep(for: .milliseconds(200))
       }
     }
+  }
+
+  /// An error thrown by a watch's event handler, carried through the stream's error path.
+  struct WatchHandlerFailure: Error {
+    var error: any Error
   }
 
   /// The end of the range of keys that start with `prefix`.

@@ -118,4 +118,69 @@ struct EtcdStoreTests {
       #expect(try await successor.closeSequence(fresh) > 0)
     }
   }
+
+  @Test(
+    "a standby follows the leader's state through a watch on the log (across snapshots), and a new leader opened on what it followed reads only the tail, or everything when the tail is gone"
+  )
+  func hotStandby() async throws {
+    let config = try testCluster(replication: 2)
+    try await withEtcd { etcd, _ in
+      let leadership = try #require(try await election(etcd, "coord-a").attempt())
+      let follower = EtcdStateFollower(client: etcd, prefix: "/hkv/test")
+      follower.start()
+      defer { follower.stop() }
+      let clock = ManualClock()
+      let leader = try make(
+        config,
+        store: try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: "/hkv/test", leadership: leadership, snapshotEvery: 4),
+        clock: clock)
+      try await history(leader, clock: clock)
+      func caughtUp(_ revision: UInt64) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+          if follower.state?.revision == revision { return true }
+          try await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+      }
+      let acknowledged = await leader.snapshot()
+      #expect(try await caughtUp(acknowledged.revision))
+      #expect(follower.state?.sequences == acknowledged.sequences)
+      // (Lease times are not state: heartbeats renew them without a change.)
+      #expect(
+        follower.state?.membership.members.mapValues(\.status)
+          == acknowledged.membership.members.mapValues(\.status))
+      #expect(
+        follower.state?.membership.members.mapValues(\.incarnation)
+          == acknowledged.membership.members.mapValues(\.incarnation))
+      let stale = try #require(follower.state)
+      follower.stop()
+      // Five more changes: a snapshot compacts the entries after what the follower held.
+      for s in 10..<15 {
+        _ = try await leader.openSequence(
+          key: SequenceKey(namespace: 5, sequence: UInt64(s)), worker: "w", maxTokens: 64)
+      }
+      let later = await leader.snapshot()
+      let fromStale = try make(
+        config,
+        store: try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: "/hkv/test", leadership: leadership, following: stale))
+      #expect(await fromStale.snapshot().sequences == later.sequences)
+      #expect(await fromStale.snapshot().revision == later.revision)
+      // Following again from scratch, then opening on it: the same state.
+      let again = EtcdStateFollower(client: etcd, prefix: "/hkv/test")
+      again.start()
+      defer { again.stop() }
+      let deadline = ContinuousClock.now + .seconds(10)
+      while again.state?.revision != later.revision && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(20))
+      }
+      let reopened = try make(
+        config,
+        store: try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: "/hkv/test", leadership: leadership, following: again.state))
+      #expect(await reopened.snapshot().sequences == later.sequences)
+    }
+  }
 }

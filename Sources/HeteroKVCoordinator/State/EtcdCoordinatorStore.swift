@@ -11,9 +11,9 @@ import Synchronization
 /// entry, that no entry of that revision exists), so a coordinator that lost leadership
 /// cannot write at all: its transaction fails and the change is refused.
 ///
-/// Loading reads the snapshot and replays the log after it, refusing a gap. Standbys read
-/// the same keys; a new leader opens its store after winning, on what the last leader
-/// acknowledged.
+/// Loading reads the snapshot and replays the log after it, refusing a gap. Standbys keep the
+/// same state current by watching the log (``EtcdStateFollower``); a new leader then reads
+/// only the entries after what it followed, on what the last leader acknowledged.
 public final class EtcdCoordinatorStore: CoordinatorStore {
   private struct Entry: Codable {
     var revision: UInt64
@@ -43,20 +43,30 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
   }
 
   /// Reads the state under `prefix` and returns a store whose writes are guarded by
-  /// `leadership`.
+  /// `leadership`. A standby that kept `following` current (``EtcdStateFollower``) reads only
+  /// the log entries after it; when snapshots compacted past them, everything.
   public static func open(
-    client: EtcdClient, prefix: String, leadership: Leadership, snapshotEvery: Int = 1024
+    client: EtcdClient, prefix: String, leadership: Leadership, snapshotEvery: Int = 1024,
+    following: CoordinatorState? = nil
   ) async throws(HeteroKVError) -> EtcdCoordinatorStore {
-    let (state, entries) = try await read(client: client, prefix: prefix)
+    var read: (state: CoordinatorState?, entries: Int)?
+    if let following {
+      read = try await tail(client: client, prefix: prefix, after: following)
+    }
+    if read == nil {
+      let full = try await Self.read(client: client, prefix: prefix)
+      read = (full.state, full.entries)
+    }
     return EtcdCoordinatorStore(
       client: client, prefix: prefix, leadership: leadership,
-      snapshotEvery: max(1, snapshotEvery), loaded: state, entries: entries)
+      snapshotEvery: max(1, snapshotEvery), loaded: read!.state, entries: read!.entries)
   }
 
-  /// The state under `prefix` (nil when nothing was ever stored), and the log entries after
-  /// its snapshot; what a standby reads to stay current.
+  /// The state under `prefix` (nil when nothing was ever stored), the log entries after its
+  /// snapshot, and the etcd revision it was read at (a watch from the next one misses
+  /// nothing).
   public static func read(client: EtcdClient, prefix: String) async throws(HeteroKVError)
-    -> (CoordinatorState?, Int)
+    -> (state: CoordinatorState?, entries: Int, etcdRevision: Int64)
   {
     var state: CoordinatorState?
     if let kv = try await client.range(Array((prefix + "/snapshot").utf8)).kvs.first {
@@ -66,17 +76,10 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
         throw HeteroKVError(.storageFailure, "etcd \(prefix)/snapshot cannot be read: \(error)")
       }
     }
-    let log = try await client.range(prefix: Array((prefix + "/log/").utf8)).kvs
+    let (log, revision) = try await client.range(prefix: Array((prefix + "/log/").utf8))
     var replayed = 0
     for kv in log {
-      let entry: Entry
-      do {
-        entry = try JSONDecoder().decode(Entry.self, from: kv.value)
-      } catch {
-        throw HeteroKVError(
-          .storageFailure,
-          "etcd \(String(decoding: kv.key, as: UTF8.self)) cannot be decoded: \(error)")
-      }
+      let entry = try decode(kv)
       var current = state ?? CoordinatorState(leaseSeconds: 1)
       if entry.revision <= current.revision { continue }
       guard entry.revision == current.revision + 1 else {
@@ -88,7 +91,60 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
       state = current
       replayed += 1
     }
-    return (state, replayed)
+    return (state, replayed, revision)
+  }
+
+  /// `state` brought up to date from the log entries after it, or nil when the log no
+  /// longer holds the next one (a snapshot compacted it): read everything then.
+  static func tail(client: EtcdClient, prefix: String, after state: CoordinatorState)
+    async throws(HeteroKVError) -> (state: CoordinatorState?, entries: Int)?
+  {
+    let start = Array((prefix + "/log/" + logName(state.revision + 1)).utf8)
+    let end = EtcdClient.prefixEnd(Array((prefix + "/log/").utf8))
+    let log = try await client.range(start, end: end).kvs
+    var current = state
+    for kv in log {
+      let entry = try decode(kv)
+      guard entry.revision == current.revision + 1 else { return nil }
+      current.apply(entry.change)
+    }
+    // Entries before `state`'s next may be gone and a snapshot newer: only trust the tail
+    // when the log still starts at or before it.
+    let first = try await client.range(
+      Array((prefix + "/log/").utf8), end: end, limit: 1
+    ).kvs.first
+    if let first, try decode(first).revision > state.revision + 1 { return nil }
+    if first == nil,
+      let snapshot = try await client.range(Array((prefix + "/snapshot").utf8)).kvs.first,
+      (try? JSONDecoder().decode(CoordinatorState.self, from: snapshot.value))?.revision
+        ?? 0 > state.revision
+    {
+      return nil
+    }
+    return (current, log.count)
+  }
+
+  private static func decode(_ kv: Etcdserverpb_KeyValue) throws(HeteroKVError) -> Entry {
+    do {
+      return try JSONDecoder().decode(Entry.self, from: kv.value)
+    } catch {
+      throw HeteroKVError(
+        .storageFailure,
+        "etcd \(String(decoding: kv.key, as: UTF8.self)) cannot be decoded: \(error)")
+    }
+  }
+
+  /// Applies a watched log entry to `state`: the next state (or `state` itself for an entry
+  /// it holds already), or nil when entries are missing (read everything again).
+  static func follow(_ kv: Etcdserverpb_KeyValue, onto state: CoordinatorState?)
+    -> CoordinatorState?
+  {
+    guard let entry = try? decode(kv) else { return nil }
+    var current = state ?? CoordinatorState(leaseSeconds: 1)
+    if entry.revision <= current.revision { return current }
+    guard entry.revision == current.revision + 1 else { return nil }
+    current.apply(entry.change)
+    return current
   }
 
   public func load() throws(HeteroKVError) -> CoordinatorState? { loaded }
@@ -148,5 +204,66 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
   static func logName(_ revision: UInt64) -> String {
     let digits = String(revision)
     return String(repeating: "0", count: max(0, 20 - digits.count)) + digits
+  }
+}
+
+/// A standby's copy of the coordinator's state, kept current by a watch on the log: read
+/// once, then each new entry applied in order; a gap (entries compacted into a snapshot while
+/// the watch was away) reads everything again.
+public final class EtcdStateFollower: Sendable {
+  public let client: EtcdClient
+  public let prefix: String
+  private let current = Mutex<CoordinatorState?>(nil)
+  private let task = Mutex<Task<Void, Never>?>(nil)
+
+  public init(client: EtcdClient, prefix: String) {
+    self.client = client
+    self.prefix = prefix
+  }
+
+  /// The state as last followed (nil before the first read, or when nothing is stored).
+  public var state: CoordinatorState? { current.withLock { $0 } }
+
+  /// Starts following (once).
+  public func start() {
+    task.withLock { running in
+      guard running == nil else { return }
+      running = Task { [weak self] in
+        while !Task.isCancelled {
+          guard let self else { return }
+          do {
+            let read = try await EtcdCoordinatorStore.read(client: self.client, prefix: self.prefix)
+            self.current.withLock { $0 = read.state }
+            try await self.client.watch(
+              prefix: Array((self.prefix + "/log/").utf8), from: read.etcdRevision + 1
+            ) { events, _ in
+              for event in events where event.type == .put {
+                let gap = self.current.withLock { state -> Bool in
+                  guard let next = EtcdCoordinatorStore.follow(event.kv, onto: state) else {
+                    return true
+                  }
+                  state = next
+                  return false
+                }
+                // Entries went missing: read everything again.
+                if gap { throw CancellationError() }
+              }
+            }
+          } catch {
+            if Task.isCancelled { return }
+            try? await Task.sleep(for: .milliseconds(200))
+          }
+        }
+      }
+    }
+  }
+
+  /// Stops following.
+  public func stop() {
+    let running = task.withLock { t -> Task<Void, Never>? in
+      defer { t = nil }
+      return t
+    }
+    running?.cancel()
   }
 }

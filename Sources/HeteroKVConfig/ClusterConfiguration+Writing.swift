@@ -36,7 +36,9 @@ extension ClusterConfiguration {
               c.etcd.map { e in
                 mapping([
                   ("endpoints", .sequence(Node.Sequence(e.endpoints.map(scalar)))),
-                  ("prefix", scalar(e.prefix)),
+                  ("prefix", scalar(e.prefix)), ("user", e.user.map(scalar)),
+                  ("password_env", e.passwordEnv.map(scalar)),
+                  ("password_file", e.passwordFile.map(scalar)),
                   (
                     "tls",
                     e.tls.map { t in

@@ -51,7 +51,9 @@ extension ClusterConfiguration {
     }
     var etcd: EtcdSettings?
     if let section = r.section("etcd", required: store == .etcd) {
-      section.rejectUnknownKeys(["endpoints", "prefix", "tls"])
+      section.rejectUnknownKeys([
+        "endpoints", "prefix", "tls", "user", "password_env", "password_file",
+      ])
       var endpoints: [HostPort] = []
       if let items = section.child("endpoints")?.sequence, !items.isEmpty {
         for (i, item) in items.enumerated() {
@@ -79,6 +81,13 @@ extension ClusterConfiguration {
         }
       }
       etcd = EtcdSettings(endpoints: endpoints, prefix: prefix, tls: tls)
+      etcd?.user = section.string("user")
+      etcd?.passwordEnv = section.string("password_env")
+      etcd?.passwordFile = section.string("password_file")
+      if etcd?.user != nil && (etcd?.passwordEnv == nil) == (etcd?.passwordFile == nil) {
+        section.problem(
+          "user", "give the password by exactly one of password_env and password_file")
+      }
     }
     var replicas: [CoordinatorReplica] = []
     for entry in r.list("replicas") {

@@ -1,4 +1,5 @@
 import CoreMetrics
+import Foundation
 import HeteroKVControlPlane
 import HeteroKVCore
 import HeteroKVDaemon
@@ -66,6 +67,10 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
     self.metricsFactory = metricsFactory
     self.logger = logger
     self.now = now
+    var credentials: EtcdCredentials?
+    if let user = etcdSettings.user {
+      credentials = EtcdCredentials(user: user, password: try Self.password(etcdSettings))
+    }
     // A write etcd cannot commit (no quorum) fails within this, well inside a client's own
     // deadline, instead of holding the coordinator.
     etcd = try EtcdClient(
@@ -75,7 +80,7 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
         EtcdTLS(
           caPath: $0.ca, certificatePath: $0.certificate, keyPath: $0.key,
           serverName: $0.serverName)
-      })
+      }, credentials: credentials)
     prefix = etcdSettings.prefix
     election = EtcdLeaderElection(
       client: etcd, key: Array((etcdSettings.prefix + "/leader").utf8),
@@ -164,6 +169,23 @@ public final class ReplicatedCoordinatorDaemon: Service, Sendable {
         try? await Task.sleep(for: poll)
       }
     }
+  }
+
+  /// The etcd user's password, from the environment variable or file the cluster file names.
+  static func password(_ settings: EtcdSettings) throws(HeteroKVError) -> String {
+    if let name = settings.passwordEnv {
+      guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
+        throw .invalid("coordinator.etcd.password_env names \(name), which is not set")
+      }
+      return value
+    }
+    if let path = settings.passwordFile {
+      guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw .invalid("coordinator.etcd.password_file \(path) cannot be read")
+      }
+      return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    throw .invalid("coordinator.etcd.user needs password_env or password_file")
   }
 
   /// `id address` from a leader key's value.

@@ -51,6 +51,18 @@ public struct EtcdTLS: Sendable, Hashable {
   }
 }
 
+/// A user etcd authenticates by name and password (etcd's `auth enable`): exchanged for a
+/// token that every call carries, and exchanged again when etcd says the token expired.
+public struct EtcdCredentials: Sendable, Hashable {
+  public var user: String
+  public var password: String
+
+  public init(user: String, password: String) {
+    self.user = user
+    self.password = password
+  }
+}
+
 /// A client of etcd's v3 gRPC API (the subset in Proto/etcd): key ranges, puts, deletes and
 /// transactions, leases with a keep-alive stream, and watches. It keeps one connection per
 /// endpoint and sends each call to the endpoint that answered last, moving to the next when
@@ -63,11 +75,16 @@ public final class EtcdClient: Sendable {
   public let timeout: Duration
   let clients: [GRPCClient<HTTP2ClientTransport.Posix>]
   private let current = Mutex(0)
+  private let credentials: EtcdCredentials?
+  private let token = Mutex<String?>(nil)
 
-  /// A client of the members at `endpoints` (at least one), over TLS when `tls` is given.
-  public init(endpoints: [EtcdEndpoint], timeout: Duration = .seconds(5), tls: EtcdTLS? = nil)
-    throws(HeteroKVError)
-  {
+  /// A client of the members at `endpoints` (at least one), over TLS when `tls` is given, as
+  /// the user `credentials` name where etcd authenticates users.
+  public init(
+    endpoints: [EtcdEndpoint], timeout: Duration = .seconds(5), tls: EtcdTLS? = nil,
+    credentials: EtcdCredentials? = nil
+  ) throws(HeteroKVError) {
+    self.credentials = credentials
     guard !endpoints.isEmpty else {
       throw HeteroKVError(.invalidArgument, "etcd needs at least one endpoint")
     }
@@ -104,9 +121,12 @@ public final class EtcdClient: Sendable {
   }
 
   /// Runs `body` on the member that answered last, then on each other member in turn when one
-  /// cannot be reached; errors name etcd and the member.
+  /// cannot be reached; errors name etcd and the member. With credentials, `body` gets the
+  /// token's metadata, and a call refused for an expired or missing token is authenticated
+  /// again and retried once.
   func call<T: Sendable>(
-    _ what: String, _ body: (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions) async throws -> T
+    _ what: String,
+    _ body: (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions, Metadata) async throws -> T
   ) async throws(HeteroKVError) -> T {
     var options = CallOptions.defaults
     options.timeout = timeout
@@ -117,25 +137,58 @@ public final class EtcdClient: Sendable {
     var failures: [String] = []
     for step in 0..<clients.count {
       let index = (first + step) % clients.count
-      do {
-        let result = try await body(clients[index], options)
-        if step > 0 { current.withLock { $0 = index } }
-        return result
-      } catch let error as RPCError
-        where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code)
-      {
-        failures.append("\(endpoints[index]): \(error.code) \(error.message)")
-      } catch let error as RPCError {
-        throw HeteroKVError(
-          Self.code(error.code), "etcd \(what) at \(endpoints[index]): \(error.message)",
-          cause: error)
-      } catch {
-        throw HeteroKVError(
-          .unavailable, "etcd \(what) at \(endpoints[index]): \(error)", cause: error)
+      var reauthenticated = false
+      while true {
+        do {
+          let metadata = try await authentication(on: clients[index], options: options)
+          let result = try await body(clients[index], options, metadata)
+          if step > 0 { current.withLock { $0 = index } }
+          return result
+        } catch let error as RPCError
+          where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code)
+        {
+          failures.append("\(endpoints[index]): \(error.code) \(error.message)")
+        } catch let error as RPCError
+          where credentials != nil && !reauthenticated
+          && (error.code == .unauthenticated || error.message.contains("auth token"))
+        {
+          token.withLock { $0 = nil }
+          reauthenticated = true
+          continue
+        } catch let error as RPCError {
+          throw HeteroKVError(
+            Self.code(error.code), "etcd \(what) at \(endpoints[index]): \(error.message)",
+            cause: error)
+        } catch {
+          throw HeteroKVError(
+            .unavailable, "etcd \(what) at \(endpoints[index]): \(error)", cause: error)
+        }
+        break
       }
     }
     throw HeteroKVError(
       .unavailable, "etcd \(what): no member answered (\(failures.joined(separator: "; ")))")
+  }
+
+  /// The `token` metadata of the current token, authenticating first when there is none.
+  private func authentication(
+    on client: GRPCClient<HTTP2ClientTransport.Posix>, options: CallOptions
+  ) async throws -> Metadata {
+    guard let credentials else { return [:] }
+    if let token = token.withLock({ $0 }) { return Self.metadata(token) }
+    let answer = try await Etcdserverpb_Auth.Client(wrapping: client).authenticate(
+      .with {
+        $0.name = credentials.user
+        $0.password = credentials.password
+      }, options: options)
+    token.withLock { $0 = answer.token }
+    return Self.metadata(answer.token)
+  }
+
+  private static func metadata(_ token: String) -> Metadata {
+    var metadata = Metadata()
+    metadata.addString(token, forKey: "token")
+    return metadata
   }
 
   static func code(_ code: RPCError.Code) -> HeteroKVError.Code {
@@ -161,8 +214,9 @@ public final class EtcdClient: Sendable {
       if let rangeEnd { $0.rangeEnd = Data(rangeEnd) }
       $0.limit = Int64(limit)
     }
-    let answer = try await call("Range") { client, options in
-      try await Etcdserverpb_KV.Client(wrapping: client).range(request, options: options)
+    let answer = try await call("Range") { client, options, metadata in
+      try await Etcdserverpb_KV.Client(wrapping: client).range(
+        request, metadata: metadata, options: options)
     }
     return (answer.kvs, answer.header.revision)
   }
@@ -181,8 +235,9 @@ public final class EtcdClient: Sendable {
       $0.value = Data(value)
       $0.lease = lease
     }
-    _ = try await call("Put") { client, options in
-      try await Etcdserverpb_KV.Client(wrapping: client).put(request, options: options)
+    _ = try await call("Put") { client, options, metadata in
+      try await Etcdserverpb_KV.Client(wrapping: client).put(
+        request, metadata: metadata, options: options)
     }
   }
 
@@ -195,8 +250,9 @@ public final class EtcdClient: Sendable {
       $0.key = Data(key)
       if let rangeEnd { $0.rangeEnd = Data(rangeEnd) }
     }
-    let answer = try await call("DeleteRange") { client, options in
-      try await Etcdserverpb_KV.Client(wrapping: client).deleteRange(request, options: options)
+    let answer = try await call("DeleteRange") { client, options, metadata in
+      try await Etcdserverpb_KV.Client(wrapping: client).deleteRange(
+        request, metadata: metadata, options: options)
     }
     return Int(answer.deleted)
   }
@@ -211,8 +267,9 @@ public final class EtcdClient: Sendable {
       $0.success = success
       $0.failure = failure
     }
-    return try await call("Txn") { client, options in
-      try await Etcdserverpb_KV.Client(wrapping: client).txn(request, options: options)
+    return try await call("Txn") { client, options, metadata in
+      try await Etcdserverpb_KV.Client(wrapping: client).txn(
+        request, metadata: metadata, options: options)
     }
   }
 
@@ -220,9 +277,9 @@ public final class EtcdClient: Sendable {
 
   /// Grants a lease of `ttl` seconds; returns its id.
   public func grantLease(ttl: Int) async throws(HeteroKVError) -> Int64 {
-    let answer = try await call("LeaseGrant") { client, options in
+    let answer = try await call("LeaseGrant") { client, options, metadata in
       try await Etcdserverpb_Lease.Client(wrapping: client).leaseGrant(
-        .with { $0.ttl = Int64(ttl) }, options: options)
+        .with { $0.ttl = Int64(ttl) }, metadata: metadata, options: options)
     }
     guard answer.error.isEmpty else {
       throw HeteroKVError(.unavailable, "etcd LeaseGrant: \(answer.error)")
@@ -232,9 +289,9 @@ public final class EtcdClient: Sendable {
 
   /// Revokes a lease: every key attached to it is deleted.
   public func revokeLease(_ id: Int64) async throws(HeteroKVError) {
-    _ = try await call("LeaseRevoke") { client, options in
+    _ = try await call("LeaseRevoke") { client, options, metadata in
       try await Etcdserverpb_Lease.Client(wrapping: client).leaseRevoke(
-        .with { $0.id = id }, options: options)
+        .with { $0.id = id }, metadata: metadata, options: options)
     }
   }
 
@@ -249,8 +306,9 @@ public final class EtcdClient: Sendable {
       try Task.checkCancellation()
       let expired: Bool
       do {
-        expired = try await call("LeaseKeepAlive") { client, _ in
+        expired = try await call("LeaseKeepAlive") { client, _, metadata in
           try await Etcdserverpb_Lease.Client(wrapping: client).leaseKeepAlive(
+            metadata: metadata,
             requestProducer: { writer in
               while !Task.isCancelled {
                 try await writer.write(.with { $0.id = id })
@@ -296,8 +354,9 @@ public final class EtcdClient: Sendable {
         }
       }
       do {
-        try await call("Watch") { client, _ in
+        try await call("Watch") { client, _, metadata in
           try await Etcdserverpb_Watch.Client(wrapping: client).watch(
+            metadata: metadata,
             requestProducer: { writer in
               try await writer.write(request)
               // Keep the request side open for the stream's life.

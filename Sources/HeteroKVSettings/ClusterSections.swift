@@ -58,6 +58,11 @@ public struct EtcdSettings: Sendable, Hashable {
   /// TLS toward etcd: the members' CA, and this cluster's client certificate where etcd
   /// authenticates clients by certificate; none: plaintext.
   public var tls: EtcdTLSSettings?
+  /// The etcd user the coordinator authenticates as (where etcd has `auth enable`), and where
+  /// its password comes from: an environment variable or a file (never the cluster file).
+  public var user: String?
+  public var passwordEnv: String?
+  public var passwordFile: String?
 
   public init(endpoints: [HostPort], prefix: String, tls: EtcdTLSSettings? = nil) {
     self.endpoints = endpoints

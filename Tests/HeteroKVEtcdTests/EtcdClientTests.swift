@@ -150,4 +150,56 @@ struct EtcdClientTests {
     }
     #expect(try await client.range(bytes("/hkv/tls")).kvs.first?.value == Data(bytes("yes")))
   }
+
+  @Test(
+    "with etcd's user authentication on: a client with the user's password is served; one without, or with a wrong password, is not"
+  )
+  func userAuthentication() async throws {
+    try await withEtcd { anonymous, cluster in
+      func etcdctl(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/etcdctl")
+        process.arguments =
+          ["--endpoints=http://127.0.0.1:\(cluster.members[0].client)"] + arguments
+        process.environment = ["ETCDCTL_API": "3"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "etcdctl \(arguments)")
+      }
+      try etcdctl(["user", "add", "root:secret"])
+      try etcdctl(["auth", "enable"])
+      let client = try EtcdClient(
+        endpoints: cluster.endpoints, timeout: .seconds(2),
+        credentials: EtcdCredentials(user: "root", password: "secret"))
+      let running = Task { try await client.run() }
+      defer {
+        client.shutdown()
+        running.cancel()
+      }
+      try await client.put(bytes("/hkv/auth"), bytes("yes"))
+      #expect(try await client.range(bytes("/hkv/auth")).kvs.first?.value == Data(bytes("yes")))
+      // The lease stream carries the token too.
+      let lease = try await client.grantLease(ttl: 5)
+      try await client.revokeLease(lease)
+      let wrong = try EtcdClient(
+        endpoints: cluster.endpoints, timeout: .seconds(2),
+        credentials: EtcdCredentials(user: "root", password: "guess"))
+      let task = Task { try await wrong.run() }
+      defer {
+        wrong.shutdown()
+        task.cancel()
+      }
+      for refused in [anonymous, wrong] {
+        do throws(HeteroKVError) {
+          try await refused.put(bytes("/hkv/auth"), bytes("no"))
+          Issue.record("etcd took a write from a client that did not authenticate")
+        } catch {
+          #expect(error.message.contains("etcd"), "\(error)")
+        }
+      }
+      #expect(try await client.range(bytes("/hkv/auth")).kvs.first?.value == Data(bytes("yes")))
+    }
+  }
 }

@@ -122,7 +122,6 @@ public actor Coordinator {
 
   // MARK: Membership
 
-  /// Registers (or re-registers) a member; returns its incarnation.
   private func registerLocked(
     id: String, role: MembershipTable.Role, dataAddress: String, controlAddress: String,
     capacityBytes: UInt64, transport: String
@@ -181,8 +180,6 @@ public actor Coordinator {
     return (true, "")
   }
 
-  /// Marks down every member whose lease lapsed; returns their ids. Then closes the sequences
-  /// of workers that are gone (``reclaimOrphans()``).
   private func expireLeasesLocked() async throws(HeteroKVError) -> [String] {
     let lapsed = state.membership.lapsed(now: now())
     if !lapsed.isEmpty {
@@ -206,7 +203,6 @@ public actor Coordinator {
       metadata: ["sequences": "\(orphaned.map(\.description))"])
   }
 
-  /// Every member with its lease and reported use, sorted by id.
   private func membersLocked() async throws(HeteroKVError) -> [MemberView] {
     // A read answers from the state even when the store cannot take the lease bookkeeping
     // (etcd without a quorum): a write that needs it fails at its own commit.
@@ -221,7 +217,6 @@ public actor Coordinator {
 
   // MARK: Sequences and placement
 
-  /// Opens `key` for `worker` (idempotent for the same worker) and returns its record.
   private func openSequenceLocked(key: SequenceKey, worker: String, maxTokens: Int)
     async throws(HeteroKVError)
     -> SequenceRecord
@@ -270,7 +265,6 @@ public actor Coordinator {
     return record
   }
 
-  /// The record of `key`, or a not-found error naming it.
   private func sequenceLocked(_ key: SequenceKey) async throws(HeteroKVError) -> SequenceRecord {
     // A read answers from the state even when the store cannot take the lease bookkeeping
     // (etcd without a quorum): a write that needs it fails at its own commit.
@@ -281,7 +275,6 @@ public actor Coordinator {
     return record
   }
 
-  /// Stores `profiles` for `key`, computes its budgets and reserves the memory tier they imply.
   private func reportProfilesLocked(key: SequenceKey, prefillTokens: Int, profiles: [HeadProfile])
     async throws(HeteroKVError) -> SequenceRecord
   {
@@ -312,15 +305,11 @@ public actor Coordinator {
     return state.sequences[key]!
   }
 
-  /// Records with budgets: of `key` when given (not found is an error), else of every open
-  /// sequence, in key order.
   private func budgetsLocked(of key: SequenceKey?) async throws(HeteroKVError) -> [SequenceRecord] {
     if let key { return [try await sequenceLocked(key)] }
     return state.sequences.values.sorted { $0.key < $1.key }
   }
 
-  /// Closes `key`; returns the bytes released. `undropped` names memory nodes the worker could
-  /// not reach to drop the rows: the coordinator has them drop the rows once they answer.
   private func closeSequenceLocked(_ key: SequenceKey, undropped: [String])
     async throws(HeteroKVError) -> UInt64
   {
@@ -333,8 +322,6 @@ public actor Coordinator {
     return record.reservedBytes
   }
 
-  /// Records a worker's replication report for `key`; returns the current placement version,
-  /// so a worker behind it knows to fetch the placement.
   private func reportReplicationLocked(_ key: SequenceKey, progress: ReplicationProgress)
     async throws(HeteroKVError) -> UInt64
   {
@@ -349,8 +336,6 @@ public actor Coordinator {
     return record.placement.version
   }
 
-  /// Memory nodes that still hold rows of sequences the coordinator closed, with where to
-  /// reach them; nodes without a control address are skipped (recorded as dropped).
   private func pendingDropsLocked() async throws(HeteroKVError) -> [PendingDrop] {
     try await expireLeasesLocked()
     var drops: [PendingDrop] = []
@@ -374,7 +359,6 @@ public actor Coordinator {
     return drops
   }
 
-  /// Records that `nodes` dropped the rows of `key` (or no longer hold them).
   private func rowsDroppedLocked(_ key: SequenceKey, nodes: [String]) async throws(HeteroKVError) {
     guard let pending = state.pendingDrops[key], pending.contains(where: nodes.contains) else {
       return
@@ -382,7 +366,6 @@ public actor Coordinator {
     try await commit(.rowsDropped(key, nodes: nodes))
   }
 
-  /// Capacity, use, members and sequences.
   private func statusLocked() async throws(HeteroKVError) -> ClusterStatusView {
     // A read answers from the state even when the store cannot take the lease bookkeeping
     // (etcd without a quorum): a write that needs it fails at its own commit.

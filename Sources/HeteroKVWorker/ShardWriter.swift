@@ -279,12 +279,7 @@ actor ShardWriter {
     let members = Set(placement.nodes.map(\.id))
     let departed = Set(stored.values.flatMap { $0.values.flatMap(\.keys) }).subtracting(members)
     for node in departed.sorted() where tier.isHealthy(node) && !dropped {
-      do {
-        _ = try await tier.node(node).drop(.sequence(ref.sequence, namespace: ref.namespace))
-      } catch  where error.code == .unknownSequence {
-      } catch {
-        continue
-      }
+      guard await dropSequence(on: node) else { continue }
       for layer in stored.keys {
         for shard in stored[layer]!.keys { stored[layer]![shard]![node] = nil }
       }
@@ -362,7 +357,7 @@ actor ShardWriter {
       // Dropped while the copy was on its way: the release's drop may have run before the
       // put landed, so drop it again rather than leave the rows behind.
       if dropped {
-        _ = try? await tier.node(target).drop(.sequence(ref.sequence, namespace: ref.namespace))
+        _ = await dropSequence(on: target)
         return false
       }
       stored[Int(shard.layer), default: [:]][shard, default: [:]][target] = start + count
@@ -373,6 +368,17 @@ actor ShardWriter {
     }
     shardsCopied += 1
     return true
+  }
+
+  /// Drops the sequence's rows on `node`; true when the node answered (a node holding none of
+  /// them, that never took rows or dropped them already, answers too).
+  private func dropSequence(on node: String) async -> Bool {
+    do {
+      _ = try await tier.node(node).drop(.sequence(ref.sequence, namespace: ref.namespace))
+      return true
+    } catch {
+      return error.code == .unknownSequence
+    }
   }
 
   /// Drops the sequence's shards from every node of the placement; returns the nodes that
@@ -392,14 +398,7 @@ actor ShardWriter {
         unreachable.append(node)
         continue
       }
-      do {
-        _ = try await tier.node(node).drop(
-          .sequence(ref.sequence, namespace: ref.namespace))
-      } catch  where error.code == .unknownSequence {
-        // Nothing of the sequence there (it never took rows, or dropped them already).
-      } catch {
-        unreachable.append(node)
-      }
+      if !(await dropSequence(on: node)) { unreachable.append(node) }
     }
     // The sequence's shards are gone (or will be reclaimed): none is under-replicated now.
     if !degraded.isEmpty {

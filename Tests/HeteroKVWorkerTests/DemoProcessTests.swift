@@ -32,6 +32,46 @@ struct DemoJSON: Decodable {
 /// A TCP port free at the time of asking, on 127.0.0.1.
 func freeTestPort() throws -> Int { try freeLoopbackPort() }
 
+/// `hkv demo --config FILE --json ...` run as a child process, so a test can break the
+/// cluster while it decodes.
+final class DemoRun {
+  let process = Process()
+  private let out = Pipe()
+  private let err = Pipe()
+  /// Its stderr read so far (progress lines, then anything after).
+  private(set) var progress = ""
+
+  init(config file: String, tokens: Int, steps: Int) throws {
+    process.executableURL = try hkvExecutable()
+    process.arguments = [
+      "demo", "--config", file, "--json", "--tokens", "\(tokens)", "--steps", "\(steps)",
+      "--no-calibrate", "--no-baselines",
+    ]
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+  }
+
+  /// Returns once the progress shows decoding has begun (or the demo ended).
+  func waitForDecode() {
+    while !progress.contains("decode ") {
+      let chunk = err.fileHandleForReading.availableData
+      if chunk.isEmpty { break }
+      progress += String(decoding: chunk, as: UTF8.self)
+    }
+  }
+
+  /// Waits for the exit; returns the status and the JSON report (nil when it is not one).
+  func finish() -> (status: Int32, report: DemoJSON?) {
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    progress += String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    let decoder = JSONDecoder()
+    decoder.keyDecodingStrategy = .convertFromSnakeCase
+    return (process.terminationStatus, try? decoder.decode(DemoJSON.self, from: stdout))
+  }
+}
+
 @Suite("hkv demo", .serialized)
 struct DemoProcessTests {
   func demo(_ extra: [String]) throws -> DemoJSON {
@@ -141,36 +181,17 @@ struct DemoProcessTests {
     // Both memory nodes must have registered before the sequence is placed.
     try await Task.sleep(for: .seconds(2))
 
-    let demo = Process()
-    demo.executableURL = try hkvExecutable()
-    demo.arguments = [
-      "demo", "--config", file, "--json", "--tokens", "6000", "--steps", "40",
-      "--no-calibrate", "--no-baselines",
-    ]
-    let out = Pipe()
-    let err = Pipe()
-    demo.standardOutput = out
-    demo.standardError = err
-    try demo.run()
+    let demo = try DemoRun(config: file, tokens: 6000, steps: 40)
     // Progress lines go to stderr; the node dies once decoding has begun.
-    var progress = ""
-    while !progress.contains("decode ") {
-      let chunk = err.fileHandleForReading.availableData
-      if chunk.isEmpty { break }
-      progress += String(decoding: chunk, as: UTF8.self)
-    }
+    demo.waitForDecode()
     nodes[1].kill()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    progress += String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    demo.waitUntilExit()
-    #expect(demo.terminationStatus == 0, "stderr: \(progress)")
-    let decoder = JSONDecoder()
-    decoder.keyDecodingStrategy = .convertFromSnakeCase
-    let report = try decoder.decode(DemoJSON.self, from: stdout)
+    let (status, decoded) = demo.finish()
+    #expect(status == 0, "stderr: \(demo.progress)")
+    let report = try #require(decoded, "no JSON report: \(demo.progress)")
     #expect(report.decodeSteps == 40)
     #expect(report.releaseFailure == nil)
     // Steps after the kill were answered by the surviving replicas.
-    #expect(report.failovers > 0, "the node died after decoding: \(progress)")
+    #expect(report.failovers > 0, "the node died after decoding: \(demo.progress)")
     #expect(report.meanRelativeError < 0.2)
   }
 

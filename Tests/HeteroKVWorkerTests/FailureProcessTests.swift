@@ -66,6 +66,27 @@ func failureWorkerOptions(_ started: StartedCoordinator, nodes: Int) async throw
   return options
 }
 
+/// Opens sequence `namespace/sequence` for worker `test-client` at whichever coordinator leads
+/// among `addresses` (waiting `patience` for one).
+func openTestSequence(
+  among addresses: [HostPort], namespace: UInt32 = 0, sequence: UInt64, maxTokens: Int = 1024,
+  timeout: Duration = .seconds(5), patience: Duration = .zero
+) async throws {
+  _ = try await CoordinatorClient.withLeader(
+    among: addresses, timeout: timeout, patience: patience
+  ) { client in
+    try await client.openSequence(
+      .with {
+        $0.ref = .with {
+          $0.namespace = namespace
+          $0.sequence = sequence
+        }
+        $0.workerID = "test-client"
+        $0.maxTokens = UInt64(maxTokens)
+      })
+  }
+}
+
 /// The coordinator's status over gRPC.
 func clusterStatus(_ coordinator: HostPort) async throws -> Heterokv_V1_ClusterStatus {
   try await CoordinatorClient.with(address: coordinator) { try await $0.status() }
@@ -431,16 +452,8 @@ struct CoordinatorFailoverTests {
     try coordinator.waitUntilReady()
     defer { coordinator.kill() }
     func open(_ sequence: UInt64) async throws {
-      _ = try await CoordinatorClient.withLeader(
-        among: [address], timeout: .seconds(10), patience: .seconds(15)
-      ) { client in
-        try await client.openSequence(
-          .with {
-            $0.ref = .with { $0.sequence = sequence }
-            $0.workerID = "test-client"
-            $0.maxTokens = 1024
-          })
-      }
+      try await openTestSequence(
+        among: [address], sequence: sequence, timeout: .seconds(10), patience: .seconds(15))
     }
     let node = try HKVDaemonProcess(["memnode", "--config", file, "--id", "mem-0"])
     try node.waitUntilReady()
@@ -460,14 +473,7 @@ struct CoordinatorFailoverTests {
     try await open(2)
     etcd.kill(1)
     do {
-      _ = try await CoordinatorClient.with(address: address, timeout: .seconds(10)) { client in
-        try await client.openSequence(
-          .with {
-            $0.ref = .with { $0.sequence = 3 }
-            $0.workerID = "test-client"
-            $0.maxTokens = 1024
-          })
-      }
+      try await openTestSequence(among: [address], sequence: 3, timeout: .seconds(10))
       Issue.record("a write without an etcd quorum succeeded")
     } catch {
       // Refused: by the store (no quorum), by a replica that stepped down, or by the
@@ -664,14 +670,7 @@ struct CoordinatorFailoverTests {
       $0.namespace = 9
       $0.sequence = 1
     }
-    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
-      try await client.openSequence(
-        .with {
-          $0.ref = kept
-          $0.workerID = "test-client"
-          $0.maxTokens = 4096
-        })
-    }
+    try await openTestSequence(among: addresses, namespace: 9, sequence: 1, maxTokens: 4096)
     _ = try await CoordinatorClient.withLeader(among: addresses) { client in
       try await client.reportProfiles(
         .with {
@@ -697,23 +696,8 @@ struct CoordinatorFailoverTests {
     }
     let before = try await keptFigures()
 
-    let demo = Process()
-    demo.executableURL = try hkvExecutable()
-    demo.arguments = [
-      "demo", "--config", file, "--json", "--tokens", "6000", "--steps", "80", "--no-calibrate",
-      "--no-baselines",
-    ]
-    let out = Pipe()
-    let err = Pipe()
-    demo.standardOutput = out
-    demo.standardError = err
-    try demo.run()
-    var progress = ""
-    while !progress.contains("decode ") {
-      let chunk = err.fileHandleForReading.availableData
-      if chunk.isEmpty { break }
-      progress += String(decoding: chunk, as: UTF8.self)
-    }
+    let demo = try DemoRun(config: file, tokens: 6000, steps: 80)
+    demo.waitForDecode()
     coordinators[leaderIndex].kill()
     let killed = ContinuousClock.now
     var took: Duration?
@@ -724,33 +708,18 @@ struct CoordinatorFailoverTests {
       }
       try await Task.sleep(for: .milliseconds(50))
     }
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    progress += String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    demo.waitUntilExit()
+    let (demoStatus, decoded) = demo.finish()
     let leadIn = try #require(took, "no standby led within \(3 * lease) s")
     #expect(leadIn <= .seconds(2 * lease), "the standby led after \(leadIn)")
-    #expect(demo.terminationStatus == 0, "stderr: \(progress)")
-    let decoder = JSONDecoder()
-    decoder.keyDecodingStrategy = .convertFromSnakeCase
-    let report = try decoder.decode(DemoJSON.self, from: stdout)
+    #expect(demoStatus == 0, "stderr: \(demo.progress)")
+    let report = try #require(decoded, "no JSON report: \(demo.progress)")
     #expect(report.decodeSteps == 80)
 
     let after = try await keptFigures()
     #expect(after.0 == before.0, "placement changed across the failover")
     #expect(after.1 == before.1, "budgets changed across the failover")
     // New sequences open and close on the new leader; members stayed up.
-    let fresh = Heterokv_V1_SequenceRef.with {
-      $0.namespace = 9
-      $0.sequence = 2
-    }
-    _ = try await CoordinatorClient.withLeader(among: addresses) { client in
-      try await client.openSequence(
-        .with {
-          $0.ref = fresh
-          $0.workerID = "test-client"
-          $0.maxTokens = 1024
-        })
-    }
+    try await openTestSequence(among: addresses, namespace: 9, sequence: 2)
     _ = try await CoordinatorClient.withLeader(among: addresses) { client in
       try await client.closeSequence(namespace: 9, sequence: 2)
     }

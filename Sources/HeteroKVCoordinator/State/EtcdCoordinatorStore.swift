@@ -79,17 +79,15 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
     let (log, revision) = try await client.range(prefix: Array((prefix + "/log/").utf8))
     var replayed = 0
     for kv in log {
-      let entry = try decode(kv)
-      var current = state ?? CoordinatorState(leaseSeconds: 1)
-      if entry.revision <= current.revision { continue }
-      guard entry.revision == current.revision + 1 else {
+      let before = state?.revision ?? 0
+      guard let next = try follow(kv, onto: state) else {
         throw HeteroKVError(
           .storageFailure,
-          "etcd \(prefix)/log skips from revision \(current.revision) to \(entry.revision)")
+          "etcd \(prefix)/log skips from revision \(before) past the entry at "
+            + String(decoding: kv.key, as: UTF8.self))
       }
-      current.apply(entry.change)
-      state = current
-      replayed += 1
+      if next.revision > before { replayed += 1 }
+      state = next
     }
     return (state, replayed, revision)
   }
@@ -104,9 +102,9 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
     let log = try await client.range(start, end: end).kvs
     var current = state
     for kv in log {
-      let entry = try decode(kv)
-      guard entry.revision == current.revision + 1 else { return nil }
-      current.apply(entry.change)
+      guard let next = try follow(kv, onto: current), next.revision == current.revision + 1
+      else { return nil }
+      current = next
     }
     // Entries before `state`'s next may be gone and a snapshot newer: only trust the tail
     // when the log still starts at or before it.
@@ -134,12 +132,13 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
     }
   }
 
-  /// Applies a watched log entry to `state`: the next state (or `state` itself for an entry
-  /// it holds already), or nil when entries are missing (read everything again).
+  /// Applies one log entry to `state` (the one step of loading, catching up and following):
+  /// the next state (or `state` itself for an entry it holds already), or nil when entries
+  /// before it are missing.
   static func follow(_ kv: Etcdserverpb_KeyValue, onto state: CoordinatorState?)
-    -> CoordinatorState?
+    throws(HeteroKVError) -> CoordinatorState?
   {
-    guard let entry = try? decode(kv) else { return nil }
+    let entry = try decode(kv)
     var current = state ?? CoordinatorState(leaseSeconds: 1)
     if entry.revision <= current.revision { return current }
     guard entry.revision == current.revision + 1 else { return nil }
@@ -239,7 +238,8 @@ public final class EtcdStateFollower: Sendable {
             ) { events, _ in
               for event in events where event.type == .put {
                 let gap = self.current.withLock { state -> Bool in
-                  guard let next = EtcdCoordinatorStore.follow(event.kv, onto: state) else {
+                  // An entry that cannot be read counts as a gap: read everything again.
+                  guard let next = try? EtcdCoordinatorStore.follow(event.kv, onto: state) else {
                     return true
                   }
                   state = next

@@ -91,6 +91,7 @@ extension ClusterConfiguration {
           ("stability_threshold", scalar(b.stabilityThreshold)),
           ("similarity_threshold", scalar(b.similarityThreshold)),
           ("profile_interval_steps", scalar(b.profileIntervalSteps)),
+          ("recall", scalar(b.recall)),
         ])
       ))
     root.append(("replication", scalar(replication)))

@@ -156,7 +156,7 @@ extension ClusterConfiguration {
   static func readBudgets(_ r: YAMLReader) -> BudgetSettings? {
     r.rejectUnknownKeys([
       "policy", "memory_fraction", "min_tokens", "max_tokens", "full_head_cost",
-      "stability_threshold", "similarity_threshold", "profile_interval_steps",
+      "stability_threshold", "similarity_threshold", "profile_interval_steps", "recall",
     ])
     let d = BudgetSettings()
     let start = r.log.problems.count
@@ -167,7 +167,7 @@ extension ClusterConfiguration {
     if let maxTokens, maxTokens < minTokens {
       r.problem("max_tokens", "must be at least min_tokens (\(minTokens)), got \(maxTokens)")
     }
-    let settings = BudgetSettings(
+    var settings = BudgetSettings(
       policy: policy ?? d.policy, memoryFraction: fraction, minTokens: minTokens,
       maxTokens: maxTokens,
       fullHeadCost: r.double("full_head_cost", range: 0...1) ?? d.fullHeadCost,
@@ -175,6 +175,7 @@ extension ClusterConfiguration {
       similarityThreshold: r.double("similarity_threshold", range: 0...1) ?? d.similarityThreshold,
       profileIntervalSteps: r.int("profile_interval_steps", range: 1...1 << 20)
         ?? d.profileIntervalSteps)
+    settings.recall = r.bool("recall") ?? d.recall
     return r.log.problems.count == start ? settings : nil
   }
 

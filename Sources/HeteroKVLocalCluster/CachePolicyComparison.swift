@@ -155,7 +155,8 @@ public struct CachePolicyComparison: Sendable {
     switch policy.target {
     case .local(let budgets, let worker, let outputMode):
       var options = LocalCluster.Options(model: try c.geometry, sequenceTokens: maxTokens)
-      options.budgets = budgets
+      options.budgets = budgets.chargingKeyCodes(
+        of: worker, headDim: try c.geometry.headDim, tokens: maxTokens)
       options.worker = worker
       options.outputMode = outputMode
       let cluster = try await LocalCluster.start(options, logger: logger)

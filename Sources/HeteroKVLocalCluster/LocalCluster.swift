@@ -24,7 +24,7 @@ public final class LocalCluster: Sendable {
     public var replication: Int = 1
     public var budgets: BudgetSettings = BudgetSettings()
     public var worker: WorkerSettings = WorkerSettings()
-    public var outputMode: HCAttentionOutputMode = .renormalized
+    public var outputMode: HCAttentionOutputMode = WorkerSettings().outputMode
     public var chunkTokens: Int = 128 << 10
     /// Also serve the engine API over gRPC.
     public var serveEngine: Bool = false

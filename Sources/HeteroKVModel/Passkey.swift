@@ -26,6 +26,31 @@ public struct PasskeyPrompt: Sendable, Hashable {
       + String(repeating: Self.filler, count: repeats - at) + Self.question
   }
 
+  /// A prompt of about `tokens` tokens with `passkey` at `depth` (0...1) of `haystack`, a real
+  /// text (repeated when shorter than needed) cut to length by tokens; the needle goes in at
+  /// the first sentence or line end at or after the depth (within 64 tokens of it).
+  public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer, haystack: String)
+  {
+    let needle = "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
+    let fixed = tokenizer.encode(Self.intro + needle + Self.question).count
+    let wanted = max(1, tokens - fixed)
+    let own = tokenizer.encode(haystack)
+    var ids = own
+    while !own.isEmpty && ids.count < wanted { ids += own }
+    ids = Array(ids.prefix(wanted))
+    var at = Int((Double(ids.count) * min(max(depth, 0), 1)).rounded())
+    if let end = (at..<min(ids.count, at + 64)).first(where: { i in
+      let piece = tokenizer.decode([ids[i]])
+      return piece.hasSuffix(".") || piece.hasSuffix("\n")
+    }) {
+      at = end + 1
+    }
+    self.passkey = passkey
+    text =
+      Self.intro + tokenizer.decode(Array(ids[..<at])) + " " + needle
+      + tokenizer.decode(Array(ids[at...])) + Self.question
+  }
+
   /// Whether generated text answers with the passkey.
   public func isAnswered(by output: String) -> Bool {
     output.drop(while: \.isWhitespace).hasPrefix(String(passkey))

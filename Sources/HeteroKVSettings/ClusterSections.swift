@@ -157,6 +157,42 @@ public struct WorkerSettings: Sendable, Hashable {
   }
 }
 
+/// The configuration the project recommends for a real model, measured in docs/eval.md
+/// ("SmolLM2 on real text"): the one every model command (`hkv generate`, `hkv needle`,
+/// `hkv fidelity`) starts from and deploy/smollm2.yaml writes out. HeteroCache adds
+/// `BudgetSettings.recall` to it.
+public enum RecommendedSettings {
+  /// One-byte pq codes over 4 dims, 64 recent and 4 sink tokens exact, tau 0.999, exact output
+  /// (the memory nodes re-score kept tokens with their fp16 keys).
+  public static var worker: WorkerSettings {
+    var w = WorkerSettings(keyCodec: .pq, keyBits: 8, groupSize: 4, window: 64, sinks: 4, tau: 0.999)
+    w.outputMode = .exact
+    return w
+  }
+}
+
+extension WorkerSettings {
+  /// What one head's key index costs the worker at `tokens` tokens, as a share of the head's
+  /// fp16 K+V: the codes, the codebook (pq: 2^bits centroids of fp32 sub-vectors) or the
+  /// per-64-token scales (scalar), and the fp16 keys of the window and sinks. The
+  /// `budgets.full_head_cost` that charges a coded head what it really holds.
+  public func keyCodeShare(headDim d: Int, tokens n: Int) -> Double {
+    guard n > 0, d > 0 else { return 1 }
+    let perToken: Double
+    let fixed: Double
+    switch keyCodec {
+    case .pq:
+      perToken = Double(d / max(1, groupSize) * keyBits) / 8
+      fixed = Double((1 << keyBits) * d * 4)
+    case .scalar:
+      perToken = Double(d * keyBits) / 8 + Double(2 * d * 4) / 64
+      fixed = 0
+    }
+    let exact = Double(min(n, window + sinks) * d * 2)
+    return min(1, (Double(n) * perToken + fixed + exact) / (Double(n) * Double(4 * d)))
+  }
+}
+
 /// When a put counts as stored (and the worker may forget the rows it shipped).
 public enum ReplicaAcknowledgement: String, Sendable, Hashable, CaseIterable, Codable {
   /// Every replica the placement names that is not marked down holds the rows; a live
@@ -196,6 +232,11 @@ public struct BudgetSettings: Sendable, Hashable {
   public var similarityThreshold: Double
   /// Decode steps between re-profiles the worker reports.
   public var profileIntervalSteps: Int
+  /// HeteroCache: compressed heads keep key codes too, and each step recalls from the memory
+  /// tier the tokens their tau-mass set holds outside the cache (exact output mode). Their
+  /// codes are charged like a full head's, so caps are smaller; a static cache (the paper's,
+  /// the default) misses what decode attends to after the prefill.
+  public var recall = false
 
   public init(
     policy: BudgetPolicyKind = .heterocache, memoryFraction: Double = 0.3, minTokens: Int = 64,
@@ -214,6 +255,18 @@ public struct BudgetSettings: Sendable, Hashable {
 }
 
 extension BudgetSettings {
+  /// These budgets with coded heads charged what `worker`'s index holds at `tokens` tokens,
+  /// and recall kept only where every head's codes fit under the memory fraction (below it,
+  /// compressed heads keep static caches): how clusters started in one process are planned.
+  public func chargingKeyCodes(of worker: WorkerSettings, headDim: Int, tokens: Int)
+    -> BudgetSettings
+  {
+    var b = self
+    b.fullHeadCost = worker.keyCodeShare(headDim: headDim, tokens: tokens)
+    b.recall = recall && b.fullHeadCost < memoryFraction
+    return b
+  }
+
   /// The head profiler's thresholds from these settings: what the worker profiles with and
   /// what an offline calibration must use to agree with it.
   public var heteroCache: HeteroCacheConfiguration {

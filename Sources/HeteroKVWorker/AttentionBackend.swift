@@ -7,14 +7,21 @@ public enum HeadComputation: Sendable {
   case select(index: ApproximateKeyIndex, queries: [Float], tau: Float, cap: Int?)
   /// Exact attention over a resident compressed cache.
   case attend(cache: CompressedHeadCache, queries: [Float])
+  /// Both: exact attention over the cache, and the tau-mass selection from the key codes that
+  /// names what the cache lacks.
+  case recall(index: ApproximateKeyIndex, cache: CompressedHeadCache, queries: [Float], tau: Float)
 }
 
 /// What a head's computation produced.
 public enum HeadComputationResult: Sendable {
   /// Approximate scaled scores `[groupSize][n]` and the kept set of each query head.
   case selected(scores: [Float], selections: [TauMassSelection])
-  /// Exact attention over the cache.
-  case attended(AttentionPartial)
+  /// Exact attention over the cache, and the probability mass each of its rows drew (summed
+  /// over the query group), which orders the cache's evictions.
+  case attended(AttentionPartial, mass: [Float])
+  /// What `recall` produced: the cache's attention and drawn mass, and the selection.
+  case recalled(
+    AttentionPartial, mass: [Float], scores: [Float], selections: [TauMassSelection])
 }
 
 /// Where the worker's numeric work runs. A decode step hands the backend every KV head of a
@@ -56,7 +63,14 @@ public struct CPUAttentionBackend: AttentionBackend {
         return .selected(
           scores: scores, selections: try step.select(approximateScores: scores, heads: g))
       case .attend(let cache, let queries):
-        return .attended(try cache.attend(queries: queries, heads: g))
+        let (partial, mass) = try cache.attendWeighing(queries: queries, heads: g)
+        return .attended(partial, mass: mass)
+      case .recall(let index, let cache, let queries, let tau):
+        let scores = try index.scores(queries: queries, heads: g, scale: scale)
+        let selections = try HCAttentionStep(tau: tau).select(
+          approximateScores: scores, heads: g)
+        let (partial, mass) = try cache.attendWeighing(queries: queries, heads: g)
+        return .recalled(partial, mass: mass, scores: scores, selections: selections)
       }
     }
   }

@@ -16,6 +16,9 @@ public struct WorkerOptions: Sendable {
   public var policy: BudgetPolicyKind
   /// HeteroCache's thresholds and sizes for profiling and drift checks.
   public var heteroCache: HeteroCacheConfiguration
+  /// HeteroCache: compressed heads keep their key codes and recall, each step, the tokens of
+  /// their tau-mass set the cache lacks (`BudgetSettings.recall`; exact output mode).
+  public var recall = BudgetSettings().recall
   /// How kept tokens become the context vector: `renormalized` (weights sent to the memory
   /// nodes; values only on the memory tier for HCAttention) or `exact` (queries sent; the
   /// memory tier re-scores with its fp16 keys).
@@ -70,7 +73,11 @@ public struct WorkerOptions: Sendable {
       id: id, geometry: model, settings: cluster.worker, policy: cluster.budgets.policy,
       heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
     acknowledgement = cluster.worker.ackReplicas
+    recall = cluster.budgets.recall
   }
+
+  /// Whether compressed heads recall from the memory tier (HeteroCache with recall on).
+  var recalls: Bool { policy == .heterocache && recall }
 
   /// Whether the memory tier keeps keys as well as values: for exact re-scoring, and for the
   /// compressed heads HeteroCache builds and refreshes from it.
@@ -81,6 +88,12 @@ public struct WorkerOptions: Sendable {
     guard outputMode != .raw else {
       throw HeteroKVError(
         .invalidArgument, "output mode raw is an evaluation baseline; use renormalized or exact")
+    }
+    guard !recalls || outputMode == .exact else {
+      throw HeteroKVError(
+        .invalidArgument,
+        "budgets.recall merges a compressed head's exact cache with re-scored tokens from the "
+          + "memory tier: it needs worker.output_mode exact (or budgets.recall false)")
     }
     guard chunkTokens > 0, shipQueueBytes > 0, decodeShipRows > 0 else {
       throw HeteroKVError(

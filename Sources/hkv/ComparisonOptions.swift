@@ -16,33 +16,7 @@ struct ComparisonOptions: ParsableArguments {
   @Option(help: "Memory budget of the HeteroKV policies (share of fp16 K/V on the worker).")
   var budget: Double = 0.125
 
-  @Option(help: "Share of the approximate attention mass the kept tokens must hold.")
-  var tau: Double = 0.999
-
-  @Option(help: "Most recent tokens every head keeps exactly.")
-  var window: Int = WorkerSettings().window
-
-  @Option(help: "First tokens (attention sinks) every head keeps exactly.")
-  var sinks: Int = WorkerSettings().sinks
-
-  @Option(help: "Key codec on the worker: pq or scalar.")
-  var keyCodec: String = "pq"
-
-  @Option(help: "Bits per key code: 8 for pq, 2, 4 or 8 for scalar.")
-  var keyBits: Int = 8
-
-  @Option(
-    help:
-      "Head dimensions per pq code (4: 16 one-byte codes per 64-dim key, 6.25% of fp16 K/V).")
-  var groupSize: Int = WorkerSettings().groupSize
-
-  @Flag(help: "hcattention: bound the tokens a step keeps by the head's budget cap.")
-  var capSelection = false
-
-  @Option(
-    help:
-      "How memory nodes weight kept tokens: exact (re-scored with full keys) or renormalized.")
-  var outputMode: String = "exact"
+  @OptionGroup var settings: CacheSettingsOptions
 
   @Option(
     help:
@@ -111,6 +85,62 @@ struct ComparisonOptions: ParsableArguments {
     let names = policyNames.split(separator: ",").map(String.init)
     guard !names.isEmpty else { throw ValidationError("--policies: give at least one") }
     guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+    let (worker, mode) = try settings.resolved()
+    var chosen: [CachePolicyComparison.Policy] = []
+    for name in names where name != "full" {
+      guard let kind = BudgetPolicyKind(rawValue: name) else {
+        throw ValidationError(
+          "bad policy '\(name)': expected full, heterocache, hcattention or uniform")
+      }
+      chosen.append(
+        CachePolicyComparison.Policy(
+          name: name,
+          budgets: settings.budgets(policy: kind, memoryFraction: budget),
+          worker: worker, outputMode: mode))
+    }
+    return (names.contains("full"), chosen)
+  }
+}
+
+/// The worker's knobs every model command shares (`hkv generate`, `hkv needle`,
+/// `hkv fidelity`), defaulting to `RecommendedSettings`.
+struct CacheSettingsOptions: ParsableArguments {
+  @Option(help: "Share of the approximate attention mass the kept tokens must hold.")
+  var tau: Double = RecommendedSettings.worker.tau
+
+  @Option(help: "Most recent tokens every head keeps exactly.")
+  var window: Int = RecommendedSettings.worker.window
+
+  @Option(help: "First tokens (attention sinks) every head keeps exactly.")
+  var sinks: Int = RecommendedSettings.worker.sinks
+
+  @Option(help: "Key codec on the worker: pq or scalar.")
+  var keyCodec: String = RecommendedSettings.worker.keyCodec.rawValue
+
+  @Option(help: "Bits per key code: 8 for pq, 2, 4 or 8 for scalar.")
+  var keyBits: Int = RecommendedSettings.worker.keyBits
+
+  @Option(
+    help:
+      "Head dimensions per pq code (4: 16 one-byte codes per 64-dim key, 6.25% of fp16 K/V).")
+  var groupSize: Int = RecommendedSettings.worker.groupSize
+
+  @Flag(help: "hcattention: bound the tokens a step keeps by the head's budget cap.")
+  var capSelection = false
+
+  @Option(
+    help:
+      "How memory nodes weight kept tokens: exact (re-scored with full keys) or renormalized.")
+  var outputMode: String = RecommendedSettings.worker.outputMode.rawValue
+
+  @Flag(
+    inversion: .prefixedNo,
+    help:
+      "heterocache: compressed heads keep key codes and recall from the memory nodes the tokens their cache lacks (exact output only; --no-recall: static caches, the paper's).")
+  var recall = true
+
+  /// The worker settings and output mode the flags name.
+  func resolved() throws -> (WorkerSettings, HCAttentionOutputMode) {
     guard tau > 0, tau <= 1 else { throw ValidationError("--tau must be in (0, 1]") }
     guard window >= 0, sinks >= 0 else {
       throw ValidationError("--window and --sinks must not be negative")
@@ -121,21 +151,19 @@ struct ComparisonOptions: ParsableArguments {
     guard let mode = HCAttentionOutputMode(rawValue: outputMode), mode != .raw else {
       throw ValidationError("bad --output-mode '\(outputMode)': expected exact or renormalized")
     }
-    let worker = WorkerSettings(
+    var worker = WorkerSettings(
       keyCodec: codec, keyBits: keyBits, groupSize: groupSize, window: window, sinks: sinks,
       tau: tau, capSelection: capSelection)
-    var chosen: [CachePolicyComparison.Policy] = []
-    for name in names where name != "full" {
-      guard let kind = BudgetPolicyKind(rawValue: name) else {
-        throw ValidationError(
-          "bad policy '\(name)': expected full, heterocache, hcattention or uniform")
-      }
-      chosen.append(
-        CachePolicyComparison.Policy(
-          name: name,
-          budgets: BudgetSettings(policy: kind, memoryFraction: budget, minTokens: 16),
-          worker: worker, outputMode: mode))
-    }
-    return (names.contains("full"), chosen)
+    worker.outputMode = mode
+    return (worker, mode)
+  }
+
+  /// The budgets of `policy` at `memoryFraction` under these settings (recall as flagged, and
+  /// only where the output is exact). The in-process clusters charge coded heads what their
+  /// index holds at the sequence's length.
+  func budgets(policy: BudgetPolicyKind, memoryFraction: Double) -> BudgetSettings {
+    var b = BudgetSettings(policy: policy, memoryFraction: memoryFraction, minTokens: 16)
+    b.recall = recall && policy == .heterocache && outputMode == "exact"
+    return b
   }
 }

@@ -40,7 +40,10 @@ struct GenerateCommand: AsyncParsableCommand {
   var policy: String = "heterocache"
 
   @Option(help: "Memory budget of the embedded cluster (share of fp16 K/V on the worker).")
-  var budget: Double = 0.25
+  var budget: Double = 0.125
+
+  @OptionGroup(title: "Embedded cluster (the same knobs and defaults as hkv needle and fidelity)")
+  var settings: CacheSettingsOptions
 
   @Option(help: "Run against the worker of this cluster file instead of an embedded cluster.")
   var cluster: String?
@@ -77,6 +80,7 @@ struct GenerateCommand: AsyncParsableCommand {
         "bad --policy '\(policy)': expected heterocache, hcattention or uniform")
     }
     guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+    let (worker, outputMode) = try settings.resolved()
     let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
     do {
       if let cluster {
@@ -98,7 +102,10 @@ struct GenerateCommand: AsyncParsableCommand {
       LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
       var options = LocalCluster.Options(
         model: try model.configuration.geometry, sequenceTokens: maxContext)
-      options.budgets = BudgetSettings(policy: kind, memoryFraction: budget, minTokens: 16)
+      options.worker = worker
+      options.outputMode = outputMode
+      options.budgets = settings.budgets(policy: kind, memoryFraction: budget).chargingKeyCodes(
+        of: worker, headDim: try model.configuration.geometry.headDim, tokens: maxContext)
       let local = try await LocalCluster.start(options, logger: Logger(label: "hkv.generate"))
       do {
         _ = try await local.worker.createSequence(ref, maxTokens: maxContext)
@@ -108,7 +115,7 @@ struct GenerateCommand: AsyncParsableCommand {
         let stats = try await local.worker.stats(ref)
         FileHandle.standardError.write(
           Data(
-            "HeteroKV (\(kind.rawValue) at \(budget)): worker \(ByteSize.format(stats.workerBytes)) of \(ByteSize.format(stats.fullKVBytes)) fp16 K/V, memory tier \(ByteSize.format(stats.memoryTierBytes))\n"
+            "HeteroKV (\(kind.rawValue) at \(budget), tau \(worker.tau), \(outputMode.rawValue) output\(options.budgets.recall ? ", recall" : "")): kept \(String(format: "%.1f%%", 100 * Double(stats.keptTokens) / Double(max(1, stats.contextTokens)))) of the context a step, worker \(ByteSize.format(stats.workerBytes)) of \(ByteSize.format(stats.fullKVBytes)) fp16 K/V, memory tier \(ByteSize.format(stats.memoryTierBytes))\n"
               .utf8))
         await local.shutdown()
       } catch {

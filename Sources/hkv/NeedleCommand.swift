@@ -13,8 +13,8 @@ struct NeedleCommand: AsyncParsableCommand {
     commandName: "needle",
     abstract: "Passkey retrieval and next-token fidelity of SmolLM2-135M on each cache policy.",
     discussion: """
-      For every context and depth, a random passkey is hidden in filler text and asked for at
-      the end. Each policy (full, or a HeteroKV budget policy on a cluster started in this
+      For every context and depth, a random passkey is hidden in filler text (or in the text of
+      --haystack-file) and asked for at the end. Each policy (full, or a HeteroKV budget policy on a cluster started in this
       process at --budget) answers: the full cache greedily, every other policy token by token
       along the full cache's answer (teacher forcing), its own top choice at each step making
       its answer; the answer counts when it starts with the passkey. Over those steps, the KL
@@ -35,6 +35,11 @@ struct NeedleCommand: AsyncParsableCommand {
 
   @Option(help: "The GGUF model file.")
   var model: String?
+
+  @Option(
+    help:
+      "Hide the passkey in this text (cut to each context, repeated when shorter) instead of the repeated filler sentences.")
+  var haystackFile: String?
 
   @Option(help: "Random seed of the passkeys.")
   var seed: UInt64 = 1
@@ -67,6 +72,10 @@ struct NeedleCommand: AsyncParsableCommand {
       throw ValidationError("--answer-tokens must be in 1...256")
     }
     _ = try cache.resolved()  // bad flags fail before the model loads
+    let haystack = try haystackFile.map { try readTextFile($0, flag: "--haystack-file") }
+    if let haystack, haystack.allSatisfy(\.isWhitespace) {
+      throw ValidationError("--haystack-file \(haystackFile!) holds no text")
+    }
     let (llama, tokenizer) = try ModelLocation.load(model)
     LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
     let progress = ProgressLine()
@@ -78,7 +87,13 @@ struct NeedleCommand: AsyncParsableCommand {
       includeFull, policyList in
       var rows: [Row] = []
       for (n, depth, passkey) in cases {
-        let prompt = PasskeyPrompt(tokens: n, depth: depth, passkey: passkey, tokenizer: tokenizer)
+        let prompt =
+          if let haystack {
+            PasskeyPrompt(
+              tokens: n, depth: depth, passkey: passkey, tokenizer: tokenizer, haystack: haystack)
+          } else {
+            PasskeyPrompt(tokens: n, depth: depth, passkey: passkey, tokenizer: tokenizer)
+          }
         let ids = tokenizer.encode(prompt.text)
         progress.show("context \(ids.count), depth \(depth): one prefill, then each cache decodes")
         // The full cache answers greedily; every policy is fed the same tokens, its own top

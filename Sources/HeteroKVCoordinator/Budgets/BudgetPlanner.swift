@@ -12,7 +12,8 @@ public struct SequenceBudgetPlan: Sendable, Hashable, Codable {
 /// Turns a sequence's head profiles into per-head token caps under the cluster's budget policy.
 ///
 /// The policy fixes a total of token slots, T = floor((ρ·N − F·c)·n) for HeteroCache (N heads,
-/// F of them full-context at cost c each, memory fraction ρ, n prefill tokens) and floor(ρ·N·n)
+/// F of them full-context at cost c each, memory fraction ρ, n prefill tokens; with recall the
+/// compressed heads' key codes cost c as well, T = floor((ρ − c)·N·n)) and floor(ρ·N·n)
 /// for the uniform and HCAttention policies. T is shared among the compressed heads in
 /// proportion to their weights (1/stability for HeteroCache, equal otherwise) with every cap
 /// held in [min_tokens, max_tokens] (both capped by n): shares that cross a bound are pinned to
@@ -32,13 +33,16 @@ public enum BudgetPlanner {
     let compressed = profiles.indices.filter {
       settings.policy != .heterocache || !profiles[$0].role.keepsFullContext
     }
+    let recalls = settings.policy == .heterocache && settings.recall
+    let codedHeads = fullHeads.count + (recalls ? compressed.count : 0)
     let slots =
-      settings.memoryFraction * Double(profiles.count) - Double(fullHeads.count)
+      settings.memoryFraction * Double(profiles.count) - Double(codedHeads)
       * settings.fullHeadCost
     if !compressed.isEmpty && slots <= 0 {
       throw .failedPrecondition(
-        "memory_fraction \(settings.memoryFraction) cannot pay for \(fullHeads.count) full-context "
-          + "heads of \(profiles.count) at full_head_cost \(settings.fullHeadCost)")
+        "memory_fraction \(settings.memoryFraction) cannot pay for the key codes of "
+          + "\(codedHeads) heads of \(profiles.count) at full_head_cost \(settings.fullHeadCost)"
+          + (recalls ? " (budgets.recall codes the compressed heads too)" : ""))
     }
     let lower = min(settings.minTokens, n)
     let upper = min(settings.maxTokens ?? n, n)

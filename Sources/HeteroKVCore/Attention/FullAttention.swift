@@ -19,12 +19,20 @@ public enum FullAttention {
   public static func attend(queries: [Float], heads: Int, keys: HalfMatrix, values: HalfMatrix)
     throws -> AttentionPartial
   {
+    try attendWithProbabilities(queries: queries, heads: heads, keys: keys, values: values).0
+  }
+
+  /// Attention outputs as `attend` gives them, and the probabilities `[heads][n]` they
+  /// weighted the values by.
+  public static func attendWithProbabilities(
+    queries: [Float], heads: Int, keys: HalfMatrix, values: HalfMatrix
+  ) throws -> (AttentionPartial, [Float]) {
     try validate(queries: queries, heads: heads, keys: keys, values: values)
     var p = Kernels.scores(
       queries: queries, heads: heads, keys: keys, scale: scale(headDim: keys.cols))
     let (m, s) = Softmax.normalizeRows(&p, heads: heads, n: keys.rows)
     let out = Kernels.weightedSum(values: values, probabilities: p, heads: heads)
-    return AttentionPartial(headDim: values.cols, outputs: out, maxScores: m, sumExps: s)
+    return (AttentionPartial(headDim: values.cols, outputs: out, maxScores: m, sumExps: s), p)
   }
 
   static func validate(queries: [Float], heads: Int, keys: HalfMatrix, values: HalfMatrix?)

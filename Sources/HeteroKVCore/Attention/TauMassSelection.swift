@@ -108,3 +108,22 @@ extension TauMassSelection {
     }
   }
 }
+
+extension TauMassSelection {
+  /// This selection without the tokens of `held` (ascending): what a compressed cache holding
+  /// `held` must still recall from the memory tier. Kept mass and length are unchanged.
+  public func excluding(_ held: [Int]) -> TauMassSelection {
+    var out = self
+    out.indices = []
+    out.weights = []
+    var j = 0
+    for (k, t) in indices.enumerated() {
+      let token = Int(t)
+      while j < held.count && held[j] < token { j += 1 }
+      if j < held.count && held[j] == token { continue }
+      out.indices.append(t)
+      out.weights.append(weights[k])
+    }
+    return out
+  }
+}

@@ -1,10 +1,22 @@
 /// A compressed cache of one KV head (anchor or satellite): the K/V rows of chosen positions,
 /// kept in position order, plus the tokens appended during decode. Attention over it is exact.
+///
+/// With a `capacity` the cache holds its budget through decode: each row carries the attention
+/// mass it has drawn (its observation votes, then every step's probabilities), and an append
+/// past the capacity evicts the row with the least mass, never a sink or a recent row.
 public struct CompressedHeadCache: Sendable {
   /// Positions held, ascending.
   public private(set) var positions: [Int]
   public private(set) var keys: HalfMatrix
   public private(set) var values: HalfMatrix
+  /// Attention mass each row has drawn, summed over the query group; row order.
+  public private(set) var mass: [Float]
+  /// Most rows held after an append; nil: the cache grows by every decode token.
+  public private(set) var capacity: Int?
+  /// Positions below this are attention sinks: never evicted.
+  public private(set) var sinks = 0
+  /// The newest this many rows are never evicted (they have had no time to draw mass).
+  public private(set) var recent = 0
 
   /// Gathers `positions` (any order; stored sorted) from the full K/V.
   public init(positions: [Int], keys: HalfMatrix, values: HalfMatrix) throws {
@@ -15,11 +27,14 @@ public struct CompressedHeadCache: Sendable {
     self.positions = sorted
     self.keys = keys.gather(sorted)
     self.values = values.gather(sorted)
+    self.mass = [Float](repeating: 0, count: sorted.count)
   }
 
   /// A cache from rows already gathered: row i of `keys` and `values` holds `positions[i]`,
-  /// and positions ascend.
-  public init(positions: [Int], rows keys: HalfMatrix, values: HalfMatrix) throws {
+  /// and positions ascend. `mass` (one per row, default 0) seeds the eviction order.
+  public init(positions: [Int], rows keys: HalfMatrix, values: HalfMatrix, mass: [Float]? = nil)
+    throws
+  {
     guard keys.rows == positions.count, values.rows == positions.count, keys.cols == values.cols
     else {
       throw HeteroKVError.dimension(
@@ -28,13 +43,27 @@ public struct CompressedHeadCache: Sendable {
     guard zip(positions, positions.dropFirst()).allSatisfy({ $0 < $1 }) else {
       throw HeteroKVError.invalid("cache positions must ascend")
     }
+    if let mass, mass.count != positions.count {
+      throw HeteroKVError.dimension("\(mass.count) mass values for \(positions.count) rows")
+    }
     self.positions = positions
     self.keys = keys
     self.values = values
+    self.mass = mass ?? [Float](repeating: 0, count: positions.count)
+  }
+
+  /// Holds the cache to `capacity` rows from the next append on, protecting positions below
+  /// `sinks` and the newest `recent` rows; rows past it now are evicted at once.
+  public mutating func holdBudget(capacity: Int, sinks: Int, recent: Int) {
+    self.capacity = max(1, capacity)
+    self.sinks = max(0, sinks)
+    self.recent = max(0, recent)
+    evictToCapacity()
   }
 
   /// This cache's rows from `position` on appended to `refreshed`, whose positions must all
   /// lie before it: a refresh replaces what was chosen at prefill and keeps the decoded tokens.
+  /// The result keeps this cache's budget.
   public func keepingRows(from position: Int, after refreshed: CompressedHeadCache) throws
     -> CompressedHeadCache
   {
@@ -43,10 +72,17 @@ public struct CompressedHeadCache: Sendable {
     }
     let start = positions.firstIndex { $0 >= position } ?? positions.count
     var result = refreshed
+    // Refreshed rows without a standing of their own take the mean of the rows they replace.
+    if !result.mass.isEmpty, result.mass.allSatisfy({ $0 == 0 }), start > 0 {
+      let mean = mass[..<start].reduce(0, +) / Float(start)
+      result.mass = [Float](repeating: mean, count: result.mass.count)
+    }
     let tail = Array(start..<positions.count)
     try result.keys.append(contentsOf: keys.gather(tail))
     try result.values.append(contentsOf: values.gather(tail))
     result.positions += positions[start...]
+    result.mass += mass[start...]
+    if let capacity { result.holdBudget(capacity: capacity, sinks: sinks, recent: recent) }
     return result
   }
 
@@ -58,7 +94,8 @@ public struct CompressedHeadCache: Sendable {
   /// Bytes of fp16 K and V held.
   public var residentBytes: Int { keys.byteCount + values.byteCount }
 
-  /// Appends a decode token; on bad input nothing changes.
+  /// Appends a decode token, evicting the least-attended row when the cache is at its
+  /// capacity; on bad input nothing changes.
   public mutating func append(key: [Float], value: [Float], position: Int) throws {
     guard key.count == keys.cols, value.count == values.cols else {
       throw HeteroKVError.dimension(
@@ -72,11 +109,56 @@ public struct CompressedHeadCache: Sendable {
     try keys.append(key)
     try values.append(value)
     positions.append(position)
+    mass.append(0)
+    evictToCapacity()
+  }
+
+  /// Evicts least-mass rows outside the sinks and the recent rows until the capacity holds
+  /// (or nothing is evictable).
+  mutating func evictToCapacity() {
+    guard let capacity else { return }
+    while positions.count > capacity {
+      let end = positions.count - recent
+      var victim = -1
+      var least = Float.infinity
+      var i = 0
+      while i < end {
+        if positions[i] >= sinks && mass[i] < least {
+          least = mass[i]
+          victim = i
+        }
+        i += 1
+      }
+      guard victim >= 0 else { return }
+      positions.remove(at: victim)
+      mass.remove(at: victim)
+      keys.removeRow(at: victim)
+      values.removeRow(at: victim)
+    }
   }
 
   /// Exact attention of the query group over the cache.
   public func attend(queries: [Float], heads: Int) throws -> AttentionPartial {
     try FullAttention.attend(queries: queries, heads: heads, keys: keys, values: values)
+  }
+
+  /// Exact attention of the query group over the cache, and the probability mass each row
+  /// drew, summed over the group: what `accumulate` adds to the eviction order.
+  public func attendWeighing(queries: [Float], heads: Int) throws -> (
+    partial: AttentionPartial, mass: [Float]
+  ) {
+    let (partial, p) = try FullAttention.attendWithProbabilities(
+      queries: queries, heads: heads, keys: keys, values: values)
+    let n = keys.rows
+    var drawn = [Float](repeating: 0, count: n)
+    for h in 0..<heads { for j in 0..<n { drawn[j] += p[h * n + j] } }
+    return (partial, drawn)
+  }
+
+  /// Adds one step's drawn mass (from `attendWeighing` on this cache) to each row's.
+  public mutating func accumulate(_ drawn: [Float]) {
+    guard drawn.count == mass.count else { return }
+    for j in 0..<mass.count { mass[j] += drawn[j] }
   }
 }
 

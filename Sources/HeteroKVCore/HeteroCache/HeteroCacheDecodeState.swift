@@ -10,15 +10,37 @@ public enum HeteroCacheDecodeState {
     compressedCaps.isEmpty ? max(1, n / 8) : compressedCaps.reduce(0, +) / compressedCaps.count
   }
 
-  /// The prefix a compressed head (anchor or satellite) keeps: the `cap` prefill positions
-  /// (of the first `prefillTokens`) its query group attends to most in the last prefill
-  /// query's probabilities `[groupSize][length]`, each row pooled over `poolWidth`; ascending.
+  /// The prefix a compressed head (anchor or satellite) keeps, ascending: its first `sinks`
+  /// and last `recent` prefill positions, then the prefill positions (of the first
+  /// `prefillTokens`) its query group attends to most. `votes` `[groupSize][length]` are the
+  /// observation queries' probabilities summed per query head (SnapKV's vote over the end of
+  /// the prompt; one row's probabilities are a vote of one); each head's row is pooled over
+  /// `poolWidth` and the group's largest taken.
   public static func compressedPrefix(
-    probabilities: [Float], groupSize: Int, prefillTokens n: Int, cap: Int, poolWidth: Int
+    votes: [Float], groupSize: Int, prefillTokens n: Int, cap: Int, poolWidth: Int,
+    sinks: Int = 0, recent: Int = 0
   ) -> [Int] {
-    let ranking = AttentionPattern.groupRanking(
-      probabilities, rows: groupSize, poolWidth: poolWidth)
-    return AttentionPattern.top(Array(ranking[0..<n]), k: cap).sorted()
+    let cap = min(cap, n)
+    let first = min(sinks, cap)
+    let last = min(recent, cap - first)
+    let ranking = AttentionPattern.groupRanking(votes, rows: groupSize, poolWidth: poolWidth)
+    let middle = AttentionPattern.top(Array(ranking[first..<(n - last)]), k: cap - first - last)
+    return Array(0..<first) + middle.map { $0 + first } + Array((n - last)..<n)
+  }
+
+  /// The observation rows' probabilities (each `[groupSize][length]`) summed: the votes
+  /// `compressedPrefix` ranks by.
+  public static func votes(_ rows: [[Float]]) -> [Float] {
+    guard var total = rows.first else { return [] }
+    for row in rows.dropFirst() { for j in 0..<total.count { total[j] += row[j] } }
+    return total
+  }
+
+  /// The mass each kept position starts its eviction standing with: its votes summed over the
+  /// query group.
+  public static func seedMass(votes: [Float], groupSize: Int, positions: [Int]) -> [Float] {
+    let length = votes.count / groupSize
+    return positions.map { j in (0..<groupSize).reduce(0) { $0 + votes[$1 * length + j] } }
   }
 
   /// A satellite's new prefix after its pivot drifted: the `cap` prefill positions the

@@ -10,15 +10,21 @@ public struct HeteroCachePolicy: AttentionPolicy {
   public var tau: Float
   /// Fewest tokens a compressed head keeps (ours; see `BudgetAllocator`).
   public var minimumCap: Int
+  /// First tokens a compressed head always keeps (attention sinks).
+  public var sinks: Int
+  /// Recent tokens a compressed head always keeps (at most a quarter of its cap).
+  public var window: Int
 
   public init(
     profiles: [HeadProfile], configuration: HeteroCacheConfiguration, tau: Float = 0.9,
-    minimumCap: Int = 64
+    minimumCap: Int = 64, sinks: Int = 4, window: Int = 64
   ) {
     self.profiles = profiles
     self.configuration = configuration
     self.tau = tau
     self.minimumCap = minimumCap
+    self.sinks = sinks
+    self.window = window
   }
 
   public var name: String { "heterocache" }
@@ -74,14 +80,16 @@ public struct HeteroCachePolicy: AttentionPolicy {
         switch heads[h] {
         case .compressed(var cache):
           if let positions = refreshes[h] {
-            cache = try CompressedHeadCache(
+            let prefix = try CompressedHeadCache(
               positions: positions, keys: input.keys, values: input.values)
+            cache = try cache.keepingRows(from: prefillTokens, after: prefix)
           }
           try cache.append(
             key: input.keys.row(newest), value: input.values.row(newest), position: newest)
-          heads[h] = .compressed(cache)
-          let out = try cache.attend(queries: input.queries, heads: groupSize)
+          let (out, drawn) = try cache.attendWeighing(queries: input.queries, heads: groupSize)
           let attended = cache.positions.map(Int32.init)
+          cache.accumulate(drawn)
+          heads[h] = .compressed(cache)
           results.append(
             PolicyStepResult(
               outputs: out.outputs, attended: Array(repeating: attended, count: groupSize),
@@ -102,10 +110,10 @@ public struct HeteroCachePolicy: AttentionPolicy {
               drifted = true
               for (s, role) in roles.enumerated() {
                 guard case .satellite(let pivot) = role, pivot == h else { continue }
-                let decoded = Array(prefillTokens..<store.count)
-                pendingRefresh[s] =
-                  HeteroCacheDecodeState.refreshedPrefix(
-                    drift: drift, prefillTokens: prefillTokens, cap: caps[s]) + decoded
+                guard case .compressed(let satellite) = heads[s] else { continue }
+                let decoded = satellite.positions.count(where: { $0 >= prefillTokens })
+                pendingRefresh[s] = HeteroCacheDecodeState.refreshedPrefix(
+                  drift: drift, prefillTokens: prefillTokens, cap: max(1, caps[s] - decoded))
                 moved += kvBytes(tokens: caps[s], headDim: d)
               }
             }
@@ -157,11 +165,16 @@ public struct HeteroCachePolicy: AttentionPolicy {
         queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
       switch mine[h].role {
       case .anchor, .satellite:
+        let recent = min(window, caps[h] / 4)
         let positions = HeteroCacheDecodeState.compressedPrefix(
-          probabilities: p, groupSize: g, prefillTokens: n, cap: caps[h],
-          poolWidth: configuration.poolWidth)
-        return .compressed(
-          try CompressedHeadCache(positions: positions, keys: head.keys, values: head.values))
+          votes: p, groupSize: g, prefillTokens: n, cap: caps[h],
+          poolWidth: configuration.poolWidth, sinks: sinks, recent: recent)
+        var cache = try CompressedHeadCache(
+          positions: positions, rows: head.keys.gather(positions),
+          values: head.values.gather(positions),
+          mass: HeteroCacheDecodeState.seedMass(votes: p, groupSize: g, positions: positions))
+        cache.holdBudget(capacity: caps[h], sinks: sinks, recent: recent)
+        return .compressed(cache)
       case .pivot, .volatile:
         var store = try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: keys)
         try store.append(head.keys)

@@ -72,6 +72,13 @@ public struct HalfMatrix: Sendable, Hashable {
     rows -= count
   }
 
+  /// Removes row `index`; the rows after it move up one.
+  public mutating func removeRow(at index: Int) {
+    precondition(index >= 0 && index < rows, "row \(index) of \(rows)")
+    storage.removeSubrange(index * cols..<(index + 1) * cols)
+    rows -= 1
+  }
+
   /// One row as fp32.
   public func row(_ index: Int) -> [Float] {
     storage.withUnsafeBufferPointer { buffer in

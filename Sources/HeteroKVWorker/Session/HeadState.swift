@@ -9,7 +9,8 @@ struct HeadState: Sendable {
   var role: HeadRole = .volatile
   /// Tokens a compressed head keeps, or the most a full head's step may keep.
   var cap = 0
-  /// Key codes with exact sinks and window: every head during prefill, full heads after.
+  /// Key codes with exact sinks and window: every head during prefill, full heads after, and
+  /// compressed heads that recall.
   var index: ApproximateKeyIndex?
   /// Prefill keys waiting for the index: its codebook is trained on the first
   /// `WorkerOptions.codebookTrainingKeys` keys, or on the whole prefill at the first attend
@@ -48,6 +49,9 @@ struct HeadState: Sendable {
   /// Whether the head goes through the HCAttention path (scores from codes, context from the
   /// memory tier).
   var isFull: Bool { cache == nil }
+
+  /// Whether a compressed head also scores its codes and recalls what its cache lacks.
+  var recalls: Bool { cache != nil && index != nil }
 }
 
 /// A head's key index moved out of the session while the cores code keys into it, so the
@@ -55,13 +59,13 @@ struct HeadState: Sendable {
 final class IndexBox: @unchecked Sendable {
   var index: ApproximateKeyIndex?
   var untrained: HalfMatrix?
-  /// False for a compressed head, which has no index to append to.
+  /// False for a compressed head without an index to append to (one that recalls has one).
   let full: Bool
 
   init(_ head: HeadState) {
     index = head.index
     untrained = head.untrainedKeys
-    full = head.cache == nil
+    full = head.cache == nil || head.index != nil
   }
 
   /// Appends `keys`: coded when the index exists; else held until `trainingKeys` keys (or

@@ -69,7 +69,7 @@ extension SequenceSession {
     }
     // Key indices are coded on all cores, each moved into a box so the append is in place.
     let boxes = layers[layer].heads.map(IndexBox.init)
-    for h in 0..<g.kvHeads where layers[layer].heads[h].cache == nil {
+    for h in 0..<g.kvHeads where boxes[h].full {
       layers[layer].heads[h].index = nil
       layers[layer].heads[h].untrainedKeys = nil
     }
@@ -109,7 +109,8 @@ extension SequenceSession {
             .internalError, "sequence \(ref) layer \(layer) head \(h): \(error)", cause: error)
         }
         head.cache = cache
-      } else {
+      }
+      if boxes[h].full {
         head.index = boxes[h].index
         head.untrainedKeys = boxes[h].untrained
       }

@@ -32,7 +32,12 @@ extension SequenceSession {
     let state = layers[layer]
     let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
-      if let cache = head.cache { return .attend(cache: cache, queries: q) }
+      if let cache = head.cache {
+        if let index = head.index {
+          return .recall(index: index, cache: cache, queries: q, tau: tau)
+        }
+        return .attend(cache: cache, queries: q)
+      }
       let cap =
         options.policy == .hcattention && options.settings.capSelection && head.cap > 0
         ? head.cap : nil
@@ -54,15 +59,16 @@ extension SequenceSession {
     var kept = 0
     var workerRead = 0
     // Remote work of every full head, fanned out together.
-    var plans: [(head: Int, requests: [RemoteRequest], local: AttentionPartial)] = []
+    var plans: [(head: Int, requests: [RemoteRequest], local: [AttentionPartial])] = []
     // What the tier holds of this layer, asked once and only when a full head needs it.
     var shipping: LayerShipping?
     for (h, result) in results.enumerated() {
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
       switch result {
-      case .attended(let partial):
+      case .attended(let partial, let mass):
         outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
         let cache = state.heads[h].cache!
+        layers[layer].heads[h].cache!.accumulate(mass)
         kept += cache.positions.count * group
         workerRead += cache.residentBytes
         if withSelection {
@@ -80,11 +86,35 @@ extension SequenceSession {
         layers[layer].heads[h].trimTail(acknowledged: ack)
         let plan = try plan(
           layer: layer, kvHead: h, selections: chosen, queries: q, shipping: shipping)
-        plans.append((h, plan.requests, plan.local))
+        plans.append((h, plan.requests, [plan.local]))
         kept += chosen.reduce(0) { $0 + $1.indices.count }
         workerRead += state.heads[h].index?.residentBytes ?? 0
         if withSelection { selections += chosen.map(\.indices) }
         watchDrift(layer: layer, kvHead: h, scores: scores)
+      case .recalled(let partial, let mass, _, let picked):
+        // The cache answers what it holds; the tier re-scores the rest of the group's set.
+        let cache = state.heads[h].cache!
+        layers[layer].heads[h].cache!.accumulate(mass)
+        let missing = TauMassSelection.groupUnion(picked).map { $0.excluding(cache.positions) }
+        kept += cache.positions.count * group
+        workerRead += cache.residentBytes + (state.heads[h].index?.residentBytes ?? 0)
+        if withSelection {
+          selections += missing.map { sel in
+            Array(Set(sel.indices).union(cache.positions.lazy.map(Int32.init))).sorted()
+          }
+        }
+        guard missing.contains(where: { !$0.indices.isEmpty }) else {
+          outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+          continue
+        }
+        if shipping == nil { shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads) }
+        let shipping = shipping!
+        if let failure = shipping.failures[h] { throw failure }
+        layers[layer].heads[h].trimTail(acknowledged: shipping.acknowledged[h])
+        let plan = try plan(
+          layer: layer, kvHead: h, selections: missing, queries: q, shipping: shipping)
+        plans.append((h, plan.requests, [plan.local, partial]))
+        kept += missing.reduce(0) { $0 + $1.indices.count }
       }
     }
     timings.plan = seconds(since: mark)
@@ -94,7 +124,7 @@ extension SequenceSession {
     mark = .now
     var cursor = 0
     for plan in plans {
-      let parts = Array(answers[cursor..<(cursor + plan.requests.count)]) + [plan.local]
+      let parts = Array(answers[cursor..<(cursor + plan.requests.count)]) + plan.local
       cursor += plan.requests.count
       moved += plan.requests.reduce(0) { $0 + $1.bytes }
       do {

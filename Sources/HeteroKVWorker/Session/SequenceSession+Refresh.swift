@@ -21,8 +21,10 @@ extension SequenceSession {
       guard case .satellite(let pivot) = head.role, pivot == kvHead, head.cache != nil else {
         continue
       }
+      // The decoded rows stay, so the refreshed prefix fills what the budget leaves them.
+      let decoded = head.cache!.positions.count(where: { $0 >= prefill })
       let positions = HeteroCacheDecodeState.refreshedPrefix(
-        drift: drift, prefillTokens: prefill, cap: head.cap)
+        drift: drift, prefillTokens: prefill, cap: max(1, head.cap - decoded))
       refreshes += 1
       metrics.refreshed()
       refreshTasks.append(

@@ -31,7 +31,7 @@ extension SequenceSession {
       noteResident(layer: l)
     }
     try trainHeldKeys()
-    let (profiles, lastQuery) = try profileHeads(prefillTokens: n)
+    let (profiles, observed) = try profileHeads(prefillTokens: n)
     let budgets = try await control.reportProfiles(ref, prefillTokens: n, profiles: profiles)
     guard budgets.policy == options.policy else {
       throw HeteroKVError(
@@ -59,32 +59,45 @@ extension SequenceSession {
           case .uniform: true
           case .heterocache: !budget.role.keepsFullContext
           }
-        let probabilities = lastQuery[l][h]
+        let attention = observed[l][h]
         let length = layers[l].tokens
         if compressed {
+          // The sinks, the window's worth of recent tokens (a quarter of the cap at most) and
+          // the positions the observation queries voted for; without queries, recent tokens.
+          let sinks = options.settings.sinks
+          let recent = min(options.settings.window, head.cap / 4)
           var positions: [Int]
-          if let p = probabilities {
+          var mass: [Float]
+          if let attention {
             positions = HeteroCacheDecodeState.compressedPrefix(
-              probabilities: p, groupSize: g.groupSize, prefillTokens: n, cap: head.cap,
-              poolWidth: options.heteroCache.poolWidth)
+              votes: attention.votes, groupSize: g.groupSize, prefillTokens: n, cap: head.cap,
+              poolWidth: options.heteroCache.poolWidth, sinks: sinks, recent: recent)
+            mass = HeteroCacheDecodeState.seedMass(
+              votes: attention.votes, groupSize: g.groupSize, positions: positions)
           } else {
-            // No queries to rank by: the sinks and the most recent tokens.
-            let sinks = min(options.settings.sinks, head.cap)
-            positions = Array(0..<sinks) + Array(max(sinks, n - (head.cap - sinks))..<n)
+            let first = min(sinks, head.cap)
+            positions = Array(0..<first) + Array(max(first, n - (head.cap - first))..<n)
+            mass = [Float](repeating: 0, count: positions.count)
           }
           // Tokens appended after the prefill (a decode token ahead of the first attend).
           positions += Array(n..<length)
+          mass += [Float](repeating: 0, count: length - n)
           let (keys, values) = try await gatherRows(layer: l, kvHead: h, positions: positions)
           do {
-            head.cache = try CompressedHeadCache(positions: positions, rows: keys, values: values)
+            var cache = try CompressedHeadCache(
+              positions: positions, rows: keys, values: values, mass: mass)
+            // Decode tokens come inside the budget: past the cap, the least-attended row goes.
+            cache.holdBudget(capacity: head.cap, sinks: sinks, recent: recent)
+            head.cache = cache
           } catch {
             throw HeteroKVError(
               .internalError, "sequence \(ref) layer \(l) head \(h): \(error)", cause: error)
           }
-          head.index = nil
-        } else if options.policy == .heterocache, let p = probabilities {
+          if !options.recalls { head.index = nil }
+        } else if options.policy == .heterocache, let attention {
           head.monitor = HeteroCacheDecodeState.driftMonitor(
-            role: budget.role, probabilities: p, groupSize: g.groupSize, budget: driftBudget,
+            role: budget.role, probabilities: attention.last, groupSize: g.groupSize,
+            budget: driftBudget,
             configuration: options.heteroCache)
         }
         layers[l].heads[h] = head
@@ -116,18 +129,25 @@ extension SequenceSession {
     }
   }
 
+  /// What the observation queries of one head attended to (approximate probabilities, each
+  /// `[groupSize][length]`): the last row's, and every row's summed.
+  struct ObservedAttention {
+    var last: [Float]
+    var votes: [Float]
+  }
+
   /// Profiles of every head from each layer's observation queries (HeteroCache; the first
-  /// row stands for the prefill, the later rows for decode steps), and the last row's
-  /// approximate probabilities per head `[groupSize][n]` where queries were given. Without
-  /// queries (other policies) every head reports as the policy treats it.
+  /// row stands for the prefill, the later rows for decode steps), and what each head's
+  /// queries attended to, where queries were given. Without queries (other policies) every
+  /// head reports as the policy treats it.
   func profileHeads(prefillTokens n: Int) throws(HeteroKVError)
-    -> ([HeadProfile], [[[Float]?]])
+    -> ([HeadProfile], [[ObservedAttention?]])
   {
     let g = geometry
     let group = g.groupSize
     let d = g.headDim
     var profiles: [HeadProfile] = []
-    var last: [[[Float]?]] = []
+    var observed: [[ObservedAttention?]] = []
     for (l, layer) in layers.enumerated() {
       let rows = layer.observationRows
       if options.policy == .heterocache && rows < 2 && calibrated == nil {
@@ -147,7 +167,7 @@ extension SequenceSession {
           if options.policy != .heterocache { p.role = role }
           return p
         }
-        last.append(Array(repeating: nil, count: g.kvHeads))
+        observed.append(Array(repeating: nil, count: g.kvHeads))
         continue
       }
       let length = layer.tokens
@@ -190,13 +210,16 @@ extension SequenceSession {
         case .uniform: for i in layerProfiles.indices { layerProfiles[i].role = .anchor }
         }
         profiles += layerProfiles
-        last.append(perHead.map { $0[w - 1] })
+        observed.append(
+          perHead.map {
+            ObservedAttention(last: $0[w - 1], votes: HeteroCacheDecodeState.votes($0))
+          })
       } catch {
         throw HeteroKVError(
           .invalidArgument, "sequence \(ref) layer \(l): profiling failed: \(error)", cause: error)
       }
     }
-    return (profiles, last)
+    return (profiles, observed)
   }
 
   /// K/V rows of `positions` (ascending, all stored on the memory tier) of one head.

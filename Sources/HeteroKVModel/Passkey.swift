@@ -29,8 +29,7 @@ public struct PasskeyPrompt: Sendable, Hashable {
   /// A prompt of about `tokens` tokens with `passkey` at `depth` (0...1) of `haystack`, a real
   /// text (repeated when shorter than needed) cut to length by tokens; the needle goes in at
   /// the first sentence or line end at or after the depth (within 64 tokens of it).
-  public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer, haystack: String)
-  {
+  public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer, haystack: String) {
     let needle = "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
     let fixed = tokenizer.encode(Self.intro + needle + Self.question).count
     let wanted = max(1, tokens - fixed)

@@ -165,7 +165,8 @@ public enum RecommendedSettings {
   /// One-byte pq codes over 4 dims, 64 recent and 4 sink tokens exact, tau 0.999, exact output
   /// (the memory nodes re-score kept tokens with their fp16 keys).
   public static var worker: WorkerSettings {
-    var w = WorkerSettings(keyCodec: .pq, keyBits: 8, groupSize: 4, window: 64, sinks: 4, tau: 0.999)
+    var w = WorkerSettings(
+      keyCodec: .pq, keyBits: 8, groupSize: 4, window: 64, sinks: 4, tau: 0.999)
     w.outputMode = .exact
     return w
   }

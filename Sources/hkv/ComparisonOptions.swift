@@ -136,7 +136,8 @@ struct CacheSettingsOptions: ParsableArguments {
   @Flag(
     inversion: .prefixedNo,
     help:
-      "heterocache: compressed heads keep key codes and recall from the memory nodes the tokens their cache lacks (exact output only; --no-recall: static caches, the paper's).")
+      "heterocache: compressed heads keep key codes and recall from the memory nodes the tokens their cache lacks (exact output only; --no-recall: static caches, the paper's)."
+  )
   var recall = true
 
   /// The worker settings and output mode the flags name.

@@ -38,7 +38,8 @@ struct NeedleCommand: AsyncParsableCommand {
 
   @Option(
     help:
-      "Hide the passkey in this text (cut to each context, repeated when shorter) instead of the repeated filler sentences.")
+      "Hide the passkey in this text (cut to each context, repeated when shorter) instead of the repeated filler sentences."
+  )
   var haystackFile: String?
 
   @Option(help: "Random seed of the passkeys.")

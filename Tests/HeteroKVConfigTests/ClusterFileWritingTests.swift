@@ -46,6 +46,10 @@ import Testing
         ]))
     let text = try full.yaml()
     #expect(try ClusterConfiguration.parse(yaml: text) == full, "\(text)")
+    var recalling = full
+    recalling.budgets.policy = .heterocache
+    recalling.budgets.recall = true
+    #expect(try ClusterConfiguration.parse(yaml: recalling.yaml()).budgets.recall)
 
     let minimal = ClusterConfiguration(
       name: "m",

@@ -70,3 +70,28 @@ struct BudgetPlannerTests {
     }
   }
 }
+
+@Suite("Budget planner with recall")
+struct RecallBudgetTests {
+  @Test("with recall the compressed heads' key codes are charged too: fewer slots, same rule")
+  func recallChargesCompressedHeads() throws {
+    let profiles = testProfiles()
+    var settings = BudgetSettings(
+      policy: .heterocache, memoryFraction: 0.5, minTokens: 0, fullHeadCost: 0.25)
+    let plain = try BudgetPlanner.plan(profiles: profiles, prefillTokens: 1000, settings: settings)
+    settings.recall = true
+    let recalled = try BudgetPlanner.plan(
+      profiles: profiles, prefillTokens: 1000, settings: settings)
+    // 8 heads, 4 of them full: (0.5·8 − 4·0.25)·1000 = 3000 slots plain; (0.5 − 0.25)·8·1000 =
+    // 2000 with the 4 compressed heads' codes charged.
+    #expect(plain.totalTokens == 3000)
+    #expect(recalled.totalTokens == 2000)
+    #expect(recalled.heads.map(\.role) == plain.heads.map(\.role))
+    settings.memoryFraction = 0.25
+    #expect {
+      try BudgetPlanner.plan(profiles: profiles, prefillTokens: 1000, settings: settings)
+    } throws: { error in
+      "\(error)".contains("budgets.recall")
+    }
+  }
+}

@@ -2,6 +2,7 @@ import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVLocalCluster
 import HeteroKVTestSupport
+import HeteroKVWire
 import HeteroKVWorker
 import Testing
 
@@ -118,5 +119,108 @@ struct DriftRefreshTests {
     let steady = try await run(decodeAxis: 0)
     #expect(steady.refreshes == 0)
     #expect(steady.after == steady.before)
+  }
+}
+
+@Suite("HeteroCache recall", .serialized)
+struct RecallTests {
+  /// Two anchors whose prefill attention sits on block A and whose decode queries move to
+  /// block B, 6 steps; returns per step how many of B's tokens KV head 0's first query head
+  /// kept and the relative error of that group's output against exact attention, and the
+  /// worker's share of fp16 K/V.
+  func run(recall: Bool) async throws -> (keptB: [Int], error: [Double], cap: Int, share: Double) {
+    let g = DriftScenario.geometry
+    var options = LocalCluster.Options(model: g)
+    options.capacityBytes = 64 << 20
+    var worker = RecommendedSettings.worker
+    worker.window = 8
+    options.worker = worker
+    options.outputMode = .exact
+    options.chunkTokens = 4096
+    var budgets = BudgetSettings(policy: .heterocache, memoryFraction: 0.35, minTokens: 16)
+    budgets.recall = recall
+    options.budgets = budgets.chargingKeyCodes(
+      of: worker, headDim: g.headDim, tokens: DriftScenario.tokens)
+    #expect(options.budgets.recall == recall)
+    let profiles = (0..<g.kvHeads).map {
+      HeadProfile(
+        layer: 0, kvHead: $0, stability: 0.9, similarity: (0..<g.kvHeads).map { _ in 0 },
+        role: .anchor)
+    }
+    var scenario = DriftScenario()
+    return try await withCluster(options) { cluster in
+      let ref = SequenceRef(sequence: 5)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 2048, profiles: profiles)
+      let prefill = scenario.rows(0..<DriftScenario.tokens)
+      var keys = prefill.keys
+      var values = prefill.values
+      try await cluster.worker.append(
+        ref, layer: 0, tokens: DriftScenario.tokens, keys: prefill.keys, values: prefill.values,
+        observation: DriftScenario.queries(axis: 0))
+      var keptB: [Int] = []
+      var errors: [Double] = []
+      for step in 0..<6 {
+        let t = DriftScenario.tokens + step
+        let row = scenario.rows(t..<(t + 1))
+        keys += row.keys
+        values += row.values
+        try await cluster.worker.append(
+          ref, layer: 0, tokens: 1, keys: row.keys, values: row.values)
+        let q = DriftScenario.queries(axis: 1)
+        let result = try await cluster.worker.attend(
+          ref, layer: 0, queries: q, withSelection: true)
+        let kept = Set(try #require(result.selections)[0].map(Int.init))
+        keptB.append(DriftScenario.blockB.filter(kept.contains).count)
+        // Exact attention of KV head 0's group over every token.
+        let d = g.headDim
+        let head0 = (0...t).flatMap { r in (0..<d).map { keys[(r * g.kvHeads) * d + $0] } }
+        let value0 = (0...t).flatMap { r in (0..<d).map { values[(r * g.kvHeads) * d + $0] } }
+        let exact = try FullAttention.attend(
+          queries: Array(q[0..<(g.groupSize * d)]), heads: g.groupSize,
+          keys: try HalfMatrix(halves: head0, cols: d),
+          values: try HalfMatrix(halves: value0, cols: d))
+        errors.append(
+          maxRelativeDifference(
+            [Array(result.output[0..<(g.groupSize * d)])], [exact.outputs], headDim: d))
+      }
+      let stats = try await cluster.worker.stats(ref)
+      #expect(stats.heads.allSatisfy { $0.role == .anchor })
+      let cap = try #require(stats.heads.first).cap
+      try await cluster.worker.release(ref)
+      return (keptB, errors, cap, Double(stats.workerBytes) / Double(stats.fullKVBytes))
+    }
+  }
+
+  @Test(
+    "an anchor whose decode attention leaves its cache recalls the new tokens; a static one cannot")
+  func recallFollowsDecode() async throws {
+    let recalled = try await run(recall: true)
+    let fixed = try await run(recall: false)
+    // The caches hold a fraction of the context, so what they hold is a choice.
+    try #require(recalled.cap < DriftScenario.blockB.lowerBound, "cap \(recalled.cap)")
+    // The static caches hold what the prefill voted for (block A), and block B only by chance.
+    #expect(fixed.keptB.allSatisfy { $0 < 25 }, "static: \(fixed.keptB)")
+    #expect(recalled.keptB.allSatisfy { $0 == DriftScenario.blockB.count }, "\(recalled.keptB)")
+    #expect(recalled.error.max()! < 0.02, "recall error \(recalled.error)")
+    #expect(fixed.error.min()! > 0.2, "static error \(fixed.error)")
+    // Recall pays for its codes with a smaller cache, inside the same budget.
+    #expect(recalled.cap < fixed.cap)
+    #expect(
+      recalled.share <= 0.35 + 0.02 && fixed.share <= 0.35 + 0.02,
+      "\(recalled.share) \(fixed.share)")
+  }
+
+  @Test("recall with renormalized output is refused at start, naming both settings")
+  func recallNeedsExactOutput() throws {
+    var options = WorkerOptions(
+      id: "w", geometry: DriftScenario.geometry, outputMode: .renormalized)
+    options.recall = true
+    #expect {
+      try Worker(
+        options: options, control: CoordinatorControl(address: HostPort(host: "127.0.0.1", port: 1))
+      )
+    } throws: { error in
+      "\(error)".contains("budgets.recall") && "\(error)".contains("output_mode exact")
+    }
   }
 }

@@ -1,9 +1,11 @@
 /// A compressed cache of one KV head (anchor or satellite): the K/V rows of chosen positions,
 /// kept in position order, plus the tokens appended during decode. Attention over it is exact.
 ///
-/// With a `capacity` the cache holds its budget through decode: each row carries the attention
-/// mass it has drawn (its observation votes, then every step's probabilities), and an append
-/// past the capacity evicts the row with the least mass, never a sink or a recent row.
+/// With a `capacity` the cache holds its budget through decode: the budget is a share of the
+/// context, so it grows by `growth` rows per appended token (the head's cap over the prefill);
+/// each row carries the attention mass it has drawn (its observation votes, then every step's
+/// probabilities), and an append past the capacity evicts the row with the least mass, never
+/// a sink or a recent row.
 public struct CompressedHeadCache: Sendable {
   /// Positions held, ascending.
   public private(set) var positions: [Int]
@@ -12,7 +14,11 @@ public struct CompressedHeadCache: Sendable {
   /// Attention mass each row has drawn, summed over the query group; row order.
   public private(set) var mass: [Float]
   /// Most rows held after an append; nil: the cache grows by every decode token.
-  public private(set) var capacity: Int?
+  public var capacity: Int? { base.map { $0 + Int(growth * Double(appended)) } }
+  /// The capacity when the budget was set, what it grows by per token, and tokens since.
+  private var base: Int?
+  private var growth = 0.0
+  private var appended = 0
   /// Positions below this are attention sinks: never evicted.
   public private(set) var sinks = 0
   /// The newest this many rows are never evicted (they have had no time to draw mass).
@@ -52,10 +58,13 @@ public struct CompressedHeadCache: Sendable {
     self.mass = mass ?? [Float](repeating: 0, count: positions.count)
   }
 
-  /// Holds the cache to `capacity` rows from the next append on, protecting positions below
-  /// `sinks` and the newest `recent` rows; rows past it now are evicted at once.
-  public mutating func holdBudget(capacity: Int, sinks: Int, recent: Int) {
-    self.capacity = max(1, capacity)
+  /// Holds the cache to `capacity` rows, plus `growth` rows per token appended from now on,
+  /// protecting positions below `sinks` and the newest `recent` rows; rows past it now are
+  /// evicted at once.
+  public mutating func holdBudget(capacity: Int, growth: Double = 0, sinks: Int, recent: Int) {
+    base = max(1, capacity)
+    self.growth = max(0, growth)
+    appended = 0
     self.sinks = max(0, sinks)
     self.recent = max(0, recent)
     evictToCapacity()
@@ -82,7 +91,9 @@ public struct CompressedHeadCache: Sendable {
     try result.values.append(contentsOf: values.gather(tail))
     result.positions += positions[start...]
     result.mass += mass[start...]
-    if let capacity { result.holdBudget(capacity: capacity, sinks: sinks, recent: recent) }
+    if let capacity {
+      result.holdBudget(capacity: capacity, growth: growth, sinks: sinks, recent: recent)
+    }
     return result
   }
 
@@ -110,6 +121,7 @@ public struct CompressedHeadCache: Sendable {
     try values.append(value)
     positions.append(position)
     mass.append(0)
+    appended += 1
     evictToCapacity()
   }
 

@@ -173,7 +173,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
           positions: positions, rows: head.keys.gather(positions),
           values: head.values.gather(positions),
           mass: HeteroCacheDecodeState.seedMass(votes: p, groupSize: g, positions: positions))
-        cache.holdBudget(capacity: caps[h], sinks: sinks, recent: recent)
+        cache.holdBudget(
+          capacity: caps[h], growth: Double(caps[h]) / Double(n), sinks: sinks, recent: recent)
         return .compressed(cache)
       case .pivot, .volatile:
         var store = try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: keys)

@@ -86,8 +86,11 @@ extension SequenceSession {
           do {
             var cache = try CompressedHeadCache(
               positions: positions, rows: keys, values: values, mass: mass)
-            // Decode tokens come inside the budget: past the cap, the least-attended row goes.
-            cache.holdBudget(capacity: head.cap, sinks: sinks, recent: recent)
+            // Decode tokens come inside the budget, a share of the context: it grows by
+            // cap/n rows a token, and past it the least-attended row goes.
+            cache.holdBudget(
+              capacity: head.cap + (length - n), growth: Double(head.cap) / Double(n),
+              sinks: sinks, recent: recent)
             head.cache = cache
           } catch {
             throw HeteroKVError(

@@ -322,6 +322,7 @@ let package = Package(
       name: "HeteroKVWorkerTests",
       dependencies: [
         "HeteroKVWorker", "HeteroKVLocalCluster", "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
+        "HeteroKVEval",
         "HeteroKVCoordinator",
         "HeteroKVTestSupport", "HeteroKVMemoryClient",
         .product(name: "Logging", package: "swift-log"),

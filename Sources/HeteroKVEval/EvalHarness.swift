@@ -17,6 +17,10 @@ public struct EvalOptions: Sendable {
   public var pqCalibrationSample = false
   /// PQ k-means iterations.
   public var kmeansIterations: Int = 6
+  /// HCAttention on the worker's key index (its codec, exact sinks and window; `centroids`
+  /// and the calibration sample then do not apply); nil: codes sized to fill the budget, the
+  /// paper's rule.
+  public var keyIndex: KeyIndexRecipe?
   /// HeteroCache thresholds and sizes.
   public var heteroCache = HeteroCacheConfiguration()
 
@@ -198,7 +202,8 @@ public enum EvalHarness {
         name == "hcattention" ? .renormalized : name == "hcattention-raw" ? .raw : .exact
       return HCAttentionPolicy(
         mode: mode, tau: options.tau, centroids: centroids,
-        iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration)
+        iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration,
+        recipe: options.keyIndex)
     case "heterocache":
       return HeteroCachePolicy(
         profiles: profiles, configuration: options.heteroCache, tau: options.tau)

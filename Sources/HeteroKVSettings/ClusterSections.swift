@@ -173,24 +173,19 @@ public enum RecommendedSettings {
 }
 
 extension WorkerSettings {
+  /// The key index these settings describe (codec, sizes, exact sinks and window): what the
+  /// worker builds for each coded head and the evaluation harness builds to match it.
+  public var keyIndex: KeyIndexRecipe {
+    KeyIndexRecipe(
+      codec: keyCodec == .pq ? .pq : .scalar, bits: keyBits, groupSize: groupSize, sinks: sinks,
+      window: window)
+  }
+
   /// What one head's key index costs the worker at `tokens` tokens, as a share of the head's
-  /// fp16 K+V: the codes, the codebook (pq: 2^bits centroids of fp32 sub-vectors) or the
-  /// per-64-token scales (scalar), and the fp16 keys of the window and sinks. The
-  /// `budgets.full_head_cost` that charges a coded head what it really holds.
+  /// fp16 K+V (`KeyIndexRecipe.share`): the `budgets.full_head_cost` that charges a coded head
+  /// what it really holds.
   public func keyCodeShare(headDim d: Int, tokens n: Int) -> Double {
-    guard n > 0, d > 0 else { return 1 }
-    let perToken: Double
-    let fixed: Double
-    switch keyCodec {
-    case .pq:
-      perToken = Double(d / max(1, groupSize) * keyBits) / 8
-      fixed = Double((1 << keyBits) * d * 4)
-    case .scalar:
-      perToken = Double(d * keyBits) / 8 + Double(2 * d * 4) / 64
-      fixed = 0
-    }
-    let exact = Double(min(n, window + sinks) * d * 2)
-    return min(1, (Double(n) * perToken + fixed + exact) / (Double(n) * Double(4 * d)))
+    keyIndex.share(headDim: d, tokens: n)
   }
 }
 

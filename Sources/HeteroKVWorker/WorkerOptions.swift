@@ -109,33 +109,10 @@ public struct WorkerOptions: Sendable {
     }
   }
 
-  /// An empty key store of the configured codec for one head, trained (pq) on `keys`.
-  func keyStore(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> any QuantizedKeyStore
-  {
-    let d = geometry.headDim
-    switch settings.keyCodec {
-    case .scalar:
-      // Scalar codes group tokens (64 per scale and zero point); the exact window is the
-      // index's own.
-      return try ScalarQuantizedKeyStore(
-        headDim: d,
-        configuration: ScalarQuantizerConfiguration(
-          bits: settings.keyBits, groupSize: 64, window: 0))
-    case .pq:
-      let g = d / settings.groupSize
-      let c = 1 << settings.keyBits
-      let configuration = try ProductQuantizerConfiguration(
-        subvectors: g, centroids: c, iterations: 5, batchSize: 2048, seed: 1)
-      let version = CodebookVersion(
-        geometry: geometry.name, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
-        centroids: c, calibration: .ownPrefill)
-      let limit = codebookTrainingKeys
-      let sample =
-        keys.rows > limit
-        ? keys.gather((0..<limit).map { $0 * keys.rows / limit }) : keys
-      return ProductQuantizedKeyStore(
-        codebook: try ProductCodebook.train(
-          keys: sample, configuration: configuration, version: version))
-    }
+  /// An empty key index of the configured recipe for one head, trained (pq) on `keys`.
+  func keyIndex(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> ApproximateKeyIndex {
+    var recipe = settings.keyIndex
+    recipe.trainingKeys = codebookTrainingKeys
+    return try recipe.index(training: keys, geometry: geometry.name, layer: layer, kvHead: kvHead)
   }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HeteroKVCore
 import HeteroKVEval
+import HeteroKVSettings
 
 /// `hkv eval`: every policy against full attention on the same data.
 struct EvalCommand: ParsableCommand {
@@ -44,9 +45,18 @@ struct EvalCommand: ParsableCommand {
     "hcattention,hcattention-raw,hcattention-exact,heterocache,streamingllm,h2o,tova,snapkv,quest,kivi,full"
 
   @Option(help: "Share of the approximate softmax mass HCAttention keeps.")
-  var tau: Float = 0.9
+  var tau: Float = Float(RecommendedSettings.worker.tau)
 
-  @Option(help: "PQ centroids per sub-vector codebook; a list runs the centroid ablation.")
+  @Option(
+    help:
+      "HCAttention's key codes: worker (the worker's index: one-byte pq codes over 4 dims, 4 sink and 64 recent tokens exact, as hkv fidelity and the worker run) or budget (codes sized to fill each budget, the paper's rule, with --centroids)."
+  )
+  var codes: String = "worker"
+
+  @Option(
+    help:
+      "PQ centroids per sub-vector codebook with --codes budget; a list runs the centroid ablation."
+  )
   var centroids: String = "4096"
 
   @Option(
@@ -80,6 +90,11 @@ struct EvalCommand: ParsableCommand {
         budgets: try list(budgets, "budgets", Double.init))
       options.tau = tau
       options.centroids = try list(centroids, "centroids", Int.init)
+      switch codes {
+      case "worker": options.keyIndex = RecommendedSettings.worker.keyIndex
+      case "budget": options.keyIndex = nil
+      default: throw ValidationError("--codes must be worker or budget, not '\(codes)'")
+      }
       switch pqCalibration {
       case "prefill": options.pqCalibrationSample = false
       case "sample": options.pqCalibrationSample = true

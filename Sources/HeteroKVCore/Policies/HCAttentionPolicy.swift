@@ -14,12 +14,16 @@ public struct HCAttentionPolicy: AttentionPolicy {
   public var codebooks: ProductCodebookCache
   /// The calibration sample codebooks train on; nil: the sequence's own prefill.
   public var calibration: CalibrationKeys?
+  /// The worker's key index (its codec, exact sinks and window) instead of codes sized to the
+  /// budget: the harness then holds and measures what a worker holds.
+  public var recipe: KeyIndexRecipe?
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
     iterations: Int = 6, seed: UInt64 = 1, codebooks: ProductCodebookCache = .init(),
-    calibration: CalibrationKeys? = nil
+    calibration: CalibrationKeys? = nil, recipe: KeyIndexRecipe? = nil
   ) {
+    self.recipe = recipe
     self.codebooks = codebooks
     self.calibration = calibration
     self.mode = mode
@@ -52,15 +56,15 @@ public struct HCAttentionPolicy: AttentionPolicy {
   }
 
   struct Head: HeadPolicyState {
-    var store: ProductQuantizedKeyStore
+    var index: ApproximateKeyIndex
     let step: HCAttentionStep
     let heads: Int
     let d: Int
 
     mutating func step(_ input: HeadStepInput) throws -> PolicyStepResult {
       let newest = input.keys.rows - 1
-      try store.append(input.keys.gather([newest]))
-      let scores = try store.scores(
+      try index.append(input.keys.gather([newest]))
+      let scores = try index.scores(
         queries: input.queries, heads: heads, scale: FullAttention.scale(headDim: d))
       let selections = try step.select(approximateScores: scores, heads: heads)
       let out = try step.contextVectors(
@@ -74,17 +78,27 @@ public struct HCAttentionPolicy: AttentionPolicy {
         outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved)
     }
 
-    var residentBytes: Int { store.residentBytes }
+    var residentBytes: Int { index.residentBytes }
   }
 
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
     -> any PolicyLayerState
   {
+    let step = try HCAttentionStep(tau: tau, mode: mode)
+    if let recipe {
+      let heads = try parallelMap(layer.heads.count) { h in
+        let head = layer.heads[h]
+        var index = try recipe.index(
+          training: head.keys, geometry: geometry.name, layer: layer.layer, kvHead: h)
+        try index.append(head.keys)
+        return Head(index: index, step: step, heads: geometry.groupSize, d: geometry.headDim)
+      }
+      return IndependentHeads(heads)
+    }
     let g = try Self.subvectors(
       forBudget: budget, headDim: geometry.headDim, centroids: centroids)
     let config = try ProductQuantizerConfiguration(
       subvectors: g, centroids: centroids, iterations: iterations, batchSize: 4096, seed: seed)
-    let step = try HCAttentionStep(tau: tau, mode: mode)
     let heads = try parallelMap(layer.heads.count) { h in
       let head = layer.heads[h]
       let version = CodebookVersion(
@@ -94,7 +108,9 @@ public struct HCAttentionPolicy: AttentionPolicy {
       let store = try codebooks.prefillStore(
         keys: head.keys, trainingKeys: try calibration?.keys(layer: layer.layer, kvHead: h),
         configuration: config, version: version)
-      return Head(store: store, step: step, heads: geometry.groupSize, d: geometry.headDim)
+      return Head(
+        index: ApproximateKeyIndex(codes: store, sinks: 0, window: 0), step: step,
+        heads: geometry.groupSize, d: geometry.headDim)
     }
     return IndependentHeads(heads)
   }

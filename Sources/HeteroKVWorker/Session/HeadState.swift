@@ -96,9 +96,7 @@ final class IndexBox: @unchecked Sendable {
   func trainIndex(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int)
     throws
   {
-    var index = ApproximateKeyIndex(
-      codes: try options.keyStore(training: keys, layer: layer, kvHead: kvHead),
-      sinks: options.settings.sinks, window: options.settings.window)
+    var index = try options.keyIndex(training: keys, layer: layer, kvHead: kvHead)
     try index.append(keys)
     self.index = index
     untrained = nil

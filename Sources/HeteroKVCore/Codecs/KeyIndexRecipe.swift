@@ -1,0 +1,95 @@
+/// How one KV head's keys are coded for approximate scores: the codec and its sizes, the tokens
+/// scored exactly, and how a codebook is trained. One recipe for the worker and the evaluation
+/// harness, so both hold, score with and measure the same index.
+public struct KeyIndexRecipe: Sendable, Hashable {
+  /// The key codec.
+  public enum Codec: String, Sendable, Hashable, CaseIterable {
+    /// Product quantization: one code per `groupSize` dims.
+    case pq
+    /// Scalar quantization per dim, one scale and zero point per 64 tokens.
+    case scalar
+  }
+
+  public var codec: Codec
+  /// Bits per code: the codebook index (pq) or the quantized value (scalar).
+  public var bits: Int
+  /// Head dims per pq code.
+  public var groupSize: Int
+  /// Leading tokens scored from fp16 keys.
+  public var sinks: Int
+  /// Trailing tokens scored from fp16 keys.
+  public var window: Int
+  /// Most keys a codebook is trained on (spread evenly over a longer prefill).
+  public var trainingKeys = 32768
+
+  public init(codec: Codec, bits: Int, groupSize: Int, sinks: Int, window: Int) {
+    self.codec = codec
+    self.bits = bits
+    self.groupSize = groupSize
+    self.sinks = sinks
+    self.window = window
+  }
+
+  /// Centroids of a pq codebook trained on `keys` keys: 2^bits, fewer for a short prefill
+  /// (one per 32 keys rounded up to a power of two, at least 16), so that the codebook's fixed
+  /// cost stays small beside the codes and no centroid is fitted to a handful of keys.
+  public func centroids(trainingKeys keys: Int) -> Int {
+    var c = 16
+    while c < keys / 32 { c *= 2 }
+    return min(1 << bits, c)
+  }
+
+  /// What the index costs at `tokens` tokens as a share of the head's fp16 K+V: the codes, the
+  /// codebook (pq: fp16 centroids) or the per-64-token scales (scalar), and the fp16 keys of
+  /// the sinks and the window.
+  public func share(headDim d: Int, tokens n: Int) -> Double {
+    guard n > 0, d > 0 else { return 1 }
+    let perToken: Double
+    let fixed: Double
+    switch codec {
+    case .pq:
+      perToken = Double(d / max(1, groupSize) * bits) / 8
+      fixed = Double(centroids(trainingKeys: min(n, trainingKeys)) * d * 2)
+    case .scalar:
+      perToken = Double(d * bits) / 8 + Double(2 * d * 4) / 64
+      fixed = 0
+    }
+    let exact = Double(min(n, window + sinks) * d * 2)
+    return min(1, (Double(n) * perToken + fixed + exact) / (Double(n) * Double(4 * d)))
+  }
+
+  /// An empty index of this recipe for one head, its codebook (pq) trained on `keys` (at most
+  /// `trainingKeys` of them, spread evenly).
+  public func index(training keys: HalfMatrix, geometry: String, layer: Int, kvHead: Int) throws
+    -> ApproximateKeyIndex
+  {
+    let d = keys.cols
+    let codes: any QuantizedKeyStore
+    switch codec {
+    case .scalar:
+      // Scalar codes group tokens (64 per scale and zero point); the exact window is the
+      // index's own.
+      codes = try ScalarQuantizedKeyStore(
+        headDim: d,
+        configuration: ScalarQuantizerConfiguration(bits: bits, groupSize: 64, window: 0))
+    case .pq:
+      guard groupSize > 0, d % groupSize == 0 else {
+        throw HeteroKVError.invalid("group size \(groupSize) does not divide head dim \(d)")
+      }
+      let g = d / groupSize
+      let sample =
+        keys.rows > trainingKeys
+        ? keys.gather((0..<trainingKeys).map { $0 * keys.rows / trainingKeys }) : keys
+      let c = centroids(trainingKeys: sample.rows)
+      let configuration = try ProductQuantizerConfiguration(
+        subvectors: g, centroids: c, iterations: 5, batchSize: 2048, seed: 1)
+      let version = CodebookVersion(
+        geometry: geometry, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
+        centroids: c, calibration: .ownPrefill)
+      codes = ProductQuantizedKeyStore(
+        codebook: try ProductCodebook.train(
+          keys: sample, configuration: configuration, version: version))
+    }
+    return ApproximateKeyIndex(codes: codes, sinks: sinks, window: window)
+  }
+}

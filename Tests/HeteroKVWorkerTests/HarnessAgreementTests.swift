@@ -1,0 +1,47 @@
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVEval
+import HeteroKVLocalCluster
+import HeteroKVWorker
+import Testing
+
+@Suite("The harness measures what the worker holds", .serialized)
+struct HarnessAgreementTests {
+  @Test(
+    "on the same trace, the harness's HCAttention on the worker's key index holds the worker's share of fp16 K/V and errs like it"
+  )
+  func residentShareAgrees() async throws {
+    let replay = try tinyWorkload(tokens: 2048, steps: 4)
+    var options = fullBudgetOptions(policy: .hcattention)
+    options.budgets.memoryFraction = 0.125
+    options.worker = RecommendedSettings.worker
+    options.outputMode = .exact
+    let worker = try await withCluster(options) { cluster in
+      let ref = SequenceRef(sequence: 4)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref)
+      let report = try await replay.decode(cluster.worker, ref)
+      try await cluster.worker.flush(ref)
+      let stats = try await cluster.worker.stats(ref)
+      try await cluster.worker.release(ref)
+      return (
+        share: Double(stats.workerBytes) / Double(stats.fullKVBytes),
+        error: report.meanRelativeError
+      )
+    }
+    var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
+    eval.keyIndex = options.worker.keyIndex
+    eval.tau = Float(options.worker.tau)
+    let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
+    let harness = try #require(row.residentFraction)
+    // The worker's index: one-byte codes (6.25%), a 64-centroid codebook, 68 exact keys.
+    let expected = options.worker.keyCodeShare(headDim: tinyModel.headDim, tokens: 2052)
+    #expect(
+      abs(harness - worker.share) / worker.share < 0.03,
+      "harness \(harness), worker \(worker.share)")
+    #expect(abs(harness - expected) / expected < 0.03, "harness \(harness), formula \(expected)")
+    // Both run the same codes at the same tau; the worker attends each group's union.
+    let error = try #require(row.relativeL2Error)
+    #expect(error < 0.05 && worker.error < 0.05, "harness \(error), worker \(worker.error)")
+  }
+}

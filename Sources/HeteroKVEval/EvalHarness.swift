@@ -21,6 +21,8 @@ public struct EvalOptions: Sendable {
   /// and the calibration sample then do not apply); nil: codes sized to fill the budget, the
   /// paper's rule.
   public var keyIndex: KeyIndexRecipe?
+  /// HeteroCache's compressed heads recall what their caches lack (with `keyIndex`).
+  public var heteroCacheRecall = false
   /// HeteroCache thresholds and sizes.
   public var heteroCache = HeteroCacheConfiguration()
 
@@ -205,8 +207,11 @@ public enum EvalHarness {
         iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration,
         recipe: options.keyIndex)
     case "heterocache":
-      return HeteroCachePolicy(
+      var policy = HeteroCachePolicy(
         profiles: profiles, configuration: options.heteroCache, tau: options.tau)
+      policy.recipe = options.keyIndex
+      policy.recall = options.heteroCacheRecall
+      return policy
     case "streamingllm": return StreamingLLMPolicy()
     case "h2o": return H2OPolicy()
     case "tova": return TOVAPolicy()

@@ -53,6 +53,13 @@ struct EvalCommand: ParsableCommand {
   )
   var codes: String = "worker"
 
+  @Flag(
+    inversion: .prefixedNo,
+    help:
+      "heterocache with --codes worker: compressed heads keep codes and recall the tokens their caches lack (the worker's budgets.recall)."
+  )
+  var recall = true
+
   @Option(
     help:
       "PQ centroids per sub-vector codebook with --codes budget; a list runs the centroid ablation."
@@ -91,7 +98,9 @@ struct EvalCommand: ParsableCommand {
       options.tau = tau
       options.centroids = try list(centroids, "centroids", Int.init)
       switch codes {
-      case "worker": options.keyIndex = RecommendedSettings.worker.keyIndex
+      case "worker":
+        options.keyIndex = RecommendedSettings.worker.keyIndex
+        options.heteroCacheRecall = recall
       case "budget": options.keyIndex = nil
       default: throw ValidationError("--codes must be worker or budget, not '\(codes)'")
       }

@@ -42,6 +42,12 @@ struct NeedleCommand: AsyncParsableCommand {
   )
   var haystackFile: String?
 
+  @Option(
+    help:
+      "Also write each prompt to DIR/passkey-<context>-<depth%>-<passkey>.txt (to answer with hkv generate --prompt-file)."
+  )
+  var writePrompts: String?
+
   @Option(help: "Random seed of the passkeys.")
   var seed: UInt64 = 1
 
@@ -96,6 +102,15 @@ struct NeedleCommand: AsyncParsableCommand {
             PasskeyPrompt(tokens: n, depth: depth, passkey: passkey, tokenizer: tokenizer)
           }
         let ids = tokenizer.encode(prompt.text)
+        if let writePrompts {
+          try FileManager.default.createDirectory(
+            atPath: writePrompts, withIntermediateDirectories: true)
+          let path = "\(writePrompts)/passkey-\(n)-\(Int(depth * 100))-\(passkey).txt"
+          guard FileManager.default.createFile(atPath: path, contents: Data(prompt.text.utf8))
+          else {
+            throw CommandFailure(description: "--write-prompts: cannot write \(path)")
+          }
+        }
         progress.show("context \(ids.count), depth \(depth): one prefill, then each cache decodes")
         // The full cache answers greedily; every policy is fed the same tokens, its own top
         // choice at each step making its answer.

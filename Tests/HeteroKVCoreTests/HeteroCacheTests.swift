@@ -108,7 +108,7 @@ import Testing
     let satellites = profiles.filter { $0.role == .satellite(pivot: pivot) }.map(\.kvHead)
     #expect(!satellites.isEmpty)
     func positions(_ state: HeteroCachePolicy.State, _ h: Int) -> [Int] {
-      if case .compressed(let c) = state.heads[h] { return c.positions.filter { $0 < 4096 } }
+      if case .compressed(let c, _) = state.heads[h] { return c.positions.filter { $0 < 4096 } }
       return []
     }
     // Ask late for a needle that no satellite kept at prefill.

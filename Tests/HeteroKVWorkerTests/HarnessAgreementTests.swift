@@ -44,4 +44,24 @@ struct HarnessAgreementTests {
     let error = try #require(row.relativeL2Error)
     #expect(error < 0.05 && worker.error < 0.05, "harness \(error), worker \(worker.error)")
   }
+
+  @Test(
+    "the harness's HeteroCache on the worker's index: recall lowers the error inside the budget")
+  func heteroCacheRecallInTheHarness() throws {
+    let replay = try tinyWorkload(tokens: 2048, steps: 4)
+    func row(recall: Bool) throws -> EvalRow {
+      var eval = try EvalOptions(policies: ["heterocache"], budgets: [0.25])
+      eval.keyIndex = RecommendedSettings.worker.keyIndex
+      eval.tau = Float(RecommendedSettings.worker.tau)
+      eval.heteroCacheRecall = recall
+      return try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
+    }
+    let recalled = try row(recall: true)
+    let fixed = try row(recall: false)
+    let e1 = try #require(recalled.relativeL2Error)
+    let e0 = try #require(fixed.relativeL2Error)
+    #expect(e1 < e0, "recall \(e1), static \(e0)")
+    #expect(try #require(recalled.residentFraction) <= 0.25 + 0.01)
+    #expect(try #require(fixed.residentFraction) <= 0.25 + 0.01)
+  }
 }

@@ -29,10 +29,11 @@ public enum BudgetAllocator {
   /// Allocates budgets for the profiled heads of every layer.
   ///
   /// `minimumCap` (ours, 0 in the paper's rule) keeps very stable heads from being squeezed to a
-  /// handful of tokens when unstable heads take most of the weight.
+  /// handful of tokens when unstable heads take most of the weight. `compressedHeadCost` is what
+  /// a compressed head holds besides its cache (its key codes, when it recalls).
   public static func allocate(
     profiles: [HeadProfile], memoryRatio: Double, prefillTokens n: Int, fullHeadCost: Double = 1,
-    minimumCap: Int = 0
+    minimumCap: Int = 0, compressedHeadCost: Double = 0
   ) throws -> [HeadBudget] {
     guard memoryRatio > 0, memoryRatio <= 1 else {
       throw HeteroKVError.invalid("memory ratio must be in (0, 1], got \(memoryRatio)")
@@ -46,7 +47,9 @@ public enum BudgetAllocator {
     let compressed = total - full
     var base = 0
     if compressed > 0 {
-      let share = memoryRatio * Double(total) - Double(full) * fullHeadCost
+      let share =
+        memoryRatio * Double(total) - Double(full) * fullHeadCost
+        - Double(compressed) * compressedHeadCost
       guard share > 0 else {
         throw HeteroKVError.invalid(
           "memory ratio \(memoryRatio) cannot hold \(full) full-context heads of \(total) "

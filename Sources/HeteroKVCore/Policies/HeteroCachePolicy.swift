@@ -14,6 +14,12 @@ public struct HeteroCachePolicy: AttentionPolicy {
   public var sinks: Int
   /// Recent tokens a compressed head always keeps (at most a quarter of its cap).
   public var window: Int
+  /// The worker's key index for the full heads (and, with `recall`, the compressed ones), with
+  /// exact output; nil: scalar codes sized to the budget and renormalized weights.
+  public var recipe: KeyIndexRecipe?
+  /// Compressed heads keep codes too and attend exactly over their cache and the tokens of
+  /// their tau-mass set it lacks (needs `recipe`), as the worker's `budgets.recall`.
+  public var recall = false
 
   public init(
     profiles: [HeadProfile], configuration: HeteroCacheConfiguration, tau: Float = 0.9,
@@ -56,8 +62,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
 
   struct State: PolicyLayerState {
     enum Head {
-      case compressed(CompressedHeadCache)
-      case full(ScalarQuantizedKeyStore, PivotDriftMonitor?)
+      /// A compressed cache, and its codes when it recalls.
+      case compressed(CompressedHeadCache, ApproximateKeyIndex?)
+      case full(ApproximateKeyIndex, PivotDriftMonitor?)
     }
     var heads: [Head]
     let roles: [HeadRole]
@@ -78,7 +85,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
         let newest = input.keys.rows - 1
         let upload = kvBytes(tokens: 1, headDim: d)
         switch heads[h] {
-        case .compressed(var cache):
+        case .compressed(var cache, var index):
           if let positions = refreshes[h] {
             let prefix = try CompressedHeadCache(
               positions: positions, keys: input.keys, values: input.values)
@@ -86,21 +93,41 @@ public struct HeteroCachePolicy: AttentionPolicy {
           }
           try cache.append(
             key: input.keys.row(newest), value: input.values.row(newest), position: newest)
-          let (out, drawn) = try cache.attendWeighing(queries: input.queries, heads: groupSize)
-          let attended = cache.positions.map(Int32.init)
+          var (out, drawn) = try cache.attendWeighing(queries: input.queries, heads: groupSize)
+          var attended = cache.positions.map(Int32.init)
+          var moved = upload
+          if var codes = index {
+            // Recall: the tau-mass set's tokens the cache lacks join it, exactly re-scored.
+            try codes.append(input.keys.gather([newest]))
+            index = codes
+            let scores = try codes.scores(
+              queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
+            let union = TauMassSelection.groupUnion(
+              try step.select(approximateScores: scores, heads: groupSize))[0]
+            let missing = union.excluding(cache.positions).indices
+            if !missing.isEmpty {
+              attended = (attended + missing).sorted()
+              let rows = attended.map(Int.init)
+              out = try FullAttention.attend(
+                queries: input.queries, heads: groupSize, keys: input.keys.gather(rows),
+                values: input.values.gather(rows))
+              moved += missing.count * 4 + groupSize * (d * 8 + 8)
+            }
+          }
           cache.accumulate(drawn)
-          heads[h] = .compressed(cache)
+          heads[h] = .compressed(cache, index)
           results.append(
             PolicyStepResult(
               outputs: out.outputs, attended: Array(repeating: attended, count: groupSize),
-              bytesMoved: upload))
+              bytesMoved: moved))
         case .full(var store, var monitor):
           try store.append(input.keys.gather([newest]))
           let scores = try store.scores(
             queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
           let selections = try step.select(approximateScores: scores, heads: groupSize)
           let out = try step.contextVectors(
-            selections: selections, queries: input.queries, keys: nil, values: input.values)
+            selections: selections, queries: input.queries,
+            keys: step.mode == .exact ? input.keys : nil, values: input.values)
           var moved =
             selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
           // Pivots turn their approximate scores into probabilities on check steps only.
@@ -110,7 +137,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
               drifted = true
               for (s, role) in roles.enumerated() {
                 guard case .satellite(let pivot) = role, pivot == h else { continue }
-                guard case .compressed(let satellite) = heads[s] else { continue }
+                guard case .compressed(let satellite, _) = heads[s] else { continue }
                 let decoded = satellite.positions.count(where: { $0 >= prefillTokens })
                 pendingRefresh[s] = HeteroCacheDecodeState.refreshedPrefix(
                   drift: drift, prefillTokens: prefillTokens, cap: max(1, caps[s] - decoded))
@@ -131,8 +158,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
     var residentBytes: Int {
       heads.reduce(0) { total, head in
         switch head {
-        case .compressed(let cache): total + cache.residentBytes
-        case .full(let store, _): total + store.residentBytes
+        case .compressed(let cache, let index):
+          total + cache.residentBytes + (index?.residentBytes ?? 0)
+        case .full(let index, _): total + index.residentBytes
         }
       }
     }
@@ -149,16 +177,38 @@ public struct HeteroCachePolicy: AttentionPolicy {
           + "\(layer.heads.count) KV heads")
     }
     let fullCount = profiles.filter { $0.role.keepsFullContext }.count
-    let (keys, cost) = try Self.fullHeadKeys(
-      budget: budget, fullHeads: fullCount, totalHeads: profiles.count, headDim: geometry.headDim,
-      tokens: n)
+    let scalar: ScalarQuantizerConfiguration?
+    let cost: Double
+    if let recipe {
+      scalar = nil
+      cost = recipe.share(headDim: geometry.headDim, tokens: n)
+    } else {
+      (scalar, cost) = try Self.fullHeadKeys(
+        budget: budget, fullHeads: fullCount, totalHeads: profiles.count,
+        headDim: geometry.headDim, tokens: n)
+    }
+    let recalls = recall && recipe != nil
     let budgets = try BudgetAllocator.allocate(
       profiles: profiles, memoryRatio: budget, prefillTokens: n, fullHeadCost: cost,
-      minimumCap: minimumCap)
+      minimumCap: minimumCap, compressedHeadCost: recalls ? cost : 0)
     let driftBudget = HeteroCacheDecodeState.driftBudget(
       compressedCaps: budgets.filter { !$0.role.keepsFullContext }.map(\.cap), prefillTokens: n)
     let caps = mine.map { p in budgets.first { $0.layer == p.layer && $0.kvHead == p.kvHead }!.cap }
     let g = geometry.groupSize
+    // The worker's index (trained on the head's prefill) or scalar codes sized to the budget.
+    @Sendable func codes(_ h: Int) throws -> ApproximateKeyIndex {
+      let keys = layer.heads[h].keys
+      var index =
+        if let recipe {
+          try recipe.index(training: keys, geometry: geometry.name, layer: layer.layer, kvHead: h)
+        } else {
+          ApproximateKeyIndex(
+            codes: try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: scalar!),
+            sinks: 0, window: 0)
+        }
+      try index.append(keys)
+      return index
+    }
     let heads: [State.Head] = try parallelMap(layer.heads.count) { h in
       let head = layer.heads[h]
       let p = try FullAttention.probabilities(
@@ -175,12 +225,10 @@ public struct HeteroCachePolicy: AttentionPolicy {
           mass: HeteroCacheDecodeState.seedMass(votes: p, groupSize: g, positions: positions))
         cache.holdBudget(
           capacity: caps[h], growth: Double(caps[h]) / Double(n), sinks: sinks, recent: recent)
-        return .compressed(cache)
+        return .compressed(cache, recalls ? try codes(h) : nil)
       case .pivot, .volatile:
-        var store = try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: keys)
-        try store.append(head.keys)
         return .full(
-          store,
+          try codes(h),
           HeteroCacheDecodeState.driftMonitor(
             role: mine[h].role, probabilities: p, groupSize: g, budget: driftBudget,
             configuration: configuration))
@@ -188,6 +236,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
     }
     return State(
       heads: heads, roles: mine.map(\.role), caps: caps, prefillTokens: n,
-      step: try HCAttentionStep(tau: tau, mode: .renormalized), groupSize: g, d: geometry.headDim)
+      step: try HCAttentionStep(tau: tau, mode: recipe == nil ? .renormalized : .exact),
+      groupSize: g, d: geometry.headDim)
   }
 }

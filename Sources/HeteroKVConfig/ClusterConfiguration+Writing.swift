@@ -77,7 +77,7 @@ extension ClusterConfiguration {
           ("group_size", scalar(w.groupSize)), ("window", scalar(w.window)),
           ("sinks", scalar(w.sinks)), ("tau", scalar(w.tau)),
           ("cap_selection", scalar(w.capSelection)), ("output_mode", scalar(w.outputMode.rawValue)),
-          ("ack_replicas", scalar(w.ackReplicas.rawValue)),
+          ("ack_replicas", scalar(w.ackReplicas.rawValue)), ("finer_codes", scalar(w.finerCodes)),
         ])
       ))
     let b = budgets

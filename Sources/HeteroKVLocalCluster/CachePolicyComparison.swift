@@ -156,7 +156,8 @@ public struct CachePolicyComparison: Sendable {
     case .local(let budgets, let worker, let outputMode):
       var options = LocalCluster.Options(model: try c.geometry, sequenceTokens: maxTokens)
       options.budgets = budgets.chargingKeyCodes(
-        of: worker, headDim: try c.geometry.headDim, tokens: maxTokens)
+        of: worker, headDim: try c.geometry.headDim, tokens: maxTokens,
+        heldRows: WorkerOptions.defaultDecodeShipRows)
       options.worker = worker
       options.outputMode = outputMode
       let cluster = try await LocalCluster.start(options, logger: logger)

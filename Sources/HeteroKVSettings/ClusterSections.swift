@@ -137,6 +137,9 @@ public struct WorkerSettings: Sendable, Hashable {
   /// to the memory nodes) or `exact` (the query goes; the nodes re-score the kept tokens with
   /// their fp16 keys, so the output is exact attention over the kept set).
   public var outputMode: HCAttentionOutputMode = .renormalized
+  /// hcattention: spend what the budget leaves over the codes on codes twice as fine for the
+  /// heads whose keys the coarse codes reconstruct worst (`finer_codes`).
+  public var finerCodes = false
   /// When a put to the memory tier counts as stored (`ack_replicas`).
   public var ackReplicas: ReplicaAcknowledgement = .allLive
 
@@ -251,14 +254,18 @@ public struct BudgetSettings: Sendable, Hashable {
 }
 
 extension BudgetSettings {
-  /// These budgets with coded heads charged what `worker`'s index holds at `tokens` tokens,
-  /// and recall kept only where every head's codes fit under the memory fraction (below it,
-  /// compressed heads keep static caches): how clusters started in one process are planned.
-  public func chargingKeyCodes(of worker: WorkerSettings, headDim: Int, tokens: Int)
-    -> BudgetSettings
-  {
+  /// These budgets with coded heads charged what `worker`'s index holds at `tokens` tokens
+  /// plus the `heldRows` fp16 decode rows every head holds before shipping them, and recall
+  /// kept only where every head's codes fit under the memory fraction (below it, compressed
+  /// heads keep static caches): how clusters started in one process are planned.
+  public func chargingKeyCodes(
+    of worker: WorkerSettings, headDim: Int, tokens: Int, heldRows: Int
+  ) -> BudgetSettings {
     var b = self
-    b.fullHeadCost = worker.keyCodeShare(headDim: headDim, tokens: tokens)
+    b.fullHeadCost = min(
+      1,
+      worker.keyCodeShare(headDim: headDim, tokens: tokens)
+        + Double(heldRows) / Double(max(1, tokens)))
     b.recall = recall && b.fullHeadCost < memoryFraction
     return b
   }

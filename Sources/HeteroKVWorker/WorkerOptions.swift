@@ -33,6 +33,9 @@ public struct WorkerOptions: Sendable {
   public var shipQueueBytes: Int
   /// Decode tokens batched into one put per head.
   public var decodeShipRows: Int
+  /// The default of `decodeShipRows`: what an in-process cluster charges each head for rows it
+  /// holds before shipping.
+  public static let defaultDecodeShipRows = 32
   /// Deadline of one memory-node request.
   public var requestTimeout: Duration
   /// When a put counts as stored: every live replica (default) or one.
@@ -49,7 +52,7 @@ public struct WorkerOptions: Sendable {
     policy: BudgetPolicyKind = .heterocache,
     heteroCache: HeteroCacheConfiguration = HeteroCacheConfiguration(),
     outputMode: HCAttentionOutputMode = .renormalized, chunkTokens: Int = 128 << 10,
-    shipQueueBytes: Int = 256 << 20, decodeShipRows: Int = 32,
+    shipQueueBytes: Int = 256 << 20, decodeShipRows: Int = WorkerOptions.defaultDecodeShipRows,
     requestTimeout: Duration = .seconds(10)
   ) {
     self.id = id
@@ -74,7 +77,31 @@ public struct WorkerOptions: Sendable {
       heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
     acknowledgement = cluster.worker.ackReplicas
     recall = cluster.budgets.recall
+    if cluster.budgets.policy == .hcattention && cluster.worker.finerCodes {
+      finerCodeBudget = cluster.budgets.memoryFraction
+    }
   }
+
+  /// How many of `heads` coded heads get finer codes after an `n`-token prefill: the budget
+  /// left over the coarse index's share and the decode rows a head holds before it ships them
+  /// (`decodeShipRows`, fp16), over what finer codes add per head.
+  func finerCodeHeads(_ heads: Int, prefillTokens n: Int) -> Int {
+    guard let budget = finerCodeBudget, settings.keyCodec == .pq, settings.groupSize % 2 == 0
+    else { return 0 }
+    let coarse = settings.keyIndex.share(headDim: geometry.headDim, tokens: n)
+    var fine = settings.keyIndex
+    fine.groupSize /= 2
+    let extra = fine.share(headDim: geometry.headDim, tokens: n) - coarse
+    guard extra > 0 else { return 0 }
+    let tail = Double(decodeShipRows) / Double(max(1, n))
+    return min(
+      heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
+  }
+
+  /// hcattention: the budget's share of fp16 K/V; what the codes leave of it buys codes twice
+  /// as fine (half the dims per code) for the heads whose keys the coarse codes reconstruct
+  /// worst, chosen when the codebooks are trained at the end of a prefill. nil: none.
+  public var finerCodeBudget: Double?
 
   /// Whether compressed heads recall from the memory tier (HeteroCache with recall on).
   var recalls: Bool { policy == .heterocache && recall }

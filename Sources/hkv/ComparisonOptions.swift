@@ -128,6 +128,12 @@ struct CacheSettingsOptions: ParsableArguments {
   @Flag(help: "hcattention: bound the tokens a step keeps by the head's budget cap.")
   var capSelection = false
 
+  @Flag(
+    help:
+      "hcattention: spend what the budget leaves over the codes on codes twice as fine for the heads whose keys the codes reconstruct worst."
+  )
+  var finerCodes = false
+
   @Option(
     help:
       "How memory nodes weight kept tokens: exact (re-scored with full keys) or renormalized.")
@@ -155,6 +161,7 @@ struct CacheSettingsOptions: ParsableArguments {
     var worker = WorkerSettings(
       keyCodec: codec, keyBits: keyBits, groupSize: groupSize, window: window, sinks: sinks,
       tau: tau, capSelection: capSelection)
+    worker.finerCodes = finerCodes
     worker.outputMode = mode
     return (worker, mode)
   }

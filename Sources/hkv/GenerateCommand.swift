@@ -105,7 +105,8 @@ struct GenerateCommand: AsyncParsableCommand {
       options.worker = worker
       options.outputMode = outputMode
       options.budgets = settings.budgets(policy: kind, memoryFraction: budget).chargingKeyCodes(
-        of: worker, headDim: try model.configuration.geometry.headDim, tokens: maxContext)
+        of: worker, headDim: try model.configuration.geometry.headDim, tokens: maxContext,
+        heldRows: WorkerOptions.defaultDecodeShipRows)
       let local = try await LocalCluster.start(options, logger: Logger(label: "hkv.generate"))
       do {
         _ = try await local.worker.createSequence(ref, maxTokens: maxContext)

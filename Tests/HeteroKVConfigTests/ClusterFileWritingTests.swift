@@ -49,7 +49,9 @@ import Testing
     var recalling = full
     recalling.budgets.policy = .heterocache
     recalling.budgets.recall = true
-    #expect(try ClusterConfiguration.parse(yaml: recalling.yaml()).budgets.recall)
+    recalling.worker.finerCodes = true
+    let read = try ClusterConfiguration.parse(yaml: recalling.yaml())
+    #expect(read.budgets.recall && read.worker.finerCodes)
 
     let minimal = ClusterConfiguration(
       name: "m",

@@ -64,4 +64,32 @@ struct HarnessAgreementTests {
     #expect(try #require(recalled.residentFraction) <= 0.25 + 0.01)
     #expect(try #require(fixed.residentFraction) <= 0.25 + 0.01)
   }
+
+  @Test(
+    "hcattention spends what its budget leaves over the codes on finer codes: more bytes, still inside the budget, lower error"
+  )
+  func finerCodesFillTheBudget() async throws {
+    let replay = try tinyWorkload(tokens: 2048, steps: 4)
+    func run(finer: Bool) async throws -> (share: Double, error: Double) {
+      var options = fullBudgetOptions(policy: .hcattention)
+      options.budgets.memoryFraction = 0.2
+      options.worker = RecommendedSettings.worker
+      options.worker.finerCodes = finer
+      options.outputMode = .exact
+      return try await withCluster(options) { cluster in
+        let ref = SequenceRef(sequence: 6)
+        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+        try await replay.prefill(cluster.worker, ref)
+        let report = try await replay.decode(cluster.worker, ref)
+        let stats = try await cluster.worker.stats(ref)
+        try await cluster.worker.release(ref)
+        return (Double(stats.workerBytes) / Double(stats.fullKVBytes), report.meanRelativeError)
+      }
+    }
+    let coarse = try await run(finer: false)
+    let fine = try await run(finer: true)
+    #expect(fine.share > coarse.share + 0.02, "finer \(fine.share), coarse \(coarse.share)")
+    #expect(fine.share <= 0.2, "finer codes hold \(fine.share) of fp16 K/V at a 0.2 budget")
+    #expect(fine.error < coarse.error, "finer \(fine.error), coarse \(coarse.error)")
+  }
 }

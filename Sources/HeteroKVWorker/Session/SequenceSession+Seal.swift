@@ -116,9 +116,29 @@ extension SequenceSession {
     let g = geometry
     let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
     let options = self.options
+    let held = boxes.map(\.untrained)
     do {
-      _ = try parallelMap(boxes.count) { i in
+      let errors = try parallelMap(boxes.count) { i in
         try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+        return held[i].map { boxes[i].reconstructionError($0) } ?? 0
+      }
+      // The budget left over the codes buys finer codes for the worst-reconstructed heads.
+      let n = held.compactMap { $0?.rows }.min() ?? 0
+      let finer = options.finerCodeHeads(held.count(where: { $0 != nil }), prefillTokens: n)
+      if finer > 0 {
+        let chosen = errors.indices.filter { held[$0] != nil }.sorted { errors[$0] > errors[$1] }
+          .prefix(finer)
+        let fine = {
+          var o = options
+          o.settings.groupSize /= 2
+          return o
+        }()
+        let picks = Array(chosen)
+        _ = try parallelMap(picks.count) { k in
+          let i = picks[k]
+          try boxes[i].trainIndex(
+            held[i]!, options: fine, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+        }
       }
     } catch {
       poisoned = HeteroKVError(

@@ -51,9 +51,12 @@ public enum BudgetAllocator {
         memoryRatio * Double(total) - Double(full) * fullHeadCost
         - Double(compressed) * compressedHeadCost
       guard share > 0 else {
-        throw HeteroKVError.invalid(
+        throw HeteroKVError.unsupported(
           "memory ratio \(memoryRatio) cannot hold \(full) full-context heads of \(total) "
-            + "(they alone need \(Double(full) * fullHeadCost / Double(total)))")
+            + (compressedHeadCost > 0 ? "and the codes of \(compressed) compressed ones " : "")
+            + "(they alone need "
+            + "\((Double(full) * fullHeadCost + Double(compressed) * compressedHeadCost) / Double(total)))"
+        )
       }
       base = Int((share * Double(n) / Double(compressed)).rounded(.down))
     }

@@ -187,7 +187,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
         budget: budget, fullHeads: fullCount, totalHeads: profiles.count,
         headDim: geometry.headDim, tokens: n)
     }
-    let recalls = recall && recipe != nil
+    // As in-process clusters plan (`BudgetSettings.chargingKeyCodes`): recall only where every
+    // head's codes fit under the budget, static caches below it.
+    let recalls = recall && recipe != nil && cost < budget
     let budgets = try BudgetAllocator.allocate(
       profiles: profiles, memoryRatio: budget, prefillTokens: n, fullHeadCost: cost,
       minimumCap: minimumCap, compressedHeadCost: recalls ? cost : 0)

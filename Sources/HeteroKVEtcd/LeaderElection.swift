@@ -41,6 +41,13 @@ public final class Leadership: Sendable {
 
   func markLost() { state.withLock { $0.lost = true } }
 
+  /// Gives leadership up on this side at once: `isHeld` turns false and renewals stop, so the
+  /// replica steps down (and resigns) at its next check.
+  public func abandon() {
+    stopRenewing()
+    markLost()
+  }
+
   /// Stops renewing (the lease then lapses within its TTL).
   public func stopRenewing() {
     let keeper = state.withLock { $0.keeper }

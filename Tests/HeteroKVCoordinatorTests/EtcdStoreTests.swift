@@ -40,6 +40,48 @@ struct EtcdStoreTests {
   }
 
   @Test(
+    "an entry of its own that the leader took for failed (committed after a quorum came back) makes it step down and read the log again, applying it"
+  )
+  func orphanedOwnEntry() async throws {
+    let config = try testCluster(replication: 2)
+    try await withEtcd { etcd, _ in
+      let leadership = try #require(try await election(etcd, "coord-1").attempt())
+      let store = try await EtcdCoordinatorStore.open(
+        client: etcd, prefix: "/hkv/test", leadership: leadership)
+      let coordinator = try make(config, store: store)
+      try await coordinator.addMemoryNodes(2)
+      _ = try await coordinator.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 1), worker: "w", maxTokens: 1024)
+      let revision = await coordinator.snapshot().revision
+      // Another coordinator on the same state writes the next entry (as a write this leader
+      // reported failed would land): this leader's state is now behind the log.
+      let twin = try make(
+        config,
+        store: try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: "/hkv/test", leadership: leadership))
+      _ = try await twin.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 2), worker: "w", maxTokens: 1024)
+      await #expect(throws: HeteroKVError.self) {
+        _ = try await coordinator.openSequence(
+          key: SequenceKey(namespace: 0, sequence: 3), worker: "w", maxTokens: 1024)
+      }
+      #expect(!leadership.isHeld, "a leader behind its log keeps leading")
+      // A new term reads the whole log, the orphaned entry included.
+      await election(etcd, "coord-1").resign(leadership)
+      let next = try #require(try await election(etcd, "coord-1").attempt())
+      let reloaded = try make(
+        config,
+        store: try await EtcdCoordinatorStore.open(
+          client: etcd, prefix: "/hkv/test", leadership: next))
+      let state = await reloaded.snapshot()
+      #expect(state.revision == revision + 1)
+      #expect(state.sequences.keys.map(\.sequence).sorted() == [1, 2])
+      _ = try await reloaded.openSequence(
+        key: SequenceKey(namespace: 0, sequence: 3), worker: "w", maxTokens: 1024)
+    }
+  }
+
+  @Test(
     "the state written to etcd (log and snapshots) reads back identical, and the log is compacted"
   )
   func roundTrip() async throws {

@@ -170,8 +170,13 @@ public final class EtcdCoordinatorStore: CoordinatorStore {
       mine = false
     }
     guard mine else {
-      // Retryable: the caller's next attempt finds the leader (this one, in a new term, or
-      // another).
+      // Either deposed, or the log holds an entry this state lacks: under an unchanged leader
+      // key only this leader writes, so it is one of its own writes reported failed and
+      // committed later (a quorum lost mid-write, then restored). Both ways this replica must
+      // stop leading and read the log again: it abandons leadership, steps down, campaigns
+      // anew and loads the whole log. Retryable: the caller's next attempt finds the leader
+      // (this one, in a new term, or another).
+      leadership.abandon()
       throw HeteroKVError(
         .unavailable,
         "this coordinator is no longer the leader (the leader key under \(prefix) changed, or "

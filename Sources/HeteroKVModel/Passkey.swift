@@ -12,10 +12,15 @@ public struct PasskeyPrompt: Sendable, Hashable {
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
   static let question = "\nWhat is the pass key? The pass key is"
 
+  /// The sentences that hide `passkey`.
+  static func needle(_ passkey: Int) -> String {
+    "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
+  }
+
   /// A prompt of about `tokens` tokens (by `tokenizer`) with `passkey` at `depth` (0...1) of
   /// the filler.
   public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer) {
-    let needle = "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
+    let needle = Self.needle(passkey)
     let fixed = tokenizer.encode(Self.intro + needle + Self.question).count
     let per = tokenizer.encode(Self.filler).count
     let repeats = max(1, (tokens - fixed) / max(1, per))
@@ -30,7 +35,7 @@ public struct PasskeyPrompt: Sendable, Hashable {
   /// text (repeated when shorter than needed) cut to length by tokens; the needle goes in at
   /// the first sentence or line end at or after the depth (within 64 tokens of it).
   public init(tokens: Int, depth: Double, passkey: Int, tokenizer: BPETokenizer, haystack: String) {
-    let needle = "The pass key is \(passkey). Remember it. \(passkey) is the pass key. "
+    let needle = Self.needle(passkey)
     let fixed = tokenizer.encode(Self.intro + needle + Self.question).count
     let wanted = max(1, tokens - fixed)
     let own = tokenizer.encode(haystack)

@@ -7,6 +7,23 @@ import Testing
 
 @Suite("The harness measures what the worker holds", .serialized)
 struct HarnessAgreementTests {
+  /// Decodes `replay` on a cluster of `options`: the worker's share of fp16 K/V once its rows
+  /// are flushed, and its mean relative output error.
+  func decode(_ replay: WorkloadReplay, on options: LocalCluster.Options) async throws -> (
+    share: Double, error: Double
+  ) {
+    try await withCluster(options) { cluster in
+      let ref = SequenceRef(sequence: 4)
+      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+      try await replay.prefill(cluster.worker, ref)
+      let report = try await replay.decode(cluster.worker, ref)
+      try await cluster.worker.flush(ref)
+      let stats = try await cluster.worker.stats(ref)
+      try await cluster.worker.release(ref)
+      return (Double(stats.workerBytes) / Double(stats.fullKVBytes), report.meanRelativeError)
+    }
+  }
+
   @Test(
     "on the same trace, the harness's HCAttention on the worker's key index holds the worker's share of fp16 K/V and errs like it"
   )
@@ -16,19 +33,7 @@ struct HarnessAgreementTests {
     options.budgets.memoryFraction = 0.125
     options.worker = RecommendedSettings.worker
     options.outputMode = .exact
-    let worker = try await withCluster(options) { cluster in
-      let ref = SequenceRef(sequence: 4)
-      _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
-      try await replay.prefill(cluster.worker, ref)
-      let report = try await replay.decode(cluster.worker, ref)
-      try await cluster.worker.flush(ref)
-      let stats = try await cluster.worker.stats(ref)
-      try await cluster.worker.release(ref)
-      return (
-        share: Double(stats.workerBytes) / Double(stats.fullKVBytes),
-        error: report.meanRelativeError
-      )
-    }
+    let worker = try await decode(replay, on: options)
     var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
     eval.keyIndex = options.worker.keyIndex
     eval.tau = Float(options.worker.tau)
@@ -76,15 +81,7 @@ struct HarnessAgreementTests {
       options.worker = RecommendedSettings.worker
       options.worker.finerCodes = finer
       options.outputMode = .exact
-      return try await withCluster(options) { cluster in
-        let ref = SequenceRef(sequence: 6)
-        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
-        try await replay.prefill(cluster.worker, ref)
-        let report = try await replay.decode(cluster.worker, ref)
-        let stats = try await cluster.worker.stats(ref)
-        try await cluster.worker.release(ref)
-        return (Double(stats.workerBytes) / Double(stats.fullKVBytes), report.meanRelativeError)
-      }
+      return try await decode(replay, on: options)
     }
     let coarse = try await run(finer: false)
     let fine = try await run(finer: true)

@@ -28,6 +28,21 @@ public enum HeteroCacheDecodeState {
     return Array(0..<first) + middle.map { $0 + first } + Array((n - last)..<n)
   }
 
+  /// Recent tokens a compressed head always keeps: the window, at most a quarter of its cap.
+  public static func recentTokens(window: Int, cap: Int) -> Int { min(window, cap / 4) }
+
+  /// Holds `cache` (a head's prefix plus `decodedTokens` rows appended after the prefill) to
+  /// its budget, a share of the context: `cap` rows at `prefillTokens`, cap/n more a token;
+  /// the sinks and the recent tokens protected.
+  public static func holdBudget(
+    _ cache: inout CompressedHeadCache, cap: Int, prefillTokens n: Int, decodedTokens: Int = 0,
+    sinks: Int, window: Int
+  ) {
+    cache.holdBudget(
+      capacity: cap + decodedTokens, growth: Double(cap) / Double(max(1, n)), sinks: sinks,
+      recent: recentTokens(window: window, cap: cap))
+  }
+
   /// The observation rows' probabilities (each `[groupSize][length]`) summed: the votes
   /// `compressedPrefix` ranks by.
   public static func votes(_ rows: [[Float]]) -> [Float] {

@@ -217,16 +217,16 @@ public struct HeteroCachePolicy: AttentionPolicy {
         queries: head.lastQuery(groupSize: g), heads: g, keys: head.keys)
       switch mine[h].role {
       case .anchor, .satellite:
-        let recent = min(window, caps[h] / 4)
         let positions = HeteroCacheDecodeState.compressedPrefix(
           votes: p, groupSize: g, prefillTokens: n, cap: caps[h],
-          poolWidth: configuration.poolWidth, sinks: sinks, recent: recent)
+          poolWidth: configuration.poolWidth, sinks: sinks,
+          recent: HeteroCacheDecodeState.recentTokens(window: window, cap: caps[h]))
         var cache = try CompressedHeadCache(
           positions: positions, rows: head.keys.gather(positions),
           values: head.values.gather(positions),
           mass: HeteroCacheDecodeState.seedMass(votes: p, groupSize: g, positions: positions))
-        cache.holdBudget(
-          capacity: caps[h], growth: Double(caps[h]) / Double(n), sinks: sinks, recent: recent)
+        HeteroCacheDecodeState.holdBudget(
+          &cache, cap: caps[h], prefillTokens: n, sinks: sinks, window: window)
         return .compressed(cache, recalls ? try codes(h) : nil)
       case .pivot, .volatile:
         return .full(

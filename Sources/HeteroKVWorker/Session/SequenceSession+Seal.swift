@@ -65,7 +65,8 @@ extension SequenceSession {
           // The sinks, the window's worth of recent tokens (a quarter of the cap at most) and
           // the positions the observation queries voted for; without queries, recent tokens.
           let sinks = options.settings.sinks
-          let recent = min(options.settings.window, head.cap / 4)
+          let recent = HeteroCacheDecodeState.recentTokens(
+            window: options.settings.window, cap: head.cap)
           var positions: [Int]
           var mass: [Float]
           if let attention {
@@ -88,9 +89,9 @@ extension SequenceSession {
               positions: positions, rows: keys, values: values, mass: mass)
             // Decode tokens come inside the budget, a share of the context: it grows by
             // cap/n rows a token, and past it the least-attended row goes.
-            cache.holdBudget(
-              capacity: head.cap + (length - n), growth: Double(head.cap) / Double(n),
-              sinks: sinks, recent: recent)
+            HeteroCacheDecodeState.holdBudget(
+              &cache, cap: head.cap, prefillTokens: n, decodedTokens: length - n, sinks: sinks,
+              window: options.settings.window)
             head.cache = cache
           } catch {
             throw HeteroKVError(
@@ -117,14 +118,14 @@ extension SequenceSession {
     let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
     let options = self.options
     let held = boxes.map(\.untrained)
+    // The budget left over the codes buys finer codes for the worst-reconstructed heads.
+    let finer = options.finerCodeHeads(
+      held.count(where: { $0 != nil }), prefillTokens: held.compactMap { $0?.rows }.min() ?? 0)
     do {
       let errors = try parallelMap(boxes.count) { i in
         try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
-        return held[i].map { boxes[i].reconstructionError($0) } ?? 0
+        return finer > 0 ? held[i].map { boxes[i].reconstructionError($0) } ?? 0 : 0
       }
-      // The budget left over the codes buys finer codes for the worst-reconstructed heads.
-      let n = held.compactMap { $0?.rows }.min() ?? 0
-      let finer = options.finerCodeHeads(held.count(where: { $0 != nil }), prefillTokens: n)
       if finer > 0 {
         let chosen = errors.indices.filter { held[$0] != nil }.sorted { errors[$0] > errors[$1] }
           .prefix(finer)

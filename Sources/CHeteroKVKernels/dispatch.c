@@ -226,6 +226,36 @@ void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t 
                                           code_stride);
 }
 
+int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
+                              const uint16_t *centroids, size_t c, uint16_t *codes,
+                              size_t code_stride) {
+  // One sub-space's table at a time: c * s floats converted, then c * (s + 1) transposed with
+  // the norms. The scratch grows to the largest table seen by the thread and is reused.
+  static _Thread_local float *scratch;
+  static _Thread_local size_t scratch_floats;
+  size_t need = c * s * 2 + c;
+  if (need > scratch_floats) {
+    free(scratch);
+    scratch = malloc(sizeof(float) * need);
+    scratch_floats = scratch ? need : 0;
+    if (!scratch) return -1;
+  }
+  const hkv_kernel_table *t = hkv_active_kernels();
+  float *aos = scratch, *soa = scratch + c * s, *norms = soa + c * s;
+  t->f16_to_f32(centroids, aos, c * s);
+  for (size_t m = 0; m < c; m++) {
+    float norm = 0;
+    for (size_t k = 0; k < s; k++) {
+      float v = aos[m * s + k];
+      soa[k * c + m] = v;
+      norm += v * v;
+    }
+    norms[m] = norm;
+  }
+  t->nearest_centroids(points, n, stride, s, soa, norms, c, codes, code_stride);
+  return 0;
+}
+
 float hkv_softmax_exp(float *x, size_t n, float *max_out) {
   return hkv_active_kernels()->softmax_exp(x, n, max_out);
 }
@@ -342,11 +372,15 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   }
   for (int r = 0; r < 4; r++) memset(mass4[r], 0, sizeof(float) * (size_t)(used + 1));
   size_t kept = 0, candidates = 0;
+  // Without branches: which side of the boundary a token falls is as good as random, and the
+  // mispredicted branches cost half of the whole selection. Each slot is written and kept
+  // only when it counts (both buffers hold n).
   for (size_t j = 0; j < n; j++) {
-    if (bucket[j] < boundary)
-      indices[kept++] = (int32_t)j;
-    else if (bucket[j] == boundary)
-      cand[candidates++] = (int32_t)j;
+    int b = bucket[j];
+    indices[kept] = (int32_t)j;
+    kept += b < boundary;
+    cand[candidates] = (int32_t)j;
+    candidates += b == boundary;
   }
   tau_sort_weights = w;
   qsort(cand, candidates, sizeof(int32_t), by_weight_desc);

@@ -163,6 +163,33 @@ import Testing
     }
   }
 
+  @Test(
+    "each key's code names its nearest centroid in every sub-space, coded alone or with others",
+    arguments: [(16, 256), (32, 16), (8, 1024)])
+  func codesNameTheNearestCentroid(g: Int, c: Int) throws {
+    let keys = try outlierKeys(rows: 300, seed: 12)
+    let book = try codebook(keys: keys, g: g, c: c)
+    let s = d / g
+    let bulk = try book.encode(keys)
+    let points = keys.floats()
+    for j in stride(from: 0, to: keys.rows, by: 13) {
+      // A decode step codes one key at a time: the same codes as the prefill's batch.
+      let alone = try book.encode(keys.gather([j]))
+      #expect(alone == Array(bulk[j * g..<(j + 1) * g]), "key \(j)")
+      for i in 0..<g {
+        let p = points[(j * d + i * s)..<(j * d + (i + 1) * s)]
+        func distance(_ m: Int) -> Float {
+          zip(p, book.centroids[((i * c + m) * s)..<((i * c + m + 1) * s)]).reduce(0) {
+            $0 + ($1.0 - Float($1.1)) * ($1.0 - Float($1.1))
+          }
+        }
+        let best = (0..<c).map(distance).min()!
+        // Ties and rounding: the kernel expands |p - c|^2, so allow float noise.
+        #expect(distance(Int(bulk[j * g + i])) <= best + 1e-4 * max(1, best), "key \(j) sub \(i)")
+      }
+    }
+  }
+
   @Test func productQuantizationRejectsBadShapes() throws {
     let keys = try randomMatrix(rows: 10, cols: d, seed: 8)
     #expect(throws: HeteroKVError.self) { try codebook(keys: keys, g: 7, c: 8) }

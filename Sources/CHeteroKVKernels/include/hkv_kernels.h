@@ -126,6 +126,14 @@ void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t 
                            const float *centroids, const float *norms, size_t c,
                            uint16_t *codes, size_t code_stride);
 
+/// hkv_nearest_centroids over fp16 centroids as stored, array-of-structures [c][s]: the
+/// structure-of-arrays table and norms are built in thread-local scratch, so coding a decode
+/// step's few keys allocates nothing and keeps no float copy of the codebook. Returns 0, or -1
+/// when the scratch could not be allocated (codes untouched).
+int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
+                              const uint16_t *centroids, size_t c, uint16_t *codes,
+                              size_t code_stride);
+
 /// In place: x[i] = exp(x[i] - max(x)); stores the max in *max_out and returns the sum.
 /// An empty or all -inf input returns 0 and leaves x unchanged.
 float hkv_softmax_exp(float *x, size_t n, float *max_out);

@@ -83,25 +83,28 @@ extension TauMassSelection {
     }
     var weights = [Float](repeating: 0, count: count)
     var mass: Float = 0
-    let indices = [Int32](unsafeUninitializedCapacity: count) { out, written in
+    // One slot more than kept: every token is written at the cursor, which moves only past
+    // the kept ones (no branch on which they are).
+    weights.append(0)
+    let indices = [Int32](unsafeUninitializedCapacity: count + 1) { out, written in
       written = weights.withUnsafeMutableBufferPointer { wOut in
         best.withUnsafeBufferPointer { mark in
           var k = 0
           var sum: Float = 0
           for t in 0..<n {
             let v = mark[t]
-            if v >= 0 {
-              out[k] = Int32(truncatingIfNeeded: t)
-              wOut[k] = v
-              sum += v
-              k &+= 1
-            }
+            let keep = v >= 0
+            out[k] = Int32(truncatingIfNeeded: t)
+            wOut[k] = keep ? v : 0
+            sum += keep ? v : 0
+            k &+= keep ? 1 : 0
           }
           mass = sum
           return k
         }
       }
     }
+    weights.removeLast()
     return selections.map {
       TauMassSelection(
         indices: indices, weights: weights, keptMass: mass, contextLength: $0.contextLength)

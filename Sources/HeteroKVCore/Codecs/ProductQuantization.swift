@@ -167,18 +167,23 @@ public struct ProductCodebook: Sendable {
     let c = version.centroids
     let s = subDim
     var codes = [UInt16](repeating: 0, count: keys.rows * g)
-    for i in 0..<g {
-      let cent = centroids.withUnsafeBufferPointer {
-        Kernels.toFloat(UnsafeBufferPointer(rebasing: $0[i * c * s..<(i + 1) * c * s]))
-      }
-      let soa = Self.structureOfArrays(cent, c: c, s: s)
-      points.withUnsafeBufferPointer { p in
-        codes.withUnsafeMutableBufferPointer { out in
-          hkv_nearest_centroids(
-            p.baseAddress! + i * s, keys.rows, version.headDim, s, soa.values, soa.norms, c,
-            out.baseAddress! + i, g)
+    // The kernel lays out each sub-space's table from the fp16 centroids in scratch: a decode
+    // step codes one key per head, and building the tables here cost more than coding it.
+    let failed = centroids.withUnsafeBufferPointer { cb in
+      cb.withMemoryRebound(to: UInt16.self) { cents in
+        points.withUnsafeBufferPointer { p in
+          codes.withUnsafeMutableBufferPointer { out in
+            (0..<g).contains { i in
+              hkv_nearest_centroids_f16(
+                p.baseAddress! + i * s, keys.rows, version.headDim, s,
+                cents.baseAddress! + i * c * s, c, out.baseAddress! + i, g) != 0
+            }
+          }
         }
       }
+    }
+    if failed {
+      throw HeteroKVError(.resourceExhausted, "no memory for the coding tables of \(c) centroids")
     }
     return codes
   }

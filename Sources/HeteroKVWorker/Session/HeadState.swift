@@ -73,9 +73,9 @@ final class IndexBox: @unchecked Sendable {
   func append(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, now: Bool)
     throws
   {
-    if var index {
-      try index.append(keys)
-      self.index = index
+    // In place: a copy bound here would share the codes' storage and copy all of it.
+    if index != nil {
+      try index!.append(keys)
       return
     }
     var held = untrained ?? HalfMatrix(cols: keys.cols)

@@ -27,7 +27,6 @@ extension SequenceSession {
     applyRefreshes(layer: layer)
     let group = g.groupSize
     let d = g.headDim
-    let scale = FullAttention.scale(headDim: d)
     let tau = Float(options.settings.tau)
     let state = layers[layer]
     let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
@@ -43,92 +42,72 @@ extension SequenceSession {
         ? head.cap : nil
       return .select(index: head.index!, queries: q, tau: tau, cap: cap)
     }
-    var timings = StepTimings()
-    var mark = ContinuousClock.now
-    let results: [HeadComputationResult]
-    do {
-      results = try backend.run(computations, groupSize: group, scale: scale)
-      timings.compute = seconds(since: mark)
-      mark = .now
-    } catch {
-      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
+    // Heads with near-data work go first, one at a time: each head's requests leave as soon as
+    // its selection is made, so the memory nodes attend over them while the worker scores the
+    // next head (a core each, where before the worker used both and then waited on the
+    // nodes). Heads that their caches answer alone run last, together on every core, while
+    // the answers are on their way.
+    let remote = computations.indices.filter {
+      if case .attend = computations[$0] { return false }
+      return true
     }
-    var outputs = [Float](repeating: 0, count: queries.count)
-    var selections: [[Int32]] = []
-    var moved = 0
-    var kept = 0
-    var workerRead = 0
-    // Remote work of every full head, fanned out together.
-    var plans: [(head: Int, requests: [RemoteRequest], local: [AttentionPartial])] = []
-    // What the tier holds of this layer, asked once and only when a full head needs it.
-    var shipping: LayerShipping?
-    for (h, result) in results.enumerated() {
-      let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
-      switch result {
-      case .attended(let partial, let mass):
-        outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
-        let cache = state.heads[h].cache!
-        layers[layer].heads[h].cache!.accumulate(mass)
-        kept += cache.positions.count * group
-        workerRead += cache.residentBytes
-        if withSelection {
-          let positions = cache.positions.map(Int32.init)
-          selections += Array(repeating: positions, count: group)
+    let cached = computations.indices.filter { !remote.contains($0) }
+    // The step's account lives in the group's body and comes back with the answers.
+    let outcome = await withTaskGroup(of: (Int, Result<FanOutAnswer, HeteroKVError>).self) {
+      group -> Result<(StepAccount, [FanOutAnswer]), HeteroKVError> in
+      var step = StepAccount(heads: g.kvHeads, outputs: queries.count)
+      do throws(HeteroKVError) {
+        for h in remote {
+          let result = try compute([computations[h]], layer: layer, step: &step)[0]
+          let mark = ContinuousClock.now
+          let plan = try await absorb(
+            result, layer: layer, head: h, queries: queries, withSelection: withSelection,
+            step: &step)
+          if let plan {
+            let requests = plan.requests.map { ReplicatedRequest($0.request, holders: $0.holders) }
+            let index = step.plans.count
+            step.plans.append(plan)
+            let tier = tier
+            let timeout = options.requestTimeout
+            group.addTask { [index] in
+              (index, await Self.ask(tier, requests, timeout: timeout))
+            }
+          }
+          step.timings.plan += seconds(since: mark)
         }
-      case .selected(let scores, let picked):
-        // Exact outputs: the group attends its union, so the node reads the rows once.
-        let chosen =
-          options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
-        if shipping == nil { shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads) }
-        let shipping = shipping!
-        if let failure = shipping.failures[h] { throw failure }
-        let ack = shipping.acknowledged[h]
-        layers[layer].heads[h].trimTail(acknowledged: ack)
-        let plan = try plan(
-          layer: layer, kvHead: h, selections: chosen, queries: q, shipping: shipping)
-        plans.append((h, plan.requests, [plan.local]))
-        kept += chosen.reduce(0) { $0 + $1.indices.count }
-        workerRead += state.heads[h].index?.residentBytes ?? 0
-        if withSelection { selections += chosen.map(\.indices) }
-        watchDrift(layer: layer, kvHead: h, scores: scores)
-      case .recalled(let partial, let mass, _, let picked):
-        // The cache answers what it holds; the tier re-scores the rest of the group's set.
-        let cache = state.heads[h].cache!
-        layers[layer].heads[h].cache!.accumulate(mass)
-        let missing = TauMassSelection.groupUnion(picked).map { $0.excluding(cache.positions) }
-        kept += cache.positions.count * group
-        workerRead += cache.residentBytes + (state.heads[h].index?.residentBytes ?? 0)
-        if withSelection {
-          selections += missing.map { sel in
-            Array(Set(sel.indices).union(cache.positions.lazy.map(Int32.init))).sorted()
+        if !cached.isEmpty {
+          let results = try compute(cached.map { computations[$0] }, layer: layer, step: &step)
+          for (h, result) in zip(cached, results) {
+            _ = try await absorb(
+              result, layer: layer, head: h, queries: queries, withSelection: withSelection,
+              step: &step)
           }
         }
-        guard missing.contains(where: { !$0.indices.isEmpty }) else {
-          outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
-          continue
+        let mark = ContinuousClock.now
+        var answers: [Int: FanOutAnswer] = [:]
+        for await (i, result) in group {
+          answers[i] = try fanOutAnswer(result)
         }
-        if shipping == nil { shipping = await writer.shipping(layer: layer, kvHeads: g.kvHeads) }
-        let shipping = shipping!
-        if let failure = shipping.failures[h] { throw failure }
-        layers[layer].heads[h].trimTail(acknowledged: shipping.acknowledged[h])
-        let plan = try plan(
-          layer: layer, kvHead: h, selections: missing, queries: q, shipping: shipping)
-        plans.append((h, plan.requests, [plan.local, partial]))
-        kept += missing.reduce(0) { $0 + $1.indices.count }
+        step.timings.fanOut = seconds(since: mark)
+        guard answers.count == step.plans.count else {
+          throw HeteroKVError(
+            .internalError,
+            "sequence \(ref) layer \(layer): \(answers.count) answers to \(step.plans.count) plans")
+        }
+        return .success((step, step.plans.indices.map { answers[$0]! }))
+      } catch {
+        group.cancelAll()
+        return .failure(error)
       }
     }
-    timings.plan = seconds(since: mark)
-    mark = .now
-    let answers = try await fanOut(plans.flatMap(\.requests))
-    timings.fanOut = seconds(since: mark)
-    mark = .now
-    var cursor = 0
-    for plan in plans {
-      let parts = Array(answers[cursor..<(cursor + plan.requests.count)]) + plan.local
-      cursor += plan.requests.count
+    let (step, answers) = try outcome.get()
+    let mark = ContinuousClock.now
+    var outputs = step.outputs
+    var moved = 0
+    for (plan, answer) in zip(step.plans, answers) {
       moved += plan.requests.reduce(0) { $0 + $1.bytes }
       do {
-        let merged = try AttentionPartial.merge(parts)
+        let merged = try AttentionPartial.merge(answer.partials + plan.local)
         outputs.replaceSubrange(
           plan.head * group * d..<(plan.head + 1) * group * d, with: merged.outputs)
       } catch {
@@ -136,17 +115,163 @@ extension SequenceSession {
           .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)", cause: error)
       }
     }
+    var timings = step.timings
     timings.merge = seconds(since: mark)
     layers[layer].decodeStep += 1
     if layer == 0 { decodeSteps += 1 }
     bytesMoved += moved
     let context = state.tokens * g.queryHeads
-    keptTokens += kept
+    keptTokens += step.kept
     contextTokens += context
     noteResident(layer: layer)
     return AttendResult(
-      output: outputs, selections: withSelection ? selections : nil, bytesMoved: moved,
-      keptTokens: kept, contextTokens: context, workerBytesRead: workerRead, timings: timings)
+      output: outputs, selections: withSelection ? step.selections.flatMap { $0 } : nil,
+      bytesMoved: moved, keptTokens: step.kept, contextTokens: context,
+      workerBytesRead: step.workerRead, timings: timings)
+  }
+
+  /// What a layer's step has gathered so far, head by head.
+  struct StepAccount {
+    /// The outputs `[queryHeads][d]` of the heads answered so far.
+    var outputs: [Float]
+    /// Per KV head, the kept tokens of each of its query heads (when asked for).
+    var selections: [[[Int32]]]
+    /// Near-data work in the order it was sent.
+    var plans: [HeadPlan] = []
+    var kept = 0
+    var workerRead = 0
+    var timings = StepTimings()
+    /// What the tier holds of the layer, asked once and only when a head needs it.
+    var shipping: LayerShipping?
+
+    init(heads: Int, outputs: Int) {
+      self.outputs = [Float](repeating: 0, count: outputs)
+      selections = Array(repeating: [], count: heads)
+    }
+  }
+
+  /// One head's near-data requests and the partials on the worker they merge with.
+  struct HeadPlan {
+    var head: Int
+    var requests: [RemoteRequest]
+    var local: [AttentionPartial]
+  }
+
+  /// Runs `computations` on the backend, timed into the step.
+  private func compute(_ computations: [HeadComputation], layer: Int, step: inout StepAccount)
+    throws(HeteroKVError) -> [HeadComputationResult]
+  {
+    let mark = ContinuousClock.now
+    defer { step.timings.compute += seconds(since: mark) }
+    do {
+      return try backend.run(
+        computations, groupSize: geometry.groupSize,
+        scale: FullAttention.scale(headDim: geometry.headDim))
+    } catch {
+      throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
+    }
+  }
+
+  /// Takes one head's result into the step: what it answers itself goes to the outputs, its
+  /// cache's mass and the counters are updated, and the plan of what it must ask the memory
+  /// tier for is returned (nil when nothing).
+  private func absorb(
+    _ result: HeadComputationResult, layer: Int, head h: Int, queries: [Float],
+    withSelection: Bool, step: inout StepAccount
+  ) async throws(HeteroKVError) -> HeadPlan? {
+    let group = geometry.groupSize
+    let d = geometry.headDim
+    let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
+    let head = layers[layer].heads[h]
+    switch result {
+    case .attended(let partial, let mass):
+      step.outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+      let cache = head.cache!
+      layers[layer].heads[h].cache!.accumulate(mass)
+      step.kept += cache.positions.count * group
+      step.workerRead += cache.residentBytes
+      if withSelection {
+        step.selections[h] = Array(repeating: cache.positions.map(Int32.init), count: group)
+      }
+      return nil
+    case .selected(let scores, let picked):
+      // Exact outputs: the group attends its union, so the node reads the rows once.
+      let chosen = options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
+      let shipping = try await shipping(layer: layer, head: h, step: &step)
+      let plan = try plan(
+        layer: layer, kvHead: h, selections: chosen, queries: q, shipping: shipping)
+      step.kept += chosen.reduce(0) { $0 + $1.indices.count }
+      step.workerRead += head.index?.residentBytes ?? 0
+      if withSelection { step.selections[h] = chosen.map(\.indices) }
+      watchDrift(layer: layer, kvHead: h, scores: scores)
+      return HeadPlan(head: h, requests: plan.requests, local: [plan.local])
+    case .recalled(let partial, let mass, _, let picked):
+      // The cache answers what it holds; the tier re-scores the rest of the group's set.
+      let cache = head.cache!
+      layers[layer].heads[h].cache!.accumulate(mass)
+      // The group's union is one list; what the cache lacks of it is too (shared storage, so
+      // the plan sees one list for the group).
+      let union = TauMassSelection.groupUnion(picked)
+      let lacking = union[0].excluding(cache.positions)
+      let missing = Array(repeating: lacking, count: union.count)
+      step.kept += cache.positions.count * group
+      step.workerRead += cache.residentBytes + (head.index?.residentBytes ?? 0)
+      if withSelection {
+        step.selections[h] = missing.map { sel in
+          Array(Set(sel.indices).union(cache.positions.lazy.map(Int32.init))).sorted()
+        }
+      }
+      guard !lacking.indices.isEmpty else {
+        step.outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+        return nil
+      }
+      let shipping = try await shipping(layer: layer, head: h, step: &step)
+      let plan = try plan(
+        layer: layer, kvHead: h, selections: missing, queries: q, shipping: shipping)
+      step.kept += missing.reduce(0) { $0 + $1.indices.count }
+      return HeadPlan(head: h, requests: plan.requests, local: [plan.local, partial])
+    }
+  }
+
+  /// The layer's shipping state (asked of the writer once per step), after checking that head
+  /// `h` has its rows on some node and dropping the tail rows the tier now holds.
+  private func shipping(layer: Int, head h: Int, step: inout StepAccount)
+    async throws(HeteroKVError) -> LayerShipping
+  {
+    if step.shipping == nil {
+      step.shipping = await writer.shipping(layer: layer, kvHeads: geometry.kvHeads)
+    }
+    let shipping = step.shipping!
+    if let failure = shipping.failures[h] { throw failure }
+    layers[layer].heads[h].trimTail(acknowledged: shipping.acknowledged[h])
+    return shipping
+  }
+
+  /// The tier's fan-out of one head's requests, its outcome as a value (a child task's).
+  private static func ask(
+    _ tier: MemoryTierClient, _ requests: [ReplicatedRequest], timeout: Duration?
+  ) async -> Result<FanOutAnswer, HeteroKVError> {
+    do {
+      return .success(try await tier.partialAttention(requests, timeout: timeout))
+    } catch {
+      return .failure(error)
+    }
+  }
+
+  /// A fan-out's answer with its failovers counted, or its error named by sequence.
+  private func fanOutAnswer(_ result: Result<FanOutAnswer, HeteroKVError>)
+    throws(HeteroKVError) -> FanOutAnswer
+  {
+    switch result {
+    case .success(let answer):
+      failovers += answer.failovers
+      metrics.failedOver(answer.failovers)
+      return answer
+    case .failure(let error) where error.code == .dataUnavailable:
+      throw error.prefixed("sequence \(ref)")
+    case .failure(let error):
+      throw HeteroKVError(.internalError, "sequence \(ref): \(error)", cause: error)
+    }
   }
 
   /// One near-data attention request with the nodes that can answer it, primary first.
@@ -243,22 +368,6 @@ extension SequenceSession {
       if Int(indices[mid]) < value { lo = mid + 1 } else { hi = mid }
     }
     return lo
-  }
-
-  /// The tier's fan-out with failover, its failovers counted, its errors named by sequence.
-  func fanOut(_ requests: [RemoteRequest]) async throws(HeteroKVError) -> [AttentionPartial] {
-    do {
-      let answer = try await tier.partialAttention(
-        requests.map { ReplicatedRequest($0.request, holders: $0.holders) },
-        timeout: options.requestTimeout)
-      failovers += answer.failovers
-      metrics.failedOver(answer.failovers)
-      return answer.partials
-    } catch  where error.code == .dataUnavailable {
-      throw error.prefixed("sequence \(ref)")
-    } catch {
-      throw HeteroKVError(.internalError, "sequence \(ref): \(error)", cause: error)
-    }
   }
 }
 

@@ -113,10 +113,14 @@ public final class LocalCluster: Sendable {
     var nodes: [Node] = []
     for i in 0..<options.memoryNodes {
       let id = "mem-\(i)"
+      // Each node serves on an event loop of its own, as a node process would: on the shared
+      // loops a decode step's requests waited behind the worker's own I/O.
+      var nodeConfiguration = MemoryNodeConfiguration(
+        id: id, data: HostPort(host: loopback, port: 0),
+        control: HostPort(host: loopback, port: 0), capacityBytes: options.capacityBytes)
+      nodeConfiguration.server.eventLoopThreads = 1
       let node = try MemoryNode(
-        configuration: MemoryNodeConfiguration(
-          id: id, data: HostPort(host: loopback, port: 0),
-          control: HostPort(host: loopback, port: 0), capacityBytes: options.capacityBytes),
+        configuration: nodeConfiguration,
         metricsFactory: metricsFactory, logger: logger)
       let capacity = options.capacityBytes
       let agent = MembershipAgent(

@@ -14,17 +14,22 @@ public struct DataPlaneServerOptions: Sendable, Hashable {
   /// Threads that serve long PartialAttention and Gather requests (TCP), so one does not stall
   /// the other connections of its event loop; 0 serves every request on the event loop.
   public var computeThreads: Int
+  /// Event-loop threads of the server's own; 0 shares the process's event loops. A node that
+  /// shares a process with a worker or other nodes (an in-process cluster) is given its own,
+  /// as a node process has: on shared loops its requests waited behind the other roles' I/O.
+  public var eventLoopThreads: Int
 
   public init(
     access: DataPlaneAccess = DataPlaneAccess(clusterToken: nil), maxConnections: Int = 1024,
     idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10),
-    computeThreads: Int = System.coreCount
+    computeThreads: Int = System.coreCount, eventLoopThreads: Int = 0
   ) {
     self.access = access
     self.maxConnections = maxConnections
     self.idleTimeout = idleTimeout
     self.partialFrameTimeout = partialFrameTimeout
     self.computeThreads = computeThreads
+    self.eventLoopThreads = eventLoopThreads
   }
 
   /// Whether a new connection fits beside `open` others; over the cap the handler is told

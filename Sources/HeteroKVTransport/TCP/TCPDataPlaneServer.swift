@@ -14,6 +14,9 @@ public final class TCPDataPlaneServer: Sendable {
   private let channel: any Channel
   private let connections: OpenConnections
   private let computePool: NIOThreadPool?
+  /// The server's own event loops (``DataPlaneServerOptions/eventLoopThreads``), shut down
+  /// with it.
+  private let ownLoops: MultiThreadedEventLoopGroup?
   /// The address the server listens on (the real port when 0 was asked for).
   public let localAddress: SocketAddress
 
@@ -27,9 +30,12 @@ public final class TCPDataPlaneServer: Sendable {
     let computePool =
       options.computeThreads > 0 ? NIOThreadPool(numberOfThreads: options.computeThreads) : nil
     computePool?.start()
+    let ownLoops =
+      options.eventLoopThreads > 0
+      ? MultiThreadedEventLoopGroup(numberOfThreads: options.eventLoopThreads) : nil
     let channel: any Channel
     do {
-      channel = try await ServerBootstrap(group: group)
+      channel = try await ServerBootstrap(group: ownLoops ?? group)
         .serverChannelOption(.backlog, value: 256)
         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
         .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -57,24 +63,29 @@ public final class TCPDataPlaneServer: Sendable {
         .bind(host: host, port: port).get()
     } catch {
       try? await computePool?.shutdownGracefully()
+      try? await ownLoops?.shutdownGracefully()
       throw error
     }
     guard let address = channel.localAddress else {
+      try? await channel.close()
       try? await computePool?.shutdownGracefully()
+      try? await ownLoops?.shutdownGracefully()
       throw HeteroKVError(.internalError, "listening socket has no local address")
     }
     return TCPDataPlaneServer(
-      channel: channel, localAddress: address, connections: connections, computePool: computePool)
+      channel: channel, localAddress: address, connections: connections, computePool: computePool,
+      ownLoops: ownLoops)
   }
 
   private init(
     channel: any Channel, localAddress: SocketAddress, connections: OpenConnections,
-    computePool: NIOThreadPool?
+    computePool: NIOThreadPool?, ownLoops: MultiThreadedEventLoopGroup?
   ) {
     self.channel = channel
     self.localAddress = localAddress
     self.connections = connections
     self.computePool = computePool
+    self.ownLoops = ownLoops
   }
 
   /// Stops accepting connections and closes the open ones (their requests in flight are
@@ -85,6 +96,7 @@ public final class TCPDataPlaneServer: Sendable {
       try? await connection.close()
     }
     try? await computePool?.shutdownGracefully()
+    try? await ownLoops?.shutdownGracefully()
   }
 
   /// Completes when the listening socket closes.

@@ -117,16 +117,32 @@ extension TauMassSelection {
   /// `held` must still recall from the memory tier. Kept mass and length are unchanged.
   public func excluding(_ held: [Int]) -> TauMassSelection {
     var out = self
-    out.indices = []
-    out.weights = []
-    var j = 0
-    for (k, t) in indices.enumerated() {
-      let token = Int(t)
-      while j < held.count && held[j] < token { j += 1 }
-      if j < held.count && held[j] == token { continue }
-      out.indices.append(t)
-      out.weights.append(weights[k])
+    let n = indices.count
+    // One merge pass over both ascending lists, every token written at the cursor and kept by
+    // moving it (no branch on whether the cache holds it); one slot more for the last write.
+    var weightsOut = [Float](repeating: 0, count: n + 1)
+    out.indices = [Int32](unsafeUninitializedCapacity: n + 1) { idx, written in
+      written = weightsOut.withUnsafeMutableBufferPointer { w in
+        indices.withUnsafeBufferPointer { src in
+          weights.withUnsafeBufferPointer { srcW in
+            held.withUnsafeBufferPointer { h in
+              var j = 0
+              var k = 0
+              for i in 0..<n {
+                let token = Int(src[i])
+                while j < h.count && h[j] < token { j += 1 }
+                idx[k] = src[i]
+                w[k] = srcW[i]
+                k &+= j < h.count && h[j] == token ? 0 : 1
+              }
+              return k
+            }
+          }
+        }
+      }
     }
+    weightsOut.removeLast(n + 1 - out.indices.count)
+    out.weights = weightsOut
     return out
   }
 }

@@ -166,7 +166,14 @@ public final class MemoryNodeClient: Sendable {
     while true {
       attempt += 1
       do {
-        let connection = try await pool.connection()
+        // A connection already made is taken without a hop through the pool's actor: on a
+        // decode step's path each hop waits for a free thread.
+        let connection: any DataPlaneConnection
+        if let ready = pool.readyConnection() {
+          connection = ready
+        } else {
+          connection = try await pool.connection()
+        }
         let response = try await connection.call(
           opcode: Request.opcode, payload: payload, timeout: timeout ?? defaultTimeout)
         let decoded = try Request.Response(payload: response, limits: limits)
@@ -192,6 +199,9 @@ actor ConnectionPool {
   private let useRDMA: Bool
   private let credential: DataPlaneCredential?
   private let timeout: Duration
+  /// The connections made so far by slot, and the next slot to hand out, for callers that take
+  /// a ready connection without awaiting the actor.
+  private nonisolated let ready: Mutex<(connections: [(any DataPlaneConnection)?], next: Int)>
 
   init(
     endpoint: MemoryNodeEndpoint, size: Int, limits: DataPlaneLimits,
@@ -202,7 +212,24 @@ actor ConnectionPool {
     self.credential = credential
     self.timeout = timeout
     self.slots = Array(repeating: nil, count: size)
+    self.ready = Mutex((Array(repeating: nil, count: size), 0))
     self.useRDMA = endpoint.transport == .rdma && RDMAAvailability.probe().isAvailable
+  }
+
+  /// The next slot's connection when it is made and still active, round robin; nil sends the
+  /// caller to ``connection()``, which makes or replaces it.
+  nonisolated func readyConnection() -> (any DataPlaneConnection)? {
+    ready.withLock { state in
+      guard !state.connections.isEmpty else { return nil }
+      let slot = state.next
+      guard let connection = state.connections[slot], connection.isActive else { return nil }
+      state.next = (slot + 1) % state.connections.count
+      return connection
+    }
+  }
+
+  private func noteReady(_ connection: (any DataPlaneConnection)?, slot: Int) {
+    ready.withLock { $0.connections[slot] = connection }
   }
 
   func connection() async throws(HeteroKVError) -> any DataPlaneConnection {
@@ -211,6 +238,7 @@ actor ConnectionPool {
     if let task = slots[slot] {
       if let connection = try? await task.value, connection.isActive { return connection }
       slots[slot] = nil
+      noteReady(nil, slot: slot)
     }
     let endpoint = self.endpoint
     let limits = self.limits
@@ -238,7 +266,9 @@ actor ConnectionPool {
     }
     slots[slot] = task
     do {
-      return try await task.value
+      let connection = try await task.value
+      if slots[slot] == task { noteReady(connection, slot: slot) }
+      return connection
     } catch {
       slots[slot] = nil
       if let error = error as? HeteroKVError { throw error }
@@ -251,5 +281,6 @@ actor ConnectionPool {
       if let connection = try? await task.value { await connection.close() }
     }
     slots = Array(repeating: nil, count: slots.count)
+    ready.withLock { $0.connections = Array(repeating: nil, count: $0.connections.count) }
   }
 }

@@ -52,6 +52,11 @@ public final class MemoryTierClient: Sendable {
     async throws(HeteroKVError) -> FanOutAnswer
   {
     guard !requests.isEmpty else { return FanOutAnswer(partials: [], failovers: 0) }
+    if requests.count == 1 {
+      // One request needs no group: a child task is one more hop on a decode step's path.
+      let (partial, attempt) = try await answer(requests[0], timeout: timeout).get()
+      return FanOutAnswer(partials: [partial], failovers: attempt > 0 ? 1 : 0)
+    }
     let outcome: Result<[(AttentionPartial, Int)], HeteroKVError> = await withTaskGroup(
       of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
     ) { group in

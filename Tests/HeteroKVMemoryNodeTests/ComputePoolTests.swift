@@ -87,4 +87,44 @@ struct ComputePoolTests {
     #expect(inline.otherPing > .milliseconds(400), "ping waited \(inline.otherPing)")
     #expect(inline.answers == ["1:partial_attention", "2:ping"])
   }
+
+  /// Pings a server while the shared event loop it may run on is held for 600 ms by other
+  /// work (as a worker's I/O holds an in-process node's loop); returns the ping's wait.
+  func pingWhileSharedLoopIsBusy(eventLoopThreads: Int) async throws -> Duration {
+    let shared = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let server = try await TCPDataPlaneServer.start(
+      host: "127.0.0.1", port: 0, handler: SlowAttentionHandler(work: .zero),
+      options: DataPlaneServerOptions(computeThreads: 0, eventLoopThreads: eventLoopThreads),
+      group: shared, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let address = HostPort(host: "127.0.0.1", port: server.localAddress.port!)
+    let peer = try await RawPeer.connect(address)
+    let held = shared.next().submit {
+      let end = ContinuousClock.now + .milliseconds(600)
+      while ContinuousClock.now < end {}
+    }
+    try await Task.sleep(for: .milliseconds(50))
+    let start = ContinuousClock.now
+    try await peer.write(
+      Frame(opcode: Opcode.ping.rawValue, flags: [], requestID: 1, payload: ByteBuffer())
+        .serialized())
+    _ = try await peer.nextFrame()
+    let waited = ContinuousClock.now - start
+    try await held.get()
+    await peer.close()
+    await server.close()
+    // Closed means closed: its own loops are shut down and the port refuses.
+    await #expect(throws: (any Error).self) { _ = try await RawPeer.connect(address) }
+    try await shared.shutdownGracefully()
+    return waited
+  }
+
+  @Test(
+    "a server on event loops of its own answers while the shared loops are held, and a server on the shared loops waits for them"
+  )
+  func ownEventLoopsAreNotHeldByOthers() async throws {
+    let own = try await pingWhileSharedLoopIsBusy(eventLoopThreads: 1)
+    #expect(own < .milliseconds(300), "ping waited \(own)")
+    let sharing = try await pingWhileSharedLoopIsBusy(eventLoopThreads: 0)
+    #expect(sharing > .milliseconds(400), "ping waited \(sharing)")
+  }
 }

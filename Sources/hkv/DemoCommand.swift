@@ -76,6 +76,9 @@ struct DemoCommand: AsyncParsableCommand {
   @Option(help: "Workload seed.")
   var seed: UInt64 = 1
 
+  @Option(help: "The sequence's id (random by default): fixes where its shards are placed.")
+  var sequence: UInt64?
+
   @Flag(
     inversion: .prefixedNo,
     help:
@@ -160,7 +163,7 @@ struct DemoCommand: AsyncParsableCommand {
         SyntheticWorkload(sample), configuration: (cluster?.budgets ?? BudgetSettings()).heteroCache
       )
     }
-    let ref = SequenceRef(namespace: 0, sequence: UInt64.random(in: 1...(1 << 40)))
+    let ref = SequenceRef(namespace: 0, sequence: sequence ?? UInt64.random(in: 1...(1 << 40)))
     var report: DemoReport
     let capacity = ClusterDemo.capacityPerNode(
       model: model, tokens: tokens, steps: steps, replication: replication, memoryNodes: memnodes)

@@ -1,5 +1,6 @@
 import Foundation
 import HeteroKVTestSupport
+import HeteroKVWire
 import Testing
 
 /// The JSON report of `hkv demo`, the fields the test checks.
@@ -41,12 +42,13 @@ final class DemoRun {
   /// Its stderr read so far (progress lines, then anything after).
   private(set) var progress = ""
 
-  init(config file: String, tokens: Int, steps: Int) throws {
+  init(config file: String, tokens: Int, steps: Int, sequence: UInt64? = nil) throws {
     process.executableURL = try hkvExecutable()
-    process.arguments = [
-      "demo", "--config", file, "--json", "--tokens", "\(tokens)", "--steps", "\(steps)",
-      "--no-calibrate", "--no-baselines",
-    ]
+    process.arguments =
+      [
+        "demo", "--config", file, "--json", "--tokens", "\(tokens)", "--steps", "\(steps)",
+        "--no-calibrate", "--no-baselines",
+      ] + (sequence.map { ["--sequence", "\($0)"] } ?? [])
     process.standardOutput = out
     process.standardError = err
     try process.run()
@@ -181,7 +183,15 @@ struct DemoProcessTests {
     // Both memory nodes must have registered before the sequence is placed.
     try await Task.sleep(for: .seconds(2))
 
-    let demo = try DemoRun(config: file, tokens: 6000, steps: 40)
+    // A sequence whose first head has its primary copy on mem-1, the node killed: with a
+    // random id, the node was now and then primary for none of the shards and nothing failed
+    // over (equal capacities: the placement is the ids' alone).
+    let placement = RendezvousPlacement(
+      nodes: (0..<3).map { PlacementNode(id: "mem-\($0)", weight: 1) }, replicas: 2)
+    let sequence = (1...UInt64(1000)).first {
+      placement.nodes(for: ShardID(sequence: $0, layer: 0, kvHead: 0)).first == "mem-1"
+    }!
+    let demo = try DemoRun(config: file, tokens: 6000, steps: 40, sequence: sequence)
     // Progress lines go to stderr; the node dies once decoding has begun.
     demo.waitForDecode()
     nodes[1].kill()

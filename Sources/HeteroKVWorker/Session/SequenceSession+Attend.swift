@@ -52,7 +52,9 @@ extension SequenceSession {
       return true
     }
     let cached = computations.indices.filter { !remote.contains($0) }
-    // The step's account lives in the group's body and comes back with the answers.
+    // The step's account lives in the group's body and comes back with the answers. (Child
+    // tasks return through `ask`: one returning from a typed-throws `do` block handed back a
+    // wrong index in release builds.)
     let outcome = await withTaskGroup(of: (Int, Result<FanOutAnswer, HeteroKVError>).self) {
       group -> Result<(StepAccount, [FanOutAnswer]), HeteroKVError> in
       var step = StepAccount(heads: g.kvHeads, outputs: queries.count)
@@ -89,12 +91,13 @@ extension SequenceSession {
           answers[i] = try fanOutAnswer(result)
         }
         step.timings.fanOut = seconds(since: mark)
-        guard answers.count == step.plans.count else {
+        let ordered = step.plans.indices.compactMap { answers[$0] }
+        guard ordered.count == step.plans.count, answers.count == step.plans.count else {
           throw HeteroKVError(
             .internalError,
             "sequence \(ref) layer \(layer): \(answers.count) answers to \(step.plans.count) plans")
         }
-        return .success((step, step.plans.indices.map { answers[$0]! }))
+        return .success((step, ordered))
       } catch {
         group.cancelAll()
         return .failure(error)

@@ -226,23 +226,24 @@ void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t 
                                           code_stride);
 }
 
-int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
-                              const uint16_t *centroids, size_t c, uint16_t *codes,
-                              size_t code_stride) {
-  // One sub-space's table at a time: c * s floats converted, then c * (s + 1) transposed with
-  // the norms. The scratch grows to the largest table seen by the thread and is reused.
+// Scratch for the nearest-centroid tables, grown to the largest seen by the thread and reused.
+static float *nearest_scratch(size_t floats) {
   static _Thread_local float *scratch;
   static _Thread_local size_t scratch_floats;
-  size_t need = c * s * 2 + c;
-  if (need > scratch_floats) {
+  if (floats > scratch_floats) {
     free(scratch);
-    scratch = malloc(sizeof(float) * need);
-    scratch_floats = scratch ? need : 0;
-    if (!scratch) return -1;
+    scratch = malloc(sizeof(float) * floats);
+    scratch_floats = scratch ? floats : 0;
   }
-  const hkv_kernel_table *t = hkv_active_kernels();
-  float *aos = scratch, *soa = scratch + c * s, *norms = soa + c * s;
-  t->f16_to_f32(centroids, aos, c * s);
+  return scratch;
+}
+
+// The structure-of-arrays table [s][c] and squared norms of c centroids [c][s], then the
+// kernel. `soa` holds c * (s + 1) floats.
+static void nearest_from_aos(const float *points, size_t n, size_t stride, size_t s,
+                             const float *aos, size_t c, float *soa, uint16_t *codes,
+                             size_t code_stride) {
+  float *norms = soa + c * s;
   for (size_t m = 0; m < c; m++) {
     float norm = 0;
     for (size_t k = 0; k < s; k++) {
@@ -252,7 +253,26 @@ int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size
     }
     norms[m] = norm;
   }
-  t->nearest_centroids(points, n, stride, s, soa, norms, c, codes, code_stride);
+  hkv_active_kernels()->nearest_centroids(points, n, stride, s, soa, norms, c, codes,
+                                          code_stride);
+}
+
+int hkv_nearest_centroids_aos(const float *points, size_t n, size_t stride, size_t s,
+                              const float *centroids, size_t c, uint16_t *codes,
+                              size_t code_stride) {
+  float *soa = nearest_scratch(c * (s + 1));
+  if (!soa) return -1;
+  nearest_from_aos(points, n, stride, s, centroids, c, soa, codes, code_stride);
+  return 0;
+}
+
+int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
+                              const uint16_t *centroids, size_t c, uint16_t *codes,
+                              size_t code_stride) {
+  float *aos = nearest_scratch(c * s * 2 + c);
+  if (!aos) return -1;
+  hkv_active_kernels()->f16_to_f32(centroids, aos, c * s);
+  nearest_from_aos(points, n, stride, s, aos, c, aos + c * s, codes, code_stride);
   return 0;
 }
 

@@ -126,12 +126,16 @@ void hkv_nearest_centroids(const float *points, size_t n, size_t stride, size_t 
                            const float *centroids, const float *norms, size_t c,
                            uint16_t *codes, size_t code_stride);
 
-/// hkv_nearest_centroids over fp16 centroids as stored, array-of-structures [c][s]: the
-/// structure-of-arrays table and norms are built in thread-local scratch, so coding a decode
-/// step's few keys allocates nothing and keeps no float copy of the codebook. Returns 0, or -1
-/// when the scratch could not be allocated (codes untouched).
+/// hkv_nearest_centroids over centroids array-of-structures [c][s], fp16 as a codebook stores
+/// them or float as k-means trains them: the structure-of-arrays table and norms are built in
+/// thread-local scratch, so coding a decode step's few keys allocates nothing and keeps no
+/// float copy of the codebook. Returns 0, or -1 when the scratch could not be allocated
+/// (codes untouched).
 int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
                               const uint16_t *centroids, size_t c, uint16_t *codes,
+                              size_t code_stride);
+int hkv_nearest_centroids_aos(const float *points, size_t n, size_t stride, size_t s,
+                              const float *centroids, size_t c, uint16_t *codes,
                               size_t code_stride);
 
 /// In place: x[i] = exp(x[i] - max(x)); stores the max in *max_out and returns the sum.

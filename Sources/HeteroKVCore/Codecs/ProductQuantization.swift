@@ -142,7 +142,10 @@ public struct ProductCodebook: Sendable {
           let j = batch == n ? b : Int(rng.next() % UInt64(n))
           for t in 0..<s { sample[b * s + t] = points[j * d + i * s + t] }
         }
-        nearest(points: sample, count: batch, stride: s, s: s, centroids: cent, c: c, into: &codes)
+        guard hkv_nearest_centroids_aos(sample, batch, s, s, cent, c, &codes, 1) == 0 else {
+          throw HeteroKVError(
+            .resourceExhausted, "no memory for the coding tables of \(c) centroids")
+        }
         for b in 0..<batch {
           let m = Int(codes[b])
           counts[m] += 1
@@ -199,29 +202,6 @@ public struct ProductCodebook: Sendable {
       for t in 0..<s { out.append(Float(centroids[base + t])) }
     }
     return out
-  }
-
-  static func structureOfArrays(_ cent: [Float], c: Int, s: Int) -> (
-    values: [Float], norms: [Float]
-  ) {
-    var soa = [Float](repeating: 0, count: c * s)
-    var norms = [Float](repeating: 0, count: c)
-    for m in 0..<c {
-      for t in 0..<s {
-        let v = cent[m * s + t]
-        soa[t * c + m] = v
-        norms[m] += v * v
-      }
-    }
-    return (soa, norms)
-  }
-
-  static func nearest(
-    points: [Float], count: Int, stride: Int, s: Int, centroids: [Float], c: Int,
-    into codes: inout [UInt16]
-  ) {
-    let soa = structureOfArrays(centroids, c: c, s: s)
-    hkv_nearest_centroids(points, count, stride, s, soa.values, soa.norms, c, &codes, 1)
   }
 
   static func sampleDistinct(_ k: Int, from n: Int, using rng: inout SeededGenerator) -> [Int] {

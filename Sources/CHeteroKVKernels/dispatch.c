@@ -313,7 +313,7 @@ static int by_index(const void *a, const void *b) {
 }
 
 size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
-                      float *weights, float *kept_mass) {
+                      float *weights, float *kept_mass, float *log_normalizer) {
   // 1/64 nat per bucket over 64 nats: the boundary bucket that must be sorted stays small.
   enum { BUCKETS = 4096 };
   const float per_nat = 64.0f;
@@ -354,6 +354,7 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
     return 0;
   }
+  if (log_normalizer) *log_normalizer = m + logf(total);
   // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
   // other's read-modify-write. They start zero (thread-local storage) and only the buckets
   // a call used are cleared after it: most scores sit a few nats below the maximum, so a call

@@ -72,7 +72,13 @@ extension ClusterConfiguration {
     }
     checkUnique(nodes, coordinator: coordinator, reader: reader)
     let worker = reader.section("worker").map { readWorker($0, model: model) } ?? WorkerSettings()
-    let budgets = reader.section("budgets").map(readBudgets) ?? BudgetSettings()
+    let budgetSection = reader.section("budgets")
+    var budgets = budgetSection.map(readBudgets) ?? BudgetSettings()
+    // Recall needs exact output: a file that asks for renormalized weights and says nothing of
+    // recall gets static caches, not a refusal.
+    if budgetSection?.has("recall") != true, worker?.outputMode == .renormalized {
+      budgets?.recall = false
+    }
     let replication = reader.int("replication", range: 1...8) ?? 1
     if entries.count > 0, replication > entries.count {
       reader.problem(

@@ -75,9 +75,11 @@ extension ClusterConfiguration {
           ("control", w.control.map(scalar)), ("metrics", w.metrics.map(scalar)),
           ("key_codec", scalar(w.keyCodec.rawValue)), ("key_bits", scalar(w.keyBits)),
           ("group_size", scalar(w.groupSize)), ("window", scalar(w.window)),
-          ("sinks", scalar(w.sinks)), ("tau", scalar(w.tau)),
+          ("sinks", scalar(w.sinks)), ("tau", w.tau.map(scalar)),
           ("cap_selection", scalar(w.capSelection)), ("output_mode", scalar(w.outputMode.rawValue)),
           ("ack_replicas", scalar(w.ackReplicas.rawValue)), ("finer_codes", scalar(w.finerCodes)),
+          ("query_aware_codes", scalar(w.queryAwareCodes)),
+          ("unkept_estimate", scalar(w.unkeptEstimate)),
         ])
       ))
     let b = budgets

@@ -117,7 +117,7 @@ extension ClusterConfiguration {
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
-      "cap_selection", "output_mode", "ack_replicas", "finer_codes",
+      "cap_selection", "output_mode", "ack_replicas", "finer_codes", "query_aware_codes", "unkept_estimate",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count
@@ -150,7 +150,9 @@ extension ClusterConfiguration {
       settings.outputMode = mode
     }
     if let ack: ReplicaAcknowledgement = r.choice("ack_replicas") { settings.ackReplicas = ack }
-    settings.finerCodes = r.bool("finer_codes") ?? false
+    settings.finerCodes = r.bool("finer_codes") ?? defaults.finerCodes
+    settings.queryAwareCodes = r.bool("query_aware_codes") ?? defaults.queryAwareCodes
+    settings.unkeptEstimate = r.bool("unkept_estimate") ?? defaults.unkeptEstimate
     return r.log.problems.count == start ? settings : nil
   }
 

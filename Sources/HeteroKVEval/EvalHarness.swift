@@ -9,6 +9,8 @@ public struct EvalOptions: Sendable {
   public var budgets: [Double]
   /// HCAttention's mass share.
   public var tau: Float = 0.9
+  /// HeteroCache's mass share (its full heads, and its compressed heads' recall); nil: `tau`.
+  public var heteroCacheTau: Float?
   /// PQ centroids per sub-vector codebook; several values run HCAttention once per value
   /// (rows named `hcattention c=N`), the centroid ablation.
   public var centroids: [Int] = [4096]
@@ -23,6 +25,9 @@ public struct EvalOptions: Sendable {
   public var keyIndex: KeyIndexRecipe?
   /// HeteroCache's compressed heads recall what their caches lack (with `keyIndex`).
   public var heteroCacheRecall = false
+  /// Exact outputs estimate the tokens a step does not keep (`UnkeptTokenEstimate`), as the
+  /// worker's `unkept_estimate`.
+  public var estimatesUnkept = false
   /// HeteroCache thresholds and sizes.
   public var heteroCache = HeteroCacheConfiguration()
 
@@ -176,7 +181,9 @@ public enum EvalHarness {
     }
     return EvalReport(
       workload: workload.summary, geometry: geometry, contextLength: workload.contextLength,
-      decodeSteps: workload.decodeSteps, tau: Double(options.tau), rows: rows)
+      decodeSteps: workload.decodeSteps, tau: Double(options.tau),
+      heteroCacheTau: options.heteroCacheTau.flatMap { $0 == options.tau ? nil : Double($0) },
+      rows: rows)
   }
 
   struct Reference: Sendable {
@@ -202,15 +209,19 @@ public enum EvalHarness {
     case "hcattention", "hcattention-raw", "hcattention-exact":
       let mode: HCAttentionOutputMode =
         name == "hcattention" ? .renormalized : name == "hcattention-raw" ? .raw : .exact
-      return HCAttentionPolicy(
+      var policy = HCAttentionPolicy(
         mode: mode, tau: options.tau, centroids: centroids,
         iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration,
         recipe: options.keyIndex)
+      policy.estimatesUnkept = options.estimatesUnkept
+      return policy
     case "heterocache":
       var policy = HeteroCachePolicy(
-        profiles: profiles, configuration: options.heteroCache, tau: options.tau)
+        profiles: profiles, configuration: options.heteroCache,
+        tau: options.heteroCacheTau ?? options.tau)
       policy.recipe = options.keyIndex
       policy.recall = options.heteroCacheRecall
+      policy.estimatesUnkept = options.estimatesUnkept
       return policy
     case "streamingllm": return StreamingLLMPolicy()
     case "h2o": return H2OPolicy()

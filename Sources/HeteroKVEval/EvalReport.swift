@@ -41,7 +41,10 @@ public struct EvalReport: Sendable, Codable {
   public var geometry: ModelGeometry
   public var contextLength: Int
   public var decodeSteps: Int
+  /// HCAttention's tau.
   public var tau: Double
+  /// HeteroCache's tau, where it differs from `tau`.
+  public var heteroCacheTau: Double?
   public var rows: [EvalRow]
 
   /// The rows as JSON (an array of row objects, documented in docs/eval.md).
@@ -55,9 +58,9 @@ public struct EvalReport: Sendable, Codable {
   public func table() -> String {
     var lines = [
       "workload: \(workload)",
-      String(
-        format: "tau %.2f; error and recall are means over layers, query heads and %d decode steps",
-        tau, decodeSteps),
+      "tau \(tau.formatted3)"
+        + (heteroCacheTau.map { " (hcattention), \($0.formatted3) (heterocache)" } ?? "")
+        + "; error and recall are means over layers, query heads and \(decodeSteps) decode steps",
       "",
     ]
     let header = [
@@ -97,5 +100,15 @@ public struct EvalReport: Sendable, Codable {
     if b >= 1_048_576 { return String(format: "%.1f MiB", b / 1_048_576) }
     if b >= 1024 { return String(format: "%.1f KiB", b / 1024) }
     return String(format: "%.0f B", b)
+  }
+}
+
+extension Double {
+  /// At most three decimals, trailing zeros dropped (0.975, 0.9).
+  fileprivate var formatted3: String {
+    var text = String(format: "%.3f", self)
+    while text.hasSuffix("0") { text.removeLast() }
+    if text.hasSuffix(".") { text.removeLast() }
+    return text
   }
 }

@@ -127,8 +127,9 @@ public struct WorkerSettings: Sendable, Hashable {
   public var window: Int
   /// First tokens (attention sinks) every head keeps exactly.
   public var sinks: Int
-  /// Share of the approximate softmax mass the kept tokens must hold.
-  public var tau: Double
+  /// Share of the approximate softmax mass the kept tokens must hold; nil: the policy's
+  /// recommended (`RecommendedSettings.tau(for:)`).
+  public var tau: Double?
   /// hcattention: also bound the tokens a step keeps by the head's budget cap. HCAttention
   /// keeps the whole tau-mass set (its memory budget is the key codes); the cap bounds what a
   /// step moves at the price of fidelity.
@@ -136,16 +137,23 @@ public struct WorkerSettings: Sendable, Hashable {
   /// How kept tokens become the context vector: `renormalized` (the approximate weights go
   /// to the memory nodes) or `exact` (the query goes; the nodes re-score the kept tokens with
   /// their fp16 keys, so the output is exact attention over the kept set).
-  public var outputMode: HCAttentionOutputMode = .renormalized
+  public var outputMode: HCAttentionOutputMode = .exact
   /// hcattention: spend what the budget leaves over the codes on codes twice as fine for the
   /// heads whose keys the coarse codes reconstruct worst (`finer_codes`).
-  public var finerCodes = false
+  public var finerCodes = true
+  /// pq: codebooks trained where distance is score error over the prefill's last queries
+  /// (`query_aware_codes`; needs the engine to send observation queries).
+  public var queryAwareCodes = false
+  /// Exact output: the tokens a step does not keep enter the output as their approximate mass
+  /// (from the codes) times the head's mean value, a running sum the worker keeps
+  /// (`unkept_estimate`), instead of their mass going to the kept tokens.
+  public var unkeptEstimate = true
   /// When a put to the memory tier counts as stored (`ack_replicas`).
   public var ackReplicas: ReplicaAcknowledgement = .allLive
 
   public init(
     control: HostPort? = nil, metrics: HostPort? = nil, keyCodec: KeyCodecKind = .pq,
-    keyBits: Int = 8, groupSize: Int = 4, window: Int = 64, sinks: Int = 4, tau: Double = 0.9,
+    keyBits: Int = 8, groupSize: Int = 4, window: Int = 64, sinks: Int = 4, tau: Double? = nil,
     capSelection: Bool = false
   ) {
     self.control = control
@@ -161,34 +169,49 @@ public struct WorkerSettings: Sendable, Hashable {
 }
 
 /// The configuration the project recommends for a real model, measured in docs/eval.md
-/// ("SmolLM2 on real text"): the one every model command (`hkv generate`, `hkv needle`,
-/// `hkv fidelity`) starts from and deploy/smollm2.yaml writes out. HeteroCache adds
-/// `BudgetSettings.recall` to it.
+/// ("SmolLM2 on real text"): the defaults of `WorkerSettings` and `BudgetSettings`, so every
+/// command (`hkv generate`, `hkv needle`, `hkv fidelity`, `hkv eval`, `hkv demo`), the worker
+/// daemon and a cluster file that leaves a key out run the same thing.
 public enum RecommendedSettings {
-  /// One-byte pq codes over 4 dims, 64 recent and 4 sink tokens exact, tau 0.999, exact output
-  /// (the memory nodes re-score kept tokens with their fp16 keys).
-  public static var worker: WorkerSettings {
-    var w = WorkerSettings(
-      keyCodec: .pq, keyBits: 8, groupSize: 4, window: 64, sinks: 4, tau: 0.999)
-    w.outputMode = .exact
-    return w
+  /// One-byte pq codes over 4 dims (finer where the budget leaves room, hcattention), 64
+  /// recent and 4 sink tokens exact, exact output (the memory nodes re-score kept tokens with
+  /// their fp16 keys) and the unkept tokens estimated; tau per policy.
+  public static var worker: WorkerSettings { WorkerSettings() }
+
+  /// The tau a policy runs at when none is set. HCAttention's finer codes and the unkept
+  /// estimate hold fidelity at 0.975 with about 12-15% of the context kept; HeteroCache's
+  /// compressed heads recall with coarse codes only and need 0.999 (docs/eval.md).
+  public static func tau(for policy: BudgetPolicyKind) -> Double {
+    switch policy {
+    case .hcattention: 0.975
+    case .heterocache, .uniform: 0.999
+    }
   }
 }
 
 extension WorkerSettings {
+  /// The tau `policy` runs at: the one set, else the policy's recommended.
+  public func tau(for policy: BudgetPolicyKind) -> Double {
+    tau ?? RecommendedSettings.tau(for: policy)
+  }
+
   /// The key index these settings describe (codec, sizes, exact sinks and window): what the
   /// worker builds for each coded head and the evaluation harness builds to match it.
   public var keyIndex: KeyIndexRecipe {
-    KeyIndexRecipe(
+    var recipe = KeyIndexRecipe(
       codec: keyCodec == .pq ? .pq : .scalar, bits: keyBits, groupSize: groupSize, sinks: sinks,
       window: window)
+    recipe.queryAware = queryAwareCodes
+    return recipe
   }
 
   /// What one head's key index costs the worker at `tokens` tokens, as a share of the head's
   /// fp16 K+V (`KeyIndexRecipe.share`): the `budgets.full_head_cost` that charges a coded head
   /// what it really holds.
   public func keyCodeShare(headDim d: Int, tokens n: Int) -> Double {
-    keyIndex.share(headDim: d, tokens: n)
+    // The value sum of the unkept estimate: d floats and a count.
+    let estimate = unkeptEstimate && outputMode == .exact ? Double(d * 4 + 8) : 0
+    return min(1, keyIndex.share(headDim: d, tokens: n) + estimate / Double(max(1, n) * 4 * d))
   }
 }
 
@@ -233,9 +256,10 @@ public struct BudgetSettings: Sendable, Hashable {
   public var profileIntervalSteps: Int
   /// HeteroCache: compressed heads keep key codes too, and each step recalls from the memory
   /// tier the tokens their tau-mass set holds outside the cache (exact output mode). Their
-  /// codes are charged like a full head's, so caps are smaller; a static cache (the paper's,
-  /// the default) misses what decode attends to after the prefill.
-  public var recall = false
+  /// codes are charged like a full head's, so caps are smaller. On by default; off, a static
+  /// cache (the paper's) misses what decode attends to after the prefill. A cluster file with
+  /// renormalized output defaults it off.
+  public var recall = true
 
   public init(
     policy: BudgetPolicyKind = .heterocache, memoryFraction: Double = 0.3, minTokens: Int = 64,

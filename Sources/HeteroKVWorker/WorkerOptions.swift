@@ -18,7 +18,7 @@ public struct WorkerOptions: Sendable {
   public var heteroCache: HeteroCacheConfiguration
   /// HeteroCache: compressed heads keep their key codes and recall, each step, the tokens of
   /// their tau-mass set the cache lacks (`BudgetSettings.recall`; exact output mode).
-  public var recall = BudgetSettings().recall
+  public var recall = false
   /// How kept tokens become the context vector: `renormalized` (weights sent to the memory
   /// nodes; values only on the memory tier for HCAttention) or `exact` (queries sent; the
   /// memory tier re-scores with its fp16 keys).
@@ -51,7 +51,7 @@ public struct WorkerOptions: Sendable {
     id: String, geometry: ModelGeometry, settings: WorkerSettings = WorkerSettings(),
     policy: BudgetPolicyKind = .heterocache,
     heteroCache: HeteroCacheConfiguration = HeteroCacheConfiguration(),
-    outputMode: HCAttentionOutputMode = .renormalized, chunkTokens: Int = 128 << 10,
+    outputMode: HCAttentionOutputMode? = nil, chunkTokens: Int = 128 << 10,
     shipQueueBytes: Int = 256 << 20, decodeShipRows: Int = WorkerOptions.defaultDecodeShipRows,
     requestTimeout: Duration = .seconds(10)
   ) {
@@ -60,7 +60,7 @@ public struct WorkerOptions: Sendable {
     self.settings = settings
     self.policy = policy
     self.heteroCache = heteroCache
-    self.outputMode = outputMode
+    self.outputMode = outputMode ?? settings.outputMode
     self.chunkTokens = chunkTokens
     self.shipQueueBytes = shipQueueBytes
     self.decodeShipRows = decodeShipRows
@@ -103,6 +103,10 @@ public struct WorkerOptions: Sendable {
   /// worst, chosen when the codebooks are trained at the end of a prefill. nil: none.
   public var finerCodeBudget: Double?
 
+  /// Whether heads keep the value sum that estimates the tokens a step leaves out: exact
+  /// output with `unkept_estimate`.
+  var estimatesUnkept: Bool { settings.unkeptEstimate && outputMode == .exact }
+
   /// Whether compressed heads recall from the memory tier (HeteroCache with recall on).
   var recalls: Bool { policy == .heterocache && recall }
 
@@ -126,8 +130,9 @@ public struct WorkerOptions: Sendable {
       throw HeteroKVError(
         .invalidArgument, "chunk tokens, ship queue and decode batch must be positive")
     }
-    guard settings.tau > 0, settings.tau <= 1 else {
-      throw HeteroKVError(.invalidArgument, "tau \(settings.tau) is outside (0, 1]")
+    let tau = settings.tau(for: policy)
+    guard tau > 0, tau <= 1 else {
+      throw HeteroKVError(.invalidArgument, "tau \(tau) is outside (0, 1]")
     }
     guard geometry.headDim % settings.groupSize == 0 || settings.keyCodec == .scalar else {
       throw HeteroKVError(
@@ -137,9 +142,27 @@ public struct WorkerOptions: Sendable {
   }
 
   /// An empty key index of the configured recipe for one head, trained (pq) on `keys`.
-  func keyIndex(training keys: HalfMatrix, layer: Int, kvHead: Int) throws -> ApproximateKeyIndex {
+  func keyIndex(training keys: HalfMatrix, queries: [Float]?, layer: Int, kvHead: Int) throws
+    -> ApproximateKeyIndex
+  {
     var recipe = settings.keyIndex
     recipe.trainingKeys = codebookTrainingKeys
-    return try recipe.index(training: keys, geometry: geometry.name, layer: layer, kvHead: kvHead)
+    return try recipe.index(
+      training: keys, queries: queries, geometry: geometry.name, layer: layer, kvHead: kvHead)
+  }
+
+  /// The rows of KV head `kvHead`'s query group in observation queries
+  /// `[rows][queryHeads][d]`, as `[rows · groupSize][d]`; nil when there are none.
+  func groupQueries(_ observation: [Float], kvHead: Int) -> [Float]? {
+    let width = geometry.queryHeads * geometry.headDim
+    guard !observation.isEmpty, observation.count % width == 0 else { return nil }
+    let span = geometry.groupSize * geometry.headDim
+    var rows = [Float]()
+    rows.reserveCapacity(observation.count / geometry.kvHeads)
+    for r in stride(from: 0, to: observation.count, by: width) {
+      let first = r + kvHead * span
+      rows += observation[first..<(first + span)]
+    }
+    return rows
   }
 }

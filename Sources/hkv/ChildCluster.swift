@@ -20,7 +20,7 @@ final class ChildCluster: @unchecked Sendable {
 
   static func start(
     model: ModelGeometry, memoryNodes: Int, capacityBytes: Int, replication: Int, policy: String,
-    budget: Double, keyCodec: String, keyBits: Int, tau: Double, outputMode: String
+    budget: Double, keyCodec: String, keyBits: Int, tau: Double?, outputMode: String
   ) throws -> ChildCluster {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
       "hkv-demo-\(ProcessInfo.processInfo.processIdentifier)")

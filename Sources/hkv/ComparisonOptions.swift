@@ -105,8 +105,11 @@ struct ComparisonOptions: ParsableArguments {
 /// The worker's knobs every model command shares (`hkv generate`, `hkv needle`,
 /// `hkv fidelity`), defaulting to `RecommendedSettings`.
 struct CacheSettingsOptions: ParsableArguments {
-  @Option(help: "Share of the approximate attention mass the kept tokens must hold.")
-  var tau: Double = RecommendedSettings.worker.tau
+  @Option(
+    help:
+      "Share of the approximate attention mass the kept tokens must hold (default: each policy's recommended, 0.975 for hcattention and 0.999 for heterocache)."
+  )
+  var tau: Double?
 
   @Option(help: "Most recent tokens every head keeps exactly.")
   var window: Int = RecommendedSettings.worker.window
@@ -129,10 +132,25 @@ struct CacheSettingsOptions: ParsableArguments {
   var capSelection = false
 
   @Flag(
+    inversion: .prefixedNo,
     help:
       "hcattention: spend what the budget leaves over the codes on codes twice as fine for the heads whose keys the codes reconstruct worst."
   )
-  var finerCodes = false
+  var finerCodes = RecommendedSettings.worker.finerCodes
+
+  @Flag(
+    inversion: .prefixedNo,
+    help:
+      "pq: train codebooks where distance is score error over the prompt's last queries (query-aware codes)."
+  )
+  var queryAwareCodes = RecommendedSettings.worker.queryAwareCodes
+
+  @Flag(
+    inversion: .prefixedNo,
+    help:
+      "Exact output: the tokens a step does not keep enter the output as their approximate mass times the head's mean value, instead of their mass going to the kept tokens."
+  )
+  var unkeptEstimate = RecommendedSettings.worker.unkeptEstimate
 
   @Option(
     help:
@@ -148,7 +166,7 @@ struct CacheSettingsOptions: ParsableArguments {
 
   /// The worker settings and output mode the flags name.
   func resolved() throws -> (WorkerSettings, HCAttentionOutputMode) {
-    guard tau > 0, tau <= 1 else { throw ValidationError("--tau must be in (0, 1]") }
+    if let tau, !(tau > 0 && tau <= 1) { throw ValidationError("--tau must be in (0, 1]") }
     guard window >= 0, sinks >= 0 else {
       throw ValidationError("--window and --sinks must not be negative")
     }
@@ -162,6 +180,8 @@ struct CacheSettingsOptions: ParsableArguments {
       keyCodec: codec, keyBits: keyBits, groupSize: groupSize, window: window, sinks: sinks,
       tau: tau, capSelection: capSelection)
     worker.finerCodes = finerCodes
+    worker.queryAwareCodes = queryAwareCodes
+    worker.unkeptEstimate = unkeptEstimate
     worker.outputMode = mode
     return (worker, mode)
   }

@@ -46,8 +46,11 @@ struct DemoCommand: AsyncParsableCommand {
   @Option(help: "Budget policy: heterocache, hcattention or uniform (without --config).")
   var policy: String = DemoDefaults.policy
 
-  @Option(help: "Share of the approximate attention mass each step keeps (without --config).")
-  var tau: Double = DemoDefaults.tau
+  @Option(
+    help:
+      "Share of the approximate attention mass each step keeps (without --config; default: the policy's recommended, 0.975 for hcattention, 0.999 for heterocache)."
+  )
+  var tau: Double?
 
   @Option(
     help:
@@ -113,7 +116,7 @@ struct DemoCommand: AsyncParsableCommand {
       throw ValidationError("--key-bits \(keyBits) does not fit --key-codec \(keyCodec)")
     }
     guard (1...1024).contains(steps) else { throw ValidationError("--steps must be in 1...1024") }
-    guard tau >= 0.5, tau <= 1 else { throw ValidationError("--tau must be in [0.5, 1]") }
+    if let tau, !(tau >= 0.5 && tau <= 1) { throw ValidationError("--tau must be in [0.5, 1]") }
     guard HCAttentionOutputModeArgument(rawValue: outputMode) != nil else {
       throw ValidationError("bad --output-mode '\(outputMode)': expected exact or renormalized")
     }
@@ -294,6 +297,5 @@ extension DemoReport {
 /// budget (docs/benchmarks.md, "hkv demo": the best output error on this workload).
 enum DemoDefaults {
   static let policy = "hcattention"
-  static let tau = 0.9
   static let outputMode = "exact"
 }

@@ -44,21 +44,17 @@ struct EvalCommand: ParsableCommand {
   var policies: String =
     "hcattention,hcattention-raw,hcattention-exact,heterocache,streamingllm,h2o,tova,snapkv,quest,kivi,full"
 
-  @Option(help: "Share of the approximate softmax mass HCAttention keeps.")
-  var tau: Float = Float(RecommendedSettings.worker.tau)
+  /// The worker's knobs, as `hkv generate`, `hkv needle` and `hkv fidelity` take them: tau,
+  /// and with `--codes worker` the index (codec, bits, group size, sinks, window, query-aware
+  /// codes) and HeteroCache's recall. Output mode and finer codes are the worker's alone: the
+  /// harness runs hcattention and hcattention-exact side by side.
+  @OptionGroup var cache: CacheSettingsOptions
 
   @Option(
     help:
       "HCAttention's key codes: worker (the worker's index: one-byte pq codes over 4 dims, 4 sink and 64 recent tokens exact, as hkv fidelity and the worker run) or budget (codes sized to fill each budget, the paper's rule, with --centroids)."
   )
   var codes: String = "worker"
-
-  @Flag(
-    inversion: .prefixedNo,
-    help:
-      "heterocache with --codes worker: compressed heads keep codes and recall the tokens their caches lack (the worker's budgets.recall)."
-  )
-  var recall = true
 
   @Option(
     help:
@@ -95,12 +91,15 @@ struct EvalCommand: ParsableCommand {
       var options = try EvalOptions(
         policies: try list(policies, "policies", { $0 }),
         budgets: try list(budgets, "budgets", Double.init))
-      options.tau = tau
+      let (worker, _) = try cache.resolved()
+      options.tau = Float(worker.tau(for: .hcattention))
+      options.heteroCacheTau = Float(worker.tau(for: .heterocache))
       options.centroids = try list(centroids, "centroids", Int.init)
       switch codes {
       case "worker":
-        options.keyIndex = RecommendedSettings.worker.keyIndex
-        options.heteroCacheRecall = recall
+        options.keyIndex = worker.keyIndex
+        options.heteroCacheRecall = cache.recall
+        options.estimatesUnkept = worker.unkeptEstimate
       case "budget": options.keyIndex = nil
       default: throw ValidationError("--codes must be worker or budget, not '\(codes)'")
       }

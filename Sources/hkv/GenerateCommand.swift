@@ -116,7 +116,7 @@ struct GenerateCommand: AsyncParsableCommand {
         let stats = try await local.worker.stats(ref)
         FileHandle.standardError.write(
           Data(
-            "HeteroKV (\(kind.rawValue) at \(budget), tau \(worker.tau), \(outputMode.rawValue) output\(options.budgets.recall ? ", recall" : "")): kept \(String(format: "%.1f%%", 100 * Double(stats.keptTokens) / Double(max(1, stats.contextTokens)))) of the context a step, worker \(ByteSize.format(stats.workerBytes)) of \(ByteSize.format(stats.fullKVBytes)) fp16 K/V, memory tier \(ByteSize.format(stats.memoryTierBytes))\n"
+            "HeteroKV (\(kind.rawValue) at \(budget), tau \(worker.tau(for: kind)), \(outputMode.rawValue) output\(options.budgets.recall ? ", recall" : "")): kept \(String(format: "%.1f%%", 100 * Double(stats.keptTokens) / Double(max(1, stats.contextTokens)))) of the context a step, worker \(ByteSize.format(stats.workerBytes)) of \(ByteSize.format(stats.fullKVBytes)) fp16 K/V, memory tier \(ByteSize.format(stats.memoryTierBytes))\n"
               .utf8))
         await local.shutdown()
       } catch {

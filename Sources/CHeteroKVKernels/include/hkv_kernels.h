@@ -160,10 +160,11 @@ void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
 /// HCAttention's tau-mass selection over one head's scaled scores: the smallest set of tokens,
 /// taken in descending softmax weight, whose mass reaches tau (optionally at most `cap`;
 /// 0 = no cap). Writes the kept indices ascending and their softmax weights over all n tokens
-/// (indices and weights need room for n), the kept mass to *kept_mass; returns the kept count,
-/// or 0 when the scores have no finite maximum or allocation fails.
+/// (indices and weights need room for n), the kept mass to *kept_mass and log Σ exp(scores) to
+/// *log_normalizer (when not NULL); returns the kept count, or 0 when the scores have no finite
+/// maximum or allocation fails.
 size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
-                      float *weights, float *kept_mass);
+                      float *weights, float *kept_mass, float *log_normalizer);
 
 /// Sum of a float array; used as the memory read bandwidth reference scan.
 double hkv_scan_sum_f32(const float *x, size_t n);

@@ -12,6 +12,9 @@ public struct TauMassSelection: Sendable, Hashable {
   public var keptMass: Float
   /// Tokens the choice was made over.
   public var contextLength: Int
+  /// log Σ exp(score) over the whole context: turns a score into its softmax weight (0 for a
+  /// group's union, which no single head's scores normalize).
+  public var logNormalizer: Float = 0
 
   /// Weights divided by the kept mass, so they sum to 1 over the kept set.
   public var renormalizedWeights: [Float] {
@@ -34,12 +37,14 @@ public struct TauMassSelection: Sendable, Hashable {
     if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
     // Room for every token, filled by the kernel and trimmed to the kept count.
     var mass: Float = 0
+    var logNormalizer: Float = 0
     var kept = 0
     var weights = [Float]()
     let indices = try [Int32](unsafeUninitializedCapacity: n) { idx, idxCount in
       weights = [Float](unsafeUninitializedCapacity: n) { w, wCount in
         kept = scores.withUnsafeBufferPointer { s in
-          hkv_tau_select(s.baseAddress, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass)
+          hkv_tau_select(
+            s.baseAddress, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass, &logNormalizer)
         }
         wCount = kept
       }
@@ -49,7 +54,9 @@ public struct TauMassSelection: Sendable, Hashable {
       }
       idxCount = kept
     }
-    return TauMassSelection(indices: indices, weights: weights, keptMass: mass, contextLength: n)
+    return TauMassSelection(
+      indices: indices, weights: weights, keptMass: mass, contextLength: n,
+      logNormalizer: logNormalizer)
   }
 }
 
@@ -113,6 +120,23 @@ extension TauMassSelection {
 }
 
 extension TauMassSelection {
+  /// The ascending union of ascending kept tokens `a` and ascending positions `b`, each once:
+  /// what a recalling head attends (its cache and the tokens it recalls).
+  public static func ascendingUnion(_ a: [Int32], _ b: [Int]) -> [Int32] {
+    var out = [Int32]()
+    out.reserveCapacity(a.count + b.count)
+    var i = 0
+    var j = 0
+    while i < a.count || j < b.count {
+      let x = i < a.count ? Int(a[i]) : Int.max
+      let y = j < b.count ? b[j] : Int.max
+      out.append(Int32(truncatingIfNeeded: min(x, y)))
+      if x <= y { i += 1 }
+      if y <= x { j += 1 }
+    }
+    return out
+  }
+
   /// This selection without the tokens of `held` (ascending): what a compressed cache holding
   /// `held` must still recall from the memory tier. Kept mass and length are unchanged.
   public func excluding(_ held: [Int]) -> TauMassSelection {

@@ -21,6 +21,9 @@ public struct KeyIndexRecipe: Sendable, Hashable {
   public var window: Int
   /// Most keys a codebook is trained on (spread evenly over a longer prefill).
   public var trainingKeys = 32768
+  /// pq: train and code in the space where distance is score error over the prefill's last
+  /// queries (`QueryMomentTransform`), when the queries are known at training time.
+  public var queryAware = false
 
   public init(codec: Codec, bits: Int, groupSize: Int, sinks: Int, window: Int) {
     self.codec = codec
@@ -49,7 +52,9 @@ public struct KeyIndexRecipe: Sendable, Hashable {
     switch codec {
     case .pq:
       perToken = Double(d / max(1, groupSize) * bits) / 8
-      fixed = Double(centroids(trainingKeys: min(n, trainingKeys)) * d * 2)
+      fixed =
+        Double(centroids(trainingKeys: min(n, trainingKeys)) * d * 2)
+        + (queryAware ? Double(d * d * 2 + d * 4) : 0)
     case .scalar:
       perToken = Double(d * bits) / 8 + Double(2 * d * 4) / 64
       fixed = 0
@@ -59,10 +64,12 @@ public struct KeyIndexRecipe: Sendable, Hashable {
   }
 
   /// An empty index of this recipe for one head, its codebook (pq) trained on `keys` (at most
-  /// `trainingKeys` of them, spread evenly).
-  public func index(training keys: HalfMatrix, geometry: String, layer: Int, kvHead: Int) throws
-    -> ApproximateKeyIndex
-  {
+  /// `trainingKeys` of them, spread evenly); query-aware when the recipe says so and `queries`
+  /// (the group's last prefill queries, `[rows][d]`) are given.
+  public func index(
+    training keys: HalfMatrix, queries: [Float]? = nil, geometry: String, layer: Int,
+    kvHead: Int
+  ) throws -> ApproximateKeyIndex {
     let d = keys.cols
     let codes: any QuantizedKeyStore
     switch codec {
@@ -86,9 +93,10 @@ public struct KeyIndexRecipe: Sendable, Hashable {
       let version = CodebookVersion(
         geometry: geometry, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
         centroids: c, calibration: .ownPrefill)
+      let transform = queryAware ? queries.flatMap { QueryMomentTransform(queries: $0, dim: d) } : nil
       codes = ProductQuantizedKeyStore(
         codebook: try ProductCodebook.train(
-          keys: sample, configuration: configuration, version: version))
+          keys: sample, configuration: configuration, version: version, transform: transform))
     }
     return ApproximateKeyIndex(codes: codes, sinks: sinks, window: window)
   }

@@ -7,22 +7,25 @@ public final class ProductCodebookCache: Sendable {
   struct Key: Hashable {
     var version: CodebookVersion
     var configuration: ProductQuantizerConfiguration
+    var transform: QueryMomentTransform?
   }
   private let books = Mutex<[Key: ProductQuantizedKeyStore]>([:])
 
   public init() {}
 
   /// A store holding `keys` coded with a codebook trained on `trainingKeys` (the keys
-  /// themselves for own-prefill calibration), from the cache when the same keys were coded
-  /// before.
+  /// themselves for own-prefill calibration), in `transform`'s space when one is given, from
+  /// the cache when the same keys were coded before.
   public func prefillStore(
     keys: HalfMatrix, trainingKeys: HalfMatrix? = nil,
-    configuration: ProductQuantizerConfiguration, version: CodebookVersion
+    configuration: ProductQuantizerConfiguration, version: CodebookVersion,
+    transform: QueryMomentTransform? = nil
   ) throws -> ProductQuantizedKeyStore {
-    let key = Key(version: version, configuration: configuration)
+    let key = Key(version: version, configuration: configuration, transform: transform)
     if let store = books.withLock({ $0[key] }) { return store }
     let book = try ProductCodebook.train(
-      keys: trainingKeys ?? keys, configuration: configuration, version: version)
+      keys: trainingKeys ?? keys, configuration: configuration, version: version,
+      transform: transform)
     var store = ProductQuantizedKeyStore(codebook: book)
     try store.append(keys)
     books.withLock { $0[key] = store }

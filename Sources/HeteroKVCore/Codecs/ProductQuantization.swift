@@ -72,14 +72,19 @@ public struct CodebookVersion: Sendable, Hashable, Codable {
 }
 
 /// The k-means codebooks of one (layer, KV head): for each of g sub-spaces, c centroids of
-/// d/g dims, stored in fp16 as `[g][c][d/g]`.
+/// d/g dims, stored in fp16 as `[g][c][d/g]`; with a query-moment transform, the centroids
+/// live in its coded space (keys are mapped before coding, queries before scoring).
 public struct ProductCodebook: Sendable {
   public let version: CodebookVersion
   /// Centroids, fp16, `[subvectors][centroids][subDim]`.
   public let centroids: [Float16]
+  /// The map from keys to the space the centroids live in; nil: the keys' own space.
+  public let transform: QueryMomentTransform?
 
   /// A codebook from stored centroids (`[g][c][d/g]`, fp16), e.g. loaded from elsewhere.
-  public init(version: CodebookVersion, centroids: [Float16]) throws {
+  public init(version: CodebookVersion, centroids: [Float16], transform: QueryMomentTransform? = nil)
+    throws
+  {
     guard version.subvectors > 0, version.headDim % version.subvectors == 0,
       centroids.count == version.centroids * version.headDim
     else {
@@ -87,20 +92,26 @@ public struct ProductCodebook: Sendable {
         "codebook holds \(centroids.count) values, expected \(version.centroids) x \(version.headDim)"
       )
     }
+    if let transform, transform.dim != version.headDim {
+      throw HeteroKVError.dimension(
+        "query-moment transform has \(transform.dim) dims, the codebook \(version.headDim)")
+    }
     self.version = version
     self.centroids = centroids
+    self.transform = transform
   }
 
   /// Dimension of one sub-vector.
   public var subDim: Int { version.headDim / version.subvectors }
-  /// Bytes of the stored centroids.
-  public var byteCount: Int { centroids.count * 2 }
+  /// Bytes of the stored centroids and transform.
+  public var byteCount: Int { centroids.count * 2 + (transform?.byteCount ?? 0) }
 
   /// Trains codebooks on `keys` by mini-batch k-means (per sub-space: centroids start at
   /// distinct sampled keys; each batch assigns points to the nearest centroid and moves it by
-  /// 1/count toward them).
+  /// 1/count toward them), in the coded space of `transform` when one is given.
   public static func train(
-    keys: HalfMatrix, configuration: ProductQuantizerConfiguration, version: CodebookVersion
+    keys: HalfMatrix, configuration: ProductQuantizerConfiguration, version: CodebookVersion,
+    transform: QueryMomentTransform? = nil
   ) throws -> ProductCodebook {
     let d = keys.cols
     let g = configuration.subvectors
@@ -114,8 +125,13 @@ public struct ProductCodebook: Sendable {
     guard keys.rows > 0 else {
       throw HeteroKVError(.emptyContext, "cannot train a codebook on 0 keys")
     }
-    let points = keys.floats()
-    try requireFinite(points, "calibration keys")
+    let raw = keys.floats()
+    try requireFinite(raw, "calibration keys")
+    if let transform, transform.dim != d {
+      throw HeteroKVError.dimension(
+        "query-moment transform has \(transform.dim) dims, the keys \(d)")
+    }
+    let points = transform?.keysToCodedSpace(raw) ?? raw
     let s = d / g
     let n = keys.rows
     var rng = SeededGenerator(
@@ -155,7 +171,7 @@ public struct ProductCodebook: Sendable {
       }
       all.append(contentsOf: Kernels.toHalf(cent))
     }
-    return try ProductCodebook(version: version, centroids: all)
+    return try ProductCodebook(version: version, centroids: all, transform: transform)
   }
 
   /// Codes `keys`: for each key and sub-space the index of the nearest centroid, `[n][g]`.
@@ -164,8 +180,9 @@ public struct ProductCodebook: Sendable {
       throw HeteroKVError.dimension(
         "keys have \(keys.cols) dims, codebook \(version.geometry) expects \(version.headDim)")
     }
-    let points = keys.floats()
-    try requireFinite(points, "keys to encode")
+    let raw = keys.floats()
+    try requireFinite(raw, "keys to encode")
+    let points = transform?.keysToCodedSpace(raw) ?? raw
     let g = version.subvectors
     let c = version.centroids
     let s = subDim
@@ -201,7 +218,7 @@ public struct ProductCodebook: Sendable {
       let base = (i * c + Int(code)) * s
       for t in 0..<s { out.append(Float(centroids[base + t])) }
     }
-    return out
+    return transform?.keysFromCodedSpace(out) ?? out
   }
 
   static func sampleDistinct(_ k: Int, from n: Int, using rng: inout SeededGenerator) -> [Int] {
@@ -310,7 +327,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     // Four query heads per table: one 16-byte load per code serves all four.
     for first in stride(from: 0, to: heads, by: 4) {
       let group = min(4, heads - first)
-      let q = queries[first * d..<(first + group) * d].map { $0 * scale }
+      let scaled = queries[first * d..<(first + group) * d].map { $0 * scale }
+      let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
       codebook.centroids.withUnsafeBufferPointer { cb in
         cb.withMemoryRebound(to: UInt16.self) { cb16 in
           hkv_pq_lut_x4(cb16.baseAddress, g, c, codebook.subDim, q, group, &lut)

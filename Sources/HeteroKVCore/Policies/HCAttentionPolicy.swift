@@ -17,6 +17,9 @@ public struct HCAttentionPolicy: AttentionPolicy {
   /// The worker's key index (its codec, exact sinks and window) instead of codes sized to the
   /// budget: the harness then holds and measures what a worker holds.
   public var recipe: KeyIndexRecipe?
+  /// Exact mode: the tokens a step does not keep enter the output as their approximate mass
+  /// times the head's mean value (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
+  public var estimatesUnkept = false
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
@@ -60,15 +63,25 @@ public struct HCAttentionPolicy: AttentionPolicy {
     let step: HCAttentionStep
     let heads: Int
     let d: Int
+    var unkept: UnkeptTokenEstimate?
 
     mutating func step(_ input: HeadStepInput) throws -> PolicyStepResult {
       let newest = input.keys.rows - 1
       try index.append(input.keys.gather([newest]))
+      unkept?.add(input.values.gather([newest]))
       let scores = try index.scores(
         queries: input.queries, heads: heads, scale: FullAttention.scale(headDim: d))
-      let selections = try step.select(approximateScores: scores, heads: heads)
-      let out = try step.contextVectors(
+      let picked = try step.select(approximateScores: scores, heads: heads)
+      // Exact outputs: as on the worker, every head of the group attends the group's union
+      // (the node reads those rows once, so each head is given all of them).
+      let selections = step.mode == .exact ? TauMassSelection.groupUnion(picked) : picked
+      var out = try step.contextVectors(
         selections: selections, queries: input.queries, keys: input.keys, values: input.values)
+      if let unkept {
+        let tail = unkept.partial(
+          scores: scores, selections: picked, attended: selections.map(\.indices))
+        out = try AttentionPartial.merge([out, tail])
+      }
       // Up: indices and weights per kept token; down: d floats per head (+ max and sum in
       // exact mode); plus the new token's value (and key, for exact re-scoring).
       let kept = selections.reduce(0) { $0 + $1.indices.count }
@@ -78,7 +91,7 @@ public struct HCAttentionPolicy: AttentionPolicy {
         outputs: out.outputs, attended: selections.map(\.indices), bytesMoved: moved)
     }
 
-    var residentBytes: Int { index.residentBytes }
+    var residentBytes: Int { index.residentBytes + (unkept?.byteCount ?? 0) }
   }
 
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
@@ -89,9 +102,17 @@ public struct HCAttentionPolicy: AttentionPolicy {
       let heads = try parallelMap(layer.heads.count) { h in
         let head = layer.heads[h]
         var index = try recipe.index(
-          training: head.keys, geometry: geometry.name, layer: layer.layer, kvHead: h)
+          training: head.keys, queries: head.observationQueries, geometry: geometry.name,
+          layer: layer.layer, kvHead: h)
         try index.append(head.keys)
-        return Head(index: index, step: step, heads: geometry.groupSize, d: geometry.headDim)
+        var unkept: UnkeptTokenEstimate?
+        if estimatesUnkept && mode == .exact {
+          unkept = UnkeptTokenEstimate(headDim: geometry.headDim)
+          unkept!.add(head.values)
+        }
+        return Head(
+          index: index, step: step, heads: geometry.groupSize, d: geometry.headDim,
+          unkept: unkept)
       }
       return IndependentHeads(heads)
     }

@@ -20,6 +20,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
   /// Compressed heads keep codes too and attend exactly over their cache and the tokens of
   /// their tau-mass set it lacks (needs `recipe`), as the worker's `budgets.recall`.
   public var recall = false
+  /// Exact output: heads with codes estimate the tokens a step leaves out
+  /// (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
+  public var estimatesUnkept = false
 
   public init(
     profiles: [HeadProfile], configuration: HeteroCacheConfiguration, tau: Float = 0.9,
@@ -75,6 +78,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
     let d: Int
     var pendingRefresh: [Int: [Int]] = [:]
     var retrievalSteps = 0
+    /// Per head, the running value sum of a head with codes in exact mode, when estimating.
+    var unkept: [UnkeptTokenEstimate?]
 
     mutating func step(_ inputs: [HeadStepInput]) throws -> [PolicyStepResult] {
       let refreshes = pendingRefresh
@@ -84,6 +89,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
       for (h, input) in inputs.enumerated() {
         let newest = input.keys.rows - 1
         let upload = kvBytes(tokens: 1, headDim: d)
+        unkept[h]?.add(input.values.gather([newest]))
         switch heads[h] {
         case .compressed(var cache, var index):
           if let positions = refreshes[h] {
@@ -102,8 +108,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
             index = codes
             let scores = try codes.scores(
               queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
-            let union = TauMassSelection.groupUnion(
-              try step.select(approximateScores: scores, heads: groupSize))[0]
+            let picked = try step.select(approximateScores: scores, heads: groupSize)
+            let union = TauMassSelection.groupUnion(picked)[0]
             let missing = union.excluding(cache.positions).indices
             if !missing.isEmpty {
               attended = (attended + missing).sorted()
@@ -112,6 +118,14 @@ public struct HeteroCachePolicy: AttentionPolicy {
                 queries: input.queries, heads: groupSize, keys: input.keys.gather(rows),
                 values: input.values.gather(rows))
               moved += missing.count * 4 + groupSize * (d * 8 + 8)
+            }
+            if let estimate = unkept[h] {
+              out = try AttentionPartial.merge([
+                out,
+                estimate.partial(
+                  scores: scores, selections: picked,
+                  attended: Array(repeating: attended, count: groupSize)),
+              ])
             }
           }
           cache.accumulate(drawn)
@@ -124,10 +138,19 @@ public struct HeteroCachePolicy: AttentionPolicy {
           try store.append(input.keys.gather([newest]))
           let scores = try store.scores(
             queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
-          let selections = try step.select(approximateScores: scores, heads: groupSize)
-          let out = try step.contextVectors(
+          let picked = try step.select(approximateScores: scores, heads: groupSize)
+          // Exact outputs: the group attends its union, as on the worker.
+          let selections = step.mode == .exact ? TauMassSelection.groupUnion(picked) : picked
+          var out = try step.contextVectors(
             selections: selections, queries: input.queries,
             keys: step.mode == .exact ? input.keys : nil, values: input.values)
+          if let estimate = unkept[h] {
+            out = try AttentionPartial.merge([
+              out,
+              estimate.partial(
+                scores: scores, selections: picked, attended: selections.map(\.indices)),
+            ])
+          }
           var moved =
             selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload
           // Pivots turn their approximate scores into probabilities on check steps only.
@@ -162,7 +185,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
           total + cache.residentBytes + (index?.residentBytes ?? 0)
         case .full(let index, _): total + index.residentBytes
         }
-      }
+      } + unkept.reduce(0) { $0 + ($1?.byteCount ?? 0) }
     }
   }
 
@@ -202,7 +225,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
       let keys = layer.heads[h].keys
       var index =
         if let recipe {
-          try recipe.index(training: keys, geometry: geometry.name, layer: layer.layer, kvHead: h)
+          try recipe.index(
+            training: keys, queries: layer.heads[h].observationQueries, geometry: geometry.name,
+            layer: layer.layer, kvHead: h)
         } else {
           ApproximateKeyIndex(
             codes: try ScalarQuantizedKeyStore(headDim: geometry.headDim, configuration: scalar!),
@@ -236,9 +261,16 @@ public struct HeteroCachePolicy: AttentionPolicy {
             configuration: configuration))
       }
     }
+    let unkept: [UnkeptTokenEstimate?] = heads.indices.map { h in
+      guard estimatesUnkept, recipe != nil else { return nil }
+      if case .compressed(_, nil) = heads[h] { return nil }
+      var estimate = UnkeptTokenEstimate(headDim: geometry.headDim)
+      estimate.add(layer.heads[h].values)
+      return estimate
+    }
     return State(
       heads: heads, roles: mine.map(\.role), caps: caps, prefillTokens: n,
       step: try HCAttentionStep(tau: tau, mode: recipe == nil ? .renormalized : .exact),
-      groupSize: g, d: geometry.headDim)
+      groupSize: g, d: geometry.headDim, unkept: unkept)
   }
 }

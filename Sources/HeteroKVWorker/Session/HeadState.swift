@@ -20,6 +20,8 @@ struct HeadState: Sendable {
   var cache: CompressedHeadCache?
   /// A pivot's drift watch.
   var monitor: PivotDriftMonitor?
+  /// The running value sum that estimates what a step leaves out (`unkept_estimate`).
+  var unkept: UnkeptTokenEstimate?
   /// Rows not yet known to be on a memory node: tokens `tailStart ..< tailStart + rows`.
   var tailStart = 0
   var tailKeys: HalfMatrix
@@ -43,7 +45,7 @@ struct HeadState: Sendable {
 
   var residentBytes: Int {
     (index?.residentBytes ?? 0) + (untrainedKeys?.byteCount ?? 0) + (cache?.residentBytes ?? 0)
-      + tailKeys.byteCount + tailValues.byteCount
+      + tailKeys.byteCount + tailValues.byteCount + (unkept?.byteCount ?? 0)
   }
 
   /// Whether the head goes through the HCAttention path (scores from codes, context from the
@@ -70,9 +72,10 @@ final class IndexBox: @unchecked Sendable {
 
   /// Appends `keys`: coded when the index exists; else held until `trainingKeys` keys (or
   /// `now`), then the codebook is trained on all held keys and they are coded.
-  func append(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, now: Bool)
-    throws
-  {
+  func append(
+    _ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, now: Bool,
+    queries: [Float]? = nil
+  ) throws {
     // In place: a copy bound here would share the codes' storage and copy all of it.
     if index != nil {
       try index!.append(keys)
@@ -84,7 +87,7 @@ final class IndexBox: @unchecked Sendable {
       untrained = held
       return
     }
-    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead, queries: queries)
   }
 
   /// Relative squared error of the index's pq codes over a sample of `keys` (the ones coded):
@@ -106,15 +109,18 @@ final class IndexBox: @unchecked Sendable {
   }
 
   /// Trains the index on the held keys (if any) and codes them.
-  func trainHeld(options: WorkerOptions, layer: Int, kvHead: Int) throws {
+  func trainHeld(options: WorkerOptions, layer: Int, kvHead: Int, queries: [Float]?) throws {
     guard index == nil, let held = untrained else { return }
-    try trainIndex(held, options: options, layer: layer, kvHead: kvHead)
+    try trainIndex(held, options: options, layer: layer, kvHead: kvHead, queries: queries)
   }
 
-  func trainIndex(_ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int)
-    throws
-  {
-    var index = try options.keyIndex(training: keys, layer: layer, kvHead: kvHead)
+  /// Trains the index on `keys` (query-aware with the group's last prefill `queries`, when
+  /// the settings ask for it and they are known) and codes them.
+  func trainIndex(
+    _ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, queries: [Float]?
+  ) throws {
+    var index = try options.keyIndex(
+      training: keys, queries: queries, layer: layer, kvHead: kvHead)
     try index.append(keys)
     self.index = index
     untrained = nil

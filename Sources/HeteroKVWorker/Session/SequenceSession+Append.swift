@@ -78,7 +78,11 @@ extension SequenceSession {
     do {
       let code: @Sendable (Int) throws -> Void = { h in
         guard boxes[h].full else { return }
-        try boxes[h].append(perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed)
+        // A prefill long enough to train before its end has no queries yet but in its last
+        // append: those heads' codes train on the keys alone.
+        try boxes[h].append(
+          perHead[h].0, options: options, layer: layer, kvHead: h, now: sealed,
+          queries: observation.flatMap { options.groupQueries($0, kvHead: h) })
       }
       // A decode step's few rows are coded here: waking the other cores costs more than it.
       if tokens < 64 {
@@ -98,6 +102,10 @@ extension SequenceSession {
       layers[layer].heads[h] = HeadState(headDim: g.headDim)
       defer { layers[layer].heads[h] = head }
       let (k, v) = perHead[h]
+      if options.estimatesUnkept {
+        if head.unkept == nil { head.unkept = UnkeptTokenEstimate(headDim: g.headDim) }
+        head.unkept!.add(v)
+      }
       if var cache = head.cache {
         head.cache = nil
         do {

@@ -27,7 +27,7 @@ extension SequenceSession {
     applyRefreshes(layer: layer)
     let group = g.groupSize
     let d = g.headDim
-    let tau = Float(options.settings.tau)
+    let tau = Float(options.settings.tau(for: options.policy))
     let state = layers[layer]
     let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
@@ -207,8 +207,13 @@ extension SequenceSession {
       step.workerRead += head.index?.residentBytes ?? 0
       if withSelection { step.selections[h] = chosen.map(\.indices) }
       watchDrift(layer: layer, kvHead: h, scores: scores)
-      return HeadPlan(head: h, requests: plan.requests, local: [plan.local])
-    case .recalled(let partial, let mass, _, let picked):
+      var local = [plan.local]
+      if options.outputMode == .exact, let unkept = head.unkept {
+        local.append(
+          unkept.partial(scores: scores, selections: picked, attended: chosen.map(\.indices)))
+      }
+      return HeadPlan(head: h, requests: plan.requests, local: local)
+    case .recalled(let partial, let mass, let scores, let picked):
       // The cache answers what it holds; the tier re-scores the rest of the group's set.
       let cache = head.cache!
       layers[layer].heads[h].cache!.accumulate(mass)
@@ -224,15 +229,31 @@ extension SequenceSession {
           Array(Set(sel.indices).union(cache.positions.lazy.map(Int32.init))).sorted()
         }
       }
+      // What the cache and the recalled tokens leave out, estimated (exact output only).
+      var local = [partial]
+      if let unkept = head.unkept {
+        let attended = TauMassSelection.ascendingUnion(lacking.indices, cache.positions)
+        local.append(
+          unkept.partial(
+            scores: scores, selections: picked,
+            attended: Array(repeating: attended, count: group)))
+      }
       guard !lacking.indices.isEmpty else {
-        step.outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: partial.outputs)
+        let merged: AttentionPartial
+        do {
+          merged = try AttentionPartial.merge(local)
+        } catch {
+          throw HeteroKVError(
+            .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)", cause: error)
+        }
+        step.outputs.replaceSubrange(h * group * d..<(h + 1) * group * d, with: merged.outputs)
         return nil
       }
       let shipping = try await shipping(layer: layer, head: h, step: &step)
       let plan = try plan(
         layer: layer, kvHead: h, selections: missing, queries: q, shipping: shipping)
       step.kept += missing.reduce(0) { $0 + $1.indices.count }
-      return HeadPlan(head: h, requests: plan.requests, local: [plan.local, partial])
+      return HeadPlan(head: h, requests: plan.requests, local: [plan.local] + local)
     }
   }
 

@@ -97,7 +97,10 @@ extension SequenceSession {
             throw HeteroKVError(
               .internalError, "sequence \(ref) layer \(l) head \(h): \(error)", cause: error)
           }
-          if !options.recalls { head.index = nil }
+          if !options.recalls {
+            head.index = nil
+            head.unkept = nil
+          }
         } else if options.policy == .heterocache, let attention {
           head.monitor = HeteroCacheDecodeState.driftMonitor(
             role: budget.role, probabilities: attention.last, groupSize: g.groupSize,
@@ -118,12 +121,16 @@ extension SequenceSession {
     let boxes = layers.flatMap { $0.heads.map(IndexBox.init) }
     let options = self.options
     let held = boxes.map(\.untrained)
+    let queries = boxes.indices.map { i in
+      options.groupQueries(layers[i / g.kvHeads].observation, kvHead: i % g.kvHeads)
+    }
     // The budget left over the codes buys finer codes for the worst-reconstructed heads.
     let finer = options.finerCodeHeads(
       held.count(where: { $0 != nil }), prefillTokens: held.compactMap { $0?.rows }.min() ?? 0)
     do {
       let errors = try parallelMap(boxes.count) { i in
-        try boxes[i].trainHeld(options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+        try boxes[i].trainHeld(
+          options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads, queries: queries[i])
         return finer > 0 ? held[i].map { boxes[i].reconstructionError($0) } ?? 0 : 0
       }
       if finer > 0 {
@@ -138,7 +145,8 @@ extension SequenceSession {
         _ = try parallelMap(picks.count) { k in
           let i = picks[k]
           try boxes[i].trainIndex(
-            held[i]!, options: fine, layer: i / g.kvHeads, kvHead: i % g.kvHeads)
+            held[i]!, options: fine, layer: i / g.kvHeads, kvHead: i % g.kvHeads,
+            queries: queries[i])
         }
       }
     } catch {

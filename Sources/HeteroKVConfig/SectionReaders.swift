@@ -178,7 +178,7 @@ extension ClusterConfiguration {
       similarityThreshold: r.double("similarity_threshold", range: 0...1) ?? d.similarityThreshold,
       profileIntervalSteps: r.int("profile_interval_steps", range: 1...1 << 20)
         ?? d.profileIntervalSteps)
-    settings.recall = r.bool("recall") ?? d.recall
+    settings.recall = r.bool("recall") ?? settings.recall
     return r.log.problems.count == start ? settings : nil
   }
 

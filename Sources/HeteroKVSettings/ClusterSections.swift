@@ -256,10 +256,11 @@ public struct BudgetSettings: Sendable, Hashable {
   public var profileIntervalSteps: Int
   /// HeteroCache: compressed heads keep key codes too, and each step recalls from the memory
   /// tier the tokens their tau-mass set holds outside the cache (exact output mode). Their
-  /// codes are charged like a full head's, so caps are smaller. On by default; off, a static
-  /// cache (the paper's) misses what decode attends to after the prefill. A cluster file with
-  /// renormalized output defaults it off.
-  public var recall = true
+  /// codes are charged like a full head's, so caps are smaller. On by default wherever the
+  /// codes fit (`fullHeadCost < memoryFraction`); off, a static cache (the paper's) misses what
+  /// decode attends to after the prefill. A cluster file with renormalized output defaults it
+  /// off.
+  public var recall: Bool
 
   public init(
     policy: BudgetPolicyKind = .heterocache, memoryFraction: Double = 0.3, minTokens: Int = 64,
@@ -274,6 +275,7 @@ public struct BudgetSettings: Sendable, Hashable {
     self.stabilityThreshold = stabilityThreshold
     self.similarityThreshold = similarityThreshold
     self.profileIntervalSteps = profileIntervalSteps
+    recall = fullHeadCost < memoryFraction
   }
 }
 

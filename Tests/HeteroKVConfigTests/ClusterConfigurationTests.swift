@@ -307,7 +307,12 @@ struct ClusterSectionsTests {
       yaml: "cluster: c\nworker: {output_mode: exact}\n" + nodes, file: "m.yaml")
     #expect(exact.worker.outputMode == .exact)
     let plain = try ClusterConfiguration.parse(yaml: "cluster: c\n" + nodes, file: "m.yaml")
-    #expect(plain.worker.outputMode == .renormalized)
+    // The recommended configuration by default: exact output, recall where the codes fit.
+    #expect(plain.worker.outputMode == .exact && plain.budgets.recall)
+    #expect(plain.worker.tau == nil && plain.worker.tau(for: .hcattention) == 0.975)
+    let weights = try ClusterConfiguration.parse(
+      yaml: "cluster: c\nworker: {output_mode: renormalized}\n" + nodes, file: "m.yaml")
+    #expect(weights.worker.outputMode == .renormalized && !weights.budgets.recall)
     #expect {
       try ClusterConfiguration.parse(
         yaml: "cluster: c\nworker: {output_mode: raw}\n" + nodes, file: "m.yaml")

@@ -11,7 +11,10 @@ struct BudgetPlannerTests {
   )
   func heterocache() throws {
     let profiles = testProfiles()
-    let settings = BudgetSettings(policy: .heterocache, memoryFraction: 0.3, minTokens: 16)
+    var settings = BudgetSettings(policy: .heterocache, memoryFraction: 0.3, minTokens: 16)
+    // Static caches (the paper's rule); recall, on by default, is the suite below.
+    settings.recall = false
+    #expect(BudgetSettings(policy: .heterocache, memoryFraction: 0.3).recall)
     let n = 10_000
     let plan = try BudgetPlanner.plan(profiles: profiles, prefillTokens: n, settings: settings)
     // 8 heads, 4 full (pivot, volatile) at cost 0.125: (0.3*8 - 4*0.125) * n.
@@ -49,10 +52,11 @@ struct BudgetPlannerTests {
       settings: BudgetSettings(policy: .uniform, memoryFraction: 0.25, minTokens: 0))
     #expect(Set(uniform.heads.map(\.cap)) == [250])
     #expect(uniform.totalTokens == 2000)
+    var pinned = BudgetSettings(
+      policy: .heterocache, memoryFraction: 0.3, minTokens: 100, maxTokens: 6000)
+    pinned.recall = false
     let capped = try BudgetPlanner.plan(
-      profiles: profiles, prefillTokens: 10_000,
-      settings: BudgetSettings(
-        policy: .heterocache, memoryFraction: 0.3, minTokens: 100, maxTokens: 6000))
+      profiles: profiles, prefillTokens: 10_000, settings: pinned)
     let compressed = capped.heads.filter { !$0.role.keepsFullContext }
     #expect(compressed.map(\.cap).max() == 6000)
     #expect(compressed.map(\.cap).reduce(0, +) == capped.totalTokens)
@@ -78,6 +82,7 @@ struct RecallBudgetTests {
     let profiles = testProfiles()
     var settings = BudgetSettings(
       policy: .heterocache, memoryFraction: 0.5, minTokens: 0, fullHeadCost: 0.25)
+    settings.recall = false
     let plain = try BudgetPlanner.plan(profiles: profiles, prefillTokens: 1000, settings: settings)
     settings.recall = true
     let recalled = try BudgetPlanner.plan(

@@ -61,6 +61,8 @@ struct DriftRefreshTests {
     var options = LocalCluster.Options(model: g)
     options.capacityBytes = 64 << 20
     options.budgets = BudgetSettings(policy: .heterocache, memoryFraction: 0.15, minTokens: 16)
+    // Static caches: the satellite holds only what its refresh brings.
+    options.budgets.recall = false
     options.worker = WorkerSettings(keyCodec: .pq, keyBits: 8, groupSize: 4, window: 8, sinks: 4)
     options.outputMode = .exact
     options.chunkTokens = 4096

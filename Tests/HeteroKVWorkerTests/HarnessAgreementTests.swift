@@ -32,11 +32,14 @@ struct HarnessAgreementTests {
     var options = fullBudgetOptions(policy: .hcattention)
     options.budgets.memoryFraction = 0.125
     options.worker = RecommendedSettings.worker
+    // The harness codes every head alike: finer codes are the worker's alone.
+    options.worker.finerCodes = false
     options.outputMode = .exact
     let worker = try await decode(replay, on: options)
     var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
     eval.keyIndex = options.worker.keyIndex
-    eval.tau = Float(options.worker.tau)
+    eval.tau = Float(options.worker.tau(for: .hcattention))
+    eval.estimatesUnkept = options.worker.unkeptEstimate
     let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
     let harness = try #require(row.residentFraction)
     // The worker's index: one-byte codes (6.25%), a 64-centroid codebook, 68 exact keys.
@@ -57,7 +60,7 @@ struct HarnessAgreementTests {
     func row(recall: Bool) throws -> EvalRow {
       var eval = try EvalOptions(policies: ["heterocache"], budgets: [0.25])
       eval.keyIndex = RecommendedSettings.worker.keyIndex
-      eval.tau = Float(RecommendedSettings.worker.tau)
+      eval.tau = Float(RecommendedSettings.worker.tau(for: .heterocache))
       eval.heteroCacheRecall = recall
       return try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
     }

@@ -383,3 +383,40 @@ struct RemoteComparisonTests {
     #expect(bad.err.contains("bad policy 'lru'"), "\(bad.err)")
   }
 }
+
+@Suite("hkv fidelity --write-trace")
+struct FidelityTraceTests {
+  @Test(
+    "writes the attention it compared in the trace format: every layer, the prompt's tokens and the compared steps, which hkv eval then reads"
+  )
+  func writesTheTraceItDecoded() throws {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "hkv-fidelity-trace-\(ProcessInfo.processInfo.processIdentifier)")
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let text = directory.appendingPathExtension("txt")
+    defer { try? FileManager.default.removeItem(at: text) }
+    try String(
+      repeating: "A key-value cache keeps what attention has seen, so decoding does not redo it. ",
+      count: 8
+    ).write(to: text, atomically: true, encoding: .utf8)
+    let run = try runHKV([
+      "fidelity", "--model", try modelPath(), "--text-file", text.path, "--context", "48",
+      "--steps", "3", "--policies", "full,hcattention", "--write-trace", directory.path, "--json",
+    ])
+    #expect(run.status == 0, "\(run.err)")
+    let trace = try TraceWorkload(directory: directory)
+    #expect(trace.geometry.layers == 30 && trace.geometry.kvHeads == 3)
+    #expect(trace.contextLength == 48 && trace.decodeSteps == 3)
+    let eval = try runHKV([
+      "eval", "--trace", directory.path, "--budgets", "0.5", "--policies", "hcattention-exact,full",
+      "--json",
+    ])
+    #expect(eval.status == 0, "\(eval.err)")
+    let rows = try #require(
+      try JSONSerialization.jsonObject(with: eval.out) as? [[String: Any]])
+    #expect(rows.count == 2)
+    // The full cache is exact on its own trace.
+    let full = try #require(rows.first { $0["policy"] as? String == "full" })
+    #expect((full["relativeL2Error"] as? Double ?? 1) < 1e-3)
+  }
+}

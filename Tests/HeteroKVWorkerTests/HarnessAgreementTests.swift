@@ -74,6 +74,34 @@ struct HarnessAgreementTests {
   }
 
   @Test(
+    "the unkept estimate lowers the error of the worker and of the harness alike, at the same kept share"
+  )
+  func unkeptEstimateOnBoth() async throws {
+    let replay = try tinyWorkload(tokens: 2048, steps: 4)
+    func run(estimate: Bool) async throws -> (worker: Double, harness: Double) {
+      var options = fullBudgetOptions(policy: .hcattention)
+      options.budgets.memoryFraction = 0.125
+      options.worker = RecommendedSettings.worker
+      options.worker.finerCodes = false
+      options.worker.tau = 0.8  // a tail worth estimating
+      options.worker.unkeptEstimate = estimate
+      options.outputMode = .exact
+      let worker = try await decode(replay, on: options)
+      var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
+      eval.keyIndex = options.worker.keyIndex
+      eval.tau = 0.8
+      eval.estimatesUnkept = estimate
+      let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
+      return (worker.error, try #require(row.relativeL2Error))
+    }
+    let off = try await run(estimate: false)
+    let on = try await run(estimate: true)
+    #expect(on.worker < 0.8 * off.worker, "worker: \(on.worker) with, \(off.worker) without")
+    #expect(on.harness < 0.8 * off.harness, "harness: \(on.harness) with, \(off.harness) without")
+    #expect(abs(on.worker - on.harness) < 0.25 * off.worker, "worker \(on.worker), harness \(on.harness)")
+  }
+
+  @Test(
     "hcattention spends what its budget leaves over the codes on finer codes: more bytes, still inside the budget, lower error"
   )
   func finerCodesFillTheBudget() async throws {

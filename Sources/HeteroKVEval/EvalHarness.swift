@@ -28,6 +28,13 @@ public struct EvalOptions: Sendable {
   /// Exact outputs estimate the tokens a step does not keep (`UnkeptTokenEstimate`), as the
   /// worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// HCAttention on `keyIndex`: what each budget leaves over the codes buys finer codes for
+  /// the heads whose keys the codes reconstruct worst, ranked over every layer, as the
+  /// worker's `finer_codes` ranks them at the end of a prefill.
+  public var finerCodes = false
+  /// Unshipped decode rows the worker holds per head, charged before finer codes are bought
+  /// (the worker's `decodeShipRows`).
+  public var heldDecodeRows = 32
   /// HeteroCache thresholds and sizes.
   public var heteroCache = HeteroCacheConfiguration()
 
@@ -81,6 +88,7 @@ public enum EvalHarness {
       }
     }
     var runs: [Run] = []
+    let finerHeads = try finerCodeHeads(workload, options: options, progress: progress)
     let codebooks = ProductCodebookCache()
     var calibration: CalibrationKeys?
     if options.pqCalibrationSample {
@@ -95,9 +103,13 @@ public enum EvalHarness {
         name.hasPrefix("hcattention") && options.centroids.count > 1
         ? options.centroids.map { ("\(name) c=\($0)", $0) } : [(name, options.centroids[0])]
       for (label, centroids) in variants {
-        let policy = try makePolicy(
+        var policy = try makePolicy(
           name, options: options, centroids: centroids, profiles: profiles, codebooks: codebooks,
           calibration: calibration)
+        if var hc = policy as? HCAttentionPolicy {
+          hc.finerHeads = finerHeads
+          policy = hc
+        }
         let budgets = name == "full" ? [1.0] : options.budgets
         for b in budgets {
           runs.append(
@@ -184,6 +196,42 @@ public enum EvalHarness {
       decodeSteps: workload.decodeSteps, tau: Double(options.tau),
       heteroCacheTau: options.heteroCacheTau.flatMap { $0 == options.tau ? nil : Double($0) },
       rows: rows)
+  }
+
+  /// Per budget, the heads (`layer · kvHeads + kvHead`) that buy finer codes: each head's
+  /// index trained as the worker trains it, ranked by reconstruction error, the budget's
+  /// count taken from the top. Empty unless `finerCodes` and a pq `keyIndex` ask for it.
+  static func finerCodeHeads(
+    _ workload: any AttentionWorkload, options: EvalOptions, progress: (String) -> Void
+  ) throws -> [Double: Set<Int>] {
+    let g = workload.geometry
+    guard options.finerCodes, let recipe = options.keyIndex,
+      options.policies.contains(where: { $0.hasPrefix("hcattention") })
+    else { return [:] }
+    let heads = g.layers * g.kvHeads
+    let counts = options.budgets.map {
+      recipe.finerCodeHeads(
+        heads, budget: $0, headDim: g.headDim, prefillTokens: workload.contextLength,
+        heldRows: options.heldDecodeRows)
+    }
+    guard counts.contains(where: { $0 > 0 }) else { return [:] }
+    var errors: [Double] = []
+    for l in 0..<g.layers {
+      progress("layer \(l + 1)/\(g.layers): ranking heads for finer codes")
+      let trace = try workload.layer(l)
+      errors += try parallelMap(g.kvHeads) { h in
+        let head = trace.heads[h]
+        var index = try recipe.index(
+          training: head.keys, queries: head.observationQueries, geometry: g.name, layer: l,
+          kvHead: h)
+        try index.append(head.keys)
+        return KeyIndexRecipe.reconstructionError(of: index, keys: head.keys)
+      }
+    }
+    let ranked = errors.indices.sorted { errors[$0] > errors[$1] }
+    var picks: [Double: Set<Int>] = [:]
+    for (budget, count) in zip(options.budgets, counts) { picks[budget] = Set(ranked.prefix(count)) }
+    return picks
   }
 
   struct Reference: Sendable {

@@ -86,16 +86,10 @@ public struct WorkerOptions: Sendable {
   /// left over the coarse index's share and the decode rows a head holds before it ships them
   /// (`decodeShipRows`, fp16), over what finer codes add per head.
   func finerCodeHeads(_ heads: Int, prefillTokens n: Int) -> Int {
-    guard let budget = finerCodeBudget, settings.keyCodec == .pq, settings.groupSize % 2 == 0
-    else { return 0 }
-    let coarse = settings.keyIndex.share(headDim: geometry.headDim, tokens: n)
-    var fine = settings.keyIndex
-    fine.groupSize /= 2
-    let extra = fine.share(headDim: geometry.headDim, tokens: n) - coarse
-    guard extra > 0 else { return 0 }
-    let tail = Double(decodeShipRows) / Double(max(1, n))
-    return min(
-      heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
+    guard let budget = finerCodeBudget else { return 0 }
+    return settings.keyIndex.finerCodeHeads(
+      heads, budget: budget, headDim: geometry.headDim, prefillTokens: n,
+      heldRows: decodeShipRows)
   }
 
   /// hcattention: the budget's share of fp16 K/V; what the codes leave of it buys codes twice

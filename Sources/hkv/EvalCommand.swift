@@ -3,6 +3,7 @@ import Foundation
 import HeteroKVCore
 import HeteroKVEval
 import HeteroKVSettings
+import HeteroKVWorker
 
 /// `hkv eval`: every policy against full attention on the same data.
 struct EvalCommand: ParsableCommand {
@@ -100,6 +101,8 @@ struct EvalCommand: ParsableCommand {
         options.keyIndex = worker.keyIndex
         options.heteroCacheRecall = cache.recall
         options.estimatesUnkept = worker.unkeptEstimate
+        options.finerCodes = worker.finerCodes
+        options.heldDecodeRows = WorkerOptions.defaultDecodeShipRows
       case "budget": options.keyIndex = nil
       default: throw ValidationError("--codes must be worker or budget, not '\(codes)'")
       }

@@ -63,6 +63,48 @@ public struct KeyIndexRecipe: Sendable, Hashable {
     return min(1, (Double(n) * perToken + fixed + exact) / (Double(n) * Double(4 * d)))
   }
 
+  /// This recipe with codes twice as fine (half the dims per pq code): what a head the
+  /// budget buys finer codes for is coded with.
+  public var finer: KeyIndexRecipe {
+    var r = self
+    r.groupSize = max(1, groupSize / 2)
+    return r
+  }
+
+  /// How many of `heads` coded heads a `budget` (share of fp16 K/V) buys finer codes for
+  /// after an `n`-token prefill: what it leaves over this recipe's share and `heldRows` fp16
+  /// rows a head holds before shipping them, over what finer codes add per head. 0 for
+  /// scalar codes or an odd group size.
+  public func finerCodeHeads(
+    _ heads: Int, budget: Double, headDim d: Int, prefillTokens n: Int, heldRows: Int
+  ) -> Int {
+    guard codec == .pq, groupSize % 2 == 0 else { return 0 }
+    let coarse = share(headDim: d, tokens: n)
+    let extra = finer.share(headDim: d, tokens: n) - coarse
+    guard extra > 0 else { return 0 }
+    let tail = Double(heldRows) / Double(max(1, n))
+    return min(heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
+  }
+
+  /// Relative squared error of `index`'s pq codes over a sample of `keys` (the ones it
+  /// coded, from the first): how badly the codes reconstruct this head's keys, which ranks
+  /// heads for finer codes; 0 for other codecs.
+  public static func reconstructionError(of index: ApproximateKeyIndex, keys: HalfMatrix) -> Double {
+    guard let store = index.codes as? ProductQuantizedKeyStore, keys.rows > 0 else { return 0 }
+    var error = 0.0
+    var norm = 0.0
+    let step = max(1, keys.rows / 256)
+    for j in stride(from: 0, to: min(keys.rows, store.count), by: step) {
+      let k = keys.row(j)
+      let r = store.decodedKey(at: j)
+      for i in 0..<k.count {
+        error += Double((k[i] - r[i]) * (k[i] - r[i]))
+        norm += Double(k[i] * k[i])
+      }
+    }
+    return norm > 0 ? error / norm : 0
+  }
+
   /// An empty index of this recipe for one head, its codebook (pq) trained on `keys` (at most
   /// `trainingKeys` of them, spread evenly); query-aware when the recipe says so and `queries`
   /// (the group's last prefill queries, `[rows][d]`) are given.

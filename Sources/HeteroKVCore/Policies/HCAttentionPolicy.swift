@@ -20,6 +20,9 @@ public struct HCAttentionPolicy: AttentionPolicy {
   /// Exact mode: the tokens a step does not keep enter the output as their approximate mass
   /// times the head's mean value (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// With `recipe`: per budget, the heads (`layer · kvHeads + kvHead`) coded with the recipe's
+  /// finer codes, as the worker's `finer_codes` picks them.
+  public var finerHeads: [Double: Set<Int>] = [:]
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
@@ -99,9 +102,11 @@ public struct HCAttentionPolicy: AttentionPolicy {
   {
     let step = try HCAttentionStep(tau: tau, mode: mode)
     if let recipe {
+      let finer = finerHeads[budget] ?? []
       let heads = try parallelMap(layer.heads.count) { h in
         let head = layer.heads[h]
-        var index = try recipe.index(
+        let fine = finer.contains(layer.layer * geometry.kvHeads + h)
+        var index = try (fine ? recipe.finer : recipe).index(
           training: head.keys, queries: head.observationQueries, geometry: geometry.name,
           layer: layer.layer, kvHead: h)
         try index.append(head.keys)

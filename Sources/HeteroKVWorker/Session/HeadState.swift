@@ -93,19 +93,7 @@ final class IndexBox: @unchecked Sendable {
   /// Relative squared error of the index's pq codes over a sample of `keys` (the ones coded):
   /// how badly the codes reconstruct this head's keys; 0 for other codecs.
   func reconstructionError(_ keys: HalfMatrix) -> Double {
-    guard let store = index?.codes as? ProductQuantizedKeyStore, keys.rows > 0 else { return 0 }
-    var error = 0.0
-    var norm = 0.0
-    let step = max(1, keys.rows / 256)
-    for j in stride(from: 0, to: keys.rows, by: step) {
-      let k = keys.row(j)
-      let r = store.decodedKey(at: j)
-      for i in 0..<k.count {
-        error += Double((k[i] - r[i]) * (k[i] - r[i]))
-        norm += Double(k[i] * k[i])
-      }
-    }
-    return norm > 0 ? error / norm : 0
+    index.map { KeyIndexRecipe.reconstructionError(of: $0, keys: keys) } ?? 0
   }
 
   /// Trains the index on the held keys (if any) and codes them.

@@ -117,7 +117,8 @@ extension ClusterConfiguration {
   static func readWorker(_ r: YAMLReader, model: ModelGeometry?) -> WorkerSettings? {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
-      "cap_selection", "output_mode", "ack_replicas", "finer_codes", "query_aware_codes", "unkept_estimate",
+      "cap_selection", "output_mode", "ack_replicas", "finer_codes", "query_aware_codes",
+      "unkept_estimate",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count

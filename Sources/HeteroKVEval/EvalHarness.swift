@@ -230,7 +230,9 @@ public enum EvalHarness {
     }
     let ranked = errors.indices.sorted { errors[$0] > errors[$1] }
     var picks: [Double: Set<Int>] = [:]
-    for (budget, count) in zip(options.budgets, counts) { picks[budget] = Set(ranked.prefix(count)) }
+    for (budget, count) in zip(options.budgets, counts) {
+      picks[budget] = Set(ranked.prefix(count))
+    }
     return picks
   }
 

@@ -43,7 +43,8 @@ struct UnkeptEstimateTests {
     estimate.add(s.values.gather(Array(1000..<s.n)))
     #expect(estimate.count == s.n)
     let tail = estimate.partial(scores: scores, selections: picked, attended: picked.map(\.indices))
-    let full = try FullAttention.attend(queries: s.queries, heads: 2, keys: s.keys, values: s.values)
+    let full = try FullAttention.attend(
+      queries: s.queries, heads: 2, keys: s.keys, values: s.values)
     for h in 0..<2 {
       // Σ exp(score) over the unkept tokens, against the whole context's.
       let whole = tail.maxScores[h] - picked[h].logNormalizer
@@ -140,6 +141,9 @@ struct QueryAwareCodeTests {
     // The map is charged: d² fp16 eigenvectors and d fp32 roots on top of the codebook.
     let plainShare = KeyIndexRecipe(codec: .pq, bits: 8, groupSize: 4, sinks: 0, window: 0)
       .share(headDim: d, tokens: n)
-    #expect(abs(recipe.share(headDim: d, tokens: n) - plainShare - Double(d * d * 2 + d * 4) / Double(n * 4 * d)) < 1e-9)
+    #expect(
+      abs(
+        recipe.share(headDim: d, tokens: n) - plainShare - Double(d * d * 2 + d * 4)
+          / Double(n * 4 * d)) < 1e-9)
   }
 }

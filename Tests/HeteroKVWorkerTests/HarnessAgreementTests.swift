@@ -106,7 +106,8 @@ struct HarnessAgreementTests {
     let on = try await run(estimate: true)
     #expect(on.worker < 0.8 * off.worker, "worker: \(on.worker) with, \(off.worker) without")
     #expect(on.harness < 0.8 * off.harness, "harness: \(on.harness) with, \(off.harness) without")
-    #expect(abs(on.worker - on.harness) < 0.25 * off.worker, "worker \(on.worker), harness \(on.harness)")
+    #expect(
+      abs(on.worker - on.harness) < 0.25 * off.worker, "worker \(on.worker), harness \(on.harness)")
   }
 
   @Test(

@@ -83,13 +83,15 @@ public struct KeyIndexRecipe: Sendable, Hashable {
     let extra = finer.share(headDim: d, tokens: n) - coarse
     guard extra > 0 else { return 0 }
     let tail = Double(heldRows) / Double(max(1, n))
-    return min(heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
+    return min(
+      heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
   }
 
   /// Relative squared error of `index`'s pq codes over a sample of `keys` (the ones it
   /// coded, from the first): how badly the codes reconstruct this head's keys, which ranks
   /// heads for finer codes; 0 for other codecs.
-  public static func reconstructionError(of index: ApproximateKeyIndex, keys: HalfMatrix) -> Double {
+  public static func reconstructionError(of index: ApproximateKeyIndex, keys: HalfMatrix) -> Double
+  {
     guard let store = index.codes as? ProductQuantizedKeyStore, keys.rows > 0 else { return 0 }
     var error = 0.0
     var norm = 0.0
@@ -135,7 +137,8 @@ public struct KeyIndexRecipe: Sendable, Hashable {
       let version = CodebookVersion(
         geometry: geometry, layer: layer, kvHead: kvHead, headDim: d, subvectors: g,
         centroids: c, calibration: .ownPrefill)
-      let transform = queryAware ? queries.flatMap { QueryMomentTransform(queries: $0, dim: d) } : nil
+      let transform =
+        queryAware ? queries.flatMap { QueryMomentTransform(queries: $0, dim: d) } : nil
       codes = ProductQuantizedKeyStore(
         codebook: try ProductCodebook.train(
           keys: sample, configuration: configuration, version: version, transform: transform))

@@ -82,7 +82,9 @@ public struct ProductCodebook: Sendable {
   public let transform: QueryMomentTransform?
 
   /// A codebook from stored centroids (`[g][c][d/g]`, fp16), e.g. loaded from elsewhere.
-  public init(version: CodebookVersion, centroids: [Float16], transform: QueryMomentTransform? = nil)
+  public init(
+    version: CodebookVersion, centroids: [Float16], transform: QueryMomentTransform? = nil
+  )
     throws
   {
     guard version.subvectors > 0, version.headDim % version.subvectors == 0,

@@ -96,8 +96,9 @@ public struct QueryMomentTransform: Sendable, Hashable {
   /// Eigenvalues and eigenvectors (columns of a row-major `[dim][dim]`) of a symmetric matrix,
   /// by cyclic Jacobi rotations: exact to rounding for the 64-128 dims of a head, in well
   /// under a millisecond a sweep.
-  static func symmetricEigen(_ matrix: [Double], dim n: Int) -> (values: [Double], vectors: [Double])
-  {
+  static func symmetricEigen(_ matrix: [Double], dim n: Int) -> (
+    values: [Double], vectors: [Double]
+  ) {
     var a = matrix
     var v = [Double](repeating: 0, count: n * n)
     for i in 0..<n { v[i * n + i] = 1 }
@@ -106,9 +107,10 @@ public struct QueryMomentTransform: Sendable, Hashable {
     a.withUnsafeMutableBufferPointer { a in
       v.withUnsafeMutableBufferPointer { v in
         // Rotates columns (or rows, with stride n) p and q of `m` by (c, s).
-        func rotate(_ m: UnsafeMutableBufferPointer<Double>, _ p: Int, _ q: Int, stride: Int,
-          step: Int, _ c: Double, _ s: Double)
-        {
+        func rotate(
+          _ m: UnsafeMutableBufferPointer<Double>, _ p: Int, _ q: Int, stride: Int,
+          step: Int, _ c: Double, _ s: Double
+        ) {
           for k in 0..<n {
             let x = m[k * step + p * stride]
             let y = m[k * step + q * stride]

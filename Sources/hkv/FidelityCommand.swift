@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import HeteroKVConfig
-import HeteroKVEval
 import HeteroKVLocalCluster
 import HeteroKVModel
 import Logging
@@ -92,9 +91,10 @@ struct FidelityCommand: AsyncParsableCommand {
     progress.finish()
     if let writeTrace {
       progress.show("recording the trace of the same \(context) + \(steps) tokens")
-      try await Self.record(
-        llama, prompt: Array(ids[..<context]), forced: Array(ids[context..<(context + steps)]),
-        to: writeTrace)
+      // The full cache over the same prompt and forced tokens: the data every policy decoded.
+      try await TraceCommand.record(
+        llama, prompt: Array(ids[..<context]), steps: steps,
+        forced: Array(ids[context..<(context + steps)]), to: writeTrace)
       progress.finish()
     }
     let report = Report(
@@ -144,24 +144,6 @@ struct FidelityCommand: AsyncParsableCommand {
           [run.policy] + keys.map { String(format: "%.3f", run.perLayerMs![$0] ?? 0) }
         }
       ).render(), terminator: "")
-  }
-
-  /// Runs the full cache over `prompt` and then `forced` one token at a time, recording its
-  /// attention, and writes it as a trace (fp16): the data every policy above decoded.
-  static func record(_ llama: LlamaModel, prompt: [Int], forced: [Int], to directory: String)
-    async throws
-  {
-    var cache = RecordingKVCache(configuration: llama.configuration)
-    _ = try await llama.forward(prompt, start: 0, cache: &cache)
-    for (i, token) in forced.enumerated() {
-      _ = try await llama.forward([token], start: prompt.count + i, cache: &cache)
-    }
-    let workload = try cache.workload(name: "SmolLM2-135M-Instruct")
-    try TraceWorkload.write(workload, to: URL(fileURLWithPath: directory), dtype: .float16)
-    FileHandle.standardError.write(
-      Data(
-        "wrote \(directory): \(llama.configuration.layers) layers, \(prompt.count) prefill tokens, \(forced.count) decode steps\n"
-          .utf8))
   }
 
   /// The breakdown per layer call in milliseconds; nil for a cache without one.

@@ -33,17 +33,25 @@ struct TraceCommand: AsyncParsableCommand {
     let (llama, tokenizer) = try ModelLocation.load(model)
     let ids = tokenizer.encode(text)
     guard ids.count >= 2 else { throw ValidationError("the prompt needs at least 2 tokens") }
+    try await Self.record(llama, prompt: ids, steps: steps, forced: nil, to: out)
+  }
+
+  /// Runs the full cache over `prompt`, then `steps` tokens one at a time (`forced`, or the
+  /// greedy choice when nil), recording its attention, and writes it as a trace (fp16).
+  static func record(
+    _ llama: LlamaModel, prompt: [Int], steps: Int, forced: [Int]?, to directory: String
+  ) async throws {
     var cache = RecordingKVCache(configuration: llama.configuration)
-    var logits = try await llama.forward(ids, start: 0, cache: &cache)
+    var logits = try await llama.forward(prompt, start: 0, cache: &cache)
     for step in 0..<steps {
-      let next = NextTokenDistance.argmax(logits)
-      logits = try await llama.forward([next], start: ids.count + step, cache: &cache)
+      let next = forced?[step] ?? NextTokenDistance.argmax(logits)
+      logits = try await llama.forward([next], start: prompt.count + step, cache: &cache)
     }
     let workload = try cache.workload(name: "SmolLM2-135M-Instruct")
-    try TraceWorkload.write(workload, to: URL(fileURLWithPath: out), dtype: .float16)
+    try TraceWorkload.write(workload, to: URL(fileURLWithPath: directory), dtype: .float16)
     FileHandle.standardError.write(
       Data(
-        "wrote \(out): \(llama.configuration.layers) layers, \(ids.count) prefill tokens, \(steps) decode steps\n"
+        "wrote \(directory): \(llama.configuration.layers) layers, \(prompt.count) prefill tokens, \(steps) decode steps\n"
           .utf8))
   }
 }

@@ -24,6 +24,17 @@ struct HarnessAgreementTests {
     }
   }
 
+  /// An hcattention cluster on the recommended settings at `budget`, exact output, finer
+  /// codes as asked.
+  func hcattention(budget: Double, finer: Bool) -> LocalCluster.Options {
+    var options = fullBudgetOptions(policy: .hcattention)
+    options.budgets.memoryFraction = budget
+    options.worker = RecommendedSettings.worker
+    options.worker.finerCodes = finer
+    options.outputMode = .exact
+    return options
+  }
+
   @Test(
     "on the same trace, the harness's HCAttention on the worker's key index holds the worker's share of fp16 K/V and errs like it, with finer codes or without",
     arguments: [false, true])
@@ -31,11 +42,7 @@ struct HarnessAgreementTests {
     let replay = try tinyWorkload(tokens: 2048, steps: 4)
     // At 2K tokens 12.5% leaves too little over the codes to buy finer ones: 20% does.
     let budget = finer ? 0.2 : 0.125
-    var options = fullBudgetOptions(policy: .hcattention)
-    options.budgets.memoryFraction = budget
-    options.worker = RecommendedSettings.worker
-    options.worker.finerCodes = finer
-    options.outputMode = .exact
+    let options = hcattention(budget: budget, finer: finer)
     let worker = try await decode(replay, on: options)
     var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [budget])
     eval.keyIndex = options.worker.keyIndex
@@ -87,13 +94,9 @@ struct HarnessAgreementTests {
   func unkeptEstimateOnBoth() async throws {
     let replay = try tinyWorkload(tokens: 2048, steps: 4)
     func run(estimate: Bool) async throws -> (worker: Double, harness: Double) {
-      var options = fullBudgetOptions(policy: .hcattention)
-      options.budgets.memoryFraction = 0.125
-      options.worker = RecommendedSettings.worker
-      options.worker.finerCodes = false
+      var options = hcattention(budget: 0.125, finer: false)
       options.worker.tau = 0.8  // a tail worth estimating
       options.worker.unkeptEstimate = estimate
-      options.outputMode = .exact
       let worker = try await decode(replay, on: options)
       var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
       eval.keyIndex = options.worker.keyIndex
@@ -116,12 +119,7 @@ struct HarnessAgreementTests {
   func finerCodesFillTheBudget() async throws {
     let replay = try tinyWorkload(tokens: 2048, steps: 4)
     func run(finer: Bool) async throws -> (share: Double, error: Double) {
-      var options = fullBudgetOptions(policy: .hcattention)
-      options.budgets.memoryFraction = 0.2
-      options.worker = RecommendedSettings.worker
-      options.worker.finerCodes = finer
-      options.outputMode = .exact
-      return try await decode(replay, on: options)
+      try await decode(replay, on: hcattention(budget: 0.2, finer: finer))
     }
     let coarse = try await run(finer: false)
     let fine = try await run(finer: true)

@@ -1,3 +1,4 @@
+import CHeteroKVKernels
 import Foundation
 
 /// What the tokens an HCAttention step did not keep contribute, estimated instead of dropped:
@@ -52,13 +53,23 @@ public struct UnkeptTokenEstimate: Sendable, Hashable {
     }
     let n = scores.count / heads
     let mean = valueSum.map { $0 / Float(count) }
+    // The attended scores gathered, then one vectorized exp-sum (the kernel the selection uses).
+    var gathered = [Float](repeating: 0, count: attended.map(\.count).max() ?? 0)
     scores.withUnsafeBufferPointer { s in
       for h in 0..<heads {
         let lse = selections[h].logNormalizer
-        var mass: Float = 0
+        var k = 0
         attended[h].withUnsafeBufferPointer { kept in
-          for i in kept where Int(i) < n { mass += Foundation.exp(s[h * n + Int(i)] - lse) }
+          gathered.withUnsafeMutableBufferPointer { g in
+            for i in kept where Int(i) >= 0 && Int(i) < n {
+              g[k] = s[h * n + Int(i)]
+              k += 1
+            }
+          }
         }
+        var top: Float = 0
+        let sum = k > 0 ? hkv_softmax_exp(&gathered, k, &top) : 0
+        let mass = k > 0 ? sum * Foundation.exp(top - lse) : 0
         let unkept = 1 - mass
         // Rounding leaves a few ulps where everything was attended: no tail then.
         guard unkept > 1e-6, attended[h].count < n else { continue }

@@ -110,6 +110,16 @@ public enum EvalHarness {
           hc.finerHeads = finerHeads
           policy = hc
         }
+        // With the worker's index, codes are sized to each budget as the worker sizes them.
+        if options.keyIndex != nil {
+          if var hc = policy as? HCAttentionPolicy {
+            hc.fitHeldRows = options.heldDecodeRows
+            policy = hc
+          } else if var hc = policy as? HeteroCachePolicy {
+            hc.fitHeldRows = options.heldDecodeRows
+            policy = hc
+          }
+        }
         let budgets = name == "full" ? [1.0] : options.budgets
         for b in budgets {
           runs.append(
@@ -209,29 +219,36 @@ public enum EvalHarness {
       options.policies.contains(where: { $0.hasPrefix("hcattention") })
     else { return [:] }
     let heads = g.layers * g.kvHeads
-    let counts = options.budgets.map {
+    let n = workload.contextLength
+    // Each budget's codes as the worker sizes them, and how many heads it buys finer ones for.
+    let sized = options.budgets.map {
+      recipe.fitting(budget: $0, headDim: g.headDim, tokens: n, heldRows: options.heldDecodeRows)
+    }
+    let counts = zip(options.budgets, sized).map { budget, recipe in
       recipe.finerCodeHeads(
-        heads, budget: $0, headDim: g.headDim, prefillTokens: workload.contextLength,
+        heads, budget: budget, headDim: g.headDim, prefillTokens: n,
         heldRows: options.heldDecodeRows)
     }
-    guard counts.contains(where: { $0 > 0 }) else { return [:] }
-    var errors: [Double] = []
-    for l in 0..<g.layers {
-      progress("layer \(l + 1)/\(g.layers): ranking heads for finer codes")
-      let trace = try workload.layer(l)
-      errors += try parallelMap(g.kvHeads) { h in
-        let head = trace.heads[h]
-        var index = try recipe.index(
-          training: head.keys, queries: head.observationQueries, geometry: g.name, layer: l,
-          kvHead: h)
-        try index.append(head.keys)
-        return KeyIndexRecipe.reconstructionError(of: index, keys: head.keys)
-      }
-    }
-    let ranked = errors.indices.sorted { errors[$0] > errors[$1] }
     var picks: [Double: Set<Int>] = [:]
-    for (budget, count) in zip(options.budgets, counts) {
-      picks[budget] = Set(ranked.prefix(count))
+    var rankings: [KeyIndexRecipe: [Int]] = [:]
+    for (i, budget) in options.budgets.enumerated() where counts[i] > 0 {
+      if rankings[sized[i]] == nil {
+        var errors: [Double] = []
+        for l in 0..<g.layers {
+          progress("layer \(l + 1)/\(g.layers): ranking heads for finer codes")
+          let trace = try workload.layer(l)
+          errors += try parallelMap(g.kvHeads) { h in
+            let head = trace.heads[h]
+            var index = try sized[i].index(
+              training: head.keys, queries: head.observationQueries, geometry: g.name,
+              layer: l, kvHead: h)
+            try index.append(head.keys)
+            return KeyIndexRecipe.reconstructionError(of: index, keys: head.keys)
+          }
+        }
+        rankings[sized[i]] = errors.indices.sorted { errors[$0] > errors[$1] }
+      }
+      picks[budget] = Set(rankings[sized[i]]!.prefix(counts[i]))
     }
     return picks
   }

@@ -208,10 +208,17 @@ extension WorkerSettings {
   /// What one head's key index costs the worker at `tokens` tokens, as a share of the head's
   /// fp16 K+V (`KeyIndexRecipe.share`): the `budgets.full_head_cost` that charges a coded head
   /// what it really holds.
-  public func keyCodeShare(headDim d: Int, tokens n: Int) -> Double {
+  /// With `budget` (and the `heldRows` fp16 rows a head holds), the index sized to it, as the
+  /// worker sizes its codes (`KeyIndexRecipe.fitting`).
+  public func keyCodeShare(
+    headDim d: Int, tokens n: Int, fitting budget: Double? = nil, heldRows: Int = 0
+  ) -> Double {
     // The value sum of the unkept estimate: d floats and a count.
     let estimate = unkeptEstimate && outputMode == .exact ? Double(d * 4 + 8) : 0
-    return min(1, keyIndex.share(headDim: d, tokens: n) + estimate / Double(max(1, n) * 4 * d))
+    let recipe =
+      budget.map { keyIndex.fitting(budget: $0, headDim: d, tokens: n, heldRows: heldRows) }
+      ?? keyIndex
+    return min(1, recipe.share(headDim: d, tokens: n) + estimate / Double(max(1, n) * 4 * d))
   }
 }
 
@@ -290,8 +297,9 @@ extension BudgetSettings {
     var b = self
     b.fullHeadCost = min(
       1,
-      worker.keyCodeShare(headDim: headDim, tokens: tokens)
-        + Double(heldRows) / Double(max(1, tokens)))
+      worker.keyCodeShare(
+        headDim: headDim, tokens: tokens, fitting: recall ? memoryFraction : nil,
+        heldRows: heldRows) + Double(heldRows) / Double(max(1, tokens)))
     b.recall = recall && b.fullHeadCost < memoryFraction
     return b
   }

@@ -77,25 +77,38 @@ public struct WorkerOptions: Sendable {
       heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
     acknowledgement = cluster.worker.ackReplicas
     recall = cluster.budgets.recall
-    if cluster.budgets.policy == .hcattention && cluster.worker.finerCodes {
-      finerCodeBudget = cluster.budgets.memoryFraction
+    if cluster.budgets.policy == .hcattention || (cluster.budgets.policy == .heterocache && recall)
+    {
+      codeBudget = cluster.budgets.memoryFraction
     }
   }
 
   /// How many of `heads` coded heads get finer codes after an `n`-token prefill: the budget
   /// left over the coarse index's share and the decode rows a head holds before it ships them
-  /// (`decodeShipRows`, fp16), over what finer codes add per head.
+  /// (`decodeShipRows`, fp16), over what finer codes add per head (hcattention with
+  /// `finer_codes` only).
   func finerCodeHeads(_ heads: Int, prefillTokens n: Int) -> Int {
-    guard let budget = finerCodeBudget else { return 0 }
-    return settings.keyIndex.finerCodeHeads(
+    guard let budget = codeBudget, settings.finerCodes, policy == .hcattention else { return 0 }
+    return keyIndexRecipe(tokens: n).finerCodeHeads(
       heads, budget: budget, headDim: geometry.headDim, prefillTokens: n,
       heldRows: decodeShipRows)
   }
 
-  /// hcattention: the budget's share of fp16 K/V; what the codes leave of it buys codes twice
-  /// as fine (half the dims per code) for the heads whose keys the coarse codes reconstruct
-  /// worst, chosen when the codebooks are trained at the end of a prefill. nil: none.
-  public var finerCodeBudget: Double?
+  /// The share of fp16 K/V the key codes are sized to (hcattention, and heterocache with
+  /// recall: the memory fraction): the recipe's pq codes are coarsened until they fit it
+  /// (`KeyIndexRecipe.fitting`), and with `finer_codes` what they leave buys finer codes for
+  /// the heads they reconstruct worst. nil: the recipe as configured.
+  public var codeBudget: Double?
+
+  /// The key-index recipe heads of an `n`-token prefill are coded with: the configured one,
+  /// sized to `codeBudget` when there is one.
+  func keyIndexRecipe(tokens n: Int) -> KeyIndexRecipe {
+    var recipe = settings.keyIndex
+    recipe.trainingKeys = codebookTrainingKeys
+    guard let codeBudget else { return recipe }
+    return recipe.fitting(
+      budget: codeBudget, headDim: geometry.headDim, tokens: n, heldRows: decodeShipRows)
+  }
 
   /// Whether heads keep the value sum that estimates the tokens a step leaves out: exact
   /// output with `unkept_estimate`.
@@ -136,11 +149,11 @@ public struct WorkerOptions: Sendable {
   }
 
   /// An empty key index of the configured recipe for one head, trained (pq) on `keys`.
-  func keyIndex(training keys: HalfMatrix, queries: [Float]?, layer: Int, kvHead: Int) throws
-    -> ApproximateKeyIndex
-  {
-    var recipe = settings.keyIndex
-    recipe.trainingKeys = codebookTrainingKeys
+  func keyIndex(
+    training keys: HalfMatrix, queries: [Float]?, layer: Int, kvHead: Int,
+    recipe chosen: KeyIndexRecipe? = nil
+  ) throws -> ApproximateKeyIndex {
+    let recipe = chosen ?? keyIndexRecipe(tokens: keys.rows)
     return try recipe.index(
       training: keys, queries: queries, geometry: geometry.name, layer: layer, kvHead: kvHead)
   }

@@ -71,6 +71,24 @@ public struct KeyIndexRecipe: Sendable, Hashable {
     return r
   }
 
+  /// This recipe sized to `budget` (a share of fp16 K/V) at `n` tokens: pq codes coarsened,
+  /// the group size doubled while it divides the head, until the share and `heldRows` fp16
+  /// rows a head holds fit. Itself when it fits, or for scalar codes. Codes sized this way are
+  /// the paper's rule; what they leave of the budget buys finer codes or cache rows.
+  public func fitting(budget: Double, headDim d: Int, tokens n: Int, heldRows: Int)
+    -> KeyIndexRecipe
+  {
+    guard codec == .pq else { return self }
+    let held = Double(heldRows) / Double(max(1, n))
+    var r = self
+    while r.share(headDim: d, tokens: n) + held > budget, r.groupSize * 2 <= d,
+      d % (r.groupSize * 2) == 0
+    {
+      r.groupSize *= 2
+    }
+    return r
+  }
+
   /// How many of `heads` coded heads a `budget` (share of fp16 K/V) buys finer codes for
   /// after an `n`-token prefill: what it leaves over this recipe's share and `heldRows` fp16
   /// rows a head holds before shipping them, over what finer codes add per head. 0 for

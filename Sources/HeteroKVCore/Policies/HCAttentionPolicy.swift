@@ -23,6 +23,9 @@ public struct HCAttentionPolicy: AttentionPolicy {
   /// With `recipe`: per budget, the heads (`layer · kvHeads + kvHead`) coded with the recipe's
   /// finer codes, as the worker's `finer_codes` picks them.
   public var finerHeads: [Double: Set<Int>] = [:]
+  /// With `recipe`: its codes sized to each budget (`KeyIndexRecipe.fitting`), charging this
+  /// many fp16 rows a head holds, as the worker sizes them; nil: the recipe as given.
+  public var fitHeldRows: Int?
 
   public init(
     mode: HCAttentionOutputMode = .renormalized, tau: Float = 0.9, centroids: Int = 4096,
@@ -103,10 +106,16 @@ public struct HCAttentionPolicy: AttentionPolicy {
     let step = try HCAttentionStep(tau: tau, mode: mode)
     if let recipe {
       let finer = finerHeads[budget] ?? []
+      let sized =
+        fitHeldRows.map {
+          recipe.fitting(
+            budget: budget, headDim: geometry.headDim, tokens: layer.heads[0].keys.rows,
+            heldRows: $0)
+        } ?? recipe
       let heads = try parallelMap(layer.heads.count) { h in
         let head = layer.heads[h]
         let fine = finer.contains(layer.layer * geometry.kvHeads + h)
-        var index = try (fine ? recipe.finer : recipe).index(
+        var index = try (fine ? sized.finer : sized).index(
           training: head.keys, queries: head.observationQueries, geometry: geometry.name,
           layer: layer.layer, kvHead: h)
         try index.append(head.keys)

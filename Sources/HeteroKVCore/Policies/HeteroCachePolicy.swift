@@ -23,6 +23,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
   /// Exact output: heads with codes estimate the tokens a step leaves out
   /// (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// With `recipe` and `recall`: its codes sized to each budget (`KeyIndexRecipe.fitting`),
+  /// charging this many fp16 rows a head holds, as the worker sizes them; nil: as given.
+  public var fitHeldRows: Int?
 
   public init(
     profiles: [HeadProfile], configuration: HeteroCacheConfiguration, tau: Float = 0.9,
@@ -202,6 +205,10 @@ public struct HeteroCachePolicy: AttentionPolicy {
     let fullCount = profiles.filter { $0.role.keepsFullContext }.count
     let scalar: ScalarQuantizerConfiguration?
     let cost: Double
+    let recipe = self.recipe.map { r in
+      guard recall, let held = fitHeldRows else { return r }
+      return r.fitting(budget: budget, headDim: geometry.headDim, tokens: n, heldRows: held)
+    }
     if let recipe {
       scalar = nil
       cost = recipe.share(headDim: geometry.headDim, tokens: n)

@@ -105,10 +105,11 @@ final class IndexBox: @unchecked Sendable {
   /// Trains the index on `keys` (query-aware with the group's last prefill `queries`, when
   /// the settings ask for it and they are known) and codes them.
   func trainIndex(
-    _ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, queries: [Float]?
+    _ keys: HalfMatrix, options: WorkerOptions, layer: Int, kvHead: Int, queries: [Float]?,
+    recipe: KeyIndexRecipe? = nil
   ) throws {
     var index = try options.keyIndex(
-      training: keys, queries: queries, layer: layer, kvHead: kvHead)
+      training: keys, queries: queries, layer: layer, kvHead: kvHead, recipe: recipe)
     try index.append(keys)
     self.index = index
     untrained = nil

@@ -136,17 +136,12 @@ extension SequenceSession {
       if finer > 0 {
         let chosen = errors.indices.filter { held[$0] != nil }.sorted { errors[$0] > errors[$1] }
           .prefix(finer)
-        let fine = {
-          var o = options
-          o.settings.groupSize /= 2
-          return o
-        }()
         let picks = Array(chosen)
         _ = try parallelMap(picks.count) { k in
           let i = picks[k]
           try boxes[i].trainIndex(
-            held[i]!, options: fine, layer: i / g.kvHeads, kvHead: i % g.kvHeads,
-            queries: queries[i])
+            held[i]!, options: options, layer: i / g.kvHeads, kvHead: i % g.kvHeads,
+            queries: queries[i], recipe: options.keyIndexRecipe(tokens: held[i]!.rows).finer)
         }
       }
     } catch {

@@ -112,7 +112,7 @@ public enum EvalHarness {
         }
         // With the worker's index, codes are sized to each budget as the worker sizes them.
         if options.keyIndex != nil {
-          if var hc = policy as? HCAttentionPolicy {
+          if var hc = policy as? HCAttentionPolicy, options.finerCodes {
             hc.fitHeldRows = options.heldDecodeRows
             policy = hc
           } else if var hc = policy as? HeteroCachePolicy {

@@ -77,9 +77,11 @@ public struct WorkerOptions: Sendable {
       heteroCache: cluster.budgets.heteroCache, outputMode: cluster.worker.outputMode)
     acknowledgement = cluster.worker.ackReplicas
     recall = cluster.budgets.recall
-    if cluster.budgets.policy == .hcattention || (cluster.budgets.policy == .heterocache && recall)
-    {
+    // hcattention with finer codes, and heterocache's recall, size the codes to the budget.
+    switch cluster.budgets.policy {
+    case .hcattention where cluster.worker.finerCodes, .heterocache where recall:
       codeBudget = cluster.budgets.memoryFraction
+    default: break
     }
   }
 
@@ -94,8 +96,8 @@ public struct WorkerOptions: Sendable {
       heldRows: decodeShipRows)
   }
 
-  /// The share of fp16 K/V the key codes are sized to (hcattention, and heterocache with
-  /// recall: the memory fraction): the recipe's pq codes are coarsened until they fit it
+  /// The share of fp16 K/V the key codes are sized to (the memory fraction, for hcattention
+  /// with `finer_codes` and for heterocache with recall): the recipe's pq codes are coarsened until they fit it
   /// (`KeyIndexRecipe.fitting`), and with `finer_codes` what they leave buys finer codes for
   /// the heads they reconstruct worst. nil: the recipe as configured.
   public var codeBudget: Double?

@@ -147,3 +147,32 @@ struct QueryAwareCodeTests {
           / Double(n * 4 * d)) < 1e-9)
   }
 }
+
+@Suite("Codes sized to the budget")
+struct CodeFittingTests {
+  @Test(
+    "pq codes are coarsened until they and the held rows fit the budget, and left alone where they fit"
+  )
+  func fitting() {
+    let recipe = KeyIndexRecipe(codec: .pq, bits: 8, groupSize: 4, sinks: 4, window: 64)
+    // 64 dims, 8,000 tokens: 4-dim codes cost 6.25% plus the codebook and exact keys.
+    let fits = recipe.fitting(budget: 0.125, headDim: 64, tokens: 8000, heldRows: 32)
+    #expect(fits == recipe)
+    let small = recipe.fitting(budget: 0.0625, headDim: 64, tokens: 8000, heldRows: 32)
+    #expect(small.groupSize == 8)
+    #expect(small.share(headDim: 64, tokens: 8000) + 32.0 / 8000 <= 0.0625)
+    #expect(recipe.share(headDim: 64, tokens: 8000) + 32.0 / 8000 > 0.0625)
+    // Nothing fits 1%: the coarsest codes the head allows, one group of all 64 dims.
+    #expect(recipe.fitting(budget: 0.01, headDim: 64, tokens: 8000, heldRows: 32).groupSize == 64)
+    let scalar = KeyIndexRecipe(codec: .scalar, bits: 4, groupSize: 4, sinks: 4, window: 64)
+    #expect(scalar.fitting(budget: 0.01, headDim: 64, tokens: 8000, heldRows: 32) == scalar)
+    // What a fitted recipe leaves buys finer codes, never past the budget.
+    let heads = small.finerCodeHeads(
+      90, budget: 0.0625, headDim: 64, prefillTokens: 8000, heldRows: 32)
+    let extra =
+      small.finer.share(headDim: 64, tokens: 8000) - small.share(headDim: 64, tokens: 8000)
+    #expect(heads > 0 && heads < 90)
+    let total = small.share(headDim: 64, tokens: 8000) + 32.0 / 8000 + extra * Double(heads) / 90
+    #expect(total <= 0.0625)
+  }
+}

@@ -184,6 +184,8 @@ struct WorkerSelectionTests {
       var options = fullBudgetOptions(policy: .hcattention)
       options.budgets.memoryFraction = 0.02
       options.worker.tau = 0.99
+      // The codes as configured, not sized to 2%: the cap is what this measures.
+      options.worker.finerCodes = false
       options.worker.capSelection = cap
       options.outputMode = .exact
       moved[cap] = try await withCluster(options) { cluster in

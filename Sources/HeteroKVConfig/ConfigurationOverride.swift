@@ -22,10 +22,11 @@ public struct ConfigurationOverride: Sendable, Hashable {
     "coordinator.heartbeat", "coordinator.snapshot_every",
     "worker.control", "worker.metrics", "worker.key_codec", "worker.key_bits",
     "worker.group_size", "worker.window", "worker.sinks", "worker.tau",
-    "worker.cap_selection", "worker.output_mode", "worker.ack_replicas",
+    "worker.cap_selection", "worker.output_mode", "worker.ack_replicas", "worker.finer_codes",
+    "worker.query_aware_codes", "worker.unkept_estimate",
     "budgets.policy", "budgets.memory_fraction", "budgets.min_tokens", "budgets.max_tokens",
     "budgets.full_head_cost", "budgets.stability_threshold", "budgets.similarity_threshold",
-    "budgets.profile_interval_steps",
+    "budgets.profile_interval_steps", "budgets.recall",
     "security.token_env", "security.token_file", "security.tls.cert", "security.tls.key",
     "security.tls.ca", "security.tls.require_client_cert", "security.tls.server_name",
   ]

@@ -294,13 +294,18 @@ extension BudgetSettings {
   public func chargingKeyCodes(
     of worker: WorkerSettings, headDim: Int, tokens: Int, heldRows: Int
   ) -> BudgetSettings {
+    func cost(fitting budget: Double?) -> Double {
+      min(
+        1,
+        worker.keyCodeShare(headDim: headDim, tokens: tokens, fitting: budget, heldRows: heldRows)
+          + Double(heldRows) / Double(max(1, tokens)))
+    }
     var b = self
-    b.fullHeadCost = min(
-      1,
-      worker.keyCodeShare(
-        headDim: headDim, tokens: tokens, fitting: recall ? memoryFraction : nil,
-        heldRows: heldRows) + Double(heldRows) / Double(max(1, tokens)))
-    b.recall = recall && b.fullHeadCost < memoryFraction
+    // Recall sizes the codes to the fraction (as the worker then does); where even those do
+    // not fit, static caches, and the codes as configured are what full heads are charged.
+    let fitted = cost(fitting: memoryFraction)
+    b.recall = recall && fitted < memoryFraction
+    b.fullHeadCost = b.recall ? fitted : cost(fitting: nil)
     return b
   }
 

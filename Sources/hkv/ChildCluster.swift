@@ -36,6 +36,9 @@ final class ChildCluster: @unchecked Sendable {
     var worker = WorkerSettings(
       control: try port(), keyCodec: keyCodec, keyBits: keyBits, tau: tau)
     worker.outputMode = outputMode
+    // Recall needs exact output: renormalized weights run static caches.
+    var budgets = BudgetSettings(policy: policy, memoryFraction: budget)
+    budgets.recall = budgets.recall && outputMode == .exact
     let planned = ClusterConfiguration(
       name: "demo", model: model,
       coordinator: CoordinatorSettings(
@@ -45,7 +48,7 @@ final class ChildCluster: @unchecked Sendable {
         MemoryNodeSettings(
           id: "mem-\(i)", data: try port(), control: try port(), capacityBytes: capacityBytes)
       },
-      worker: worker, budgets: BudgetSettings(policy: policy, memoryFraction: budget),
+      worker: worker, budgets: budgets,
       replication: replication)
     let file = directory.appendingPathComponent("cluster.yaml")
     let configuration: ClusterConfiguration

@@ -46,9 +46,10 @@ struct EvalCommand: ParsableCommand {
     "hcattention,hcattention-raw,hcattention-exact,heterocache,streamingllm,h2o,tova,snapkv,quest,kivi,full"
 
   /// The worker's knobs, as `hkv generate`, `hkv needle` and `hkv fidelity` take them: tau,
-  /// and with `--codes worker` the index (codec, bits, group size, sinks, window, query-aware
-  /// codes) and HeteroCache's recall. Output mode and finer codes are the worker's alone: the
-  /// harness runs hcattention and hcattention-exact side by side.
+  /// and with `--codes worker` the index (codec, bits, group size, sinks, window, finer and
+  /// query-aware codes), the unkept estimate and HeteroCache's recall. `--output-mode` and
+  /// `--cap-selection` do not apply: the harness runs hcattention (renormalized) and
+  /// hcattention-exact as separate policies, uncapped.
   @OptionGroup var cache: CacheSettingsOptions
 
   @Option(

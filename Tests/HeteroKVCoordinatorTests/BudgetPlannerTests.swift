@@ -100,3 +100,23 @@ struct RecallBudgetTests {
     }
   }
 }
+
+@Suite("In-process planning charges the codes the worker builds")
+struct ChargingKeyCodesTests {
+  @Test(
+    "recall sizes the codes to the fraction where the sized codes fit; below that, static caches charged the configured codes"
+  )
+  func chargesWhatTheWorkerHolds() {
+    let worker = WorkerSettings()
+    var budgets = BudgetSettings(policy: .heterocache, memoryFraction: 0.0625, minTokens: 16)
+    budgets.recall = true
+    let sized = budgets.chargingKeyCodes(of: worker, headDim: 64, tokens: 8000, heldRows: 32)
+    #expect(sized.recall && sized.fullHeadCost < 0.0625, "\(sized.fullHeadCost)")
+    let configured = worker.keyCodeShare(headDim: 64, tokens: 8000) + 32.0 / 8000
+    #expect(sized.fullHeadCost < configured)
+    budgets.memoryFraction = 0.01
+    let tiny = budgets.chargingKeyCodes(of: worker, headDim: 64, tokens: 8000, heldRows: 32)
+    #expect(!tiny.recall)
+    #expect(abs(tiny.fullHeadCost - configured) < 1e-12, "\(tiny.fullHeadCost) vs \(configured)")
+  }
+}

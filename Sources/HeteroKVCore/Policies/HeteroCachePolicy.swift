@@ -205,9 +205,11 @@ public struct HeteroCachePolicy: AttentionPolicy {
     let fullCount = profiles.filter { $0.role.keepsFullContext }.count
     let scalar: ScalarQuantizerConfiguration?
     let cost: Double
+    // As the worker: recall sizes the codes to the budget, where the sized codes fit it.
     let recipe = self.recipe.map { r in
       guard recall, let held = fitHeldRows else { return r }
-      return r.fitting(budget: budget, headDim: geometry.headDim, tokens: n, heldRows: held)
+      let sized = r.fitting(budget: budget, headDim: geometry.headDim, tokens: n, heldRows: held)
+      return sized.share(headDim: geometry.headDim, tokens: n) < budget ? sized : r
     }
     if let recipe {
       scalar = nil

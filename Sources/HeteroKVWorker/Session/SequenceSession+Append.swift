@@ -102,7 +102,8 @@ extension SequenceSession {
       layers[layer].heads[h] = HeadState(headDim: g.headDim)
       defer { layers[layer].heads[h] = head }
       let (k, v) = perHead[h]
-      if options.estimatesUnkept {
+      // Every head until the seal; then only those that score codes (a static cache has none).
+      if options.estimatesUnkept && (!sealed || head.cache == nil || head.index != nil) {
         if head.unkept == nil { head.unkept = UnkeptTokenEstimate(headDim: g.headDim) }
         head.unkept!.add(v)
       }

@@ -76,8 +76,8 @@ extension ClusterConfiguration {
     var budgets = budgetSection.map(readBudgets) ?? BudgetSettings()
     // Recall needs exact output: a file that asks for renormalized weights and says nothing of
     // recall gets static caches, not a refusal.
-    if budgetSection?.has("recall") != true, worker?.outputMode == .renormalized {
-      budgets?.recall = false
+    if budgetSection?.has("recall") != true, let mode = worker?.outputMode {
+      budgets = budgets?.recallingOnly(with: mode)
     }
     let replication = reader.int("replication", range: 1...8) ?? 1
     if entries.count > 0, replication > entries.count {

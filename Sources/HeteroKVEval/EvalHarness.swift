@@ -103,23 +103,9 @@ public enum EvalHarness {
         name.hasPrefix("hcattention") && options.centroids.count > 1
         ? options.centroids.map { ("\(name) c=\($0)", $0) } : [(name, options.centroids[0])]
       for (label, centroids) in variants {
-        var policy = try makePolicy(
+        let policy = try makePolicy(
           name, options: options, centroids: centroids, profiles: profiles, codebooks: codebooks,
-          calibration: calibration)
-        if var hc = policy as? HCAttentionPolicy {
-          hc.finerHeads = finerHeads
-          policy = hc
-        }
-        // With the worker's index, codes are sized to each budget as the worker sizes them.
-        if options.keyIndex != nil {
-          if var hc = policy as? HCAttentionPolicy, options.finerCodes {
-            hc.fitHeldRows = options.heldDecodeRows
-            policy = hc
-          } else if var hc = policy as? HeteroCachePolicy {
-            hc.fitHeldRows = options.heldDecodeRows
-            policy = hc
-          }
-        }
+          calibration: calibration, finerHeads: finerHeads)
         let budgets = name == "full" ? [1.0] : options.budgets
         for b in budgets {
           runs.append(
@@ -270,8 +256,11 @@ public enum EvalHarness {
 
   static func makePolicy(
     _ name: String, options: EvalOptions, centroids: Int, profiles: [HeadProfile],
-    codebooks: ProductCodebookCache, calibration: CalibrationKeys?
+    codebooks: ProductCodebookCache, calibration: CalibrationKeys?,
+    finerHeads: [Double: Set<Int>] = [:]
   ) throws -> any AttentionPolicy {
+    // With the worker's index, codes are sized to each budget as the worker sizes them.
+    let held = options.keyIndex == nil ? nil : options.heldDecodeRows
     switch name {
     case "hcattention", "hcattention-raw", "hcattention-exact":
       let mode: HCAttentionOutputMode =
@@ -281,6 +270,8 @@ public enum EvalHarness {
         iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration,
         recipe: options.keyIndex)
       policy.estimatesUnkept = options.estimatesUnkept
+      policy.finerHeads = finerHeads
+      policy.fitHeldRows = options.finerCodes ? held : nil
       return policy
     case "heterocache":
       var policy = HeteroCachePolicy(
@@ -289,6 +280,7 @@ public enum EvalHarness {
       policy.recipe = options.keyIndex
       policy.recall = options.heteroCacheRecall
       policy.estimatesUnkept = options.estimatesUnkept
+      policy.fitHeldRows = held
       return policy
     case "streamingllm": return StreamingLLMPolicy()
     case "h2o": return H2OPolicy()

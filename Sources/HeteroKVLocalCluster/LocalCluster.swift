@@ -90,7 +90,8 @@ public final class LocalCluster: Sendable {
       coordinator: CoordinatorSettings(
         control: HostPort(host: loopback, port: 0), stateDirectory: "(memory)",
         leaseSeconds: options.leaseSeconds, heartbeatSeconds: options.leaseSeconds / 4),
-      memoryNodes: [], worker: options.worker, budgets: options.budgets,
+      memoryNodes: [], worker: options.worker,
+      budgets: options.budgets.recallingOnly(with: options.outputMode),
       replication: options.replication)
     var groups: [String: ServiceGroup] = [:]
     var tasks: [Task<Void, Never>] = []

@@ -287,6 +287,14 @@ public struct BudgetSettings: Sendable, Hashable {
 }
 
 extension BudgetSettings {
+  /// These budgets with recall kept only for exact output (the recalled tokens are re-scored
+  /// with fp16 keys): renormalized weights run static caches instead of being refused.
+  public func recallingOnly(with outputMode: HCAttentionOutputMode) -> BudgetSettings {
+    var b = self
+    b.recall = recall && outputMode == .exact
+    return b
+  }
+
   /// These budgets with coded heads charged what `worker`'s index holds at `tokens` tokens
   /// plus the `heldRows` fp16 decode rows every head holds before shipping them, and recall
   /// kept only where every head's codes fit under the memory fraction (below it, compressed

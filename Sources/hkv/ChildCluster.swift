@@ -36,9 +36,8 @@ final class ChildCluster: @unchecked Sendable {
     var worker = WorkerSettings(
       control: try port(), keyCodec: keyCodec, keyBits: keyBits, tau: tau)
     worker.outputMode = outputMode
-    // Recall needs exact output: renormalized weights run static caches.
-    var budgets = BudgetSettings(policy: policy, memoryFraction: budget)
-    budgets.recall = budgets.recall && outputMode == .exact
+    let budgets = BudgetSettings(policy: policy, memoryFraction: budget)
+      .recallingOnly(with: outputMode)
     let planned = ClusterConfiguration(
       name: "demo", model: model,
       coordinator: CoordinatorSettings(

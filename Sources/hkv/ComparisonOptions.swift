@@ -191,7 +191,7 @@ struct CacheSettingsOptions: ParsableArguments {
   /// index holds at the sequence's length.
   func budgets(policy: BudgetPolicyKind, memoryFraction: Double) -> BudgetSettings {
     var b = BudgetSettings(policy: policy, memoryFraction: memoryFraction, minTokens: 16)
-    b.recall = recall && policy == .heterocache && outputMode == "exact"
-    return b
+    b.recall = recall && policy == .heterocache
+    return b.recallingOnly(with: HCAttentionOutputMode(rawValue: outputMode) ?? .exact)
   }
 }

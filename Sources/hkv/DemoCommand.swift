@@ -200,8 +200,6 @@ struct DemoCommand: AsyncParsableCommand {
       options.worker.keyBits = keyBits
       options.worker.tau = tau
       options.outputMode = HCAttentionOutputModeArgument(rawValue: outputMode)!.mode
-      // Recall needs exact output: renormalized weights run static caches.
-      options.budgets.recall = options.budgets.recall && options.outputMode == .exact
       let local = try await LocalCluster.start(options, logger: logger)
       do {
         report = try await ClusterDemo.run(

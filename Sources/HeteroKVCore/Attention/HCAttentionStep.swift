@@ -46,6 +46,20 @@ public struct HCAttentionStep: Sendable {
     }
   }
 
+  /// What each query head attends, from the heads' own selections: with exact outputs the
+  /// group's union (a memory node reads those rows once, so every head is given all of them),
+  /// else each head's own set.
+  public func attended(_ picked: [TauMassSelection]) -> [TauMassSelection] {
+    Self.attended(picked, mode: mode)
+  }
+
+  /// `attended(_:)` for output `mode`, where no step is at hand (the worker's plan).
+  public static func attended(_ picked: [TauMassSelection], mode: HCAttentionOutputMode)
+    -> [TauMassSelection]
+  {
+    mode == .exact ? TauMassSelection.groupUnion(picked) : picked
+  }
+
   /// The context vectors for the kept sets. `values` (and `keys` in exact mode) are the
   /// full-precision rows, which in a deployment live on the memory node that runs this.
   public func contextVectors(

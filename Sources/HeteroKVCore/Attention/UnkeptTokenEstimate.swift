@@ -38,6 +38,17 @@ public struct UnkeptTokenEstimate: Sendable, Hashable {
     count += values.rows
   }
 
+  /// `partial`, the exact attention over the attended sets, completed with the estimate of
+  /// the tokens outside them.
+  public func completing(
+    _ partial: AttentionPartial, scores: [Float], selections: [TauMassSelection],
+    attended: [[Int32]]
+  ) throws -> AttentionPartial {
+    try AttentionPartial.merge([
+      partial, self.partial(scores: scores, selections: selections, attended: attended),
+    ])
+  }
+
   /// The partial standing for the tokens outside `attended[h]` (ascending indices each query
   /// head attends exactly) of query heads whose approximate scaled scores are `scores`
   /// (`[heads][n]`) and whose own selections carry each head's log-normalizer. Its weight per

@@ -79,17 +79,21 @@ public struct QueryMomentTransform: Sendable, Hashable {
     guard rows > 0 else { return x }
     let d = dim
     let e = basis.map(Float.init)
-    var transposed = [Float](repeating: 0, count: d * d)
-    for r in 0..<d { for c in 0..<d { transposed[c * d + r] = e[r * d + c] } }
     // y[t][k] = Σ_i x[t][i] · E[k][i]: each row's coordinates in the eigenbasis.
     var y = [Float](repeating: 0, count: x.count)
     hkv_matmul_rows_f32(x, rows, d, e, d, &y, d)
-    for t in 0..<rows {
-      for k in 0..<d { y[t * d + k] = inverse ? y[t * d + k] / roots[k] : y[t * d + k] * roots[k] }
-    }
-    // z[t][i] = Σ_k y[t][k] · E[k][i]: back to the head's coordinates.
+    // z[t] = Σ_k (S^±1 y[t])[k] · E[k]: back to the head's coordinates, row by row of E.
     var z = [Float](repeating: 0, count: x.count)
-    hkv_matmul_rows_f32(y, rows, d, transposed, d, &z, d)
+    e.withUnsafeBufferPointer { e in
+      z.withUnsafeMutableBufferPointer { z in
+        for t in 0..<rows {
+          for k in 0..<d {
+            let w = inverse ? y[t * d + k] / roots[k] : y[t * d + k] * roots[k]
+            for i in 0..<d { z[t * d + i] += w * e[k * d + i] }
+          }
+        }
+      }
+    }
     return z
   }
 

@@ -78,15 +78,12 @@ public struct HCAttentionPolicy: AttentionPolicy {
       let scores = try index.scores(
         queries: input.queries, heads: heads, scale: FullAttention.scale(headDim: d))
       let picked = try step.select(approximateScores: scores, heads: heads)
-      // Exact outputs: as on the worker, every head of the group attends the group's union
-      // (the node reads those rows once, so each head is given all of them).
-      let selections = step.mode == .exact ? TauMassSelection.groupUnion(picked) : picked
+      let selections = step.attended(picked)  // as on the worker
       var out = try step.contextVectors(
         selections: selections, queries: input.queries, keys: input.keys, values: input.values)
       if let unkept {
-        let tail = unkept.partial(
-          scores: scores, selections: picked, attended: selections.map(\.indices))
-        out = try AttentionPartial.merge([out, tail])
+        out = try unkept.completing(
+          out, scores: scores, selections: picked, attended: selections.map(\.indices))
       }
       // Up: indices and weights per kept token; down: d floats per head (+ max and sum in
       // exact mode); plus the new token's value (and key, for exact re-scoring).

@@ -115,7 +115,7 @@ public struct HeteroCachePolicy: AttentionPolicy {
             let union = TauMassSelection.groupUnion(picked)[0]
             let missing = union.excluding(cache.positions).indices
             if !missing.isEmpty {
-              attended = (attended + missing).sorted()
+              attended = TauMassSelection.ascendingUnion(missing, cache.positions)
               let rows = attended.map(Int.init)
               out = try FullAttention.attend(
                 queries: input.queries, heads: groupSize, keys: input.keys.gather(rows),
@@ -123,12 +123,9 @@ public struct HeteroCachePolicy: AttentionPolicy {
               moved += missing.count * 4 + groupSize * (d * 8 + 8)
             }
             if let estimate = unkept[h] {
-              out = try AttentionPartial.merge([
-                out,
-                estimate.partial(
-                  scores: scores, selections: picked,
-                  attended: Array(repeating: attended, count: groupSize)),
-              ])
+              out = try estimate.completing(
+                out, scores: scores, selections: picked,
+                attended: Array(repeating: attended, count: groupSize))
             }
           }
           cache.accumulate(drawn)
@@ -142,17 +139,13 @@ public struct HeteroCachePolicy: AttentionPolicy {
           let scores = try store.scores(
             queries: input.queries, heads: groupSize, scale: FullAttention.scale(headDim: d))
           let picked = try step.select(approximateScores: scores, heads: groupSize)
-          // Exact outputs: the group attends its union, as on the worker.
-          let selections = step.mode == .exact ? TauMassSelection.groupUnion(picked) : picked
+          let selections = step.attended(picked)  // as on the worker
           var out = try step.contextVectors(
             selections: selections, queries: input.queries,
             keys: step.mode == .exact ? input.keys : nil, values: input.values)
           if let estimate = unkept[h] {
-            out = try AttentionPartial.merge([
-              out,
-              estimate.partial(
-                scores: scores, selections: picked, attended: selections.map(\.indices)),
-            ])
+            out = try estimate.completing(
+              out, scores: scores, selections: picked, attended: selections.map(\.indices))
           }
           var moved =
             selections.reduce(0) { $0 + $1.indices.count } * 8 + groupSize * d * 4 + upload

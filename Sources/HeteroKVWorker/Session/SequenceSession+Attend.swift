@@ -199,7 +199,7 @@ extension SequenceSession {
       return nil
     case .selected(let scores, let picked):
       // Exact outputs: the group attends its union, so the node reads the rows once.
-      let chosen = options.outputMode == .exact ? TauMassSelection.groupUnion(picked) : picked
+      let chosen = HCAttentionStep.attended(picked, mode: options.outputMode)
       let shipping = try await shipping(layer: layer, head: h, step: &step)
       let plan = try plan(
         layer: layer, kvHead: h, selections: chosen, queries: q, shipping: shipping)
@@ -208,7 +208,7 @@ extension SequenceSession {
       if withSelection { step.selections[h] = chosen.map(\.indices) }
       watchDrift(layer: layer, kvHead: h, scores: scores)
       var local = [plan.local]
-      if options.outputMode == .exact, let unkept = head.unkept {
+      if let unkept = head.unkept {  // kept only with exact output
         local.append(
           unkept.partial(scores: scores, selections: picked, attended: chosen.map(\.indices)))
       }
@@ -224,15 +224,14 @@ extension SequenceSession {
       let missing = Array(repeating: lacking, count: union.count)
       step.kept += cache.positions.count * group
       step.workerRead += cache.residentBytes + (head.index?.residentBytes ?? 0)
-      if withSelection {
-        step.selections[h] = missing.map { sel in
-          Array(Set(sel.indices).union(cache.positions.lazy.map(Int32.init))).sorted()
-        }
-      }
+      // What the group attends: its cache and the tokens it recalls.
+      let attended =
+        withSelection || head.unkept != nil
+        ? TauMassSelection.ascendingUnion(lacking.indices, cache.positions) : []
+      if withSelection { step.selections[h] = Array(repeating: attended, count: group) }
       // What the cache and the recalled tokens leave out, estimated (exact output only).
       var local = [partial]
       if let unkept = head.unkept {
-        let attended = TauMassSelection.ascendingUnion(lacking.indices, cache.positions)
         local.append(
           unkept.partial(
             scores: scores, selections: picked,

@@ -100,6 +100,10 @@ public final class EtcdClient: Sendable {
               transportSecurity: tls?.transportSecurity ?? .plaintext,
               config: .defaults {
                 if let name = tls?.serverName { $0.http2.authority = name }
+                // A member that comes back is dialled again within two seconds, not after
+                // the transport's default backoff of up to two minutes.
+                $0.backoff = .init(
+                  initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
               })))
       } catch {
         throw HeteroKVError(.invalidArgument, "etcd endpoint \(endpoint): \(error)", cause: error)
@@ -135,39 +139,74 @@ public final class EtcdClient: Sendable {
     options.waitForReady = false
     let first = current.withLock { $0 }
     var failures: [String] = []
+    var unreached: [Int] = []
     for step in 0..<clients.count {
       let index = (first + step) % clients.count
-      var reauthenticated = false
-      while true {
-        do {
-          let metadata = try await authentication(on: clients[index], options: options)
-          let result = try await body(clients[index], options, metadata)
-          if step > 0 { current.withLock { $0 = index } }
-          return result
-        } catch let error as RPCError
-          where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code)
-        {
-          failures.append("\(endpoints[index]): \(error.code) \(error.message)")
-        } catch let error as RPCError
-          where credentials != nil && !reauthenticated
-          && (error.code == .unauthenticated || error.message.contains("auth token"))
-        {
-          token.withLock { $0 = nil }
-          reauthenticated = true
-          continue
-        } catch let error as RPCError {
-          throw HeteroKVError(
-            Self.code(error.code), "etcd \(what) at \(endpoints[index]): \(error.message)",
-            cause: error)
-        } catch {
-          throw HeteroKVError(
-            .unavailable, "etcd \(what) at \(endpoints[index]): \(error)", cause: error)
-        }
-        break
+      let outcome = try await attempt(what, on: index, options: options, body)
+      switch outcome {
+      case .answered(let result):
+        if step > 0 { current.withLock { $0 = index } }
+        return result
+      case .failed(let code, let message):
+        failures.append("\(endpoints[index]): \(code) \(message)")
+        if code == .unavailable { unreached.append(index) }
+      }
+    }
+    // No member answered. A member whose connection is between reconnect attempts fails fast
+    // above even when it is up again (a restarted member, or one that was not listening yet
+    // when the client first dialled it), so the unreachable ones are tried once more, each
+    // waiting for its connection until the deadline. The call was never sent to them.
+    options.waitForReady = true
+    for index in unreached {
+      let outcome = try await attempt(what, on: index, options: options, body)
+      switch outcome {
+      case .answered(let result):
+        current.withLock { $0 = index }
+        return result
+      case .failed(let code, let message):
+        failures.append("\(endpoints[index]) (waiting): \(code) \(message)")
       }
     }
     throw HeteroKVError(
       .unavailable, "etcd \(what): no member answered (\(failures.joined(separator: "; ")))")
+  }
+
+  private enum Attempt<T> {
+    case answered(T)
+    /// The member could not serve the call (down, unreachable, past the deadline).
+    case failed(RPCError.Code, String)
+  }
+
+  /// One member's try at `body`, authenticating again once where the token expired; errors
+  /// other than the member's unavailability are thrown as the call's answer.
+  private func attempt<T: Sendable>(
+    _ what: String, on index: Int, options: CallOptions,
+    _ body: (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions, Metadata) async throws -> T
+  ) async throws(HeteroKVError) -> Attempt<T> {
+    var reauthenticated = false
+    while true {
+      do {
+        let metadata = try await authentication(on: clients[index], options: options)
+        return .answered(try await body(clients[index], options, metadata))
+      } catch let error as RPCError
+        where [.unavailable, .deadlineExceeded, .cancelled].contains(error.code)
+      {
+        return .failed(error.code, error.message)
+      } catch let error as RPCError
+        where credentials != nil && !reauthenticated
+        && (error.code == .unauthenticated || error.message.contains("auth token"))
+      {
+        token.withLock { $0 = nil }
+        reauthenticated = true
+      } catch let error as RPCError {
+        throw HeteroKVError(
+          Self.code(error.code), "etcd \(what) at \(endpoints[index]): \(error.message)",
+          cause: error)
+      } catch {
+        throw HeteroKVError(
+          .unavailable, "etcd \(what) at \(endpoints[index]): \(error)", cause: error)
+      }
+    }
   }
 
   /// The `token` metadata of the current token, authenticating first when there is none.

@@ -31,6 +31,8 @@ public final class EtcdCluster {
     var arguments: [String]
   }
   public let directory: String
+  /// Whether clients are served over TLS (``init(members:tls:)``).
+  public let servesTLS: Bool
   public private(set) var members: [Member] = []
 
   /// PEM files for members that serve clients over mutual TLS (``makeTLSFiles(in:)``).
@@ -76,6 +78,7 @@ public final class EtcdCluster {
   /// the CA signed.
   public init(members count: Int, tls: TLSFiles?) throws {
     directory = NSTemporaryDirectory() + "hkv-etcd-\(UUID().uuidString)"
+    servesTLS = tls != nil
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let ports = try (0..<count).map { _ in (try freeLoopbackPort(), try freeLoopbackPort()) }
     let names = (0..<count).map { "etcd\($0)" }
@@ -126,13 +129,29 @@ public final class EtcdCluster {
     members.map { EtcdEndpoint(host: "127.0.0.1", port: $0.client) }
   }
 
-  /// Waits until a put through `client` succeeds (the cluster has a leader).
+  /// Waits until a put through `client` succeeds (the cluster has a leader) and, with more
+  /// than one member, until every member answers a read of its own.
   public func waitUntilServing(_ client: EtcdClient) async throws {
     let deadline = ContinuousClock.now + .seconds(30)
+    try await retry(until: deadline) { try await client.put(Array("ready".utf8), [1]) }
+    guard members.count > 1, !servesTLS else { return }
+    for endpoint in endpoints {
+      let single = try EtcdClient(endpoints: [endpoint], timeout: .seconds(2))
+      let running = Task { try await single.run() }
+      defer {
+        single.shutdown()
+        running.cancel()
+      }
+      try await retry(until: deadline) { _ = try await single.range(Array("ready".utf8)) }
+    }
+  }
+
+  private func retry(
+    until deadline: ContinuousClock.Instant, _ body: () async throws -> Void
+  ) async throws {
     while true {
       do {
-        try await client.put(Array("ready".utf8), [1])
-        return
+        return try await body()
       } catch {
         guard ContinuousClock.now < deadline else { throw error }
         try await Task.sleep(for: .milliseconds(100))
@@ -158,6 +177,21 @@ public final class EtcdCluster {
     process.standardError = FileHandle.nullDevice
     try process.run()
     members[index].process = process
+  }
+
+  /// Whether member `index` accepts TCP connections on its client port.
+  public func acceptsConnections(_ index: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(members[index].client).bigEndian
+    return withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+      }
+    }
   }
 
   public func stop() {

@@ -1,22 +1,36 @@
 import Foundation
 import HeteroKVCore
 import HeteroKVEtcd
+import Synchronization
 
-/// A TCP port free at the time of asking, on 127.0.0.1.
+/// Ports this test process has handed out, never handed out twice.
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+/// A TCP port free at the time of asking, on 127.0.0.1, for a server a test starts. It is
+/// drawn below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default),
+/// where the source ports of outgoing connections come from: a port the kernel picked with
+/// bind(0) could be taken by some client's connection before the server binds it.
 public func freeLoopbackPort() throws -> Int {
+  for _ in 0..<1000 {
+    let port = Int.random(in: 10_240..<32_768)
+    guard handedOutPorts.withLock({ $0.insert(port).inserted }) else { continue }
+    if loopbackPortIsFree(port) { return port }
+  }
+  throw HeteroKVError(.unavailable, "no free loopback port below the ephemeral range")
+}
+
+private func loopbackPortIsFree(_ port: Int) -> Bool {
   let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
   defer { close(fd) }
   var address = sockaddr_in()
   address.sin_family = sa_family_t(AF_INET)
   address.sin_addr.s_addr = inet_addr("127.0.0.1")
-  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-  let bound = withUnsafeMutablePointer(to: &address) {
+  address.sin_port = UInt16(port).bigEndian
+  return withUnsafePointer(to: &address) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-      bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+      bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
     }
   }
-  guard bound else { throw CocoaError(.fileWriteUnknown) }
-  return Int(UInt16(bigEndian: address.sin_port))
 }
 
 /// A real etcd cluster of `members` processes on loopback ports of its own, data in a

@@ -312,28 +312,34 @@ static int by_index(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
-                      float *weights, float *kept_mass, float *log_normalizer) {
-  // 1/64 nat per bucket over 64 nats: the boundary bucket that must be sorted stays small.
-  enum { BUCKETS = 4096 };
-  const float per_nat = 64.0f;
-  *kept_mass = 0;
-  if (n == 0) return 0;
-  // Scratch reused by the thread across calls (grown when a longer context comes): fresh
-  // buffers of 10 bytes per token came from mmap past 128 KiB, and their page faults cost a
-  // fifth of a 128K-token selection. A thread keeps at most its longest context's worth.
+enum { TAU_BUCKETS = 4096 };
+
+// Scratch reused by the thread across calls (grown when a longer context comes): fresh
+// buffers of 10 bytes per token came from mmap past 128 KiB, and their page faults cost a
+// fifth of a 128K-token selection. A thread keeps at most its longest context's worth.
+// `w` holds `w_rows` rows of n floats (one per head of a group selection, plus their mean).
+typedef struct {
+  float *w;
+  uint16_t *bucket;
+  int32_t *cand;
+} tau_scratch;
+
+static int tau_scratch_for(size_t n, size_t w_rows, tau_scratch *out) {
   static _Thread_local float *w_scratch;
   static _Thread_local uint16_t *bucket_scratch;
   static _Thread_local int32_t *cand_scratch;
-  static _Thread_local size_t scratch_n;
-  if (n > scratch_n) {
+  static _Thread_local size_t scratch_n, scratch_w;
+  if (n > scratch_n || n * w_rows > scratch_w) {
+    size_t grow_n = n > scratch_n ? n : scratch_n;
+    size_t grow_w = n * w_rows > scratch_w ? n * w_rows : scratch_w;
     free(w_scratch);
     free(bucket_scratch);
     free(cand_scratch);
-    w_scratch = malloc(sizeof(float) * n);
-    bucket_scratch = malloc(sizeof(uint16_t) * n);
-    cand_scratch = malloc(sizeof(int32_t) * n);
-    scratch_n = n;
+    w_scratch = malloc(sizeof(float) * grow_w);
+    bucket_scratch = malloc(sizeof(uint16_t) * grow_n);
+    cand_scratch = malloc(sizeof(int32_t) * grow_n);
+    scratch_n = grow_n;
+    scratch_w = grow_w;
     if (!w_scratch || !bucket_scratch || !cand_scratch) {
       free(w_scratch);
       free(bucket_scratch);
@@ -342,37 +348,28 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
       bucket_scratch = NULL;
       cand_scratch = NULL;
       scratch_n = 0;
+      scratch_w = 0;
       return 0;
     }
   }
-  float *w = w_scratch;
-  uint16_t *bucket = bucket_scratch;
-  int32_t *cand = cand_scratch;
-  memcpy(w, scores, sizeof(float) * n);
-  float m;
-  float total = hkv_active_kernels()->softmax_exp(w, n, &m);
-  if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
-    return 0;
-  }
-  if (log_normalizer) *log_normalizer = m + logf(total);
+  out->w = w_scratch;
+  out->bucket = bucket_scratch;
+  out->cand = cand_scratch;
+  return 1;
+}
+
+// The kept tokens, ascending in `indices`, from weights `w` (any positive scale; `total` their
+// sum) already bucketed in descending order of weight (`bucket[j]`, at most `used`): whole
+// buckets while the mass stays below tau of the total, then the boundary bucket sorted by
+// weight. Optionally at most `cap` by weight.
+static size_t tau_keep(const float *w, const uint16_t *bucket, uint16_t used, size_t n,
+                       float tau, size_t cap, int32_t *indices, int32_t *cand) {
   // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
   // other's read-modify-write. They start zero (thread-local storage) and only the buckets
-  // a call used are cleared after it: most scores sit a few nats below the maximum, so a call
+  // a call used are cleared after it: most weights sit a few nats below the largest, so a call
   // touches tens of buckets, not all 4,096 (clearing 64 KiB per call cost as much as the
   // histogram itself).
-  static _Thread_local float mass4[4][BUCKETS];
-  // Buckets first, in a loop with no stores but to `bucket` (the compiler vectorizes it;
-  // fminf also sends a NaN or infinite gap to the last bucket), then the scatter-add alone.
-  uint16_t used = 0;
-  for (size_t j = 0; j < n; j++) {
-    // A NaN score can leave `m` below a lane's value: a negative or NaN gap goes to the last
-    // bucket too, so the histogram index stays in range.
-    float gap = (m - scores[j]) * per_nat;
-    gap = gap >= 0 ? fminf(gap, (float)(BUCKETS - 1)) : (float)(BUCKETS - 1);
-    uint16_t b = (uint16_t)(int)gap;
-    bucket[j] = b;
-    used = b > used ? b : used;
-  }
+  static _Thread_local float mass4[4][TAU_BUCKETS];
   size_t j4 = 0;
   for (; j4 + 4 <= n; j4 += 4) {
     mass4[0][bucket[j4]] += w[j4];
@@ -381,7 +378,10 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
     mass4[3][bucket[j4 + 3]] += w[j4 + 3];
   }
   for (; j4 < n; j4++) mass4[0][bucket[j4]] += w[j4];
-  double target = (double)tau * (double)total, cumulative = 0;
+  double total = 0;
+  for (int b = 0; b <= used; b++)
+    total += (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
+  double target = (double)tau * total, cumulative = 0;
   int boundary = used;
   for (int b = 0; b <= used; b++) {
     double mass = (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
@@ -422,11 +422,103 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
     kept = cap;
     qsort(indices, kept, sizeof(int32_t), by_index);
   }
+  return kept;
+}
+
+size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
+                      float *weights, float *kept_mass, float *log_normalizer) {
+  // 1/64 nat per bucket over 64 nats: the boundary bucket that must be sorted stays small.
+  const float per_nat = 64.0f;
+  *kept_mass = 0;
+  if (n == 0) return 0;
+  tau_scratch scratch;
+  if (!tau_scratch_for(n, 1, &scratch)) return 0;
+  float *w = scratch.w;
+  uint16_t *bucket = scratch.bucket;
+  memcpy(w, scores, sizeof(float) * n);
+  float m;
+  float total = hkv_active_kernels()->softmax_exp(w, n, &m);
+  if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) {
+    return 0;
+  }
+  if (log_normalizer) *log_normalizer = m + logf(total);
+  // Buckets first, in a loop with no stores but to `bucket` (the compiler vectorizes it;
+  // fminf also sends a NaN or infinite gap to the last bucket), then the scatter-add alone.
+  uint16_t used = 0;
+  for (size_t j = 0; j < n; j++) {
+    // A NaN score can leave `m` below a lane's value: a negative or NaN gap goes to the last
+    // bucket too, so the histogram index stays in range.
+    float gap = (m - scores[j]) * per_nat;
+    gap = gap >= 0 ? fminf(gap, (float)(TAU_BUCKETS - 1)) : (float)(TAU_BUCKETS - 1);
+    uint16_t b = (uint16_t)(int)gap;
+    bucket[j] = b;
+    used = b > used ? b : used;
+  }
+  size_t kept = tau_keep(w, bucket, used, n, tau, cap, indices, scratch.cand);
   float inv = 1.0f / total, sum = 0;
   for (size_t t = 0; t < kept; t++) {
     weights[t] = w[indices[t]] * inv;
     sum += weights[t];
   }
   *kept_mass = sum;
+  return kept;
+}
+
+size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float tau, size_t cap,
+                            int32_t *indices, float *weights, float *kept_mass,
+                            float *log_normalizers) {
+  for (size_t h = 0; h < heads; h++) kept_mass[h] = 0;
+  if (n == 0 || heads == 0 || heads > 64) return 0;
+  tau_scratch scratch;
+  if (!tau_scratch_for(n, heads + 1, &scratch)) return 0;
+  float *mean = scratch.w + heads * n;
+  float inv_total[64];
+  // Each head's softmax weights (kept for the kept tokens' per-head weights), and their mean.
+  for (size_t h = 0; h < heads; h++) {
+    float *wh = scratch.w + h * n;
+    memcpy(wh, scores + h * n, sizeof(float) * n);
+    float m;
+    float total = hkv_active_kernels()->softmax_exp(wh, n, &m);
+    if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) return 0;
+    log_normalizers[h] = m + logf(total);
+    inv_total[h] = 1.0f / total;
+    float share = inv_total[h] / (float)heads;
+    if (h == 0) {
+      for (size_t j = 0; j < n; j++) mean[j] = wh[j] * share;
+    } else {
+      for (size_t j = 0; j < n; j++) mean[j] += wh[j] * share;
+    }
+  }
+  // Buckets from the float bits of the (positive) mean probabilities: the exponent and the
+  // top 6 mantissa bits, so 64 buckets an octave (about 1/92 nat) without a logarithm; a
+  // larger weight has larger bits, so the gap below the largest orders them.
+  uint32_t top = 0;
+  for (size_t j = 0; j < n; j++) {
+    uint32_t bits;
+    memcpy(&bits, mean + j, 4);
+    top = bits > top ? bits : top;
+  }
+  int32_t top_bucket = (int32_t)(top >> 17);
+  uint16_t used = 0;
+  uint16_t *bucket = scratch.bucket;
+  for (size_t j = 0; j < n; j++) {
+    uint32_t bits;
+    memcpy(&bits, mean + j, 4);
+    int32_t gap = top_bucket - (int32_t)(bits >> 17);
+    gap = gap < TAU_BUCKETS - 1 ? gap : TAU_BUCKETS - 1;
+    uint16_t b = (uint16_t)gap;
+    bucket[j] = b;
+    used = b > used ? b : used;
+  }
+  size_t kept = tau_keep(mean, bucket, used, n, tau, cap, indices, scratch.cand);
+  for (size_t h = 0; h < heads; h++) {
+    const float *wh = scratch.w + h * n;
+    float *out = weights + h * n, sum = 0;
+    for (size_t t = 0; t < kept; t++) {
+      out[t] = wh[indices[t]] * inv_total[h];
+      sum += out[t];
+    }
+    kept_mass[h] = sum;
+  }
   return kept;
 }

@@ -79,7 +79,7 @@ extension ClusterConfiguration {
           ("cap_selection", scalar(w.capSelection)), ("output_mode", scalar(w.outputMode.rawValue)),
           ("ack_replicas", scalar(w.ackReplicas.rawValue)), ("finer_codes", scalar(w.finerCodes)),
           ("query_aware_codes", scalar(w.queryAwareCodes)),
-          ("unkept_estimate", scalar(w.unkeptEstimate)),
+          ("unkept_estimate", scalar(w.unkeptEstimate)), ("selection", scalar(w.selection.rawValue)),
         ])
       ))
     let b = budgets

@@ -23,7 +23,7 @@ public struct ConfigurationOverride: Sendable, Hashable {
     "worker.control", "worker.metrics", "worker.key_codec", "worker.key_bits",
     "worker.group_size", "worker.window", "worker.sinks", "worker.tau",
     "worker.cap_selection", "worker.output_mode", "worker.ack_replicas", "worker.finer_codes",
-    "worker.query_aware_codes", "worker.unkept_estimate",
+    "worker.query_aware_codes", "worker.unkept_estimate", "worker.selection",
     "budgets.policy", "budgets.memory_fraction", "budgets.min_tokens", "budgets.max_tokens",
     "budgets.full_head_cost", "budgets.stability_threshold", "budgets.similarity_threshold",
     "budgets.profile_interval_steps", "budgets.recall",

@@ -118,7 +118,7 @@ extension ClusterConfiguration {
     r.rejectUnknownKeys([
       "control", "metrics", "key_codec", "key_bits", "group_size", "window", "sinks", "tau",
       "cap_selection", "output_mode", "ack_replicas", "finer_codes", "query_aware_codes",
-      "unkept_estimate",
+      "unkept_estimate", "selection",
     ])
     let defaults = WorkerSettings()
     let start = r.log.problems.count
@@ -154,6 +154,7 @@ extension ClusterConfiguration {
     settings.finerCodes = r.bool("finer_codes") ?? defaults.finerCodes
     settings.queryAwareCodes = r.bool("query_aware_codes") ?? defaults.queryAwareCodes
     settings.unkeptEstimate = r.bool("unkept_estimate") ?? defaults.unkeptEstimate
+    if let scope: SelectionScope = r.choice("selection") { settings.selection = scope }
     return r.log.problems.count == start ? settings : nil
   }
 

@@ -28,6 +28,8 @@ public struct EvalOptions: Sendable {
   /// Exact outputs estimate the tokens a step does not keep (`UnkeptTokenEstimate`), as the
   /// worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// What the HCAttention-family policies select over, as the worker's `selection`.
+  public var selection: SelectionScope = .queryHead
   /// HCAttention on `keyIndex`: what each budget leaves over the codes buys finer codes for
   /// the heads whose keys the codes reconstruct worst, ranked over every layer, as the
   /// worker's `finer_codes` ranks them at the end of a prefill.
@@ -270,6 +272,7 @@ public enum EvalHarness {
         iterations: options.kmeansIterations, codebooks: codebooks, calibration: calibration,
         recipe: options.keyIndex)
       policy.estimatesUnkept = options.estimatesUnkept
+      policy.scope = options.selection
       policy.finerHeads = finerHeads
       policy.fitHeldRows = options.finerCodes ? held : nil
       return policy
@@ -280,6 +283,7 @@ public enum EvalHarness {
       policy.recipe = options.keyIndex
       policy.recall = options.heteroCacheRecall
       policy.estimatesUnkept = options.estimatesUnkept
+      policy.scope = options.selection
       policy.fitHeldRows = held
       return policy
     case "streamingllm": return StreamingLLMPolicy()

@@ -148,6 +148,10 @@ public struct WorkerSettings: Sendable, Hashable {
   /// (from the codes) times the head's mean value, a running sum the worker keeps
   /// (`unkept_estimate`), instead of their mass going to the kept tokens.
   public var unkeptEstimate = true
+  /// What a step's tau-mass selection is made over (`selection`): each query head's own set
+  /// (`query_head`, the paper) or one set per KV head from the group's mean probability
+  /// (`kv_group`: one selection a group instead of one a head, and no union).
+  public var selection: SelectionScope = .queryHead
   /// When a put to the memory tier counts as stored (`ack_replicas`).
   public var ackReplicas: ReplicaAcknowledgement = .allLive
 

@@ -4,12 +4,15 @@ import HeteroKVCore
 /// One KV head's share of a decode step's compute on the worker.
 public enum HeadComputation: Sendable {
   /// Score every token from the key index and keep the tau-mass prefix per query head.
-  case select(index: ApproximateKeyIndex, queries: [Float], tau: Float, cap: Int?)
+  case select(
+    index: ApproximateKeyIndex, queries: [Float], tau: Float, cap: Int?, scope: SelectionScope)
   /// Exact attention over a resident compressed cache.
   case attend(cache: CompressedHeadCache, queries: [Float])
   /// Both: exact attention over the cache, and the tau-mass selection from the key codes that
   /// names what the cache lacks.
-  case recall(index: ApproximateKeyIndex, cache: CompressedHeadCache, queries: [Float], tau: Float)
+  case recall(
+    index: ApproximateKeyIndex, cache: CompressedHeadCache, queries: [Float], tau: Float,
+    scope: SelectionScope)
 }
 
 /// What a head's computation produced.
@@ -57,17 +60,17 @@ public struct CPUAttentionBackend: AttentionBackend {
   {
     try parallelMap(heads.count) { h in
       switch heads[h] {
-      case .select(let index, let queries, let tau, let cap):
+      case .select(let index, let queries, let tau, let cap, let scope):
         let scores = try index.scores(queries: queries, heads: g, scale: scale)
-        let step = try HCAttentionStep(tau: tau, cap: cap)
+        let step = try HCAttentionStep(tau: tau, cap: cap, scope: scope)
         return .selected(
           scores: scores, selections: try step.select(approximateScores: scores, heads: g))
       case .attend(let cache, let queries):
         let (partial, mass) = try cache.attendWeighing(queries: queries, heads: g)
         return .attended(partial, mass: mass)
-      case .recall(let index, let cache, let queries, let tau):
+      case .recall(let index, let cache, let queries, let tau, let scope):
         let scores = try index.scores(queries: queries, heads: g, scale: scale)
-        let selections = try HCAttentionStep(tau: tau).select(
+        let selections = try HCAttentionStep(tau: tau, scope: scope).select(
           approximateScores: scores, heads: g)
         let (partial, mass) = try cache.attendWeighing(queries: queries, heads: g)
         return .recalled(partial, mass: mass, scores: scores, selections: selections)

@@ -154,6 +154,12 @@ struct CacheSettingsOptions: ParsableArguments {
 
   @Option(
     help:
+      "What tau selection is made over: query_head (each query head its own kept set, the paper's) or kv_group (one set per KV head from the group's mean probability)."
+  )
+  var selection: String = RecommendedSettings.worker.selection.rawValue
+
+  @Option(
+    help:
       "How memory nodes weight kept tokens: exact (re-scored with full keys) or renormalized.")
   var outputMode: String = RecommendedSettings.worker.outputMode.rawValue
 
@@ -176,12 +182,16 @@ struct CacheSettingsOptions: ParsableArguments {
     guard let mode = HCAttentionOutputMode(rawValue: outputMode), mode != .raw else {
       throw ValidationError("bad --output-mode '\(outputMode)': expected exact or renormalized")
     }
+    guard let scope = SelectionScope(rawValue: selection) else {
+      throw ValidationError("bad --selection '\(selection)': expected query_head or kv_group")
+    }
     var worker = WorkerSettings(
       keyCodec: codec, keyBits: keyBits, groupSize: groupSize, window: window, sinks: sinks,
       tau: tau, capSelection: capSelection)
     worker.finerCodes = finerCodes
     worker.queryAwareCodes = queryAwareCodes
     worker.unkeptEstimate = unkeptEstimate
+    worker.selection = scope
     worker.outputMode = mode
     return (worker, mode)
   }

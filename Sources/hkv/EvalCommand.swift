@@ -96,6 +96,7 @@ struct EvalCommand: ParsableCommand {
       let (worker, _) = try cache.resolved()
       options.tau = Float(worker.tau(for: .hcattention))
       options.heteroCacheTau = Float(worker.tau(for: .heterocache))
+      options.selection = worker.selection
       options.centroids = try list(centroids, "centroids", Int.init)
       switch codes {
       case "worker":

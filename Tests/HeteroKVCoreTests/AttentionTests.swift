@@ -100,6 +100,81 @@ import Testing
     #expect(TauMassSelection.groupUnion([selections[1]]) == [selections[1]])
   }
 
+  @Test(
+    "a group selection keeps the smallest set in mean probability reaching tau, with each head's own weights and normalizer"
+  )
+  func groupSelectionKeepsTheGroupsTauMass() throws {
+    let heads = 3
+    let n = 4000
+    for (seed, scale) in [(21, Float(3)), (22, 30), (23, 0.3)] {
+      // Heads that agree in part: a shared component plus each head's own.
+      let shared = randomFloats(n, seed: UInt64(seed), scale: scale)
+      var scores = [Float]()
+      for h in 0..<heads {
+        let own = randomFloats(n, seed: UInt64(seed * 10 + h), scale: scale)
+        scores += zip(shared, own).map { $0 + $1 }
+      }
+      // Reference in double: each head's softmax, their mean, the prefix by mean.
+      var probability = [[Double]]()
+      var logNormalizer = [Double]()
+      for h in 0..<heads {
+        let row = scores[h * n..<(h + 1) * n].map(Double.init)
+        let m = row.max()!
+        let z = row.reduce(0) { $0 + exp($1 - m) }
+        probability.append(row.map { exp($0 - m) / z })
+        logNormalizer.append(m + log(z))
+      }
+      let mean = (0..<n).map { j in probability.reduce(0) { $0 + $1[j] } / Double(heads) }
+      for tau: Float in [0.5, 0.9, 0.99] {
+        let picked = try TauMassSelection.selectGroup(scores: scores, heads: heads, tau: tau)
+        #expect(picked.count == heads)
+        let order = mean.indices.sorted { mean[$0] > mean[$1] }
+        var acc = 0.0
+        var k = 0
+        while acc < Double(tau) {
+          acc += mean[order[k]]
+          k += 1
+        }
+        let kept = picked[0].indices
+        #expect(abs(kept.count - k) <= 1, "kept \(kept.count), the prefix \(k)")
+        #expect(Set(kept.map(Int.init)).isSubset(of: Set(order[0..<(k + 1)])))
+        #expect(kept == kept.sorted())
+        let meanMass = kept.reduce(0.0) { $0 + mean[Int($1)] }
+        #expect(meanMass >= Double(tau) - 1e-4)
+        for h in 0..<heads {
+          #expect(picked[h].indices == kept)
+          #expect(picked[h].contextLength == n)
+          #expect(abs(Double(picked[h].logNormalizer) - logNormalizer[h]) < 1e-3)
+          for (t, w) in zip(kept, picked[h].weights) {
+            #expect(abs(Double(w) - probability[h][Int(t)]) < 1e-5)
+          }
+          #expect(abs(picked[h].keptMass - picked[h].weights.reduce(0, +)) < 1e-5)
+        }
+        // The step's group scope gives the same, and exact output attends it as it is.
+        let step = try HCAttentionStep(tau: tau, mode: .exact, scope: .kvGroup)
+        let viaStep = try step.select(approximateScores: scores, heads: heads)
+        #expect(viaStep == picked)
+        #expect(step.attended(viaStep).map(\.indices) == Array(repeating: kept, count: heads))
+      }
+    }
+    // One head: the same set as its own selection.
+    let one = randomFloats(3000, seed: 31, scale: 4)
+    let own = try TauMassSelection.select(scores: one[...], tau: 0.9)
+    let group = try TauMassSelection.selectGroup(scores: one, heads: 1, tau: 0.9)
+    #expect(group[0].indices == own.indices)
+    #expect(abs(group[0].logNormalizer - own.logNormalizer) < 1e-4)
+    // A cap bounds it; bad input is refused by name.
+    let capped = try TauMassSelection.selectGroup(
+      scores: randomFloats(3 * 1000, seed: 32), heads: 3, tau: 0.9, cap: 17)
+    #expect(capped.allSatisfy { $0.indices.count == 17 })
+    #expect(throws: HeteroKVError.self) {
+      try TauMassSelection.selectGroup(scores: [1, 2, 3, 4], heads: 3, tau: 0.9)
+    }
+    #expect(throws: HeteroKVError.self) {
+      try TauMassSelection.selectGroup(scores: [1, .nan, 3, 4], heads: 2, tau: 0.9)
+    }
+  }
+
   @Test("NaN scores never index outside the selection's histogram or the context")
   func tauSelectionWithNaNScores() throws {
     var scores = randomFloats(4096, seed: 12, scale: 3)

@@ -166,6 +166,16 @@ void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
 size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
                       float *weights, float *kept_mass, float *log_normalizer);
 
+/// One tau-mass selection for a GQA group of `heads` query heads (at most 64) over their
+/// scaled scores [heads][n]: the smallest set, in descending mean softmax probability over the
+/// heads, whose mean mass reaches tau (optionally at most `cap`). Writes the kept indices
+/// ascending (room for n), each head's own softmax weights of the kept tokens to
+/// weights[h * n + k] (room for heads * n), each head's kept mass and log Σ exp(scores);
+/// returns the kept count, or 0 when some head's scores have no finite maximum.
+size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float tau, size_t cap,
+                            int32_t *indices, float *weights, float *kept_mass,
+                            float *log_normalizers);
+
 /// Sum of a float array; used as the memory read bandwidth reference scan.
 double hkv_scan_sum_f32(const float *x, size_t n);
 

@@ -20,21 +20,30 @@ public struct HCAttentionStep: Sendable {
   public var cap: Int?
   /// How the output is formed from the kept set.
   public var mode: HCAttentionOutputMode
+  /// Whether each query head keeps its own set or the group keeps one (ours).
+  public var scope: SelectionScope
 
   /// A step configuration; tau in (0, 1].
-  public init(tau: Float = 0.9, cap: Int? = nil, mode: HCAttentionOutputMode = .renormalized)
-    throws
-  {
+  public init(
+    tau: Float = 0.9, cap: Int? = nil, mode: HCAttentionOutputMode = .renormalized,
+    scope: SelectionScope = .queryHead
+  ) throws {
     guard tau > 0, tau <= 1 else {
       throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
     }
     self.tau = tau
     self.cap = cap
     self.mode = mode
+    self.scope = scope
   }
 
-  /// The per-head selections from approximate scores `[heads][n]` (already scaled).
+  /// The per-head selections from approximate scores `[heads][n]` (already scaled): each
+  /// head's own, or the group's one set with each head's weights (`scope`).
   public func select(approximateScores: [Float], heads: Int) throws -> [TauMassSelection] {
+    if scope == .kvGroup && heads > 1 {
+      return try TauMassSelection.selectGroup(
+        scores: approximateScores, heads: heads, tau: tau, cap: cap)
+    }
     guard heads > 0, approximateScores.count % heads == 0 else {
       throw HeteroKVError.dimension(
         "\(approximateScores.count) scores do not split into \(heads) heads")

@@ -61,12 +61,72 @@ public struct TauMassSelection: Sendable, Hashable {
 }
 
 extension TauMassSelection {
+  /// One kept set for a GQA group of `heads` query heads over their scaled scores
+  /// `[heads][n]`: the smallest set, in descending mean softmax probability over the group,
+  /// whose mean mass reaches tau (`SelectionScope.kvGroup`). Every head gets the same indices
+  /// (one shared list) with its own weights, kept mass and log-normalizer. One histogram pass
+  /// for the group instead of one per head, and no union afterwards.
+  public static func selectGroup(
+    scores: [Float], heads: Int, tau: Float, cap: Int? = nil
+  ) throws -> [TauMassSelection] {
+    guard heads > 0, heads <= 64, scores.count % heads == 0 else {
+      throw HeteroKVError.dimension(
+        "\(scores.count) scores do not split into \(heads) heads (1 to 64)")
+    }
+    let n = scores.count / heads
+    guard n > 0 else { throw HeteroKVError(.emptyContext, "tau selection over 0 tokens") }
+    guard tau > 0, tau <= 1 else {
+      throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
+    }
+    if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
+    var mass = [Float](repeating: 0, count: heads)
+    var logNormalizers = [Float](repeating: 0, count: heads)
+    var kept = 0
+    var weights = [Float]()
+    let indices = try [Int32](unsafeUninitializedCapacity: n) { idx, idxCount in
+      weights = [Float](unsafeUninitializedCapacity: heads * n) { w, wCount in
+        kept = scores.withUnsafeBufferPointer { s in
+          hkv_tau_select_group(
+            s.baseAddress, heads, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass,
+            &logNormalizers)
+        }
+        wCount = heads * n
+      }
+      guard kept > 0 else {
+        idxCount = 0
+        throw HeteroKVError(.nonFiniteInput, "scores have no finite maximum or a non-finite sum")
+      }
+      idxCount = kept
+    }
+    return (0..<heads).map { h in
+      TauMassSelection(
+        indices: indices, weights: Array(weights[h * n..<h * n + kept]), keptMass: mass[h],
+        contextLength: n, logNormalizer: logNormalizers[h])
+    }
+  }
+}
+
+/// What a decode step's tau-mass selection is made over.
+public enum SelectionScope: String, Sendable, Hashable, Codable, CaseIterable {
+  /// Each query head keeps its own tau-mass set (the paper's rule); with exact outputs a GQA
+  /// group then attends the union of its heads' sets.
+  case queryHead = "query_head"
+  /// One set per KV head: the tokens holding tau of the group's mean probability, attended by
+  /// every query head of the group.
+  case kvGroup = "kv_group"
+}
+
+extension TauMassSelection {
   /// The selection a GQA group's query heads share: the ascending union of their kept
   /// tokens, for each head, with each token's weight the largest any head gave it (the union
   /// holds at least every head's own tau mass). In exact mode a memory node then reads and
   /// copies the group's rows once and scores every head over them, instead of once per head.
   public static func groupUnion(_ selections: [TauMassSelection]) -> [TauMassSelection] {
     guard selections.count > 1 else { return selections }
+    // A group selection's heads already share one list (compared by storage first).
+    if selections.dropFirst().allSatisfy({ $0.indices == selections[0].indices }) {
+      return selections
+    }
     // One mark per context token (the largest weight seen, -1 for none), then one scan: linear
     // in the context and the kept counts, with no per-token branching on the heads.
     let n = selections.map(\.contextLength).max()!

@@ -20,6 +20,8 @@ public struct HCAttentionPolicy: AttentionPolicy {
   /// Exact mode: the tokens a step does not keep enter the output as their approximate mass
   /// times the head's mean value (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// Each query head's own kept set or one per KV head, as the worker's `selection`.
+  public var scope: SelectionScope = .queryHead
   /// With `recipe`: per budget, the heads (`layer · kvHeads + kvHead`) coded with the recipe's
   /// finer codes, as the worker's `finer_codes` picks them.
   public var finerHeads: [Double: Set<Int>] = [:]
@@ -100,7 +102,7 @@ public struct HCAttentionPolicy: AttentionPolicy {
   public func prepare(layer: LayerTrace, geometry: ModelGeometry, budget: Double) throws
     -> any PolicyLayerState
   {
-    let step = try HCAttentionStep(tau: tau, mode: mode)
+    let step = try HCAttentionStep(tau: tau, mode: mode, scope: scope)
     if let recipe {
       let finer = finerHeads[budget] ?? []
       let sized =

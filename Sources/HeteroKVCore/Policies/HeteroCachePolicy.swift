@@ -23,6 +23,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
   /// Exact output: heads with codes estimate the tokens a step leaves out
   /// (`UnkeptTokenEstimate`), as the worker's `unkept_estimate`.
   public var estimatesUnkept = false
+  /// Each query head's own kept set or one per KV head, as the worker's `selection`.
+  public var scope: SelectionScope = .queryHead
   /// With `recipe` and `recall`: its codes sized to each budget (`KeyIndexRecipe.fitting`),
   /// charging this many fp16 rows a head holds, as the worker sizes them; nil: as given.
   public var fitHeldRows: Int?
@@ -272,7 +274,8 @@ public struct HeteroCachePolicy: AttentionPolicy {
     }
     return State(
       heads: heads, roles: mine.map(\.role), caps: caps, prefillTokens: n,
-      step: try HCAttentionStep(tau: tau, mode: recipe == nil ? .renormalized : .exact),
+      step: try HCAttentionStep(
+        tau: tau, mode: recipe == nil ? .renormalized : .exact, scope: scope),
       groupSize: g, d: geometry.headDim, unkept: unkept)
   }
 }

@@ -28,19 +28,20 @@ extension SequenceSession {
     let group = g.groupSize
     let d = g.headDim
     let tau = Float(options.settings.tau(for: options.policy))
+    let scope = options.settings.selection
     let state = layers[layer]
     let computations: [HeadComputation] = state.heads.enumerated().map { h, head in
       let q = Array(queries[(h * group * d)..<((h + 1) * group * d)])
       if let cache = head.cache {
         if let index = head.index {
-          return .recall(index: index, cache: cache, queries: q, tau: tau)
+          return .recall(index: index, cache: cache, queries: q, tau: tau, scope: scope)
         }
         return .attend(cache: cache, queries: q)
       }
       let cap =
         options.policy == .hcattention && options.settings.capSelection && head.cap > 0
         ? head.cap : nil
-      return .select(index: head.index!, queries: q, tau: tau, cap: cap)
+      return .select(index: head.index!, queries: q, tau: tau, cap: cap, scope: scope)
     }
     // Heads with near-data work go first, one at a time: each head's requests leave as soon as
     // its selection is made, so the memory nodes attend over them while the worker scores the

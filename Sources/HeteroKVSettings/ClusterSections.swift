@@ -151,7 +151,7 @@ public struct WorkerSettings: Sendable, Hashable {
   /// What a step's tau-mass selection is made over (`selection`): each query head's own set
   /// (`query_head`, the paper) or one set per KV head from the group's mean probability
   /// (`kv_group`: one selection a group instead of one a head, and no union).
-  public var selection: SelectionScope = .queryHead
+  public var selection: SelectionScope = .kvGroup
   /// When a put to the memory tier counts as stored (`ack_replicas`).
   public var ackReplicas: ReplicaAcknowledgement = .allLive
 
@@ -179,15 +179,17 @@ public struct WorkerSettings: Sendable, Hashable {
 public enum RecommendedSettings {
   /// One-byte pq codes over 4 dims (finer where the budget leaves room, hcattention), 64
   /// recent and 4 sink tokens exact, exact output (the memory nodes re-score kept tokens with
-  /// their fp16 keys) and the unkept tokens estimated; tau per policy.
+  /// their fp16 keys), one kept set per KV head and the unkept tokens estimated; tau per
+  /// policy.
   public static var worker: WorkerSettings { WorkerSettings() }
 
-  /// The tau a policy runs at when none is set. HCAttention's finer codes and the unkept
-  /// estimate hold fidelity at 0.975 with about 12-15% of the context kept; HeteroCache's
-  /// compressed heads recall with coarse codes only and need 0.999 (docs/eval.md).
+  /// The tau a policy runs at when none is set. HCAttention's finer codes, the unkept
+  /// estimate and one kept set per KV head hold fidelity at 0.985 with about 12-14% of the
+  /// context kept; HeteroCache's compressed heads recall with coarse codes only and need 0.999
+  /// (docs/benchmarks.md).
   public static func tau(for policy: BudgetPolicyKind) -> Double {
     switch policy {
-    case .hcattention: 0.975
+    case .hcattention: 0.985
     case .heterocache, .uniform: 0.999
     }
   }

@@ -107,7 +107,7 @@ struct ComparisonOptions: ParsableArguments {
 struct CacheSettingsOptions: ParsableArguments {
   @Option(
     help:
-      "Share of the approximate attention mass the kept tokens must hold (default: each policy's recommended, 0.975 for hcattention and 0.999 for heterocache)."
+      "Share of the approximate attention mass the kept tokens must hold (default: each policy's recommended, 0.985 for hcattention and 0.999 for heterocache)."
   )
   var tau: Double?
 

@@ -48,7 +48,7 @@ struct DemoCommand: AsyncParsableCommand {
 
   @Option(
     help:
-      "Share of the approximate attention mass each step keeps (without --config; default: the policy's recommended, 0.975 for hcattention, 0.999 for heterocache)."
+      "Share of the approximate attention mass each step keeps (without --config; default: the policy's recommended, 0.985 for hcattention, 0.999 for heterocache)."
   )
   var tau: Double?
 

@@ -309,7 +309,15 @@ struct ClusterSectionsTests {
     let plain = try ClusterConfiguration.parse(yaml: "cluster: c\n" + nodes, file: "m.yaml")
     // The recommended configuration by default: exact output, recall where the codes fit.
     #expect(plain.worker.outputMode == .exact && plain.budgets.recall)
-    #expect(plain.worker.tau == nil && plain.worker.tau(for: .hcattention) == 0.975)
+    #expect(plain.worker.tau == nil && plain.worker.tau(for: .hcattention) == 0.985)
+    #expect(plain.worker.selection == .kvGroup)
+    let perHead = try ClusterConfiguration.parse(
+      yaml: "cluster: c\nworker: {selection: query_head}\n" + nodes, file: "m.yaml")
+    #expect(perHead.worker.selection == .queryHead)
+    #expect {
+      try ClusterConfiguration.parse(
+        yaml: "cluster: c\nworker: {selection: per_token}\n" + nodes, file: "m.yaml")
+    } throws: { "\($0)".contains("selection") }
     let weights = try ClusterConfiguration.parse(
       yaml: "cluster: c\nworker: {output_mode: renormalized}\n" + nodes, file: "m.yaml")
     #expect(weights.worker.outputMode == .renormalized && !weights.budgets.recall)

@@ -10,7 +10,7 @@ struct HarnessAgreementTests {
   /// Decodes `replay` on a cluster of `options`: the worker's share of fp16 K/V once its rows
   /// are flushed, and its mean relative output error.
   func decode(_ replay: WorkloadReplay, on options: LocalCluster.Options) async throws -> (
-    share: Double, error: Double
+    share: Double, error: Double, kept: Double
   ) {
     try await withCluster(options) { cluster in
       let ref = SequenceRef(sequence: 4)
@@ -20,7 +20,10 @@ struct HarnessAgreementTests {
       try await cluster.worker.flush(ref)
       let stats = try await cluster.worker.stats(ref)
       try await cluster.worker.release(ref)
-      return (Double(stats.workerBytes) / Double(stats.fullKVBytes), report.meanRelativeError)
+      return (
+        Double(stats.workerBytes) / Double(stats.fullKVBytes), report.meanRelativeError,
+        stats.keptShare
+      )
     }
   }
 
@@ -48,6 +51,7 @@ struct HarnessAgreementTests {
     eval.keyIndex = options.worker.keyIndex
     eval.tau = Float(options.worker.tau(for: .hcattention))
     eval.estimatesUnkept = options.worker.unkeptEstimate
+    eval.selection = options.worker.selection
     eval.finerCodes = finer
     let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
     let harness = try #require(row.residentFraction)
@@ -66,6 +70,36 @@ struct HarnessAgreementTests {
     let error = try #require(row.relativeL2Error)
     #expect(error < 0.05 && worker.error < 0.05, "harness \(error), worker \(worker.error)")
     #expect(abs(error - worker.error) < 0.5 * max(error, worker.error) + 0.002)
+  }
+
+  @Test(
+    "one kept set per KV head attends fewer tokens than the union of the query heads' sets at the same tau, on the worker and in the harness alike"
+  )
+  func groupSelectionOnBoth() async throws {
+    let replay = try tinyWorkload(tokens: 2048, steps: 4)
+    func run(_ scope: SelectionScope) async throws -> (worker: Double, harness: Double) {
+      var options = hcattention(budget: 0.125, finer: false)
+      options.worker.tau = 0.95
+      options.worker.selection = scope
+      let worker = try await decode(replay, on: options)
+      var eval = try EvalOptions(policies: ["hcattention-exact"], budgets: [0.125])
+      eval.keyIndex = options.worker.keyIndex
+      eval.tau = 0.95
+      eval.estimatesUnkept = options.worker.unkeptEstimate
+      eval.selection = scope
+      let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
+      #expect(worker.error < 0.1, "\(scope): worker error \(worker.error)")
+      return (worker.kept, try #require(row.keptFraction))
+    }
+    let union = try await run(.queryHead)
+    let group = try await run(.kvGroup)
+    #expect(group.worker < 0.95 * union.worker, "group \(group.worker), union \(union.worker)")
+    #expect(group.harness < 0.95 * union.harness, "group \(group.harness), union \(union.harness)")
+    for (scope, kept) in [("query_head", union), ("kv_group", group)] {
+      #expect(
+        abs(kept.worker - kept.harness) < 0.1 * kept.worker,
+        "\(scope): worker kept \(kept.worker), harness \(kept.harness)")
+    }
   }
 
   @Test(
@@ -102,6 +136,7 @@ struct HarnessAgreementTests {
       eval.keyIndex = options.worker.keyIndex
       eval.tau = 0.8
       eval.estimatesUnkept = estimate
+      eval.selection = options.worker.selection
       let row = try #require(EvalHarness.run(replay.workload, options: eval).rows.first)
       return (worker.error, try #require(row.relativeL2Error))
     }
@@ -118,7 +153,7 @@ struct HarnessAgreementTests {
   )
   func finerCodesFillTheBudget() async throws {
     let replay = try tinyWorkload(tokens: 2048, steps: 4)
-    func run(finer: Bool) async throws -> (share: Double, error: Double) {
+    func run(finer: Bool) async throws -> (share: Double, error: Double, kept: Double) {
       try await decode(replay, on: hcattention(budget: 0.2, finer: finer))
     }
     let coarse = try await run(finer: false)

@@ -62,8 +62,18 @@ func breakdownHCAttention() throws {
   var scores = [Float]()
   t("pq scores") { scores = try! store.scores(queries: q, heads: 4, scale: 0.088) }
   var sel = [TauMassSelection]()
-  t("select") { sel = try! step.select(approximateScores: scores, heads: 4) }
+  t("select, per query head") { sel = try! step.select(approximateScores: scores, heads: 4) }
   print("kept", sel.map(\.indices.count))
+  // Exact output attends a group's union; one set per KV head needs no union.
+  var union = [TauMassSelection]()
+  t("union of the group's sets") { union = TauMassSelection.groupUnion(sel) }
+  print("union kept", union[0].indices.count)
+  let grouped = try HCAttentionStep(scope: .kvGroup)
+  var group = [TauMassSelection]()
+  t("select, one set per KV head") {
+    group = try! grouped.select(approximateScores: scores, heads: 4)
+  }
+  print("group kept", group[0].indices.count)
   t("context") {
     _ = try! step.contextVectors(selections: sel, queries: q, keys: nil, values: head.values)
   }

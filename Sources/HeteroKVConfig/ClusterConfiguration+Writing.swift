@@ -79,7 +79,8 @@ extension ClusterConfiguration {
           ("cap_selection", scalar(w.capSelection)), ("output_mode", scalar(w.outputMode.rawValue)),
           ("ack_replicas", scalar(w.ackReplicas.rawValue)), ("finer_codes", scalar(w.finerCodes)),
           ("query_aware_codes", scalar(w.queryAwareCodes)),
-          ("unkept_estimate", scalar(w.unkeptEstimate)), ("selection", scalar(w.selection.rawValue)),
+          ("unkept_estimate", scalar(w.unkeptEstimate)),
+          ("selection", scalar(w.selection.rawValue)),
         ])
       ))
     let b = budgets

@@ -20,6 +20,14 @@ public func freeLoopbackPort() throws -> Int {
 }
 
 private func loopbackPortIsFree(_ port: Int) -> Bool {
+  onLoopbackSocket(port: port) { bind($0, $1, $2) == 0 }
+}
+
+/// `body` with a fresh TCP socket and the address 127.0.0.1:`port` (to bind or connect);
+/// the socket is closed after.
+func onLoopbackSocket(
+  port: Int, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Bool
+) -> Bool {
   let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
   defer { close(fd) }
   var address = sockaddr_in()
@@ -28,7 +36,7 @@ private func loopbackPortIsFree(_ port: Int) -> Bool {
   address.sin_port = UInt16(port).bigEndian
   return withUnsafePointer(to: &address) {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-      bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+      body(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
     }
   }
 }
@@ -195,17 +203,7 @@ public final class EtcdCluster {
 
   /// Whether member `index` accepts TCP connections on its client port.
   public func acceptsConnections(_ index: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(members[index].client).bigEndian
-    return withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-      }
-    }
+    onLoopbackSocket(port: members[index].client) { connect($0, $1, $2) == 0 }
   }
 
   public func stop() {

@@ -14,6 +14,10 @@ struct DecodeBench {
   var codec = "pq"
   /// Exact outputs: the memory nodes re-score the kept tokens with their fp16 keys.
   var exact = false
+  /// Keep each step's whole tau-mass set instead of capping it at the budget's tokens.
+  var uncapped = false
+  /// One kept set per KV head (`kv_group`) or per query head (`query_head`).
+  var selection = SelectionScope.kvGroup
 
   func run() async throws {
     let g = oneLayer
@@ -26,7 +30,8 @@ struct DecodeBench {
     options.worker = WorkerSettings(
       keyCodec: codec == "scalar" ? .scalar : .pq, keyBits: codec == "scalar" ? 2 : 8,
       groupSize: Int(option("group") ?? "8") ?? 8, window: 64, sinks: 4, tau: 0.9,
-      capSelection: true)  // a step keeps at most the budget's tokens, as measured in issue 5
+      capSelection: !uncapped)  // capped: at most the budget's tokens, as measured in issue 5
+    options.worker.selection = selection
     options.outputMode = exact ? .exact : .renormalized
     let cluster = try await LocalCluster.start(options, logger: logger)
     let worker = cluster.worker

@@ -1,7 +1,8 @@
 // hkv-cluster-bench: the worker's decode step on a real cluster.
 //
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench decode [--tokens 131072,1048576] \
-//       [--steps 12] [--codec pq|scalar] [--group 8] [--exact]
+//       [--steps 12] [--codec pq|scalar] [--group 8] [--exact] [--uncapped]
+//       [--selection kv_group|query_head]
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench scale --hkv .build/release/hkv \
 //       [--tokens 4194304] [--memnodes 4] [--steps 4]
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench repair [--tokens 393216] \
@@ -47,7 +48,8 @@ case "decode":
   for n in sizes {
     try await DecodeBench(
       tokens: n, steps: steps, codec: option("codec") ?? "pq",
-      exact: arguments.contains("--exact")
+      exact: arguments.contains("--exact"), uncapped: arguments.contains("--uncapped"),
+      selection: SelectionScope(rawValue: option("selection") ?? "kv_group") ?? .kvGroup
     ).run()
   }
 case "scale":

@@ -513,7 +513,7 @@ size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float t
   size_t kept = tau_keep(mean, bucket, used, n, tau, cap, indices, scratch.cand);
   for (size_t h = 0; h < heads; h++) {
     const float *wh = scratch.w + h * n;
-    float *out = weights + h * n, sum = 0;
+    float *out = weights + h * kept, sum = 0;
     for (size_t t = 0; t < kept; t++) {
       out[t] = wh[indices[t]] * inv_total[h];
       sum += out[t];

@@ -154,21 +154,55 @@ public final class EtcdClient: Sendable {
     }
     // No member answered. A member whose connection is between reconnect attempts fails fast
     // above even when it is up again (a restarted member, or one that was not listening yet
-    // when the client first dialled it), so the unreachable ones are tried once more, each
-    // waiting for its connection until the deadline. The call was never sent to them.
-    options.waitForReady = true
-    for index in unreached {
-      let outcome = try await attempt(what, on: index, options: options, body)
-      switch outcome {
+    // when the client first dialled it). So the unreachable ones are probed together with a
+    // read that waits for its connection, within one more deadline, and the call goes once
+    // more to the first that answers. Like the failover above, that can repeat a call a
+    // member received before its connection broke; the callers' writes tolerate it (appends
+    // check for their own entry, an election revokes its own key).
+    if let index = await firstReachable(unreached) {
+      switch try await attempt(what, on: index, options: options, body) {
       case .answered(let result):
         current.withLock { $0 = index }
         return result
       case .failed(let code, let message):
-        failures.append("\(endpoints[index]) (waiting): \(code) \(message)")
+        failures.append("\(endpoints[index]) (reconnected): \(code) \(message)")
       }
     }
     throw HeteroKVError(
       .unavailable, "etcd \(what): no member answered (\(failures.joined(separator: "; ")))")
+  }
+
+  /// The first of `members` to answer a one-key read that waits for its connection, all
+  /// probed at once within one deadline; nil when none does.
+  private func firstReachable(_ members: [Int]) async -> Int? {
+    guard !members.isEmpty else { return nil }
+    var waiting = CallOptions.defaults
+    waiting.timeout = timeout
+    waiting.waitForReady = true
+    let options = waiting
+    let probe = Etcdserverpb_RangeRequest.with {
+      $0.key = Data([0])
+      $0.limit = 1
+      $0.keysOnly = true
+    }
+    return await withTaskGroup(of: Int?.self) { group in
+      for index in members {
+        group.addTask {
+          let answered = try? await self.attempt("Range", on: index, options: options) {
+            client, options, metadata in
+            try await Etcdserverpb_KV.Client(wrapping: client).range(
+              probe, metadata: metadata, options: options)
+          }
+          if case .answered = answered { return index }
+          return nil
+        }
+      }
+      for await index in group where index != nil {
+        group.cancelAll()
+        return index
+      }
+      return nil
+    }
   }
 
   private enum Attempt<T> {
@@ -384,17 +418,18 @@ public final class EtcdClient: Sendable {
     let next = Mutex(revision)
     while true {
       try Task.checkCancellation()
-      let start = next.withLock { $0 }
-      let request = Etcdserverpb_WatchRequest.with {
-        $0.createRequest = .with {
-          $0.key = Data(prefix)
-          $0.rangeEnd = Data(Self.prefixEnd(prefix))
-          $0.startRevision = start
-        }
-      }
       do {
         try await call("Watch") { client, _, metadata in
-          try await Etcdserverpb_Watch.Client(wrapping: client).watch(
+          // From what was delivered so far, also when the call moves to another member.
+          let start = next.withLock { $0 }
+          let request = Etcdserverpb_WatchRequest.with {
+            $0.createRequest = .with {
+              $0.key = Data(prefix)
+              $0.rangeEnd = Data(Self.prefixEnd(prefix))
+              $0.startRevision = start
+            }
+          }
+          return try await Etcdserverpb_Watch.Client(wrapping: client).watch(
             metadata: metadata,
             requestProducer: { writer in
               try await writer.write(request)

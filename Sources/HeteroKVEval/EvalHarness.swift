@@ -28,7 +28,9 @@ public struct EvalOptions: Sendable {
   /// Exact outputs estimate the tokens a step does not keep (`UnkeptTokenEstimate`), as the
   /// worker's `unkept_estimate`.
   public var estimatesUnkept = false
-  /// What the HCAttention-family policies select over, as the worker's `selection`.
+  /// What the HCAttention-family policies select over, as the worker's `selection`. By
+  /// default the paper's rule, each query head its own set (the harness's defaults are the
+  /// paper's); `hkv eval` passes the worker's, one set per KV head unless told otherwise.
   public var selection: SelectionScope = .queryHead
   /// HCAttention on `keyIndex`: what each budget leaves over the codes buys finer codes for
   /// the heads whose keys the codes reconstruct worst, ranked over every layer, as the

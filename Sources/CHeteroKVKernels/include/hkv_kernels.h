@@ -170,7 +170,7 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
 /// scaled scores [heads][n]: the smallest set, in descending mean softmax probability over the
 /// heads, whose mean mass reaches tau (optionally at most `cap`). Writes the kept indices
 /// ascending (room for n), each head's own softmax weights of the kept tokens to
-/// weights[h * n + k] (room for heads * n), each head's kept mass and log Σ exp(scores);
+/// weights[h * kept + k] (room for heads * n), each head's kept mass and log Σ exp(scores);
 /// returns the kept count, or 0 when some head's scores have no finite maximum.
 size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float tau, size_t cap,
                             int32_t *indices, float *weights, float *kept_mass,

@@ -40,7 +40,8 @@ public struct HCAttentionStep: Sendable {
   /// The per-head selections from approximate scores `[heads][n]` (already scaled): each
   /// head's own, or the group's one set with each head's weights (`scope`).
   public func select(approximateScores: [Float], heads: Int) throws -> [TauMassSelection] {
-    if scope == .kvGroup && heads > 1 {
+    // The group kernel takes up to 64 heads a group; larger groups select per head.
+    if scope == .kvGroup && heads > 1 && heads <= 64 {
       return try TauMassSelection.selectGroup(
         scores: approximateScores, heads: heads, tau: tau, cap: cap)
     }

@@ -90,7 +90,7 @@ extension TauMassSelection {
             s.baseAddress, heads, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass,
             &logNormalizers)
         }
-        wCount = heads * n
+        wCount = heads * kept
       }
       guard kept > 0 else {
         idxCount = 0
@@ -100,7 +100,7 @@ extension TauMassSelection {
     }
     return (0..<heads).map { h in
       TauMassSelection(
-        indices: indices, weights: Array(weights[h * n..<h * n + kept]), keptMass: mass[h],
+        indices: indices, weights: Array(weights[h * kept..<(h + 1) * kept]), keptMass: mass[h],
         contextLength: n, logNormalizer: logNormalizers[h])
     }
   }

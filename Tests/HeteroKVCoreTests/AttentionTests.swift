@@ -163,6 +163,10 @@ import Testing
     let group = try TauMassSelection.selectGroup(scores: one, heads: 1, tau: 0.9)
     #expect(group[0].indices == own.indices)
     #expect(abs(group[0].logNormalizer - own.logNormalizer) < 1e-4)
+    // Past the kernel's 64 heads a group selects per head.
+    let wide = try HCAttentionStep(tau: 0.9, scope: .kvGroup).select(
+      approximateScores: randomFloats(65 * 200, seed: 33, scale: 4), heads: 65)
+    #expect(wide.count == 65 && wide[0].indices != wide[1].indices)
     // A cap bounds it; bad input is refused by name.
     let capped = try TauMassSelection.selectGroup(
       scores: randomFloats(3 * 1000, seed: 32), heads: 3, tau: 0.9, cap: 17)

@@ -220,7 +220,8 @@ public enum EvalHarness {
         heldRows: options.heldDecodeRows)
     }
     var picks: [Double: Set<Int>] = [:]
-    var rankings: [KeyIndexRecipe: [Int]] = [:]
+    // Each sized recipe's reconstruction error per head, trained once.
+    var rankings: [KeyIndexRecipe: [Double]] = [:]
     for (i, budget) in options.budgets.enumerated() where counts[i] > 0 {
       if rankings[sized[i]] == nil {
         var errors: [Double] = []
@@ -236,9 +237,10 @@ public enum EvalHarness {
             return KeyIndexRecipe.reconstructionError(of: index, keys: head.keys)
           }
         }
-        rankings[sized[i]] = errors.indices.sorted { errors[$0] > errors[$1] }
+        rankings[sized[i]] = errors
       }
-      picks[budget] = Set(rankings[sized[i]]!.prefix(counts[i]))
+      picks[budget] = Set(
+        KeyIndexRecipe.finerCodePicks(errors: rankings[sized[i]]!, count: counts[i]))
     }
     return picks
   }

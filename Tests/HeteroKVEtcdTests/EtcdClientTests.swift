@@ -117,30 +117,23 @@ struct EtcdClientTests {
     "a member that comes back after its connection failed serves the next call, not after the transport's backoff"
   )
   func memberComesBack() async throws {
-    let cluster = try EtcdCluster(members: 1)
-    defer { cluster.stop() }
-    let client = try EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(5))
-    let running = Task { try await client.run() }
-    defer {
-      client.shutdown()
-      running.cancel()
+    try await withEtcd(timeout: .seconds(5)) { client, cluster in
+      cluster.kill(0)
+      // Calls while it is down fail, and the connection backs off between reconnect attempts.
+      for _ in 0..<2 {
+        await #expect(throws: HeteroKVError.self) { try await client.put(bytes("/hkv/k"), [0]) }
+      }
+      try cluster.restart(0)
+      let deadline = ContinuousClock.now + .seconds(20)
+      while !cluster.acceptsConnections(0) {
+        try #require(ContinuousClock.now < deadline, "etcd did not listen again")
+        try await Task.sleep(for: .milliseconds(50))
+      }
+      // The first call after the member listens again succeeds: it waits for the reconnect
+      // instead of failing on a connection still marked as failed.
+      try await client.put(bytes("/hkv/k"), bytes("back"))
+      #expect(try await client.range(bytes("/hkv/k")).kvs.first?.value == Data(bytes("back")))
     }
-    try await cluster.waitUntilServing(client)
-    cluster.kill(0)
-    // Calls while it is down fail, and the connection backs off between reconnect attempts.
-    for _ in 0..<2 {
-      await #expect(throws: HeteroKVError.self) { try await client.put(bytes("/hkv/k"), [0]) }
-    }
-    try cluster.restart(0)
-    let deadline = ContinuousClock.now + .seconds(20)
-    while !cluster.acceptsConnections(0) {
-      try #require(ContinuousClock.now < deadline, "etcd did not listen again")
-      try await Task.sleep(for: .milliseconds(50))
-    }
-    // The first call after the member listens again succeeds: it waits for the reconnect
-    // instead of failing on a connection still marked as failed.
-    try await client.put(bytes("/hkv/k"), bytes("back"))
-    #expect(try await client.range(bytes("/hkv/k")).kvs.first?.value == Data(bytes("back")))
   }
 
   @Test("over mutual TLS: a client with the CA and its certificate is served; one without is not")

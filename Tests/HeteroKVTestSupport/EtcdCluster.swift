@@ -158,13 +158,9 @@ public final class EtcdCluster {
     try await retry(until: deadline) { try await client.put(Array("ready".utf8), [1]) }
     guard members.count > 1, !servesTLS else { return }
     for endpoint in endpoints {
-      let single = try EtcdClient(endpoints: [endpoint], timeout: .seconds(2))
-      let running = Task { try await single.run() }
-      defer {
-        single.shutdown()
-        running.cancel()
+      try await withEtcdClient([endpoint]) { single in
+        try await retry(until: deadline) { _ = try await single.range(Array("ready".utf8)) }
       }
-      try await retry(until: deadline) { _ = try await single.range(Array("ready".utf8)) }
     }
   }
 
@@ -214,18 +210,30 @@ public final class EtcdCluster {
   deinit { stop() }
 }
 
-/// Runs `body` with a client of a fresh `members`-member etcd cluster, stopped afterwards.
-public func withEtcd<T: Sendable>(
-  members: Int = 1, _ body: (EtcdClient, EtcdCluster) async throws -> T
+/// Runs `body` with a client of `endpoints` whose connections run for its duration, and shut
+/// down afterwards.
+public func withEtcdClient<T: Sendable>(
+  _ endpoints: [EtcdEndpoint], timeout: Duration = .seconds(2), tls: EtcdTLS? = nil,
+  _ body: (EtcdClient) async throws -> T
 ) async throws -> T {
-  let cluster = try EtcdCluster(members: members)
-  defer { cluster.stop() }
-  let client = try EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(2))
+  let client = try EtcdClient(endpoints: endpoints, timeout: timeout, tls: tls)
   let running = Task { try await client.run() }
   defer {
     client.shutdown()
     running.cancel()
   }
-  try await cluster.waitUntilServing(client)
-  return try await body(client, cluster)
+  return try await body(client)
+}
+
+/// Runs `body` with a client of a fresh `members`-member etcd cluster, stopped afterwards.
+public func withEtcd<T: Sendable>(
+  members: Int = 1, timeout: Duration = .seconds(2),
+  _ body: (EtcdClient, EtcdCluster) async throws -> T
+) async throws -> T {
+  let cluster = try EtcdCluster(members: members)
+  defer { cluster.stop() }
+  return try await withEtcdClient(cluster.endpoints, timeout: timeout) { client in
+    try await cluster.waitUntilServing(client)
+    return try await body(client, cluster)
+  }
 }

@@ -16,6 +16,15 @@ public struct TauMassSelection: Sendable, Hashable {
   /// group's union, which no single head's scores normalize).
   public var logNormalizer: Float = 0
 
+  /// A selection's arguments, refused by name: some tokens, tau in (0, 1], a cap of at least 1.
+  static func checkArguments(tokens n: Int, tau: Float, cap: Int?) throws {
+    guard n > 0 else { throw HeteroKVError(.emptyContext, "tau selection over 0 tokens") }
+    guard tau > 0, tau <= 1 else {
+      throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
+    }
+    if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
+  }
+
   /// Weights divided by the kept mass, so they sum to 1 over the kept set.
   public var renormalizedWeights: [Float] {
     keptMass > 0 ? weights.map { $0 / keptMass } : weights
@@ -30,11 +39,7 @@ public struct TauMassSelection: Sendable, Hashable {
     -> TauMassSelection
   {
     let n = scores.count
-    guard n > 0 else { throw HeteroKVError(.emptyContext, "tau selection over 0 tokens") }
-    guard tau > 0, tau <= 1 else {
-      throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
-    }
-    if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
+    try checkArguments(tokens: n, tau: tau, cap: cap)
     // Room for every token, filled by the kernel and trimmed to the kept count.
     var mass: Float = 0
     var logNormalizer: Float = 0
@@ -74,11 +79,7 @@ extension TauMassSelection {
         "\(scores.count) scores do not split into \(heads) heads (1 to 64)")
     }
     let n = scores.count / heads
-    guard n > 0 else { throw HeteroKVError(.emptyContext, "tau selection over 0 tokens") }
-    guard tau > 0, tau <= 1 else {
-      throw HeteroKVError.invalid("tau must be in (0, 1], got \(tau)")
-    }
-    if let cap, cap < 1 { throw HeteroKVError.invalid("selection cap must be >= 1, got \(cap)") }
+    try checkArguments(tokens: n, tau: tau, cap: cap)
     var mass = [Float](repeating: 0, count: heads)
     var logNormalizers = [Float](repeating: 0, count: heads)
     var kept = 0

@@ -105,6 +105,14 @@ public struct KeyIndexRecipe: Sendable, Hashable {
       heads, max(0, Int(((budget - coarse - tail) / extra * Double(heads)).rounded(.down))))
   }
 
+  /// The `count` heads finer codes go to: the largest reconstruction `errors` first, among
+  /// the heads `eligible` admits (the worker's seal and the harness pick them alike).
+  public static func finerCodePicks(
+    errors: [Double], count: Int, eligible: (Int) -> Bool = { _ in true }
+  ) -> [Int] {
+    Array(errors.indices.filter(eligible).sorted { errors[$0] > errors[$1] }.prefix(count))
+  }
+
   /// Relative squared error of `index`'s pq codes over a sample of `keys` (the ones it
   /// coded, from the first): how badly the codes reconstruct this head's keys, which ranks
   /// heads for finer codes; 0 for other codecs.

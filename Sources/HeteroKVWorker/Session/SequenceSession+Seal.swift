@@ -134,9 +134,9 @@ extension SequenceSession {
         return finer > 0 ? held[i].map { boxes[i].reconstructionError($0) } ?? 0 : 0
       }
       if finer > 0 {
-        let chosen = errors.indices.filter { held[$0] != nil }.sorted { errors[$0] > errors[$1] }
-          .prefix(finer)
-        let picks = Array(chosen)
+        let picks = KeyIndexRecipe.finerCodePicks(errors: errors, count: finer) {
+          held[$0] != nil
+        }
         _ = try parallelMap(picks.count) { k in
           let i = picks[k]
           try boxes[i].trainIndex(

@@ -62,6 +62,81 @@
 PQ_SCORES_X4_AVX2(pq_scores_x4_avx2, uint16_t, uint64_t, 16)
 PQ_SCORES_X4_AVX2(pq_scores_x4_u8_avx2, uint8_t, uint32_t, 8)
 
+// Fast scan over one block of 32 tokens for `hn` (1-4, a constant where it is inlined) heads:
+// per pair of sub-spaces the codes split into low and high nibbles once, and each head's two
+// 16-entry tables (broadcast to both 128-bit lanes) look up all 32 tokens with one byte
+// shuffle each. Byte sums accumulate in 16-bit lanes: `all` adds both bytes of a lane (the
+// even token wraps into the odd one's half), `odd` the high bytes alone, so the even tokens
+// are all - 256 * odd, exact for up to 256 sub-spaces.
+HKV_AVX2 static inline __attribute__((always_inline)) void
+pq4_block_avx2(const uint8_t *lut, size_t sub, size_t h0, const int hn, const uint8_t *block,
+               size_t pairs, __m256i *all, __m256i *odd) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int k = 0; k < hn; k++) all[k] = odd[k] = _mm256_setzero_si256();
+  for (size_t p = 0; p < pairs; p++) {
+    __m256i c = _mm256_loadu_si256((const __m256i *)(block + p * 32));
+    __m256i lo = _mm256_and_si256(c, low4);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
+    for (int k = 0; k < hn; k++) {
+      const uint8_t *l = lut + ((h0 + (size_t)k) * sub + 2 * p) * 16;
+      __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)l));
+      __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(l + 16)));
+      __m256i r0 = _mm256_shuffle_epi8(t0, lo), r1 = _mm256_shuffle_epi8(t1, hi);
+      all[k] = _mm256_add_epi16(all[k], _mm256_add_epi16(r0, r1));
+      odd[k] = _mm256_add_epi16(
+          odd[k], _mm256_add_epi16(_mm256_srli_epi16(r0, 8), _mm256_srli_epi16(r1, 8)));
+    }
+  }
+}
+
+// Tokens 0-15 of a block are the even bytes' sums, 16-31 the odd ones', each in order.
+HKV_AVX2 static inline void pq4_store_avx2(__m256i all, __m256i odd, float scale, float bias,
+                                           float *out) {
+  __m256i even = _mm256_sub_epi16(all, _mm256_slli_epi16(odd, 8));
+  __m256 sc = _mm256_set1_ps(scale), bi = _mm256_set1_ps(bias);
+  __m256i parts[4] = {
+      _mm256_cvtepu16_epi32(_mm256_castsi256_si128(even)),
+      _mm256_cvtepu16_epi32(_mm256_extracti128_si256(even, 1)),
+      _mm256_cvtepu16_epi32(_mm256_castsi256_si128(odd)),
+      _mm256_cvtepu16_epi32(_mm256_extracti128_si256(odd, 1)),
+  };
+  for (int q = 0; q < 4; q++)
+    _mm256_storeu_ps(out + 8 * q, _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(parts[q]), bi));
+}
+
+HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_scale,
+                                           const float *lut_bias, size_t heads, size_t g,
+                                           const uint8_t *blocks, size_t n, float *scores,
+                                           size_t stride) {
+  size_t sub = hkv_pq4_subspaces(g), pairs = sub / 2, bytes = hkv_pq4_block_bytes(g);
+  float tail[HKV_PQ4_BLOCK];
+  for (size_t j = 0; j < n; j += HKV_PQ4_BLOCK) {
+    const uint8_t *block = blocks + j / HKV_PQ4_BLOCK * bytes;
+    if (j + 3 * HKV_PQ4_BLOCK <= n) prefetch_lines(block + 2 * bytes, bytes);
+    size_t valid = n - j < HKV_PQ4_BLOCK ? n - j : HKV_PQ4_BLOCK;
+    for (size_t h0 = 0; h0 < heads; h0 += 4) {
+      __m256i all[4], odd[4];
+      int hn = heads - h0 < 4 ? (int)(heads - h0) : 4;
+      switch (hn) {
+      case 4: pq4_block_avx2(lut, sub, h0, 4, block, pairs, all, odd); break;
+      case 3: pq4_block_avx2(lut, sub, h0, 3, block, pairs, all, odd); break;
+      case 2: pq4_block_avx2(lut, sub, h0, 2, block, pairs, all, odd); break;
+      default: pq4_block_avx2(lut, sub, h0, 1, block, pairs, all, odd); break;
+      }
+      for (int k = 0; k < hn; k++) {
+        size_t h = h0 + (size_t)k;
+        float *out = scores + h * stride + j;
+        if (valid == HKV_PQ4_BLOCK) {
+          pq4_store_avx2(all[k], odd[k], lut_scale[h], lut_bias[h], out);
+        } else {
+          pq4_store_avx2(all[k], odd[k], lut_scale[h], lut_bias[h], tail);
+          memcpy(out, tail, sizeof(float) * valid);
+        }
+      }
+    }
+  }
+}
+
 // Per sub-space, the four heads' query slices form s column vectors of 4 lanes; each centroid
 // entry is the sum over its s coordinates of coordinate x column.
 HKV_AVX2 HKV_INTERNAL void pq_lut_x4_avx2(const uint16_t *centroids, size_t g, size_t c, size_t s,
@@ -231,19 +306,18 @@ HKV_AVX2 HKV_INTERNAL void nearest_centroids_avx2(const float *points, size_t n,
       }
       idx = _mm256_add_epi32(idx, step);
     }
+    // The lane of least distance, ties to the lower index, without branches: with 16 or 32
+    // centroids a point's scalar search of its 8 lanes cost more than its distances.
     for (size_t p = 0; p < count; p++) {
-      float bv[8];
-      int32_t bi[8];
-      _mm256_storeu_ps(bv, best[p]);
-      _mm256_storeu_si256((__m256i *)bi, bestIdx[p]);
-      float b = bv[0];
-      int32_t a = bi[0];
-      for (int t = 1; t < 8; t++)
-        if (bv[t] < b || (bv[t] == b && bi[t] < a)) {
-          b = bv[t];
-          a = bi[t];
-        }
-      codes[(j0 + p) * code_stride] = (uint16_t)a;
+      __m256 m = _mm256_min_ps(best[p], _mm256_permute_ps(best[p], 0xB1));
+      m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4E));
+      m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
+      __m256i tie = _mm256_castps_si256(_mm256_cmp_ps(best[p], m, _CMP_EQ_OQ));
+      __m256i at = _mm256_blendv_epi8(_mm256_set1_epi32(INT32_MAX), bestIdx[p], tie);
+      __m128i a = _mm_min_epi32(_mm256_castsi256_si128(at), _mm256_extracti128_si256(at, 1));
+      a = _mm_min_epi32(a, _mm_shuffle_epi32(a, 0x4E));
+      a = _mm_min_epi32(a, _mm_shuffle_epi32(a, 0xB1));
+      codes[(j0 + p) * code_stride] = (uint16_t)_mm_cvtsi128_si32(a);
     }
   }
 }

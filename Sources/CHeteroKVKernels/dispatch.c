@@ -80,6 +80,7 @@ static const hkv_kernel_table portable_table = {
     .pq_scores_x4 = pq_scores_x4_portable,
     .pq_scores_x4_u8 = pq_scores_x4_u8_portable,
     .pq_lut_x4 = pq_lut_x4_portable,
+    .pq4_scores = pq4_scores_portable,
     .sq4_scores = sq4_scores_portable,
     .sq_group_scores = sq_group_scores_portable,
     .nearest_centroids = nearest_centroids_portable,
@@ -114,6 +115,7 @@ static const hkv_kernel_table avx2_table = {
     .pq_scores_x4 = pq_scores_x4_avx2,
     .pq_scores_x4_u8 = pq_scores_x4_u8_avx2,
     .pq_lut_x4 = pq_lut_x4_avx2,
+    .pq4_scores = pq4_scores_avx2,
     .sq4_scores = sq4_scores_avx2,
     .sq_group_scores = sq_group_scores_avx2,
     .nearest_centroids = nearest_centroids_avx2,
@@ -199,6 +201,12 @@ void hkv_pq_scores_x4_u8(const float *lut, size_t g, size_t c, const uint8_t *co
 void hkv_pq_lut_x4(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                    size_t heads, float *lut) {
   hkv_active_kernels()->pq_lut_x4(centroids, g, c, s, q, heads, lut);
+}
+
+void hkv_pq4_scores(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                    size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                    size_t stride) {
+  hkv_active_kernels()->pq4_scores(lut, lut_scale, lut_bias, heads, g, blocks, n, scores, stride);
 }
 
 void hkv_sq4_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,

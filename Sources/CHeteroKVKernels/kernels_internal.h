@@ -46,6 +46,7 @@ HKV_INTERNAL void sq_scores_generic(const float *qs, const float *bias, size_t h
 HKV_INTERNAL double scan_sum_portable(const float *x, size_t n);
 HKV_INTERNAL void pq_scores_x4_portable(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n, float *scores);
 HKV_INTERNAL void pq_scores_x4_u8_portable(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n, float *scores);
+HKV_INTERNAL void pq4_scores_portable(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 
 #ifdef HKV_X86
 
@@ -83,6 +84,7 @@ HKV_AVX2 HKV_INTERNAL void sq4_scores_i16_avx2(const int16_t *q16, const float *
 HKV_AVX2 HKV_INTERNAL double scan_sum_avx2(const float *x, size_t n);
 HKV_AVX2 HKV_INTERNAL void pq_scores_x4_avx2(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n, float *scores);
 HKV_AVX2 HKV_INTERNAL void pq_scores_x4_u8_avx2(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n, float *scores);
+HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 
 #endif
 

@@ -120,6 +120,70 @@ HKV_INTERNAL void pq_lut_x4_portable(const uint16_t *centroids, size_t g, size_t
   }
 }
 
+// One token at a time: each byte holds a pair of sub-spaces' codes (hkv_pq4_code_offset).
+HKV_INTERNAL void pq4_scores_portable(const uint8_t *lut, const float *lut_scale,
+                                      const float *lut_bias, size_t heads, size_t g,
+                                      const uint8_t *blocks, size_t n, float *scores,
+                                      size_t stride) {
+  size_t sub = hkv_pq4_subspaces(g), bytes = hkv_pq4_block_bytes(g);
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *block = blocks + j / HKV_PQ4_BLOCK * bytes;
+    size_t k = j % HKV_PQ4_BLOCK, at = k < 16 ? 2 * k : 2 * (k - 16) + 1;
+    for (size_t h = 0; h < heads; h++) {
+      const uint8_t *lh = lut + h * sub * 16;
+      uint32_t sum = 0;
+      for (size_t p = 0; p < sub / 2; p++) {
+        uint8_t b = block[p * 32 + at];
+        sum += lh[2 * p * 16 + (b & 15)] + lh[(2 * p + 1) * 16 + (b >> 4)];
+      }
+      scores[h * stride + j] = fmaf(lut_scale[h], (float)sum, lut_bias[h]);
+    }
+  }
+}
+
+void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                 size_t heads, uint8_t *lut, float *lut_scale, float *lut_bias) {
+  size_t sub = hkv_pq4_subspaces(g), d = g * s;
+  float entry[16];
+  for (size_t h = 0; h < heads; h++) {
+    // Pass 1: the widest sub-space's range sets the step.
+    float step = 0, bias = 0;
+    for (size_t i = 0; i < g; i++) {
+      float lo = INFINITY, hi = -INFINITY;
+      for (size_t m = 0; m < c; m++) {
+        const uint16_t *cm = centroids + (i * c + m) * s;
+        float acc = 0;
+        for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
+        lo = acc < lo ? acc : lo;
+        hi = acc > hi ? acc : hi;
+      }
+      step = hi - lo > step ? hi - lo : step;
+      bias += lo;
+    }
+    step /= 255.0f;
+    float inv = step > 0 ? 1.0f / step : 0;
+    // Pass 2: each entry as its distance above its sub-space's lowest, in steps, rounded.
+    uint8_t *lh = lut + h * sub * 16;
+    for (size_t i = 0; i < g; i++) {
+      float lo = INFINITY;
+      for (size_t m = 0; m < c; m++) {
+        const uint16_t *cm = centroids + (i * c + m) * s;
+        float acc = 0;
+        for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
+        entry[m] = acc;
+        lo = acc < lo ? acc : lo;
+      }
+      for (size_t m = 0; m < 16; m++) {
+        float v = m < c ? (entry[m] - lo) * inv + 0.5f : 0;
+        lh[i * 16 + m] = (uint8_t)(v < 255.0f ? v : 255.0f);
+      }
+    }
+    memset(lh + g * 16, 0, (sub - g) * 16);
+    lut_scale[h] = step;
+    lut_bias[h] = bias;
+  }
+}
+
 HKV_INTERNAL void sq4_scores_portable(const float *qs, const float *bias, size_t heads,
                                 const uint8_t *codes, size_t n, size_t d, float scale,
                                 float *scores, size_t stride) {

@@ -146,6 +146,52 @@ import Testing
     }
   }
 
+  @Test(
+    "16-centroid codes take four bits in 32-token blocks, append one at a time as in bulk, and score within the byte table's step"
+  )
+  func fourBitProductCodes() throws {
+    let keys = try outlierKeys(rows: 77, seed: 18)
+    for g in [32, 64] {
+      let book = try codebook(keys: keys, g: g, c: 16)
+      var bulk = ProductQuantizedKeyStore(codebook: book)
+      try bulk.append(keys)
+      var single = ProductQuantizedKeyStore(codebook: book)
+      for j in 0..<keys.rows { try single.append(keys.gather([j])) }
+      #expect(bulk.count == 77 && single.count == 77)
+      #expect(single.codes == bulk.codes)
+      // Three whole blocks of 32 tokens, g / 2 bytes a token.
+      #expect(bulk.residentBytes - book.byteCount == 3 * 32 * g / 2, "g=\(g)")
+      let again = try ProductQuantizedKeyStore(codebook: book, codes: bulk.codes)
+      #expect(again.codes == bulk.codes)
+      #expect(again.decodedKey(at: 40) == bulk.decodedKey(at: 40))
+      for heads in [1, 3, 5] {
+        let q = randomFloats(heads * d, seed: 19)
+        let scores = try bulk.scores(queries: q, heads: heads, scale: 0.25)
+        #expect(try single.scores(queries: q, heads: heads, scale: 0.25) == scores)
+        for h in 0..<heads {
+          let qh = Array(q[h * d..<(h + 1) * d])
+          // The byte table's step: the widest sub-space's range of centroid scores over 255.
+          var widest: Float = 0
+          let s = d / g
+          for i in 0..<g {
+            let entries = (0..<16).map { m in
+              (0..<s).reduce(Float(0)) { acc, t in
+                acc + 0.25 * qh[i * s + t] * Float(book.centroids[(i * 16 + m) * s + t])
+              }
+            }
+            widest = max(widest, entries.max()! - entries.min()!)
+          }
+          for j in 0..<77 {
+            let expected = 0.25 * dot(qh, bulk.decodedKey(at: j))
+            #expect(
+              abs(scores[h * 77 + j] - expected) <= widest / 255 / 2 * Float(g) + 1e-3,
+              "g=\(g) h=\(h) j=\(j)")
+          }
+        }
+      }
+    }
+  }
+
   @Test func productScoresMatchDotWithDecodedKeys() throws {
     let keys = try outlierKeys(rows: 500, seed: 6)
     var store = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 32, c: 64))

@@ -165,6 +165,75 @@ import Testing
       return out
     }
     #expect(nearest.portable == nearest.vector)
+
+    // 16 centroids, each one twice (m and m + 8 equal): both tables pick the lower index.
+    let small = 16
+    let half = randomFloats(s * small / 2, seed: 16)
+    let twice = (0..<s).flatMap { t in
+      (0..<small).map { m in half[t * small / 2 + m % (small / 2)] }
+    }
+    let twiceNorms = (0..<small).map { m in
+      (0..<s).reduce(Float(0)) { $0 + twice[$1 * small + m] * twice[$1 * small + m] }
+    }
+    let ties = try both { t in
+      var out = [UInt16](repeating: 0, count: n)
+      t.nearest_centroids(points, n, s, s, twice, twiceNorms, small, &out, 1)
+      return out
+    }
+    #expect(ties.portable == ties.vector)
+    #expect(ties.vector.allSatisfy { $0 < small / 2 })
+  }
+
+  @Test(
+    "fast-scan 4-bit scores agree bit for bit on both tables and with the byte table summed by hand",
+    arguments: [(32, 2, 203, 4), (33, 2, 64, 3), (64, 1, 31, 9), (1, 64, 70, 1)])
+  func fastScanProductQuantization(g: Int, s: Int, n: Int, heads: Int) throws {
+    let c = 16
+    let centroids = halves(g * c * s, seed: 31)
+    let q = randomFloats(heads * g * s, seed: 32)
+    let sub = hkv_pq4_subspaces(g)
+    var lut = [UInt8](repeating: 0, count: heads * sub * 16)
+    var step = [Float](repeating: 0, count: heads)
+    var bias = [Float](repeating: 0, count: heads)
+    hkv_pq4_lut(centroids, g, c, s, q, heads, &lut, &step, &bias)
+    var rng = SeededGenerator(seed: 33)
+    let codes = (0..<(n * g)).map { _ in Int(rng.next() % 16) }
+    var blocks = [UInt8](
+      repeating: 0, count: (n + 31) / 32 * hkv_pq4_block_bytes(g))
+    for t in 0..<n {
+      for i in 0..<g {
+        blocks[hkv_pq4_code_offset(g, t, i)] |= UInt8(codes[t * g + i] << (4 * (i % 2)))
+      }
+    }
+    let stride = n + 5
+    let scores = try both { t in
+      var out = [Float](repeating: -1, count: heads * stride)
+      t.pq4_scores(lut, step, bias, heads, g, blocks, n, &out, stride)
+      return out
+    }
+    #expect(scores.portable == scores.vector)
+    for h in 0..<heads {
+      // Nothing past n is written.
+      #expect(scores.vector[h * stride + n..<h * stride + stride].allSatisfy { $0 == -1 })
+      for j in 0..<n {
+        // The byte table summed by hand, and the float score it stands for: each entry errs
+        // by at most half a step.
+        let sum = (0..<g).reduce(0) { $0 + Int(lut[(h * sub + $1) * 16 + codes[j * g + $1]]) }
+        let fromTable = bias[h] + step[h] * Float(sum)
+        #expect(abs(scores.vector[h * stride + j] - fromTable) <= 1e-5 * max(1, abs(fromTable)))
+        var exact: Float = 0
+        for i in 0..<g {
+          for k in 0..<s {
+            exact +=
+              q[h * g * s + i * s + k]
+              * Float(Float16(bitPattern: centroids[(i * c + codes[j * g + i]) * s + k]))
+          }
+        }
+        #expect(
+          abs(scores.vector[h * stride + j] - exact) <= step[h] / 2 * Float(g) * 1.001 + 1e-4,
+          "h \(h) j \(j)")
+      }
+    }
   }
 
   @Test(arguments: [2, 4, 8])
@@ -211,6 +280,7 @@ import Testing
       ("pq_scores_x4", address(portable.pq_scores_x4), address(v.pq_scores_x4)),
       ("pq_scores_x4_u8", address(portable.pq_scores_x4_u8), address(v.pq_scores_x4_u8)),
       ("pq_lut_x4", address(portable.pq_lut_x4), address(v.pq_lut_x4)),
+      ("pq4_scores", address(portable.pq4_scores), address(v.pq4_scores)),
       ("sq4_scores", address(portable.sq4_scores), address(v.sq4_scores)),
       ("sq_group_scores", address(portable.sq_group_scores), address(v.sq_group_scores)),
       ("nearest_centroids", address(portable.nearest_centroids), address(v.nearest_centroids)),

@@ -61,6 +61,20 @@ func breakdownHCAttention() throws {
   let step = try HCAttentionStep()
   var scores = [Float]()
   t("pq scores") { scores = try! store.scores(queries: q, heads: 4, scale: 0.088) }
+  // The same bytes a token as 4-bit codes over 2 dims (16 centroids), by fast scan.
+  let version4 = CodebookVersion(
+    geometry: "x", layer: 0, kvHead: 0, headDim: d, subvectors: 64, centroids: 16,
+    calibration: .ownPrefill)
+  var store4 = ProductQuantizedKeyStore(
+    codebook: try ProductCodebook.train(
+      keys: sample,
+      configuration: try ProductQuantizerConfiguration(
+        subvectors: 64, centroids: 16, iterations: 3, batchSize: 4096), version: version4))
+  try store4.append(head.keys)
+  var scores4 = [Float]()
+  t("pq scores, 4-bit fast scan") {
+    scores4 = try! store4.scores(queries: q, heads: 4, scale: 0.088)
+  }
   var sel = [TauMassSelection]()
   t("select, per query head") { sel = try! step.select(approximateScores: scores, heads: 4) }
   print("kept", sel.map(\.indices.count))
@@ -74,6 +88,10 @@ func breakdownHCAttention() throws {
     group = try! grouped.select(approximateScores: scores, heads: 4)
   }
   print("group kept", group[0].indices.count)
+  t("select, one set per KV head, 4-bit scores") {
+    group = try! grouped.select(approximateScores: scores4, heads: 4)
+  }
+  print("group kept, 4-bit scores", group[0].indices.count)
   t("context") {
     _ = try! step.contextVectors(selections: sel, queries: q, keys: nil, values: head.values)
   }

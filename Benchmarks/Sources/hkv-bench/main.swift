@@ -56,6 +56,13 @@ let bandwidth = Double(scanCount * 4) / scanTime
 print(
   "\n## Memory read bandwidth (scan of \((scanCount * 4) >> 20) MiB, 1 thread): \(gbps(scanCount * 4, scanTime))"
 )
+// Two threads, each scanning half: the reference for the two-thread scoring rows.
+let halves = [Array(big[0..<scanCount / 2]), Array(big[scanCount / 2..<scanCount])]
+let scanTime2 = seconds {
+  sink += try! parallelMap(2) { Kernels.scanSum(halves[$0]) }.reduce(0, +)
+}
+let bandwidth2 = Double(scanCount * 4) / scanTime2
+print("Memory read bandwidth, 2 threads: \(gbps(scanCount * 4, scanTime2))")
 
 // 2. Scoring from codes: 128K tokens x 8 KV heads x dim 128, 4 query heads per KV head.
 let tokens = quick ? 32768 : 131072
@@ -69,8 +76,12 @@ print(
 )
 print("| codec | code bytes | time | effective read | share of scan bandwidth |")
 print("|---|---|---|---|---|")
-for centroids in [256, 1024, 4096] {
-  let g = 32
+func share(_ bytes: Int, _ t: Double, _ reference: Double) -> String {
+  String(format: "%.2f", Double(bytes) / t / reference)
+}
+// (sub-spaces, centroids): one-byte and two-byte codes scored from a float table, and 4-bit
+// codes (16 centroids) by fast scan: over 2 dims (the bytes of c=256 over 4) and over 4.
+for (g, centroids) in [(32, 256), (32, 1024), (32, 4096), (64, 16), (32, 16)] {
   // Random codebook and codes: scoring speed does not depend on the values, and random codes
   // are the worst case for the lookup table's cache.
   let book = try ProductCodebook(
@@ -85,10 +96,29 @@ for centroids in [256, 1024, 4096] {
   let t = seconds {
     for s in stores { sink += Double(try! s.scores(queries: queries, heads: group, scale: 0.1)[7]) }
   }
-  let bytes = tokens * kvHeads * g * 2
+  // The codes as stored (a calibration-set codebook is not charged to the store).
+  let bytes = stores.reduce(0) { $0 + $1.residentBytes }
+  let name =
+    centroids <= 16 ? "PQ 4-bit fast scan g=\(g) c=\(centroids)" : "PQ g=\(g) c=\(centroids)"
   print(
-    "| PQ g=\(g) c=\(centroids) | \((bytes) >> 20) MiB | \(ms(t)) | \(gbps(bytes, t)) | \(String(format: "%.2f", Double(bytes) / t / bandwidth)) |"
+    "| \(name) | \((bytes) >> 20) MiB | \(ms(t)) | \(gbps(bytes, t)) | \(share(bytes, t, bandwidth)) |"
   )
+  if centroids <= 16 {
+    // Both cores, four heads each.
+    let t2 = seconds {
+      sink += try! parallelMap(2) { half in
+        (0..<kvHeads / 2).reduce(0.0) { acc, k in
+          acc
+            + Double(
+              try! stores[half * kvHeads / 2 + k].scores(
+                queries: queries, heads: group, scale: 0.1)[7])
+        }
+      }.reduce(0, +)
+    }
+    print(
+      "| \(name), 2 threads | \((bytes) >> 20) MiB | \(ms(t2)) | \(gbps(bytes, t2)) | \(share(bytes, t2, bandwidth2)) of the 2-thread scan |"
+    )
+  }
 }
 do {
   let config = try ScalarQuantizerConfiguration(bits: 4, groupSize: 64, window: 0)

@@ -38,6 +38,9 @@ typedef struct hkv_kernel_table {
                           float *scores);
   void (*pq_lut_x4)(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                     size_t heads, float *lut);
+  void (*pq4_scores)(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                     size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                     size_t stride);
   void (*sq4_scores)(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
                      size_t n, size_t d, float scale, float *scores, size_t stride);
   void (*sq_group_scores)(const float *q, size_t heads, const uint8_t *codes,
@@ -109,6 +112,43 @@ void hkv_pq_scores_x4_u8(const float *lut, size_t g, size_t c, const uint8_t *co
 /// q is [heads][g*s] fp32.
 void hkv_pq_lut_x4(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                    size_t heads, float *lut);
+
+/// Tokens per block of 4-bit product-quantization codes (hkv_pq4_scores' layout).
+enum { HKV_PQ4_BLOCK = 32 };
+
+/// Sub-spaces a 4-bit code layout holds for g sub-spaces: g rounded up to even (codes pair up
+/// in bytes; the odd one out pairs with a sub-space whose code and table are zero).
+static inline size_t hkv_pq4_subspaces(size_t g) { return (g + 1) & ~(size_t)1; }
+
+/// Bytes of one block of 32 tokens' 4-bit codes over g sub-spaces.
+static inline size_t hkv_pq4_block_bytes(size_t g) { return hkv_pq4_subspaces(g) / 2 * 32; }
+
+/// Where token t's code for sub-space i lives in 4-bit blocks: the byte offset (its nibble is
+/// the low one for even i, the high one for odd i). Within a block, pair p = i / 2 holds 32
+/// bytes; token k < 16 is byte 2k and token 16 + k byte 2k + 1, so that 16-bit lanes of the
+/// fast-scan sums hold tokens in order.
+static inline size_t hkv_pq4_code_offset(size_t g, size_t t, size_t i) {
+  size_t k = t % 32;
+  return t / 32 * hkv_pq4_block_bytes(g) + i / 2 * 32 + (k < 16 ? 2 * k : 2 * (k - 16) + 1);
+}
+
+/// The quantized lookup table of 4-bit product quantization (c <= 16 centroids), for
+/// hkv_pq4_scores: per head h and sub-space i the centroid scores q[h]_i · C[i][m], as bytes
+/// lut[(h * G + i) * 16 + m] (G = hkv_pq4_subspaces(g); padding sub-spaces are 0) with one
+/// step per head: score ≈ lut_bias[h] + lut_scale[h] * Σ_i lut[h][i][code_i]. The step is the
+/// widest sub-space's score range over 255, so each table entry errs by at most half a step.
+/// Entries past c are 0. centroids are fp16 [g][c][s], q is [heads][g*s] fp32.
+void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                 size_t heads, uint8_t *lut, float *lut_scale, float *lut_bias);
+
+/// Fast-scan scores from 4-bit product-quantization codes in blocks of 32 tokens (layout:
+/// hkv_pq4_code_offset) and the byte table of hkv_pq4_lut: the table of a sub-space sits in a
+/// register and one byte shuffle looks up 32 tokens, so the kernel reads codes at memory speed
+/// instead of chasing one table line per code. Integer sums are exact (g <= 256), so the AVX2 and
+/// portable kernels agree bit for bit. scores[h * stride + j] for h < heads, j < n.
+void hkv_pq4_scores(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                    size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                    size_t stride);
 
 /// Scalar 4-bit key scores for one group of tokens quantized per channel.
 /// qs is [heads][d] (query already multiplied by the group's per-channel scale),

@@ -234,39 +234,64 @@ public struct ProductCodebook: Sendable {
   }
 }
 
-/// Keys of one head as product-quantization codes (g codes per key: one byte each for
-/// codebooks of at most 256 centroids, else two), scored through a per-query lookup table
-/// T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i].
+/// Keys of one head as product-quantization codes, scored through a per-query lookup table
+/// T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i]. Codes of 16-centroid codebooks take
+/// four bits each, in blocks of 32 tokens scored by byte shuffles against a table quantized to
+/// bytes (fast scan: memory speed); larger codebooks take a byte (at most 256 centroids) or two
+/// per code, scored from a float table.
 public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   /// The codebook the codes index.
   public let codebook: ProductCodebook
   private var storage: CodeStorage
+  /// Tokens stored.
+  public private(set) var count = 0
 
-  /// Codes as they are kept: a byte each when they fit (half the memory), else 16 bits.
+  /// Codes as they are kept.
   enum CodeStorage: Sendable {
+    /// Four bits a code in blocks of 32 tokens (`hkv_pq4_code_offset`), whole blocks, zero past
+    /// the last token.
+    case packed([UInt8])
+    /// A byte a code, `[count][g]`.
     case narrow([UInt8])
+    /// 16 bits a code, `[count][g]`.
     case wide([UInt16])
 
-    var count: Int {
+    var byteCount: Int {
       switch self {
-      case .narrow(let c): c.count
-      case .wide(let c): c.count
+      case .packed(let c), .narrow(let c): c.count
+      case .wide(let c): c.count * 2
       }
     }
   }
 
+  /// Whether a codebook's codes are kept in 4 bits for the fast scan: 16 centroids or fewer,
+  /// and few enough sub-spaces that its 16-bit sums stay exact.
+  static func packs(_ version: CodebookVersion) -> Bool {
+    version.centroids <= 16 && version.subvectors <= 256
+  }
+
   /// Codes, `[count][g]`.
   public var codes: [UInt16] {
-    switch storage {
+    let g = codebook.version.subvectors
+    return switch storage {
+    case .packed(let c):
+      (0..<count * g).map { UInt16(Self.nibble(c, g: g, token: $0 / g, subspace: $0 % g)) }
     case .narrow(let c): c.map(UInt16.init)
     case .wide(let c): c
     }
   }
 
+  private static func nibble(_ bytes: [UInt8], g: Int, token: Int, subspace: Int) -> UInt8 {
+    let byte = bytes[hkv_pq4_code_offset(g, token, subspace)]
+    return subspace % 2 == 0 ? byte & 15 : byte >> 4
+  }
+
   /// An empty store over a trained codebook.
   public init(codebook: ProductCodebook) {
     self.codebook = codebook
-    storage = codebook.version.centroids <= 256 ? .narrow([]) : .wide([])
+    storage =
+      Self.packs(codebook.version)
+      ? .packed([]) : codebook.version.centroids <= 256 ? .narrow([]) : .wide([])
   }
 
   /// A store over existing codes (`[count][g]`), each below the codebook's centroid count.
@@ -284,7 +309,28 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   }
 
   private mutating func append(codes new: [UInt16]) {
+    let g = codebook.version.subvectors
+    let rows = new.count / g
+    // Each case moves its array out of `storage` first, so the append does not copy it.
     switch storage {
+    case .packed(var c):
+      storage = .packed([])
+      let blockBytes = hkv_pq4_block_bytes(g)
+      let blocks = (count + rows + HKV_PQ4_BLOCK - 1) / HKV_PQ4_BLOCK
+      if c.count < blocks * blockBytes {
+        c.append(contentsOf: repeatElement(0, count: blocks * blockBytes - c.count))
+      }
+      c.withUnsafeMutableBufferPointer { out in
+        new.withUnsafeBufferPointer { codes in
+          for t in 0..<rows {
+            for i in 0..<g {
+              out[hkv_pq4_code_offset(g, count + t, i)] |=
+                UInt8(truncatingIfNeeded: codes[t * g + i]) << (i % 2 == 0 ? 0 : 4)
+            }
+          }
+        }
+      }
+      storage = .packed(c)
     case .narrow(var c):
       storage = .narrow([])
       c.append(contentsOf: new.map { UInt8(truncatingIfNeeded: $0) })
@@ -294,15 +340,14 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       c.append(contentsOf: new)
       storage = .wide(c)
     }
+    count += rows
   }
 
   public var headDim: Int { codebook.version.headDim }
-  public var count: Int { storage.count / codebook.version.subvectors }
   /// Codes, plus the codebook when it was trained on this sequence's own prefill (then it is
   /// this sequence's cost; a calibration-set codebook is shared by every sequence).
   public var residentBytes: Int {
-    storage.count * (codebook.version.centroids <= 256 ? 1 : 2)
-      + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
+    storage.byteCount + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
   }
 
   public mutating func append(_ keys: HalfMatrix) throws {
@@ -312,6 +357,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   public func decodedKey(at index: Int) -> [Float] {
     let g = codebook.version.subvectors
     return switch storage {
+    case .packed(let c):
+      codebook.decode((0..<g).map { UInt16(Self.nibble(c, g: g, token: index, subspace: $0)) }[...])
     case .narrow(let c): codebook.decode(c[index * g..<(index + 1) * g].map(UInt16.init)[...])
     case .wide(let c): codebook.decode(c[index * g..<(index + 1) * g])
     }
@@ -324,6 +371,20 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     let n = count
     let d = headDim
     var out = [Float](repeating: 0, count: heads * n)
+    if case .packed(let codes) = storage {
+      let scaled = queries.map { $0 * scale }
+      let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
+      var lut = [UInt8](repeating: 0, count: heads * hkv_pq4_subspaces(g) * 16)
+      var step = [Float](repeating: 0, count: heads)
+      var bias = [Float](repeating: 0, count: heads)
+      codebook.centroids.withUnsafeBufferPointer { cb in
+        cb.withMemoryRebound(to: UInt16.self) { cb16 in
+          hkv_pq4_lut(cb16.baseAddress!, g, c, codebook.subDim, q, heads, &lut, &step, &bias)
+        }
+      }
+      hkv_pq4_scores(lut, step, bias, heads, g, codes, n, &out, n)
+      return out
+    }
     var lut = [Float](repeating: 0, count: g * c * 4)
     var block = [Float](repeating: 0, count: 4 * n)
     // Four query heads per table: one 16-byte load per code serves all four.
@@ -339,6 +400,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       switch storage {
       case .narrow(let codes): hkv_pq_scores_x4_u8(lut, g, c, codes, n, &block)
       case .wide(let codes): hkv_pq_scores_x4(lut, g, c, codes, n, &block)
+      case .packed: break
       }
       out.replaceSubrange(first * n..<(first + group) * n, with: block[0..<group * n])
     }

@@ -64,12 +64,12 @@ PQ_SCORES_X4_AVX2(pq_scores_x4_u8_avx2, uint8_t, uint32_t, 8)
 
 // Fast scan over one block of 32 tokens for `hn` (1-4, a constant where it is inlined) heads:
 // per pair of sub-spaces the codes split into low and high nibbles once, and each head's two
-// 16-entry tables (broadcast to both 128-bit lanes) look up all 32 tokens with one byte
-// shuffle each. Byte sums accumulate in 16-bit lanes: `all` adds both bytes of a lane (the
-// even token wraps into the odd one's half), `odd` the high bytes alone, so the even tokens
-// are all - 256 * odd, exact for up to 256 sub-spaces.
+// 16-entry tables (`wide`: each copied to both 128-bit lanes, so the shuffle reads it straight
+// from L1) look up all 32 tokens with one byte shuffle each. Byte sums accumulate in 16-bit
+// lanes: `all` adds both bytes of a lane (the even token wraps into the odd one's half), `odd`
+// the high bytes alone, so the even tokens are all - 256 * odd, exact for up to 256 sub-spaces.
 HKV_AVX2 static inline __attribute__((always_inline)) void
-pq4_block_avx2(const uint8_t *lut, size_t sub, size_t h0, const int hn, const uint8_t *block,
+pq4_block_avx2(const uint8_t *wide, size_t sub, size_t h0, const int hn, const uint8_t *block,
                size_t pairs, __m256i *all, __m256i *odd) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   for (int k = 0; k < hn; k++) all[k] = odd[k] = _mm256_setzero_si256();
@@ -78,10 +78,9 @@ pq4_block_avx2(const uint8_t *lut, size_t sub, size_t h0, const int hn, const ui
     __m256i lo = _mm256_and_si256(c, low4);
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), low4);
     for (int k = 0; k < hn; k++) {
-      const uint8_t *l = lut + ((h0 + (size_t)k) * sub + 2 * p) * 16;
-      __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)l));
-      __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(l + 16)));
-      __m256i r0 = _mm256_shuffle_epi8(t0, lo), r1 = _mm256_shuffle_epi8(t1, hi);
+      const __m256i *l = (const __m256i *)(wide + ((h0 + (size_t)k) * sub + 2 * p) * 32);
+      __m256i r0 = _mm256_shuffle_epi8(_mm256_load_si256(l), lo);
+      __m256i r1 = _mm256_shuffle_epi8(_mm256_load_si256(l + 1), hi);
       all[k] = _mm256_add_epi16(all[k], _mm256_add_epi16(r0, r1));
       odd[k] = _mm256_add_epi16(
           odd[k], _mm256_add_epi16(_mm256_srli_epi16(r0, 8), _mm256_srli_epi16(r1, 8)));
@@ -110,6 +109,18 @@ HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_
                                            size_t stride) {
   size_t sub = hkv_pq4_subspaces(g), pairs = sub / 2, bytes = hkv_pq4_block_bytes(g);
   float tail[HKV_PQ4_BLOCK];
+  // The tables widened to 32 bytes, on the stack for up to 16 heads of 128 dims.
+  _Alignas(32) uint8_t local[16384];
+  size_t need = heads * sub * 32;
+  uint8_t *wide = need <= sizeof local ? local : aligned_alloc(32, (need + 31) & ~(size_t)31);
+  if (!wide) {
+    pq4_scores_portable(lut, lut_scale, lut_bias, heads, g, blocks, n, scores, stride);
+    return;
+  }
+  for (size_t e = 0; e < heads * sub; e++) {
+    __m128i t = _mm_loadu_si128((const __m128i *)(lut + e * 16));
+    _mm256_store_si256((__m256i *)(wide + e * 32), _mm256_broadcastsi128_si256(t));
+  }
   for (size_t j = 0; j < n; j += HKV_PQ4_BLOCK) {
     const uint8_t *block = blocks + j / HKV_PQ4_BLOCK * bytes;
     if (j + 3 * HKV_PQ4_BLOCK <= n) prefetch_lines(block + 2 * bytes, bytes);
@@ -118,10 +129,10 @@ HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_
       __m256i all[4], odd[4];
       int hn = heads - h0 < 4 ? (int)(heads - h0) : 4;
       switch (hn) {
-      case 4: pq4_block_avx2(lut, sub, h0, 4, block, pairs, all, odd); break;
-      case 3: pq4_block_avx2(lut, sub, h0, 3, block, pairs, all, odd); break;
-      case 2: pq4_block_avx2(lut, sub, h0, 2, block, pairs, all, odd); break;
-      default: pq4_block_avx2(lut, sub, h0, 1, block, pairs, all, odd); break;
+      case 4: pq4_block_avx2(wide, sub, h0, 4, block, pairs, all, odd); break;
+      case 3: pq4_block_avx2(wide, sub, h0, 3, block, pairs, all, odd); break;
+      case 2: pq4_block_avx2(wide, sub, h0, 2, block, pairs, all, odd); break;
+      default: pq4_block_avx2(wide, sub, h0, 1, block, pairs, all, odd); break;
       }
       for (int k = 0; k < hn; k++) {
         size_t h = h0 + (size_t)k;
@@ -135,6 +146,7 @@ HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_
       }
     }
   }
+  if (wide != local) free(wide);
 }
 
 // Per sub-space, the four heads' query slices form s column vectors of 4 lanes; each centroid

@@ -144,9 +144,10 @@ HKV_INTERNAL void pq4_scores_portable(const uint8_t *lut, const float *lut_scale
 void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                  size_t heads, uint8_t *lut, float *lut_scale, float *lut_bias) {
   size_t sub = hkv_pq4_subspaces(g), d = g * s;
-  float entry[16];
+  float entry[256 * 16], low[256];
+  if (g > 256 || c > 16) return;
   for (size_t h = 0; h < heads; h++) {
-    // Pass 1: the widest sub-space's range sets the step.
+    // The float table once, each sub-space's lowest entry, and the widest range: the step.
     float step = 0, bias = 0;
     for (size_t i = 0; i < g; i++) {
       float lo = INFINITY, hi = -INFINITY;
@@ -154,27 +155,21 @@ void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const 
         const uint16_t *cm = centroids + (i * c + m) * s;
         float acc = 0;
         for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
+        entry[i * 16 + m] = acc;
         lo = acc < lo ? acc : lo;
         hi = acc > hi ? acc : hi;
       }
+      low[i] = lo;
       step = hi - lo > step ? hi - lo : step;
       bias += lo;
     }
     step /= 255.0f;
     float inv = step > 0 ? 1.0f / step : 0;
-    // Pass 2: each entry as its distance above its sub-space's lowest, in steps, rounded.
+    // Each entry as its distance above its sub-space's lowest, in steps, rounded.
     uint8_t *lh = lut + h * sub * 16;
     for (size_t i = 0; i < g; i++) {
-      float lo = INFINITY;
-      for (size_t m = 0; m < c; m++) {
-        const uint16_t *cm = centroids + (i * c + m) * s;
-        float acc = 0;
-        for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
-        entry[m] = acc;
-        lo = acc < lo ? acc : lo;
-      }
       for (size_t m = 0; m < 16; m++) {
-        float v = m < c ? (entry[m] - lo) * inv + 0.5f : 0;
+        float v = m < c ? (entry[i * 16 + m] - low[i]) * inv + 0.5f : 0;
         lh[i * 16 + m] = (uint8_t)(v < 255.0f ? v : 255.0f);
       }
     }
@@ -182,6 +177,13 @@ void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const 
     lut_scale[h] = step;
     lut_bias[h] = bias;
   }
+}
+
+void hkv_pq4_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, uint8_t *blocks) {
+  for (size_t t = 0; t < rows; t++)
+    for (size_t i = 0; i < g; i++)
+      blocks[hkv_pq4_code_offset(g, first + t, i)] |= (uint8_t)((codes[t * g + i] & 15)
+                                                               << (i % 2 ? 4 : 0));
 }
 
 HKV_INTERNAL void sq4_scores_portable(const float *qs, const float *bias, size_t heads,

@@ -125,6 +125,20 @@ import Testing
     #expect(abs(sums.portable - sums.vector) < 1e-3)
   }
 
+  /// Each point's nearest of `c` centroids (structure of arrays `[s][c]`) on both tables.
+  func nearestOnBoth(_ points: [Float], n: Int, s: Int, centroids: [Float], c: Int) throws
+    -> (portable: [UInt16], vector: [UInt16])
+  {
+    let norms = (0..<c).map { m in
+      (0..<s).reduce(Float(0)) { $0 + centroids[$1 * c + m] * centroids[$1 * c + m] }
+    }
+    return try both { t in
+      var out = [UInt16](repeating: 0, count: n)
+      t.nearest_centroids(points, n, s, s, centroids, norms, c, &out, 1)
+      return out
+    }
+  }
+
   @Test func productQuantizationKernels() throws {
     let (g, c, s, n, heads) = (32, 64, 4, 203, 4)
     let centroids = halves(g * c * s, seed: 11)
@@ -156,14 +170,7 @@ import Testing
     // Nearest centroids of one sub-space: the same code for every point.
     let points = randomFloats(n * s, seed: 14)
     let soa = randomFloats(s * c, seed: 15)
-    let norms = (0..<c).map { m in
-      (0..<s).reduce(Float(0)) { $0 + soa[$1 * c + m] * soa[$1 * c + m] }
-    }
-    let nearest = try both { t in
-      var out = [UInt16](repeating: 0, count: n)
-      t.nearest_centroids(points, n, s, s, soa, norms, c, &out, 1)
-      return out
-    }
+    let nearest = try nearestOnBoth(points, n: n, s: s, centroids: soa, c: c)
     #expect(nearest.portable == nearest.vector)
 
     // 16 centroids, each one twice (m and m + 8 equal): both tables pick the lower index.
@@ -172,14 +179,7 @@ import Testing
     let twice = (0..<s).flatMap { t in
       (0..<small).map { m in half[t * small / 2 + m % (small / 2)] }
     }
-    let twiceNorms = (0..<small).map { m in
-      (0..<s).reduce(Float(0)) { $0 + twice[$1 * small + m] * twice[$1 * small + m] }
-    }
-    let ties = try both { t in
-      var out = [UInt16](repeating: 0, count: n)
-      t.nearest_centroids(points, n, s, s, twice, twiceNorms, small, &out, 1)
-      return out
-    }
+    let ties = try nearestOnBoth(points, n: n, s: s, centroids: twice, c: small)
     #expect(ties.portable == ties.vector)
     #expect(ties.vector.allSatisfy { $0 < small / 2 })
   }
@@ -198,12 +198,12 @@ import Testing
     hkv_pq4_lut(centroids, g, c, s, q, heads, &lut, &step, &bias)
     var rng = SeededGenerator(seed: 33)
     let codes = (0..<(n * g)).map { _ in Int(rng.next() % 16) }
-    var blocks = [UInt8](
-      repeating: 0, count: (n + 31) / 32 * hkv_pq4_block_bytes(g))
-    for t in 0..<n {
-      for i in 0..<g {
-        blocks[hkv_pq4_code_offset(g, t, i)] |= UInt8(codes[t * g + i] << (4 * (i % 2)))
-      }
+    var blocks = [UInt8](repeating: 0, count: (n + 31) / 32 * hkv_pq4_block_bytes(g))
+    hkv_pq4_pack(codes.map(UInt16.init), n, g, 0, &blocks)
+    // The layout by hand: token 33's code of sub-space 1 is the high nibble of block 1, pair 0,
+    // byte 2 * 1 (the second of the block's first 16 tokens).
+    if n > 33, g > 1 {
+      #expect(Int(blocks[hkv_pq4_block_bytes(g) + 2] >> 4) == codes[33 * g + 1])
     }
     let stride = n + 5
     let scores = try both { t in

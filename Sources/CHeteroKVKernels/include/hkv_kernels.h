@@ -139,9 +139,15 @@ static inline size_t hkv_pq4_code_offset(size_t g, size_t t, size_t i) {
 /// widest sub-space's score range over 255, and each entry errs by at most half a step (7-bit
 /// entries, whose pairs add without carrying, ran the kernel 10-15% faster and raised the score
 /// error of the kept sets by 10% on real keys: not taken).
-/// Entries past c are 0. centroids are fp16 [g][c][s], q is [heads][g*s] fp32.
+/// Entries past c are 0. centroids are fp16 [g][c][s], q is [heads][g*s] fp32; g <= 256 and
+/// c <= 16 (else nothing is written).
 void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                  size_t heads, uint8_t *lut, float *lut_scale, float *lut_bias);
+
+/// Packs `rows` tokens of 4-bit codes ([rows][g], each below 16) into blocks as tokens first,
+/// first + 1, ...: ORs each code into its nibble (hkv_pq4_code_offset), so the bytes they land
+/// in must be zero, and blocks must hold every block those tokens reach.
+void hkv_pq4_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, uint8_t *blocks);
 
 /// Fast-scan scores from 4-bit product-quantization codes in blocks of 32 tokens (layout:
 /// hkv_pq4_code_offset) and the byte table of hkv_pq4_lut: the table of a sub-space sits in a

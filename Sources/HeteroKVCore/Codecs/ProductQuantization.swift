@@ -320,16 +320,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       if c.count < blocks * blockBytes {
         c.append(contentsOf: repeatElement(0, count: blocks * blockBytes - c.count))
       }
-      c.withUnsafeMutableBufferPointer { out in
-        new.withUnsafeBufferPointer { codes in
-          for t in 0..<rows {
-            for i in 0..<g {
-              out[hkv_pq4_code_offset(g, count + t, i)] |=
-                UInt8(truncatingIfNeeded: codes[t * g + i]) << (i % 2 == 0 ? 0 : 4)
-            }
-          }
-        }
-      }
+      hkv_pq4_pack(new, rows, g, count, &c)
       storage = .packed(c)
     case .narrow(var c):
       storage = .narrow([])

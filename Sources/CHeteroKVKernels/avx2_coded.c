@@ -227,27 +227,27 @@ HKV_AVX2 HKV_INTERNAL void sq4_scores_avx2(const float *qs, const float *bias, s
   }
 }
 
-// exp(x) for x <= 0: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^k by
-// building the exponent bits. Relative error about 2e-7; inputs below -87 flush to 0.
+// exp(x) for x <= 0: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-5 polynomial (1 at 0;
+// near-minimax in relative error, 9e-8), 2^k added to its exponent bits. k comes rounded from adding
+// 1.5 * 2^23, whose low mantissa bits then hold it. Relative error about 2e-7; inputs below -87
+// flush to 0 (above it, r is positive where k reaches -126, so the result stays normal).
 HKV_AVX2 static inline __m256 exp256_nonpositive(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 lo = _mm256_set1_ps(-87.0f), magic = _mm256_set1_ps(12582912.0f);
   __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_max_ps(x, lo);
-  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  __m256 k = _mm256_sub_ps(t, magic);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  __m256 r2 = _mm256_mul_ps(r, r);
-  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  __m256 out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(under, out);
+  __m256 p = _mm256_set1_ps(8.2903145291e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1897929387e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6667636198e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.9999149530e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.9999970719e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256i scaled =
+      _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  return _mm256_andnot_ps(under, _mm256_castsi256_ps(scaled));
 }
 
 HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out) {
@@ -275,6 +275,191 @@ HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out)
     s += x[i];
   }
   return s;
+}
+
+HKV_AVX2 static inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// A chunk's maximum is taken from memory, then its exps from L1: one pass over x, where a max
+// pass and an exp pass read it twice. A NaN anywhere is remembered (the max instruction would
+// drop it) so that the sum reports it.
+HKV_AVX2 HKV_INTERNAL float softmax_exp_chunked_avx2(const float *x, size_t n, float *w,
+                                                     float *chunk_max, float *max_out) {
+  float m = -INFINITY, z = 0;
+  __m256 unordered = _mm256_setzero_ps();
+  int non_finite = 0;
+  for (size_t c0 = 0, c = 0; c0 < n; c0 += HKV_SELECT_CHUNK, c++) {
+    size_t len = n - c0 < HKV_SELECT_CHUNK ? n - c0 : HKV_SELECT_CHUNK;
+    const float *xc = x + c0;
+    float *wc = w + c0;
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+      __m256 v = _mm256_loadu_ps(xc + i);
+      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      vm = _mm256_max_ps(vm, v);
+    }
+    float cm = hmax256(vm);
+    for (; i < len; i++) {
+      non_finite |= xc[i] != xc[i];
+      cm = xc[i] > cm ? xc[i] : cm;
+    }
+    if (cm > m) {
+      z = m > -INFINITY ? z * expf(m - cm) : 0;
+      m = cm;
+    }
+    chunk_max[c] = m;
+    if (!(m > -INFINITY) || m == INFINITY) {
+      memset(wc, 0, sizeof(float) * len);
+      continue;
+    }
+    __m256 bm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= len; i += 8) {
+      __m256 e = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(xc + i), bm));
+      _mm256_storeu_ps(wc + i, e);
+      acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum256(acc);
+    for (; i < len; i++) {
+      wc[i] = expf(xc[i] - m);
+      sum += wc[i];
+    }
+    z += sum;
+  }
+  *max_out = m;
+  non_finite |= _mm256_movemask_ps(unordered) != 0;
+  return non_finite || m == INFINITY ? NAN : z;
+}
+
+HKV_AVX2 HKV_INTERNAL uint16_t group_mean_buckets_avx2(const float *w, size_t heads, size_t n,
+                                                       const float *coef, int32_t top_bucket,
+                                                       float *mean, uint16_t *bucket) {
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
+  const __m256i top = _mm256_set1_epi32(top_bucket), last = _mm256_set1_epi32(4095);
+  __m256i used = _mm256_setzero_si256();
+  size_t j = 0;
+  for (size_t c = 0; c < chunks; c++) {
+    size_t end = (c + 1) * HKV_SELECT_CHUNK < n ? (c + 1) * HKV_SELECT_CHUNK : n;
+    for (; j + 8 <= end; j += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (size_t h = 0; h < heads; h++)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + h * n + j),
+                              _mm256_broadcast_ss(coef + h * chunks + c), acc);
+      _mm256_storeu_ps(mean + j, acc);
+      __m256i gap = _mm256_sub_epi32(top, _mm256_srli_epi32(_mm256_castps_si256(acc), 17));
+      gap = _mm256_min_epi32(_mm256_max_epi32(gap, _mm256_setzero_si256()), last);
+      used = _mm256_max_epi32(used, gap);
+      __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(gap),
+                                        _mm256_extracti128_si256(gap, 1));
+      _mm_storeu_si128((__m128i *)(bucket + j), packed);
+    }
+    // The chunk's (or the context's) last tokens, one at a time, as the portable kernel does.
+    for (; j < end; j++) {
+      float acc = 0;
+      for (size_t h = 0; h < heads; h++) acc = fmaf(w[h * n + j], coef[h * chunks + c], acc);
+      mean[j] = acc;
+      uint32_t bits;
+      memcpy(&bits, &acc, 4);
+      int32_t gap = top_bucket - (int32_t)(bits >> 17);
+      gap = gap < 0 ? 0 : gap > 4095 ? 4095 : gap;
+      bucket[j] = (uint16_t)gap;
+      used = _mm256_max_epi32(used, _mm256_set1_epi32(gap));
+    }
+  }
+  int32_t lanes[8];
+  _mm256_storeu_si256((__m256i *)lanes, used);
+  int32_t most = 0;
+  for (int k = 0; k < 8; k++) most = lanes[k] > most ? lanes[k] : most;
+  return (uint16_t)most;
+}
+
+// For each 8-bit mask, the lanes of its set bits in order, 3 bits each from bit 0: the
+// permutation that packs a vector's selected lanes to its front.
+static const uint32_t compress_lanes[256] = {
+    0x000000, 0x000000, 0x000001, 0x000008, 0x000002, 0x000010, 0x000011, 0x000088,
+    0x000003, 0x000018, 0x000019, 0x0000c8, 0x00001a, 0x0000d0, 0x0000d1, 0x000688,
+    0x000004, 0x000020, 0x000021, 0x000108, 0x000022, 0x000110, 0x000111, 0x000888,
+    0x000023, 0x000118, 0x000119, 0x0008c8, 0x00011a, 0x0008d0, 0x0008d1, 0x004688,
+    0x000005, 0x000028, 0x000029, 0x000148, 0x00002a, 0x000150, 0x000151, 0x000a88,
+    0x00002b, 0x000158, 0x000159, 0x000ac8, 0x00015a, 0x000ad0, 0x000ad1, 0x005688,
+    0x00002c, 0x000160, 0x000161, 0x000b08, 0x000162, 0x000b10, 0x000b11, 0x005888,
+    0x000163, 0x000b18, 0x000b19, 0x0058c8, 0x000b1a, 0x0058d0, 0x0058d1, 0x02c688,
+    0x000006, 0x000030, 0x000031, 0x000188, 0x000032, 0x000190, 0x000191, 0x000c88,
+    0x000033, 0x000198, 0x000199, 0x000cc8, 0x00019a, 0x000cd0, 0x000cd1, 0x006688,
+    0x000034, 0x0001a0, 0x0001a1, 0x000d08, 0x0001a2, 0x000d10, 0x000d11, 0x006888,
+    0x0001a3, 0x000d18, 0x000d19, 0x0068c8, 0x000d1a, 0x0068d0, 0x0068d1, 0x034688,
+    0x000035, 0x0001a8, 0x0001a9, 0x000d48, 0x0001aa, 0x000d50, 0x000d51, 0x006a88,
+    0x0001ab, 0x000d58, 0x000d59, 0x006ac8, 0x000d5a, 0x006ad0, 0x006ad1, 0x035688,
+    0x0001ac, 0x000d60, 0x000d61, 0x006b08, 0x000d62, 0x006b10, 0x006b11, 0x035888,
+    0x000d63, 0x006b18, 0x006b19, 0x0358c8, 0x006b1a, 0x0358d0, 0x0358d1, 0x1ac688,
+    0x000007, 0x000038, 0x000039, 0x0001c8, 0x00003a, 0x0001d0, 0x0001d1, 0x000e88,
+    0x00003b, 0x0001d8, 0x0001d9, 0x000ec8, 0x0001da, 0x000ed0, 0x000ed1, 0x007688,
+    0x00003c, 0x0001e0, 0x0001e1, 0x000f08, 0x0001e2, 0x000f10, 0x000f11, 0x007888,
+    0x0001e3, 0x000f18, 0x000f19, 0x0078c8, 0x000f1a, 0x0078d0, 0x0078d1, 0x03c688,
+    0x00003d, 0x0001e8, 0x0001e9, 0x000f48, 0x0001ea, 0x000f50, 0x000f51, 0x007a88,
+    0x0001eb, 0x000f58, 0x000f59, 0x007ac8, 0x000f5a, 0x007ad0, 0x007ad1, 0x03d688,
+    0x0001ec, 0x000f60, 0x000f61, 0x007b08, 0x000f62, 0x007b10, 0x007b11, 0x03d888,
+    0x000f63, 0x007b18, 0x007b19, 0x03d8c8, 0x007b1a, 0x03d8d0, 0x03d8d1, 0x1ec688,
+    0x00003e, 0x0001f0, 0x0001f1, 0x000f88, 0x0001f2, 0x000f90, 0x000f91, 0x007c88,
+    0x0001f3, 0x000f98, 0x000f99, 0x007cc8, 0x000f9a, 0x007cd0, 0x007cd1, 0x03e688,
+    0x0001f4, 0x000fa0, 0x000fa1, 0x007d08, 0x000fa2, 0x007d10, 0x007d11, 0x03e888,
+    0x000fa3, 0x007d18, 0x007d19, 0x03e8c8, 0x007d1a, 0x03e8d0, 0x03e8d1, 0x1f4688,
+    0x0001f5, 0x000fa8, 0x000fa9, 0x007d48, 0x000faa, 0x007d50, 0x007d51, 0x03ea88,
+    0x000fab, 0x007d58, 0x007d59, 0x03eac8, 0x007d5a, 0x03ead0, 0x03ead1, 0x1f5688,
+    0x000fac, 0x007d60, 0x007d61, 0x03eb08, 0x007d62, 0x03eb10, 0x03eb11, 0x1f5888,
+    0x007d63, 0x03eb18, 0x03eb19, 0x1f58c8, 0x03eb1a, 0x1f58d0, 0x1f58d1, 0xfac688,
+};
+
+HKV_AVX2 HKV_INTERNAL size_t keep_compress_avx2(const uint16_t *bucket, size_t n, uint16_t boundary,
+                                                float *w, size_t heads, const float *coef,
+                                                int32_t *indices, float *kept_mass) {
+  if (heads > 64) return keep_compress_portable(bucket, n, boundary, w, heads, coef, indices,
+                                                kept_mass);
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
+  __m256 mass[64];
+  for (size_t h = 0; h < heads; h++) mass[h] = _mm256_setzero_ps();
+  const __m256i below = _mm256_set1_epi32(boundary), taken = _mm256_set1_epi32(HKV_TAU_TAKEN);
+  const __m256i shifts = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  size_t kept = 0, j = 0;
+  // Eight tokens a step: their selected lanes packed to the front of a vector and stored at the
+  // kept count (the store writes 8 lanes, at most up to the tokens being read: in place is safe).
+  for (; j + 8 <= n; j += 8) {
+    __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(bucket + j)));
+    __m256i keep = _mm256_or_si256(_mm256_cmpgt_epi32(below, b), _mm256_cmpeq_epi32(b, taken));
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(keep));
+    // Most groups of eight keep none at long contexts (and a dense set keeps some in most).
+    if (mask == 0) continue;
+    __m256i perm = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32((int)compress_lanes[mask]), shifts),
+        _mm256_set1_epi32(7));
+    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int)j), lanes);
+    _mm256_storeu_si256((__m256i *)(indices + kept), _mm256_permutevar8x32_epi32(idx, perm));
+    size_t c = j / HKV_SELECT_CHUNK;
+    for (size_t h = 0; h < heads; h++) {
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(w + h * n + j),
+                               _mm256_broadcast_ss(coef + h * chunks + c));
+      mass[h] = _mm256_add_ps(mass[h], _mm256_and_ps(v, _mm256_castsi256_ps(keep)));
+      _mm256_storeu_ps(w + h * n + kept, _mm256_permutevar8x32_ps(v, perm));
+    }
+    kept += (size_t)__builtin_popcount((unsigned)mask);
+  }
+  for (size_t h = 0; h < heads; h++) kept_mass[h] = hsum256(mass[h]);
+  for (; j < n; j++) {
+    int keep = bucket[j] < boundary || bucket[j] == HKV_TAU_TAKEN;
+    indices[kept] = (int32_t)j;
+    for (size_t h = 0; h < heads; h++) {
+      float v = w[h * n + j] * coef[h * chunks + j / HKV_SELECT_CHUNK];
+      w[h * n + kept] = v;
+      kept_mass[h] += keep ? v : 0;
+    }
+    kept += (size_t)keep;
+  }
+  return kept;
 }
 
 // Four points per pass over the centroids, so each centroid load serves four distance

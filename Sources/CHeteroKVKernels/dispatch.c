@@ -85,6 +85,9 @@ static const hkv_kernel_table portable_table = {
     .sq_group_scores = sq_group_scores_portable,
     .nearest_centroids = nearest_centroids_portable,
     .softmax_exp = softmax_exp_portable,
+    .softmax_exp_chunked = softmax_exp_chunked_portable,
+    .group_mean_buckets = group_mean_buckets_portable,
+    .keep_compress = keep_compress_portable,
     .scan_sum_f32 = scan_sum_portable,
     .crc32c = crc32c_table_driven,
     .matmul_rows_f32 = matmul_rows_f32_portable,
@@ -120,6 +123,9 @@ static const hkv_kernel_table avx2_table = {
     .sq_group_scores = sq_group_scores_avx2,
     .nearest_centroids = nearest_centroids_avx2,
     .softmax_exp = softmax_exp_avx2,
+    .softmax_exp_chunked = softmax_exp_chunked_avx2,
+    .group_mean_buckets = group_mean_buckets_avx2,
+    .keep_compress = keep_compress_avx2,
     .scan_sum_f32 = scan_sum_avx2,
     .crc32c = crc32c_hardware,
     .matmul_rows_f32 = matmul_rows_f32_vectorized,
@@ -288,6 +294,22 @@ float hkv_softmax_exp(float *x, size_t n, float *max_out) {
   return hkv_active_kernels()->softmax_exp(x, n, max_out);
 }
 
+float hkv_softmax_exp_chunked(const float *x, size_t n, float *w, float *chunk_max,
+                              float *max_out) {
+  return hkv_active_kernels()->softmax_exp_chunked(x, n, w, chunk_max, max_out);
+}
+
+uint16_t hkv_group_mean_buckets(const float *w, size_t heads, size_t n, const float *coef,
+                                int32_t top_bucket, float *mean, uint16_t *bucket) {
+  return hkv_active_kernels()->group_mean_buckets(w, heads, n, coef, top_bucket, mean, bucket);
+}
+
+size_t hkv_keep_compress(const uint16_t *bucket, size_t n, uint16_t boundary, float *w,
+                         size_t heads, const float *coef, int32_t *indices, float *kept_mass) {
+  return hkv_active_kernels()->keep_compress(bucket, n, boundary, w, heads, coef, indices,
+                                             kept_mass);
+}
+
 double hkv_scan_sum_f32(const float *x, size_t n) {
   return hkv_active_kernels()->scan_sum_f32(x, n);
 }
@@ -325,21 +347,22 @@ enum { TAU_BUCKETS = 4096 };
 // Scratch reused by the thread across calls (grown when a longer context comes): fresh
 // buffers of 10 bytes per token came from mmap past 128 KiB, and their page faults cost a
 // fifth of a 128K-token selection. A thread keeps at most its longest context's worth.
-// `w` holds `w_rows` rows of n floats (one per head of a group selection, plus their mean).
+// `w` holds `w_floats` floats (n for one head; a group's rows, their mean and per-chunk
+// coefficients for a group).
 typedef struct {
   float *w;
   uint16_t *bucket;
   int32_t *cand;
 } tau_scratch;
 
-static int tau_scratch_for(size_t n, size_t w_rows, tau_scratch *out) {
+static int tau_scratch_for(size_t n, size_t w_floats, tau_scratch *out) {
   static _Thread_local float *w_scratch;
   static _Thread_local uint16_t *bucket_scratch;
   static _Thread_local int32_t *cand_scratch;
   static _Thread_local size_t scratch_n, scratch_w;
-  if (n > scratch_n || n * w_rows > scratch_w) {
+  if (n > scratch_n || w_floats > scratch_w) {
     size_t grow_n = n > scratch_n ? n : scratch_n;
-    size_t grow_w = n * w_rows > scratch_w ? n * w_rows : scratch_w;
+    size_t grow_w = w_floats > scratch_w ? w_floats : scratch_w;
     free(w_scratch);
     free(bucket_scratch);
     free(cand_scratch);
@@ -366,12 +389,13 @@ static int tau_scratch_for(size_t n, size_t w_rows, tau_scratch *out) {
   return 1;
 }
 
-// The kept tokens, ascending in `indices`, from weights `w` (any positive scale; `total` their
-// sum) already bucketed in descending order of weight (`bucket[j]`, at most `used`): whole
-// buckets while the mass stays below tau of the total, then the boundary bucket sorted by
-// weight. Optionally at most `cap` by weight.
-static size_t tau_keep(const float *w, const uint16_t *bucket, uint16_t used, size_t n,
-                       float tau, size_t cap, int32_t *indices, int32_t *cand) {
+// The boundary of a tau-mass set over weights `w` (any positive scale) already bucketed in
+// descending order of weight (`bucket[j]`, at most `used`): whole buckets are kept while the
+// mass stays below tau of the total, and the boundary bucket's tokens are taken by weight until
+// it is reached. Those taken are marked HKV_TAU_TAKEN in `bucket`; the set is then every token
+// below the returned boundary or marked (hkv_keep_compress). `cand` holds n.
+static uint16_t tau_mark(const float *w, uint16_t *bucket, uint16_t used, size_t n, float tau,
+                         int32_t *cand) {
   // Four interleaved histograms, so consecutive tokens in one bucket do not wait on each
   // other's read-modify-write. They start zero (thread-local storage) and only the buckets
   // a call used are cleared after it: most weights sit a few nats below the largest, so a call
@@ -390,45 +414,81 @@ static size_t tau_keep(const float *w, const uint16_t *bucket, uint16_t used, si
   for (int b = 0; b <= used; b++)
     total += (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
   double target = (double)tau * total, cumulative = 0;
-  int boundary = used;
+  uint16_t boundary = used;
   for (int b = 0; b <= used; b++) {
     double mass = (double)mass4[0][b] + mass4[1][b] + mass4[2][b] + mass4[3][b];
     if (cumulative + mass >= target) {
-      boundary = b;
+      boundary = (uint16_t)b;
       break;
     }
     cumulative += mass;
   }
   for (int r = 0; r < 4; r++) memset(mass4[r], 0, sizeof(float) * (size_t)(used + 1));
-  size_t kept = 0, candidates = 0;
-  // Without branches: which side of the boundary a token falls is as good as random, and the
-  // mispredicted branches cost half of the whole selection. Each slot is written and kept
-  // only when it counts (both buffers hold n).
-  for (size_t j = 0; j < n; j++) {
-    int b = bucket[j];
-    indices[kept] = (int32_t)j;
-    kept += b < boundary;
+  // The boundary bucket's tokens (few: a 1/64-nat slice): 16 buckets are compared at once (the
+  // compiler vectorizes it) and only a group holding one is walked.
+  size_t candidates = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    int any = 0;
+    for (int k = 0; k < 16; k++) any |= bucket[j + k] == boundary;
+    if (!any) continue;
+    for (int k = 0; k < 16; k++) {
+      cand[candidates] = (int32_t)(j + k);
+      candidates += bucket[j + k] == boundary;
+    }
+  }
+  for (; j < n; j++) {
     cand[candidates] = (int32_t)j;
-    candidates += b == boundary;
+    candidates += bucket[j] == boundary;
   }
   tau_sort_weights = w;
   qsort(cand, candidates, sizeof(int32_t), by_weight_desc);
   size_t taken = 0;
   while (taken < candidates && cumulative < target) cumulative += w[cand[taken++]];
-  qsort(cand, taken, sizeof(int32_t), by_index);
-  // Merge the two ascending lists from the back, in place in `indices`.
-  size_t i = kept, k = taken, out = kept + taken;
-  while (k > 0) {
-    if (i > 0 && indices[i - 1] > cand[k - 1])
-      indices[--out] = indices[--i];
-    else
-      indices[--out] = cand[--k];
+  for (size_t t = 0; t < taken; t++) bucket[cand[t]] = HKV_TAU_TAKEN;
+  return boundary;
+}
+
+// A tau-mass set held to `cap` tokens by weight `w`: the marked set's indices (ascending) cut to
+// the `cap` heaviest; the kept count.
+static size_t tau_capped(const float *w, const uint16_t *bucket, uint16_t boundary, size_t n,
+                         size_t cap, int32_t *indices) {
+  size_t kept = 0;
+  for (size_t j = 0; j < n; j++) {
+    indices[kept] = (int32_t)j;
+    kept += bucket[j] < boundary || bucket[j] == HKV_TAU_TAKEN;
   }
-  kept += taken;
-  if (cap > 0 && kept > cap) {
+  if (kept > cap) {
+    tau_sort_weights = w;
     qsort(indices, kept, sizeof(int32_t), by_weight_desc);
     kept = cap;
     qsort(indices, kept, sizeof(int32_t), by_index);
+  }
+  return kept;
+}
+
+// The kept set of a selection marked in `bucket`, with each head's weights (rows of `w`,
+// chunk coefficients `coef`) into weights[h * kept + k] and their sums into kept_mass: packed
+// in one pass where there is no cap, gathered after the cut where there is.
+static size_t tau_emit(const uint16_t *bucket, uint16_t boundary, size_t n, size_t cap,
+                       const float *order, float *w, size_t heads, const float *coef,
+                       int32_t *indices, float *weights, float *kept_mass) {
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK, kept;
+  if (cap == 0) {
+    kept = hkv_active_kernels()->keep_compress(bucket, n, boundary, w, heads, coef, indices,
+                                               kept_mass);
+    for (size_t h = 0; h < heads; h++) memcpy(weights + h * kept, w + h * n, sizeof(float) * kept);
+    return kept;
+  }
+  kept = tau_capped(order, bucket, boundary, n, cap, indices);
+  for (size_t h = 0; h < heads; h++) {
+    const float *wh = w + h * n, *ch = coef + h * chunks;
+    float *out = weights + h * kept, sum = 0;
+    for (size_t t = 0; t < kept; t++) {
+      int32_t j = indices[t];
+      out[t] = wh[j] * ch[j / HKV_SELECT_CHUNK];
+      sum += out[t];
+    }
+    kept_mass[h] = sum;
   }
   return kept;
 }
@@ -439,9 +499,10 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
   const float per_nat = 64.0f;
   *kept_mass = 0;
   if (n == 0) return 0;
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
   tau_scratch scratch;
-  if (!tau_scratch_for(n, 1, &scratch)) return 0;
-  float *w = scratch.w;
+  if (!tau_scratch_for(n, n + chunks, &scratch)) return 0;
+  float *w = scratch.w, *coef = w + n;
   uint16_t *bucket = scratch.bucket;
   memcpy(w, scores, sizeof(float) * n);
   float m;
@@ -462,14 +523,10 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
     bucket[j] = b;
     used = b > used ? b : used;
   }
-  size_t kept = tau_keep(w, bucket, used, n, tau, cap, indices, scratch.cand);
-  float inv = 1.0f / total, sum = 0;
-  for (size_t t = 0; t < kept; t++) {
-    weights[t] = w[indices[t]] * inv;
-    sum += weights[t];
-  }
-  *kept_mass = sum;
-  return kept;
+  uint16_t boundary = tau_mark(w, bucket, used, n, tau, scratch.cand);
+  float inv = 1.0f / total;
+  for (size_t c = 0; c < chunks; c++) coef[c] = inv;
+  return tau_emit(bucket, boundary, n, cap, w, w, 1, coef, indices, weights, kept_mass);
 }
 
 size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float tau, size_t cap,
@@ -477,56 +534,36 @@ size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float t
                             float *log_normalizers) {
   for (size_t h = 0; h < heads; h++) kept_mass[h] = 0;
   if (n == 0 || heads == 0 || heads > 64) return 0;
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
   tau_scratch scratch;
-  if (!tau_scratch_for(n, heads + 1, &scratch)) return 0;
-  float *mean = scratch.w + heads * n;
-  float inv_total[64];
-  // Each head's softmax weights (kept for the kept tokens' per-head weights), and their mean.
+  if (!tau_scratch_for(n, (heads + 1) * n + heads * chunks, &scratch)) return 0;
+  const hkv_kernel_table *kernels = hkv_active_kernels();
+  // Summed probabilities over the heads (the mean's order and tau-mass set, at any scale).
+  float *sum = scratch.w + heads * n;
+  // Per head and chunk: first the running maximum its numerators are taken against, then the
+  // coefficient that turns them into the head's probabilities.
+  float *coef = sum + n;
+  float bound = 0;
+  // Each head's numerators in one pass over its scores; its normalizer from their sum.
   for (size_t h = 0; h < heads; h++) {
-    float *wh = scratch.w + h * n;
-    memcpy(wh, scores + h * n, sizeof(float) * n);
     float m;
-    float total = hkv_active_kernels()->softmax_exp(wh, n, &m);
-    if (!(m > -INFINITY) || !(total > 0) || total == INFINITY) return 0;
+    float total =
+        kernels->softmax_exp_chunked(scores + h * n, n, scratch.w + h * n, coef + h * chunks, &m);
+    if (!(m > -INFINITY) || !(total > 0) || !(total < INFINITY)) return 0;
     log_normalizers[h] = m + logf(total);
-    inv_total[h] = 1.0f / total;
-    float share = inv_total[h] / (float)heads;
-    if (h == 0) {
-      for (size_t j = 0; j < n; j++) mean[j] = wh[j] * share;
-    } else {
-      for (size_t j = 0; j < n; j++) mean[j] += wh[j] * share;
-    }
+    float inv = 1.0f / total;
+    for (size_t c = 0; c < chunks; c++) coef[h * chunks + c] = expf(coef[h * chunks + c] - m) * inv;
+    bound += inv;
   }
-  // Buckets from the float bits of the (positive) mean probabilities: the exponent and the
+  // Buckets from the float bits of the (positive) summed probabilities: the exponent and the
   // top 6 mantissa bits, so 64 buckets an octave (about 1/92 nat) without a logarithm; a
-  // larger weight has larger bits, so the gap below the largest orders them.
-  uint32_t top = 0;
-  for (size_t j = 0; j < n; j++) {
-    uint32_t bits;
-    memcpy(&bits, mean + j, 4);
-    top = bits > top ? bits : top;
-  }
-  int32_t top_bucket = (int32_t)(top >> 17);
-  uint16_t used = 0;
-  uint16_t *bucket = scratch.bucket;
-  for (size_t j = 0; j < n; j++) {
-    uint32_t bits;
-    memcpy(&bits, mean + j, 4);
-    int32_t gap = top_bucket - (int32_t)(bits >> 17);
-    gap = gap < TAU_BUCKETS - 1 ? gap : TAU_BUCKETS - 1;
-    uint16_t b = (uint16_t)gap;
-    bucket[j] = b;
-    used = b > used ? b : used;
-  }
-  size_t kept = tau_keep(mean, bucket, used, n, tau, cap, indices, scratch.cand);
-  for (size_t h = 0; h < heads; h++) {
-    const float *wh = scratch.w + h * n;
-    float *out = weights + h * kept, sum = 0;
-    for (size_t t = 0; t < kept; t++) {
-      out[t] = wh[indices[t]] * inv_total[h];
-      sum += out[t];
-    }
-    kept_mass[h] = sum;
-  }
-  return kept;
+  // larger weight has larger bits. Counted down from a bound no sum exceeds (every numerator
+  // is at most 1), so one pass computes, stores and buckets the sums.
+  uint32_t bound_bits;
+  memcpy(&bound_bits, &bound, 4);
+  uint16_t used = kernels->group_mean_buckets(scratch.w, heads, n, coef,
+                                              (int32_t)(bound_bits >> 17), sum, scratch.bucket);
+  uint16_t boundary = tau_mark(sum, scratch.bucket, used, n, tau, scratch.cand);
+  return tau_emit(scratch.bucket, boundary, n, cap, sum, scratch.w, heads, coef, indices, weights,
+                  kept_mass);
 }

@@ -179,6 +179,45 @@ import Testing
     }
   }
 
+  @Test(
+    "a group selection whose maxima rise late keeps the same set as the reference; a NaN or +inf among many scores is refused"
+  )
+  func groupSelectionAcrossChunks() throws {
+    let (heads, n) = (4, 9000)
+    var scores = randomFloats(heads * n, seed: 51, scale: 2)
+    // Each head's largest scores in its last chunk, 15 nats above the rest, so the first
+    // chunks' numerators are taken against a maximum that later rises.
+    for h in 0..<heads { scores[h * n + n - 1 - h] += 15 }
+    for tau: Float in [0.6, 0.95] {
+      let picked = try TauMassSelection.selectGroup(scores: scores, heads: heads, tau: tau)
+      var mean = [Double](repeating: 0, count: n)
+      for h in 0..<heads {
+        let row = scores[h * n..<(h + 1) * n].map(Double.init)
+        let m = row.max()!
+        let z = row.reduce(0) { $0 + exp($1 - m) }
+        for j in 0..<n { mean[j] += exp(row[j] - m) / z / Double(heads) }
+        for (t, w) in zip(picked[h].indices, picked[h].weights) {
+          #expect(abs(Double(w) - exp(row[Int(t)] - m) / z) < 1e-6)
+        }
+      }
+      let order = mean.indices.sorted { mean[$0] > mean[$1] }
+      var (acc, k) = (0.0, 0)
+      while acc < Double(tau) {
+        acc += mean[order[k]]
+        k += 1
+      }
+      #expect(abs(picked[0].indices.count - k) <= 1)
+      #expect(Set(picked[0].indices.map(Int.init)).isSubset(of: Set(order[0..<(k + 1)])))
+    }
+    for bad in [Float.nan, .infinity] {
+      var spoiled = scores
+      spoiled[2 * n + 4321] = bad
+      #expect(throws: HeteroKVError.self, "\(bad)") {
+        try TauMassSelection.selectGroup(scores: spoiled, heads: heads, tau: 0.9)
+      }
+    }
+  }
+
   @Test("NaN scores never index outside the selection's histogram or the context")
   func tauSelectionWithNaNScores() throws {
     var scores = randomFloats(4096, seed: 12, scale: 3)

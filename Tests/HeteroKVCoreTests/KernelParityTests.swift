@@ -1,4 +1,5 @@
 import CHeteroKVKernels
+import Foundation
 import Testing
 
 @testable import HeteroKVCore
@@ -123,6 +124,120 @@ import Testing
     let scan = randomFloats(4099, seed: 8)
     let sums = try both { t in t.scan_sum_f32(scan, scan.count) }
     #expect(abs(sums.portable - sums.vector) < 1e-3)
+  }
+
+  @Test(
+    "selection kernels: chunked numerators, a group's summed probabilities and buckets, the kept set packed in place"
+  )
+  func selectionKernels() throws {
+    let chunk = Int(HKV_SELECT_CHUNK)
+    // Lengths off the vector width and the chunk, and scores whose maximum rises late (chunk
+    // maxima then differ from the final one).
+    for (n, seed) in [(3 * chunk + 13, UInt64(41)), (7, 42), (chunk, 43)] {
+      let heads = 3
+      var scores = randomFloats(heads * n, seed: seed, scale: 6)
+      scores[n - 1] += 30
+      let chunks = (n + chunk - 1) / chunk
+      let numerators = try both { t in
+        var w = [Float](repeating: -1, count: heads * n)
+        var chunkMax = [Float](repeating: 0, count: heads * chunks)
+        var maxima = [Float](repeating: 0, count: heads)
+        var totals = [Float](repeating: 0, count: heads)
+        for h in 0..<heads {
+          scores.withUnsafeBufferPointer { s in
+            w.withUnsafeMutableBufferPointer { wp in
+              chunkMax.withUnsafeMutableBufferPointer { cp in
+                totals[h] = t.softmax_exp_chunked(
+                  s.baseAddress! + h * n, n, wp.baseAddress! + h * n, cp.baseAddress! + h * chunks,
+                  &maxima[h])
+              }
+            }
+          }
+        }
+        return (w, chunkMax, maxima, totals)
+      }
+      #expect(numerators.portable.1 == numerators.vector.1)
+      #expect(numerators.portable.2 == numerators.vector.2)
+      #expect(relativeError(numerators.portable.0, numerators.vector.0) < 1e-6)
+      // Against the definition: w[j] = exp(x[j] - running maximum of its chunk); the sum over
+      // the final maximum.
+      let (w, chunkMax, maxima, totals) = numerators.portable
+      var coef = [Float](repeating: 0, count: heads * chunks)
+      for h in 0..<heads {
+        let row = scores[h * n..<(h + 1) * n]
+        #expect(maxima[h] == row.max()!)
+        let z = row.reduce(0.0) { $0 + exp(Double($1 - maxima[h])) }
+        #expect(abs(Double(totals[h]) - z) < 1e-5 * z)
+        #expect(abs(Double(numerators.vector.3[h]) - z) < 1e-5 * z)
+        for c in 0..<chunks {
+          let running = row.prefix((c + 1) * chunk).max()!
+          #expect(chunkMax[h * chunks + c] == running)
+          coef[h * chunks + c] = exp(running - maxima[h]) / totals[h]
+        }
+        for j in [0, n / 2, n - 1] {
+          let expected = exp(scores[h * n + j] - chunkMax[h * chunks + j / chunk])
+          #expect(abs(w[h * n + j] - expected) <= 1e-6 * max(expected, 1e-30))
+        }
+      }
+      // Same numerators in: the same sums and buckets bit for bit.
+      let top: Int32 = 1000
+      let grouped = try both { t in
+        var sums = [Float](repeating: 0, count: n)
+        var buckets = [UInt16](repeating: 0, count: n)
+        let used = t.group_mean_buckets(w, heads, n, coef, top, &sums, &buckets)
+        return (sums, buckets, used)
+      }
+      #expect(grouped.portable.0 == grouped.vector.0)
+      #expect(grouped.portable.1 == grouped.vector.1)
+      #expect(grouped.portable.2 == grouped.vector.2)
+      let (sums, buckets, used) = grouped.portable
+      #expect(used == buckets.max()!)
+      for j in [0, n / 3, n - 1] {
+        let expected = (0..<heads).reduce(Float(0)) {
+          $0 + w[$1 * n + j] * coef[$1 * chunks + j / chunk]
+        }
+        #expect(abs(sums[j] - expected) <= 1e-6 * expected)
+        let gap = Int(top) - Int(sums[j].bitPattern >> 17)
+        #expect(Int(buckets[j]) == min(max(gap, 0), 4095))
+      }
+      // The kept set: below the boundary or marked taken, with weights packed in place.
+      var marked = buckets
+      let boundary = buckets.sorted()[n / 2]
+      for j in stride(from: 1, to: n, by: 5) where marked[j] == boundary {
+        marked[j] = UInt16(HKV_TAU_TAKEN)
+      }
+      let expectedKept = (0..<n).filter {
+        marked[$0] < boundary || marked[$0] == UInt16(HKV_TAU_TAKEN)
+      }
+      let packed = try both { t in
+        var rows = w
+        var indices = [Int32](repeating: -1, count: n)
+        var mass = [Float](repeating: 0, count: heads)
+        let kept = t.keep_compress(marked, n, boundary, &rows, heads, coef, &indices, &mass)
+        return (Array(indices.prefix(kept)), rows, mass, kept)
+      }
+      #expect(packed.portable.0 == expectedKept.map(Int32.init))
+      #expect(packed.vector.0 == packed.portable.0)
+      for h in 0..<heads {
+        let expectedWeights = expectedKept.map { w[h * n + $0] * coef[h * chunks + $0 / chunk] }
+        #expect(Array(packed.portable.1[h * n..<h * n + expectedKept.count]) == expectedWeights)
+        #expect(Array(packed.vector.1[h * n..<h * n + expectedKept.count]) == expectedWeights)
+        let mass = expectedWeights.reduce(0, +)
+        #expect(abs(packed.portable.2[h] - mass) < 1e-5 && abs(packed.vector.2[h] - mass) < 1e-5)
+      }
+    }
+    // A NaN anywhere or +inf makes the sum NaN (the selection then refuses the scores).
+    for bad in [Float.nan, .infinity] {
+      var x = randomFloats(2 * chunk + 9, seed: 44)
+      x[chunk + 3] = bad
+      let sums = try both { t in
+        var w = [Float](repeating: 0, count: x.count)
+        var chunkMax = [Float](repeating: 0, count: 3)
+        var m: Float = 0
+        return t.softmax_exp_chunked(x, x.count, &w, &chunkMax, &m)
+      }
+      #expect(sums.portable.isNaN && sums.vector.isNaN, "\(bad)")
+    }
   }
 
   /// Each point's nearest of `c` centroids (structure of arrays `[s][c]`) on both tables.
@@ -285,6 +400,15 @@ import Testing
       ("sq_group_scores", address(portable.sq_group_scores), address(v.sq_group_scores)),
       ("nearest_centroids", address(portable.nearest_centroids), address(v.nearest_centroids)),
       ("softmax_exp", address(portable.softmax_exp), address(v.softmax_exp)),
+      (
+        "softmax_exp_chunked", address(portable.softmax_exp_chunked),
+        address(v.softmax_exp_chunked)
+      ),
+      (
+        "group_mean_buckets", address(portable.group_mean_buckets),
+        address(v.group_mean_buckets)
+      ),
+      ("keep_compress", address(portable.keep_compress), address(v.keep_compress)),
       ("scan_sum_f32", address(portable.scan_sum_f32), address(v.scan_sum_f32)),
       ("crc32c", address(portable.crc32c), address(v.crc32c)),
       ("matmul_rows_f32", address(portable.matmul_rows_f32), address(v.matmul_rows_f32)),

@@ -10,7 +10,8 @@ import HeteroKVWorker
 struct DecodeBench {
   let tokens: Int
   let steps: Int
-  /// `pq` (8-bit codes over groups of 8 dims: 6.25% of fp16 K+V) or `scalar` (2-bit).
+  /// `pq` (one-byte codes, 256 centroids, over `--group` dims), `pq4` (4-bit codes, 16
+  /// centroids, scored by fast scan) or `scalar` (2-bit).
   var codec = "pq"
   /// Exact outputs: the memory nodes re-score the kept tokens with their fp16 keys.
   var exact = false
@@ -28,7 +29,8 @@ struct DecodeBench {
     options.capacityBytes = max(1 << 30, tokens * g.kvHeads * g.headDim * 4)
     options.budgets = BudgetSettings(policy: .hcattention, memoryFraction: 0.125)
     options.worker = WorkerSettings(
-      keyCodec: codec == "scalar" ? .scalar : .pq, keyBits: codec == "scalar" ? 2 : 8,
+      keyCodec: codec == "scalar" ? .scalar : .pq,
+      keyBits: codec == "scalar" ? 2 : codec == "pq4" ? 4 : 8,
       groupSize: Int(option("group") ?? "8") ?? 8, window: 64, sinks: 4, tau: 0.9,
       capSelection: !uncapped)  // capped: at most the budget's tokens, as measured in issue 5
     options.worker.selection = selection

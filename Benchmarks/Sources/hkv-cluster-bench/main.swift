@@ -1,7 +1,7 @@
 // hkv-cluster-bench: the worker's decode step on a real cluster.
 //
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench decode [--tokens 131072,1048576] \
-//       [--steps 12] [--codec pq|scalar] [--group 8] [--exact] [--uncapped]
+//       [--steps 12] [--codec pq|pq4|scalar] [--group 8] [--exact] [--uncapped]
 //       [--selection kv_group|query_head]
 //   swift run -c release --package-path Benchmarks hkv-cluster-bench scale --hkv .build/release/hkv \
 //       [--tokens 4194304] [--memnodes 4] [--steps 4]

@@ -51,6 +51,12 @@ typedef struct hkv_kernel_table {
                             const float *centroids, const float *norms, size_t c,
                             uint16_t *codes, size_t code_stride);
   float (*softmax_exp)(float *x, size_t n, float *max_out);
+  float (*softmax_exp_chunked)(const float *x, size_t n, float *w, float *chunk_max,
+                               float *max_out);
+  uint16_t (*group_mean_buckets)(const float *w, size_t heads, size_t n, const float *coef,
+                                 int32_t top_bucket, float *mean, uint16_t *bucket);
+  size_t (*keep_compress)(const uint16_t *bucket, size_t n, uint16_t boundary, float *w,
+                          size_t heads, const float *coef, int32_t *indices, float *kept_mass);
   double (*scan_sum_f32)(const float *x, size_t n);
   uint32_t (*crc32c)(uint32_t crc, const void *data, size_t n);
   void (*matmul_rows_f32)(const float *x, size_t tokens, size_t in, const float *w, size_t rows,
@@ -190,6 +196,36 @@ int hkv_nearest_centroids_aos(const float *points, size_t n, size_t stride, size
 /// An empty or all -inf input returns 0 and leaves x unchanged.
 float hkv_softmax_exp(float *x, size_t n, float *max_out);
 
+/// Tokens per chunk of hkv_softmax_exp_chunked: a chunk's scores are read from memory once and
+/// from L1 for their exps.
+enum { HKV_SELECT_CHUNK = 512 };
+
+/// Softmax numerators in one pass over x, chunk by chunk against the running maximum: w[j] =
+/// exp(x[j] - chunk_max[j / HKV_SELECT_CHUNK]), where chunk_max[c] is the maximum of x over
+/// chunks 0...c. Stores the maximum of x in *max_out and returns Σ exp(x - max) (0 for an empty
+/// or all -inf input; NaN when x holds a NaN or +inf). A weight over the final maximum is
+/// w[j] * exp(chunk_max[c] - max).
+float hkv_softmax_exp_chunked(const float *x, size_t n, float *w, float *chunk_max,
+                              float *max_out);
+
+/// A GQA group's mean weight and its bucket, from `heads` rows of n chunked numerators w
+/// ([heads][n], hkv_softmax_exp_chunked) and per head and chunk a coefficient coef[h * chunks +
+/// c] (chunks = n / HKV_SELECT_CHUNK rounded up): mean[j] = Σ_h w[h][j] * coef[h][c]. The
+/// bucket is top_bucket - (float bits of mean[j] >> 17), clamped to 0...4095: 64 buckets an
+/// octave, counted down from top_bucket. Returns the largest bucket written.
+uint16_t hkv_group_mean_buckets(const float *w, size_t heads, size_t n, const float *coef,
+                                int32_t top_bucket, float *mean, uint16_t *bucket);
+
+/// The bucket value of a boundary token taken into a tau-mass set (hkv_keep_compress).
+enum { HKV_TAU_TAKEN = 0xFFFF };
+
+/// A selection's kept tokens, ascending: every j whose bucket[j] is below `boundary` or is
+/// HKV_TAU_TAKEN, written to indices (room for n). Their weights, in place: row h of w
+/// ([heads][n]) begins with w[h][j] * coef[h][c] of the kept j (c = j / HKV_SELECT_CHUNK, coef
+/// as in hkv_group_mean_buckets), and kept_mass[h] is their sum. Returns the kept count.
+size_t hkv_keep_compress(const uint16_t *bucket, size_t n, uint16_t boundary, float *w,
+                         size_t heads, const float *coef, int32_t *indices, float *kept_mass);
+
 /// Scalar key scores for codes of `bits` (2, 4 or 8) bits, packed so that byte b of a token
 /// holds channels b + k * (d * bits / 8) for k < 8 / bits at bit offset k * bits. Same
 /// arguments as hkv_sq4_scores otherwise.
@@ -219,7 +255,10 @@ size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int3
 /// heads, whose mean mass reaches tau (optionally at most `cap`). Writes the kept indices
 /// ascending (room for n), each head's own softmax weights of the kept tokens to
 /// weights[h * kept + k] (room for heads * n), each head's kept mass and log Σ exp(scores);
-/// returns the kept count, or 0 when some head's scores have no finite maximum.
+/// returns the kept count, or 0 when some head's scores have no finite maximum or hold a NaN
+/// or +inf. One pass over each head's scores (hkv_softmax_exp_chunked), one over the group's
+/// numerators (hkv_group_mean_buckets), the histogram, and one that packs the kept set and
+/// weights (hkv_keep_compress).
 size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float tau, size_t cap,
                             int32_t *indices, float *weights, float *kept_mass,
                             float *log_normalizers);

@@ -361,7 +361,6 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     let c = codebook.version.centroids
     let n = count
     let d = headDim
-    var out = [Float](repeating: 0, count: heads * n)
     if case .packed(let codes) = storage {
       let scaled = queries.map { $0 * scale }
       let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
@@ -373,9 +372,14 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
           hkv_pq4_lut(cb16.baseAddress!, g, c, codebook.subDim, q, heads, &lut, &step, &bias)
         }
       }
-      hkv_pq4_scores(lut, step, bias, heads, g, codes, n, &out, n)
-      return out
+      // The kernel writes every score: no zeroing first (2 MiB a head at 128K x 4 heads).
+      guard heads * n > 0 else { return [] }
+      return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
+        hkv_pq4_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
+        written = heads * n
+      }
     }
+    var out = [Float](repeating: 0, count: heads * n)
     var lut = [Float](repeating: 0, count: g * c * 4)
     var block = [Float](repeating: 0, count: 4 * n)
     // Four query heads per table: one 16-byte load per code serves all four.

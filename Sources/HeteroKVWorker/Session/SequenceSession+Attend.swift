@@ -1,3 +1,4 @@
+import Foundation
 import HeteroKVEngineClient
 import HeteroKVSettings
 import HeteroKVCore
@@ -53,6 +54,10 @@ extension SequenceSession {
       return true
     }
     let cached = computations.indices.filter { !remote.contains($0) }
+    // At long contexts a head's scoring and selection outweigh the nodes' work on its few kept
+    // rows, and one head at a time leaves a core idle: there the heads go a batch of one per
+    // core, each batch's requests leaving together.
+    let batch = Self.headBatch(tokens: state.tokens, queryHeads: group)
     // The step's account lives in the group's body and comes back with the answers. (Child
     // tasks return through `ask`: one returning from a typed-throws `do` block handed back a
     // wrong index in release builds.)
@@ -60,23 +65,28 @@ extension SequenceSession {
       group -> Result<(StepAccount, [FanOutAnswer]), HeteroKVError> in
       var step = StepAccount(heads: g.kvHeads, outputs: queries.count)
       do throws(HeteroKVError) {
-        for h in remote {
-          let result = try compute([computations[h]], layer: layer, step: &step)[0]
-          let mark = ContinuousClock.now
-          let plan = try await absorb(
-            result, layer: layer, head: h, queries: queries, withSelection: withSelection,
-            step: &step)
-          if let plan {
-            let requests = plan.requests.map { ReplicatedRequest($0.request, holders: $0.holders) }
-            let index = step.plans.count
-            step.plans.append(plan)
-            let tier = tier
-            let timeout = options.requestTimeout
-            group.addTask { [index] in
-              (index, await Self.ask(tier, requests, timeout: timeout))
+        for first in stride(from: 0, to: remote.count, by: batch) {
+          let heads = Array(remote[first..<min(first + batch, remote.count)])
+          let results = try compute(heads.map { computations[$0] }, layer: layer, step: &step)
+          for (h, result) in zip(heads, results) {
+            let mark = ContinuousClock.now
+            let plan = try await absorb(
+              result, layer: layer, head: h, queries: queries, withSelection: withSelection,
+              step: &step)
+            if let plan {
+              let requests = plan.requests.map {
+                ReplicatedRequest($0.request, holders: $0.holders)
+              }
+              let index = step.plans.count
+              step.plans.append(plan)
+              let tier = tier
+              let timeout = options.requestTimeout
+              group.addTask { [index] in
+                (index, await Self.ask(tier, requests, timeout: timeout))
+              }
             }
+            step.timings.plan += seconds(since: mark)
           }
-          step.timings.plan += seconds(since: mark)
         }
         if !cached.isEmpty {
           let results = try compute(cached.map { computations[$0] }, layer: layer, step: &step)
@@ -162,6 +172,22 @@ extension SequenceSession {
   }
 
   /// Runs `computations` on the backend, timed into the step.
+  /// Scores a head's worker work as long when it is at least this many (token, query head)
+  /// pairs: 128K tokens x 4 query heads take about 1 ms to score and select from 4-bit codes,
+  /// and the nodes' answer for its kept rows less; 8K x 3 (SmolLM2) takes tens of microseconds,
+  /// where the nodes' attention is worth overlapping with the next head's scoring.
+  static let longHeadWork = 1 << 18
+
+  /// How many heads a step computes at once: one (each head's requests leave while the next is
+  /// scored) below `longHeadWork`, one per core at or above it.
+  static func headBatch(tokens: Int, queryHeads: Int) -> Int {
+    tokens * queryHeads >= longHeadWork ? cores : 1
+  }
+
+  /// The cores the backend spreads a batch of heads over (read once: the count reads cgroup
+  /// files).
+  static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
   private func compute(_ computations: [HeadComputation], layer: Int, step: inout StepAccount)
     throws(HeteroKVError) -> [HeadComputationResult]
   {

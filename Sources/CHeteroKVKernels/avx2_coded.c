@@ -250,38 +250,40 @@ HKV_AVX2 static inline __m256 exp256_nonpositive(__m256 x) {
   return _mm256_andnot_ps(under, _mm256_castsi256_ps(scaled));
 }
 
-HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out) {
-  __m256 vm = _mm256_set1_ps(-INFINITY);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-  float tmp[8];
-  _mm256_storeu_ps(tmp, vm);
-  float m = -INFINITY;
-  for (int t = 0; t < 8; t++)
-    if (tmp[t] > m) m = tmp[t];
-  for (; i < n; i++)
-    if (x[i] > m) m = x[i];
-  *max_out = m;
-  if (!(m > -INFINITY)) return 0;
-  __m256 bm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
-  for (i = 0; i + 8 <= n; i += 8) {
-    __m256 e = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), bm));
-    _mm256_storeu_ps(x + i, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  float s = hsum256(acc);
-  for (; i < n; i++) {
-    x[i] = expf(x[i] - m);
-    s += x[i];
-  }
-  return s;
-}
-
 HKV_AVX2 static inline float hmax256(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
   return _mm_cvtss_f32(m);
+}
+
+// w[i] = exp(x[i] - m) for i < n (w may be x), and their sum: the softmax numerators.
+HKV_AVX2 static inline float exp_shifted_sum(const float *x, size_t n, float m, float *w) {
+  __m256 bm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 e = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), bm));
+    _mm256_storeu_ps(w + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float s = hsum256(acc);
+  for (; i < n; i++) {
+    w[i] = expf(x[i] - m);
+    s += w[i];
+  }
+  return s;
+}
+
+HKV_AVX2 HKV_INTERNAL float softmax_exp_avx2(float *x, size_t n, float *max_out) {
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+  float m = hmax256(vm);
+  for (; i < n; i++)
+    if (x[i] > m) m = x[i];
+  *max_out = m;
+  if (!(m > -INFINITY)) return 0;
+  return exp_shifted_sum(x, n, m, x);
 }
 
 // A chunk's maximum is taken from memory, then its exps from L1: one pass over x, where a max
@@ -317,18 +319,7 @@ HKV_AVX2 HKV_INTERNAL float softmax_exp_chunked_avx2(const float *x, size_t n, f
       memset(wc, 0, sizeof(float) * len);
       continue;
     }
-    __m256 bm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= len; i += 8) {
-      __m256 e = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(xc + i), bm));
-      _mm256_storeu_ps(wc + i, e);
-      acc = _mm256_add_ps(acc, e);
-    }
-    float sum = hsum256(acc);
-    for (; i < len; i++) {
-      wc[i] = expf(xc[i] - m);
-      sum += wc[i];
-    }
-    z += sum;
+    z += exp_shifted_sum(xc, len, m, wc);
   }
   *max_out = m;
   non_finite |= _mm256_movemask_ps(unordered) != 0;
@@ -359,15 +350,8 @@ HKV_AVX2 HKV_INTERNAL uint16_t group_mean_buckets_avx2(const float *w, size_t he
     }
     // The chunk's (or the context's) last tokens, one at a time, as the portable kernel does.
     for (; j < end; j++) {
-      float acc = 0;
-      for (size_t h = 0; h < heads; h++) acc = fmaf(w[h * n + j], coef[h * chunks + c], acc);
-      mean[j] = acc;
-      uint32_t bits;
-      memcpy(&bits, &acc, 4);
-      int32_t gap = top_bucket - (int32_t)(bits >> 17);
-      gap = gap < 0 ? 0 : gap > 4095 ? 4095 : gap;
-      bucket[j] = (uint16_t)gap;
-      used = _mm256_max_epi32(used, _mm256_set1_epi32(gap));
+      uint16_t b = group_mean_bucket_at(w, heads, n, coef, top_bucket, j, mean, bucket);
+      used = _mm256_max_epi32(used, _mm256_set1_epi32(b));
     }
   }
   int32_t lanes[8];
@@ -449,17 +433,7 @@ HKV_AVX2 HKV_INTERNAL size_t keep_compress_avx2(const uint16_t *bucket, size_t n
     kept += (size_t)__builtin_popcount((unsigned)mask);
   }
   for (size_t h = 0; h < heads; h++) kept_mass[h] = hsum256(mass[h]);
-  for (; j < n; j++) {
-    int keep = bucket[j] < boundary || bucket[j] == HKV_TAU_TAKEN;
-    indices[kept] = (int32_t)j;
-    for (size_t h = 0; h < heads; h++) {
-      float v = w[h * n + j] * coef[h * chunks + j / HKV_SELECT_CHUNK];
-      w[h * n + kept] = v;
-      kept_mass[h] += keep ? v : 0;
-    }
-    kept += (size_t)keep;
-  }
-  return kept;
+  return keep_compress_from(bucket, n, j, kept, boundary, w, heads, coef, indices, kept_mass);
 }
 
 // Four points per pass over the centroids, so each centroid load serves four distance

@@ -7,6 +7,7 @@
 
 #include "hkv_kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -28,6 +29,44 @@ static inline uint16_t float_to_half(float f) {
   uint16_t h;
   memcpy(&h, &v, sizeof h);
   return h;
+}
+
+// Token j of hkv_group_mean_buckets: the group's sum stored, its bucket stored and returned.
+// The portable kernel is this for every token; the AVX2 one for the tokens past its vectors.
+static inline uint16_t group_mean_bucket_at(const float *w, size_t heads, size_t n,
+                                            const float *coef, int32_t top_bucket, size_t j,
+                                            float *mean, uint16_t *bucket) {
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK, c = j / HKV_SELECT_CHUNK;
+  float acc = 0;
+  for (size_t h = 0; h < heads; h++) acc = fmaf(w[h * n + j], coef[h * chunks + c], acc);
+  mean[j] = acc;
+  uint32_t bits;
+  memcpy(&bits, &acc, 4);
+  int32_t gap = top_bucket - (int32_t)(bits >> 17);
+  gap = gap < 0 ? 0 : gap > 4095 ? 4095 : gap;
+  bucket[j] = (uint16_t)gap;
+  return (uint16_t)gap;
+}
+
+// Tokens from...n-1 of hkv_keep_compress, one at a time, continuing a set of `kept` so far
+// (kept_mass accumulates); returns the new count. Without branches (which side of the
+// boundary a token falls is as good as random): every slot is written and counts only when
+// the token is kept. A slot is never past the token being read, so rows compress in place.
+static inline size_t keep_compress_from(const uint16_t *bucket, size_t n, size_t from,
+                                        size_t kept, uint16_t boundary, float *w, size_t heads,
+                                        const float *coef, int32_t *indices, float *kept_mass) {
+  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
+  for (size_t j = from; j < n; j++) {
+    int keep = bucket[j] < boundary || bucket[j] == HKV_TAU_TAKEN;
+    indices[kept] = (int32_t)j;
+    for (size_t h = 0; h < heads; h++) {
+      float v = w[h * n + j] * coef[h * chunks + j / HKV_SELECT_CHUNK];
+      w[h * n + kept] = v;
+      kept_mass[h] += keep ? v : 0;
+    }
+    kept += (size_t)keep;
+  }
+  return kept;
 }
 
 // Portable versions (portable.c).

@@ -253,19 +253,10 @@ HKV_INTERNAL float softmax_exp_chunked_portable(const float *x, size_t n, float 
 HKV_INTERNAL uint16_t group_mean_buckets_portable(const float *w, size_t heads, size_t n,
                                                   const float *coef, int32_t top_bucket,
                                                   float *mean, uint16_t *bucket) {
-  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
   uint16_t used = 0;
   for (size_t j = 0; j < n; j++) {
-    size_t c = j / HKV_SELECT_CHUNK;
-    float acc = 0;
-    for (size_t h = 0; h < heads; h++) acc = fmaf(w[h * n + j], coef[h * chunks + c], acc);
-    mean[j] = acc;
-    uint32_t bits;
-    memcpy(&bits, &acc, 4);
-    int32_t gap = top_bucket - (int32_t)(bits >> 17);
-    gap = gap < 0 ? 0 : gap > 4095 ? 4095 : gap;
-    bucket[j] = (uint16_t)gap;
-    used = (uint16_t)gap > used ? (uint16_t)gap : used;
+    uint16_t b = group_mean_bucket_at(w, heads, n, coef, top_bucket, j, mean, bucket);
+    used = b > used ? b : used;
   }
   return used;
 }
@@ -273,23 +264,8 @@ HKV_INTERNAL uint16_t group_mean_buckets_portable(const float *w, size_t heads, 
 HKV_INTERNAL size_t keep_compress_portable(const uint16_t *bucket, size_t n, uint16_t boundary,
                                            float *w, size_t heads, const float *coef,
                                            int32_t *indices, float *kept_mass) {
-  size_t chunks = (n + HKV_SELECT_CHUNK - 1) / HKV_SELECT_CHUNK;
   for (size_t h = 0; h < heads; h++) kept_mass[h] = 0;
-  size_t kept = 0;
-  // Without branches (which side of the boundary a token falls is as good as random): every
-  // slot is written, and counts only when the token is kept. A slot is never past the token
-  // being read, so rows compress in place.
-  for (size_t j = 0; j < n; j++) {
-    int keep = bucket[j] < boundary || bucket[j] == HKV_TAU_TAKEN;
-    indices[kept] = (int32_t)j;
-    for (size_t h = 0; h < heads; h++) {
-      float v = w[h * n + j] * coef[h * chunks + j / HKV_SELECT_CHUNK];
-      w[h * n + kept] = v;
-      kept_mass[h] += keep ? v : 0;
-    }
-    kept += (size_t)keep;
-  }
-  return kept;
+  return keep_compress_from(bucket, n, 0, 0, boundary, w, heads, coef, indices, kept_mass);
 }
 
 HKV_INTERNAL void nearest_centroids_portable(const float *points, size_t n, size_t stride, size_t s,

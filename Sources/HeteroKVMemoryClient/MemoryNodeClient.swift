@@ -78,7 +78,26 @@ public final class MemoryNodeClient: Sendable {
   public func partialAttention(_ request: PartialAttentionRequest, timeout: Duration? = nil)
     async throws(HeteroKVError) -> AttentionPartial
   {
-    let response = try await send(request, timeout: timeout, retry: true)
+    try partial(answering: request, try await send(request, timeout: timeout, retry: true))
+  }
+
+  /// Sends `request` now on a connection already made and returns its pending answer; nil
+  /// when no connection is ready (``partialAttention(_:timeout:)`` then makes one). The
+  /// pending answer is not retried: a caller whose call is lost asks again.
+  public func startPartialAttention(_ request: PartialAttentionRequest, timeout: Duration? = nil)
+    -> PendingPartialAttention?
+  {
+    guard let connection = pool.readyConnection() else { return nil }
+    let call = connection.start(
+      opcode: PartialAttentionRequest.opcode, payload: request.encoded(),
+      timeout: timeout ?? defaultTimeout)
+    return PendingPartialAttention(client: self, request: request, call: call)
+  }
+
+  /// The partial in a node's `response` to `request`, checked against what was asked.
+  fileprivate func partial(
+    answering request: PartialAttentionRequest, _ response: PartialAttentionResponse
+  ) throws(HeteroKVError) -> AttentionPartial {
     guard response.maxScores.count == request.heads.count, response.headDim == request.headDim
     else {
       throw HeteroKVError(
@@ -89,6 +108,25 @@ public final class MemoryNodeClient: Sendable {
     return AttentionPartial(
       headDim: response.headDim, outputs: response.outputs, maxScores: response.maxScores,
       sumExps: response.sumExps)
+  }
+
+  /// A pending call's payload decoded as `request`'s response, with the node's health updated
+  /// as ``send(_:timeout:retry:probing:)`` does and errors naming the node.
+  fileprivate func finish(_ request: PartialAttentionRequest, _ call: PendingCall)
+    async throws(HeteroKVError) -> AttentionPartial
+  {
+    do {
+      let payload = try await call.value()
+      let response = try PartialAttentionResponse(payload: payload, limits: limits)
+      let partial = try partial(answering: request, response)
+      noteAnswered()
+      return partial
+    } catch {
+      // A lost connection is asked again on a fresh one by the caller (as `send` retries),
+      // which marks the node down if that fails too; a missed deadline marks it now.
+      if error.code == .deadlineExceeded { markDown() }
+      throw HeteroKVError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
+    }
   }
 
   /// The node's capacity and use.
@@ -186,6 +224,21 @@ public final class MemoryNodeClient: Sendable {
         throw HeteroKVError(error.code, "node \(endpoint.id) (\(endpoint.data)): \(error.message)")
       }
     }
+  }
+}
+
+/// A partial-attention request sent by ``MemoryNodeClient/startPartialAttention(_:timeout:)``,
+/// whose answer is read once the caller needs it.
+public struct PendingPartialAttention: Sendable {
+  /// The node asked.
+  public let client: MemoryNodeClient
+  /// What it was asked.
+  public let request: PartialAttentionRequest
+  let call: PendingCall
+
+  /// The node's partial; waits only when it has not arrived.
+  public func value() async throws(HeteroKVError) -> AttentionPartial {
+    try await client.finish(request, call)
   }
 }
 

@@ -46,37 +46,27 @@ public final class MemoryTierClient: Sendable {
   /// Sends every request at once; each goes to its first holder and, when that node cannot
   /// answer (``failoverCodes``), to the next. Partials come back in request order with the
   /// number answered by a replica. A request no holder answers is `dataUnavailable`, naming
-  /// the nodes tried; any other failure is thrown as the node raised it. The first failure
-  /// cancels the rest.
+  /// the nodes tried; any other failure is thrown as the node raised it.
   public func partialAttention(_ requests: [ReplicatedRequest], timeout: Duration? = nil)
     async throws(HeteroKVError) -> FanOutAnswer
   {
-    guard !requests.isEmpty else { return FanOutAnswer(partials: [], failovers: 0) }
-    if requests.count == 1 {
-      // One request needs no group: a child task is one more hop on a decode step's path.
-      let (partial, attempt) = try await answer(requests[0], timeout: timeout).get()
-      return FanOutAnswer(partials: [partial], failovers: attempt > 0 ? 1 : 0)
-    }
-    let outcome: Result<[(AttentionPartial, Int)], HeteroKVError> = await withTaskGroup(
-      of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
-    ) { group in
-      for (i, remote) in requests.enumerated() {
-        group.addTask { (i, await self.answer(remote, timeout: timeout)) }
+    try await startPartialAttention(requests, timeout: timeout).answer()
+  }
+
+  /// Sends every request now, each to its first healthy holder on a connection already made,
+  /// and returns the fan-out to read later: a decode step starts each head's requests as
+  /// soon as its selection is made and reads every answer at the end, with no task per
+  /// request. Requests whose node has no connection yet are sent when the answer is read.
+  public func startPartialAttention(_ requests: [ReplicatedRequest], timeout: Duration? = nil)
+    -> PendingFanOut
+  {
+    let started = requests.map { remote -> PendingPartialAttention? in
+      guard let first = healthyFirst(remote.holders).first, let client = nodes[first] else {
+        return nil
       }
-      var slots = [(AttentionPartial, Int)?](repeating: nil, count: requests.count)
-      for await (i, result) in group {
-        switch result {
-        case .success(let value): slots[i] = value
-        case .failure(let error):
-          group.cancelAll()
-          return .failure(error)
-        }
-      }
-      return .success(slots.map { $0! })
+      return client.startPartialAttention(remote.request, timeout: timeout)
     }
-    let answers = try outcome.get()
-    return FanOutAnswer(
-      partials: answers.map(\.0), failovers: answers.filter { $0.1 > 0 }.count)
+    return PendingFanOut(tier: self, requests: requests, timeout: timeout, started: started)
   }
 
   /// `holders` with the nodes that are up first (each group in its given order): a node marked
@@ -92,11 +82,13 @@ public final class MemoryTierClient: Sendable {
 
   /// One request, holder by holder: the partial and the index of the holder that answered
   /// (counted in the holders' given order, so answers from a replica count as failovers).
-  private func answer(_ remote: ReplicatedRequest, timeout: Duration?) async
-    -> Result<(AttentionPartial, Int), HeteroKVError>
-  {
-    var tried: [String] = []
-    let order = healthyFirst(remote.holders)
+  /// `skipping` already failed with `tried`'s reason and is not asked again.
+  fileprivate func answer(
+    _ remote: ReplicatedRequest, timeout: Duration?, skipping: String? = nil,
+    tried alreadyTried: [String] = []
+  ) async -> Result<(AttentionPartial, Int), HeteroKVError> {
+    var tried = alreadyTried
+    let order = healthyFirst(remote.holders).filter { $0 != skipping }
     for node in order {
       let attempt = remote.holders.firstIndex(of: node) ?? 0
       do {
@@ -147,6 +139,75 @@ public struct ReplicatedRequest: Sendable {
   public init(_ request: PartialAttentionRequest, holders: [String]) {
     self.request = request
     self.holders = holders
+  }
+}
+
+/// Near-data requests already sent by ``MemoryTierClient/startPartialAttention(_:timeout:)``.
+public struct PendingFanOut: Sendable {
+  let tier: MemoryTierClient
+  let requests: [ReplicatedRequest]
+  let timeout: Duration?
+  let started: [PendingPartialAttention?]
+
+  /// The partials in request order, as ``MemoryTierClient/partialAttention(_:timeout:)``
+  /// returns them. Answers that have arrived are taken without waiting; a request whose call
+  /// failed with a ``MemoryTierClient/failoverCodes`` code is asked again (of the same node
+  /// on a fresh connection when the connection was lost, else of the next holder), those
+  /// retries in parallel.
+  public func answer() async throws(HeteroKVError) -> FanOutAnswer {
+    var answers = [(AttentionPartial, Int)?](repeating: nil, count: requests.count)
+    var again: [(index: Int, skipping: String?, tried: [String])] = []
+    for (i, call) in started.enumerated() {
+      guard let call else {
+        again.append((i, nil, []))
+        continue
+      }
+      let node = call.client.endpoint.id
+      do {
+        let partial = try await call.value()
+        answers[i] = (partial, requests[i].holders.firstIndex(of: node) ?? 0)
+      } catch {
+        guard MemoryTierClient.failoverCodes.contains(error.code) else { throw error }
+        let lost = error.code == .connectionClosed || error.code == .unavailable
+        again.append((i, lost ? nil : node, lost ? [] : ["\(node) (\(error.code))"]))
+      }
+    }
+    if again.count == 1 {
+      let retry = again[0]
+      answers[retry.index] = try await tier.answer(
+        requests[retry.index], timeout: timeout, skipping: retry.skipping, tried: retry.tried
+      ).get()
+    } else if !again.isEmpty {
+      let tier = self.tier
+      let requests = self.requests
+      let timeout = self.timeout
+      let outcome = await withTaskGroup(
+        of: (Int, Result<(AttentionPartial, Int), HeteroKVError>).self
+      ) { group -> HeteroKVError? in
+        for retry in again {
+          group.addTask {
+            (
+              retry.index,
+              await tier.answer(
+                requests[retry.index], timeout: timeout, skipping: retry.skipping,
+                tried: retry.tried)
+            )
+          }
+        }
+        for await (i, result) in group {
+          switch result {
+          case .success(let value): answers[i] = value
+          case .failure(let error):
+            group.cancelAll()
+            return error
+          }
+        }
+        return nil
+      }
+      if let outcome { throw outcome }
+    }
+    let done = answers.map { $0! }
+    return FanOutAnswer(partials: done.map(\.0), failovers: done.filter { $0.1 > 0 }.count)
   }
 }
 

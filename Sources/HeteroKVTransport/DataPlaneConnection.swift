@@ -11,6 +11,10 @@ public protocol DataPlaneConnection: Sendable {
   func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) async throws(HeteroKVError)
     -> ByteBuffer
 
+  /// Sends one request now, from the calling thread, and returns its pending answer, which
+  /// resolves as ``call(opcode:payload:timeout:)`` would.
+  func start(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) -> PendingCall
+
   /// Whether the connection can still carry requests.
   var isActive: Bool { get }
 
@@ -19,6 +23,20 @@ public protocol DataPlaneConnection: Sendable {
 }
 
 extension DataPlaneConnection {
+  /// A transport without a sending path of its own starts the call in a task.
+  public func start(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) -> PendingCall {
+    let pending = PendingCall()
+    Task {
+      do throws(HeteroKVError) {
+        pending.complete(
+          .success(try await call(opcode: opcode, payload: payload, timeout: timeout)))
+      } catch {
+        pending.complete(.failure(error))
+      }
+    }
+    return pending
+  }
+
   /// Sends a typed request and decodes its typed response.
   public func send<Request: DataPlaneRequest>(
     _ request: Request, timeout: Duration? = nil, limits: DataPlaneLimits = .standard

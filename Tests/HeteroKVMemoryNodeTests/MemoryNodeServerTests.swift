@@ -59,6 +59,66 @@ struct MemoryNodeServerTests {
     }
   }
 
+  @Test(
+    "a started fan-out answers in request order, sends later what had no connection, fails over"
+  )
+  func startedFanOut() async throws {
+    try await withRunningNodes([nodeConfiguration("a"), nodeConfiguration("b")]) { nodes in
+      let tier = MemoryTierClient(endpoints: nodes.map(\.endpoint))
+      defer { Task { await tier.close() } }
+      var random = TestRandom(state: 21)
+      let d = 64
+      let tokens = 512
+      let keys = random.halves(tokens * d)
+      let values = random.halves(tokens * d)
+      let onBoth = ShardID(sequence: 4, layer: 1, kvHead: 0, chunk: 0)
+      let onB = ShardID(sequence: 4, layer: 1, kvHead: 1, chunk: 0)
+      for (node, shard) in [("a", onBoth), ("b", onBoth), ("b", onB)] {
+        _ = try await tier.node(node).put(
+          PutRequest(shard: shard, startToken: 0, headDim: d, values: values, keys: keys))
+      }
+      let scale = 1 / Float(d).squareRoot()
+      let query = (0..<d).map { _ in random.float() * 2 }
+      func request(_ shard: ShardID, _ rows: [Int]) -> PartialAttentionRequest {
+        PartialAttentionRequest(
+          shard: shard, mode: .exact, headDim: d, scale: scale,
+          heads: [.exact(tokens: rows.map(UInt32.init), query: query)])
+      }
+      let rows = [Array(0..<100), Array(150..<400), Array(stride(from: 1, to: 512, by: 3))]
+      // Only node a has a connection when the fan-out starts: the first request is sent to a,
+      // the second too (a lacks its shard: answered by b, one failover), and the third, whose
+      // one holder has no connection yet, is sent when the answer is read.
+      try await tier.node("a").ping()
+      let fanOut = tier.startPartialAttention([
+        ReplicatedRequest(request(onBoth, rows[0]), holders: ["a", "b"]),
+        ReplicatedRequest(request(onB, rows[1]), holders: ["a", "b"]),
+        ReplicatedRequest(request(onB, rows[2]), holders: ["b"]),
+      ])
+      let answer = try await fanOut.answer()
+      #expect(answer.failovers == 1)
+      #expect(answer.partials.count == 3)
+      for (partial, chosen) in zip(answer.partials, rows) {
+        let expected = referenceAttention(
+          query: query, keys: keys, values: values, rows: chosen, d: d, scale: scale)
+        #expect(relativeError(Array(partial.output(head: 0)), expected) < 1e-4)
+      }
+      // A refusal that another holder would repeat is thrown as the node raised it.
+      let wrongWidth = PartialAttentionRequest(
+        shard: onBoth, mode: .exact, headDim: 32, scale: scale,
+        heads: [.exact(tokens: [1, 2], query: Array(query.prefix(32)))])
+      var refusal: HeteroKVError?
+      do throws(HeteroKVError) {
+        _ = try await tier.startPartialAttention([
+          ReplicatedRequest(wrongWidth, holders: ["a", "b"])
+        ]).answer()
+      } catch {
+        refusal = error
+      }
+      #expect(refusal?.code == .dimensionMismatch)
+      #expect(refusal?.message.contains("node a") == true)
+    }
+  }
+
   @Test("partial attention from two nodes merges to full attention over the union (1e-4)")
   func mergedPartialAttention() async throws {
     try await withRunningNodes([nodeConfiguration("a"), nodeConfiguration("b")]) { nodes in

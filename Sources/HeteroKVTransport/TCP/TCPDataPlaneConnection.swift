@@ -48,22 +48,53 @@ public final class TCPDataPlaneConnection: DataPlaneConnection {
   public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
     async throws(HeteroKVError) -> ByteBuffer
   {
-    let promise = channel.eventLoop.makePromise(of: Frame.self)
+    try await start(opcode: opcode, payload: payload, timeout: timeout).value()
+  }
+
+  /// Hands the request to the channel's loop in one task, which also wires its response to
+  /// the pending call there (no second hop to register the callback).
+  public func start(opcode: Opcode, payload: ByteBuffer, timeout: Duration?) -> PendingCall {
+    let pending = PendingCall()
+    let loop = channel.eventLoop
+    let promise = loop.makePromise(of: Frame.self)
     let deadline = timeout.map { NIODeadline.now() + .nanoseconds($0.nanoseconds) }
-    channel.writeAndFlush(
-      OutboundRequest(opcode: opcode, payload: payload, deadline: deadline, promise: promise),
-      promise: nil)
-    let frame: Frame
-    do {
-      frame = try await promise.futureResult.get()
-    } catch let error as HeteroKVError {
-      throw error
-    } catch {
-      throw HeteroKVError(
-        .connectionClosed, "connection to \(remoteAddress) failed: \(error)", cause: error)
+    let request = OutboundRequest(
+      opcode: opcode, payload: payload, deadline: deadline, promise: promise)
+    let channel = self.channel
+    let peer = remoteAddress
+    let send: @Sendable () -> Void = {
+      promise.futureResult.whenComplete { result in
+        switch result {
+        case .success(let frame):
+          if let error = frame.decodedError() {
+            pending.complete(.failure(error))
+          } else {
+            pending.complete(.success(frame.payload))
+          }
+        case .failure(let error as HeteroKVError):
+          pending.complete(.failure(error))
+        case .failure(let error):
+          pending.complete(
+            .failure(
+              HeteroKVError(
+                .connectionClosed, "connection to \(peer) failed: \(error)", cause: error)))
+        }
+      }
+      // A channel already closed drops the write before the handler sees it: the request
+      // fails rather than wait for ever.
+      let written = loop.makePromise(of: Void.self)
+      written.futureResult.whenFailure { error in
+        promise.fail(
+          HeteroKVError(.connectionClosed, "write to \(peer) failed: \(error)", cause: error))
+      }
+      channel.writeAndFlush(request, promise: written)
     }
-    if let error = frame.decodedError() { throw error }
-    return frame.payload
+    if loop.inEventLoop {
+      send()
+    } else {
+      loop.execute(send)
+    }
+    return pending
   }
 
   public func close() async {

@@ -58,50 +58,63 @@ extension SequenceSession {
     // rows, and one head at a time leaves a core idle: there the heads go a batch of one per
     // core, each batch's requests leaving together.
     let batch = Self.headBatch(tokens: state.tokens, queryHeads: group)
-    // Each head's requests are sent as soon as its plan is made, with no task per head, and
-    // every answer is read after the last head: those that have arrived by then cost nothing
-    // to take, the rest one resumption each.
-    var step = StepAccount(heads: g.kvHeads, outputs: queries.count)
-    var pending: [PendingFanOut] = []
-    for first in stride(from: 0, to: remote.count, by: batch) {
-      let heads = Array(remote[first..<min(first + batch, remote.count)])
-      let results = try compute(heads.map { computations[$0] }, layer: layer, step: &step)
-      for (h, result) in zip(heads, results) {
-        let mark = ContinuousClock.now
-        let plan = try await absorb(
-          result, layer: layer, head: h, queries: queries, withSelection: withSelection,
-          step: &step)
-        if let plan {
-          step.plans.append(plan)
-          pending.append(
-            tier.startPartialAttention(
-              plan.requests.map { ReplicatedRequest($0.request, holders: $0.holders) },
-              timeout: options.requestTimeout))
+    // The step's account lives in the group's body and comes back with the answers. (Child
+    // tasks return through `ask`: one returning from a typed-throws `do` block handed back a
+    // wrong index in release builds.)
+    let outcome = await withTaskGroup(of: (Int, Result<FanOutAnswer, HeteroKVError>).self) {
+      group -> Result<(StepAccount, [FanOutAnswer]), HeteroKVError> in
+      var step = StepAccount(heads: g.kvHeads, outputs: queries.count)
+      do throws(HeteroKVError) {
+        for first in stride(from: 0, to: remote.count, by: batch) {
+          let heads = Array(remote[first..<min(first + batch, remote.count)])
+          let results = try compute(heads.map { computations[$0] }, layer: layer, step: &step)
+          for (h, result) in zip(heads, results) {
+            let mark = ContinuousClock.now
+            let plan = try await absorb(
+              result, layer: layer, head: h, queries: queries, withSelection: withSelection,
+              step: &step)
+            if let plan {
+              let requests = plan.requests.map {
+                ReplicatedRequest($0.request, holders: $0.holders)
+              }
+              let index = step.plans.count
+              step.plans.append(plan)
+              let tier = tier
+              let timeout = options.requestTimeout
+              group.addTask { [index] in
+                (index, await Self.ask(tier, requests, timeout: timeout))
+              }
+            }
+            step.timings.plan += seconds(since: mark)
+          }
         }
-        step.timings.plan += seconds(since: mark)
-      }
-    }
-    if !cached.isEmpty {
-      let results = try compute(cached.map { computations[$0] }, layer: layer, step: &step)
-      for (h, result) in zip(cached, results) {
-        _ = try await absorb(
-          result, layer: layer, head: h, queries: queries, withSelection: withSelection,
-          step: &step)
-      }
-    }
-    let waited = ContinuousClock.now
-    var answers: [FanOutAnswer] = []
-    answers.reserveCapacity(pending.count)
-    for fanOut in pending {
-      let result: Result<FanOutAnswer, HeteroKVError>
-      do {
-        result = .success(try await fanOut.answer())
+        if !cached.isEmpty {
+          let results = try compute(cached.map { computations[$0] }, layer: layer, step: &step)
+          for (h, result) in zip(cached, results) {
+            _ = try await absorb(
+              result, layer: layer, head: h, queries: queries, withSelection: withSelection,
+              step: &step)
+          }
+        }
+        let mark = ContinuousClock.now
+        var answers: [Int: FanOutAnswer] = [:]
+        for await (i, result) in group {
+          answers[i] = try fanOutAnswer(result)
+        }
+        step.timings.fanOut = seconds(since: mark)
+        let ordered = step.plans.indices.compactMap { answers[$0] }
+        guard ordered.count == step.plans.count, answers.count == step.plans.count else {
+          throw HeteroKVError(
+            .internalError,
+            "sequence \(ref) layer \(layer): \(answers.count) answers to \(step.plans.count) plans")
+        }
+        return .success((step, ordered))
       } catch {
-        result = .failure(error)
+        group.cancelAll()
+        return .failure(error)
       }
-      answers.append(try fanOutAnswer(result))
     }
-    step.timings.fanOut = seconds(since: waited)
+    let (step, answers) = try outcome.get()
     let mark = ContinuousClock.now
     var outputs = step.outputs
     var moved = 0
@@ -282,6 +295,17 @@ extension SequenceSession {
     if let failure = shipping.failures[h] { throw failure }
     layers[layer].heads[h].trimTail(acknowledged: shipping.acknowledged[h])
     return shipping
+  }
+
+  /// The tier's fan-out of one head's requests, its outcome as a value (a child task's).
+  private static func ask(
+    _ tier: MemoryTierClient, _ requests: [ReplicatedRequest], timeout: Duration?
+  ) async -> Result<FanOutAnswer, HeteroKVError> {
+    do {
+      return .success(try await tier.partialAttention(requests, timeout: timeout))
+    } catch {
+      return .failure(error)
+    }
   }
 
   /// A fan-out's answer with its failovers counted, or its error named by sequence.

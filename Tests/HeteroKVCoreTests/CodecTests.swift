@@ -197,7 +197,7 @@ import Testing
     var store = ProductQuantizedKeyStore(codebook: try codebook(keys: keys, g: 32, c: 64))
     try store.append(keys)
     #expect(store.count == 500)
-    for heads in [1, 4, 6] {
+    for heads in [1, 3, 4, 6] {
       let q = randomFloats(heads * d, seed: 7)
       let scores = try store.scores(queries: q, heads: heads, scale: 0.25)
       for h in 0..<heads {

@@ -96,6 +96,18 @@ extension SequenceSession {
               step: &step)
           }
         }
+        // The heads' local work that only the merge needs (the unkept tokens' estimate) and
+        // the pivots' drift checks run now, while the nodes answer, not before each send.
+        let deferred = ContinuousClock.now
+        for i in step.plans.indices {
+          guard let finish = step.plans[i].deferredLocal else { continue }
+          step.plans[i].local.append(finish())
+          step.plans[i].deferredLocal = nil
+        }
+        for (h, scores) in step.driftChecks {
+          watchDrift(layer: layer, kvHead: h, scores: scores)
+        }
+        step.timings.plan += seconds(since: deferred)
         let mark = ContinuousClock.now
         var answers: [Int: FanOutAnswer] = [:]
         for await (i, result) in group {
@@ -157,6 +169,9 @@ extension SequenceSession {
     var timings = StepTimings()
     /// What the tier holds of the layer, asked once and only when a head needs it.
     var shipping: LayerShipping?
+    /// Heads whose pivot drift is checked once the layer's requests are sent, with their
+    /// approximate scores.
+    var driftChecks: [(head: Int, scores: [Float])] = []
 
     init(heads: Int, outputs: Int) {
       self.outputs = [Float](repeating: 0, count: outputs)
@@ -169,6 +184,9 @@ extension SequenceSession {
     var head: Int
     var requests: [RemoteRequest]
     var local: [AttentionPartial]
+    /// A partial the merge also needs, computed once every request of the layer is sent
+    /// (the unkept tokens' estimate): off the path from one head's selection to its send.
+    var deferredLocal: (@Sendable () -> AttentionPartial)? = nil
   }
 
   /// Runs `computations` on the backend, timed into the step.
@@ -233,13 +251,15 @@ extension SequenceSession {
       step.kept += chosen.reduce(0) { $0 + $1.indices.count }
       step.workerRead += head.index?.residentBytes ?? 0
       if withSelection { step.selections[h] = chosen.map(\.indices) }
-      watchDrift(layer: layer, kvHead: h, scores: scores)
-      var local = [plan.local]
+      if head.monitor != nil { step.driftChecks.append((h, scores)) }
+      var result = HeadPlan(head: h, requests: plan.requests, local: [plan.local])
       if let unkept = head.unkept {  // kept only with exact output
-        local.append(
-          unkept.partial(scores: scores, selections: picked, attended: chosen.map(\.indices)))
+        let attended = chosen.map(\.indices)
+        result.deferredLocal = {
+          unkept.partial(scores: scores, selections: picked, attended: attended)
+        }
       }
-      return HeadPlan(head: h, requests: plan.requests, local: local)
+      return result
     case .recalled(let partial, let mass, let scores, let picked):
       // The cache answers what it holds; the tier re-scores the rest of the group's set.
       let cache = head.cache!
@@ -252,22 +272,25 @@ extension SequenceSession {
       step.kept += cache.positions.count * group
       step.workerRead += cache.residentBytes + (head.index?.residentBytes ?? 0)
       // What the group attends: its cache and the tokens it recalls.
-      let attended =
-        withSelection || head.unkept != nil
-        ? TauMassSelection.ascendingUnion(lacking.indices, cache.positions) : []
-      if withSelection { step.selections[h] = Array(repeating: attended, count: group) }
+      let positions = cache.positions
+      let recalled = lacking.indices
+      let attended: @Sendable () -> [Int32] = {
+        TauMassSelection.ascendingUnion(recalled, positions)
+      }
+      if withSelection { step.selections[h] = Array(repeating: attended(), count: group) }
       // What the cache and the recalled tokens leave out, estimated (exact output only).
-      var local = [partial]
+      var estimate: (@Sendable () -> AttentionPartial)?
       if let unkept = head.unkept {
-        local.append(
+        estimate = {
           unkept.partial(
             scores: scores, selections: picked,
-            attended: Array(repeating: attended, count: group)))
+            attended: Array(repeating: attended(), count: group))
+        }
       }
       guard !lacking.indices.isEmpty else {
         let merged: AttentionPartial
         do {
-          merged = try AttentionPartial.merge(local)
+          merged = try AttentionPartial.merge([partial] + (estimate.map { [$0()] } ?? []))
         } catch {
           throw HeteroKVError(
             .internalError, "sequence \(ref) layer \(layer): merge failed: \(error)", cause: error)
@@ -279,7 +302,9 @@ extension SequenceSession {
       let plan = try plan(
         layer: layer, kvHead: h, selections: missing, queries: q, shipping: shipping)
       step.kept += missing.reduce(0) { $0 + $1.indices.count }
-      return HeadPlan(head: h, requests: plan.requests, local: [plan.local] + local)
+      var result = HeadPlan(head: h, requests: plan.requests, local: [plan.local, partial])
+      result.deferredLocal = estimate
+      return result
     }
   }
 

@@ -401,7 +401,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
         switch storage {
         case .narrow(let codes): hkv_pq_scores_x4_u8(lut.baseAddress!, g, c, codes, n, rows)
         case .wide(let codes): hkv_pq_scores_x4(lut.baseAddress!, g, c, codes, n, rows)
-        case .packed: break
+        case .packed: preconditionFailure("packed codes are scored by the fast scan above")
         }
       }
       written = heads * n

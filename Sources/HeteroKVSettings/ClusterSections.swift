@@ -183,6 +183,15 @@ public enum RecommendedSettings {
   /// policy.
   public static var worker: WorkerSettings { WorkerSettings() }
 
+  /// The budgets the model commands and benchmarks run `policy` with at `memoryFraction`:
+  /// at least 16 tokens a head, and recall for heterocache's compressed heads (which needs
+  /// exact output: see ``BudgetSettings/recallingOnly(with:)``).
+  public static func budgets(policy: BudgetPolicyKind, memoryFraction: Double) -> BudgetSettings {
+    var b = BudgetSettings(policy: policy, memoryFraction: memoryFraction, minTokens: 16)
+    b.recall = policy == .heterocache
+    return b
+  }
+
   /// The tau a policy runs at when none is set. HCAttention's finer codes, the unkept
   /// estimate and one kept set per KV head hold fidelity at 0.985 with about 12-14% of the
   /// context kept; HeteroCache's compressed heads recall with coarse codes only and need 0.999

@@ -200,8 +200,8 @@ struct CacheSettingsOptions: ParsableArguments {
   /// only where the output is exact). The in-process clusters charge coded heads what their
   /// index holds at the sequence's length.
   func budgets(policy: BudgetPolicyKind, memoryFraction: Double) -> BudgetSettings {
-    var b = BudgetSettings(policy: policy, memoryFraction: memoryFraction, minTokens: 16)
-    b.recall = recall && policy == .heterocache
+    var b = RecommendedSettings.budgets(policy: policy, memoryFraction: memoryFraction)
+    b.recall = b.recall && recall
     return b.recallingOnly(with: HCAttentionOutputMode(rawValue: outputMode) ?? .exact)
   }
 }

@@ -51,9 +51,7 @@ struct BenchPolicy {
   }
 
   func budgets(_ fraction: Double) -> BudgetSettings {
-    var b = BudgetSettings(policy: kind, memoryFraction: fraction, minTokens: 16)
-    b.recall = kind == .heterocache
-    return b.recallingOnly(with: .exact)
+    RecommendedSettings.budgets(policy: kind, memoryFraction: fraction).recallingOnly(with: .exact)
   }
 }
 

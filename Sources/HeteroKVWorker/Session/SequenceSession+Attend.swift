@@ -272,19 +272,21 @@ extension SequenceSession {
       step.kept += cache.positions.count * group
       step.workerRead += cache.residentBytes + (head.index?.residentBytes ?? 0)
       // What the group attends: its cache and the tokens it recalls.
-      let positions = cache.positions
-      let recalled = lacking.indices
-      let attended: @Sendable () -> [Int32] = {
-        TauMassSelection.ascendingUnion(recalled, positions)
-      }
-      if withSelection { step.selections[h] = Array(repeating: attended(), count: group) }
+      // Made here only when asked for; the estimate otherwise makes it once the layer's
+      // requests are sent.
+      let asked =
+        withSelection
+        ? TauMassSelection.ascendingUnion(lacking.indices, cache.positions) : nil
+      if let asked { step.selections[h] = Array(repeating: asked, count: group) }
       // What the cache and the recalled tokens leave out, estimated (exact output only).
       var estimate: (@Sendable () -> AttentionPartial)?
       if let unkept = head.unkept {
+        let recalled = lacking.indices
+        let positions = cache.positions
         estimate = {
-          unkept.partial(
-            scores: scores, selections: picked,
-            attended: Array(repeating: attended(), count: group))
+          let attended = asked ?? TauMassSelection.ascendingUnion(recalled, positions)
+          return unkept.partial(
+            scores: scores, selections: picked, attended: Array(repeating: attended, count: group))
         }
       }
       guard !lacking.indices.isEmpty else {

@@ -324,7 +324,7 @@ let package = Package(
         "HeteroKVWorker", "HeteroKVLocalCluster", "HeteroKVCore", "HeteroKVConfig", "HeteroKVWire",
         "HeteroKVEval",
         "HeteroKVCoordinator",
-        "HeteroKVTestSupport", "HeteroKVMemoryClient",
+        "HeteroKVTestSupport", "HeteroKVMemoryClient", "HeteroKVTransport",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "MetricsTestKit", package: "swift-metrics"),
       ]

@@ -20,6 +20,9 @@ public struct CachePolicyComparison: Sendable {
     /// Head profiles calibrated offline (`calibrateProfiles`), given at CreateSequence; nil
     /// lets the worker profile heads from the prompt's last queries.
     public var profiles: [HeadProfile]?
+    /// Whether an in-process cluster serves its worker without sockets
+    /// (``LocalCluster/Options/colocatedDataPlane``); off, over loopback TCP.
+    public var colocatedDataPlane = false
 
     public enum Target: Sendable {
       /// An in-process cluster with these budgets, worker settings and output mode.
@@ -160,6 +163,7 @@ public struct CachePolicyComparison: Sendable {
         heldRows: WorkerOptions.defaultDecodeShipRows)
       options.worker = worker
       options.outputMode = outputMode
+      options.colocatedDataPlane = policy.colocatedDataPlane
       let cluster = try await LocalCluster.start(options, logger: logger)
       let ref = SequenceRef(sequence: 1)
       do {

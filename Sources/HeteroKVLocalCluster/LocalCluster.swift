@@ -31,6 +31,10 @@ public final class LocalCluster: Sendable {
     public var leaseSeconds: Double = 5
     /// How often the worker checks its sequences' copies.
     public var replicaCheckInterval: Duration = .seconds(1)
+    /// Whether the worker reaches the nodes without sockets (`ColocatedDataPlaneServer`), as
+    /// a worker reaches values offloaded to its own host's memory; off, over loopback TCP, as
+    /// it reaches nodes on other hosts. The nodes listen on TCP either way.
+    public var colocatedDataPlane = false
 
     public init(model: ModelGeometry) { self.model = model }
 
@@ -120,6 +124,7 @@ public final class LocalCluster: Sendable {
         id: id, data: HostPort(host: loopback, port: 0),
         control: HostPort(host: loopback, port: 0), capacityBytes: options.capacityBytes)
       nodeConfiguration.server.eventLoopThreads = 1
+      nodeConfiguration.server.servesColocated = options.colocatedDataPlane
       let node = try MemoryNode(
         configuration: nodeConfiguration,
         metricsFactory: metricsFactory, logger: logger)

@@ -299,8 +299,12 @@ actor ConnectionPool {
     let credential = self.credential
     let timeout = self.timeout
     let task = Task { () throws -> any DataPlaneConnection in
+      // A node in this process is reached without a socket; looked up at every connect, so a
+      // node restarted at the same address is found again.
       let connection: any DataPlaneConnection =
-        if rdma {
+        if let colocated = ColocatedDataPlaneServer.server(at: endpoint.data) {
+          try colocated.connect()
+        } else if rdma {
           try RDMADataPlaneConnection.connect(
             host: endpoint.data.host, port: endpoint.data.port, limits: limits)
         } else {

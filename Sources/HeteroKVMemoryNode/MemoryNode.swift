@@ -83,6 +83,20 @@ public final class MemoryNode: Service, Sendable {
     let dataPort = rdma?.port ?? tcp?.localAddress.port ?? config.data.port
     let dataAddress = HostPort(host: config.data.host, port: dataPort)
     let served: DataPlaneTransportKind = rdma == nil ? .tcp : .rdma
+    // Clients in this process (an in-process cluster's worker) reach the node without a socket.
+    let colocated: ColocatedDataPlaneServer?
+    do {
+      colocated =
+        serverOptions.servesColocated
+        ? try ColocatedDataPlaneServer.start(
+          address: dataAddress, handler: handler, limits: config.limits, options: serverOptions)
+        : nil
+    } catch {
+      addresses.fail(error)
+      await tcp?.close()
+      rdma?.close()
+      throw error
+    }
     let control = MemoryNodeControlService(
       identity: .init(
         nodeID: config.id, transport: served, dataAddress: dataAddress, transportNote: note),
@@ -115,6 +129,7 @@ public final class MemoryNode: Service, Sendable {
       try? await gracefulShutdown()
       logger.info("memory node shutting down")
       health.set("data_plane", met: false, detail: "shutting down")
+      colocated?.close()
       await tcp?.close()
       rdma?.close()
     }

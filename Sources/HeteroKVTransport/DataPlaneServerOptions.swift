@@ -18,11 +18,15 @@ public struct DataPlaneServerOptions: Sendable, Hashable {
   /// shares a process with a worker or other nodes (an in-process cluster) is given its own,
   /// as a node process has: on shared loops its requests waited behind the other roles' I/O.
   public var eventLoopThreads: Int
+  /// Whether clients in the node's own process reach it without a socket
+  /// (``ColocatedDataPlaneServer``), beside the listener that serves everyone else.
+  public var servesColocated: Bool
 
   public init(
     access: DataPlaneAccess = DataPlaneAccess(clusterToken: nil), maxConnections: Int = 1024,
     idleTimeout: Duration = .seconds(600), partialFrameTimeout: Duration = .seconds(10),
-    computeThreads: Int = System.coreCount, eventLoopThreads: Int = 0
+    computeThreads: Int = System.coreCount, eventLoopThreads: Int = 0,
+    servesColocated: Bool = false
   ) {
     self.access = access
     self.maxConnections = maxConnections
@@ -30,6 +34,7 @@ public struct DataPlaneServerOptions: Sendable, Hashable {
     self.partialFrameTimeout = partialFrameTimeout
     self.computeThreads = computeThreads
     self.eventLoopThreads = eventLoopThreads
+    self.servesColocated = servesColocated
   }
 
   /// Whether a new connection fits beside `open` others; over the cap the handler is told

@@ -33,6 +33,20 @@ struct ComparisonOptions: ParsableArguments {
   )
   var cluster: String?
 
+  /// How each in-process cluster's worker reaches its memory nodes.
+  enum DataPlane: String, ExpressibleByArgument, CaseIterable {
+    /// Loopback TCP, as a worker reaches nodes on other hosts.
+    case tcp
+    /// Without sockets, as a worker reaches values offloaded to its own host's memory.
+    case colocated
+  }
+
+  @Option(
+    help:
+      "How each in-process cluster's worker reaches its memory nodes: tcp (loopback sockets, as nodes on other hosts) or colocated (no sockets, as values in the worker's own host memory)."
+  )
+  var dataPlane: DataPlane = .tcp
+
   /// Runs `body` with the policies to compare: the in-process ones from the flags, or the
   /// worker of --cluster (connected for the duration of `body`).
   func withPolicies<R: Sendable>(
@@ -41,7 +55,10 @@ struct ComparisonOptions: ParsableArguments {
   ) async throws -> R {
     var (includeFull, local) = try resolved()
     let profiles = try await calibratedProfiles(model: model, tokenizer: tokenizer)
-    for i in local.indices { local[i].profiles = profiles }
+    for i in local.indices {
+      local[i].profiles = profiles
+      local[i].colocatedDataPlane = dataPlane == .colocated
+    }
     guard let cluster else { return try await body(includeFull, local) }
     let file = try ClusterConfiguration.load(path: cluster)
     guard let address = file.worker.control else {

@@ -46,6 +46,8 @@ struct FidelityCommand: AsyncParsableCommand {
   struct Report: Codable {
     var context, steps: Int
     var prefillSeconds: Double
+    /// How the in-process clusters' workers reached their nodes (tcp or colocated).
+    var dataPlane: String
     var runs: [Run]
   }
 
@@ -99,6 +101,7 @@ struct FidelityCommand: AsyncParsableCommand {
     }
     let report = Report(
       context: context, steps: steps, prefillSeconds: result.prefillSeconds,
+      dataPlane: cache.dataPlane.rawValue,
       runs: result.runs.map {
         Run(
           policy: $0.policy, meanKL: $0.meanKL, maxKL: $0.maxKL, top1Agreement: $0.top1Agreement,
@@ -114,7 +117,8 @@ struct FidelityCommand: AsyncParsableCommand {
     }
     print(
       "\(context)-token prompt, \(steps) teacher-forced steps, prefill "
-        + String(format: "%.1f s", result.prefillSeconds))
+        + String(format: "%.1f s", result.prefillSeconds)
+        + ", data plane \(cache.dataPlane.rawValue)")
     print(
       TextTable(
         [

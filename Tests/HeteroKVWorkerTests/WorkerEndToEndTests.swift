@@ -2,6 +2,7 @@ import HeteroKVCoordinator
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVLocalCluster
+import HeteroKVTransport
 import HeteroKVWire
 import HeteroKVWorker
 import Synchronization
@@ -92,10 +93,42 @@ struct WorkerEndToEndTests {
     }
   }
 
-  @Test("a memory node stopped mid-decode with replication 2 changes no output")
-  func replicaFailover() async throws {
+  @Test(
+    "a worker that reaches its nodes without sockets decodes what it decodes over TCP, and only then finds them in its process"
+  )
+  func colocatedMatchesTCP() async throws {
+    let replay = try tinyWorkload(steps: 4)
+    func run(colocated: Bool) async throws -> [[Float]] {
+      var options = fullBudgetOptions(policy: .hcattention)
+      options.colocatedDataPlane = colocated
+      return try await withCluster(options) { cluster in
+        for node in cluster.nodes {
+          #expect((ColocatedDataPlaneServer.server(at: node.data) != nil) == colocated)
+        }
+        let ref = SequenceRef(sequence: 3)
+        _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
+        try await replay.prefill(cluster.worker, ref)
+        try await cluster.worker.flush(ref)
+        let report = try await replay.decode(cluster.worker, ref)
+        #expect(report.maxRelativeError < 1e-3)
+        let stats = try await cluster.worker.stats(ref)
+        #expect(stats.memoryTierBytes >= 2048 * 4 * 64 * 2, "the values are on the nodes")
+        return report.lastOutputs
+      }
+    }
+    let overTCP = try await run(colocated: false)
+    let colocated = try await run(colocated: true)
+    #expect(maxRelativeDifference(colocated, overTCP, headDim: 64) < 1e-6)
+  }
+
+  @Test(
+    "a memory node stopped mid-decode with replication 2 changes no output (TCP and co-located)",
+    arguments: [false, true])
+  func replicaFailover(colocated: Bool) async throws {
     let replay = try tinyWorkload(steps: 6)
-    try await withCluster(fullBudgetOptions(policy: .hcattention, replication: 2)) { cluster in
+    var options = fullBudgetOptions(policy: .hcattention, replication: 2)
+    options.colocatedDataPlane = colocated
+    try await withCluster(options) { cluster in
       let ref = SequenceRef(sequence: 5)
       _ = try await cluster.worker.createSequence(ref, maxTokens: 4096)
       try await replay.prefill(cluster.worker, ref)

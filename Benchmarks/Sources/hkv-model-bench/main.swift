@@ -13,7 +13,9 @@
 // decode rate is measured after its first step (which seals a HeteroKV sequence).
 // `--prefill-each` instead prefills every cache on its own and reports each prefill's rate.
 // HeteroKV runs the recommended settings (`RecommendedSettings`); a policy named with `:pq4`
-// uses 4-bit codes over 2 dims (fast-scan scoring) instead of one-byte codes over 4. Past
+// uses 4-bit codes over 2 dims (fast-scan scoring) instead of one-byte codes over 4, and one
+// named with `@colocated` reaches its memory nodes without sockets (values in the worker's own
+// host memory) instead of over loopback TCP (nodes on other hosts). Past
 // SmolLM2's 8K training length the tokens it would write mean little, but the work per step,
 // and so the speed, is real. --python names an interpreter with llama-cpp-python; without it,
 // or when llama_cpp does not import, the llama.cpp rows are left out and the report says so.
@@ -29,15 +31,20 @@ import Logging
 struct BenchPolicy {
   var kind: BudgetPolicyKind
   var fourBit: Bool
-  var name: String { kind.rawValue + (fourBit ? ":pq4" : "") }
+  /// The worker reaches its nodes without sockets (`@colocated`), not over loopback TCP.
+  var colocated: Bool
+  var name: String { kind.rawValue + (fourBit ? ":pq4" : "") + (colocated ? "@colocated" : "") }
 
   init?(_ text: Substring) {
-    let parts = text.split(separator: ":")
-    guard let kind = BudgetPolicyKind(rawValue: String(parts[0])), parts.count <= 2,
-      parts.count == 1 || parts[1] == "pq4"
+    let placed = text.split(separator: "@", omittingEmptySubsequences: false)
+    guard placed.count <= 2, placed.count == 1 || placed[1] == "colocated" else { return nil }
+    let parts = placed[0].split(separator: ":")
+    guard let first = parts.first, let kind = BudgetPolicyKind(rawValue: String(first)),
+      parts.count <= 2, parts.count == 1 || parts[1] == "pq4"
     else { return nil }
     self.kind = kind
     fourBit = parts.count == 2
+    colocated = placed.count == 2
   }
 
   /// The recommended worker settings, with 4-bit codes over 2 dims where named.
@@ -93,7 +100,7 @@ struct Arguments {
         let parsed = v.split(separator: ",").map { BenchPolicy($0) }
         guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else {
           fail(
-            "bad --policies '\(v)': expected heterocache, hcattention or uniform, each with an optional :pq4"
+            "bad --policies '\(v)': expected heterocache, hcattention or uniform, each with an optional :pq4 and an optional @colocated"
           )
         }
         policies = parsed.map { $0! }
@@ -166,6 +173,7 @@ func prefillEach(
       heldRows: WorkerOptions.defaultDecodeShipRows)
     options.worker = policy.worker
     options.outputMode = .exact
+    options.colocatedDataPlane = policy.colocated
     let cluster = try await LocalCluster.start(options, logger: Logger(label: "bench"))
     let ref = SequenceRef(sequence: 1)
     _ = try await cluster.worker.createSequence(ref, maxTokens: maxTokens)
@@ -196,8 +204,10 @@ func prefillOnce(
   let result = try await comparison.run(
     prompt: prompt, continuation: .forced(continuation),
     policies: policies.map {
-      CachePolicyComparison.Policy(
+      var policy = CachePolicyComparison.Policy(
         name: $0.name, budgets: $0.budgets(budget), worker: $0.worker, outputMode: .exact)
+      policy.colocatedDataPlane = $0.colocated
+      return policy
     },
     logger: Logger(label: "bench"))
   let n = prompt.count

@@ -93,6 +93,9 @@ public struct CachePolicyComparison: Sendable {
 
   public let model: LlamaModel
   public var prefillChunk = 512
+  /// Decode steps each cache takes in its turn: the caches alternate, so that a noisy
+  /// machine's slow seconds fall on each alike.
+  public var turnSteps = 16
 
   public init(model: LlamaModel) { self.model = model }
 
@@ -135,6 +138,17 @@ public struct CachePolicyComparison: Sendable {
       for sequence in opened { await sequence.close() }
       throw error
     }
+  }
+
+  /// One HeteroKV cache's decode so far: its latest logits, each step's top choice and KL
+  /// divergence from the full cache, and its forward time.
+  struct Lane {
+    var cache: EngineKVCache
+    var logits: [Float]
+    var top: [Int] = []
+    var kl: [Double] = []
+    var firstStep = 0.0
+    var steady = Duration.zero
   }
 
   /// What a policy's sequence reports after decoding.
@@ -208,74 +222,78 @@ public struct CachePolicyComparison: Sendable {
     let followers = opened.map(\.cache)
     let clock = ContinuousClock()
     var shared = SharedPrefillCache(primary: FullKVCache(configuration: c), followers: followers)
-    var started = clock.now
+    let started = clock.now
     let first = try await model.prefill(prompt, cache: &shared, chunk: prefillChunk)
     let prefillSeconds = (clock.now - started).inSeconds
 
-    // The full cache: its logits at every step are the reference.
+    // The caches take turns, `turnSteps` steps each (the full cache first: its logits at
+    // every step are the reference, its choices the greedy tokens), so that the machine's
+    // slow and fast seconds fall on every cache alike; a cache's rate is its steady steps'
+    // own forward time (steps after the first, which seals a HeteroKV sequence).
     var full = shared.primary
     var reference = [first]
     var fed: [Int] = []
-    var firstStep = 0.0
-    for step in 0..<steps {
-      let next: Int
-      switch continuation {
-      case .greedy: next = NextTokenDistance.argmax(reference[step])
-      case .forced(let tokens): next = tokens[step]
-      }
-      fed.append(next)
-      if step + 1 < steps {
+    var fullFirst = 0.0
+    var fullSteady = Duration.zero
+    var lanes = shared.followers.map { Lane(cache: $0, logits: first) }
+    for turn in stride(from: 0, to: steps, by: turnSteps) {
+      let turnEnd = min(steps, turn + turnSteps)
+      for step in turn..<turnEnd {
+        let next: Int
+        switch continuation {
+        case .greedy: next = NextTokenDistance.argmax(reference[step])
+        case .forced(let tokens): next = tokens[step]
+        }
+        fed.append(next)
+        guard step + 1 < steps else { continue }
         let t0 = clock.now
         reference.append(try await model.forward([next], start: prompt.count + step, cache: &full))
         if step == 0 {
-          firstStep = (clock.now - t0).inSeconds
-          started = clock.now
+          fullFirst = (clock.now - t0).inSeconds
+        } else {
+          fullSteady += clock.now - t0
+        }
+      }
+      for i in lanes.indices {
+        for step in turn..<turnEnd {
+          lanes[i].top.append(NextTokenDistance.argmax(lanes[i].logits))
+          lanes[i].kl.append(NextTokenDistance.klDivergence(reference[step], lanes[i].logits))
+          guard step + 1 < steps else { continue }
+          let t0 = clock.now
+          lanes[i].logits = try await model.forward(
+            [fed[step]], start: prompt.count + step, cache: &lanes[i].cache)
+          if step == 0 {
+            lanes[i].firstStep = (clock.now - t0).inSeconds
+            lanes[i].cache.resetDecodeBreakdown()
+          } else {
+            lanes[i].steady += clock.now - t0
+          }
         }
       }
     }
-    // Steps 2... are the steady rate; the first is reported on its own.
-    func steadyRate(since start: ContinuousClock.Instant) -> Double {
-      steps > 2 ? Double(steps - 2) / max(1e-9, (clock.now - start).inSeconds) : 0
+    func steadyRate(_ time: Duration) -> Double {
+      steps > 2 ? Double(steps - 2) / max(1e-9, time.inSeconds) : 0
     }
     let fullBytes = c.layers * c.kvHeads * c.headDim * 4 * (prompt.count + steps - 1)
     var runs = [
       Run(
         policy: "full", topTokens: reference.map(NextTokenDistance.argmax), meanKL: 0, maxKL: 0,
         top1Agreement: 1, workerBytes: fullBytes, fullKVBytes: fullBytes,
-        decodeTokensPerSecond: steadyRate(since: started), firstStepSeconds: firstStep,
+        decodeTokensPerSecond: steadyRate(fullSteady), firstStepSeconds: fullFirst,
         keptShare: 1, decodeBytesPerStep: 0)
     ]
     for (i, policy) in policies.enumerated() {
-      var cache = shared.followers[i]
-      var logits = first
-      var top: [Int] = []
-      var kl: [Double] = []
-      var firstStep = 0.0
-      started = clock.now
-      for step in 0..<steps {
-        top.append(NextTokenDistance.argmax(logits))
-        kl.append(NextTokenDistance.klDivergence(reference[step], logits))
-        if step + 1 < steps {
-          let t0 = clock.now
-          logits = try await model.forward([fed[step]], start: prompt.count + step, cache: &cache)
-          if step == 0 {
-            firstStep = (clock.now - t0).inSeconds
-            cache.resetDecodeBreakdown()
-            started = clock.now
-          }
-        }
-      }
-      let rate = steadyRate(since: started)
+      let lane = lanes[i]
       let stats = try await opened[i].stats()
       runs.append(
         Run(
-          policy: policy.name, topTokens: top, meanKL: kl.reduce(0, +) / Double(steps),
-          maxKL: kl.max() ?? 0,
-          top1Agreement: Double(zip(top, runs[0].topTokens).filter { $0 == $1 }.count)
+          policy: policy.name, topTokens: lane.top, meanKL: lane.kl.reduce(0, +) / Double(steps),
+          maxKL: lane.kl.max() ?? 0,
+          top1Agreement: Double(zip(lane.top, runs[0].topTokens).filter { $0 == $1 }.count)
             / Double(steps),
           workerBytes: stats.worker, fullKVBytes: stats.full,
-          decodeTokensPerSecond: rate, firstStepSeconds: firstStep,
-          breakdown: cache.decodeBreakdown, keptShare: stats.keptShare,
+          decodeTokensPerSecond: steadyRate(lane.steady), firstStepSeconds: lane.firstStep,
+          breakdown: lane.cache.decodeBreakdown, keptShare: stats.keptShare,
           decodeBytesPerStep: stats.decodeBytesPerStep))
     }
     return Result(runs: runs, fedTokens: fed, prefillSeconds: prefillSeconds)

@@ -290,8 +290,11 @@ print(
       : "one prefill on the full cache feeds every HeteroKV sequence")
 )
 let llama = { (n: Int) in rows.first { $0.cache == "llama.cpp" && $0.context == n } }
+// The cache column fits the longest name (`hcattention:pq4@colocated`).
+let nameWidth = max(16, (rows.map(\.cache.count).max() ?? 0) + 1)
 print(
-  "cache             context  prefill tok/s  decode tok/s  vs full  vs llama.cpp  kept   moved/step  worker share  mean KL  top-1"
+  "cache".padding(toLength: nameWidth, withPad: " ", startingAt: 0)
+    + "  context  prefill tok/s  decode tok/s  vs full  vs llama.cpp  kept   moved/step  worker share  mean KL  top-1"
 )
 func cell<T>(_ value: T?, _ width: Int, _ format: (T) -> String) -> String {
   let text = value.map(format) ?? "-"
@@ -300,7 +303,7 @@ func cell<T>(_ value: T?, _ width: Int, _ format: (T) -> String) -> String {
 for row in rows {
   let full = rows.first { $0.cache == "full" && $0.context == row.context }!
   let line =
-    row.cache.padding(toLength: 16, withPad: " ", startingAt: 0)
+    row.cache.padding(toLength: nameWidth, withPad: " ", startingAt: 0)
     + cell(row.context, 8) { "\($0)" }
     + cell(row.prefill, 15) { String(format: "%.1f", $0) }
     + cell(row.decode, 14) { String(format: "%.2f", $0) }
@@ -319,7 +322,9 @@ print(llamaNote)
 let broken = rows.filter { ($0.breakdown?.layerCalls ?? 0) > 0 }
 if !broken.isEmpty {
   print("\nper layer call of the steady steps, ms (overhead = append + attend - compute):")
-  print("cache             context  append  attend  compute    plan  fan-out   merge  overhead")
+  print(
+    "cache".padding(toLength: nameWidth, withPad: " ", startingAt: 0)
+      + "  context  append  attend  compute    plan  fan-out   merge  overhead")
   for row in broken {
     let b = row.breakdown!
     let calls = Double(b.layerCalls) / 1000
@@ -328,7 +333,7 @@ if !broken.isEmpty {
       b.phases.fanOut / calls, b.phases.merge / calls, b.overheadPerLayer * 1000,
     ]
     print(
-      row.cache.padding(toLength: 16, withPad: " ", startingAt: 0)
+      row.cache.padding(toLength: nameWidth, withPad: " ", startingAt: 0)
         + String(format: "%8d", row.context)
         + cells.map { String(format: "%8.3f", $0) }.joined())
   }

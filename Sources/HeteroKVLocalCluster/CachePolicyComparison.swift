@@ -93,9 +93,13 @@ public struct CachePolicyComparison: Sendable {
 
   public let model: LlamaModel
   public var prefillChunk = 512
-  /// Decode steps each cache takes in its turn: the caches alternate, so that a noisy
-  /// machine's slow seconds fall on each alike.
-  public var turnSteps = 16
+  /// Decode steps each cache takes in its turn (at least 1): the caches alternate, so that a
+  /// noisy machine's slow seconds fall on each alike. A turn ends when the cache's background
+  /// work (rows shipped to the memory tier, satellite refreshes) has, and that wait is the
+  /// cache's time, so none of its work is charged to the next cache.
+  public var turnSteps = 16 {
+    didSet { precondition(turnSteps > 0, "turnSteps must be at least 1") }
+  }
 
   public init(model: LlamaModel) { self.model = model }
 
@@ -162,6 +166,9 @@ public struct CachePolicyComparison: Sendable {
     var cache: EngineKVCache
     /// Worker-resident bytes, the fp16 K/V they stand for, the kept share and decode bytes.
     var stats: @Sendable () async throws -> Figures
+    /// Waits for the background work its steps started (nothing for a remote engine, whose
+    /// background runs in its own process).
+    var settle: @Sendable () async throws -> Void
     var close: @Sendable () async -> Void
   }
 
@@ -195,6 +202,7 @@ public struct CachePolicyComparison: Sendable {
             worker: s.workerBytes, full: s.fullKVBytes, keptShare: s.keptShare,
             decodeBytesPerStep: s.decodeBytesPerStep)
         },
+        settle: { try await cluster.worker.settle(ref) },
         close: { await cluster.shutdown() })
     case .remote(let engine):
       let ref = SequenceRef(sequence: UInt64.random(in: 1...(1 << 40)))
@@ -207,6 +215,7 @@ public struct CachePolicyComparison: Sendable {
             worker: s.workerBytes, full: s.fullKVBytes,
             keptShare: s.keptShare, decodeBytesPerStep: s.decodeBytesPerStep)
         },
+        settle: {},
         close: { _ = try? await engine.release(ref) })
     }
   }
@@ -229,7 +238,8 @@ public struct CachePolicyComparison: Sendable {
     // The caches take turns, `turnSteps` steps each (the full cache first: its logits at
     // every step are the reference, its choices the greedy tokens), so that the machine's
     // slow and fast seconds fall on every cache alike; a cache's rate is its steady steps'
-    // own forward time (steps after the first, which seals a HeteroKV sequence).
+    // own forward time (steps after the first, which seals a HeteroKV sequence) plus the wait
+    // for the background work its turn left (argmax and KL, the same for all, are not timed).
     var full = shared.primary
     var reference = [first]
     var fed: [Int] = []
@@ -269,6 +279,9 @@ public struct CachePolicyComparison: Sendable {
             lanes[i].steady += clock.now - t0
           }
         }
+        let t0 = clock.now
+        try await opened[i].settle()
+        if turnEnd > 1 { lanes[i].steady += clock.now - t0 }
       }
     }
     func steadyRate(_ time: Duration) -> Double {

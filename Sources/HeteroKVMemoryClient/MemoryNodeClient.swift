@@ -303,7 +303,7 @@ actor ConnectionPool {
       // node restarted at the same address is found again.
       let connection: any DataPlaneConnection =
         if let colocated = ColocatedDataPlaneServer.server(at: endpoint.data) {
-          try colocated.connect()
+          try colocated.connect(limits: limits)
         } else if rdma {
           try RDMADataPlaneConnection.connect(
             host: endpoint.data.host, port: endpoint.data.port, limits: limits)

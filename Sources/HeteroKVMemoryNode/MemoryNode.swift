@@ -108,30 +108,43 @@ public final class MemoryNode: Service, Sendable {
     health.set(
       "data_plane", met: true, detail: "\(served.rawValue) data plane listening on \(dataAddress)")
 
-    try await withThrowingDiscardingTaskGroup { group in
-      group.addTask { try await grpc.run() }
-      do {
-        let controlPort = try await grpc.listeningPort()
-        let bound = MemoryNodeAddresses(
-          data: dataAddress, control: HostPort(host: config.control.host, port: controlPort),
-          transport: served)
-        addresses.set(bound)
-        logger.info(
-          "memory node serving",
-          metadata: [
-            "data": "\(bound.data) (\(served.rawValue))", "control": "\(bound.control)",
-            "capacity_bytes": "\(config.capacityBytes)",
-          ])
-      } catch {
-        addresses.fail(error)
-        throw error
-      }
-      try? await gracefulShutdown()
-      logger.info("memory node shutting down")
-      health.set("data_plane", met: false, detail: "shutting down")
+    // Whatever ends the node (a graceful shutdown, the control server failing to start or to
+    // run) stops its data planes, so no co-located address stays registered to a dead node.
+    var dataPlanesOpen = true
+    func stopDataPlanes() async {
+      guard dataPlanesOpen else { return }
+      dataPlanesOpen = false
       colocated?.close()
       await tcp?.close()
       rdma?.close()
+    }
+    do {
+      try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { try await grpc.run() }
+        do {
+          let controlPort = try await grpc.listeningPort()
+          let bound = MemoryNodeAddresses(
+            data: dataAddress, control: HostPort(host: config.control.host, port: controlPort),
+            transport: served)
+          addresses.set(bound)
+          logger.info(
+            "memory node serving",
+            metadata: [
+              "data": "\(bound.data) (\(served.rawValue))", "control": "\(bound.control)",
+              "capacity_bytes": "\(config.capacityBytes)",
+            ])
+        } catch {
+          addresses.fail(error)
+          throw error
+        }
+        try? await gracefulShutdown()
+        logger.info("memory node shutting down")
+        health.set("data_plane", met: false, detail: "shutting down")
+        await stopDataPlanes()
+      }
+    } catch {
+      await stopDataPlanes()
+      throw error
     }
   }
 }

@@ -7,9 +7,10 @@ import NIOCore
 public protocol DataPlaneRequestHandler: Sendable {
   /// Serves one request whose frame was already read and checksummed, for a connection
   /// with `grant` (the transport answered the authentication frames). Called concurrently:
-  /// on an I/O thread for cheap requests, on the server's compute pool for the ones that
-  /// read many rows (TCP runs PartialAttention and Gather there), one request at a time per
-  /// connection.
+  /// over TCP on an I/O thread for cheap requests and on the server's compute pool for the
+  /// ones that read many rows (PartialAttention, Gather), one request at a time per
+  /// connection; co-located, on each caller's own thread, so one connection's callers may be
+  /// served at once.
   func handle(
     opcode: Opcode, payload: ByteBuffer, allocator: ByteBufferAllocator, grant: DataPlaneGrant
   ) -> Result<ByteBuffer, HeteroKVError>

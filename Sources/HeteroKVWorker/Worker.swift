@@ -287,6 +287,13 @@ public final class Worker: Sendable {
     try await session(ref).flush()
   }
 
+  /// Waits for the sequence's background work (rows being shipped, satellites being
+  /// refreshed) to end without changing what it holds, so a benchmark can charge that work to
+  /// the sequence that started it.
+  public func settle(_ ref: SequenceRef) async throws(HeteroKVError) {
+    try await session(ref).settle()
+  }
+
   /// Stops the background checks and closes every memory-node connection.
   public func shutdown() async {
     let tasks = background.withLock { state -> [Task<Void, Never>] in

@@ -47,6 +47,18 @@ struct ComparisonOptions: ParsableArguments {
   )
   var dataPlane: DataPlane = .tcp
 
+  func validate() throws {
+    if cluster != nil && dataPlane != .tcp {
+      throw ValidationError(
+        "--data-plane \(dataPlane.rawValue) applies to clusters started here; the worker of --cluster reaches its memory nodes as its cluster file says"
+      )
+    }
+  }
+
+  /// What a report says of the data plane: the flag for in-process clusters; a --cluster's
+  /// worker reaches its nodes as its own cluster file says.
+  var dataPlaneLabel: String { cluster == nil ? dataPlane.rawValue : "the cluster's own" }
+
   /// Runs `body` with the policies to compare: the in-process ones from the flags, or the
   /// worker of --cluster (connected for the duration of `body`).
   func withPolicies<R: Sendable>(

@@ -101,7 +101,7 @@ struct FidelityCommand: AsyncParsableCommand {
     }
     let report = Report(
       context: context, steps: steps, prefillSeconds: result.prefillSeconds,
-      dataPlane: cache.dataPlane.rawValue,
+      dataPlane: cache.dataPlaneLabel,
       runs: result.runs.map {
         Run(
           policy: $0.policy, meanKL: $0.meanKL, maxKL: $0.maxKL, top1Agreement: $0.top1Agreement,
@@ -118,7 +118,7 @@ struct FidelityCommand: AsyncParsableCommand {
     print(
       "\(context)-token prompt, \(steps) teacher-forced steps, prefill "
         + String(format: "%.1f s", result.prefillSeconds)
-        + ", data plane \(cache.dataPlane.rawValue)")
+        + ", data plane \(cache.dataPlaneLabel)")
     print(
       TextTable(
         [

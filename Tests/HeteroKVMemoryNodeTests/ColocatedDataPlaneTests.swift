@@ -51,10 +51,18 @@ struct ColocatedDataPlaneTests {
         _ = try await near.send(GatherRequest(shard: shard, tokens: [300]))
       }
       await tcp.close()
+      // An answer larger than the client's own bound fails as an oversized frame would.
+      let tight = try server.connect(limits: DataPlaneLimits(maxPayloadBytes: 1024))
+      await expectDataPlaneError(.frameTooLarge) {
+        _ = try await tight.send(GatherRequest(shard: shard, tokens: Array(0..<300)))
+      }
+      #expect(tight.isActive)
 
       // A client of the node finds it in the process and decodes the same answer.
+      let before = server.requestsServed
       let client = MemoryNodeClient(endpoint: nodes[0].endpoint)
       #expect(try await client.partialAttention(request).outputs == viaTCP.outputs)
+      #expect(server.requestsServed == before + 1, "the client's request went through the node")
       await client.close()
     }
   }

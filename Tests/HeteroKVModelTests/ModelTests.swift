@@ -324,6 +324,13 @@ struct ComparisonTests {
     ])
     #expect(short.status != 0)
     #expect(short.err.contains("add --text-file"), "\(short.err)")
+    // A running cluster's worker reaches its nodes as its own file says: the flag is refused.
+    let misplaced = try runHKV([
+      "fidelity", "--text-file", file.path, "--cluster", file.path, "--data-plane", "colocated",
+      "--model", try modelPath(),
+    ])
+    #expect(misplaced.status != 0)
+    #expect(misplaced.err.contains("--data-plane colocated applies to clusters started here"))
   }
 }
 

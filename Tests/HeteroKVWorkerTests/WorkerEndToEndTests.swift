@@ -113,6 +113,13 @@ struct WorkerEndToEndTests {
         #expect(report.maxRelativeError < 1e-3)
         let stats = try await cluster.worker.stats(ref)
         #expect(stats.memoryTierBytes >= 2048 * 4 * 64 * 2, "the values are on the nodes")
+        if colocated {
+          // Every node's rows and attention went through its in-process data plane.
+          for node in cluster.nodes {
+            let served = ColocatedDataPlaneServer.server(at: node.data)?.requestsServed ?? 0
+            #expect(served > 0, "\(node.data) served no co-located request")
+          }
+        }
         return report.lastOutputs
       }
     }

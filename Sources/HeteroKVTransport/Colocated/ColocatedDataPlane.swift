@@ -20,6 +20,7 @@ public final class ColocatedDataPlaneServer: Sendable {
   let access: DataPlaneAccess
   let limits: DataPlaneLimits
   private let open = Atomic<Bool>(true)
+  private let served = Atomic<Int>(0)
 
   /// Nodes served in this process, by data-plane address.
   private static let registry = Mutex<[HostPort: ColocatedDataPlaneServer]>([:])
@@ -63,16 +64,27 @@ public final class ColocatedDataPlaneServer: Sendable {
     self.limits = limits
   }
 
+  /// Requests its connections have passed to the handler (admitted under a grant), so a
+  /// caller can tell that its clients reached the node in process.
+  public var requestsServed: Int { served.load(ordering: .relaxed) }
+
+  /// Counts one request passed to the handler.
+  fileprivate func noteServed() { served.add(1, ordering: .relaxed) }
+
   /// Whether the node still serves; once closed, its connections fail every request with
   /// `.connectionClosed`, as a closed socket does.
   public var isOpen: Bool { open.load(ordering: .acquiring) }
 
   /// A new connection, with a session of its own (it authenticates as a TCP one does).
-  public func connect() throws(HeteroKVError) -> ColocatedDataPlaneConnection {
+  /// `limits` are the client's: an answer larger than its payload bound fails as an oversized
+  /// frame read from a socket does.
+  public func connect(limits: DataPlaneLimits = .standard) throws(HeteroKVError)
+    -> ColocatedDataPlaneConnection
+  {
     guard isOpen else {
       throw HeteroKVError(.unavailable, "the co-located data plane at \(address) is closed")
     }
-    return ColocatedDataPlaneConnection(server: self)
+    return ColocatedDataPlaneConnection(server: self, clientLimits: limits)
   }
 
   /// Stops serving: later requests on its connections fail, and the address is free again.
@@ -86,22 +98,37 @@ public final class ColocatedDataPlaneServer: Sendable {
 
 /// A connection to a node in the same process (``ColocatedDataPlaneServer``). A request is
 /// served when it is started, on the caller's thread, so requests of one caller take effect in
-/// the order they were sent; ``start(opcode:payload:timeout:)`` returns an answered call. No
-/// deadline applies: the work is the caller's own.
+/// the order they were sent; ``start(opcode:payload:timeout:)`` returns an answered call.
+///
+/// How it differs from a socket, on purpose:
+/// - No deadline applies (the work is the caller's own thread's), so a slow co-located node is
+///   never failed over for `deadlineExceeded`; a closed one fails with `connectionClosed`.
+/// - Concurrent callers are served concurrently, each on its own thread; nothing moves a large
+///   request to a compute pool.
+/// - An oversized payload is refused with `frameTooLarge` and the connection stays usable: no
+///   byte stream is left mid-frame, so there is nothing to resynchronise.
 public final class ColocatedDataPlaneConnection: DataPlaneConnection {
+  /// The connection's standing (nonce, grant), changed by the authentication frames, and
+  /// whether it is closed: one lock, so a refusal that closes the connection takes effect
+  /// before any later request is admitted.
+  private struct State {
+    var session: DataPlaneSession
+    var closed = false
+  }
+
   private let server: ColocatedDataPlaneServer
-  /// The connection's standing (nonce, grant), changed by the authentication frames.
-  private let session: Mutex<DataPlaneSession>
-  private let closed = Atomic<Bool>(false)
+  private let clientLimits: DataPlaneLimits
+  private let state: Mutex<State>
   private let nextID = Atomic<UInt64>(1)
   private let allocator = ByteBufferAllocator()
 
-  fileprivate init(server: ColocatedDataPlaneServer) {
+  fileprivate init(server: ColocatedDataPlaneServer, clientLimits: DataPlaneLimits) {
     self.server = server
-    self.session = Mutex(DataPlaneSession(access: server.access))
+    self.clientLimits = clientLimits
+    self.state = Mutex(State(session: DataPlaneSession(access: server.access)))
   }
 
-  public var isActive: Bool { !closed.load(ordering: .acquiring) && server.isOpen }
+  public var isActive: Bool { !state.withLock { $0.closed } && server.isOpen }
 
   public func call(opcode: Opcode, payload: ByteBuffer, timeout: Duration?)
     async throws(HeteroKVError) -> ByteBuffer
@@ -116,17 +143,18 @@ public final class ColocatedDataPlaneConnection: DataPlaneConnection {
   }
 
   public func close() async {
-    closed.store(true, ordering: .releasing)
+    state.withLock { $0.closed = true }
+  }
+
+  private var closedError: HeteroKVError {
+    HeteroKVError(
+      .connectionClosed, "connection to the co-located node at \(server.address) is closed")
   }
 
   /// Admits and serves one request as the TCP server does: the payload bound, the protocol and
   /// the session's grant, then the handler.
   private func serve(opcode: Opcode, payload: ByteBuffer) -> Result<ByteBuffer, HeteroKVError> {
-    guard isActive else {
-      return .failure(
-        HeteroKVError(
-          .connectionClosed, "connection to the co-located node at \(server.address) is closed"))
-    }
+    guard server.isOpen else { return .failure(closedError) }
     let handler = server.handler
     guard payload.readableBytes <= server.limits.maxPayloadBytes else {
       let error = HeteroKVError(
@@ -144,19 +172,32 @@ public final class ColocatedDataPlaneConnection: DataPlaneConnection {
         payloadLength: UInt32(payload.readableBytes), checksum: 0),
       payload: payload)
     let allocator = self.allocator
-    let admission = session.withLock { session in
-      RequestDispatch.admit(frame, handler: handler, session: session, allocator: allocator)
+    let admission = state.withLock { state -> RequestDispatch.Admission? in
+      guard !state.closed else { return nil }
+      let admission = RequestDispatch.admit(
+        frame, handler: handler, session: state.session, allocator: allocator)
+      if case .answer(_, let close) = admission, close { state.closed = true }
+      return admission
     }
     let response: Frame
     switch admission {
-    case .answer(let answer, let close):
-      if close { closed.store(true, ordering: .releasing) }
+    case nil:
+      return .failure(closedError)
+    case .answer(let answer, _):
       response = answer
     case .serve(let opcode, let grant):
+      server.noteServed()
       response = RequestDispatch.serve(
         frame, opcode: opcode, grant: grant, handler: handler, allocator: allocator)
     }
     if let error = response.decodedError() { return .failure(error) }
+    guard response.payload.readableBytes <= clientLimits.maxPayloadBytes else {
+      return .failure(
+        HeteroKVError(
+          .frameTooLarge,
+          "answer of \(response.payload.readableBytes) bytes exceeds this client's limit of "
+            + "\(clientLimits.maxPayloadBytes)"))
+    }
     return .success(response.payload)
   }
 }

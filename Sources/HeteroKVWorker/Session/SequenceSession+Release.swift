@@ -80,6 +80,17 @@ extension SequenceSession {
       underReplicatedShards: await writer.underReplicatedShards, heads: heads)
   }
 
+  /// Waits for the background work that decode steps started (rows being shipped, satellites
+  /// being refreshed) to end, and changes nothing the sequence holds: a benchmark charges that
+  /// work to this sequence rather than to whatever runs next.
+  func settle() async {
+    await writer.flush()
+    let started = refreshTasks
+    for task in started { await task.value }
+    // Finished refreshes are dropped; any started while this waited stay.
+    refreshTasks.removeFirst(min(started.count, refreshTasks.count))
+  }
+
   /// Waits until every row is on the memory tier (for tests and benchmarks).
   func flush() async {
     await writer.flush()

@@ -493,6 +493,52 @@ HKV_AVX2 HKV_INTERNAL void nearest_centroids_avx2(const float *points, size_t n,
   }
 }
 
+// Nearest centroid of each point for a two-dim sub-space whose codebook is stored as fp16
+// pairs [c][2] (c % 8 == 0), as a decode step codes its one key a head: the distances of
+// nearest_centroids_avx2 (|c|^2 first, then fma(-2 x_t, c_t), ties to the lower index) read
+// straight from the codebook, where that kernel needs a float structure-of-arrays table and
+// norms built first, which cost a lone key five times its distances.
+HKV_AVX2 HKV_INTERNAL void nearest_centroids_f16_pairs_avx2(const float *points, size_t n,
+                                                      size_t stride, const uint16_t *centroids,
+                                                      size_t c, uint16_t *codes,
+                                                      size_t code_stride) {
+  // After the deinterleave below, lane l of a block of eight holds centroid m + order[l].
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  for (size_t j = 0; j < n; j++) {
+    const float *x = points + j * stride;
+    const __m256 x0 = _mm256_set1_ps(-2.0f * x[0]), x1 = _mm256_set1_ps(-2.0f * x[1]);
+    __m256 best = _mm256_set1_ps(INFINITY);
+    __m256i bestIdx = _mm256_setzero_si256();
+    __m256i idx = order;
+    for (size_t m = 0; m < c; m += 8) {
+      // lo: c0x c0y c1x c1y | c2x c2y c3x c3y; hi: the same of c4..c7.
+      __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(centroids + 2 * m)));
+      __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(centroids + 2 * m + 8)));
+      __m256 cx = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+      __m256 cy = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+      // The norm as the table builder sums it: x^2, then + y^2, each rounded.
+      __m256 dist = _mm256_add_ps(_mm256_mul_ps(cx, cx), _mm256_mul_ps(cy, cy));
+      dist = _mm256_fmadd_ps(x0, cx, dist);
+      dist = _mm256_fmadd_ps(x1, cy, dist);
+      __m256 lt = _mm256_cmp_ps(dist, best, _CMP_LT_OQ);
+      best = _mm256_min_ps(dist, best);
+      bestIdx = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(bestIdx), _mm256_castsi256_ps(idx), lt));
+      idx = _mm256_add_epi32(idx, step);
+    }
+    __m256 least = _mm256_min_ps(best, _mm256_permute_ps(best, 0xB1));
+    least = _mm256_min_ps(least, _mm256_permute_ps(least, 0x4E));
+    least = _mm256_min_ps(least, _mm256_permute2f128_ps(least, least, 1));
+    __m256i tie = _mm256_castps_si256(_mm256_cmp_ps(best, least, _CMP_EQ_OQ));
+    __m256i at = _mm256_blendv_epi8(_mm256_set1_epi32(INT32_MAX), bestIdx, tie);
+    __m128i a = _mm_min_epi32(_mm256_castsi256_si128(at), _mm256_extracti128_si256(at, 1));
+    a = _mm_min_epi32(a, _mm_shuffle_epi32(a, 0x4E));
+    a = _mm_min_epi32(a, _mm_shuffle_epi32(a, 0xB1));
+    codes[j * code_stride] = (uint16_t)_mm_cvtsi128_si32(a);
+  }
+}
+
 // Folds one group's fp16 scales and zero points into the query (qs = q * s, bias = q . z)
 // and quantizes each head's folded query to int16 with a per-head step alpha. d % 16 == 0.
 HKV_AVX2 HKV_INTERNAL void fold_group_i16_avx2(const float *q, size_t heads, size_t d,

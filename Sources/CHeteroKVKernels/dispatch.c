@@ -283,6 +283,14 @@ int hkv_nearest_centroids_aos(const float *points, size_t n, size_t stride, size
 int hkv_nearest_centroids_f16(const float *points, size_t n, size_t stride, size_t s,
                               const uint16_t *centroids, size_t c, uint16_t *codes,
                               size_t code_stride) {
+  // A decode step's few keys over two-dim sub-spaces: read the fp16 pairs directly (the same
+  // codes); a prefill's many keys amortize the table below.
+#ifdef HKV_X86
+  if (s == 2 && c % 8 == 0 && n < 16 && hkv_kernels_avx2()) {
+    nearest_centroids_f16_pairs_avx2(points, n, stride, centroids, c, codes, code_stride);
+    return 0;
+  }
+#endif
   float *aos = nearest_scratch(c * s * 2 + c);
   if (!aos) return -1;
   hkv_active_kernels()->f16_to_f32(centroids, aos, c * s);

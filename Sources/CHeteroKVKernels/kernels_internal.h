@@ -124,6 +124,7 @@ HKV_AVX2 HKV_INTERNAL float softmax_exp_chunked_avx2(const float *x, size_t n, f
 HKV_AVX2 HKV_INTERNAL size_t keep_compress_avx2(const uint16_t *bucket, size_t n, uint16_t boundary, float *w, size_t heads, const float *coef, int32_t *indices, float *kept_mass);
 HKV_AVX2 HKV_INTERNAL uint16_t group_mean_buckets_avx2(const float *w, size_t heads, size_t n, const float *coef, int32_t top_bucket, float *mean, uint16_t *bucket);
 HKV_AVX2 HKV_INTERNAL void nearest_centroids_avx2(const float *points, size_t n, size_t stride, size_t s, const float *centroids, const float *norms, size_t c, uint16_t *codes, size_t code_stride);
+HKV_AVX2 HKV_INTERNAL void nearest_centroids_f16_pairs_avx2(const float *points, size_t n, size_t stride, const uint16_t *centroids, size_t c, uint16_t *codes, size_t code_stride);
 HKV_AVX2 HKV_INTERNAL void fold_group_i16_avx2(const float *q, size_t heads, size_t d, const uint16_t *scales, const uint16_t *zeros, float *qs, float *bias, int16_t *q16, float *alpha);
 HKV_AVX2 HKV_INTERNAL void sq4_scores_i16_avx2(const int16_t *q16, const float *alpha, const float *bias, size_t heads, const uint8_t *codes, size_t n, size_t d, float scale, float *scores, size_t stride);
 HKV_AVX2 HKV_INTERNAL double scan_sum_avx2(const float *x, size_t n);

@@ -211,7 +211,7 @@ import Testing
 
   @Test(
     "each key's code names its nearest centroid in every sub-space, coded alone or with others",
-    arguments: [(16, 256), (32, 16), (8, 1024)])
+    arguments: [(16, 256), (32, 16), (32, 256), (8, 1024)])
   func codesNameTheNearestCentroid(g: Int, c: Int) throws {
     let keys = try outlierKeys(rows: 300, seed: 12)
     let book = try codebook(keys: keys, g: g, c: c)

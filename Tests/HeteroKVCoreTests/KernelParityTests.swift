@@ -300,6 +300,28 @@ import Testing
   }
 
   @Test(
+    "a decode step's few keys over two-dim fp16 pairs get the codes of the prefill's table path, ties to the lower index"
+  )
+  func nearestOverHalfPairs() throws {
+    // 256 pairs, the second 128 repeating the first: every point has a tie.
+    let c = 256
+    let firstHalf = halves(c, seed: 21)
+    let pairs = firstHalf + firstHalf
+    let n = 40
+    let points = randomFloats(n * 2, seed: 22)
+    // 40 points go through the table (n >= 16); one at a time through the direct kernel.
+    var bulk = [UInt16](repeating: 0, count: n)
+    #expect(hkv_nearest_centroids_f16(points, n, 2, 2, pairs, c, &bulk, 1) == 0)
+    for j in 0..<n {
+      var alone: UInt16 = 0
+      let point = Array(points[(2 * j)..<(2 * j + 2)])
+      #expect(hkv_nearest_centroids_f16(point, 1, 2, 2, pairs, c, &alone, 1) == 0)
+      #expect(alone == bulk[j], "point \(j)")
+      #expect(alone < c / 2, "point \(j): a tie went to the higher index")
+    }
+  }
+
+  @Test(
     "fast-scan 4-bit scores agree bit for bit on both tables and with the byte table summed by hand",
     arguments: [(32, 2, 203, 4), (33, 2, 64, 3), (64, 1, 31, 9), (1, 64, 70, 1)])
   func fastScanProductQuantization(g: Int, s: Int, n: Int, heads: Int) throws {

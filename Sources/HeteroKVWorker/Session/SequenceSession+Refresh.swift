@@ -27,15 +27,17 @@ extension SequenceSession {
         drift: drift, prefillTokens: prefill, cap: max(1, head.cap - decoded))
       refreshes += 1
       metrics.refreshed()
-      refreshTasks.append(
-        Task {
-          guard
-            let (keys, values) = try? await self.gatherRows(
-              layer: layer, kvHead: s, positions: positions),
-            let cache = try? CompressedHeadCache(positions: positions, rows: keys, values: values)
-          else { return }
-          self.refreshed(layer: layer, kvHead: s, prefix: cache)
-        })
+      startedRefreshes += 1
+      let id = startedRefreshes
+      refreshTasks[id] = Task {
+        defer { self.refreshTasks[id] = nil }
+        guard
+          let (keys, values) = try? await self.gatherRows(
+            layer: layer, kvHead: s, positions: positions),
+          let cache = try? CompressedHeadCache(positions: positions, rows: keys, values: values)
+        else { return }
+        self.refreshed(layer: layer, kvHead: s, prefix: cache)
+      }
     }
   }
 

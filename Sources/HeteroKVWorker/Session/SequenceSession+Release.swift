@@ -23,7 +23,7 @@ extension SequenceSession {
     await enter()
     defer { leave() }
     poisoned = HeteroKVError(.unknownSequence, "sequence \(ref) was released")
-    for task in refreshTasks { task.cancel() }
+    for task in refreshTasks.values { task.cancel() }
     let storedBytes = await writer.storedBytes
     let unreachable = await writer.dropAll()
     metrics.releaseMissed(nodes: unreachable.count)
@@ -85,10 +85,7 @@ extension SequenceSession {
   /// work to this sequence rather than to whatever runs next.
   func settle() async {
     await writer.flush()
-    let started = refreshTasks
-    for task in started { await task.value }
-    // Finished refreshes are dropped; any started while this waited stay.
-    refreshTasks.removeFirst(min(started.count, refreshTasks.count))
+    for task in Array(refreshTasks.values) { await task.value }
   }
 
   /// Waits until every row is on the memory tier (for tests and benchmarks).

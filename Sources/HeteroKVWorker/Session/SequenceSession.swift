@@ -36,7 +36,10 @@ actor SequenceSession {
   var contextTokens = 0
   var refreshes = 0
   var failovers = 0
-  var refreshTasks: [Task<Void, Never>] = []
+  /// Satellite refreshes still running, by the number they were started under; each removes
+  /// itself when done, so a long decode keeps none that finished.
+  var refreshTasks: [Int: Task<Void, Never>] = [:]
+  var startedRefreshes = 0
   var busy = false
   var gate: [CheckedContinuation<Void, Never>] = []
   /// Set when a failure left the sequence's state inconsistent; every later call throws it.

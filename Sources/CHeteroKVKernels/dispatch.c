@@ -5,7 +5,9 @@
 #include "kernels_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void sq_scores_with(const hkv_kernel_table *t, const float *qs, const float *bias,
                            size_t heads, const uint8_t *codes, size_t n, size_t d, size_t bits,
@@ -81,6 +83,8 @@ static const hkv_kernel_table portable_table = {
     .pq_scores_x4_u8 = pq_scores_x4_u8_portable,
     .pq_lut_x4 = pq_lut_x4_portable,
     .pq4_scores = pq4_scores_portable,
+    .pq8_scores = pq8_scores_portable,
+    .pq8_lut = pq8_lut_portable,
     .sq4_scores = sq4_scores_portable,
     .sq_group_scores = sq_group_scores_portable,
     .nearest_centroids = nearest_centroids_portable,
@@ -106,30 +110,43 @@ static void sq_group_scores_avx2(const float *q, size_t heads, const uint8_t *co
                        d, bits, scale, scores, stride);
 }
 
+// The AVX2 + FMA + F16C kernels, shared by the AVX2 table and the AVX-512 one built on it.
+#define AVX2_KERNELS \
+  .vectorized = 1, \
+  .f16_to_f32 = f16_to_f32_avx2, \
+  .f32_to_f16 = f32_to_f16_avx2, \
+  .scores_f16 = scores_f16_avx2, \
+  .weighted_sum_dense_f16 = weighted_sum_dense_avx2, \
+  .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_avx2, \
+  .scores_f16_rows = scores_f16_rows_avx2, \
+  .weighted_sum_rows_f16 = weighted_sum_rows_avx2, \
+  .pq_scores_x4 = pq_scores_x4_avx2, \
+  .pq_scores_x4_u8 = pq_scores_x4_u8_avx2, \
+  .pq_lut_x4 = pq_lut_x4_avx2, \
+  .pq4_scores = pq4_scores_avx2, \
+  .sq4_scores = sq4_scores_avx2, \
+  .sq_group_scores = sq_group_scores_avx2, \
+  .nearest_centroids = nearest_centroids_avx2, \
+  .softmax_exp = softmax_exp_avx2, \
+  .softmax_exp_chunked = softmax_exp_chunked_avx2, \
+  .group_mean_buckets = group_mean_buckets_avx2, \
+  .keep_compress = keep_compress_avx2, \
+  .scan_sum_f32 = scan_sum_avx2, \
+  .crc32c = crc32c_hardware, \
+  .matmul_rows_f32 = matmul_rows_f32_vectorized, \
+  .matmul_rows_quantized = matmul_rows_quantized_vectorized
+
 static const hkv_kernel_table avx2_table = {
-    .vectorized = 1,
-    .f16_to_f32 = f16_to_f32_avx2,
-    .f32_to_f16 = f32_to_f16_avx2,
-    .scores_f16 = scores_f16_avx2,
-    .weighted_sum_dense_f16 = weighted_sum_dense_avx2,
-    .weighted_sum_sparse_multi_f16 = weighted_sum_sparse_multi_avx2,
-    .scores_f16_rows = scores_f16_rows_avx2,
-    .weighted_sum_rows_f16 = weighted_sum_rows_avx2,
-    .pq_scores_x4 = pq_scores_x4_avx2,
-    .pq_scores_x4_u8 = pq_scores_x4_u8_avx2,
-    .pq_lut_x4 = pq_lut_x4_avx2,
-    .pq4_scores = pq4_scores_avx2,
-    .sq4_scores = sq4_scores_avx2,
-    .sq_group_scores = sq_group_scores_avx2,
-    .nearest_centroids = nearest_centroids_avx2,
-    .softmax_exp = softmax_exp_avx2,
-    .softmax_exp_chunked = softmax_exp_chunked_avx2,
-    .group_mean_buckets = group_mean_buckets_avx2,
-    .keep_compress = keep_compress_avx2,
-    .scan_sum_f32 = scan_sum_avx2,
-    .crc32c = crc32c_hardware,
-    .matmul_rows_f32 = matmul_rows_f32_vectorized,
-    .matmul_rows_quantized = matmul_rows_quantized_vectorized,
+    AVX2_KERNELS,
+    // 256-entry tables do not fit AVX2's 16-byte shuffles.
+    .pq8_scores = pq8_scores_portable,
+    .pq8_lut = pq8_lut_portable,
+};
+
+static const hkv_kernel_table avx512_table = {
+    AVX2_KERNELS,
+    .pq8_scores = pq8_scores_avx512,
+    .pq8_lut = pq8_lut_avx512,
 };
 
 static int avx2_state = -1;
@@ -146,15 +163,57 @@ const hkv_kernel_table *_Nullable hkv_kernels_avx2(void) {
   return state ? &avx2_table : NULL;
 }
 
+static int avx512_state = -1;
+
+const hkv_kernel_table *_Nullable hkv_kernels_avx512(void) {
+  int state = __atomic_load_n(&avx512_state, __ATOMIC_RELAXED);
+  if (state < 0) {
+    __builtin_cpu_init();
+    state = hkv_kernels_avx2() != NULL && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi");
+    __atomic_store_n(&avx512_state, state, __ATOMIC_RELAXED);
+  }
+  return state ? &avx512_table : NULL;
+}
+
 #else
 
 const hkv_kernel_table *_Nullable hkv_kernels_avx2(void) { return NULL; }
 
+const hkv_kernel_table *_Nullable hkv_kernels_avx512(void) { return NULL; }
+
 #endif
 
-const hkv_kernel_table *hkv_active_kernels(void) {
-  const hkv_kernel_table *t = hkv_kernels_avx2();
+// The best set the CPU has, capped by HKV_KERNELS (portable, avx2 or avx512) where it is set:
+// an operator pins a mixed fleet to the same arithmetic (one-byte codes are scored from byte
+// tables only by the AVX-512 set), and a benchmark compares sets in one binary. Read once.
+static const hkv_kernel_table *choose_kernels(void) {
+  const char *cap = getenv("HKV_KERNELS");
+  int level = 2;
+  if (cap && *cap) {
+    if (strcmp(cap, "portable") == 0) level = 0;
+    else if (strcmp(cap, "avx2") == 0) level = 1;
+    else if (strcmp(cap, "avx512") != 0)
+      fprintf(stderr, "HKV_KERNELS=%s is not portable, avx2 or avx512: ignored\n", cap);
+  }
+  const hkv_kernel_table *t = level >= 2 ? hkv_kernels_avx512() : NULL;
+  if (!t && level >= 1) t = hkv_kernels_avx2();
   return t ? t : &portable_table;
+}
+
+static const hkv_kernel_table *active_kernels = NULL;
+
+const hkv_kernel_table *hkv_active_kernels(void) {
+  const hkv_kernel_table *t = __atomic_load_n(&active_kernels, __ATOMIC_ACQUIRE);
+  if (!t) {
+    t = choose_kernels();
+    __atomic_store_n(&active_kernels, t, __ATOMIC_RELEASE);
+  }
+  return t;
+}
+
+int hkv_pq8_lookups_in_registers(void) {
+  return hkv_active_kernels()->pq8_scores != pq8_scores_portable;
 }
 
 int hkv_kernels_vectorized(void) { return hkv_active_kernels()->vectorized; }
@@ -213,6 +272,17 @@ void hkv_pq4_scores(const uint8_t *lut, const float *lut_scale, const float *lut
                     size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
                     size_t stride) {
   hkv_active_kernels()->pq4_scores(lut, lut_scale, lut_bias, heads, g, blocks, n, scores, stride);
+}
+
+void hkv_pq8_scores(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                    size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                    size_t stride) {
+  hkv_active_kernels()->pq8_scores(lut, lut_scale, lut_bias, heads, g, blocks, n, scores, stride);
+}
+
+void hkv_pq8_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                 size_t heads, float *scratch, uint8_t *lut, float *lut_scale, float *lut_bias) {
+  hkv_active_kernels()->pq8_lut(centroids, g, c, s, q, heads, scratch, lut, lut_scale, lut_bias);
 }
 
 void hkv_sq4_scores(const float *qs, const float *bias, size_t heads, const uint8_t *codes,

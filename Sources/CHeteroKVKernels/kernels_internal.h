@@ -14,6 +14,7 @@
 #define HKV_X86 1
 #include <immintrin.h>
 #define HKV_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define HKV_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vbmi")))
 #endif
 
 #define HKV_INTERNAL __attribute__((visibility("hidden")))
@@ -46,6 +47,20 @@ static inline uint16_t group_mean_bucket_at(const float *w, size_t heads, size_t
   gap = gap < 0 ? 0 : gap > 4095 ? 4095 : gap;
   bucket[j] = (uint16_t)gap;
   return (uint16_t)gap;
+}
+
+// hkv_pq8_lut's second half: with every head's float entries ([h][i][256], sub-space lows and
+// steps known) in `entries`, one head's bytes. The portable and AVX-512 builders share it for
+// heads and shapes the AVX-512 one does not vectorize.
+static inline void pq8_quantize_head(const float *entries, size_t g, size_t c, const float *low,
+                                     float inv, uint8_t *lh) {
+  for (size_t i = 0; i < g; i++) {
+    for (size_t m = 0; m < 256; m++) {
+      float v = m < c ? (entries[i * 256 + m] - low[i]) * inv : 0;
+      v = m < c ? v + 0.5f : 0;
+      lh[i * 256 + m] = (uint8_t)(v < 255.0f ? v : 255.0f);
+    }
+  }
 }
 
 // Tokens from...n-1 of hkv_keep_compress, one at a time, continuing a set of `kept` so far
@@ -87,6 +102,8 @@ HKV_INTERNAL void nearest_centroids_portable(const float *points, size_t n, size
 HKV_INTERNAL void sq_scores_generic(const float *qs, const float *bias, size_t heads, const uint8_t *codes, size_t n, size_t d, size_t bits, float scale, float *scores, size_t stride);
 HKV_INTERNAL double scan_sum_portable(const float *x, size_t n);
 HKV_INTERNAL void pq_scores_x4_portable(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n, float *scores);
+HKV_INTERNAL void pq8_lut_portable(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q, size_t heads, float *scratch, uint8_t *lut, float *lut_scale, float *lut_bias);
+HKV_INTERNAL void pq8_scores_portable(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 HKV_INTERNAL void pq_scores_x4_u8_portable(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n, float *scores);
 HKV_INTERNAL void pq4_scores_portable(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 
@@ -130,6 +147,8 @@ HKV_AVX2 HKV_INTERNAL void sq4_scores_i16_avx2(const int16_t *q16, const float *
 HKV_AVX2 HKV_INTERNAL double scan_sum_avx2(const float *x, size_t n);
 HKV_AVX2 HKV_INTERNAL void pq_scores_x4_avx2(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n, float *scores);
 HKV_AVX2 HKV_INTERNAL void pq_scores_x4_u8_avx2(const float *lut, size_t g, size_t c, const uint8_t *codes, size_t n, float *scores);
+HKV_AVX512 HKV_INTERNAL void pq8_lut_avx512(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q, size_t heads, float *scratch, uint8_t *lut, float *lut_scale, float *lut_bias);
+HKV_AVX512 HKV_INTERNAL void pq8_scores_avx512(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 HKV_AVX2 HKV_INTERNAL void pq4_scores_avx2(const uint8_t *lut, const float *lut_scale, const float *lut_bias, size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores, size_t stride);
 
 #endif

@@ -186,6 +186,59 @@ void hkv_pq4_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, ui
                                                                << (i % 2 ? 4 : 0));
 }
 
+// One token at a time over its block's sub-space rows (hkv_pq8_code_offset).
+HKV_INTERNAL void pq8_scores_portable(const uint8_t *lut, const float *lut_scale,
+                                      const float *lut_bias, size_t heads, size_t g,
+                                      const uint8_t *blocks, size_t n, float *scores,
+                                      size_t stride) {
+  for (size_t j = 0; j < n; j++) {
+    const uint8_t *block = blocks + j / HKV_PQ8_BLOCK * hkv_pq8_block_bytes(g);
+    size_t k = j % HKV_PQ8_BLOCK, at = k < 32 ? 2 * k : 2 * (k - 32) + 1;
+    for (size_t h = 0; h < heads; h++) {
+      const uint8_t *lh = lut + h * g * 256;
+      uint32_t sum = 0;
+      for (size_t i = 0; i < g; i++) sum += lh[i * 256 + block[i * 64 + at]];
+      scores[h * stride + j] = fmaf(lut_scale[h], (float)sum, lut_bias[h]);
+    }
+  }
+}
+
+HKV_INTERNAL void pq8_lut_portable(const uint16_t *centroids, size_t g, size_t c, size_t s,
+                                   const float *q, size_t heads, float *scratch, uint8_t *lut,
+                                   float *lut_scale, float *lut_bias) {
+  if (g > 256 || c > 256 || s == 0) return;
+  size_t d = g * s;
+  float low[256];
+  for (size_t h = 0; h < heads; h++) {
+    float step = 0, bias = 0;
+    for (size_t i = 0; i < g; i++) {
+      const float *qi = q + h * d + i * s;
+      float lo = INFINITY, hi = -INFINITY;
+      for (size_t m = 0; m < c; m++) {
+        const uint16_t *cm = centroids + (i * c + m) * s;
+        float acc = qi[0] * half_to_float(cm[0]);
+        for (size_t t = 1; t < s; t++) acc = fmaf(qi[t], half_to_float(cm[t]), acc);
+        scratch[i * 256 + m] = acc;
+        lo = acc < lo ? acc : lo;
+        hi = acc > hi ? acc : hi;
+      }
+      low[i] = lo;
+      step = hi - lo > step ? hi - lo : step;
+      bias += lo;
+    }
+    step /= 255.0f;
+    pq8_quantize_head(scratch, g, c, low, step > 0 ? 1.0f / step : 0, lut + h * g * 256);
+    lut_scale[h] = step;
+    lut_bias[h] = bias;
+  }
+}
+
+void hkv_pq8_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, uint8_t *blocks) {
+  for (size_t t = 0; t < rows; t++)
+    for (size_t i = 0; i < g; i++)
+      blocks[hkv_pq8_code_offset(g, first + t, i)] = (uint8_t)codes[t * g + i];
+}
+
 HKV_INTERNAL void sq4_scores_portable(const float *qs, const float *bias, size_t heads,
                                 const uint8_t *codes, size_t n, size_t d, float scale,
                                 float *scores, size_t stride) {

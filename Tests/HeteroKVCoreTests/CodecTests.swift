@@ -1,3 +1,4 @@
+import CHeteroKVKernels
 import Testing
 
 @testable import HeteroKVCore
@@ -105,6 +106,26 @@ import Testing
     return try ProductCodebook.train(keys: keys, configuration: config, version: version)
   }
 
+  /// How far `store`'s scores for one head may fall from the decoded keys' dot products: float
+  /// rounding for a float table; for a byte table (4-bit and blocked one-byte codes) half its
+  /// step per sub-space, the step being the widest sub-space's range of centroid scores over 255.
+  func scoreTolerance(_ store: ProductQuantizedKeyStore, query qh: [Float], scale: Float) -> Float {
+    guard store.scoresFromByteTable else { return 0 }
+    let book = store.codebook
+    let (g, c) = (book.version.subvectors, book.version.centroids)
+    let s = d / g
+    var widest: Float = 0
+    for i in 0..<g {
+      let entries = (0..<c).map { m in
+        (0..<s).reduce(Float(0)) { acc, t in
+          acc + scale * qh[i * s + t] * Float(book.centroids[(i * c + m) * s + t])
+        }
+      }
+      widest = max(widest, entries.max()! - entries.min()!)
+    }
+    return widest / 255 / 2 * Float(g)
+  }
+
   @Test func productQuantizationErrorFallsAsCentroidsGrow() throws {
     let keys = try outlierKeys(rows: 2048, seed: 4)
     let q = randomFloats(4 * d, seed: 5)
@@ -139,9 +160,11 @@ import Testing
       let again = try ProductQuantizedKeyStore(codebook: book, codes: store.codes)
       #expect(again.codes == store.codes)
       let scores = try store.scores(queries: q, heads: 4, scale: 1)
+      let tolerance = scoreTolerance(store, query: Array(q[0..<d]), scale: 1)
       for j in stride(from: 0, to: 600, by: 7) {
         let expected = dot(Array(q[0..<d]), store.decodedKey(at: j))
-        #expect(abs(scores[j] - expected) < 1e-3 * max(1, abs(expected)), "c=\(c) j=\(j)")
+        #expect(
+          abs(scores[j] - expected) < tolerance + 1e-3 * max(1, abs(expected)), "c=\(c) j=\(j)")
       }
     }
   }
@@ -168,24 +191,53 @@ import Testing
         let q = randomFloats(heads * d, seed: 19)
         let scores = try bulk.scores(queries: q, heads: heads, scale: 0.25)
         #expect(try single.scores(queries: q, heads: heads, scale: 0.25) == scores)
+        #expect(bulk.scoresFromByteTable)
         for h in 0..<heads {
           let qh = Array(q[h * d..<(h + 1) * d])
-          // The byte table's step: the widest sub-space's range of centroid scores over 255.
-          var widest: Float = 0
-          let s = d / g
-          for i in 0..<g {
-            let entries = (0..<16).map { m in
-              (0..<s).reduce(Float(0)) { acc, t in
-                acc + 0.25 * qh[i * s + t] * Float(book.centroids[(i * 16 + m) * s + t])
-              }
-            }
-            widest = max(widest, entries.max()! - entries.min()!)
-          }
+          let tolerance = scoreTolerance(bulk, query: qh, scale: 0.25)
           for j in 0..<77 {
             let expected = 0.25 * dot(qh, bulk.decodedKey(at: j))
             #expect(
-              abs(scores[h * 77 + j] - expected) <= widest / 255 / 2 * Float(g) + 1e-3,
-              "g=\(g) h=\(h) j=\(j)")
+              abs(scores[h * 77 + j] - expected) <= tolerance + 1e-3, "g=\(g) h=\(h) j=\(j)")
+          }
+        }
+      }
+    }
+  }
+
+  @Test(
+    "one-byte codes append one at a time as in bulk across 64-token blocks, count only the bytes their tokens fill, and score within their table's step"
+  )
+  func oneByteProductCodesInBlocks() throws {
+    let keys = try outlierKeys(rows: 141, seed: 28)
+    for g in [16, 32] {
+      let book = try codebook(keys: keys, g: g, c: 256)
+      var bulk = ProductQuantizedKeyStore(codebook: book)
+      try bulk.append(keys)
+      var single = ProductQuantizedKeyStore(codebook: book)
+      for j in 0..<keys.rows { try single.append(keys.gather([j])) }
+      #expect(single.codes == bulk.codes)
+      // Byte tables exactly where the kernels look them up in registers.
+      #expect(bulk.scoresFromByteTable == (hkv_pq8_lookups_in_registers() != 0))
+      #expect(bulk.residentBytes - book.byteCount == 141 * g, "g=\(g)")
+      let again = try ProductQuantizedKeyStore(codebook: book, codes: bulk.codes)
+      #expect(again.codes == bulk.codes)
+      for j in [0, 63, 64, 100, 140] {
+        #expect(again.decodedKey(at: j) == bulk.decodedKey(at: j))
+        let code = bulk.codes[j * g..<(j + 1) * g].map { $0 }
+        #expect(bulk.decodedKey(at: j) == book.decode(code[...]), "g=\(g) j=\(j)")
+      }
+      for heads in [1, 3, 5] {
+        let q = randomFloats(heads * d, seed: 29)
+        let scores = try bulk.scores(queries: q, heads: heads, scale: 0.25)
+        #expect(try single.scores(queries: q, heads: heads, scale: 0.25) == scores)
+        for h in 0..<heads {
+          let qh = Array(q[h * d..<(h + 1) * d])
+          let tolerance = scoreTolerance(bulk, query: qh, scale: 0.25)
+          for j in 0..<141 {
+            let expected = 0.25 * dot(qh, bulk.decodedKey(at: j))
+            #expect(
+              abs(scores[h * 141 + j] - expected) <= tolerance + 1e-3, "g=\(g) h=\(h) j=\(j)")
           }
         }
       }
@@ -201,9 +253,11 @@ import Testing
       let q = randomFloats(heads * d, seed: 7)
       let scores = try store.scores(queries: q, heads: heads, scale: 0.25)
       for h in 0..<heads {
+        let qh = Array(q[h * d..<(h + 1) * d])
+        let tolerance = scoreTolerance(store, query: qh, scale: 0.25)
         for j in stride(from: 0, to: 500, by: 11) {
-          let expected = 0.25 * dot(Array(q[h * d..<(h + 1) * d]), store.decodedKey(at: j))
-          #expect(abs(scores[h * 500 + j] - expected) < 1e-3 * max(1, abs(expected)))
+          let expected = 0.25 * dot(qh, store.decodedKey(at: j))
+          #expect(abs(scores[h * 500 + j] - expected) < tolerance + 1e-3 * max(1, abs(expected)))
         }
       }
     }

@@ -373,6 +373,92 @@ import Testing
     }
   }
 
+  /// One-byte codes over `g` sub-spaces of `s` dims and `c` centroids, in blocks, with their byte
+  /// table for `heads` query heads built by `table`.
+  func byteTableCase(
+    g: Int, s: Int, c: Int, n: Int, heads: Int, table: hkv_kernel_table
+  ) -> (
+    centroids: [UInt16], q: [Float], codes: [Int], blocks: [UInt8], lut: [UInt8],
+    step: [Float], bias: [Float]
+  ) {
+    let centroids = halves(g * c * s, seed: 41)
+    let q = randomFloats(heads * g * s, seed: 42)
+    var lut = [UInt8](repeating: 7, count: heads * g * 256)
+    var step = [Float](repeating: 0, count: heads)
+    var bias = [Float](repeating: 0, count: heads)
+    var scratch = [Float](repeating: 0, count: 4 * g * 256)
+    table.pq8_lut(centroids, g, c, s, q, heads, &scratch, &lut, &step, &bias)
+    var rng = SeededGenerator(seed: 43)
+    let codes = (0..<(n * g)).map { _ in Int(rng.next() % UInt64(c)) }
+    var blocks = [UInt8](repeating: 0, count: (n + 63) / 64 * hkv_pq8_block_bytes(g))
+    hkv_pq8_pack(codes.map(UInt16.init), n, g, 0, &blocks)
+    return (centroids, q, codes, blocks, lut, step, bias)
+  }
+
+  @Test(
+    "one-byte codes from a byte table: the layout, the table and the scores by hand, within half a step per sub-space of the float scores",
+    arguments: [(32, 2, 256, 203, 3), (16, 4, 256, 64, 4), (8, 8, 200, 70, 5), (1, 64, 256, 65, 1)])
+  func byteTableProductQuantization(g: Int, s: Int, c: Int, n: Int, heads: Int) throws {
+    let k = byteTableCase(g: g, s: s, c: c, n: n, heads: heads, table: portable)
+    // Token 33's code of sub-space 1: block 0, row 1, byte 2 * 1 + 1 (the second of the
+    // block's second 32 tokens); token 64's of sub-space 0 opens block 1.
+    if n > 64, g > 1 {
+      #expect(Int(k.blocks[64 + 3]) == k.codes[33 * g + 1])
+      #expect(Int(k.blocks[hkv_pq8_block_bytes(g)]) == k.codes[64 * g])
+    }
+    let stride = n + 3
+    var out = [Float](repeating: -1, count: heads * stride)
+    portable.pq8_scores(k.lut, k.step, k.bias, heads, g, k.blocks, n, &out, stride)
+    for h in 0..<heads {
+      #expect(out[h * stride + n..<h * stride + stride].allSatisfy { $0 == -1 })
+      // Entries past c are 0, and each sub-space's lowest entry is 0.
+      for i in 0..<g {
+        let row = k.lut[(h * g + i) * 256..<(h * g + i + 1) * 256]
+        #expect(row.dropFirst(c).allSatisfy { $0 == 0 })
+        #expect(row.prefix(c).min() == 0)
+      }
+      for j in 0..<n {
+        let sum = (0..<g).reduce(0) { $0 + Int(k.lut[(h * g + $1) * 256 + k.codes[j * g + $1]]) }
+        #expect(out[h * stride + j] == fmaf(k.step[h], Float(sum), k.bias[h]))
+        var exact: Float = 0
+        for i in 0..<g {
+          for t in 0..<s {
+            exact +=
+              k.q[h * g * s + i * s + t]
+              * Float(Float16(bitPattern: k.centroids[(i * c + k.codes[j * g + i]) * s + t]))
+          }
+        }
+        #expect(
+          abs(out[h * stride + j] - exact) <= k.step[h] / 2 * Float(g) * 1.001 + 1e-4,
+          "h \(h) j \(j)")
+      }
+    }
+  }
+
+  @Test(
+    "the AVX-512 table builds the same byte tables and scores one-byte codes bit for bit as the portable one",
+    .enabled(if: hkv_kernels_avx512() != nil, "needs AVX-512 F, BW and VBMI"),
+    arguments: [
+      (32, 2, 256, 203, 3), (16, 4, 256, 64, 4), (32, 4, 256, 1000, 8), (8, 8, 256, 70, 5),
+      (16, 2, 200, 130, 2), (1, 64, 256, 65, 1),
+    ])
+  func byteTableScoresOnAVX512(g: Int, s: Int, c: Int, n: Int, heads: Int) throws {
+    let avx512 = try #require(hkv_kernels_avx512()).pointee
+    func address<F>(_ f: F) -> UnsafeRawPointer { unsafeBitCast(f, to: UnsafeRawPointer.self) }
+    #expect(address(avx512.pq8_scores) != address(portable.pq8_scores))
+    #expect(address(avx512.pq8_lut) != address(portable.pq8_lut))
+    let p = byteTableCase(g: g, s: s, c: c, n: n, heads: heads, table: portable)
+    let v = byteTableCase(g: g, s: s, c: c, n: n, heads: heads, table: avx512)
+    #expect(p.lut == v.lut && p.step == v.step && p.bias == v.bias)
+    let stride = n + 3
+    var fromPortable = [Float](repeating: -1, count: heads * stride)
+    var fromAVX512 = fromPortable
+    portable.pq8_scores(p.lut, p.step, p.bias, heads, g, p.blocks, n, &fromPortable, stride)
+    avx512.pq8_scores(p.lut, p.step, p.bias, heads, g, p.blocks, n, &fromAVX512, stride)
+    #expect(fromPortable == fromAVX512)
+    #expect(fromAVX512.contains { $0 != -1 })
+  }
+
   @Test(arguments: [2, 4, 8])
   func scalarQuantizedScores(bits: Int) throws {
     let (d, heads, groupSize, groups) = (128, 4, 32, 3)
@@ -446,6 +532,7 @@ import Testing
   @Test func theActiveTableIsTheBestTheCPUHas() {
     let active = hkv_kernels_vectorized() != 0
     #expect(active == (hkv_kernels_avx2() != nil))
+    #expect((hkv_pq8_lookups_in_registers() != 0) == (hkv_kernels_avx512() != nil))
     #expect(Kernels.isVectorized == active)
   }
 }

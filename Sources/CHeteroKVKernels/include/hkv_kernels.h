@@ -8,7 +8,9 @@
 extern "C" {
 #endif
 
-/// 1 when the AVX2 + FMA + F16C kernels are in use, 0 for the portable fallback.
+/// 1 when the AVX2 + FMA + F16C kernels (or the AVX-512 set built on them) are in use, 0 for
+/// the portable fallback. The set in use is the best the CPU has, capped by the environment
+/// variable HKV_KERNELS (`portable`, `avx2` or `avx512`), read once per process.
 int hkv_kernels_vectorized(void);
 
 /// One complete set of kernel implementations. The hkv_* functions below call the set in use;
@@ -17,7 +19,7 @@ int hkv_kernels_vectorized(void);
 /// function of the same name.
 #pragma clang assume_nonnull begin
 typedef struct hkv_kernel_table {
-  /// 1 for the AVX2 + FMA + F16C set, 0 for the portable one.
+  /// 1 for the AVX2 + FMA + F16C set (and the AVX-512 one built on it), 0 for the portable one.
   int vectorized;
   void (*f16_to_f32)(const uint16_t *src, float *dst, size_t n);
   void (*f32_to_f16)(const float *src, uint16_t *dst, size_t n);
@@ -41,6 +43,11 @@ typedef struct hkv_kernel_table {
   void (*pq4_scores)(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
                      size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
                      size_t stride);
+  void (*pq8_scores)(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                     size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                     size_t stride);
+  void (*pq8_lut)(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                  size_t heads, float *scratch, uint8_t *lut, float *lut_scale, float *lut_bias);
   void (*sq4_scores)(const float *qs, const float *bias, size_t heads, const uint8_t *codes,
                      size_t n, size_t d, float scale, float *scores, size_t stride);
   void (*sq_group_scores)(const float *q, size_t heads, const uint8_t *codes,
@@ -71,6 +78,11 @@ const hkv_kernel_table *_Nonnull hkv_kernels_portable(void);
 
 /// The AVX2 + FMA + F16C kernels, or NULL where the CPU (or the build) lacks them.
 const hkv_kernel_table *_Nullable hkv_kernels_avx2(void);
+
+/// The AVX2 set with the kernels AVX-512 (F, BW, VBMI) makes faster (one-byte codes scored from
+/// byte tables in registers), or NULL where the CPU (or the build) lacks them. In use where it
+/// exists.
+const hkv_kernel_table *_Nullable hkv_kernels_avx512(void);
 
 /// Converts IEEE half-precision bit patterns to single precision.
 void hkv_f16_to_f32(const uint16_t *src, float *dst, size_t n);
@@ -163,6 +175,51 @@ void hkv_pq4_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, ui
 void hkv_pq4_scores(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
                     size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
                     size_t stride);
+
+/// Tokens per block of one-byte product-quantization codes scored from byte tables
+/// (hkv_pq8_scores' layout).
+enum { HKV_PQ8_BLOCK = 64 };
+
+/// Bytes of one block of 64 tokens' one-byte codes over g sub-spaces.
+static inline size_t hkv_pq8_block_bytes(size_t g) { return g * 64; }
+
+/// Where token t's one-byte code for sub-space i lives in blocks of 64 tokens: sub-space i of a
+/// block holds 64 bytes, token k < 32 at byte 2k and token 32 + k at byte 2k + 1, so that the
+/// 16-bit lanes of the kernel's sums hold tokens in order.
+static inline size_t hkv_pq8_code_offset(size_t g, size_t t, size_t i) {
+  size_t k = t % 64;
+  return t / 64 * hkv_pq8_block_bytes(g) + i * 64 + (k < 32 ? 2 * k : 2 * (k - 32) + 1);
+}
+
+/// Writes `rows` tokens of one-byte codes ([rows][g], each below 256) into blocks as tokens
+/// first, first + 1, ... (hkv_pq8_code_offset); blocks must hold every block they reach.
+void hkv_pq8_pack(const uint16_t *codes, size_t rows, size_t g, size_t first, uint8_t *blocks);
+
+/// The quantized lookup table of one-byte product quantization (c <= 256 centroids), for
+/// hkv_pq8_scores: per head h and sub-space i the centroid scores q[h]_i · C[i][m] as bytes
+/// lut[(h * g + i) * 256 + m], with one step per head: score ≈ lut_bias[h] + lut_scale[h] *
+/// Σ_i lut[h][i][code_i]. The step is the widest sub-space's range over 255 and each entry errs
+/// by at most half a step (hkv_pq4_lut's rule). Entries past c are 0. centroids are fp16
+/// [g][c][s], q is [heads][g*s] fp32; `scratch` holds 4 * g * 256 floats (the float entries of
+/// four heads at a time). Each entry is q_0 c_0 then fused multiply-adds over the sub-space's
+/// coordinates in order, so every kernel writes the same bytes. g <= 256 and c <= 256 (else
+/// nothing is written).
+void hkv_pq8_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
+                 size_t heads, float *scratch, uint8_t *lut, float *lut_scale, float *lut_bias);
+
+/// Scores from one-byte product-quantization codes in blocks of 64 tokens (layout:
+/// hkv_pq8_code_offset) and the byte table of hkv_pq8_lut. With AVX-512 VBMI a sub-space's
+/// 256-entry table sits in four registers and two two-register byte permutes look up 64 tokens,
+/// instead of one table load per code from a table larger than L1. Integer sums are exact
+/// (g <= 256), so every kernel agrees bit for bit. scores[h * stride + j] for h < heads, j < n.
+void hkv_pq8_scores(const uint8_t *lut, const float *lut_scale, const float *lut_bias,
+                    size_t heads, size_t g, const uint8_t *blocks, size_t n, float *scores,
+                    size_t stride);
+
+/// 1 when the kernels in use look one-byte codes up in registers (hkv_pq8_scores on AVX-512
+/// VBMI): then blocked codes and byte tables score several times faster than a float table;
+/// elsewhere the float table is faster, so a key store picks its layout by this.
+int hkv_pq8_lookups_in_registers(void);
 
 /// Scalar 4-bit key scores for one group of tokens quantized per channel.
 /// qs is [heads][d] (query already multiplied by the group's per-channel scale),

@@ -238,7 +238,9 @@ public struct ProductCodebook: Sendable {
 /// T[i][m] = q_i · C[i][m]: z_j = Σ_i T[i][code_j,i]. Codes of 16-centroid codebooks take
 /// four bits each, in blocks of 32 tokens scored by byte shuffles against a table quantized to
 /// bytes (fast scan: memory speed); larger codebooks take a byte (at most 256 centroids) or two
-/// per code, scored from a float table.
+/// per code. One-byte codes are kept in blocks of 64 tokens and scored from a byte table held in
+/// registers where the CPU can look 256 entries up that way (AVX-512 VBMI), else from a float
+/// table.
 public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   /// The codebook the codes index.
   public let codebook: ProductCodebook
@@ -253,12 +255,15 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     case packed([UInt8])
     /// A byte a code, `[count][g]`.
     case narrow([UInt8])
+    /// A byte a code in blocks of 64 tokens (`hkv_pq8_code_offset`), whole blocks, zero past
+    /// the last token.
+    case blocked([UInt8])
     /// 16 bits a code, `[count][g]`.
     case wide([UInt16])
 
     var byteCount: Int {
       switch self {
-      case .packed(let c), .narrow(let c): c.count
+      case .packed(let c), .narrow(let c), .blocked(let c): c.count
       case .wide(let c): c.count * 2
       }
     }
@@ -270,6 +275,13 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     version.centroids <= 16 && version.subvectors <= 256
   }
 
+  /// Whether one-byte codes are kept in blocks for byte tables: where the kernels look those
+  /// up in registers (on other CPUs a float table scores token-major codes faster), and for few
+  /// enough sub-spaces that the 16-bit sums stay exact.
+  static func blocks(_ version: CodebookVersion) -> Bool {
+    version.subvectors <= 256 && hkv_pq8_lookups_in_registers() != 0
+  }
+
   /// Codes, `[count][g]`.
   public var codes: [UInt16] {
     let g = codebook.version.subvectors
@@ -277,6 +289,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     case .packed(let c):
       (0..<count * g).map { UInt16(Self.nibble(c, g: g, token: $0 / g, subspace: $0 % g)) }
     case .narrow(let c): c.map(UInt16.init)
+    case .blocked(let c):
+      (0..<count * g).map { UInt16(c[hkv_pq8_code_offset(g, $0 / g, $0 % g)]) }
     case .wide(let c): c
     }
   }
@@ -291,7 +305,9 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     self.codebook = codebook
     storage =
       Self.packs(codebook.version)
-      ? .packed([]) : codebook.version.centroids <= 256 ? .narrow([]) : .wide([])
+      ? .packed([])
+      : codebook.version.centroids > 256
+        ? .wide([]) : Self.blocks(codebook.version) ? .blocked([]) : .narrow([])
   }
 
   /// A store over existing codes (`[count][g]`), each below the codebook's centroid count.
@@ -326,6 +342,15 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       storage = .narrow([])
       c.append(contentsOf: new.map { UInt8(truncatingIfNeeded: $0) })
       storage = .narrow(c)
+    case .blocked(var c):
+      storage = .blocked([])
+      let blockBytes = hkv_pq8_block_bytes(g)
+      let blocks = (count + rows + HKV_PQ8_BLOCK - 1) / HKV_PQ8_BLOCK
+      if c.count < blocks * blockBytes {
+        c.append(contentsOf: repeatElement(0, count: blocks * blockBytes - c.count))
+      }
+      hkv_pq8_pack(new, rows, g, count, &c)
+      storage = .blocked(c)
     case .wide(var c):
       storage = .wide([])
       c.append(contentsOf: new)
@@ -337,8 +362,21 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   public var headDim: Int { codebook.version.headDim }
   /// Codes, plus the codebook when it was trained on this sequence's own prefill (then it is
   /// this sequence's cost; a calibration-set codebook is shared by every sequence).
+  /// One-byte blocked codes count the bytes their tokens fill: the rest of the last block is
+  /// room for the next tokens, like an array's spare capacity (at most 63 tokens' codes).
   public var residentBytes: Int {
-    storage.byteCount + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
+    let codes =
+      if case .blocked = storage { count * codebook.version.subvectors } else { storage.byteCount }
+    return codes + (codebook.version.calibration == .ownPrefill ? codebook.byteCount : 0)
+  }
+
+  /// Whether scores come from a table quantized to bytes (4-bit and blocked one-byte codes), so
+  /// each errs from the float table's by at most half the head's step per sub-space.
+  var scoresFromByteTable: Bool {
+    switch storage {
+    case .packed, .blocked: true
+    case .narrow, .wide: false
+    }
   }
 
   public mutating func append(_ keys: HalfMatrix) throws {
@@ -351,6 +389,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     case .packed(let c):
       codebook.decode((0..<g).map { UInt16(Self.nibble(c, g: g, token: index, subspace: $0)) }[...])
     case .narrow(let c): codebook.decode(c[index * g..<(index + 1) * g].map(UInt16.init)[...])
+    case .blocked(let c):
+      codebook.decode((0..<g).map { UInt16(c[hkv_pq8_code_offset(g, index, $0)]) }[...])
     case .wide(let c): codebook.decode(c[index * g..<(index + 1) * g])
     }
   }
@@ -379,6 +419,27 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
         written = heads * n
       }
     }
+    if case .blocked(let codes) = storage {
+      let scaled = queries.map { $0 * scale }
+      let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
+      var lut = [UInt8](repeating: 0, count: heads * g * 256)
+      var step = [Float](repeating: 0, count: heads)
+      var bias = [Float](repeating: 0, count: heads)
+      let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: 4 * g * 256)
+      defer { scratch.deallocate() }
+      codebook.centroids.withUnsafeBufferPointer { cb in
+        cb.withMemoryRebound(to: UInt16.self) { cb16 in
+          hkv_pq8_lut(
+            cb16.baseAddress!, g, c, codebook.subDim, q, heads, scratch.baseAddress!, &lut, &step,
+            &bias)
+        }
+      }
+      guard heads * n > 0 else { return [] }
+      return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
+        hkv_pq8_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
+        written = heads * n
+      }
+    }
     guard heads * n > 0 else { return [] }
     // Four query heads per table: one 16-byte load per code serves all four. Each table's
     // kernel writes four rows of scores in place (nothing is zeroed or copied: at 8K tokens
@@ -401,7 +462,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
         switch storage {
         case .narrow(let codes): hkv_pq_scores_x4_u8(lut.baseAddress!, g, c, codes, n, rows)
         case .wide(let codes): hkv_pq_scores_x4(lut.baseAddress!, g, c, codes, n, rows)
-        case .packed: preconditionFailure("packed codes are scored by the fast scan above")
+        case .packed, .blocked:
+          preconditionFailure("packed and blocked codes are scored from byte tables above")
         }
       }
       written = heads * n

@@ -49,20 +49,6 @@ static inline uint16_t group_mean_bucket_at(const float *w, size_t heads, size_t
   return (uint16_t)gap;
 }
 
-// hkv_pq8_lut's second half: with every head's float entries ([h][i][256], sub-space lows and
-// steps known) in `entries`, one head's bytes. The portable and AVX-512 builders share it for
-// heads and shapes the AVX-512 one does not vectorize.
-static inline void pq8_quantize_head(const float *entries, size_t g, size_t c, const float *low,
-                                     float inv, uint8_t *lh) {
-  for (size_t i = 0; i < g; i++) {
-    for (size_t m = 0; m < 256; m++) {
-      float v = m < c ? (entries[i * 256 + m] - low[i]) * inv : 0;
-      v = m < c ? v + 0.5f : 0;
-      lh[i * 256 + m] = (uint8_t)(v < 255.0f ? v : 255.0f);
-    }
-  }
-}
-
 // Tokens from...n-1 of hkv_keep_compress, one at a time, continuing a set of `kept` so far
 // (kept_mass accumulates); returns the new count. Without branches (which side of the
 // boundary a token falls is as good as random): every slot is written and counts only when

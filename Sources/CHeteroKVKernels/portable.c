@@ -141,41 +141,58 @@ HKV_INTERNAL void pq4_scores_portable(const uint8_t *lut, const float *lut_scale
   }
 }
 
+// A byte table from float entries ([g][stride], the first c of each row used): each sub-space's
+// lowest entry, the widest range over 255 as the step, and each entry as its distance above its
+// sub-space's lowest, in steps, rounded; entries past c are 0. Separate statements keep the
+// arithmetic unfused on every target, so the AVX-512 builder can write the same bytes.
+static void byte_table_from_entries(const float *entries, size_t g, size_t c, size_t stride,
+                                    uint8_t *lut, float *lut_scale, float *lut_bias) {
+  float low[256], step = 0, bias = 0;
+  for (size_t i = 0; i < g; i++) {
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t m = 0; m < c; m++) {
+      float e = entries[i * stride + m];
+      lo = e < lo ? e : lo;
+      hi = e > hi ? e : hi;
+    }
+    low[i] = lo;
+    step = hi - lo > step ? hi - lo : step;
+    bias += lo;
+  }
+  step /= 255.0f;
+  float inv = step > 0 ? 1.0f / step : 0;
+  for (size_t i = 0; i < g; i++) {
+    for (size_t m = 0; m < stride; m++) {
+      uint8_t byte = 0;
+      if (m < c) {
+        float v = (entries[i * stride + m] - low[i]) * inv;
+        v = v + 0.5f;
+        byte = (uint8_t)(v < 255.0f ? v : 255.0f);
+      }
+      lut[i * stride + m] = byte;
+    }
+  }
+  *lut_scale = step;
+  *lut_bias = bias;
+}
+
 void hkv_pq4_lut(const uint16_t *centroids, size_t g, size_t c, size_t s, const float *q,
                  size_t heads, uint8_t *lut, float *lut_scale, float *lut_bias) {
   size_t sub = hkv_pq4_subspaces(g), d = g * s;
-  float entry[256 * 16], low[256];
+  float entry[256 * 16];
   if (g > 256 || c > 16) return;
   for (size_t h = 0; h < heads; h++) {
-    // The float table once, each sub-space's lowest entry, and the widest range: the step.
-    float step = 0, bias = 0;
     for (size_t i = 0; i < g; i++) {
-      float lo = INFINITY, hi = -INFINITY;
       for (size_t m = 0; m < c; m++) {
         const uint16_t *cm = centroids + (i * c + m) * s;
         float acc = 0;
         for (size_t t = 0; t < s; t++) acc += q[h * d + i * s + t] * half_to_float(cm[t]);
         entry[i * 16 + m] = acc;
-        lo = acc < lo ? acc : lo;
-        hi = acc > hi ? acc : hi;
       }
-      low[i] = lo;
-      step = hi - lo > step ? hi - lo : step;
-      bias += lo;
     }
-    step /= 255.0f;
-    float inv = step > 0 ? 1.0f / step : 0;
-    // Each entry as its distance above its sub-space's lowest, in steps, rounded.
     uint8_t *lh = lut + h * sub * 16;
-    for (size_t i = 0; i < g; i++) {
-      for (size_t m = 0; m < 16; m++) {
-        float v = m < c ? (entry[i * 16 + m] - low[i]) * inv + 0.5f : 0;
-        lh[i * 16 + m] = (uint8_t)(v < 255.0f ? v : 255.0f);
-      }
-    }
+    byte_table_from_entries(entry, g, c, 16, lh, lut_scale + h, lut_bias + h);
     memset(lh + g * 16, 0, (sub - g) * 16);
-    lut_scale[h] = step;
-    lut_bias[h] = bias;
   }
 }
 
@@ -208,28 +225,17 @@ HKV_INTERNAL void pq8_lut_portable(const uint16_t *centroids, size_t g, size_t c
                                    float *lut_scale, float *lut_bias) {
   if (g > 256 || c > 256 || s == 0) return;
   size_t d = g * s;
-  float low[256];
   for (size_t h = 0; h < heads; h++) {
-    float step = 0, bias = 0;
     for (size_t i = 0; i < g; i++) {
       const float *qi = q + h * d + i * s;
-      float lo = INFINITY, hi = -INFINITY;
       for (size_t m = 0; m < c; m++) {
         const uint16_t *cm = centroids + (i * c + m) * s;
         float acc = qi[0] * half_to_float(cm[0]);
         for (size_t t = 1; t < s; t++) acc = fmaf(qi[t], half_to_float(cm[t]), acc);
         scratch[i * 256 + m] = acc;
-        lo = acc < lo ? acc : lo;
-        hi = acc > hi ? acc : hi;
       }
-      low[i] = lo;
-      step = hi - lo > step ? hi - lo : step;
-      bias += lo;
     }
-    step /= 255.0f;
-    pq8_quantize_head(scratch, g, c, low, step > 0 ? 1.0f / step : 0, lut + h * g * 256);
-    lut_scale[h] = step;
-    lut_bias[h] = bias;
+    byte_table_from_entries(scratch, g, c, 256, lut + h * g * 256, lut_scale + h, lut_bias + h);
   }
 }
 

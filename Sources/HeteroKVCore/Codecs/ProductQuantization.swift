@@ -278,7 +278,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
   /// Whether one-byte codes are kept in blocks for byte tables: where the kernels look those
   /// up in registers (on other CPUs a float table scores token-major codes faster), and for few
   /// enough sub-spaces that the 16-bit sums stay exact.
-  static func blocks(_ version: CodebookVersion) -> Bool {
+  static func blocksCodes(_ version: CodebookVersion) -> Bool {
     version.subvectors <= 256 && hkv_pq8_lookups_in_registers() != 0
   }
 
@@ -307,7 +307,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       Self.packs(codebook.version)
       ? .packed([])
       : codebook.version.centroids > 256
-        ? .wide([]) : Self.blocks(codebook.version) ? .blocked([]) : .narrow([])
+        ? .wide([]) : Self.blocksCodes(codebook.version) ? .blocked([]) : .narrow([])
   }
 
   /// A store over existing codes (`[count][g]`), each below the codebook's centroid count.
@@ -331,11 +331,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     switch storage {
     case .packed(var c):
       storage = .packed([])
-      let blockBytes = hkv_pq4_block_bytes(g)
-      let blocks = (count + rows + HKV_PQ4_BLOCK - 1) / HKV_PQ4_BLOCK
-      if c.count < blocks * blockBytes {
-        c.append(contentsOf: repeatElement(0, count: blocks * blockBytes - c.count))
-      }
+      Self.growToWholeBlocks(
+        &c, tokens: count + rows, blockTokens: HKV_PQ4_BLOCK, blockBytes: hkv_pq4_block_bytes(g))
       hkv_pq4_pack(new, rows, g, count, &c)
       storage = .packed(c)
     case .narrow(var c):
@@ -344,11 +341,8 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       storage = .narrow(c)
     case .blocked(var c):
       storage = .blocked([])
-      let blockBytes = hkv_pq8_block_bytes(g)
-      let blocks = (count + rows + HKV_PQ8_BLOCK - 1) / HKV_PQ8_BLOCK
-      if c.count < blocks * blockBytes {
-        c.append(contentsOf: repeatElement(0, count: blocks * blockBytes - c.count))
-      }
+      Self.growToWholeBlocks(
+        &c, tokens: count + rows, blockTokens: HKV_PQ8_BLOCK, blockBytes: hkv_pq8_block_bytes(g))
       hkv_pq8_pack(new, rows, g, count, &c)
       storage = .blocked(c)
     case .wide(var c):
@@ -357,6 +351,15 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
       storage = .wide(c)
     }
     count += rows
+  }
+
+  /// Zero bytes appended to `codes` until it holds the whole blocks that `tokens` reach (the
+  /// blocked layouts' packers write into them).
+  private static func growToWholeBlocks(
+    _ codes: inout [UInt8], tokens: Int, blockTokens: Int, blockBytes: Int
+  ) {
+    let need = (tokens + blockTokens - 1) / blockTokens * blockBytes
+    if codes.count < need { codes.append(contentsOf: repeatElement(0, count: need - codes.count)) }
   }
 
   public var headDim: Int { codebook.version.headDim }
@@ -395,50 +398,59 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
     }
   }
 
+  /// Scores of 4-bit (fast scan) or blocked one-byte codes: the query table quantized to bytes
+  /// once per call, then the kernel, which writes every score (no zeroing first: 2 MiB a head at
+  /// 128K x 4 heads).
+  private func byteTableScores(queries: [Float], heads: Int, scale: Float) -> [Float] {
+    let (g, c, n) = (codebook.version.subvectors, codebook.version.centroids, count)
+    let scaled = queries.map { $0 * scale }
+    let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
+    var step = [Float](repeating: 0, count: heads)
+    var bias = [Float](repeating: 0, count: heads)
+    return codebook.centroids.withUnsafeBufferPointer { cb in
+      cb.withMemoryRebound(to: UInt16.self) { cb16 -> [Float] in
+        let centroids = cb16.baseAddress!
+        switch storage {
+        case .packed(let codes):
+          var lut = [UInt8](repeating: 0, count: heads * hkv_pq4_subspaces(g) * 16)
+          hkv_pq4_lut(centroids, g, c, codebook.subDim, q, heads, &lut, &step, &bias)
+          return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
+            if heads * n > 0 {
+              hkv_pq4_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
+            }
+            written = heads * n
+          }
+        case .blocked(let codes):
+          // The builder writes every entry of the table.
+          let lut = [UInt8](unsafeUninitializedCapacity: heads * g * 256) { table, written in
+            let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: 4 * g * 256)
+            defer { scratch.deallocate() }
+            hkv_pq8_lut(
+              centroids, g, c, codebook.subDim, q, heads, scratch.baseAddress!, table.baseAddress!,
+              &step, &bias)
+            written = heads * g * 256
+          }
+          return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
+            if heads * n > 0 {
+              hkv_pq8_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
+            }
+            written = heads * n
+          }
+        case .narrow, .wide:
+          preconditionFailure("float-table codes are scored in scores(queries:heads:scale:)")
+        }
+      }
+    }
+  }
+
   public func scores(queries: [Float], heads: Int, scale: Float) throws -> [Float] {
     try validateQueries(queries, heads: heads)
     let g = codebook.version.subvectors
     let c = codebook.version.centroids
     let n = count
     let d = headDim
-    if case .packed(let codes) = storage {
-      let scaled = queries.map { $0 * scale }
-      let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
-      var lut = [UInt8](repeating: 0, count: heads * hkv_pq4_subspaces(g) * 16)
-      var step = [Float](repeating: 0, count: heads)
-      var bias = [Float](repeating: 0, count: heads)
-      codebook.centroids.withUnsafeBufferPointer { cb in
-        cb.withMemoryRebound(to: UInt16.self) { cb16 in
-          hkv_pq4_lut(cb16.baseAddress!, g, c, codebook.subDim, q, heads, &lut, &step, &bias)
-        }
-      }
-      // The kernel writes every score: no zeroing first (2 MiB a head at 128K x 4 heads).
-      guard heads * n > 0 else { return [] }
-      return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
-        hkv_pq4_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
-        written = heads * n
-      }
-    }
-    if case .blocked(let codes) = storage {
-      let scaled = queries.map { $0 * scale }
-      let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
-      var lut = [UInt8](repeating: 0, count: heads * g * 256)
-      var step = [Float](repeating: 0, count: heads)
-      var bias = [Float](repeating: 0, count: heads)
-      let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: 4 * g * 256)
-      defer { scratch.deallocate() }
-      codebook.centroids.withUnsafeBufferPointer { cb in
-        cb.withMemoryRebound(to: UInt16.self) { cb16 in
-          hkv_pq8_lut(
-            cb16.baseAddress!, g, c, codebook.subDim, q, heads, scratch.baseAddress!, &lut, &step,
-            &bias)
-        }
-      }
-      guard heads * n > 0 else { return [] }
-      return [Float](unsafeUninitializedCapacity: heads * n) { out, written in
-        hkv_pq8_scores(lut, step, bias, heads, g, codes, n, out.baseAddress!, n)
-        written = heads * n
-      }
+    if scoresFromByteTable {
+      return byteTableScores(queries: queries, heads: heads, scale: scale)
     }
     guard heads * n > 0 else { return [] }
     // Four query heads per table: one 16-byte load per code serves all four. Each table's

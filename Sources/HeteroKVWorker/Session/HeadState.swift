@@ -129,4 +129,7 @@ struct LayerState: Sendable {
   var decodeStep = 0
   /// Refreshed prefill parts of satellite caches, ready to apply at the next step.
   var readyRefresh: [Int: CompressedHeadCache] = [:]
+  /// Seconds of worker compute one near-data head has taken at recent steps (a running mean;
+  /// nil before the first): whether the next step scores its heads a core each.
+  var headWork: Double?
 }

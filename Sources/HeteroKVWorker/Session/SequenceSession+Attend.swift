@@ -54,10 +54,10 @@ extension SequenceSession {
       return true
     }
     let cached = computations.indices.filter { !remote.contains($0) }
-    // At long contexts a head's scoring and selection outweigh the nodes' work on its few kept
-    // rows, and one head at a time leaves a core idle: there the heads go a batch of one per
-    // core, each batch's requests leaving together.
-    let batch = Self.headBatch(tokens: state.tokens, queryHeads: group)
+    // Where a head's scoring and selection outweigh the nodes' work on its kept rows and the
+    // hand-offs a parallel batch costs, one head at a time leaves a core idle: there the heads
+    // go a batch of one per core, each batch's requests leaving together.
+    let batch = Self.headBatch(tokens: state.tokens, queryHeads: group, measured: state.headWork)
     // The step's account lives in the group's body and comes back with the answers. (Child
     // tasks return through `ask`: one returning from a typed-throws `do` block handed back a
     // wrong index in release builds.)
@@ -67,7 +67,10 @@ extension SequenceSession {
       do throws(HeteroKVError) {
         for first in stride(from: 0, to: remote.count, by: batch) {
           let heads = Array(remote[first..<min(first + batch, remote.count)])
+          let started = ContinuousClock.now
           let results = try compute(heads.map { computations[$0] }, layer: layer, step: &step)
+          step.headWork += seconds(since: started)
+          step.headRounds += (heads.count + Self.cores - 1) / Self.cores
           for (h, result) in zip(heads, results) {
             let mark = ContinuousClock.now
             let plan = try await absorb(
@@ -143,6 +146,10 @@ extension SequenceSession {
     }
     var timings = step.timings
     timings.merge = seconds(since: mark)
+    if step.headRounds > 0 {
+      let work = step.headWork / Double(step.headRounds)
+      layers[layer].headWork = layers[layer].headWork.map { 0.75 * $0 + 0.25 * work } ?? work
+    }
     layers[layer].decodeStep += 1
     if layer == 0 { decodeSteps += 1 }
     bytesMoved += moved
@@ -167,6 +174,9 @@ extension SequenceSession {
     var kept = 0
     var workerRead = 0
     var timings = StepTimings()
+    /// Seconds the near-data heads' compute took, and the rounds of one head per core it ran in.
+    var headWork = 0.0
+    var headRounds = 0
     /// What the tier holds of the layer, asked once and only when a head needs it.
     var shipping: LayerShipping?
     /// Heads whose pivot drift is checked once the layer's requests are sent, with their
@@ -189,23 +199,29 @@ extension SequenceSession {
     var deferredLocal: (@Sendable () -> AttentionPartial)? = nil
   }
 
-  /// Runs `computations` on the backend, timed into the step.
-  /// Scores a head's worker work as long when it is at least this many (token, query head)
-  /// pairs: 128K tokens x 4 query heads take about 1 ms to score and select from 4-bit codes,
-  /// and the nodes' answer for its kept rows less; 8K x 3 (SmolLM2) takes tens of microseconds,
-  /// where the nodes' attention is worth overlapping with the next head's scoring.
+  /// Scores a head's worker work as long, before any step has measured it, when it is at least
+  /// this many (token, query head) pairs: 128K tokens x 4 query heads take about 1 ms to score
+  /// and select from 4-bit codes, and the nodes' answer for its kept rows less.
   static let longHeadWork = 1 << 18
 
+  /// A head's worker compute worth a core of its own once measured: a parallel batch costs a
+  /// thread's wake-up and join (30-60 µs each way on a VM whose idle vCPU halts) and takes the
+  /// core the nodes' work on the previous head would use, so shorter heads go one at a time.
+  static let headWorthACore = 0.000_15
+
   /// How many heads a step computes at once: one (each head's requests leave while the next is
-  /// scored) below `longHeadWork`, one per core at or above it.
-  static func headBatch(tokens: Int, queryHeads: Int) -> Int {
-    tokens * queryHeads >= longHeadWork ? cores : 1
+  /// scored), or one per core where a head's compute at recent steps (`measured`, seconds) is
+  /// at least `headWorthACore`, or before any measurement its work is at least `longHeadWork`.
+  static func headBatch(tokens: Int, queryHeads: Int, measured: Double?) -> Int {
+    let long = measured.map { $0 >= headWorthACore } ?? (tokens * queryHeads >= longHeadWork)
+    return long ? cores : 1
   }
 
   /// The cores the backend spreads a batch of heads over (read once: the count reads cgroup
   /// files).
   static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
+  /// Runs `computations` on the backend, timed into the step.
   private func compute(_ computations: [HeadComputation], layer: Int, step: inout StepAccount)
     throws(HeteroKVError) -> [HeadComputationResult]
   {

@@ -67,9 +67,9 @@ extension SequenceSession {
       do throws(HeteroKVError) {
         for first in stride(from: 0, to: remote.count, by: batch) {
           let heads = Array(remote[first..<min(first + batch, remote.count)])
-          let started = ContinuousClock.now
+          let before = step.timings.compute
           let results = try compute(heads.map { computations[$0] }, layer: layer, step: &step)
-          step.headWork += seconds(since: started)
+          step.headWork += step.timings.compute - before
           step.headRounds += (heads.count + Self.cores - 1) / Self.cores
           for (h, result) in zip(heads, results) {
             let mark = ContinuousClock.now

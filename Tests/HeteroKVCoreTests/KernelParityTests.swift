@@ -127,6 +127,59 @@ import Testing
   }
 
   @Test(
+    "fp16 scores and weighted sums at every head count and width: the two-row score blocks, the line-wide sums and their tails"
+  )
+  func fp16KernelsByHeadCount() throws {
+    // Odd row counts leave a one-row tail after the two-row blocks; d = 40 is a multiple of 8
+    // but not of 32 (no line-wide sums); 5 to 8 heads take a second block of heads.
+    for d in [32, 40, 64, 128] {
+      for heads in 1...8 {
+        let n = 13 + heads % 2
+        let keys = halves(40 * d, seed: UInt64(d * 10 + heads))
+        let values = halves(40 * d, seed: UInt64(d * 10 + heads + 1))
+        let q = randomFloats(heads * d, seed: UInt64(heads))
+        let order = (0..<n).map { ($0 * 7 + heads) % 40 }
+        let dense = try both { t in
+          var out = [Float](repeating: 0, count: heads * n)
+          t.scores_f16(q, heads, keys, n, d, 0.25, &out)
+          return out
+        }
+        #expect(
+          relativeError(dense.portable, dense.vector) < 1e-5, "dense scores d \(d) heads \(heads)")
+        let probabilities = randomFloats(heads * n, seed: 9).map { abs($0) }
+        let (scores, sums) = try keys.withUnsafeBufferPointer { k in
+          try values.withUnsafeBufferPointer { v in
+            let keyRows = order.map { Optional(k.baseAddress! + $0 * d) }
+            let valueRows = order.map { Optional(v.baseAddress! + $0 * d) }
+            let scores = try both { t in
+              var out = [Float](repeating: 0, count: heads * n)
+              t.scores_f16_rows(q, heads, keyRows, n, d, 0.25, &out)
+              return out
+            }
+            let sums = try both { t in
+              var out = [Float](repeating: 1, count: heads * d)  // the kernels add to it
+              t.weighted_sum_rows_f16(valueRows, n, d, probabilities, heads, &out)
+              return out
+            }
+            return (scores, sums)
+          }
+        }
+        #expect(
+          relativeError(scores.portable, scores.vector) < 1e-5, "row scores d \(d) heads \(heads)")
+        #expect(relativeError(sums.portable, sums.vector) < 1e-5, "row sums d \(d) heads \(heads)")
+        // Each row's scores are its own key's: the dense kernel over the rows in order.
+        for h in 0..<heads {
+          for (j, row) in order.enumerated() where row < n {
+            let expected = dense.portable[h * n + row]
+            let got = scores.vector[h * n + j]
+            #expect(abs(got - expected) < 1e-4 * max(1, abs(expected)))
+          }
+        }
+      }
+    }
+  }
+
+  @Test(
     "selection kernels: chunked numerators, a group's summed probabilities and buckets, the kept set packed in place"
   )
   func selectionKernels() throws {

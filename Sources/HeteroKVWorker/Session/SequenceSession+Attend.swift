@@ -405,7 +405,7 @@ extension SequenceSession {
           remoteEnd,
           Self.firstPosition(in: indices, atLeast: (c + 1) * writer.chunkTokens, from: k + 1))
         byChunk[c, default: Array(repeating: (tokens: [], weights: []), count: group)][q].tokens
-          .append(contentsOf: indices[k..<end].lazy.map { UInt32(truncatingIfNeeded: $0) })
+          .append(contentsOf: Self.wireTokens(indices[k..<end]))
         byChunk[c]![q].weights.append(contentsOf: sel.weights[k..<end])
         k = end
       }
@@ -448,6 +448,17 @@ extension SequenceSession {
       return (requests, local)
     } catch {
       throw HeteroKVError(.internalError, "sequence \(ref) layer \(layer): \(error)", cause: error)
+    }
+  }
+
+  /// Kept token positions as the wire's token list, converted in one pass over contiguous
+  /// storage (the lazy map it replaces went element by element through a generic copy).
+  static func wireTokens(_ indices: ArraySlice<Int32>) -> [UInt32] {
+    [UInt32](unsafeUninitializedCapacity: indices.count) { out, written in
+      indices.withUnsafeBufferPointer { src in
+        for i in src.indices { out[i] = UInt32(truncatingIfNeeded: src[i]) }
+      }
+      written = indices.count
     }
   }
 

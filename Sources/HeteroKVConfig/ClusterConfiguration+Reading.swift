@@ -123,9 +123,12 @@ extension ClusterConfiguration {
     var ids: [String: Int] = [:]
     var addresses: [HostPort: String] = [:]
     if let coordinator {
-      for (what, address) in [("control", coordinator.control)]
-        + (coordinator.metrics.map { [("metrics", $0)] } ?? []) where address.port != 0
-      {
+      let controls =
+        coordinator.replicas.isEmpty
+        ? [("control", coordinator.control)]
+        : coordinator.replicas.map { ("replicas.\($0.id).control", $0.control) }
+      for (what, address) in controls + (coordinator.metrics.map { [("metrics", $0)] } ?? [])
+      where address.port != 0 {
         addresses[address] = "coordinator.\(what)"
       }
     }

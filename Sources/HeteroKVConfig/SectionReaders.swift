@@ -40,7 +40,9 @@ extension ClusterConfiguration {
     ])
     let start = r.log.problems.count
     let store: CoordinatorStoreKind = r.choice("store") ?? .file
-    let control = r.hostPort("control", required: true)
+    // Replicas name their own control addresses; `control` is then unused and optional.
+    let replicated = !(r.child("replicas")?.sequence?.isEmpty ?? true)
+    let control = r.hostPort("control", required: !replicated)
     let metrics = r.hostPort("metrics")
     let stateDir = r.string("state_dir", required: store == .file)
     let lease = r.seconds("lease", range: 0.1...3600) ?? 10
@@ -104,7 +106,8 @@ extension ClusterConfiguration {
     if !replicas.isEmpty && store != .etcd {
       r.problem("replicas", "several coordinators need store: etcd (a file store has one owner)")
     }
-    guard let control, r.log.problems.count == start else { return nil }
+    guard let control = control ?? replicas.first?.control, r.log.problems.count == start
+    else { return nil }
     var settings = CoordinatorSettings(
       control: control, metrics: metrics, stateDirectory: stateDir ?? "", leaseSeconds: lease,
       heartbeatSeconds: heartbeat, snapshotEvery: snapshotEvery)

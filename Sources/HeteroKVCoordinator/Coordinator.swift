@@ -221,7 +221,7 @@ public actor Coordinator {
     async throws(HeteroKVError)
     -> SequenceRecord
   {
-    try await expireLeasesLocked()
+    _ = try await expireLeasesLocked()
     if let existing = state.sequences[key] {
       guard existing.worker == worker else {
         throw .init(.alreadyExists, "sequence \(key) is already open by worker \(existing.worker)")
@@ -289,6 +289,9 @@ public actor Coordinator {
     let settings = configuration.budgets
     let plan = try BudgetPlanner.plan(
       profiles: sorted, prefillTokens: prefillTokens, settings: settings)
+    if let shortfall = plan.shortfall {
+      logger.notice("budgets of \(key): \(shortfall)")
+    }
     let keyHeads: Int =
       switch settings.policy {
       case .heterocache: sorted.filter { $0.role != .anchor }.count
@@ -337,7 +340,7 @@ public actor Coordinator {
   }
 
   private func pendingDropsLocked() async throws(HeteroKVError) -> [PendingDrop] {
-    try await expireLeasesLocked()
+    _ = try await expireLeasesLocked()
     var drops: [PendingDrop] = []
     for (key, nodes) in state.pendingDrops.sorted(by: { $0.key < $1.key }) {
       var unreachable: [String] = []

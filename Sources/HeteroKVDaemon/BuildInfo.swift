@@ -34,7 +34,9 @@ public enum HeteroKVBuild {
   /// Registers `hkv_build_info{role, version, build} 1` in `registry`.
   public static func register(role: String, in registry: PrometheusCollectorRegistry) {
     registry.makeGauge(
-      name: "hkv_build_info",
+      descriptor: MetricNameDescriptor(
+        namespace: "hkv", metricName: "build", unitName: "info",
+        helpText: "The version and build of this process; always 1."),
       labels: [("role", role), ("version", version), ("build", build)]
     ).set(Double(1))
   }

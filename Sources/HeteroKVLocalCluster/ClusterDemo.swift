@@ -138,8 +138,9 @@ public enum ClusterDemo {
       if let engine {
         try await engine.release(ref)
       } else if let address = cluster.worker.control {
-        try await EngineClient.with(address: address, geometry: replay.geometry, security: security)
-        {
+        _ = try await EngineClient.with(
+          address: address, geometry: replay.geometry, security: security
+        ) {
           try await $0.release(ref)
         }
       }

@@ -325,7 +325,7 @@ public struct WeightMatrix: Sendable {
   func row(_ index: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: cols) { out, count in
       bytes.withUnsafeBytes {
-        hkv_dequantize_row($0.baseAddress, Int32(type.rawValue), cols, index, out.baseAddress)
+        hkv_dequantize_row($0.baseAddress!, Int32(type.rawValue), cols, index, out.baseAddress!)
       }
       count = cols
     }

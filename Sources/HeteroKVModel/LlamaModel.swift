@@ -113,7 +113,7 @@ public struct FullKVCache: ModelKVCache {
           queries: headQueries(h, 0, rows), heads: rows, keys: keys[h], scale: 1)
         let visible = (0..<rows).map { n - tokens + $0 / group + 1 }
         p.withUnsafeMutableBufferPointer {
-          hkv_causal_softmax_rows($0.baseAddress, rows, n, visible)
+          hkv_causal_softmax_rows($0.baseAddress!, rows, n, visible)
         }
         return Kernels.weightedSum(values: values[h], probabilities: p, heads: rows)
       }
@@ -141,7 +141,7 @@ public struct FullKVCache: ModelKVCache {
       hkv_matmul_rows_f32(q, r1 - r0, d, keyFloats[h], n, &p, n)
       let visible = (r0..<r1).map { n - tokens + $0 / group + 1 }
       p.withUnsafeMutableBufferPointer {
-        hkv_causal_softmax_rows($0.baseAddress, r1 - r0, n, visible)
+        hkv_causal_softmax_rows($0.baseAddress!, r1 - r0, n, visible)
       }
       var o = [Float](repeating: 0, count: (r1 - r0) * d)
       hkv_matmul_rows_f32(p, r1 - r0, n, valuesT[h], d, &o, d)

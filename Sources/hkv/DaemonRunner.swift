@@ -20,9 +20,16 @@ func runDaemon(
     MetricsEndpoint(
       registry: registry, health: health, host: $0.host, port: $0.port, logger: logger)
   }
+  // A daemon started by `hkv cluster up` (or an engine's embedded cluster) stops with its
+  // parent, however the parent ended.
+  let watch = ParentProcessWatch.fromEnvironment().map {
+    ServiceGroupConfiguration.ServiceConfiguration(
+      service: $0, successTerminationBehavior: .gracefullyShutdownGroup)
+  }
   let group = ServiceGroup(
     configuration: .init(
-      services: (services + (endpoint.map { [$0] } ?? [])).map { .init(service: $0) },
+      services: (services + (endpoint.map { [$0] } ?? [])).map { .init(service: $0) }
+        + (watch.map { [$0] } ?? []),
       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
   try await withThrowingTaskGroup(of: Void.self) { tasks in
     tasks.addTask { try await group.run() }

@@ -14,7 +14,7 @@ struct HKV: AsyncParsableCommand {
       EvalCommand.self,
       WorkerCommand.self, MemoryNodeCommand.self,
       CoordinatorCommand.self, NodesCommand.self, BudgetsCommand.self, HeadsCommand.self,
-      StatusCommand.self,
+      StatusCommand.self, ClusterCommand.self,
     ]
   )
 }

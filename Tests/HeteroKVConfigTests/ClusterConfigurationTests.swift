@@ -150,6 +150,36 @@ struct ClusterSectionsTests {
       tls: {cert: /c.pem, key: /k.pem, ca: /ca.pem, require_client_cert: true}
     """
 
+  @Test("a replicated coordinator needs no control address of its own; a lone one does")
+  func replicasOnlyCoordinator() throws {
+    let replicated = try ClusterConfiguration.parse(
+      yaml: """
+        cluster: x
+        coordinator:
+          store: etcd
+          etcd: {endpoints: [127.0.0.1:2379]}
+          replicas:
+            - {id: c1, control: 10.0.0.1:7000}
+            - {id: c2, control: 10.0.0.2:7000}
+        memory_nodes: [{id: a, data: h:1, control: h:2, capacity: 1MiB}]
+        """)
+    #expect(replicated.coordinator?.replicas.map(\.id) == ["c1", "c2"])
+    #expect(
+      replicated.coordinator?.controlAddresses == [
+        HostPort(host: "10.0.0.1", port: 7000), HostPort(host: "10.0.0.2", port: 7000),
+      ])
+    #expect {
+      try ClusterConfiguration.parse(
+        yaml: """
+          cluster: x
+          coordinator: {state_dir: /tmp/x}
+          memory_nodes: [{id: a, data: h:1, control: h:2, capacity: 1MiB}]
+          """)
+    } throws: { error in
+      "\(error)".contains("coordinator.control")
+    }
+  }
+
   @Test("every section parses into typed settings")
   func sections() throws {
     let c = try ClusterConfiguration.parse(yaml: Self.full)

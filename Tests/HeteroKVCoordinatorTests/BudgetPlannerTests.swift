@@ -62,15 +62,35 @@ struct BudgetPlannerTests {
     #expect(compressed.map(\.cap).reduce(0, +) == capped.totalTokens)
   }
 
-  @Test("a memory fraction that cannot pay for the full-context heads is refused, naming it")
-  func infeasible() {
-    #expect {
-      try BudgetPlanner.plan(
-        profiles: testProfiles(), prefillTokens: 100,
-        settings: BudgetSettings(policy: .heterocache, memoryFraction: 0.05, fullHeadCost: 0.5))
-    } throws: { error in
-      (error as? HeteroKVError)?.code == .failedPrecondition
-        && "\(error)".contains("memory_fraction 0.05")
+  @Test(
+    "a memory fraction that cannot pay for the full-context heads at this length gives the compressed heads their floor and names why"
+  )
+  func shortfall() throws {
+    let plan = try BudgetPlanner.plan(
+      profiles: testProfiles(), prefillTokens: 100,
+      settings: BudgetSettings(
+        policy: .heterocache, memoryFraction: 0.05, minTokens: 16, fullHeadCost: 0.5))
+    let compressed = plan.heads.filter { !$0.role.keepsFullContext }
+    #expect(compressed.allSatisfy { $0.cap == 16 })
+    #expect(plan.totalTokens == 16 * compressed.count)
+    #expect(plan.heads.filter { $0.role.keepsFullContext }.allSatisfy { $0.cap == 100 })
+    #expect(plan.shortfall?.contains("memory_fraction 0.05") == true)
+    // A fraction that pays has no shortfall.
+    let paid = try BudgetPlanner.plan(
+      profiles: testProfiles(), prefillTokens: 100,
+      settings: BudgetSettings(policy: .heterocache, memoryFraction: 0.5, fullHeadCost: 0.125))
+    #expect(paid.shortfall == nil)
+  }
+
+  @Test("a prompt shorter than min_tokens keeps its whole context on every head, at every policy")
+  func shortPrompt() throws {
+    for policy in BudgetPolicyKind.allCases {
+      // Five tokens at 12.5% with the coded heads charged everything they hold (cost 1): the
+      // shape `hkv generate` plans for a five-token prompt.
+      let plan = try BudgetPlanner.plan(
+        profiles: testProfiles(), prefillTokens: 5,
+        settings: BudgetSettings(policy: policy, memoryFraction: 0.125, fullHeadCost: 1))
+      #expect(plan.heads.allSatisfy { $0.cap == 5 }, "\(policy)")
     }
   }
 }
@@ -93,11 +113,9 @@ struct RecallBudgetTests {
     #expect(recalled.totalTokens == 2000)
     #expect(recalled.heads.map(\.role) == plain.heads.map(\.role))
     settings.memoryFraction = 0.25
-    #expect {
-      try BudgetPlanner.plan(profiles: profiles, prefillTokens: 1000, settings: settings)
-    } throws: { error in
-      "\(error)".contains("budgets.recall")
-    }
+    let unpaid = try BudgetPlanner.plan(
+      profiles: profiles, prefillTokens: 1000, settings: settings)
+    #expect(unpaid.shortfall?.contains("budgets.recall") == true)
   }
 }
 

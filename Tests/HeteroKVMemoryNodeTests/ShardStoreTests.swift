@@ -121,7 +121,8 @@ struct ShardStoreTests {
         #expect(error.code == code)
         #expect(error.message.contains(text), "\(error.message)")
         // A writer reads the shard's end back from a misplaced start (and nothing else).
-        #expect(PutRequest.expectedStart(inRefusal: error) == (text == "must start at 12" ? 12 : nil))
+        let misplaced = text == "must start at 12"
+        #expect(PutRequest.expectedStart(inRefusal: error) == (misplaced ? 12 : nil))
       }
     }
     #expect(store.stats().rowCount == 2)

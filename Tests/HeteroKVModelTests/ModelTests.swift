@@ -163,9 +163,16 @@ struct ModelOnHeteroKVTests {
 
 @Suite("hkv generate", .serialized)
 struct GenerateCommandTests {
-  @Test("hkv generate continues the prompt with \" Paris\" on HeteroKV and on the full cache")
+  @Test(
+    "hkv generate continues a five-token prompt with \" Paris\" on the full cache and on both policies at 12.5%"
+  )
   func generate() throws {
-    for extra in [["--full"], ["--policy", "heterocache", "--budget", "0.5"]] {
+    // Five tokens are fewer than the exact window and sinks: the budget cannot be met at this
+    // length and must not refuse the prompt (it once did, for heterocache).
+    for extra in [
+      ["--full"], ["--policy", "heterocache", "--budget", "0.125"],
+      ["--policy", "hcattention", "--budget", "0.125"],
+    ] {
       let run = try runHKV(
         [
           "generate", "--prompt", "The capital of France is", "--max-tokens", "2", "--model",

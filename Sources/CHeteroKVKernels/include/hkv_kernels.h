@@ -8,6 +8,10 @@
 extern "C" {
 #endif
 
+// Every pointer in this header is non-null unless marked _Nullable (Swift sees the others as
+// non-optional pointers).
+#pragma clang assume_nonnull begin
+
 /// 1 when the AVX2 + FMA + F16C kernels (or the AVX-512 set built on them) are in use, 0 for
 /// the portable fallback. The set in use is the best the CPU has, capped by the environment
 /// variable HKV_KERNELS (`portable`, `avx2` or `avx512`), read once per process.
@@ -17,7 +21,6 @@ int hkv_kernels_vectorized(void);
 /// a caller that wants a particular one (a parity check, a benchmark of both) calls through
 /// its table, per call, without changing what anyone else runs. Same contracts as the hkv_*
 /// function of the same name.
-#pragma clang assume_nonnull begin
 typedef struct hkv_kernel_table {
   /// 1 for the AVX2 + FMA + F16C set (and the AVX-512 one built on it), 0 for the portable one.
   int vectorized;
@@ -30,9 +33,9 @@ typedef struct hkv_kernel_table {
   void (*weighted_sum_sparse_multi_f16)(const uint16_t *values, size_t d, const int32_t *indices,
                                         const float *weights, size_t count, size_t heads,
                                         float *out);
-  void (*scores_f16_rows)(const float *q, size_t heads, const uint16_t *const *rows, size_t n,
+  void (*scores_f16_rows)(const float *q, size_t heads, const uint16_t *_Nullable const *_Nonnull rows, size_t n,
                           size_t d, float scale, float *scores);
-  void (*weighted_sum_rows_f16)(const uint16_t *const *rows, size_t n, size_t d,
+  void (*weighted_sum_rows_f16)(const uint16_t *_Nullable const *_Nonnull rows, size_t n, size_t d,
                                 const float *probs, size_t heads, float *out);
   void (*pq_scores_x4)(const float *lut, size_t g, size_t c, const uint16_t *codes, size_t n,
                        float *scores);
@@ -71,10 +74,9 @@ typedef struct hkv_kernel_table {
   void (*matmul_rows_quantized)(const float *x, size_t tokens, size_t in, const void *w,
                                 int type, size_t rows, float *y, size_t y_stride);
 } hkv_kernel_table;
-#pragma clang assume_nonnull end
 
 /// The portable C kernels: available everywhere.
-const hkv_kernel_table *_Nonnull hkv_kernels_portable(void);
+const hkv_kernel_table *hkv_kernels_portable(void);
 
 /// The AVX2 + FMA + F16C kernels, or NULL where the CPU (or the build) lacks them.
 const hkv_kernel_table *_Nullable hkv_kernels_avx2(void);
@@ -107,12 +109,12 @@ void hkv_weighted_sum_sparse_multi_f16(const uint16_t *values, size_t d, const i
 /// scores[h * n + j] = scale * q[h] · rows[j] for fp16 rows reached through pointers (rows in
 /// place in a memory node's pages: no copy into a contiguous matrix first). Each row is read
 /// once for every head.
-void hkv_scores_f16_rows(const float *q, size_t heads, const uint16_t *const *rows, size_t n,
+void hkv_scores_f16_rows(const float *q, size_t heads, const uint16_t *_Nullable const *_Nonnull rows, size_t n,
                          size_t d, float scale, float *scores);
 
 /// out[h] += Σ_j probs[h * n + j] · rows[j] over fp16 rows reached through pointers; each row
 /// read once for every head.
-void hkv_weighted_sum_rows_f16(const uint16_t *const *rows, size_t n, size_t d,
+void hkv_weighted_sum_rows_f16(const uint16_t *_Nullable const *_Nonnull rows, size_t n, size_t d,
                                const float *probs, size_t heads, float *out);
 
 /// Product-quantization scores from a lookup table.
@@ -305,7 +307,7 @@ void hkv_sq_group_scores(const float *q, size_t heads, const uint8_t *codes,
 /// *log_normalizer (when not NULL); returns the kept count, or 0 when the scores have no finite
 /// maximum or allocation fails.
 size_t hkv_tau_select(const float *scores, size_t n, float tau, size_t cap, int32_t *indices,
-                      float *weights, float *kept_mass, float *log_normalizer);
+                      float *weights, float *kept_mass, float *_Nullable log_normalizer);
 
 /// One tau-mass selection for a GQA group of `heads` query heads (at most 64) over their
 /// scaled scores [heads][n]: the smallest set, in descending mean softmax probability over the
@@ -324,7 +326,7 @@ size_t hkv_tau_select_group(const float *scores, size_t heads, size_t n, float t
 double hkv_scan_sum_f32(const float *x, size_t n);
 
 /// Copies n fp16 rows of d dims, reached by pointer, into dst (row-major, contiguous).
-void hkv_gather_rows_f16(const uint16_t *const *rows, size_t n, size_t d, uint16_t *dst);
+void hkv_gather_rows_f16(const uint16_t *_Nullable const *_Nonnull rows, size_t n, size_t d, uint16_t *dst);
 
 /// CRC-32C (Castagnoli) of n bytes, continuing from `crc` (0 to start). Uses the SSE4.2
 /// instruction where the CPU has it.
@@ -355,6 +357,8 @@ void hkv_dequantize_row(const void *w, int type, size_t in, size_t row, float *o
 /// Causal mask and softmax: row r of `scores` [rows][n] is normalised over its first
 /// visible[r] entries and zero after them.
 void hkv_causal_softmax_rows(float *scores, size_t rows, size_t n, const size_t *visible);
+
+#pragma clang assume_nonnull end
 
 #ifdef __cplusplus
 }

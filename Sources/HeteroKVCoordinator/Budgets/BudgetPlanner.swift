@@ -7,6 +7,17 @@ public struct SequenceBudgetPlan: Sendable, Hashable, Codable {
   public var heads: [HeadBudget]
   /// The policy's total for the compressed heads: the sum of their caps.
   public var totalTokens: Int
+  /// Why the memory fraction could not be met at this prefill length, where it could not: the
+  /// fixed costs of the coded heads (key codes, rows held before shipping) outweigh a short
+  /// context's share, so the compressed heads were given their floor instead of a refusal.
+  public var shortfall: String?
+
+  /// A plan of `heads` whose compressed caps sum to `totalTokens`.
+  public init(heads: [HeadBudget], totalTokens: Int, shortfall: String? = nil) {
+    self.heads = heads
+    self.totalTokens = totalTokens
+    self.shortfall = shortfall
+  }
 }
 
 /// Turns a sequence's head profiles into per-head token caps under the cluster's budget policy.
@@ -20,7 +31,10 @@ public struct SequenceBudgetPlan: Sendable, Hashable, Codable {
 /// it and the rest is shared again among the others, and whole tokens are handed out by largest
 /// remainder, so the caps sum to T exactly. Where the bounds make T unreachable (N·min > T or
 /// N·max < T), T is moved to the nearest reachable total and the plan says so through
-/// `totalTokens`.
+/// `totalTokens`. Where the coded heads alone cost more than the fraction at this length (a
+/// short prompt, whose rows held before shipping and whose key codes are a large share of a few
+/// tokens), the compressed heads get their floor and the plan's `shortfall` says why: a short
+/// context is served, never refused, at every budget and policy.
 public enum BudgetPlanner {
   /// The plan for `profiles` after a prefill of `prefillTokens`.
   public static func plan(
@@ -38,16 +52,17 @@ public enum BudgetPlanner {
     let slots =
       settings.memoryFraction * Double(profiles.count) - Double(codedHeads)
       * settings.fullHeadCost
-    if !compressed.isEmpty && slots <= 0 {
-      throw .failedPrecondition(
-        "memory_fraction \(settings.memoryFraction) cannot pay for the key codes of "
-          + "\(codedHeads) heads of \(profiles.count) at full_head_cost \(settings.fullHeadCost)"
-          + (recalls ? " (budgets.recall codes the compressed heads too)" : ""))
-    }
     let lower = min(settings.minTokens, n)
     let upper = min(settings.maxTokens ?? n, n)
     let wanted = Int((max(slots, 0) * Double(n)).rounded(.down))
     let total = min(max(wanted, lower * compressed.count), upper * compressed.count)
+    let shortfall: String? =
+      !compressed.isEmpty && slots <= 0
+      ? "memory_fraction \(settings.memoryFraction) cannot pay for the key codes of "
+        + "\(codedHeads) heads of \(profiles.count) at full_head_cost \(settings.fullHeadCost)"
+        + (recalls ? " (budgets.recall codes the compressed heads too)" : "")
+        + " at \(n) tokens: the compressed heads keep min_tokens (\(lower)) each"
+      : nil
     let weights = compressed.map { i in
       settings.policy == .heterocache ? 1 / (profiles[i].stability + 1e-6) : 1
     }
@@ -61,7 +76,7 @@ public enum BudgetPlanner {
       heads[i].cap = caps[k]
       heads[i].ratio = weights[k] / meanWeight
     }
-    return SequenceBudgetPlan(heads: heads, totalTokens: total)
+    return SequenceBudgetPlan(heads: heads, totalTokens: total, shortfall: shortfall)
   }
 
   /// Integer shares of `total` proportional to `weights`, each in `lower...upper`, summing to

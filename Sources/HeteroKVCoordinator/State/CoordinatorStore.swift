@@ -143,7 +143,7 @@ public final class FileCoordinatorStore: CoordinatorStore {
   public var snapshotFailure: HeteroKVError? { files.withLock { $0.snapshotFailure } }
 
   deinit {
-    files.withLock { close($0.log) }
+    _ = files.withLock { close($0.log) }
     close(lockDescriptor)
   }
 

@@ -136,7 +136,8 @@ extension Kernels {
     return [Float](unsafeUninitializedCapacity: heads * n) { out, count in
       queries.withUnsafeBufferPointer { q in
         rows.withUnsafeBufferPointer { r in
-          hkv_scores_f16_rows(q.baseAddress, heads, r.baseAddress, n, cols, scale, out.baseAddress)
+          hkv_scores_f16_rows(
+            q.baseAddress!, heads, r.baseAddress!, n, cols, scale, out.baseAddress!)
         }
       }
       count = heads * n
@@ -150,7 +151,7 @@ extension Kernels {
     var out = [Float](repeating: 0, count: heads * cols)
     rows.withUnsafeBufferPointer { r in
       probabilities.withUnsafeBufferPointer { p in
-        hkv_weighted_sum_rows_f16(r.baseAddress, rows.count, cols, p.baseAddress, heads, &out)
+        hkv_weighted_sum_rows_f16(r.baseAddress!, rows.count, cols, p.baseAddress!, heads, &out)
       }
     }
     return out
@@ -160,7 +161,7 @@ extension Kernels {
   public static func gatherRows(_ rows: [UnsafePointer<UInt16>?], cols: Int) -> HalfMatrix {
     let storage = [Float16](unsafeUninitializedCapacity: rows.count * cols) { out, count in
       out.withMemoryRebound(to: UInt16.self) { dst in
-        hkv_gather_rows_f16(rows, rows.count, cols, dst.baseAddress)
+        hkv_gather_rows_f16(rows, rows.count, cols, dst.baseAddress!)
       }
       count = rows.count * cols
     }

@@ -49,7 +49,8 @@ public struct TauMassSelection: Sendable, Hashable {
       weights = [Float](unsafeUninitializedCapacity: n) { w, wCount in
         kept = scores.withUnsafeBufferPointer { s in
           hkv_tau_select(
-            s.baseAddress, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass, &logNormalizer)
+            s.baseAddress!, n, tau, cap ?? 0, idx.baseAddress!, w.baseAddress!, &mass,
+            &logNormalizer)
         }
         wCount = kept
       }
@@ -88,7 +89,7 @@ extension TauMassSelection {
       weights = [Float](unsafeUninitializedCapacity: heads * n) { w, wCount in
         kept = scores.withUnsafeBufferPointer { s in
           hkv_tau_select_group(
-            s.baseAddress, heads, n, tau, cap ?? 0, idx.baseAddress, w.baseAddress, &mass,
+            s.baseAddress!, heads, n, tau, cap ?? 0, idx.baseAddress!, w.baseAddress!, &mass,
             &logNormalizers)
         }
         wCount = heads * kept

@@ -467,7 +467,7 @@ public struct ProductQuantizedKeyStore: QuantizedKeyStore {
         let q = codebook.transform?.queriesToCodedSpace(scaled) ?? scaled
         codebook.centroids.withUnsafeBufferPointer { cb in
           cb.withMemoryRebound(to: UInt16.self) { cb16 in
-            hkv_pq_lut_x4(cb16.baseAddress, g, c, codebook.subDim, q, group, lut.baseAddress!)
+            hkv_pq_lut_x4(cb16.baseAddress!, g, c, codebook.subDim, q, group, lut.baseAddress!)
           }
         }
         let rows = out.baseAddress! + first * n

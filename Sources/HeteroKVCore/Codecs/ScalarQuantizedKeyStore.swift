@@ -173,8 +173,8 @@ public struct ScalarQuantizedKeyStore: QuantizedKeyStore {
           zp.withMemoryRebound(to: UInt16.self) { zp16 in
             out.withUnsafeMutableBufferPointer { o in
               hkv_sq_group_scores(
-                queries, heads, codes, sc16.baseAddress, zp16.baseAddress, groupCount, g, d,
-                configuration.bits, scale, o.baseAddress, n)
+                queries, heads, codes, sc16.baseAddress!, zp16.baseAddress!, groupCount, g, d,
+                configuration.bits, scale, o.baseAddress!, n)
             }
           }
         }

@@ -16,7 +16,7 @@ public enum Kernels {
     [Float16](unsafeUninitializedCapacity: values.count) { out, count in
       values.withUnsafeBufferPointer { src in
         out.withMemoryRebound(to: UInt16.self) { dst in
-          hkv_f32_to_f16(src.baseAddress, dst.baseAddress, values.count)
+          hkv_f32_to_f16(src.baseAddress!, dst.baseAddress!, values.count)
         }
       }
       count = values.count
@@ -27,7 +27,7 @@ public enum Kernels {
   public static func toFloat(_ values: UnsafeBufferPointer<Float16>) -> [Float] {
     [Float](unsafeUninitializedCapacity: values.count) { out, count in
       values.withMemoryRebound(to: UInt16.self) { src in
-        hkv_f16_to_f32(src.baseAddress, out.baseAddress, values.count)
+        hkv_f16_to_f32(src.baseAddress!, out.baseAddress!, values.count)
       }
       count = values.count
     }
@@ -44,8 +44,8 @@ public enum Kernels {
         keys.storage.withUnsafeBufferPointer { k in
           k.withMemoryRebound(to: UInt16.self) { k16 in
             hkv_scores_f16(
-              q.baseAddress, heads, k16.baseAddress, n, keys.cols, scale,
-              out.baseAddress)
+              q.baseAddress!, heads, k16.baseAddress!, n, keys.cols, scale,
+              out.baseAddress!)
           }
         }
       }
@@ -62,7 +62,7 @@ public enum Kernels {
       v.withMemoryRebound(to: UInt16.self) { v16 in
         probabilities.withUnsafeBufferPointer { p in
           hkv_weighted_sum_dense_f16(
-            v16.baseAddress, values.rows, values.cols, p.baseAddress,
+            v16.baseAddress!, values.rows, values.cols, p.baseAddress!,
             heads, &out)
         }
       }
@@ -79,7 +79,7 @@ public enum Kernels {
     values.storage.withUnsafeBufferPointer { v in
       v.withMemoryRebound(to: UInt16.self) { v16 in
         hkv_weighted_sum_sparse_multi_f16(
-          v16.baseAddress, values.cols, indices, weights, indices.count, heads, &out)
+          v16.baseAddress!, values.cols, indices, weights, indices.count, heads, &out)
       }
     }
     return out

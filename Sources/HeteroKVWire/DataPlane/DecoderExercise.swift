@@ -16,7 +16,7 @@ public enum DecoderExercise {
   /// compare too), or this throws a ``Violation``.
   public static func run(_ bytes: [UInt8], limits: DataPlaneLimits = .standard) throws(Violation) {
     var frames = ByteBuffer(bytes: bytes)
-    while let read = try? FrameCodec.readFrame(from: &frames, limits: limits), read != nil {}
+    while (try? FrameCodec.readFrame(from: &frames, limits: limits)) != nil {}
     guard let selector = bytes.first else { return }
     let payload = ByteBuffer(bytes: bytes.dropFirst())
     switch selector % 16 {

@@ -1,0 +1,167 @@
+import ArgumentParser
+import Foundation
+import HeteroKVConfig
+import HeteroKVCore
+import HeteroKVDaemon
+import HeteroKVWire
+import HeteroKVWorker
+import UnixSignals
+
+/// `hkv cluster`: a whole cluster on one machine, for engines and people who want one without
+/// starting each daemon.
+struct ClusterCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "cluster",
+    abstract: "Run a whole cluster on this machine as child processes.",
+    subcommands: [ClusterUpCommand.self])
+}
+
+/// `hkv cluster up`: a coordinator, the memory nodes and a worker as child processes until
+/// SIGTERM or SIGINT; the children stop with it however it ends.
+struct ClusterUpCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "up",
+    abstract: "Start a coordinator, memory nodes and a worker as children; stop them on exit.",
+    discussion: """
+      From a cluster file (--config FILE: every role it names, at its addresses) or from a
+      transformers config.json (--model-config FILE: a cluster on free loopback ports for the
+      model's full-attention layers, with the recommended settings at --policy and --budget).
+      Once every child is ready, one line goes to stdout:
+        ready engine=HOST:PORT coordinator=HOST:PORT config=FILE layers=N logs=DIR
+      SIGTERM or SIGINT stops every child and exits 0; each child also stops by itself when
+      this process dies, even by SIGKILL. With HKV_PARENT_PID set (an engine that started it),
+      it stops when that process is gone. A child that exits early is reported on stderr.
+      """)
+
+  @Option(help: "A cluster file with a coordinator, memory nodes and a worker.")
+  var config: String?
+
+  @Option(help: "A transformers config.json: a loopback cluster sized for that model.")
+  var modelConfig: String?
+
+  @Option(help: "With --model-config: memory nodes.")
+  var memnodes: Int = 2
+
+  @Option(help: "With --model-config: capacity of each memory node (e.g. 4GiB).")
+  var capacity: String = "4GiB"
+
+  @Option(help: "With --model-config: memory nodes holding each shard.")
+  var replication: Int = 1
+
+  @Option(help: "With --model-config: hcattention, heterocache or uniform.")
+  var policy: String = "hcattention"
+
+  @Option(help: "With --model-config: share of fp16 K/V the worker keeps.")
+  var budget: Double = 0.125
+
+  @Option(help: "With --model-config: the longest context a sequence is planned for.")
+  var maxContext: Int = 8192
+
+  @Option(
+    help:
+      "Where the generated cluster file, the coordinator's state and the logs go (default: a temporary folder, removed at exit)."
+  )
+  var directory: String?
+
+  func validate() throws {
+    guard (config == nil) != (modelConfig == nil) else {
+      throw ValidationError("give exactly one of --config and --model-config")
+    }
+    guard (1...64).contains(memnodes) else { throw ValidationError("--memnodes must be 1...64") }
+    guard (1...memnodes).contains(replication) else {
+      throw ValidationError("--replication must be 1...--memnodes (\(memnodes))")
+    }
+    guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+    guard maxContext > 0 else { throw ValidationError("--max-context must be positive") }
+    guard BudgetPolicyKind(rawValue: policy) != nil else {
+      throw ValidationError(
+        "bad --policy '\(policy)': expected heterocache, hcattention or uniform")
+    }
+    guard ByteSize.parse(capacity) != nil else {
+      throw ValidationError("bad --capacity '\(capacity)': expected a size such as 4GiB")
+    }
+  }
+
+  func run() async throws {
+    let folder = URL(
+      fileURLWithPath: directory
+        ?? NSTemporaryDirectory() + "hkv-cluster-\(ProcessInfo.processInfo.processIdentifier)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let file = try config ?? writeClusterFile(in: folder)
+    let cluster = try ChildCluster.start(
+      file: file, logs: folder.appendingPathComponent("logs"), ownsDirectory: directory == nil)
+    let coordinator = cluster.configuration.coordinator?.controlAddresses.first
+    FileHandle.standardOutput.write(
+      Data(
+        "ready engine=\(cluster.engine.map { "\($0)" } ?? "none") coordinator=\(coordinator.map { "\($0)" } ?? "none") config=\(file) layers=\(cluster.configuration.model?.layers ?? 0) logs=\(folder.appendingPathComponent("logs").path)\n"
+          .utf8))
+    await withTaskGroup(of: Void.self) { tasks in
+      tasks.addTask {
+        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+      }
+      if let watch = ParentProcessWatch.fromEnvironment() {
+        // Started by an engine (HKV_PARENT_PID): stop with it.
+        tasks.addTask {
+          while getppid() == watch.parent, !Task.isCancelled {
+            try? await Task.sleep(for: watch.interval)
+          }
+        }
+      }
+      tasks.addTask {
+        var reported = Set<Int32>()
+        while !Task.isCancelled {
+          let running = Set(cluster.running.map(\.pid))
+          for child in cluster.started
+          where !running.contains(child.pid)
+            && !reported.contains(child.pid)
+          {
+            reported.insert(child.pid)
+            FileHandle.standardError.write(
+              Data("hkv cluster: \(child.role) (pid \(child.pid)) exited\n".utf8))
+          }
+          try? await Task.sleep(for: .milliseconds(500))
+        }
+      }
+      await tasks.next()
+      tasks.cancelAll()
+    }
+    cluster.stop()
+  }
+
+  /// The cluster file for --model-config: loopback ports free now, recommended settings.
+  private func writeClusterFile(in folder: URL) throws -> String {
+    let path = modelConfig!
+    let model: TransformersModelConfig
+    do {
+      model = try TransformersModelConfig(
+        json: try Data(contentsOf: URL(fileURLWithPath: path)), file: path)
+    } catch let error as ConfigurationError {
+      throw CommandFailure(description: "\(error)")
+    } catch {
+      throw CommandFailure(description: "cannot read \(path): \(error.localizedDescription)")
+    }
+    func port() throws -> HostPort { HostPort(host: "127.0.0.1", port: try freePort()) }
+    let kind = BudgetPolicyKind(rawValue: policy)!
+    var worker = RecommendedSettings.worker
+    worker.control = try port()
+    let budgets = RecommendedSettings.budgets(policy: kind, memoryFraction: budget)
+      .recallingOnly(with: worker.outputMode)
+      .chargingKeyCodes(
+        of: worker, headDim: model.geometry.headDim, tokens: maxContext,
+        heldRows: WorkerOptions.defaultDecodeShipRows)
+    let planned = ClusterConfiguration(
+      name: "local", model: model.geometry,
+      coordinator: CoordinatorSettings(
+        control: try port(), stateDirectory: folder.appendingPathComponent("coordinator").path,
+        leaseSeconds: 6, heartbeatSeconds: 2),
+      memoryNodes: try (0..<memnodes).map { i in
+        MemoryNodeSettings(
+          id: "mem-\(i)", data: try port(), control: try port(),
+          capacityBytes: ByteSize.parse(capacity)!)
+      },
+      worker: worker, budgets: budgets, replication: replication)
+    let file = folder.appendingPathComponent("cluster.yaml")
+    try planned.yaml().write(to: file, atomically: true, encoding: .utf8)
+    return file.path
+  }
+}

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of HeteroKV's wire API (scripts/generate-python-proto.sh)."""

@@ -1,0 +1,99 @@
+"""`hkv cluster up` as engines start it: ready line, clean stop, no orphan when killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from heterokv import EngineClient, LocalCluster
+from heterokv.cluster import wait_for
+
+from conftest import SMALL_MODEL
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_cluster_up_serves_and_stops_its_children_on_sigterm(hkv, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(SMALL_MODEL))
+    up = subprocess.Popen(
+        [hkv, "cluster", "up", "--model-config", str(config), "--memnodes", "2",
+         "--capacity", "64MiB", "--directory", str(tmp_path / "c")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        line = up.stdout.readline().decode()
+        assert line.startswith("ready engine="), up.stderr.read().decode()
+        fields = dict(p.split("=", 1) for p in line.split()[1:])
+        children = children_of(up.pid)
+        assert len(children) == 4  # coordinator, two memory nodes, worker
+        with EngineClient(fields["engine"]) as client:
+            info = client.create_sequence(5, max_tokens=32)
+            assert info.layers == 2 and len(info.nodes) >= 1
+            client.release(5)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+        assert not any(alive(c) for c in children)
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_children_stop_when_cluster_up_is_killed(hkv, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(SMALL_MODEL))
+    up = subprocess.Popen(
+        [hkv, "cluster", "up", "--model-config", str(config), "--memnodes", "1",
+         "--capacity", "64MiB", "--directory", str(tmp_path / "c")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert up.stdout.readline().startswith(b"ready ")
+    children = children_of(up.pid)
+    assert len(children) == 3
+    up.kill()
+    up.wait()
+    wait_for(lambda: not any(alive(c) for c in children), 30, "the children did not stop")
+
+
+def test_an_embedded_cluster_stops_with_its_owner(hkv):
+    cluster = LocalCluster(SMALL_MODEL, memnodes=1, capacity="64MiB", hkv=hkv)
+    up = cluster.process.pid
+    children = children_of(up)
+    assert len(children) == 3
+    cluster.stop()
+    assert not alive(up)
+    wait_for(lambda: not any(alive(c) for c in children), 30, "the children did not stop")
+
+
+def test_a_bad_model_config_is_refused_naming_the_key(hkv, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"num_hidden_layers": 2, "num_attention_heads": 3, "hidden_size": 100}))
+    run = subprocess.run(
+        [hkv, "cluster", "up", "--model-config", str(config)], capture_output=True, timeout=60
+    )
+    assert run.returncode != 0
+    assert b"head_dim" in run.stderr

@@ -115,6 +115,12 @@ public struct EngineClient: Sendable {
           $0.withSelection = withSelection
         }, options: $0)
     }
+    return try attendResult(answer, withSelection: withSelection)
+  }
+
+  private func attendResult(_ answer: Heterokv_V1_AttendResponse, withSelection: Bool)
+    throws(HeteroKVError) -> AttendResult
+  {
     guard let output = TensorBytes.floats(answer.output),
       output.count == geometry.queryHeads * geometry.headDim
     else {
@@ -125,6 +131,43 @@ public struct EngineClient: Sendable {
       output: output,
       selections: withSelection ? answer.selections.map { $0.tokens.map { Int32($0) } } : nil,
       bytesMoved: Int(answer.bytesMoved))
+  }
+
+  /// One decode step of `layer` in one round trip: appends `tokens` tokens of K/V
+  /// `[tokens][kvHeads][headDim]` (one, at decode), then attends `queries`
+  /// `[queryHeads][headDim]`; the same as `append` then `attend`.
+  public func appendAndAttend(
+    _ ref: SequenceRef, layer: Int, tokens: Int = 1, keys: [Float16], values: [Float16],
+    queries: [Float], withSelection: Bool = false
+  ) async throws(HeteroKVError) -> AttendResult {
+    let width = geometry.kvHeads * geometry.headDim
+    guard keys.count == tokens * width, values.count == tokens * width,
+      tokens * width * 2 <= Self.appendPieceBytes
+    else {
+      throw HeteroKVError(
+        .invalidArgument,
+        "\(tokens) tokens need \(tokens * width) key and value elements (at most "
+          + "\(Self.appendPieceBytes / 2) in one step), got \(keys.count) and \(values.count)")
+    }
+    let request = Heterokv_V1_AppendAttendRequest.with {
+      $0.append = .with {
+        $0.ref = ref.proto
+        $0.layer = UInt32(layer)
+        $0.tokens = UInt32(tokens)
+        $0.keys = TensorBytes.data(halves: keys[...])
+        $0.values = TensorBytes.data(halves: values[...])
+      }
+      $0.attend = .with {
+        $0.ref = ref.proto
+        $0.layer = UInt32(layer)
+        $0.queries = TensorBytes.data(floats: queries)
+        $0.withSelection = withSelection
+      }
+    }
+    let answer = try await call("AppendAttend") {
+      try await stub.appendAttend(request, options: $0)
+    }
+    return try attendResult(answer, withSelection: withSelection)
   }
 
   /// Releases a sequence; returns the memory-tier bytes freed.

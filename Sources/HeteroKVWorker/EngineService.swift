@@ -110,6 +110,25 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     }
   }
 
+  public func appendAttend(request: Heterokv_V1_AppendAttendRequest, context: ServerContext)
+    async throws -> Heterokv_V1_AttendResponse
+  {
+    guard request.hasAppend, request.hasAttend else {
+      throw RPCError(code: .invalidArgument, message: "append_attend needs an append and an attend")
+    }
+    guard request.append.ref == request.attend.ref, request.append.layer == request.attend.layer
+    else {
+      throw RPCError(
+        code: .invalidArgument,
+        message:
+          "append_attend: the append (sequence \(request.append.ref.sequence), layer "
+          + "\(request.append.layer)) and the attend (sequence \(request.attend.ref.sequence), "
+          + "layer \(request.attend.layer)) name different steps")
+    }
+    _ = try await append(request: request.append, context: context)
+    return try await attend(request: request.attend, context: context)
+  }
+
   public func release(request: Heterokv_V1_SequenceRef, context: ServerContext) async throws
     -> Heterokv_V1_ReleaseResponse
   {

@@ -33,7 +33,7 @@ import Testing
       if let kernels {
         kernels.pointee.matmul_rows_quantized(x, tokens, n, w.baseAddress!, type, rows, &y, rows)
       } else {
-        hkv_matmul_rows_quantized(x, tokens, n, w.baseAddress, type, rows, &y, rows)
+        hkv_matmul_rows_quantized(x, tokens, n, w.baseAddress!, type, rows, &y, rows)
       }
     }
     return y
@@ -48,7 +48,7 @@ import Testing
     weights.withUnsafeBytes { w in
       for r in 0..<rows {
         dense.withUnsafeMutableBufferPointer {
-          hkv_dequantize_row(w.baseAddress, type, n, r, $0.baseAddress! + r * n)
+          hkv_dequantize_row(w.baseAddress!, type, n, r, $0.baseAddress! + r * n)
         }
       }
     }

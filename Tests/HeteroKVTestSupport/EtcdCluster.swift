@@ -130,7 +130,7 @@ public final class EtcdCluster {
         ]
       }
       let log = "\(directory)/\(name).log"
-      FileManager.default.createFile(atPath: log, contents: nil)
+      _ = FileManager.default.createFile(atPath: log, contents: nil)
       process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
       process.standardOutput = FileHandle.nullDevice
       try process.run()

@@ -46,7 +46,7 @@ public final class HKVDaemonProcess {
   /// `ip netns exec`, which execs `hkv` in place: the process is the daemon itself).
   public init(_ arguments: [String], networkNamespace namespace: String? = nil) throws {
     logPath = NSTemporaryDirectory() + "hkv-daemon-\(UUID().uuidString).log"
-    FileManager.default.createFile(atPath: logPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     if let namespace {
       process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
       process.arguments = ["netns", "exec", namespace, try hkvExecutable().path] + arguments

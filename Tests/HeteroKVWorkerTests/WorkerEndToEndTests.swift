@@ -10,6 +10,40 @@ import Testing
 
 @Suite("Worker end to end on loopback", .serialized)
 struct WorkerEndToEndTests {
+  @Test("AppendAttend over gRPC is an append then an attend, in one call")
+  func fusedDecodeStep() async throws {
+    let replay = try tinyWorkload(tokens: 512, steps: 1)
+    try await withCluster(fullBudgetOptions(serveEngine: true)) { cluster in
+      try await EngineClient.with(address: cluster.engineAddress!, geometry: tinyModel) {
+        client in
+        let split = SequenceRef(sequence: 11)
+        let fused = SequenceRef(sequence: 12)
+        for ref in [split, fused] {
+          _ = try await client.createSequence(ref, maxTokens: 1024)
+          try await replay.prefill(client, ref, chunk: 512)
+        }
+        var random = SeededGenerator(seed: 5)
+        let keys = (0..<2 * 64).map { _ in Float16(Float.random(in: -1...1, using: &random)) }
+        let values = (0..<2 * 64).map { _ in Float16(Float.random(in: -1...1, using: &random)) }
+        let queries = (0..<8 * 64).map { _ in Float.random(in: -1...1, using: &random) }
+        try await client.append(split, layer: 0, tokens: 1, keys: keys, values: values)
+        let two = try await client.attend(split, layer: 0, queries: queries)
+        let one = try await client.appendAndAttend(
+          fused, layer: 0, keys: keys, values: values, queries: queries)
+        #expect(maxRelativeDifference([one.output], [two.output], headDim: 64) < 1e-6)
+        let held = try await client.stats(fused).tokens
+        #expect(try await held == client.stats(split).tokens)
+        // A step whose key rows do not match the model is refused before anything is kept.
+        await #expect(throws: HeteroKVError.self) {
+          try await client.appendAndAttend(
+            fused, layer: 0, keys: [Float16](repeating: 0, count: 3), values: values,
+            queries: queries)
+        }
+        #expect(try await client.stats(fused).tokens == held)
+      }
+    }
+  }
+
   @Test("at 100% budget the worker's outputs are full attention, through the library and gRPC")
   func fullBudgetMatchesFullAttention() async throws {
     let replay = try tinyWorkload()

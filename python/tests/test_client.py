@@ -108,3 +108,36 @@ def test_a_dead_worker_is_an_error_naming_it_not_a_hang():
             client.create_sequence(1, max_tokens=16)
     assert error.value.code in ("unavailable", "deadline_exceeded")
     assert address in str(error.value)
+
+
+def test_append_attend_is_append_then_attend_in_one_call(small_cluster):
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((300, 2, 32)).astype(np.float32)
+    values = rng.standard_normal((300, 2, 32)).astype(np.float32)
+    step_k = rng.standard_normal((1, 2, 32)).astype(np.float32)
+    step_v = rng.standard_normal((1, 2, 32)).astype(np.float32)
+    q = rng.standard_normal((4, 32)).astype(np.float32)
+    with EngineClient(small_cluster.engine) as client:
+        fused, split = random.getrandbits(40) + 1, random.getrandbits(40) + 1
+        for seq in (fused, split):
+            client.create_sequence(seq, max_tokens=512)
+            for layer in range(2):
+                client.append(seq, layer, keys, values)
+            client.attend(seq, 0, q)  # ends the prefill
+        one = client.append_attend(fused, 1, step_k, step_v, q)
+        client.append(split, 1, step_k, step_v)
+        two = client.attend(split, 1, q)
+        np.testing.assert_array_equal(one.output, two.output)
+        assert client.stats(fused).tokens == client.stats(split).tokens
+        # The two halves must name the same step.
+        from heterokv.v1 import engine_pb2
+
+        request = engine_pb2.AppendAttendRequest(
+            append=client._append_request(fused, 1, step_k, step_v, None, 0),
+            attend=client._attend_request(fused, 0, q, False, 0),
+        )
+        with pytest.raises(HeteroKVError) as mismatch:
+            client._call("AppendAttend", client._stub.AppendAttend, request)
+        assert mismatch.value.code == "invalid_argument" and "different steps" in str(mismatch.value)
+        client.release(fused)
+        client.release(split)

@@ -67,6 +67,19 @@ public enum Heterokv_V1_Engine: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "AppendAttend" metadata.
+        public enum AppendAttend: Sendable {
+            /// Request type for "AppendAttend".
+            public typealias Input = Heterokv_V1_AppendAttendRequest
+            /// Response type for "AppendAttend".
+            public typealias Output = Heterokv_V1_AttendResponse
+            /// Descriptor for "AppendAttend".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "heterokv.v1.Engine"),
+                method: "AppendAttend",
+                type: .unary
+            )
+        }
         /// Namespace for "Release" metadata.
         public enum Release: Sendable {
             /// Request type for "Release".
@@ -98,6 +111,7 @@ public enum Heterokv_V1_Engine: Sendable {
             CreateSequence.descriptor,
             Append.descriptor,
             Attend.descriptor,
+            AppendAttend.descriptor,
             Release.descriptor,
             GetSequenceStats.descriptor
         ]
@@ -179,6 +193,25 @@ extension Heterokv_V1_Engine {
         /// - Returns: A streaming response of `Heterokv_V1_AttendResponse` messages.
         func attend(
             request: GRPCCore.StreamingServerRequest<Heterokv_V1_AttendRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_AttendResponse>
+
+        /// Handle the "AppendAttend" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+        /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Heterokv_V1_AppendAttendRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Heterokv_V1_AttendResponse` messages.
+        func appendAttend(
+            request: GRPCCore.StreamingServerRequest<Heterokv_V1_AppendAttendRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_AttendResponse>
 
@@ -283,6 +316,25 @@ extension Heterokv_V1_Engine {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_AttendResponse>
 
+        /// Handle the "AppendAttend" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+        /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_AppendAttendRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Heterokv_V1_AttendResponse` message.
+        func appendAttend(
+            request: GRPCCore.ServerRequest<Heterokv_V1_AppendAttendRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_AttendResponse>
+
         /// Handle the "Release" method.
         ///
         /// > Source IDL Documentation:
@@ -382,6 +434,25 @@ extension Heterokv_V1_Engine {
             context: GRPCCore.ServerContext
         ) async throws -> Heterokv_V1_AttendResponse
 
+        /// Handle the "AppendAttend" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+        /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        ///
+        /// - Parameters:
+        ///   - request: A `Heterokv_V1_AppendAttendRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Heterokv_V1_AttendResponse` to respond with.
+        func appendAttend(
+            request: Heterokv_V1_AppendAttendRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Heterokv_V1_AttendResponse
+
         /// Handle the "Release" method.
         ///
         /// > Source IDL Documentation:
@@ -458,6 +529,17 @@ extension Heterokv_V1_Engine.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Heterokv_V1_Engine.Method.AppendAttend.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_AppendAttendRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_AttendResponse>(),
+            handler: { request, context in
+                try await self.appendAttend(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Heterokv_V1_Engine.Method.Release.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_SequenceRef>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_ReleaseResponse>(),
@@ -512,6 +594,17 @@ extension Heterokv_V1_Engine.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_AttendResponse> {
         let response = try await self.attend(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func appendAttend(
+        request: GRPCCore.StreamingServerRequest<Heterokv_V1_AppendAttendRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Heterokv_V1_AttendResponse> {
+        let response = try await self.appendAttend(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -576,6 +669,19 @@ extension Heterokv_V1_Engine.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_AttendResponse> {
         return GRPCCore.ServerResponse<Heterokv_V1_AttendResponse>(
             message: try await self.attend(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func appendAttend(
+        request: GRPCCore.ServerRequest<Heterokv_V1_AppendAttendRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Heterokv_V1_AttendResponse> {
+        return GRPCCore.ServerResponse<Heterokv_V1_AttendResponse>(
+            message: try await self.appendAttend(
                 request: request.message,
                 context: context
             ),
@@ -685,6 +791,30 @@ extension Heterokv_V1_Engine {
         func attend<Result>(
             request: GRPCCore.ClientRequest<Heterokv_V1_AttendRequest>,
             serializer: some GRPCCore.MessageSerializer<Heterokv_V1_AttendRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_AttendResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_AttendResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AppendAttend" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+        /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_AppendAttendRequest` message.
+        ///   - serializer: A serializer for `Heterokv_V1_AppendAttendRequest` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_AttendResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func appendAttend<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_AppendAttendRequest>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_AppendAttendRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_AttendResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_AttendResponse>) async throws -> Result
@@ -857,6 +987,41 @@ extension Heterokv_V1_Engine {
             )
         }
 
+        /// Call the "AppendAttend" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+        /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Heterokv_V1_AppendAttendRequest` message.
+        ///   - serializer: A serializer for `Heterokv_V1_AppendAttendRequest` messages.
+        ///   - deserializer: A deserializer for `Heterokv_V1_AttendResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func appendAttend<Result>(
+            request: GRPCCore.ClientRequest<Heterokv_V1_AppendAttendRequest>,
+            serializer: some GRPCCore.MessageSerializer<Heterokv_V1_AppendAttendRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Heterokv_V1_AttendResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_AttendResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Heterokv_V1_Engine.Method.AppendAttend.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "Release" method.
         ///
         /// > Source IDL Documentation:
@@ -1013,6 +1178,36 @@ extension Heterokv_V1_Engine.ClientProtocol {
         try await self.attend(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_AttendRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_AttendResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AppendAttend" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+    /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Heterokv_V1_AppendAttendRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func appendAttend<Result>(
+        request: GRPCCore.ClientRequest<Heterokv_V1_AppendAttendRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_AttendResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.appendAttend(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Heterokv_V1_AppendAttendRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Heterokv_V1_AttendResponse>(),
             options: options,
             onResponse: handleResponse
@@ -1176,6 +1371,40 @@ extension Heterokv_V1_Engine.ClientProtocol {
             metadata: metadata
         )
         return try await self.attend(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AppendAttend" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One decode step of one layer in one round trip: the Append, then the Attend of the same
+    /// > sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func appendAttend<Result>(
+        _ message: Heterokv_V1_AppendAttendRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Heterokv_V1_AttendResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Heterokv_V1_AppendAttendRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.appendAttend(
             request: request,
             options: options,
             onResponse: handleResponse

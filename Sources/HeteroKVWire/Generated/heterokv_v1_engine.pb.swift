@@ -209,6 +209,38 @@ public nonisolated struct Heterokv_V1_AttendResponse: Sendable {
   public init() {}
 }
 
+public nonisolated struct Heterokv_V1_AppendAttendRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var append: Heterokv_V1_AppendRequest {
+    get {_append ?? Heterokv_V1_AppendRequest()}
+    set {_append = newValue}
+  }
+  /// Returns true if `append` has been explicitly set.
+  public var hasAppend: Bool {self._append != nil}
+  /// Clears the value of `append`. Subsequent reads from it will return its default value.
+  public mutating func clearAppend() {self._append = nil}
+
+  /// Its ref and layer must be the append's.
+  public var attend: Heterokv_V1_AttendRequest {
+    get {_attend ?? Heterokv_V1_AttendRequest()}
+    set {_attend = newValue}
+  }
+  /// Returns true if `attend` has been explicitly set.
+  public var hasAttend: Bool {self._attend != nil}
+  /// Clears the value of `attend`. Subsequent reads from it will return its default value.
+  public mutating func clearAttend() {self._attend = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _append: Heterokv_V1_AppendRequest? = nil
+  fileprivate var _attend: Heterokv_V1_AttendRequest? = nil
+}
+
 public nonisolated struct Heterokv_V1_ReleaseResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -690,6 +722,45 @@ nonisolated extension Heterokv_V1_AttendResponse: SwiftProtobuf.Message, SwiftPr
     if lhs.output != rhs.output {return false}
     if lhs.selections != rhs.selections {return false}
     if lhs.bytesMoved != rhs.bytesMoved {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Heterokv_V1_AppendAttendRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AppendAttendRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}append\0\u{1}attend\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._append) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._attend) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._append {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._attend {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Heterokv_V1_AppendAttendRequest, rhs: Heterokv_V1_AppendAttendRequest) -> Bool {
+    if lhs._append != rhs._append {return false}
+    if lhs._attend != rhs._attend {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -202,6 +202,39 @@ class EngineClient:
         """Appends one layer's K/V, ``[tokens][kv_heads][head_dim]`` each (fp16 on the wire);
         ``observation_queries`` ``[rows][query_heads][head_dim]`` (a prefill's last queries)
         let HeteroCache profile heads. Returns the tokens the layer holds."""
+        request = self._append_request(
+            sequence, layer, keys, values, observation_queries, namespace
+        )
+        return int(self._call("Append", self._stub.Append, request).tokens)
+
+    def append_attend(
+        self,
+        sequence: int,
+        layer: int,
+        keys: Any,
+        values: Any,
+        queries: Any,
+        with_selection: bool = False,
+        namespace: int = 0,
+    ) -> AttendResult:
+        """A decode step of one layer in one round trip: :meth:`append` of ``keys`` and
+        ``values`` then :meth:`attend` of ``queries``."""
+        request = engine_pb2.AppendAttendRequest(
+            append=self._append_request(sequence, layer, keys, values, None, namespace),
+            attend=self._attend_request(sequence, layer, queries, with_selection, namespace),
+        )
+        answer = self._call("AppendAttend", self._stub.AppendAttend, request)
+        return self._attend_result(sequence, namespace, layer, answer, queries)
+
+    def _append_request(
+        self,
+        sequence: int,
+        layer: int,
+        keys: Any,
+        values: Any,
+        observation_queries: Any,
+        namespace: int,
+    ) -> engine_pb2.AppendRequest:
         info = self._info(sequence, namespace)
         self._check_layer(info, layer)
         k = _to_numpy(keys, np.float16)
@@ -239,7 +272,7 @@ class EngineClient:
                 )
             request.observation_rows = q.shape[0]
             request.observation_queries = q.tobytes()
-        return int(self._call("Append", self._stub.Append, request).tokens)
+        return request
 
     def attend(
         self,
@@ -251,6 +284,13 @@ class EngineClient:
     ) -> AttendResult:
         """One layer's attention for ``queries`` ``[query_heads][head_dim]`` over the sequence so
         far. The first call of a sequence ends its prefill (heads profiled, budgets set)."""
+        request = self._attend_request(sequence, layer, queries, with_selection, namespace)
+        answer = self._call("Attend", self._stub.Attend, request)
+        return self._attend_result(sequence, namespace, layer, answer, queries)
+
+    def _attend_request(
+        self, sequence: int, layer: int, queries: Any, with_selection: bool, namespace: int
+    ) -> engine_pb2.AttendRequest:
         info = self._info(sequence, namespace)
         self._check_layer(info, layer)
         q = _to_numpy(queries, np.float32)
@@ -261,13 +301,17 @@ class EngineClient:
                 f"[{info.query_heads}][{info.head_dim}]",
                 self.address,
             )
-        request = engine_pb2.AttendRequest(
+        return engine_pb2.AttendRequest(
             ref=self._ref(sequence, namespace),
             layer=layer,
             queries=q.tobytes(),
             with_selection=with_selection,
         )
-        answer = self._call("Attend", self._stub.Attend, request)
+
+    def _attend_result(
+        self, sequence: int, namespace: int, layer: int, answer: Any, queries: Any
+    ) -> AttendResult:
+        info = self._info(sequence, namespace)
         out = np.frombuffer(answer.output, dtype=np.float32)
         if out.size != info.query_heads * info.head_dim:
             raise HeteroKVError(

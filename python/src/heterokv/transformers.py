@@ -23,6 +23,7 @@ import math
 import os
 import random
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -227,14 +228,18 @@ class HeteroKVLayer(CacheLayerMixin):
         q = _worker_scaled(query[:, :, 0, :], scaling)
         outputs = []
         client = self.cache.client
+        started = time.perf_counter()
         for b, sequence in enumerate(self.cache._sequences):
-            client.append(
+            # One round trip: the token's K/V appended, then the query attended.
+            result = client.append_attend(
                 sequence, self.index,
-                key_states[b].transpose(0, 1), value_states[b].transpose(0, 1),
+                key_states[b].transpose(0, 1), value_states[b].transpose(0, 1), q[b],
                 namespace=self.cache.namespace,
             )
-            result = client.attend(sequence, self.index, q[b], namespace=self.cache.namespace)
             outputs.append(result.output)
+            self.cache.bytes_moved += result.bytes_moved
+        self.cache.layer_steps += len(outputs)
+        self.cache.layer_step_seconds += time.perf_counter() - started
         out = torch.stack(outputs).to(device=query.device, dtype=query.dtype)
         return out.unsqueeze(1)  # [batch][1][query_heads][dim]
 
@@ -312,6 +317,12 @@ class HeteroKVCache(Cache):
         self.client = EngineClient(address, token=token, timeout=timeout)
         self._sequences: list[int] = []
         self._lock = threading.Lock()
+        #: Decode layer steps (one row, one layer) answered by HeteroKV, the seconds they took
+        #: as this process saw them (the call and its round trip), and the bytes they moved
+        #: between the worker and the memory tier.
+        self.layer_steps = 0
+        self.layer_step_seconds = 0.0
+        self.bytes_moved = 0
         self._finalizer = weakref.finalize(
             self, _release_all, self.client, self._sequences, namespace, self._cluster
         )

@@ -91,6 +91,14 @@ class AttendResponse(_message.Message):
     bytes_moved: int
     def __init__(self, output: _Optional[bytes] = ..., selections: _Optional[_Iterable[_Union[TokenSelection, _Mapping]]] = ..., bytes_moved: _Optional[int] = ...) -> None: ...
 
+class AppendAttendRequest(_message.Message):
+    __slots__ = ("append", "attend")
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    ATTEND_FIELD_NUMBER: _ClassVar[int]
+    append: AppendRequest
+    attend: AttendRequest
+    def __init__(self, append: _Optional[_Union[AppendRequest, _Mapping]] = ..., attend: _Optional[_Union[AttendRequest, _Mapping]] = ...) -> None: ...
+
 class ReleaseResponse(_message.Message):
     __slots__ = ("released_bytes",)
     RELEASED_BYTES_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class EngineStub:
                 request_serializer=heterokv_dot_v1_dot_engine__pb2.AttendRequest.SerializeToString,
                 response_deserializer=heterokv_dot_v1_dot_engine__pb2.AttendResponse.FromString,
                 _registered_method=True)
+        self.AppendAttend = channel.unary_unary(
+                '/heterokv.v1.Engine/AppendAttend',
+                request_serializer=heterokv_dot_v1_dot_engine__pb2.AppendAttendRequest.SerializeToString,
+                response_deserializer=heterokv_dot_v1_dot_engine__pb2.AttendResponse.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/heterokv.v1.Engine/Release',
                 request_serializer=heterokv_dot_v1_dot_coordinator__pb2.SequenceRef.SerializeToString,
@@ -88,6 +93,14 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendAttend(self, request, context):
+        """One decode step of one layer in one round trip: the Append, then the Attend of the same
+        sequence and layer, answered as the two calls would be (a failed Append attends nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Release(self, request, context):
         """Drops the sequence on the worker, the memory nodes and the coordinator.
         """
@@ -118,6 +131,11 @@ def add_EngineServicer_to_server(servicer, server):
             'Attend': grpc.unary_unary_rpc_method_handler(
                     servicer.Attend,
                     request_deserializer=heterokv_dot_v1_dot_engine__pb2.AttendRequest.FromString,
+                    response_serializer=heterokv_dot_v1_dot_engine__pb2.AttendResponse.SerializeToString,
+            ),
+            'AppendAttend': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendAttend,
+                    request_deserializer=heterokv_dot_v1_dot_engine__pb2.AppendAttendRequest.FromString,
                     response_serializer=heterokv_dot_v1_dot_engine__pb2.AttendResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
@@ -211,6 +229,33 @@ class Engine:
             target,
             '/heterokv.v1.Engine/Attend',
             heterokv_dot_v1_dot_engine__pb2.AttendRequest.SerializeToString,
+            heterokv_dot_v1_dot_engine__pb2.AttendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendAttend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heterokv.v1.Engine/AppendAttend',
+            heterokv_dot_v1_dot_engine__pb2.AppendAttendRequest.SerializeToString,
             heterokv_dot_v1_dot_engine__pb2.AttendResponse.FromString,
             options,
             channel_credentials,

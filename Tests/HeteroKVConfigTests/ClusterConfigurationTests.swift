@@ -155,6 +155,7 @@ struct ClusterSectionsTests {
     let replicated = try ClusterConfiguration.parse(
       yaml: """
         cluster: x
+        model: smollm2-135m
         coordinator:
           store: etcd
           etcd: {endpoints: [127.0.0.1:2379]}
@@ -172,6 +173,7 @@ struct ClusterSectionsTests {
       try ClusterConfiguration.parse(
         yaml: """
           cluster: x
+          model: smollm2-135m
           coordinator: {state_dir: /tmp/x}
           memory_nodes: [{id: a, data: h:1, control: h:2, capacity: 1MiB}]
           """)

@@ -51,11 +51,11 @@ def run(model, cache, prompt: list[int], follow: list[int], chunk: int):
     with torch.no_grad():
         for start in range(0, len(prompt), chunk):
             logits = model(
-                torch.tensor([prompt[start:start + chunk]]), past_key_values=cache, use_cache=True
+                torch.tensor([prompt[start:start + chunk]]), cache=cache, use_cache=True
             ).logits
         started = time.perf_counter()
         for t in follow:
-            logits = model(torch.tensor([[t]]), past_key_values=cache, use_cache=True).logits
+            logits = model(torch.tensor([[t]]), cache=cache, use_cache=True).logits
             logprobs.append(torch.log_softmax(logits[0, -1].float(), -1))
         seconds = time.perf_counter() - started
     return torch.stack(logprobs), seconds, resident_bytes()

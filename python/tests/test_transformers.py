@@ -29,7 +29,7 @@ def teacher_forced(model, cache, prompt: list[int], follow: list[int]) -> torch.
         logits = model(torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits
         out.append(torch.log_softmax(logits[0, -1].float(), -1))
         for t in follow:
-            logits = model(torch.tensor([[t]]), past_key_values=cache, use_cache=True).logits
+            logits = model(torch.tensor([[t]]), cache=cache, use_cache=True).logits
             out.append(torch.log_softmax(logits[0, -1].float(), -1))
     return torch.stack(out)
 
@@ -79,7 +79,7 @@ def test_a_batch_with_left_padding_appends_no_pad_token(smollm2):
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     cache = HeteroKVCache(model.config)
     try:
-        out = model.generate(**batch, past_key_values=cache, max_new_tokens=2, do_sample=False)
+        out = model.generate(**batch, cache=cache, max_new_tokens=2, do_sample=False)
         stats = cache.stats()
     finally:
         cache.close()

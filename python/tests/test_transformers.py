@@ -26,7 +26,7 @@ def teacher_forced(model, cache, prompt: list[int], follow: list[int]) -> torch.
     """Log-probabilities after the prompt and after each forced token of ``follow``."""
     out = []
     with torch.no_grad():
-        logits = model(torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits
+        logits = model(torch.tensor([prompt]), cache=cache, use_cache=True).logits
         out.append(torch.log_softmax(logits[0, -1].float(), -1))
         for t in follow:
             logits = model(torch.tensor([[t]]), cache=cache, use_cache=True).logits

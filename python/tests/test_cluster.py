@@ -97,3 +97,70 @@ def test_a_bad_model_config_is_refused_naming_the_key(hkv, tmp_path):
     )
     assert run.returncode != 0
     assert b"head_dim" in run.stderr
+
+
+def role_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().split(b"\0")
+    return args[1].decode() if len(args) > 1 else ""
+
+
+def prefilled(client: EngineClient, sequence: int, tokens: int = 400):
+    import numpy as np
+
+    rng = np.random.default_rng(sequence % 1000)
+    client.create_sequence(sequence, max_tokens=1024)
+    for layer in range(2):
+        keys = rng.standard_normal((tokens, 2, 32)).astype(np.float32)
+        client.append(sequence, layer, keys, keys)
+    return rng
+
+
+def test_a_worker_that_dies_mid_decode_is_an_error_naming_it(hkv):
+    import numpy as np
+    import pytest
+
+    from heterokv import HeteroKVError
+
+    with LocalCluster(SMALL_MODEL, memnodes=1, capacity="64MiB", hkv=hkv) as cluster:
+        worker = next(p for p in children_of(cluster.process.pid) if role_of(p) == "worker")
+        with EngineClient(cluster.engine, timeout=5) as client:
+            rng = prefilled(client, 21)
+            step = rng.standard_normal((1, 2, 32)).astype(np.float32)
+            q = rng.standard_normal((4, 32)).astype(np.float32)
+            client.append_attend(21, 0, step, step, q)
+            os.kill(worker, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(HeteroKVError) as error:
+                client.append_attend(21, 1, step, step, q)
+            assert time.monotonic() - started < 10  # the deadline, not a hang
+            assert error.value.code in ("unavailable", "deadline_exceeded")
+            assert cluster.engine in str(error.value)
+
+
+def test_a_memory_node_killed_with_replication_2_does_not_interrupt_decoding(hkv):
+    import numpy as np
+
+    with LocalCluster(
+        SMALL_MODEL, memnodes=2, replication=2, capacity="64MiB", hkv=hkv
+    ) as cluster:
+        nodes = [p for p in children_of(cluster.process.pid) if role_of(p) == "memnode"]
+        assert len(nodes) == 2
+        with EngineClient(cluster.engine, timeout=30) as client:
+            rng = prefilled(client, 22)
+            q = rng.standard_normal((4, 32)).astype(np.float32)
+            for layer in range(2):
+                step = rng.standard_normal((1, 2, 32)).astype(np.float32)
+                client.append_attend(22, layer, step, step, q)
+            before = client.stats(22)
+            # The prompt's rows (400 tokens x 2 KV heads x 2 layers) are on both replicas.
+            wait_for(lambda: client.stats(22).stored_rows >= 1600, 30, "rows were not shipped")
+            os.kill(nodes[0], signal.SIGKILL)
+            for _ in range(4):  # decode goes on from the surviving replica
+                for layer in range(2):
+                    step = rng.standard_normal((1, 2, 32)).astype(np.float32)
+                    out = client.append_attend(22, layer, step, step, q).output
+                    assert np.isfinite(out).all()
+            after = client.stats(22)
+            assert after.decode_steps > before.decode_steps
+            assert after.failovers > before.failovers  # the dead node's shards moved

@@ -48,6 +48,20 @@ def test_generate_continues_with_paris(smollm2):
         cache.close()
 
 
+def test_a_running_clusters_file_or_address(smollm2):
+    from heterokv import LocalCluster
+
+    model, tokenizer = smollm2
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with LocalCluster(model.config.to_dict()) as cluster:
+        for where in (cluster.config_path, cluster.engine):
+            cache = HeteroKVCache(model.config, cluster=where)
+            out = model.generate(ids, cache=cache, max_new_tokens=2, do_sample=False)
+            assert tokenizer.decode(out[0, ids.shape[1]:]).startswith(" Paris"), where
+            cache.close()
+        assert cluster.running  # a cache closes its sequences, not someone else's cluster
+
+
 def test_decode_follows_the_full_cache_on_real_text(smollm2):
     model, tokenizer = smollm2
     ids = text_tokens(tokenizer, 700)

@@ -3,8 +3,10 @@ import Foundation
 import HeteroKVConfig
 import HeteroKVCore
 import HeteroKVDaemon
+import HeteroKVLocalCluster
 import HeteroKVWire
 import HeteroKVWorker
+import Logging
 import UnixSignals
 
 /// `hkv cluster`: a whole cluster on one machine, for engines and people who want one without
@@ -25,7 +27,9 @@ struct ClusterUpCommand: AsyncParsableCommand {
     discussion: """
       From a cluster file (--config FILE: every role it names, at its addresses) or from a
       transformers config.json (--model-config FILE: a cluster on free loopback ports for the
-      model's full-attention layers, with the recommended settings at --policy and --budget).
+      model's full-attention layers, with the recommended settings at --policy and --budget;
+      with --in-process, every role in this process and the memory nodes reached without
+      sockets, as a worker reaches its own host's memory).
       Once every child is ready, one line goes to stdout:
         ready engine=HOST:PORT coordinator=HOST:PORT config=FILE layers=N logs=DIR
       SIGTERM or SIGINT stops every child and exits 0; each child also stops by itself when
@@ -63,6 +67,12 @@ struct ClusterUpCommand: AsyncParsableCommand {
   )
   var directory: String?
 
+  @Flag(
+    help:
+      "With --model-config: every role in this one process, the worker reaching the memory nodes without sockets (the co-located data plane), the engine API over gRPC as usual."
+  )
+  var inProcess = false
+
   func validate() throws {
     guard (config == nil) != (modelConfig == nil) else {
       throw ValidationError("give exactly one of --config and --model-config")
@@ -77,12 +87,16 @@ struct ClusterUpCommand: AsyncParsableCommand {
       throw ValidationError(
         "bad --policy '\(policy)': expected heterocache, hcattention or uniform")
     }
+    guard !inProcess || modelConfig != nil else {
+      throw ValidationError("--in-process needs --model-config")
+    }
     guard ByteSize.parse(capacity) != nil else {
       throw ValidationError("bad --capacity '\(capacity)': expected a size such as 4GiB")
     }
   }
 
   func run() async throws {
+    if inProcess { return try await runInProcess() }
     let folder = URL(
       fileURLWithPath: directory
         ?? NSTemporaryDirectory() + "hkv-cluster-\(ProcessInfo.processInfo.processIdentifier)")
@@ -96,17 +110,7 @@ struct ClusterUpCommand: AsyncParsableCommand {
         "ready engine=\(cluster.engine.map { "\($0)" } ?? "none") coordinator=\(coordinator.map { "\($0)" } ?? "none") config=\(file) layers=\(cluster.configuration.model?.layers ?? 0) logs=\(folder.appendingPathComponent("logs").path)\n"
           .utf8))
     await withTaskGroup(of: Void.self) { tasks in
-      tasks.addTask {
-        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
-      }
-      if let watch = ParentProcessWatch.fromEnvironment() {
-        // Started by an engine (HKV_PARENT_PID): stop with it.
-        tasks.addTask {
-          while getppid() == watch.parent, !Task.isCancelled {
-            try? await Task.sleep(for: watch.interval)
-          }
-        }
-      }
+      tasks.addTask { await Self.stopRequested() }
       tasks.addTask {
         var reported = Set<Int32>()
         while !Task.isCancelled {
@@ -128,27 +132,80 @@ struct ClusterUpCommand: AsyncParsableCommand {
     cluster.stop()
   }
 
-  /// The cluster file for --model-config: loopback ports free now, recommended settings.
-  private func writeClusterFile(in folder: URL) throws -> String {
+  /// Returns on SIGTERM or SIGINT, or once the process named by HKV_PARENT_PID (an engine
+  /// that started this one) is gone.
+  static func stopRequested() async {
+    await withTaskGroup(of: Void.self) { tasks in
+      tasks.addTask {
+        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+      }
+      if let watch = ParentProcessWatch.fromEnvironment() {
+        tasks.addTask {
+          while getppid() == watch.parent, !Task.isCancelled {
+            try? await Task.sleep(for: watch.interval)
+          }
+        }
+      }
+      await tasks.next()
+      tasks.cancelAll()
+    }
+  }
+
+  /// --in-process: the whole cluster in this process, served until asked to stop.
+  private func runInProcess() async throws {
     let path = modelConfig!
-    let model: TransformersModelConfig
+    let model = try Self.readModelConfig(path)
+    LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+    let (worker, budgets) = recommended(for: model)
+    var options = LocalCluster.Options(model: model.geometry)
+    options.memoryNodes = memnodes
+    options.capacityBytes = ByteSize.parse(capacity)!
+    options.replication = replication
+    options.worker = worker
+    options.outputMode = worker.outputMode
+    options.budgets = budgets
+    options.serveEngine = true
+    options.colocatedDataPlane = true
+    let cluster = try await LocalCluster.start(options, logger: Logger(label: "hkv.cluster"))
+    FileHandle.standardOutput.write(
+      Data(
+        "ready engine=\(cluster.engineAddress.map { "\($0)" } ?? "none") coordinator=in-process config=none layers=\(model.geometry.layers) logs=none\n"
+          .utf8))
+    await Self.stopRequested()
+    await cluster.shutdown()
+  }
+
+  /// The recommended worker settings and budgets for `model` at --policy and --budget.
+  private func recommended(for model: TransformersModelConfig) -> (WorkerSettings, BudgetSettings) {
+    let worker = RecommendedSettings.worker
+    let budgets = RecommendedSettings.budgets(
+      policy: BudgetPolicyKind(rawValue: policy)!, memoryFraction: budget
+    )
+    .recallingOnly(with: worker.outputMode)
+    .chargingKeyCodes(
+      of: worker, headDim: model.geometry.headDim, tokens: maxContext,
+      heldRows: WorkerOptions.defaultDecodeShipRows)
+    return (worker, budgets)
+  }
+
+  static func readModelConfig(_ path: String) throws -> TransformersModelConfig {
     do {
-      model = try TransformersModelConfig(
+      return try TransformersModelConfig(
         json: try Data(contentsOf: URL(fileURLWithPath: path)), file: path)
     } catch let error as ConfigurationError {
       throw CommandFailure(description: "\(error)")
     } catch {
       throw CommandFailure(description: "cannot read \(path): \(error.localizedDescription)")
     }
+  }
+
+  /// The cluster file for --model-config: loopback ports free now, recommended settings.
+  private func writeClusterFile(in folder: URL) throws -> String {
+    let model = try Self.readModelConfig(modelConfig!)
     func port() throws -> HostPort { HostPort(host: "127.0.0.1", port: try freePort()) }
-    let kind = BudgetPolicyKind(rawValue: policy)!
-    var worker = RecommendedSettings.worker
+    let (recommendedWorker, budgets) = recommended(for: model)
+    var worker = recommendedWorker
     worker.control = try port()
-    let budgets = RecommendedSettings.budgets(policy: kind, memoryFraction: budget)
-      .recallingOnly(with: worker.outputMode)
-      .chargingKeyCodes(
-        of: worker, headDim: model.geometry.headDim, tokens: maxContext,
-        heldRows: WorkerOptions.defaultDecodeShipRows)
     let planned = ClusterConfiguration(
       name: "local", model: model.geometry,
       coordinator: CoordinatorSettings(

@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--policy", default="hcattention")
     parser.add_argument("--budget", type=float, default=0.125)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="the embedded cluster in one process, memory nodes reached without sockets",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -96,7 +100,7 @@ def main() -> None:
         base = resident_bytes()
         cache = HeteroKVCache(
             model.config, policy=args.policy, budget=args.budget,
-            max_tokens=context + args.steps + 16,
+            max_tokens=context + args.steps + 16, in_process=args.in_process,
         )
         got, hkv_seconds, hkv_rss = run(model, cache, prompt, follow, args.chunk)
         stats = cache.stats()[0]
@@ -113,6 +117,7 @@ def main() -> None:
             "context": context,
             "steps": args.steps,
             "policy": args.policy,
+            "in_process": args.in_process,
             "budget": args.budget,
             "mean_kl": kl.mean().item(),
             "top1": top1,

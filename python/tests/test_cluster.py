@@ -164,3 +164,17 @@ def test_a_memory_node_killed_with_replication_2_does_not_interrupt_decoding(hkv
             after = client.stats(22)
             assert after.decode_steps > before.decode_steps
             assert after.failovers > before.failovers  # the dead node's shards moved
+
+
+def test_an_in_process_cluster_serves_the_engine_api(hkv):
+    import numpy as np
+
+    with LocalCluster(SMALL_MODEL, memnodes=2, capacity="64MiB", in_process=True, hkv=hkv) as c:
+        assert children_of(c.process.pid) == []  # every role in the one child
+        with EngineClient(c.engine) as client:
+            rng = prefilled(client, 23)
+            step = rng.standard_normal((1, 2, 32)).astype(np.float32)
+            q = rng.standard_normal((4, 32)).astype(np.float32)
+            out = client.append_attend(23, 0, step, step, q).output
+            assert out.shape == (4, 32) and np.isfinite(out).all()
+            assert client.stats(23).memory_tier_bytes > 0

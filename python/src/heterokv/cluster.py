@@ -63,7 +63,9 @@ class LocalCluster:
 
     ``engine`` is the worker's engine API address. ``policy``, ``budget``, ``memnodes``,
     ``replication``, ``capacity`` and ``max_context`` are passed to ``hkv cluster up`` (its
-    defaults are the project's recommended settings).
+    defaults are the project's recommended settings). ``in_process`` runs every role in the
+    one child process, the worker reaching the memory nodes without sockets (a model config
+    only).
     """
 
     def __init__(
@@ -77,11 +79,14 @@ class LocalCluster:
         replication: int = 1,
         capacity: str = "4GiB",
         max_context: int = 8192,
+        in_process: bool = False,
         hkv: str | None = None,
         ready_timeout: float = 120.0,
     ) -> None:
         if (model_config is None) == (cluster_file is None):
             raise ValueError("give exactly one of model_config and cluster_file")
+        if in_process and cluster_file is not None:
+            raise ValueError("in_process needs a model config, not a cluster file")
         self._folder = tempfile.mkdtemp(prefix="heterokv-")
         args = [hkv or find_hkv(), "cluster", "up", "--directory", self._folder]
         if cluster_file is not None:
@@ -102,6 +107,8 @@ class LocalCluster:
                 "--capacity", capacity,
                 "--max-context", str(max_context),
             ]
+            if in_process:
+                args.append("--in-process")
         env = dict(os.environ, HKV_PARENT_PID=str(os.getpid()))
         self._stderr = open(os.path.join(self._folder, "cluster-up.log"), "wb")
         self.process = subprocess.Popen(

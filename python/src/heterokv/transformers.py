@@ -250,9 +250,10 @@ class HeteroKVCache(Cache):
     ``cluster`` is a cluster file (its worker's address and token are used), a worker address
     ``host:port``, or ``None`` for an embedded cluster of ``hkv`` child processes built from
     ``config`` with the recommended settings (``policy``, ``budget``, ``memnodes``,
-    ``replication`` and ``max_tokens`` size it). ``max_tokens`` is the longest context a
-    sequence may reach (default: the config's ``max_position_embeddings``). ``timeout``
-    bounds every call to the worker in seconds.
+    ``replication`` and ``max_tokens`` size it; ``in_process`` puts every role of it in one
+    child process, the worker reaching the memory nodes without sockets). ``max_tokens`` is
+    the longest context a sequence may reach (default: the config's
+    ``max_position_embeddings``). ``timeout`` bounds every call to the worker in seconds.
     """
 
     def __init__(
@@ -266,6 +267,7 @@ class HeteroKVCache(Cache):
         memnodes: int = 2,
         replication: int = 1,
         max_tokens: int | None = None,
+        in_process: bool = False,
         timeout: float = 60.0,
         namespace: int = 0,
     ) -> None:
@@ -306,7 +308,7 @@ class HeteroKVCache(Cache):
         if cluster is None:
             self._cluster = LocalCluster(
                 text.to_dict(), policy=policy, budget=budget, memnodes=memnodes,
-                replication=replication, max_context=self.max_tokens,
+                replication=replication, max_context=self.max_tokens, in_process=in_process,
             )
             address = self._cluster.engine
         elif os.path.exists(os.fspath(cluster)):

@@ -13,7 +13,12 @@ trap 'rm -rf "$WORK"' EXIT
 
 # This checkout's committed tree plus its working changes, as a repository with a tag.
 git clone -q "$ROOT" "$WORK/heterokv"
-(cd "$ROOT" && git diff HEAD --binary) | (cd "$WORK/heterokv" && git apply --allow-empty 2>/dev/null || true)
+# Only the tag made below may resolve (not one of the repository's own).
+git -C "$WORK/heterokv" tag -l | xargs -r git -C "$WORK/heterokv" tag -d >/dev/null
+(cd "$ROOT" && git diff HEAD --binary) > "$WORK/changes.patch"
+if [[ -s "$WORK/changes.patch" ]]; then
+  git -C "$WORK/heterokv" apply "$WORK/changes.patch"
+fi
 (cd "$ROOT" && git ls-files --others --exclude-standard -z) \
   | (cd "$ROOT" && xargs -0 -r cp --parents -t "$WORK/heterokv")
 git -C "$WORK/heterokv" add -A
@@ -27,7 +32,7 @@ import PackageDescription
 let package = Package(
   name: "consumer",
   platforms: [.macOS(.v15)],
-  dependencies: [.package(url: "file://$WORK/heterokv", from: "1.0.0")],
+  dependencies: [.package(url: "file://$WORK/heterokv", exact: "1.0.0")],
   targets: [
     .executableTarget(
       name: "CoreProbe", dependencies: [.product(name: "HeteroKVCore", package: "heterokv")]),

@@ -125,6 +125,16 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
           + "\(request.append.layer)) and the attend (sequence \(request.attend.ref.sequence), "
           + "layer \(request.attend.layer)) name different steps")
     }
+    // The attend's queries are checked before the token is appended, so a refused step
+    // leaves the sequence as it was.
+    let g = geometry
+    guard request.attend.queries.count == g.queryHeads * g.headDim * 4 else {
+      throw RPCError(
+        code: .invalidArgument,
+        message:
+          "queries must be \(g.queryHeads) x \(g.headDim) f32 (\(g.queryHeads * g.headDim * 4) "
+          + "bytes), got \(request.attend.queries.count); nothing was appended")
+    }
     _ = try await append(request: request.append, context: context)
     return try await attend(request: request.attend, context: context)
   }

@@ -168,8 +168,15 @@ final class ChildCluster: @unchecked Sendable {
     children.filter(\.isRunning).map { ($0.arguments?.first ?? "?", $0.processIdentifier) }
   }
 
-  func stop() {
+  /// Sends SIGTERM to every child, then SIGKILL to any still running after `grace`, and waits
+  /// for all of them.
+  func stop(grace: Duration = .seconds(20)) {
     for child in children.reversed() where child.isRunning { child.terminate() }
+    let deadline = ContinuousClock.now + grace
+    while children.contains(where: \.isRunning), ContinuousClock.now < deadline {
+      usleep(50_000)
+    }
+    for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) }
     for child in children { child.waitUntilExit() }
     if ownsDirectory { try? FileManager.default.removeItem(at: directory) }
   }

@@ -97,10 +97,12 @@ struct ClusterUpCommand: AsyncParsableCommand {
 
   func run() async throws {
     if inProcess { return try await runInProcess() }
+    // A folder of this run's own unless one is named (a reused process id must not find an
+    // earlier run's coordinator state); removed at exit unless named.
     let folder = URL(
-      fileURLWithPath: directory
-        ?? NSTemporaryDirectory() + "hkv-cluster-\(ProcessInfo.processInfo.processIdentifier)")
+      fileURLWithPath: directory ?? NSTemporaryDirectory() + "hkv-cluster-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    defer { if directory == nil { try? FileManager.default.removeItem(at: folder) } }
     let file = try config ?? writeClusterFile(in: folder)
     let cluster = try ChildCluster.start(
       file: file, logs: folder.appendingPathComponent("logs"), ownsDirectory: directory == nil)

@@ -141,3 +141,36 @@ def test_append_attend_is_append_then_attend_in_one_call(small_cluster):
         assert mismatch.value.code == "invalid_argument" and "different steps" in str(mismatch.value)
         client.release(fused)
         client.release(split)
+
+
+def test_a_long_prefill_goes_in_pieces_and_a_refused_step_appends_nothing(
+    small_cluster, monkeypatch
+):
+    import heterokv.client as client_module
+
+    rng = np.random.default_rng(4)
+    # Ten tokens a piece: 2 KV heads x 32 dims x 2 bytes x 10.
+    monkeypatch.setattr(client_module, "APPEND_PIECE_BYTES", 2 * 32 * 2 * 10)
+    with EngineClient(small_cluster.engine) as client:
+        seq = random.getrandbits(40) + 1
+        client.create_sequence(seq, max_tokens=256)
+        keys = rng.standard_normal((95, 2, 32)).astype(np.float32)
+        obs = rng.standard_normal((4, 4, 32)).astype(np.float32)
+        assert client.append(seq, 0, keys, keys, observation_queries=obs) == 95
+        assert client.append(seq, 1, keys, keys) == 95
+        client.attend(seq, 0, rng.standard_normal((4, 32)).astype(np.float32))
+        held = client.stats(seq).tokens
+        # An AppendAttend whose queries are the wrong size is refused before the append.
+        from heterokv.v1 import engine_pb2
+
+        step = keys[:1]
+        request = engine_pb2.AppendAttendRequest(
+            append=client._append_request(seq, 0, step, step, None, 0),
+            attend=engine_pb2.AttendRequest(
+                ref=client._ref(seq, 0), layer=0, queries=b"\0" * 12
+            ),
+        )
+        with pytest.raises(HeteroKVError, match="nothing was appended"):
+            client._call("AppendAttend", client._stub.AppendAttend, request)
+        assert client.stats(seq).tokens == held
+        client.release(seq)

@@ -111,3 +111,12 @@ def test_what_it_cannot_honour_is_refused_by_name():
         heterokv_attention(torch.nn.Module(), q, q, q, None, softcap=30.0)
     with pytest.raises(HeteroKVError, match="dropout"):
         heterokv_attention(torch.nn.Module(), q, q, q, None, dropout=0.1)
+
+
+def test_a_model_on_another_attention_is_refused():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
+    config._attn_implementation = "sdpa"
+    with pytest.raises(HeteroKVError, match='attn_implementation="heterokv"'):
+        HeteroKVCache(config)

@@ -25,7 +25,8 @@ public enum Kernels {
 
   /// fp16 to fp32.
   public static func toFloat(_ values: UnsafeBufferPointer<Float16>) -> [Float] {
-    [Float](unsafeUninitializedCapacity: values.count) { out, count in
+    guard !values.isEmpty else { return [] }
+    return [Float](unsafeUninitializedCapacity: values.count) { out, count in
       values.withMemoryRebound(to: UInt16.self) { src in
         hkv_f16_to_f32(src.baseAddress!, out.baseAddress!, values.count)
       }

@@ -27,6 +27,8 @@ __all__ = [
 
 #: The worker's message limit (engine.proto): a call's tensors must fit in it.
 MAX_MESSAGE_BYTES = 64 << 20
+#: Keys (and as many values) per Append message of a long prefill, as the Swift client.
+APPEND_PIECE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,27 @@ class EngineClient:
         """Appends one layer's K/V, ``[tokens][kv_heads][head_dim]`` each (fp16 on the wire);
         ``observation_queries`` ``[rows][query_heads][head_dim]`` (a prefill's last queries)
         let HeteroCache profile heads. Returns the tokens the layer holds."""
-        request = self._append_request(
-            sequence, layer, keys, values, observation_queries, namespace
-        )
-        return int(self._call("Append", self._stub.Append, request).tokens)
+        k = _to_numpy(keys, np.float16)
+        v = _to_numpy(values, np.float16)
+        info = self._info(sequence, namespace)
+        if k.ndim != 3 or k.shape[0] == 0 or k.shape != v.shape or (
+            k.shape[1:] != (info.kv_heads, info.head_dim)
+        ):
+            # Refused with the shape it expects (or by the worker, for no tokens).
+            request = self._append_request(sequence, layer, k, v, observation_queries, namespace)
+            return int(self._call("Append", self._stub.Append, request).tokens)
+        # Long prefills go in pieces under the message limit; the observation with the last.
+        row = max(1, int(np.prod(k.shape[1:])) * 2)
+        per_piece = max(1, APPEND_PIECE_BYTES // row)
+        tokens = 0
+        for start in range(0, k.shape[0], per_piece):
+            last = start + per_piece >= k.shape[0]
+            request = self._append_request(
+                sequence, layer, k[start:start + per_piece], v[start:start + per_piece],
+                observation_queries if last else None, namespace,
+            )
+            tokens = int(self._call("Append", self._stub.Append, request).tokens)
+        return tokens
 
     def append_attend(
         self,

@@ -111,8 +111,10 @@ class LocalCluster:
                 args.append("--in-process")
         env = dict(os.environ, HKV_PARENT_PID=str(os.getpid()))
         self._stderr = open(os.path.join(self._folder, "cluster-up.log"), "wb")
+        # A session of its own: a Ctrl-C at this interpreter's terminal is not the cluster's.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=env
+            args, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
         )
         self._finalizer = weakref.finalize(self, _stop, self.process, self._folder)
         fields = self._await_ready(ready_timeout)

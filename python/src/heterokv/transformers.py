@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
+import secrets
 import threading
 import time
 import weakref
@@ -253,7 +253,7 @@ class HeteroKVCache(Cache):
     ``replication`` and ``max_tokens`` size it; ``in_process`` puts every role of it in one
     child process, the worker reaching the memory nodes without sockets). ``max_tokens`` is
     the longest context a sequence may reach (default: the config's
-    ``max_position_embeddings``). ``timeout`` bounds every call to the worker in seconds.
+    ``max_position_embeddings``, at most 8192: the memory tier reserves it for every sequence). ``timeout`` bounds every call to the worker in seconds.
     """
 
     def __init__(
@@ -272,6 +272,14 @@ class HeteroKVCache(Cache):
         namespace: int = 0,
     ) -> None:
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        implementation = getattr(config, "_attn_implementation", None)
+        if implementation != ATTENTION_NAME:
+            # Another attention would attend only the token a decode step hands it.
+            raise HeteroKVError(
+                "failed_precondition",
+                f"the model runs attn_implementation={implementation!r}: load it with "
+                f'attn_implementation="{ATTENTION_NAME}" (after import heterokv.transformers)',
+            )
         self.config = text
         layers_count = int(text.num_hidden_layers)
         layer_types = list(getattr(text, "layer_types", None) or ["full_attention"] * layers_count)
@@ -303,12 +311,22 @@ class HeteroKVCache(Cache):
             raise HeteroKVError("invalid_argument", "the config has no full_attention layer")
         super().__init__(layers=layers)
         self.namespace = namespace
-        self.max_tokens = int(max_tokens or getattr(text, "max_position_embeddings", 8192))
+        # The memory tier reserves room for max_tokens of every sequence: not a 128K context
+        # unless asked for.
+        self.max_tokens = int(
+            max_tokens or min(getattr(text, "max_position_embeddings", None) or 8192, 8192)
+        )
         self._cluster: LocalCluster | None = None
         if cluster is None:
+            # Each node can hold its share of one sequence at max_tokens (fp16 K and V of every
+            # full-attention layer), with room to spare.
+            row_bytes = full * self.kv_heads * self.head_dim * 4
+            share = self.max_tokens * row_bytes * replication // memnodes
+            capacity = f"{max(4 << 30, share * 2) >> 20}MiB"
             self._cluster = LocalCluster(
                 text.to_dict(), policy=policy, budget=budget, memnodes=memnodes,
-                replication=replication, max_context=self.max_tokens, in_process=in_process,
+                replication=replication, capacity=capacity, max_context=self.max_tokens,
+                in_process=in_process,
             )
             address = self._cluster.engine
         elif os.path.exists(os.fspath(cluster)):
@@ -370,7 +388,7 @@ class HeteroKVCache(Cache):
                     )
                 return
             for _ in range(batch):
-                sequence = random.getrandbits(62) + 1
+                sequence = secrets.randbits(62) + 1
                 self.client.create_sequence(sequence, self.max_tokens, namespace=self.namespace)
                 self._sequences.append(sequence)
 
@@ -399,7 +417,12 @@ class HeteroKVCache(Cache):
             seen = m.any(dim=0)
         else:
             seen = (m > torch.finfo(m.dtype).min / 2).any(dim=0)
-        seen = seen[-tokens:] if seen.shape[0] >= tokens else seen
+        if seen.shape[0] < tokens:
+            raise HeteroKVError(
+                "invalid_argument",
+                f"an attention mask over {seen.shape[0]} positions for a chunk of {tokens} tokens",
+            )
+        seen = seen[-tokens:]
         return None if bool(seen.all()) else seen
 
 

@@ -41,13 +41,16 @@ public struct ParentProcessWatch: Service {
   /// down for another reason.
   public func run() async throws {
     do {
-      try await cancelWhenGracefulShutdown {
-        while getppid() == parent {
-          try await Task.sleep(for: interval)
-        }
-      }
+      try await cancelWhenGracefulShutdown { try await parentExit() }
     } catch is CancellationError {
       return
+    }
+  }
+
+  /// Returns once the parent is gone; throws `CancellationError` if cancelled first.
+  public func parentExit() async throws {
+    while getppid() == parent {
+      try await Task.sleep(for: interval)
     }
   }
 }

@@ -86,16 +86,7 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
   public func attend(request: Heterokv_V1_AttendRequest, context: ServerContext) async throws
     -> Heterokv_V1_AttendResponse
   {
-    let g = geometry
-    let expected = g.queryHeads * g.headDim * 4
-    guard request.queries.count == expected else {
-      throw RPCError(
-        code: .invalidArgument,
-        message:
-          "queries must be \(g.queryHeads) x \(g.headDim) f32 (\(expected) bytes), got "
-          + "\(request.queries.count)")
-    }
-    let queries = TensorBytes.floats(request.queries)!
+    let queries = try checkedQueries(request.queries)
     let result = try await mapped {
       try await worker.attend(
         SequenceRef(request.ref), layer: Int(request.layer), queries: queries,
@@ -127,14 +118,7 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
     }
     // The attend's queries are checked before the token is appended, so a refused step
     // leaves the sequence as it was.
-    let g = geometry
-    guard request.attend.queries.count == g.queryHeads * g.headDim * 4 else {
-      throw RPCError(
-        code: .invalidArgument,
-        message:
-          "queries must be \(g.queryHeads) x \(g.headDim) f32 (\(g.queryHeads * g.headDim * 4) "
-          + "bytes), got \(request.attend.queries.count); nothing was appended")
-    }
+    _ = try checkedQueries(request.attend.queries, ifRefused: "; nothing was appended")
     _ = try await append(request: request.append, context: context)
     return try await attend(request: request.attend, context: context)
   }
@@ -151,6 +135,21 @@ public struct EngineService: Heterokv_V1_Engine.SimpleServiceProtocol {
   {
     let stats = try await mapped { try await worker.stats(SequenceRef(request)) }
     return stats.proto
+  }
+
+  /// `data` as the f32 queries `[queryHeads][headDim]` of one step, or the refusal naming
+  /// the size expected (`ifRefused` appended to its message).
+  func checkedQueries(_ data: Data, ifRefused: String = "") throws -> [Float] {
+    let g = geometry
+    let expected = g.queryHeads * g.headDim * 4
+    guard data.count == expected, let queries = TensorBytes.floats(data) else {
+      throw RPCError(
+        code: .invalidArgument,
+        message:
+          "queries must be \(g.queryHeads) x \(g.headDim) f32 (\(expected) bytes), got "
+          + "\(data.count)\(ifRefused)")
+    }
+    return queries
   }
 
   /// Runs a worker call, turning its error into the matching status.

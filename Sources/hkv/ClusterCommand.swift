@@ -142,11 +142,7 @@ struct ClusterUpCommand: AsyncParsableCommand {
         for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
       }
       if let watch = ParentProcessWatch.fromEnvironment() {
-        tasks.addTask {
-          while getppid() == watch.parent, !Task.isCancelled {
-            try? await Task.sleep(for: watch.interval)
-          }
-        }
+        tasks.addTask { try? await watch.parentExit() }
       }
       await tasks.next()
       tasks.cancelAll()

@@ -25,8 +25,9 @@ __all__ = ["LocalCluster", "find_hkv"]
 
 
 def find_hkv() -> str:
-    """The ``hkv`` executable: ``$HKV_BIN``, else ``hkv`` on ``PATH``, else this checkout's
-    release build (``.build/release/hkv`` next to ``python/``)."""
+    """The ``hkv`` executable: ``$HKV_BIN``, else ``hkv`` on ``PATH``, else a checkout's
+    release build (``.build/release/hkv`` next to ``python/`` or below the working
+    directory)."""
     explicit = os.environ.get("HKV_BIN")
     if explicit:
         if not os.access(explicit, os.X_OK):
@@ -35,9 +36,12 @@ def find_hkv() -> str:
     on_path = shutil.which("hkv")
     if on_path:
         return on_path
-    checkout = Path(__file__).resolve().parents[3] / ".build" / "release" / "hkv"
-    if os.access(checkout, os.X_OK):
-        return str(checkout)
+    # This checkout's build: next to an editable install, or below the working directory
+    # (the README runs from the checkout's root).
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        checkout = root / ".build" / "release" / "hkv"
+        if os.access(checkout, os.X_OK):
+            return str(checkout)
     raise HeteroKVError(
         "not_found",
         "no hkv executable: set HKV_BIN, put hkv on PATH, or build this checkout's "
